@@ -1,0 +1,397 @@
+//! Every message that crosses a process boundary: the browser websocket, the REST API and
+//! (later) the SFU control channel. Serde types only; no behaviour beyond validation of ids.
+//!
+//! Each type has a golden JSON fixture under `fixtures/` that the tests round-trip and that
+//! the web client's tests read, so a change of wire format shows up as a fixture diff.
+
+mod ids;
+
+pub use ids::{
+    ClinicId, ConsultationId, IdError, MAX_SLUG_LEN, NodeId, ParticipantId, StaffId, Timestamp,
+    VisitId,
+};
+use serde::{Deserialize, Serialize};
+
+/// The largest websocket message a client may send, in bytes.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 16 * 1024;
+/// The longest display name a patient may give, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// The longest free-text field (patient details, staff messages), in characters.
+pub const MAX_TEXT_CHARS: usize = 1000;
+
+// ---------------------------------------------------------------------------------------
+// Websocket: browser -> server
+// ---------------------------------------------------------------------------------------
+
+/// A message from a browser over the websocket. The first must be `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// Authenticates the connection with a staff token or a visit credential.
+    Hello { token: String },
+    /// An action; answered by `ack` or `error` carrying the same `req`.
+    Command { req: u32, command: Command },
+}
+
+/// Every state-changing action, over the websocket or `POST /api/commands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Staff: a message shown to one waiting patient.
+    SendMessage {
+        clinic: ClinicId,
+        visit: VisitId,
+        text: String,
+    },
+    /// Staff: admit a waiting patient to a clinician's consultation: a new one, or an
+    /// existing one of that clinician (to bring in a second person).
+    Admit {
+        clinic: ClinicId,
+        visit: VisitId,
+        clinician: StaffId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consultation: Option<ConsultationId>,
+    },
+    /// Clinician: admit the longest-waiting patient who is for them or for anyone.
+    AdmitNext { clinic: ClinicId },
+    /// Staff: put a patient in a consultation back in the waiting room, keeping their place.
+    ReturnToWaiting { clinic: ClinicId, visit: VisitId },
+    /// Staff: move a visit to another clinic's waiting room or to a colleague's queue.
+    Transfer {
+        clinic: ClinicId,
+        visit: VisitId,
+        to: TransferTarget,
+    },
+    /// Staff: remove a visit, e.g. a no-show.
+    Remove { clinic: ClinicId, visit: VisitId },
+    /// Staff: end a consultation; every visit in it ends.
+    EndConsultation {
+        clinic: ClinicId,
+        consultation: ConsultationId,
+    },
+    /// Patient: leave the waiting room or the call; the visit ends.
+    Leave,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransferTarget {
+    /// Another clinic's waiting room; the patient keeps their arrival time.
+    Clinic { clinic: ClinicId },
+    /// A colleague in the same clinic: back to waiting, marked for that clinician.
+    Clinician { clinician: StaffId },
+}
+
+// ---------------------------------------------------------------------------------------
+// Websocket: server -> browser
+// ---------------------------------------------------------------------------------------
+
+/// A message from the server over the websocket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMsg {
+    /// The answer to `hello`: who the connection is.
+    Welcome { session: Session },
+    /// A command with this `req` was carried out.
+    Ack { req: u32 },
+    /// A message was refused; nothing changed. `req` is set when it answers a command.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u32>,
+        code: ErrorCode,
+        message: String,
+    },
+
+    // Staff only: one clinic's room, whole and then as changes.
+    /// The whole room of a clinic, sent on connect; later changes follow as updates.
+    ClinicSnapshot {
+        clinic: ClinicView,
+        visits: Vec<VisitView>,
+        consultations: Vec<ConsultationView>,
+    },
+    /// A visit arrived or changed (idempotent: carries the whole visit).
+    VisitUpdated { clinic: ClinicId, visit: VisitView },
+    /// A visit left this clinic's room.
+    VisitClosed {
+        clinic: ClinicId,
+        visit: VisitId,
+        reason: VisitEndReason,
+    },
+    /// A consultation started or changed (idempotent).
+    ConsultationUpdated {
+        clinic: ClinicId,
+        consultation: ConsultationView,
+    },
+    ConsultationEnded {
+        clinic: ClinicId,
+        consultation: ConsultationId,
+    },
+
+    // Patient only: their own visit and nothing else.
+    /// The patient's own status; sent on connect and on every change.
+    PatientStatus { status: PatientState },
+    /// A message from staff to this patient.
+    StaffMessage { text: String, sent_at: Timestamp },
+}
+
+/// Who a websocket or token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Session {
+    Staff(StaffSession),
+    Patient {
+        visit: VisitId,
+        clinic: ClinicId,
+        clinic_name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffSession {
+    pub username: StaffId,
+    pub display_name: String,
+    pub role: Role,
+    pub clinics: Vec<ClinicId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Reception,
+    Clinician,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicView {
+    pub id: ClinicId,
+    pub name: String,
+}
+
+/// A visit as staff of its clinic see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitView {
+    pub id: VisitId,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment: Option<String>,
+    /// When the patient first arrived; their place in the queue follows from it.
+    pub arrived_at: Timestamp,
+    pub status: VisitStatus,
+    /// Whether the patient's browser is connected now.
+    pub online: bool,
+    /// Set when the visit was transferred to one clinician.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_clinician: Option<StaffId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VisitStatus {
+    Waiting,
+    InConsultation { consultation: ConsultationId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsultationView {
+    pub id: ConsultationId,
+    pub clinician: StaffId,
+    pub started_at: Timestamp,
+    pub visits: Vec<VisitId>,
+}
+
+/// What a patient is told about their own visit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PatientState {
+    /// In the waiting room; the clinic knows they are here.
+    Waiting {
+        clinic_name: String,
+        waiting_since: Timestamp,
+    },
+    /// Admitted: the clinician is joining; media connects next.
+    Admitted { consultation: ConsultationId },
+    /// The visit is over.
+    Ended { reason: VisitEndReason },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisitEndReason {
+    /// The patient left.
+    Left,
+    /// Staff removed the visit.
+    Removed,
+    /// The consultation ended.
+    ConsultationEnded,
+    /// Moved to another clinic's waiting room (staff of the old clinic see this).
+    Transferred,
+}
+
+/// A stable, machine-readable reason a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not valid JSON, or not the expected shape.
+    BadRequest,
+    /// A well-formed message of a type this server does not know.
+    UnknownMessage,
+    /// A field failed validation (too long, empty, ...).
+    InvalidInput,
+    MessageTooLarge,
+    RateLimited,
+    TooManyConnections,
+    /// No token, or a token that is malformed or wrongly signed.
+    Unauthenticated,
+    TokenExpired,
+    /// The caller may not do this.
+    Forbidden,
+    WrongCredentials,
+    NotFound,
+    AlreadyExists,
+    /// The visit is already in a consultation.
+    AlreadyAdmitted,
+    /// The visit is not in the waiting room.
+    NotWaiting,
+    /// The visit is not in a consultation.
+    NotInConsultation,
+    /// Nobody is waiting.
+    QueueEmpty,
+    /// The visit has ended.
+    VisitEnded,
+    /// The clinic does not accept patients by its open link.
+    ClinicClosed,
+    InviteInvalid,
+    InviteExpired,
+    /// Too many concurrent changes; try again.
+    Conflict,
+    /// The server cannot serve now (store unreachable, shutting down).
+    Unavailable,
+    Internal,
+}
+
+// ---------------------------------------------------------------------------------------
+// REST
+// ---------------------------------------------------------------------------------------
+
+/// The body of every non-2xx REST answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// `POST /api/staff/sign-in`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignInResponse {
+    pub token: String,
+    pub expires_at: Timestamp,
+    pub session: StaffSession,
+}
+
+/// `GET /api/clinics/{clinic}`: what a patient's page needs before entering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicEntryInfo {
+    pub id: ClinicId,
+    pub name: String,
+    /// Whether anyone with the clinic's link may enter (otherwise an invite is needed).
+    pub open_link: bool,
+}
+
+/// `POST /api/visits`: a patient enters a waiting room by open link or invite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterRequest {
+    pub entry: Entry,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Entry {
+    OpenLink { clinic: ClinicId },
+    Invite { token: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterResponse {
+    pub visit: VisitId,
+    /// Resumes this visit (websocket `hello`) and nothing else.
+    pub visit_token: String,
+    pub expires_at: Timestamp,
+}
+
+/// `POST /api/admin/clinics`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClinic {
+    pub id: ClinicId,
+    pub name: String,
+    pub open_link: bool,
+}
+
+/// `POST /api/admin/staff`: creates or replaces a member of staff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStaff {
+    pub username: StaffId,
+    pub display_name: String,
+    pub role: Role,
+    pub clinics: Vec<ClinicId>,
+    pub password: String,
+}
+
+/// `POST /api/admin/invites`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueInvite {
+    pub clinic: ClinicId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment: Option<String>,
+    pub valid_for_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteResponse {
+    pub token: String,
+    pub url: String,
+    pub expires_at: Timestamp,
+}
+
+/// One line of the audit log (`GET /api/admin/audit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    /// `staff:<username>`, `patient:<visit>` or `system`.
+    pub actor: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clinic: Option<ClinicId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visit: Option<VisitId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consultation: Option<ConsultationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}

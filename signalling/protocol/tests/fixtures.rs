@@ -1,0 +1,509 @@
+//! Golden JSON fixtures: one file per message shape under `fixtures/`, shared with the web
+//! client's tests. Each value below must serialise to exactly its fixture, and the fixture
+//! must deserialise back to the same value. `UPDATE_FIXTURES=1 cargo test -p protocol`
+//! rewrites them after a deliberate change of format (review the diff).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use protocol::*;
+use serde::{Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: &T) {
+    let path = dir().join(format!("{name}.json"));
+    let mut written = serde_json::to_string_pretty(value).expect("serialises");
+    written.push('\n');
+    if std::env::var_os("UPDATE_FIXTURES").is_some() {
+        std::fs::write(&path, &written).expect("fixture written");
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_FIXTURES=1 creates it)", path.display()));
+    let golden_json: serde_json::Value = serde_json::from_str(&golden).expect("fixture is JSON");
+    let written_json: serde_json::Value = serde_json::from_str(&written).expect("JSON");
+    assert_eq!(
+        written_json, golden_json,
+        "{name}: serialised form differs from fixture"
+    );
+    let back: T = serde_json::from_str(&golden).expect("fixture deserialises");
+    assert_eq!(&back, value, "{name}: fixture does not round-trip");
+}
+
+fn visit() -> VisitId {
+    VisitId(Uuid::from_u128(0x1111_1111_1111_4111_8111_111111111111))
+}
+fn consultation() -> ConsultationId {
+    ConsultationId(Uuid::from_u128(0x2222_2222_2222_4222_8222_222222222222))
+}
+fn clinic() -> ClinicId {
+    ClinicId::parse("dermatology").unwrap()
+}
+fn clinician() -> StaffId {
+    StaffId::parse("dr.jones").unwrap()
+}
+
+fn all_fixtures() -> Vec<&'static str> {
+    let staff_session = StaffSession {
+        username: StaffId::parse("alice").unwrap(),
+        display_name: "Alice Reception".into(),
+        role: Role::Reception,
+        clinics: vec![clinic()],
+    };
+    let visit_view = VisitView {
+        id: visit(),
+        name: "Pat Example".into(),
+        details: Some("Follow-up of a rash".into()),
+        appointment: Some("APT-0042".into()),
+        arrived_at: Timestamp(1_700_000_000_000),
+        status: VisitStatus::Waiting,
+        online: true,
+        for_clinician: None,
+    };
+    let consultation_view = ConsultationView {
+        id: consultation(),
+        clinician: clinician(),
+        started_at: Timestamp(1_700_000_060_000),
+        visits: vec![visit()],
+    };
+    let mut names = Vec::new();
+    let mut f = |name: &'static str, ok: ()| {
+        let () = ok;
+        names.push(name);
+    };
+    let c = |command| ClientMsg::Command { req: 7, command };
+    f(
+        "client_hello",
+        check(
+            "client_hello",
+            &ClientMsg::Hello {
+                token: "eyJ...".into(),
+            },
+        ),
+    );
+    f(
+        "client_send_message",
+        check(
+            "client_send_message",
+            &c(Command::SendMessage {
+                clinic: clinic(),
+                visit: visit(),
+                text: "The clinician is running 10 minutes late.".into(),
+            }),
+        ),
+    );
+    f(
+        "client_admit",
+        check(
+            "client_admit",
+            &c(Command::Admit {
+                clinic: clinic(),
+                visit: visit(),
+                clinician: clinician(),
+                consultation: None,
+            }),
+        ),
+    );
+    f(
+        "client_admit_into",
+        check(
+            "client_admit_into",
+            &c(Command::Admit {
+                clinic: clinic(),
+                visit: visit(),
+                clinician: clinician(),
+                consultation: Some(consultation()),
+            }),
+        ),
+    );
+    f(
+        "client_admit_next",
+        check(
+            "client_admit_next",
+            &c(Command::AdmitNext { clinic: clinic() }),
+        ),
+    );
+    f(
+        "client_return_to_waiting",
+        check(
+            "client_return_to_waiting",
+            &c(Command::ReturnToWaiting {
+                clinic: clinic(),
+                visit: visit(),
+            }),
+        ),
+    );
+    f(
+        "client_transfer_clinic",
+        check(
+            "client_transfer_clinic",
+            &c(Command::Transfer {
+                clinic: clinic(),
+                visit: visit(),
+                to: TransferTarget::Clinic {
+                    clinic: ClinicId::parse("plastics").unwrap(),
+                },
+            }),
+        ),
+    );
+    f(
+        "client_transfer_clinician",
+        check(
+            "client_transfer_clinician",
+            &c(Command::Transfer {
+                clinic: clinic(),
+                visit: visit(),
+                to: TransferTarget::Clinician {
+                    clinician: StaffId::parse("dr.smith").unwrap(),
+                },
+            }),
+        ),
+    );
+    f(
+        "client_remove",
+        check(
+            "client_remove",
+            &c(Command::Remove {
+                clinic: clinic(),
+                visit: visit(),
+            }),
+        ),
+    );
+    f(
+        "client_end_consultation",
+        check(
+            "client_end_consultation",
+            &c(Command::EndConsultation {
+                clinic: clinic(),
+                consultation: consultation(),
+            }),
+        ),
+    );
+    f("client_leave", check("client_leave", &c(Command::Leave)));
+
+    f(
+        "server_welcome_staff",
+        check(
+            "server_welcome_staff",
+            &ServerMsg::Welcome {
+                session: Session::Staff(staff_session.clone()),
+            },
+        ),
+    );
+    f(
+        "server_welcome_patient",
+        check(
+            "server_welcome_patient",
+            &ServerMsg::Welcome {
+                session: Session::Patient {
+                    visit: visit(),
+                    clinic: clinic(),
+                    clinic_name: "Dermatology".into(),
+                },
+            },
+        ),
+    );
+    f(
+        "server_ack",
+        check("server_ack", &ServerMsg::Ack { req: 7 }),
+    );
+    f(
+        "server_error",
+        check(
+            "server_error",
+            &ServerMsg::Error {
+                req: Some(7),
+                code: ErrorCode::AlreadyAdmitted,
+                message: "This patient has already been admitted.".into(),
+            },
+        ),
+    );
+    f(
+        "server_clinic_snapshot",
+        check(
+            "server_clinic_snapshot",
+            &ServerMsg::ClinicSnapshot {
+                clinic: ClinicView {
+                    id: clinic(),
+                    name: "Dermatology".into(),
+                },
+                visits: vec![visit_view.clone()],
+                consultations: vec![consultation_view.clone()],
+            },
+        ),
+    );
+    f(
+        "server_visit_updated",
+        check(
+            "server_visit_updated",
+            &ServerMsg::VisitUpdated {
+                clinic: clinic(),
+                visit: VisitView {
+                    status: VisitStatus::InConsultation {
+                        consultation: consultation(),
+                    },
+                    for_clinician: Some(clinician()),
+                    ..visit_view
+                },
+            },
+        ),
+    );
+    f(
+        "server_visit_closed",
+        check(
+            "server_visit_closed",
+            &ServerMsg::VisitClosed {
+                clinic: clinic(),
+                visit: visit(),
+                reason: VisitEndReason::Removed,
+            },
+        ),
+    );
+    f(
+        "server_consultation_updated",
+        check(
+            "server_consultation_updated",
+            &ServerMsg::ConsultationUpdated {
+                clinic: clinic(),
+                consultation: consultation_view,
+            },
+        ),
+    );
+    f(
+        "server_consultation_ended",
+        check(
+            "server_consultation_ended",
+            &ServerMsg::ConsultationEnded {
+                clinic: clinic(),
+                consultation: consultation(),
+            },
+        ),
+    );
+    f(
+        "server_patient_waiting",
+        check(
+            "server_patient_waiting",
+            &ServerMsg::PatientStatus {
+                status: PatientState::Waiting {
+                    clinic_name: "Dermatology".into(),
+                    waiting_since: Timestamp(1_700_000_000_000),
+                },
+            },
+        ),
+    );
+    f(
+        "server_patient_admitted",
+        check(
+            "server_patient_admitted",
+            &ServerMsg::PatientStatus {
+                status: PatientState::Admitted {
+                    consultation: consultation(),
+                },
+            },
+        ),
+    );
+    f(
+        "server_patient_ended",
+        check(
+            "server_patient_ended",
+            &ServerMsg::PatientStatus {
+                status: PatientState::Ended {
+                    reason: VisitEndReason::ConsultationEnded,
+                },
+            },
+        ),
+    );
+    f(
+        "server_staff_message",
+        check(
+            "server_staff_message",
+            &ServerMsg::StaffMessage {
+                text: "We will be with you shortly.".into(),
+                sent_at: Timestamp(1_700_000_030_000),
+            },
+        ),
+    );
+
+    f(
+        "rest_error",
+        check(
+            "rest_error",
+            &ErrorBody {
+                code: ErrorCode::TokenExpired,
+                message: "Your sign-in has expired.".into(),
+            },
+        ),
+    );
+    f(
+        "rest_sign_in_request",
+        check(
+            "rest_sign_in_request",
+            &SignInRequest {
+                username: "alice".into(),
+                password: "correct horse".into(),
+            },
+        ),
+    );
+    f(
+        "rest_sign_in_response",
+        check(
+            "rest_sign_in_response",
+            &SignInResponse {
+                token: "eyJ...".into(),
+                expires_at: Timestamp(1_700_003_600_000),
+                session: staff_session,
+            },
+        ),
+    );
+    f(
+        "rest_clinic_entry",
+        check(
+            "rest_clinic_entry",
+            &ClinicEntryInfo {
+                id: clinic(),
+                name: "Dermatology".into(),
+                open_link: true,
+            },
+        ),
+    );
+    f(
+        "rest_enter_open_link",
+        check(
+            "rest_enter_open_link",
+            &EnterRequest {
+                entry: Entry::OpenLink { clinic: clinic() },
+                name: "Pat Example".into(),
+                details: None,
+            },
+        ),
+    );
+    f(
+        "rest_enter_invite",
+        check(
+            "rest_enter_invite",
+            &EnterRequest {
+                entry: Entry::Invite {
+                    token: "eyJ...".into(),
+                },
+                name: "Pat Example".into(),
+                details: Some("NHS 999 999 9999".into()),
+            },
+        ),
+    );
+    f(
+        "rest_enter_response",
+        check(
+            "rest_enter_response",
+            &EnterResponse {
+                visit: visit(),
+                visit_token: "eyJ...".into(),
+                expires_at: Timestamp(1_700_043_200_000),
+            },
+        ),
+    );
+    f(
+        "rest_create_clinic",
+        check(
+            "rest_create_clinic",
+            &CreateClinic {
+                id: clinic(),
+                name: "Dermatology".into(),
+                open_link: true,
+            },
+        ),
+    );
+    f(
+        "rest_create_staff",
+        check(
+            "rest_create_staff",
+            &CreateStaff {
+                username: clinician(),
+                display_name: "Dr Jones".into(),
+                role: Role::Clinician,
+                clinics: vec![clinic()],
+                password: "a long passphrase".into(),
+            },
+        ),
+    );
+    f(
+        "rest_issue_invite",
+        check(
+            "rest_issue_invite",
+            &IssueInvite {
+                clinic: clinic(),
+                appointment: Some("APT-0042".into()),
+                valid_for_secs: 86_400,
+            },
+        ),
+    );
+    f(
+        "rest_invite_response",
+        check(
+            "rest_invite_response",
+            &InviteResponse {
+                token: "eyJ...".into(),
+                url: "https://video.example-hospital.org/i/eyJ...".into(),
+                expires_at: Timestamp(1_700_086_400_000),
+            },
+        ),
+    );
+    f(
+        "rest_audit_entry",
+        check(
+            "rest_audit_entry",
+            &AuditEntry {
+                at: Timestamp(1_700_000_060_000),
+                actor: "staff:alice".into(),
+                action: "admit".into(),
+                clinic: Some(clinic()),
+                visit: Some(visit()),
+                consultation: Some(consultation()),
+                detail: Some("clinician dr.jones".into()),
+            },
+        ),
+    );
+    names
+}
+
+#[test]
+fn every_message_matches_its_golden_fixture() {
+    all_fixtures();
+}
+
+#[test]
+fn no_fixture_is_stale() {
+    let expected: BTreeSet<String> = all_fixtures()
+        .into_iter()
+        .map(|n| format!("{n}.json"))
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(dir())
+        .expect("fixtures dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    assert_eq!(
+        present, expected,
+        "fixtures on disk and in this test differ"
+    );
+}
+
+#[test]
+fn malformed_and_unknown_messages_are_refused() {
+    for bad in [
+        "",
+        "{",
+        "null",
+        r#"{"type":"hello"}"#,
+        r#"{"type":"hello","token":"x","extra":1}"#,
+        r#"{"type":"launch_missiles"}"#,
+        r#"{"type":"command","req":1,"command":{"type":"admit","clinic":"Bad Clinic","visit":"x"}}"#,
+        r#"{"type":"command","req":-1,"command":{"type":"leave"}}"#,
+    ] {
+        assert!(
+            serde_json::from_str::<ClientMsg>(bad).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! The server's configuration: built-in defaults (`infra/consult.toml`, compiled in), then
+//! a config file, then `CONSULT_*` environment variables, then command-line flags.
+//! Validated once at start; every field is documented in `infra/consult.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::server::Limits;
+use crate::service::TokenLifetimes;
+
+/// The documented sample, which is also the defaults.
+pub const DEFAULTS: &str = include_str!("../../infra/consult.toml");
+/// The prefix of every environment variable the product reads.
+pub const ENV_PREFIX: &str = "CONSULT_";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub redis_url: String,
+    pub data_dir: PathBuf,
+    pub token_secret: String,
+    pub staff_token_minutes: u64,
+    pub visit_token_hours: u64,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    pub entries_per_minute: u32,
+    pub log: String,
+}
+
+/// Values given on the command line, which win over everything else.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULTS));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "no config file at {}",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        let config: Config = fig
+            .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return bad("public_url must start with http:// or https://");
+        }
+        if !self.token_secret.is_empty() && self.token_secret.len() < crate::auth::MIN_SECRET_BYTES
+        {
+            return bad("token_secret must be at least 32 bytes (or empty to generate one)");
+        }
+        if self.staff_token_minutes == 0 || self.visit_token_hours == 0 {
+            return bad("token lifetimes must be positive");
+        }
+        if self.max_connections == 0 || self.max_message_bytes < 1024 {
+            return bad("max_connections must be positive and max_message_bytes at least 1024");
+        }
+        if self.messages_per_second == 0 || self.entries_per_minute == 0 {
+            return bad("rate limits must be positive");
+        }
+        Ok(())
+    }
+
+    /// `None` means single node (no Redis).
+    pub fn redis(&self) -> Option<&str> {
+        Some(self.redis_url.trim()).filter(|s| !s.is_empty())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            messages_per_second: self.messages_per_second,
+            message_burst: self.message_burst.max(self.messages_per_second),
+            entries_per_minute: self.entries_per_minute,
+        }
+    }
+
+    pub fn lifetimes(&self) -> TokenLifetimes {
+        TokenLifetimes {
+            staff: Duration::from_secs(self.staff_token_minutes * 60),
+            visit: Duration::from_secs(self.visit_token_hours * 3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_overrides_win() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.redis(), None);
+        let c = Config::load(
+            None,
+            &Overrides {
+                redis_url: Some("redis://127.0.0.1:1".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.redis(), Some("redis://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "token_secret = \"short\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("token_secret"), "{e}");
+        std::fs::write(&f, "no_such_key = 1\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        assert!(
+            Config::load(
+                Some(&dir.path().join("missing.toml")),
+                &Overrides::default()
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! `consult`: runs the signalling server and administers clinics, staff and invites.
+//! The admin commands write to the same store as the server (SQLite file or Redis), so
+//! they work whether or not the server is running.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use protocol::{ClinicId, CreateClinic, CreateStaff, IssueInvite, Role, StaffId};
+use rand::distr::{Alphanumeric, SampleString};
+use signalling::config::{Config, Overrides};
+use signalling::server::{self, AppState};
+use signalling::service::Service;
+use tracing_subscriber::EnvFilter;
+
+/// The actor recorded in the audit log for command-line changes.
+fn cli_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "consult",
+    version,
+    about = "Virtual clinics: waiting rooms and video consultations"
+)]
+struct Cli {
+    /// A config file (see infra/consult.toml); CONSULT_* environment variables win over it.
+    #[arg(long, global = true, env = "CONSULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL: use the Redis store (several instances). Absent: single node.
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// Where the single-node mode keeps its database.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the signalling server.
+    Serve {
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The address people use, for links.
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Create (or reuse) a demo clinic with a receptionist, a clinician and an admin,
+        /// give them fresh passwords, and print the links and sign-ins.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Clinics: `clinic add`, `clinic list`.
+    #[command(subcommand)]
+    Clinic(ClinicCmd),
+    /// Staff: `staff add`, `staff list`.
+    #[command(subcommand)]
+    Staff(StaffCmd),
+    /// Issue a personal invite link for one patient to one clinic.
+    Invite {
+        clinic: ClinicId,
+        /// An appointment reference shown to staff.
+        #[arg(long)]
+        appointment: Option<String>,
+        /// How long the link stays valid, in hours.
+        #[arg(long, default_value_t = 24)]
+        valid_hours: u64,
+    },
+    /// Print the newest entries of the audit log.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClinicCmd {
+    /// Create or update a clinic.
+    Add {
+        id: ClinicId,
+        #[arg(long)]
+        name: String,
+        /// Let anyone with the clinic's link enter (otherwise invites only).
+        #[arg(long)]
+        open_link: bool,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum StaffCmd {
+    /// Create or update a member of staff. Prints a generated password unless
+    /// --password-stdin is given.
+    Add {
+        username: StaffId,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A clinic they work in (repeat for several).
+        #[arg(long = "clinic")]
+        clinics: Vec<ClinicId>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "admin" => Ok(Role::Admin),
+        "reception" => Ok(Role::Reception),
+        "clinician" => Ok(Role::Clinician),
+        _ => Err("one of: admin, reception, clinician".into()),
+    }
+}
+
+fn new_password() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 16)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (listen, public_url) = match &cli.command {
+        Cmd::Serve {
+            listen, public_url, ..
+        } => (*listen, public_url.clone()),
+        _ => (None, None),
+    };
+    let overrides = Overrides {
+        listen,
+        redis_url: cli.redis_url.clone(),
+        data_dir: cli.data_dir.clone(),
+        public_url,
+    };
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let store = signalling::open_store(&config)
+        .await
+        .context("opening the store")?;
+    let service = signalling::service(&config, store)
+        .await
+        .context("loading the token secret")?;
+    let actor = cli_actor();
+
+    match cli.command {
+        Cmd::Serve { demo, .. } => {
+            if demo {
+                demo_setup(&service, &actor).await?;
+            }
+            serve(config, service).await?;
+        }
+        Cmd::Clinic(ClinicCmd::Add {
+            id,
+            name,
+            open_link,
+        }) => {
+            let c = service
+                .create_clinic(
+                    &actor,
+                    CreateClinic {
+                        id,
+                        name,
+                        open_link,
+                    },
+                )
+                .await?;
+            println!(
+                "clinic {} \"{}\" (open link {})",
+                c.id,
+                c.name,
+                if c.open_link { "on" } else { "off" }
+            );
+            if c.open_link {
+                println!("patient link: {}", service.clinic_link(&c.id));
+            }
+        }
+        Cmd::Clinic(ClinicCmd::List) => {
+            for c in service.store().clinics().await? {
+                println!(
+                    "{}\t{}\topen link {}",
+                    c.id,
+                    c.name,
+                    if c.open_link { "on" } else { "off" }
+                );
+            }
+        }
+        Cmd::Staff(StaffCmd::Add {
+            username,
+            name,
+            role,
+            clinics,
+            password_stdin,
+        }) => {
+            let (password, generated) = if password_stdin {
+                let mut p = String::new();
+                std::io::stdin().read_to_string(&mut p)?;
+                (p.trim_end_matches(['\r', '\n']).to_owned(), false)
+            } else {
+                (new_password(), true)
+            };
+            let req = CreateStaff {
+                username,
+                display_name: name,
+                role,
+                clinics,
+                password: password.clone(),
+            };
+            let s = service.create_staff(&actor, req).await?;
+            println!(
+                "staff {} ({:?}) in [{}]",
+                s.username,
+                s.role,
+                join(&s.clinics)
+            );
+            if generated {
+                println!("password: {password}");
+            }
+        }
+        Cmd::Staff(StaffCmd::List) => {
+            for s in service.store().staff_list().await? {
+                println!(
+                    "{}\t{}\t{:?}\t[{}]",
+                    s.username,
+                    s.display_name,
+                    s.role,
+                    join(&s.clinics)
+                );
+            }
+        }
+        Cmd::Invite {
+            clinic,
+            appointment,
+            valid_hours,
+        } => {
+            if valid_hours == 0 {
+                bail!("--valid-hours must be at least 1");
+            }
+            let req = IssueInvite {
+                clinic,
+                appointment,
+                valid_for_secs: valid_hours.saturating_mul(3600),
+            };
+            let inv = service.issue_invite(&actor, req).await?;
+            println!("{}", inv.url);
+        }
+        Cmd::Audit { limit } => {
+            for e in service.store().audit_tail(limit).await? {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(clinics: &[ClinicId]) -> String {
+    clinics
+        .iter()
+        .map(ClinicId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn serve(config: Config, service: Service) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let mode = if config.redis().is_some() {
+        "redis"
+    } else {
+        "single node"
+    };
+    tracing::info!(addr = %listener.local_addr()?, mode, "serving");
+    let state = AppState::new(service, config.limits());
+    server::run(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The demo: one open clinic and three accounts with fresh passwords, printed.
+async fn demo_setup(service: &Service, actor: &str) -> anyhow::Result<()> {
+    let clinic = ClinicId::parse("demo")?;
+    service
+        .create_clinic(
+            actor,
+            CreateClinic {
+                id: clinic.clone(),
+                name: "Demo clinic".into(),
+                open_link: true,
+            },
+        )
+        .await?;
+    let accounts = [
+        ("reception", "Rita Reception", Role::Reception),
+        ("clinician", "Dr Chris Clinician", Role::Clinician),
+        ("admin", "Ada Admin", Role::Admin),
+    ];
+    let mut lines = Vec::new();
+    for (user, name, role) in accounts {
+        let password = new_password();
+        let clinics = if role == Role::Admin {
+            vec![]
+        } else {
+            vec![clinic.clone()]
+        };
+        let req = CreateStaff {
+            username: StaffId::parse(user)?,
+            display_name: name.into(),
+            role,
+            clinics,
+            password: password.clone(),
+        };
+        service.create_staff(actor, req).await?;
+        lines.push(format!("  {user:<10} password {password}"));
+    }
+    let invite = service
+        .issue_invite(
+            actor,
+            IssueInvite {
+                clinic: clinic.clone(),
+                appointment: Some("DEMO-1".into()),
+                valid_for_secs: 24 * 3600,
+            },
+        )
+        .await?;
+    let url = service.public_url();
+    println!("\nDemo clinic ready.\n");
+    println!(
+        "Patient link (open clinic):   {}",
+        service.clinic_link(&clinic)
+    );
+    println!("Patient invite (24 hours):    {}", invite.url);
+    println!("Staff sign-in:                {url}/staff");
+    println!("Staff accounts (passwords are new on every --demo start):");
+    for l in lines {
+        println!("{l}");
+    }
+    println!("\nTry the API:");
+    println!("  curl -s {url}/api/clinics/demo");
+    println!(
+        "  curl -s -XPOST {url}/api/visits -H 'content-type: application/json' -d '{{\"entry\":{{\"kind\":\"open_link\",\"clinic\":\"demo\"}},\"name\":\"Pat Example\"}}'"
+    );
+    println!();
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! The HTTP and websocket server: a thin axum shell over [`Service`].
+//!
+//! `run(listener, state, shutdown)` serves until the injected shutdown future resolves,
+//! then stops accepting, tells every websocket to reconnect elsewhere (close code 1012),
+//! and waits (bounded) for connections to finish so presence is recorded.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use protocol::{
+    AuditEntry, ClinicEntryInfo, ClinicId, Command, CreateClinic, CreateStaff, EnterRequest,
+    EnterResponse, ErrorBody, ErrorCode, InviteResponse, IssueInvite, ServerMsg, SignInRequest,
+    SignInResponse,
+};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Action, AuthError, StaffClaims, authorize};
+use crate::error::{AppError, status_of};
+use crate::service::Service;
+
+pub mod hub;
+mod ws;
+
+use hub::Hub;
+
+/// Limits that protect the server from clients, all configurable.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open websockets at most; more are refused with 429.
+    pub max_connections: usize,
+    /// The largest websocket message or REST body, in bytes.
+    pub max_message_bytes: usize,
+    /// Websocket messages per second per connection, and the burst above that.
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    /// Sign-ins and patient entries per minute per client address.
+    pub entries_per_minute: u32,
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub service: Service,
+    pub hub: Arc<Hub>,
+    pub limits: Limits,
+    connection_slots: Arc<Semaphore>,
+    entry_limiter: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    connection_ids: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn new(service: Service, limits: Limits) -> Self {
+        let per_minute = NonZeroU32::new(limits.entries_per_minute).unwrap_or(NonZeroU32::MIN);
+        Self {
+            service,
+            hub: Arc::new(Hub::default()),
+            limits,
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            entry_limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            connection_ids: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        self.connection_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Open websockets now.
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_connections - self.connection_slots.available_permits()
+    }
+}
+
+/// How long shutdown waits for websockets to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let hub_task = tokio::spawn(
+        state
+            .hub
+            .clone()
+            .run(state.service.store().subscribe(), state.shutdown.clone()),
+    );
+    let stop = state.shutdown.clone();
+    let tasks = state.tasks.clone();
+    let app = router(state);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing connections");
+        stop.cancel();
+    })
+    .await;
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(left = tasks.len(), "connections did not finish in time");
+    }
+    hub_task.abort();
+    served
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_message_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/ws", get(ws::upgrade))
+        .route("/api/staff/sign-in", post(sign_in))
+        .route("/api/staff/refresh", post(refresh))
+        .route("/api/clinics/{clinic}", get(clinic_entry))
+        .route("/api/clinics/{clinic}/room", get(room))
+        .route("/api/visits", post(enter))
+        .route("/api/commands", post(command))
+        .route("/api/admin/clinics", post(create_clinic))
+        .route("/api/admin/staff", post(create_staff))
+        .route("/api/admin/invites", post(issue_invite))
+        .route("/api/admin/audit", get(audit))
+        .fallback(|| async { ApiError::from_code(ErrorCode::NotFound, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+// --- errors and extractors -------------------------------------------------------------------
+
+/// A refused request: status and a JSON [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn from_code(code: ErrorCode, message: &str) -> Self {
+        Self {
+            status: status_of(code),
+            body: ErrorBody {
+                code,
+                message: message.to_owned(),
+            },
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        e.log();
+        Self {
+            status: e.status(),
+            body: e.body(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::MessageTooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
+        Self::from_code(code, &r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::from_code(ErrorCode::BadRequest, &r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// A JSON body whose rejections are answered in the API's own error format.
+#[derive(Debug, FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
+pub struct Body<T>(pub T);
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::from_code(
+                ErrorCode::Unauthenticated,
+                "sign in first (no bearer token)",
+            )
+        })
+}
+
+fn staff(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, ApiError> {
+    Ok(state.service.authenticate_staff(bearer(headers)?)?)
+}
+
+fn check_entry_rate(state: &AppState, addr: SocketAddr) -> Result<(), ApiError> {
+    state.entry_limiter.check_key(&addr.ip()).map_err(|_| {
+        ApiError::from_code(
+            ErrorCode::RateLimited,
+            "too many attempts; wait a minute and try again",
+        )
+    })
+}
+
+// --- handlers --------------------------------------------------------------------------------
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.service.store().ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Body(req): Body<SignInRequest>,
+) -> ApiResult<SignInResponse> {
+    check_entry_rate(&state, addr)?;
+    Ok(Json(state.service.sign_in(req).await?))
+}
+
+async fn refresh(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<SignInResponse> {
+    let claims = staff(&state, &headers)?;
+    Ok(Json(state.service.refresh(&claims).await?))
+}
+
+async fn clinic_entry(
+    State(state): State<AppState>,
+    Path(clinic): Path<String>,
+) -> ApiResult<ClinicEntryInfo> {
+    let clinic = ClinicId::parse(clinic)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    Ok(Json(state.service.clinic_entry(&clinic).await?))
+}
+
+async fn room(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(clinic): Path<String>,
+) -> ApiResult<ServerMsg> {
+    let claims = staff(&state, &headers)?;
+    let clinic = ClinicId::parse(clinic)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    Ok(Json(state.service.room_snapshot(&claims, &clinic).await?))
+}
+
+async fn enter(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Body(req): Body<EnterRequest>,
+) -> ApiResult<EnterResponse> {
+    check_entry_rate(&state, addr)?;
+    Ok(Json(state.service.enter(req).await?))
+}
+
+async fn command(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(cmd): Body<Command>,
+) -> Result<StatusCode, ApiError> {
+    let who = state.service.authenticate(bearer(&headers)?)?;
+    state.service.execute(&who, cmd).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_clinic(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<CreateClinic>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers)?;
+    authorize(&claims, Action::Administer, None)?;
+    state
+        .service
+        .create_clinic(&format!("staff:{}", claims.sub), req)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_staff(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<CreateStaff>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers)?;
+    authorize(&claims, Action::Administer, None)?;
+    state
+        .service
+        .create_staff(&format!("staff:{}", claims.sub), req)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn issue_invite(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<IssueInvite>,
+) -> ApiResult<InviteResponse> {
+    let claims = staff(&state, &headers)?;
+    authorize(&claims, Action::IssueInvite, Some(&req.clinic))?;
+    Ok(Json(
+        state
+            .service
+            .issue_invite(&format!("staff:{}", claims.sub), req)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<Vec<AuditEntry>> {
+    let claims = staff(&state, &headers)?;
+    authorize(&claims, Action::Administer, None)?;
+    let Query(q) = query?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    Ok(Json(
+        state
+            .service
+            .store()
+            .audit_tail(limit)
+            .await
+            .map_err(AppError::from)?,
+    ))
+}

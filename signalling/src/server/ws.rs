@@ -1,0 +1,363 @@
+//! The websocket every browser keeps open: `hello` with a token, then commands one way and
+//! live events the other.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use protocol::{ClientMsg, ClinicId, ErrorCode, ServerMsg, Session};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::AppState;
+use crate::auth::Principal;
+use crate::error::AppError;
+use crate::room::Audience;
+
+/// How long a new connection may take to say `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the server pings an idle connection, and how long silence is tolerated.
+const PING_EVERY: Duration = Duration::from_secs(20);
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Close codes (4000-4999 are the application's own).
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_RESTART: u16 = 1012;
+const CLOSE_TRY_AGAIN: u16 = 1013;
+const CLOSE_UNAUTHENTICATED: u16 = 4001;
+const CLOSE_VISIT_ENDED: u16 = 4002;
+
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        let err = super::ApiError::from_code(
+            ErrorCode::TooManyConnections,
+            "the server is at its connection limit; please try again shortly",
+        );
+        return err.into_response();
+    };
+    let max = state.limits.max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let id = state.next_connection_id();
+            let span = tracing::info_span!("ws", conn = id);
+            let tracker = state.tasks.clone();
+            tracker.track_future(
+                async move { Connection::serve(state, socket, permit).await }.instrument(span),
+            )
+        })
+}
+
+struct Connection {
+    state: AppState,
+    socket: WebSocket,
+    limiter: DefaultDirectRateLimiter,
+    /// The room version each snapshot was read at: older events are already in it.
+    seen: HashMap<ClinicId, u64>,
+}
+
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+fn encode(msg: &ServerMsg) -> Message {
+    // Wire types always serialise.
+    Message::Text(serde_json::to_string(msg).unwrap_or_default().into())
+}
+
+fn error(req: Option<u32>, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+    ServerMsg::Error {
+        req,
+        code,
+        message: message.into(),
+    }
+}
+
+fn app_error(req: Option<u32>, e: &AppError) -> ServerMsg {
+    e.log();
+    error(req, e.code(), e.public_message())
+}
+
+/// Why a text frame is not a valid message: unknown type, or not the expected shape.
+fn parse_error(e: &serde_json::Error) -> ServerMsg {
+    let text = e.to_string();
+    if text.starts_with("unknown variant") {
+        error(None, ErrorCode::UnknownMessage, "unknown message type")
+    } else {
+        error(
+            None,
+            ErrorCode::BadRequest,
+            format!("malformed message: {text}"),
+        )
+    }
+}
+
+impl Connection {
+    async fn serve(state: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+        let limits = state.limits;
+        let per_second = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.message_burst).unwrap_or(per_second);
+        let mut conn = Connection {
+            state,
+            socket,
+            limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            seen: HashMap::new(),
+        };
+        let (code, reason) = conn.run().await;
+        let _ = conn
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+        tracing::debug!(code, reason, "connection closed");
+    }
+
+    async fn send(&mut self, msg: &ServerMsg) -> bool {
+        self.socket.send(encode(msg)).await.is_ok()
+    }
+
+    async fn run(&mut self) -> (u16, &'static str) {
+        let principal = match self.hello().await {
+            Ok(p) => p,
+            Err(close) => return close,
+        };
+        let shutdown = self.state.shutdown.clone();
+        let (subscription, expires) = match &principal {
+            Principal::Staff(claims) => {
+                let clinics = match self.state.service.staff_clinics(claims).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.send(&app_error(None, &e)).await;
+                        return (CLOSE_TRY_AGAIN, "could not load the waiting rooms");
+                    }
+                };
+                let audiences = clinics
+                    .iter()
+                    .map(|c| Audience::ClinicStaff(c.clone()))
+                    .collect();
+                let sub = self.state.hub.subscribe(audiences);
+                // Subscribed first, then read: an event is either in the snapshot or after it.
+                let rooms = match self.state.service.staff_rooms(claims, clinics).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.send(&app_error(None, &e)).await;
+                        return (CLOSE_TRY_AGAIN, "could not load the waiting rooms");
+                    }
+                };
+                let session = Session::Staff(protocol::StaffSession {
+                    username: claims.sub.clone(),
+                    display_name: claims.name.clone(),
+                    role: claims.role,
+                    clinics: rooms.iter().map(|r| r.clinic.clone()).collect(),
+                });
+                if !self.send(&ServerMsg::Welcome { session }).await {
+                    return (CLOSE_RESTART, "");
+                }
+                for r in rooms {
+                    self.seen.insert(r.clinic, r.version);
+                    if !self.send(&r.msg).await {
+                        return (CLOSE_RESTART, "");
+                    }
+                }
+                (sub, claims.exp)
+            }
+            Principal::Patient(visit) => {
+                let sub = self.state.hub.subscribe(vec![Audience::Visit(*visit)]);
+                let start = match self.state.service.patient_start(*visit).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.send(&app_error(None, &e)).await;
+                        return (CLOSE_VISIT_ENDED, "visit ended");
+                    }
+                };
+                self.seen.insert(start.clinic, start.version);
+                if !self
+                    .send(&ServerMsg::Welcome {
+                        session: start.session,
+                    })
+                    .await
+                {
+                    return (CLOSE_RESTART, "");
+                }
+                for m in &start.msgs {
+                    if !self.send(m).await {
+                        return (CLOSE_RESTART, "");
+                    }
+                }
+                if let Err(e) = self.state.service.presence(*visit, true).await {
+                    e.log();
+                }
+                (sub, u64::MAX)
+            }
+        };
+        let close = self
+            .live(&principal, subscription, expires, &shutdown)
+            .await;
+        if let Principal::Patient(visit) = principal {
+            // Ended visits are gone from the room; nothing to mark offline then.
+            if let Err(e) = self.state.service.presence(visit, false).await {
+                e.log();
+            }
+        }
+        close
+    }
+
+    /// Waits for `hello` and checks its token.
+    async fn hello(&mut self) -> Result<Principal, (u16, &'static str)> {
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, self.socket.recv()).await {
+            Err(_) => return Err((CLOSE_POLICY, "no hello")),
+            Ok(None | Some(Err(_))) => return Err((CLOSE_POLICY, "")),
+            Ok(Some(Ok(m))) => m,
+        };
+        let Message::Text(text) = first else {
+            self.send(&error(
+                None,
+                ErrorCode::BadRequest,
+                "the first message must be hello",
+            ))
+            .await;
+            return Err((CLOSE_POLICY, "expected hello"));
+        };
+        let token = match serde_json::from_str::<ClientMsg>(&text) {
+            Ok(ClientMsg::Hello { token }) => token,
+            Ok(_) => {
+                self.send(&error(
+                    None,
+                    ErrorCode::Unauthenticated,
+                    "the first message must be hello",
+                ))
+                .await;
+                return Err((CLOSE_UNAUTHENTICATED, "expected hello"));
+            }
+            Err(e) => {
+                self.send(&parse_error(&e)).await;
+                return Err((CLOSE_POLICY, "expected hello"));
+            }
+        };
+        match self.state.service.authenticate(&token) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.send(&app_error(None, &e)).await;
+                Err((CLOSE_UNAUTHENTICATED, "unauthenticated"))
+            }
+        }
+    }
+
+    /// The connection's life after `hello`: commands in, events out.
+    async fn live(
+        &mut self,
+        principal: &Principal,
+        mut sub: super::hub::Subscription,
+        expires_secs: u64,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> (u16, &'static str) {
+        let expiry = tokio::time::sleep(until(expires_secs));
+        tokio::pin!(expiry);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return (CLOSE_RESTART, "server restarting"),
+                _ = &mut expiry => {
+                    self.send(&error(None, ErrorCode::TokenExpired, "your sign-in has expired")).await;
+                    return (CLOSE_UNAUTHENTICATED, "token expired");
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > SILENCE_LIMIT {
+                        return (CLOSE_POLICY, "no answer to ping");
+                    }
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return (CLOSE_RESTART, "");
+                    }
+                }
+                delivery = sub.rx.recv() => {
+                    let Some(d) = delivery else {
+                        return (CLOSE_TRY_AGAIN, "too slow; reconnect");
+                    };
+                    if self.seen.get(&d.clinic).is_some_and(|v| d.version <= *v) {
+                        continue;
+                    }
+                    if self.socket.send(Message::Text(d.text.clone())).await.is_err() {
+                        return (CLOSE_RESTART, "");
+                    }
+                }
+                incoming = self.socket.recv() => {
+                    last_heard = tokio::time::Instant::now();
+                    let msg = match incoming {
+                        None => return (CLOSE_RESTART, ""),
+                        Some(Err(e)) => {
+                            let too_big = e.to_string().contains("too long") || e.to_string().contains("too big");
+                            if too_big {
+                                self.send(&error(None, ErrorCode::MessageTooLarge, "message too large")).await;
+                                return (CLOSE_TOO_BIG, "message too large");
+                            }
+                            return (CLOSE_POLICY, "");
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    match self.incoming(principal, msg).await {
+                        Flow::Continue => {}
+                        Flow::Close(code, reason) => return (code, reason),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn incoming(&mut self, principal: &Principal, msg: Message) -> Flow {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => return Flow::Close(1000, ""),
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Binary(_) => {
+                self.send(&error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary messages are not accepted",
+                ))
+                .await;
+                return Flow::Continue;
+            }
+        };
+        if self.limiter.check().is_err() {
+            self.send(&error(
+                None,
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+            ))
+            .await;
+            return Flow::Continue;
+        }
+        let reply = match serde_json::from_str::<ClientMsg>(&text) {
+            Err(e) => parse_error(&e),
+            Ok(ClientMsg::Hello { .. }) => error(None, ErrorCode::BadRequest, "already said hello"),
+            Ok(ClientMsg::Command { req, command }) => {
+                match self.state.service.execute(principal, command).await {
+                    Ok(()) => ServerMsg::Ack { req },
+                    Err(e) => app_error(Some(req), &e),
+                }
+            }
+        };
+        if self.send(&reply).await {
+            Flow::Continue
+        } else {
+            Flow::Close(CLOSE_RESTART, "")
+        }
+    }
+}
+
+/// The time left until `exp` (seconds since the epoch).
+fn until(exp_secs: u64) -> Duration {
+    let now_secs = crate::service::now().0 / 1000;
+    // Patients' connections have no expiry here (u64::MAX): about 584 billion years.
+    Duration::from_secs(exp_secs.saturating_sub(now_secs).min(100 * 365 * 24 * 3600))
+}

@@ -1,0 +1,684 @@
+//! The shell around the room state machine: checks who is asking, loads rooms from the
+//! store, applies one operation, and commits the result; on a conflict it re-reads and
+//! decides again, so of two conflicting actions exactly one succeeds and the other gets
+//! the answer the new state gives ("already admitted"). Used by the REST API, the
+//! websocket and the command line alike.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use protocol::{
+    AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
+    EnterRequest, EnterResponse, Entry, InviteResponse, IssueInvite, MAX_NAME_CHARS,
+    MAX_TEXT_CHARS, Role, ServerMsg, Session, SignInRequest, SignInResponse, StaffId, StaffSession,
+    Timestamp, TransferTarget, VisitEndReason, VisitId,
+};
+
+use crate::auth::{self, Action, AuthError, Keys, Principal, StaffClaims, authorize};
+use crate::error::AppError;
+use crate::room::{ClinicRoom, Ctx, NewVisit, Outcome};
+use crate::store::{Clinic, Commit, RoomWrite, StaffRecord, Store, StoreError};
+
+/// How often a conflicting change is retried before the caller is told to try again.
+const MAX_ATTEMPTS: usize = 32;
+
+/// The longest an invite may be valid for.
+pub const MAX_INVITE_SECS: u64 = 90 * 24 * 3600;
+
+/// Lifetimes of the tokens the service issues.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenLifetimes {
+    pub staff: Duration,
+    pub visit: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    store: Arc<dyn Store>,
+    keys: Keys,
+    lifetimes: TokenLifetimes,
+    /// The address patients and staff use, for links (`https://video.example.org`).
+    public_url: String,
+}
+
+/// The wall clock, in the protocol's unit.
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+fn later(d: Duration) -> Timestamp {
+    now().saturating_add_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Trims and checks a piece of free text typed by a person.
+fn text_field(
+    what: &str,
+    s: &str,
+    max_chars: usize,
+    required: bool,
+) -> Result<Option<String>, AppError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return if required {
+            Err(AppError::Invalid(format!("{what} must not be empty")))
+        } else {
+            Ok(None)
+        };
+    }
+    if s.chars().count() > max_chars {
+        return Err(AppError::Invalid(format!(
+            "{what} must be at most {max_chars} characters"
+        )));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(AppError::Invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(Some(s.to_owned()))
+}
+
+fn required_text(what: &str, s: &str, max_chars: usize) -> Result<String, AppError> {
+    text_field(what, s, max_chars, true)?
+        .ok_or_else(|| AppError::Invalid(format!("{what} must not be empty")))
+}
+
+/// A staff member's view of the rooms they may see: each with the version it was read at.
+#[derive(Debug)]
+pub struct RoomSnapshot {
+    pub clinic: ClinicId,
+    pub version: u64,
+    pub msg: ServerMsg,
+}
+
+/// What a patient's connection starts with.
+#[derive(Debug)]
+pub struct PatientStart {
+    pub clinic: ClinicId,
+    pub version: u64,
+    pub session: Session,
+    pub msgs: Vec<ServerMsg>,
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: Keys,
+        lifetimes: TokenLifetimes,
+        public_url: String,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            lifetimes,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    // --- identity ------------------------------------------------------------------------
+
+    pub async fn sign_in(&self, req: SignInRequest) -> Result<SignInResponse, AppError> {
+        let record = match StaffId::parse(req.username.trim().to_lowercase()) {
+            Ok(id) => self.store.staff(&id).await?,
+            Err(_) => None,
+        };
+        // Verify against a real hash even for unknown users, so timing tells nothing.
+        let hash = record.as_ref().map(|r| r.password_hash.clone());
+        let password = req.password;
+        let ok = tokio::task::spawn_blocking(move || {
+            let hash = hash.as_deref().unwrap_or(UNKNOWN_USER_HASH);
+            auth::verify_password(&password, hash)
+        })
+        .await
+        .unwrap_or(false);
+        let (Some(record), true) = (record, ok) else {
+            self.record(AuditEntry {
+                detail: Some(format!(
+                    "user {}",
+                    req.username.chars().take(64).collect::<String>()
+                )),
+                ..self.audit_entry("system", "sign_in_failed")
+            })
+            .await;
+            return Err(AppError::WrongCredentials);
+        };
+        self.record(self.audit_entry(&format!("staff:{}", record.username), "sign_in"))
+            .await;
+        Ok(self.issue_staff_token(record))
+    }
+
+    /// A fresh token for a signed-in member of staff, from the directory as it is now.
+    pub async fn refresh(&self, claims: &StaffClaims) -> Result<SignInResponse, AppError> {
+        let record = self
+            .store
+            .staff(&claims.sub)
+            .await?
+            .ok_or(AuthError::Invalid)?;
+        Ok(self.issue_staff_token(record))
+    }
+
+    fn issue_staff_token(&self, r: StaffRecord) -> SignInResponse {
+        let expires_at = later(self.lifetimes.staff);
+        let session = StaffSession {
+            username: r.username,
+            display_name: r.display_name,
+            role: r.role,
+            clinics: r.clinics,
+        };
+        SignInResponse {
+            token: self.keys.staff_token(&session, expires_at),
+            expires_at,
+            session,
+        }
+    }
+
+    /// Checks a staff token or a visit credential.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, AppError> {
+        match self.keys.check_staff(token) {
+            Ok(c) => Ok(Principal::Staff(c)),
+            Err(AuthError::Expired) => Err(AuthError::Expired.into()),
+            Err(_) => Ok(Principal::Patient(self.keys.check_visit(token)?)),
+        }
+    }
+
+    pub fn authenticate_staff(&self, token: &str) -> Result<StaffClaims, AppError> {
+        Ok(self.keys.check_staff(token)?)
+    }
+
+    // --- patients entering -----------------------------------------------------------------
+
+    pub async fn clinic_entry(&self, id: &ClinicId) -> Result<ClinicEntryInfo, AppError> {
+        let c = self
+            .store
+            .clinic(id)
+            .await?
+            .ok_or(AppError::NotFound("no such clinic"))?;
+        Ok(ClinicEntryInfo {
+            id: c.id,
+            name: c.name,
+            open_link: c.open_link,
+        })
+    }
+
+    pub async fn enter(&self, req: EnterRequest) -> Result<EnterResponse, AppError> {
+        let name = required_text("your name", &req.name, MAX_NAME_CHARS)?;
+        let details = text_field(
+            "details",
+            req.details.as_deref().unwrap_or(""),
+            MAX_TEXT_CHARS,
+            false,
+        )?;
+        let (clinic, appointment) = match req.entry {
+            Entry::OpenLink { clinic } => {
+                let c = self
+                    .store
+                    .clinic(&clinic)
+                    .await?
+                    .ok_or(AppError::NotFound("no such clinic"))?;
+                if !c.open_link {
+                    return Err(AppError::ClinicClosed);
+                }
+                (clinic, None)
+            }
+            Entry::Invite { token } => {
+                let claims = self.keys.check_invite(&token).map_err(|e| match e {
+                    AuthError::Expired => AppError::InviteExpired,
+                    _ => AppError::InviteInvalid,
+                })?;
+                (claims.clinic, claims.appointment)
+            }
+        };
+        let id = VisitId::random();
+        let new = NewVisit {
+            id,
+            name,
+            details,
+            appointment,
+        };
+        let actor = format!("patient:{id}");
+        self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+            Ok(vec![rooms[0].arrive(new.clone(), ctx)])
+        })
+        .await?;
+        let expires_at = later(self.lifetimes.visit);
+        Ok(EnterResponse {
+            visit: id,
+            visit_token: self.keys.visit_token(id, expires_at),
+            expires_at,
+        })
+    }
+
+    // --- connections -----------------------------------------------------------------------
+
+    /// The clinics a member of staff sees: theirs, or every clinic for an admin.
+    pub async fn staff_clinics(&self, claims: &StaffClaims) -> Result<Vec<ClinicId>, AppError> {
+        Ok(match claims.role {
+            Role::Admin => self
+                .store
+                .clinics()
+                .await?
+                .into_iter()
+                .map(|c| c.id)
+                .collect(),
+            _ => claims.clinics.clone(),
+        })
+    }
+
+    /// Snapshots of `clinics`' rooms, each with the version it was read at.
+    pub async fn staff_rooms(
+        &self,
+        claims: &StaffClaims,
+        clinics: Vec<ClinicId>,
+    ) -> Result<Vec<RoomSnapshot>, AppError> {
+        let mut out = Vec::with_capacity(clinics.len());
+        for clinic in clinics {
+            authorize(claims, Action::ViewRoom, Some(&clinic))?;
+            let Ok((room, version)) = self.load(&clinic).await else {
+                continue; // An assignment to a clinic deleted since sign-in.
+            };
+            out.push(RoomSnapshot {
+                clinic,
+                version,
+                msg: room.snapshot(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn room_snapshot(
+        &self,
+        claims: &StaffClaims,
+        clinic: &ClinicId,
+    ) -> Result<ServerMsg, AppError> {
+        authorize(claims, Action::ViewRoom, Some(clinic))?;
+        Ok(self.load(clinic).await?.0.snapshot())
+    }
+
+    /// What a patient's connection starts with: who they are and their own status.
+    pub async fn patient_start(&self, visit: VisitId) -> Result<PatientStart, AppError> {
+        let clinic = self
+            .store
+            .locate(visit)
+            .await?
+            .ok_or(AppError::VisitEnded)?;
+        let (room, version) = self.load(&clinic).await?;
+        let msgs = room.patient_view(visit).ok_or(AppError::VisitEnded)?;
+        Ok(PatientStart {
+            session: Session::Patient {
+                visit,
+                clinic: clinic.clone(),
+                clinic_name: room.name.clone(),
+            },
+            clinic,
+            version,
+            msgs,
+        })
+    }
+
+    /// A patient's browser connected or went away; staff see them online or offline.
+    pub async fn presence(&self, visit: VisitId, connected: bool) -> Result<(), AppError> {
+        let clinic = self
+            .store
+            .locate(visit)
+            .await?
+            .ok_or(AppError::VisitEnded)?;
+        self.transact("system", &[clinic], |rooms, _| {
+            Ok(vec![rooms[0].presence(visit, connected)?])
+        })
+        .await
+    }
+
+    // --- actions ---------------------------------------------------------------------------
+
+    /// Carries out one command for `who`, or says why not; nothing changes on error.
+    pub async fn execute(&self, who: &Principal, command: Command) -> Result<(), AppError> {
+        let actor = who.audit_label();
+        let staff = match who {
+            Principal::Staff(s) => s,
+            Principal::Patient(visit) => {
+                let Command::Leave = command else {
+                    return Err(AuthError::Forbidden.into());
+                };
+                let visit = *visit;
+                let clinic = self
+                    .store
+                    .locate(visit)
+                    .await?
+                    .ok_or(AppError::VisitEnded)?;
+                return self
+                    .transact(&actor, &[clinic], |rooms, ctx| {
+                        Ok(vec![rooms[0].end_visit(
+                            visit,
+                            VisitEndReason::Left,
+                            ctx,
+                        )?])
+                    })
+                    .await;
+            }
+        };
+        match command {
+            Command::Leave => Err(AppError::Invalid("only a patient can leave a visit".into())),
+            Command::SendMessage {
+                clinic,
+                visit,
+                text,
+            } => {
+                authorize(staff, Action::SendMessage, Some(&clinic))?;
+                let text = required_text("the message", &text, MAX_TEXT_CHARS)?;
+                self.transact(&actor, &[clinic], |rooms, ctx| {
+                    Ok(vec![rooms[0].message(visit, text.clone(), ctx)?])
+                })
+                .await
+            }
+            Command::Admit {
+                clinic,
+                visit,
+                clinician,
+                consultation,
+            } => {
+                let action = if clinician == staff.sub {
+                    Action::AdmitToSelf
+                } else {
+                    Action::AdmitToOther
+                };
+                authorize(staff, action, Some(&clinic))?;
+                self.check_clinician(&clinician, &clinic).await?;
+                let new = ConsultationId::random();
+                self.transact(&actor, &[clinic], |rooms, ctx| {
+                    Ok(vec![rooms[0].admit(
+                        visit,
+                        clinician.clone(),
+                        consultation,
+                        new,
+                        ctx,
+                    )?])
+                })
+                .await
+            }
+            Command::AdmitNext { clinic } => {
+                authorize(staff, Action::AdmitNext, Some(&clinic))?;
+                let me = staff.sub.clone();
+                let new = ConsultationId::random();
+                self.transact(&actor, &[clinic], |rooms, ctx| {
+                    let visit = rooms[0].next_for(&me)?;
+                    Ok(vec![rooms[0].admit(visit, me.clone(), None, new, ctx)?])
+                })
+                .await
+            }
+            Command::ReturnToWaiting { clinic, visit } => {
+                authorize(staff, Action::ReturnToWaiting, Some(&clinic))?;
+                self.transact(&actor, &[clinic], |rooms, ctx| {
+                    Ok(vec![rooms[0].return_to_waiting(visit, ctx)?])
+                })
+                .await
+            }
+            Command::Transfer { clinic, visit, to } => {
+                authorize(staff, Action::Transfer, Some(&clinic))?;
+                match to {
+                    TransferTarget::Clinician { clinician } => {
+                        self.check_clinician(&clinician, &clinic).await?;
+                        self.transact(&actor, &[clinic], |rooms, ctx| {
+                            Ok(vec![rooms[0].assign(visit, clinician.clone(), ctx)?])
+                        })
+                        .await
+                    }
+                    TransferTarget::Clinic { clinic: to } => {
+                        if to == clinic {
+                            return Err(crate::room::RoomError::SameClinic.into());
+                        }
+                        self.transact(&actor, &[clinic, to.clone()], |rooms, ctx| {
+                            let (v, out_of) = rooms[0].take_out(visit, &to, ctx)?;
+                            let into = rooms[1].take_in(v);
+                            Ok(vec![out_of, into])
+                        })
+                        .await
+                    }
+                }
+            }
+            Command::Remove { clinic, visit } => {
+                authorize(staff, Action::Remove, Some(&clinic))?;
+                self.transact(&actor, &[clinic], |rooms, ctx| {
+                    Ok(vec![rooms[0].end_visit(
+                        visit,
+                        VisitEndReason::Removed,
+                        ctx,
+                    )?])
+                })
+                .await
+            }
+            Command::EndConsultation {
+                clinic,
+                consultation,
+            } => {
+                authorize(staff, Action::ViewRoom, Some(&clinic))?;
+                self.transact(&actor, &[clinic.clone()], |rooms, ctx| {
+                    let host = rooms[0]
+                        .consultation(consultation)
+                        .ok_or(crate::room::RoomError::ConsultationNotFound)?;
+                    let action = if host.clinician == staff.sub {
+                        Action::EndOwnConsultation
+                    } else {
+                        Action::EndOtherConsultation
+                    };
+                    authorize(staff, action, Some(&clinic))?;
+                    Ok(vec![rooms[0].end_consultation(consultation, ctx)?])
+                })
+                .await
+            }
+        }
+    }
+
+    /// A patient may only be admitted or transferred to a clinician of the same clinic.
+    async fn check_clinician(&self, who: &StaffId, clinic: &ClinicId) -> Result<(), AppError> {
+        match self.store.staff(who).await? {
+            Some(s) if s.role == Role::Clinician && s.clinics.contains(clinic) => Ok(()),
+            _ => Err(AppError::Invalid(format!(
+                "{who} is not a clinician of this clinic"
+            ))),
+        }
+    }
+
+    /// Loads a room, or a new empty one for a clinic in the directory.
+    async fn load(&self, clinic: &ClinicId) -> Result<(ClinicRoom, u64), AppError> {
+        if let Some(v) = self.store.room(clinic).await? {
+            return Ok((v.value, v.version));
+        }
+        let c = self
+            .store
+            .clinic(clinic)
+            .await?
+            .ok_or(AppError::NotFound("no such clinic"))?;
+        Ok((ClinicRoom::new(c.id, c.name), 0))
+    }
+
+    /// Reads `clinics`' rooms, applies `f`, and commits; retries on conflict. `f` returns
+    /// one outcome per room, in the same order. Visits that appear in or disappear from a
+    /// room update the visit index.
+    async fn transact<F>(&self, actor: &str, clinics: &[ClinicId], f: F) -> Result<(), AppError>
+    where
+        F: Fn(&mut [ClinicRoom], &Ctx) -> Result<Vec<Outcome>, AppError>,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut rooms = Vec::with_capacity(clinics.len());
+            let mut versions = Vec::with_capacity(clinics.len());
+            for c in clinics {
+                let (room, version) = self.load(c).await?;
+                rooms.push(room);
+                versions.push(version);
+            }
+            let before: Vec<BTreeSet<VisitId>> =
+                rooms.iter().map(|r| r.visit_ids().collect()).collect();
+            let ctx = Ctx {
+                actor: actor.to_owned(),
+                now: now(),
+            };
+            let outcomes = f(&mut rooms, &ctx)?;
+            let mut commit = Commit::default();
+            let mut added = Vec::new();
+            for (((room, version), before), out) in
+                rooms.into_iter().zip(versions).zip(&before).zip(outcomes)
+            {
+                let after: BTreeSet<VisitId> = room.visit_ids().collect();
+                commit
+                    .index
+                    .extend(before.difference(&after).map(|v| (*v, None)));
+                added.extend(
+                    after
+                        .difference(before)
+                        .map(|v| (*v, Some(room.clinic.clone()))),
+                );
+                commit.audit.extend(out.audit);
+                commit.rooms.push(RoomWrite {
+                    expected: version,
+                    room,
+                    events: out.events,
+                });
+            }
+            commit.index.extend(added);
+            match self.store.commit(commit).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict) => tokio::task::yield_now().await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Conflict)
+    }
+
+    // --- administration ----------------------------------------------------------------------
+
+    pub async fn create_clinic(&self, actor: &str, req: CreateClinic) -> Result<Clinic, AppError> {
+        let name = required_text("the clinic name", &req.name, MAX_NAME_CHARS)?;
+        let clinic = Clinic {
+            id: req.id,
+            name,
+            open_link: req.open_link,
+        };
+        self.store.put_clinic(&clinic).await?;
+        self.record(AuditEntry {
+            clinic: Some(clinic.id.clone()),
+            detail: Some(format!(
+                "open link {}",
+                if clinic.open_link { "on" } else { "off" }
+            )),
+            ..self.audit_entry(actor, "put_clinic")
+        })
+        .await;
+        Ok(clinic)
+    }
+
+    pub async fn create_staff(
+        &self,
+        actor: &str,
+        req: CreateStaff,
+    ) -> Result<StaffRecord, AppError> {
+        let display_name = required_text("the display name", &req.display_name, MAX_NAME_CHARS)?;
+        for c in &req.clinics {
+            if self.store.clinic(c).await?.is_none() {
+                return Err(AppError::Invalid(format!("there is no clinic {c}")));
+            }
+        }
+        let password = req.password;
+        let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+            .await
+            .map_err(|e| {
+                AppError::Store(StoreError::Unavailable(format!("hashing task: {e}")))
+            })??;
+        let record = StaffRecord {
+            username: req.username,
+            display_name,
+            role: req.role,
+            clinics: req.clinics,
+            password_hash,
+        };
+        self.store.put_staff(&record).await?;
+        let clinics: Vec<&str> = record.clinics.iter().map(ClinicId::as_str).collect();
+        self.record(AuditEntry {
+            detail: Some(format!(
+                "user {} role {:?} clinics [{}]",
+                record.username,
+                record.role,
+                clinics.join(",")
+            )),
+            ..self.audit_entry(actor, "put_staff")
+        })
+        .await;
+        Ok(record)
+    }
+
+    pub async fn issue_invite(
+        &self,
+        actor: &str,
+        req: IssueInvite,
+    ) -> Result<InviteResponse, AppError> {
+        if self.store.clinic(&req.clinic).await?.is_none() {
+            return Err(AppError::NotFound("no such clinic"));
+        }
+        if req.valid_for_secs == 0 || req.valid_for_secs > MAX_INVITE_SECS {
+            return Err(AppError::Invalid(
+                "an invite must be valid for between 1 second and 90 days".into(),
+            ));
+        }
+        let appointment = text_field(
+            "the appointment reference",
+            req.appointment.as_deref().unwrap_or(""),
+            100,
+            false,
+        )?;
+        let expires_at = later(Duration::from_secs(req.valid_for_secs));
+        let token = self
+            .keys
+            .invite_token(req.clinic.clone(), appointment.clone(), expires_at);
+        self.record(AuditEntry {
+            clinic: Some(req.clinic),
+            detail: appointment.map(|a| format!("appointment {a}")),
+            ..self.audit_entry(actor, "issue_invite")
+        })
+        .await;
+        Ok(InviteResponse {
+            url: format!("{}/i/{token}", self.public_url),
+            token,
+            expires_at,
+        })
+    }
+
+    /// The patient link of a clinic that takes patients by its open link.
+    pub fn clinic_link(&self, clinic: &ClinicId) -> String {
+        format!("{}/c/{clinic}", self.public_url)
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    fn audit_entry(&self, actor: &str, action: &str) -> AuditEntry {
+        AuditEntry {
+            at: now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            clinic: None,
+            visit: None,
+            consultation: None,
+            detail: None,
+        }
+    }
+
+    /// Records an entry that comes with no room change; a failure is logged, not returned,
+    /// because the change it records has already happened.
+    async fn record(&self, entry: AuditEntry) {
+        if let Err(e) = self.store.append_audit(std::slice::from_ref(&entry)).await {
+            tracing::error!(error = %e, action = %entry.action, "could not write the audit log");
+        }
+    }
+}
+
+/// A valid argon2 hash of a random password nobody knows, verified against when the user
+/// name is unknown so that sign-in takes as long either way.
+const UNKNOWN_USER_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$yGrtf3mNHFq1dd+uD9KCeHBnmaDt/Qm7xWF2ZmSW1S8";

@@ -1,0 +1,298 @@
+//! The single-node store: live rooms in memory; clinics, staff and the audit log in SQLite.
+//!
+//! Every operation runs on tokio's blocking pool. A commit takes the one room lock, checks
+//! versions, appends its audit entries to SQLite, swaps the rooms in, and publishes its
+//! events before releasing the lock, so events leave in commit order.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use protocol::{AuditEntry, ClinicId, StaffId, VisitId};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::broadcast;
+
+use super::{Clinic, Commit, EVENT_BUFFER, Published, StaffRecord, Store, StoreError, Versioned};
+use crate::room::ClinicRoom;
+
+#[derive(Debug)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+    events: broadcast::Sender<Published>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Mutex<Connection>,
+    rooms: Mutex<Rooms>,
+}
+
+#[derive(Debug, Default)]
+struct Rooms {
+    rooms: HashMap<ClinicId, (u64, ClinicRoom)>,
+    index: HashMap<VisitId, ClinicId>,
+}
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    PRAGMA busy_timeout = 5000;
+    CREATE TABLE IF NOT EXISTS clinics (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS staff (username TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);
+";
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks would be a bug in this file; the data under them
+    // is still consistent (each critical section writes last), so carry on.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the SQLite file at `path`; `None` keeps everything in
+    /// memory, for tests.
+    pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
+        let db = match path {
+            Some(p) => Connection::open(p),
+            None => Connection::open_in_memory(),
+        }
+        .map_err(db_err)?;
+        db.execute_batch(SCHEMA).map_err(db_err)?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: Mutex::new(db),
+                rooms: Mutex::new(Rooms::default()),
+            }),
+            events,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn append_audit(db: &Connection, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    let mut stmt = db
+        .prepare_cached("INSERT INTO audit (entry) VALUES (?1)")
+        .map_err(db_err)?;
+    for e in entries {
+        let json = serde_json::to_string(e).map_err(corrupt)?;
+        stmt.execute(params![json]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    db: &Connection,
+    sql: &str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let json: Option<String> = db
+        .query_row(sql, params![key], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    json.map(|j| serde_json::from_str(&j).map_err(corrupt))
+        .transpose()
+}
+
+fn all_json<T: serde::de::DeserializeOwned>(
+    db: &Connection,
+    sql: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = db.prepare_cached(sql).map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    rows.map(|r| {
+        let j = r.map_err(db_err)?;
+        serde_json::from_str(&j).map_err(corrupt)
+    })
+    .collect()
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn put_clinic(&self, clinic: &Clinic) -> Result<(), StoreError> {
+        let json = serde_json::to_string(clinic).map_err(corrupt)?;
+        let id = clinic.id.to_string();
+        self.blocking(move |i| {
+            lock(&i.db)
+                .execute(
+                    "INSERT INTO clinics (id, record) VALUES (?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+                    params![id, json],
+                )
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clinic(&self, id: &ClinicId) -> Result<Option<Clinic>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |i| {
+            get_json(
+                &lock(&i.db),
+                "SELECT record FROM clinics WHERE id = ?1",
+                &id,
+            )
+        })
+        .await
+    }
+
+    async fn clinics(&self) -> Result<Vec<Clinic>, StoreError> {
+        self.blocking(|i| all_json(&lock(&i.db), "SELECT record FROM clinics ORDER BY id"))
+            .await
+    }
+
+    async fn put_staff(&self, staff: &StaffRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(staff).map_err(corrupt)?;
+        let id = staff.username.to_string();
+        self.blocking(move |i| {
+            lock(&i.db)
+                .execute(
+                    "INSERT INTO staff (username, record) VALUES (?1, ?2)
+                     ON CONFLICT(username) DO UPDATE SET record = excluded.record",
+                    params![id, json],
+                )
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn staff(&self, id: &StaffId) -> Result<Option<StaffRecord>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |i| {
+            get_json(
+                &lock(&i.db),
+                "SELECT record FROM staff WHERE username = ?1",
+                &id,
+            )
+        })
+        .await
+    }
+
+    async fn staff_list(&self) -> Result<Vec<StaffRecord>, StoreError> {
+        self.blocking(|i| all_json(&lock(&i.db), "SELECT record FROM staff ORDER BY username"))
+            .await
+    }
+
+    async fn room(&self, clinic: &ClinicId) -> Result<Option<Versioned<ClinicRoom>>, StoreError> {
+        // In memory: no need for the blocking pool.
+        let rooms = lock(&self.inner.rooms);
+        Ok(rooms.rooms.get(clinic).map(|(version, room)| Versioned {
+            version: *version,
+            value: room.clone(),
+        }))
+    }
+
+    async fn locate(&self, visit: VisitId) -> Result<Option<ClinicId>, StoreError> {
+        Ok(lock(&self.inner.rooms).index.get(&visit).cloned())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let events = self.events.clone();
+        self.blocking(move |i| {
+            let mut rooms = lock(&i.rooms);
+            for w in &commit.rooms {
+                let current = rooms.rooms.get(&w.room.clinic).map_or(0, |(v, _)| *v);
+                if current != w.expected {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            if !commit.audit.is_empty() {
+                append_audit(&lock(&i.db), &commit.audit)?;
+            }
+            for (visit, clinic) in commit.index {
+                match clinic {
+                    Some(c) => rooms.index.insert(visit, c),
+                    None => rooms.index.remove(&visit),
+                };
+            }
+            for w in commit.rooms {
+                let version = w.expected + 1;
+                let clinic = w.room.clinic.clone();
+                for event in w.events {
+                    // No subscriber is not an error: nobody is connected.
+                    let _ = events.send(Published {
+                        clinic: clinic.clone(),
+                        version,
+                        event,
+                    });
+                }
+                rooms.rooms.insert(clinic, (version, w.room));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.events.subscribe()
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.blocking(move |i| append_audit(&lock(&i.db), &entries))
+            .await
+    }
+
+    async fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            let mut stmt = db
+                .prepare_cached("SELECT entry FROM (SELECT seq, entry FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![limit], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|r| serde_json::from_str(&r.map_err(db_err)?).map_err(corrupt))
+                .collect()
+        })
+        .await
+    }
+
+    async fn token_secret(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let candidate = candidate.to_vec();
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES ('token_secret', ?1) ON CONFLICT(key) DO NOTHING",
+                params![candidate],
+            )
+            .map_err(db_err)?;
+            db.query_row("SELECT value FROM settings WHERE key = 'token_secret'", [], |r| r.get(0))
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|i| {
+            lock(&i.db)
+                .query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(db_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,134 @@
+//! Where state lives: the directory (clinics, staff), the live rooms, the audit log, and
+//! the feed of events that every signalling instance delivers to its own connections.
+//!
+//! One trait, two implementations that pass one conformance suite (`tests/store.rs`):
+//! - [`local::LocalStore`], the single-node default: rooms in memory; clinics, staff and the
+//!   audit log in a SQLite file so they survive restarts and the admin commands can write
+//!   them while the server runs.
+//! - [`redis::RedisStore`]: everything in Redis, events over Redis pub/sub, so several
+//!   signalling instances share one state and any of them can restart.
+//!
+//! Rooms are written by optimistic concurrency: [`Store::commit`] writes new rooms only if
+//! their versions are still the ones that were read, atomically with their events, their
+//! audit entries and the visit index; otherwise it answers [`StoreError::Conflict`] and the
+//! caller re-reads and re-decides. Of two conflicting actions exactly one wins.
+
+use async_trait::async_trait;
+use protocol::{AuditEntry, ClinicId, Role, StaffId, VisitId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::room::{ClinicRoom, Event};
+
+pub mod local;
+pub mod redis;
+
+/// A clinic in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clinic {
+    pub id: ClinicId,
+    pub name: String,
+    /// Whether anyone with the clinic's link may enter, or only holders of an invite.
+    pub open_link: bool,
+}
+
+/// A member of staff in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaffRecord {
+    pub username: StaffId,
+    pub display_name: String,
+    pub role: Role,
+    pub clinics: Vec<ClinicId>,
+    /// An argon2 PHC string; never the password.
+    pub password_hash: String,
+}
+
+/// A value with the version it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// 0 means "did not exist".
+    pub version: u64,
+    pub value: T,
+}
+
+/// An event as delivered: the room and version it came from let a connection that has
+/// just been sent a snapshot skip the events that the snapshot already contains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub clinic: ClinicId,
+    pub version: u64,
+    pub event: Event,
+}
+
+/// One room to write in a [`Commit`].
+#[derive(Debug, Clone)]
+pub struct RoomWrite {
+    /// The version that was read (0 when the room did not exist yet).
+    pub expected: u64,
+    pub room: ClinicRoom,
+    /// Published with version `expected + 1` once the commit succeeds.
+    pub events: Vec<Event>,
+}
+
+/// Everything one action changes, written all or nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub rooms: Vec<RoomWrite>,
+    /// Where each touched visit now is (`None`: the visit ended). Applied in order.
+    pub index: Vec<(VisitId, Option<ClinicId>)>,
+    pub audit: Vec<AuditEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A room changed since it was read; re-read and decide again.
+    #[error("the room changed concurrently")]
+    Conflict,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// How many events a subscriber may fall behind before it must resynchronise.
+pub const EVENT_BUFFER: usize = 65_536;
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    // Directory.
+    /// Creates or replaces a clinic.
+    async fn put_clinic(&self, clinic: &Clinic) -> Result<(), StoreError>;
+    async fn clinic(&self, id: &ClinicId) -> Result<Option<Clinic>, StoreError>;
+    /// Every clinic, ordered by id.
+    async fn clinics(&self) -> Result<Vec<Clinic>, StoreError>;
+    /// Creates or replaces a member of staff.
+    async fn put_staff(&self, staff: &StaffRecord) -> Result<(), StoreError>;
+    async fn staff(&self, id: &StaffId) -> Result<Option<StaffRecord>, StoreError>;
+    /// Every member of staff, ordered by user name.
+    async fn staff_list(&self) -> Result<Vec<StaffRecord>, StoreError>;
+
+    // Rooms.
+    async fn room(&self, clinic: &ClinicId) -> Result<Option<Versioned<ClinicRoom>>, StoreError>;
+    /// Which clinic's room a live visit is in.
+    async fn locate(&self, visit: VisitId) -> Result<Option<ClinicId>, StoreError>;
+    /// Writes every room of the commit if none changed since read, with its index changes,
+    /// audit entries and events, atomically; else [`StoreError::Conflict`] and nothing.
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// The events of every commit (from any instance, in Redis mode), in commit order per
+    /// room. A receiver that lags is told so and must resynchronise its connections.
+    fn subscribe(&self) -> broadcast::Receiver<Published>;
+
+    // Audit log.
+    /// Records entries that come with no room change (sign-in, directory changes).
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+    /// The newest `limit` entries, oldest first.
+    async fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The secret that signs tokens, shared by every instance on this store: the stored
+    /// one, or `candidate` if none was stored yet (first start).
+    async fn token_secret(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+
+    /// Whether the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

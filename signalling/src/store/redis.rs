@@ -1,0 +1,604 @@
+//! The shared store: everything in Redis, events over Redis pub/sub, so several signalling
+//! instances share one state and any of them can restart.
+//!
+//! # Key layout
+//!
+//! Every key and the channel start with one prefix, `consult:`:
+//!
+//! | key                      | type    | contents                                              |
+//! |--------------------------|---------|-------------------------------------------------------|
+//! | `consult:clinics`        | hash    | clinic id -> JSON [`Clinic`]                          |
+//! | `consult:staff`          | hash    | user name -> JSON [`StaffRecord`]                     |
+//! | `consult:room:{clinic}`  | hash    | `v` -> version (decimal), `state` -> JSON [`ClinicRoom`] |
+//! | `consult:visits`         | hash    | visit id -> clinic id (the visit index)               |
+//! | `consult:audit`          | stream  | one entry per audit record, field `entry` = JSON [`AuditEntry`]; never trimmed |
+//! | `consult:token_secret`   | string  | the secret that signs tokens (raw bytes), set once     |
+//! | `consult:events`         | channel | JSON [`Published`], one message per event             |
+//!
+//! # Why a commit is one script
+//!
+//! [`Store::commit`] is optimistic concurrency over several keys: compare the version of
+//! every room it writes with the version that was read, and only if all still match write
+//! the rooms, the visit index and the audit entries and publish the events. Redis runs a Lua
+//! script atomically, so doing the compare and every write in one script (`COMMIT_SCRIPT`)
+//! means no other client can slip a write in between the check and the writes, and a
+//! conflicting commit writes nothing at all. (`WATCH`/`MULTI` would also work but needs a
+//! dedicated connection per commit and a retry loop; the script needs neither.) Everything
+//! is serialised in Rust beforehand: the script only compares and writes.
+//!
+//! A script may only touch keys of one node. On a single Redis (or one primary with
+//! replicas) that always holds. Redis Cluster would need every key a commit touches in one
+//! hash slot, i.e. hash tags such as `{consult}:room:derm`, which puts the whole data set on
+//! one shard; this store does not use them and does not support Cluster.
+//!
+//! # Events
+//!
+//! A separate pub/sub connection, driven by a background task, forwards every message of
+//! `consult:events` to a local broadcast channel that [`Store::subscribe`] hands out. The
+//! task reconnects with backoff when the connection drops (events published while it was
+//! down are lost; they are logged) and stops when the [`RedisStore`] is dropped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use protocol::{AuditEntry, ClinicId, StaffId, VisitId};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::streams::StreamRangeReply;
+use redis::{Client, ErrorKind, RedisError, Script, Value};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{Clinic, Commit, EVENT_BUFFER, Published, StaffRecord, Store, StoreError, Versioned};
+use crate::room::{ClinicRoom, Event};
+
+/// The prefix of every key and of the channel below.
+pub const PREFIX: &str = "consult:";
+/// Hash: clinic id -> JSON [`Clinic`].
+pub const KEY_CLINICS: &str = "consult:clinics";
+/// Hash: user name -> JSON [`StaffRecord`].
+pub const KEY_STAFF: &str = "consult:staff";
+/// Followed by the clinic id: a hash with [`FIELD_VERSION`] and [`FIELD_STATE`].
+pub const KEY_ROOM_PREFIX: &str = "consult:room:";
+/// Hash: visit id -> clinic id.
+pub const KEY_VISITS: &str = "consult:visits";
+/// Stream of audit entries, field [`FIELD_ENTRY`]; never trimmed.
+pub const KEY_AUDIT: &str = "consult:audit";
+/// String: the token signing secret, raw bytes; written once, by the first instance.
+pub const KEY_TOKEN_SECRET: &str = "consult:token_secret";
+/// Pub/sub channel carrying JSON [`Published`].
+pub const CHANNEL_EVENTS: &str = "consult:events";
+
+/// Room hash field: the version, decimal; a missing room is version 0.
+const FIELD_VERSION: &str = "v";
+/// Room hash field: JSON [`ClinicRoom`].
+const FIELD_STATE: &str = "state";
+/// Audit stream field: JSON [`AuditEntry`].
+const FIELD_ENTRY: &str = "entry";
+
+/// Timeouts for commands and for (re)connecting.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Backoff between attempts to re-establish the event subscription.
+const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(5);
+/// How often the event connection is pinged, so a silently dead one is noticed.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// What the commit script answers.
+const COMMITTED: i64 = 1;
+const CONFLICT: i64 = 0;
+
+/// The commit, atomically. Compares first and writes only if every version matches.
+///
+/// KEYS: [1] the visit index, [2] the audit stream, [3..] the rooms written.
+/// ARGV: [1] the events channel, [2] number of index changes, [3] number of audit entries,
+/// then for each room (in KEYS order): expected version, new version, state JSON, number
+/// of events, then that many Published JSONs; then for each index change: visit id and
+/// clinic id (empty: the visit ended, remove it); then the audit entry JSONs.
+const COMMIT_SCRIPT: &str = r"
+local rooms = #KEYS - 2
+local a = 4
+for i = 1, rooms do
+  local current = redis.call('HGET', KEYS[i + 2], 'v') or '0'
+  if current ~= ARGV[a] then
+    return 0
+  end
+  a = a + 4 + tonumber(ARGV[a + 3])
+end
+a = 4
+for i = 1, rooms do
+  redis.call('HSET', KEYS[i + 2], 'v', ARGV[a + 1], 'state', ARGV[a + 2])
+  a = a + 4 + tonumber(ARGV[a + 3])
+end
+for i = 1, tonumber(ARGV[2]) do
+  if ARGV[a + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[a])
+  else
+    redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1])
+  end
+  a = a + 2
+end
+for i = 1, tonumber(ARGV[3]) do
+  redis.call('XADD', KEYS[2], '*', 'entry', ARGV[a])
+  a = a + 1
+end
+a = 4
+for i = 1, rooms do
+  local n = tonumber(ARGV[a + 3])
+  for j = 1, n do
+    redis.call('PUBLISH', ARGV[1], ARGV[a + 3 + j])
+  end
+  a = a + 4 + n
+end
+return 1
+";
+
+/// The store on Redis. Dropping it stops its event subscription.
+pub struct RedisStore {
+    con: ConnectionManager,
+    commit_script: Script,
+    events: broadcast::Sender<Published>,
+    /// Cancels the pub/sub task when the store is dropped.
+    _subscription: DropGuard,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the URL: it may hold a password.
+        f.debug_struct("RedisStore")
+            .field("subscribers", &self.events.receiver_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wire form of [`Published`], borrowing instead of cloning the event (same fields, same
+/// order, so it deserialises as [`Published`]).
+#[derive(Debug, Serialize)]
+struct PublishedRef<'a> {
+    clinic: &'a ClinicId,
+    version: u64,
+    event: &'a Event,
+}
+
+fn redis_err(e: RedisError) -> StoreError {
+    let corrupt =
+        matches!(e.kind(), ErrorKind::UnexpectedReturnType) || e.code() == Some("WRONGTYPE");
+    if corrupt {
+        StoreError::Corrupt(format!("redis: {e}"))
+    } else {
+        StoreError::Unavailable(format!("redis: {e}"))
+    }
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn room_key(clinic: &ClinicId) -> String {
+    let mut key = String::with_capacity(KEY_ROOM_PREFIX.len() + clinic.as_str().len());
+    key.push_str(KEY_ROOM_PREFIX);
+    key.push_str(clinic.as_str());
+    key
+}
+
+async fn subscribe_events(client: &Client) -> Result<PubSub, StoreError> {
+    let subscribe = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(CHANNEL_EVENTS).await?;
+        Ok::<_, RedisError>(pubsub)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, subscribe).await {
+        Ok(result) => result.map_err(redis_err),
+        Err(_) => Err(StoreError::Unavailable(
+            "redis: timed out subscribing to events".into(),
+        )),
+    }
+}
+
+/// Forwards the events channel to `events` until `stop`, reconnecting when needed.
+async fn forward_events(
+    client: Client,
+    first: PubSub,
+    events: broadcast::Sender<Published>,
+    stop: CancellationToken,
+) {
+    let mut pubsub = Some(first);
+    let mut delay = RESUBSCRIBE_MIN_DELAY;
+    loop {
+        let connection = match pubsub.take() {
+            Some(p) => p,
+            None => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                let attempt = tokio::select! {
+                    () = stop.cancelled() => return,
+                    attempt = subscribe_events(&client) => attempt,
+                };
+                match attempt {
+                    Ok(p) => {
+                        tracing::warn!(
+                            "redis event subscription restored; events published meanwhile were missed"
+                        );
+                        delay = RESUBSCRIBE_MIN_DELAY;
+                        p
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "redis event subscription failed");
+                        delay = (delay * 2).min(RESUBSCRIBE_MAX_DELAY);
+                        continue;
+                    }
+                }
+            }
+        };
+        let (mut sink, mut stream) = connection.split();
+        let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+        health.reset(); // The first tick would be immediate; the connection is fresh.
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    if msg.get_channel_name() != CHANNEL_EVENTS {
+                        continue;
+                    }
+                    match serde_json::from_slice::<Published>(msg.get_payload_bytes()) {
+                        // No receiver is not an error: nobody is connected.
+                        Ok(p) => {
+                            let _ = events.send(p);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed event from redis"),
+                    }
+                }
+                _ = health.tick() => {
+                    match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "redis event connection failed its health check");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!("redis event connection did not answer its health check");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::warn!("redis event subscription lost; reconnecting");
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port`, `redis+unix:///path/to/socket`, ...) and
+    /// returns once the event subscription is active.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(redis_err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
+        let mut con = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(redis_err)?;
+        let commit_script = Script::new(COMMIT_SCRIPT);
+        // Loaded now so commits go straight to EVALSHA; `invoke_async` reloads it if the
+        // server lost it (a restart).
+        commit_script
+            .prepare_invoke()
+            .load_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+
+        let pubsub = subscribe_events(&client).await?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let stop = CancellationToken::new();
+        tokio::spawn(forward_events(client, pubsub, events.clone(), stop.clone()));
+        Ok(Self {
+            con,
+            commit_script,
+            events,
+            _subscription: stop.drop_guard(),
+        })
+    }
+
+    async fn hget_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let json: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        json.map(|j| serde_json::from_slice(&j).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn hset_json<T: Serialize>(
+        &self,
+        key: &str,
+        field: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(value).map_err(corrupt)?;
+        redis::cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(json)
+            .query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    /// Every value of a hash, ordered by field.
+    async fn hvals_sorted<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let all: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        all.into_values()
+            .map(|j| serde_json::from_slice(&j).map_err(corrupt))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn put_clinic(&self, clinic: &Clinic) -> Result<(), StoreError> {
+        self.hset_json(KEY_CLINICS, clinic.id.as_str(), clinic)
+            .await
+    }
+
+    async fn clinic(&self, id: &ClinicId) -> Result<Option<Clinic>, StoreError> {
+        self.hget_json(KEY_CLINICS, id.as_str()).await
+    }
+
+    async fn clinics(&self) -> Result<Vec<Clinic>, StoreError> {
+        self.hvals_sorted(KEY_CLINICS).await
+    }
+
+    async fn put_staff(&self, staff: &StaffRecord) -> Result<(), StoreError> {
+        self.hset_json(KEY_STAFF, staff.username.as_str(), staff)
+            .await
+    }
+
+    async fn staff(&self, id: &StaffId) -> Result<Option<StaffRecord>, StoreError> {
+        self.hget_json(KEY_STAFF, id.as_str()).await
+    }
+
+    async fn staff_list(&self) -> Result<Vec<StaffRecord>, StoreError> {
+        self.hvals_sorted(KEY_STAFF).await
+    }
+
+    async fn room(&self, clinic: &ClinicId) -> Result<Option<Versioned<ClinicRoom>>, StoreError> {
+        let (version, state): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(room_key(clinic))
+            .arg(FIELD_VERSION)
+            .arg(FIELD_STATE)
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        match (version, state) {
+            (None, None) => Ok(None),
+            (Some(version), Some(state)) => {
+                let version = version.parse().map_err(|e| {
+                    StoreError::Corrupt(format!("room {clinic}: version {version:?}: {e}"))
+                })?;
+                let value = serde_json::from_slice(&state).map_err(corrupt)?;
+                Ok(Some(Versioned { version, value }))
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "room {clinic}: needs both a version and a state"
+            ))),
+        }
+    }
+
+    async fn locate(&self, visit: VisitId) -> Result<Option<ClinicId>, StoreError> {
+        let clinic: Option<String> = redis::cmd("HGET")
+            .arg(KEY_VISITS)
+            .arg(visit.to_string())
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        clinic
+            .map(|c| {
+                ClinicId::parse(c).map_err(|e| StoreError::Corrupt(format!("visit {visit}: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let mut invocation = self.commit_script.prepare_invoke();
+        invocation
+            .key(KEY_VISITS)
+            .key(KEY_AUDIT)
+            .arg(CHANNEL_EVENTS)
+            .arg(commit.index.len())
+            .arg(commit.audit.len());
+        // One scratch buffer for every JSON value: the invocation copies each argument.
+        let mut json = Vec::new();
+        for w in &commit.rooms {
+            let version = w.expected.checked_add(1).ok_or_else(|| {
+                StoreError::Corrupt(format!("room {}: version overflow", w.room.clinic))
+            })?;
+            invocation.key(room_key(&w.room.clinic));
+            json.clear();
+            serde_json::to_writer(&mut json, &w.room).map_err(corrupt)?;
+            invocation
+                .arg(w.expected)
+                .arg(version)
+                .arg(json.as_slice())
+                .arg(w.events.len());
+            for event in &w.events {
+                json.clear();
+                let published = PublishedRef {
+                    clinic: &w.room.clinic,
+                    version,
+                    event,
+                };
+                serde_json::to_writer(&mut json, &published).map_err(corrupt)?;
+                invocation.arg(json.as_slice());
+            }
+        }
+        for (visit, clinic) in &commit.index {
+            invocation
+                .arg(visit.to_string())
+                .arg(clinic.as_ref().map_or("", ClinicId::as_str));
+        }
+        for entry in &commit.audit {
+            json.clear();
+            serde_json::to_writer(&mut json, entry).map_err(corrupt)?;
+            invocation.arg(json.as_slice());
+        }
+        let answer: i64 = invocation
+            .invoke_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        match answer {
+            COMMITTED => Ok(()),
+            CONFLICT => Err(StoreError::Conflict),
+            other => Err(StoreError::Corrupt(format!(
+                "commit script answered {other}"
+            ))),
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.events.subscribe()
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut json = Vec::new();
+        for entry in entries {
+            json.clear();
+            serde_json::to_writer(&mut json, entry).map_err(corrupt)?;
+            pipe.cmd("XADD")
+                .arg(KEY_AUDIT)
+                .arg("*")
+                .arg(FIELD_ENTRY)
+                .arg(json.as_slice())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(KEY_AUDIT)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        reply
+            .ids
+            .iter()
+            .rev()
+            .map(|id| match id.map.get(FIELD_ENTRY) {
+                Some(Value::BulkString(json)) => serde_json::from_slice(json).map_err(corrupt),
+                _ => Err(StoreError::Corrupt(format!(
+                    "audit entry {} has no {FIELD_ENTRY:?} field",
+                    id.id
+                ))),
+            })
+            .collect()
+    }
+
+    async fn token_secret(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        // Set if absent and read back in one transaction: every instance gets the one secret
+        // that was stored first.
+        let (secret,): (Option<Vec<u8>>,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(KEY_TOKEN_SECRET)
+            .arg(candidate)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(KEY_TOKEN_SECRET)
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        secret.ok_or_else(|| StoreError::Unavailable("redis: the token secret vanished".into()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::Audience;
+    use protocol::ServerMsg;
+
+    #[test]
+    fn every_key_has_the_prefix() {
+        for key in [
+            KEY_CLINICS,
+            KEY_STAFF,
+            KEY_ROOM_PREFIX,
+            KEY_VISITS,
+            KEY_AUDIT,
+            KEY_TOKEN_SECRET,
+            CHANNEL_EVENTS,
+        ] {
+            assert!(key.starts_with(PREFIX), "{key}");
+        }
+    }
+
+    #[test]
+    fn published_ref_is_the_wire_form_of_published() {
+        let clinic = ClinicId::parse("derm").unwrap();
+        let event = Event {
+            to: Audience::ClinicStaff(clinic.clone()),
+            msg: ServerMsg::ConsultationEnded {
+                clinic: clinic.clone(),
+                consultation: protocol::ConsultationId::random(),
+            },
+        };
+        let json = serde_json::to_vec(&PublishedRef {
+            clinic: &clinic,
+            version: 7,
+            event: &event,
+        })
+        .unwrap();
+        let back: Published = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            back,
+            Published {
+                clinic,
+                version: 7,
+                event,
+            }
+        );
+    }
+}

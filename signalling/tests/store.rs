@@ -1,0 +1,322 @@
+//! The store conformance suite, run against both stores: the single-node `LocalStore` and
+//! `RedisStore` on a real redis-server.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{AuditEntry, ClinicId, Role, ServerMsg, StaffId, Timestamp, VisitId};
+use signalling::room::{Audience, ClinicRoom, Ctx, Event, NewVisit};
+use signalling::store::local::LocalStore;
+use signalling::store::redis::RedisStore;
+use signalling::store::{Clinic, Commit, RoomWrite, StaffRecord, Store, StoreError};
+
+use common::redis::RedisServer;
+
+fn clinic_id(s: &str) -> ClinicId {
+    ClinicId::parse(s).unwrap()
+}
+
+fn clinic(s: &str) -> Clinic {
+    Clinic {
+        id: clinic_id(s),
+        name: format!("Clinic {s}"),
+        open_link: true,
+    }
+}
+
+fn entry(action: &str, n: u64) -> AuditEntry {
+    AuditEntry {
+        at: Timestamp(n),
+        actor: "staff:alice".into(),
+        action: action.into(),
+        clinic: None,
+        visit: None,
+        consultation: None,
+        detail: Some(format!("#{n}")),
+    }
+}
+
+/// A room with one more visit, and the commit that writes it over `expected`.
+fn arrival(room: &ClinicRoom, expected: u64, t: u64) -> (VisitId, Commit) {
+    let mut room = room.clone();
+    let id = VisitId::random();
+    let out = room.arrive(
+        NewVisit {
+            id,
+            name: format!("Patient {t}"),
+            details: None,
+            appointment: None,
+        },
+        &Ctx {
+            actor: "system".into(),
+            now: Timestamp(t),
+        },
+    );
+    let clinic = room.clinic.clone();
+    (
+        id,
+        Commit {
+            rooms: vec![RoomWrite {
+                expected,
+                room,
+                events: out.events,
+            }],
+            index: vec![(id, Some(clinic))],
+            audit: out.audit,
+        },
+    )
+}
+
+async fn directory_round_trips(store: &dyn Store) {
+    assert_eq!(store.clinic(&clinic_id("derm")).await.unwrap(), None);
+    store.put_clinic(&clinic("derm")).await.unwrap();
+    store.put_clinic(&clinic("alpha")).await.unwrap();
+    let mut derm = clinic("derm");
+    derm.open_link = false;
+    store.put_clinic(&derm).await.unwrap();
+    assert_eq!(
+        store.clinic(&clinic_id("derm")).await.unwrap(),
+        Some(derm.clone())
+    );
+    assert_eq!(store.clinics().await.unwrap(), vec![clinic("alpha"), derm]);
+
+    let alice = StaffRecord {
+        username: StaffId::parse("alice").unwrap(),
+        display_name: "Alice".into(),
+        role: Role::Reception,
+        clinics: vec![clinic_id("derm")],
+        password_hash: "$argon2id$...".into(),
+    };
+    store.put_staff(&alice).await.unwrap();
+    let mut bob = alice.clone();
+    bob.username = StaffId::parse("bob").unwrap();
+    bob.role = Role::Clinician;
+    store.put_staff(&bob).await.unwrap();
+    bob.display_name = "Dr Bob".into();
+    store.put_staff(&bob).await.unwrap();
+    assert_eq!(store.staff(&bob.username).await.unwrap(), Some(bob.clone()));
+    assert_eq!(
+        store
+            .staff(&StaffId::parse("carol").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.staff_list().await.unwrap(), vec![alice, bob]);
+}
+
+async fn rooms_are_versioned_and_indexed(store: &dyn Store) {
+    let derm = clinic_id("derm");
+    assert!(store.room(&derm).await.unwrap().is_none());
+    let (v1, commit) = arrival(&ClinicRoom::new(derm.clone(), "Derm".into()), 0, 1);
+    let written = commit.rooms[0].room.clone();
+    store.commit(commit).await.unwrap();
+    let read = store.room(&derm).await.unwrap().unwrap();
+    assert_eq!(read.version, 1);
+    assert_eq!(read.value, written);
+    assert_eq!(store.locate(v1).await.unwrap(), Some(derm.clone()));
+    assert_eq!(store.locate(VisitId::random()).await.unwrap(), None);
+
+    let (v2, commit) = arrival(&read.value, 1, 2);
+    store.commit(commit).await.unwrap();
+    let read = store.room(&derm).await.unwrap().unwrap();
+    assert_eq!(read.version, 2);
+    assert_eq!(
+        read.value.queue().iter().map(|v| v.id).collect::<Vec<_>>(),
+        vec![v1, v2]
+    );
+
+    // An index change to None forgets the visit.
+    store
+        .commit(Commit {
+            rooms: vec![],
+            index: vec![(v1, None)],
+            audit: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.locate(v1).await.unwrap(), None);
+}
+
+async fn a_stale_commit_changes_nothing(store: &dyn Store) {
+    let derm = clinic_id("derm");
+    let mut events = store.subscribe();
+    let empty = ClinicRoom::new(derm.clone(), "Derm".into());
+    let (_, first) = arrival(&empty, 0, 1);
+    store.commit(first).await.unwrap();
+    let after_first = store.room(&derm).await.unwrap().unwrap();
+    let audit_before = store.audit_tail(100).await.unwrap();
+    // Decided on the empty room, which is no longer current.
+    let (stale_visit, stale) = arrival(&empty, 0, 2);
+    assert!(matches!(
+        store.commit(stale).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.room(&derm).await.unwrap().unwrap(), after_first);
+    assert_eq!(store.locate(stale_visit).await.unwrap(), None);
+    assert_eq!(store.audit_tail(100).await.unwrap(), audit_before);
+    // Only the first commit's events were published.
+    let mut seen = Vec::new();
+    while let Ok(Ok(p)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        seen.push(p);
+    }
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|p| p.version == 1 && p.clinic == derm),
+        "{seen:?}"
+    );
+}
+
+async fn a_multi_room_commit_is_all_or_nothing(store: &dyn Store) {
+    let a = ClinicRoom::new(clinic_id("a"), "A".into());
+    let b = ClinicRoom::new(clinic_id("b"), "B".into());
+    let (_, ca) = arrival(&a, 0, 1);
+    store.commit(ca).await.unwrap();
+    let a_now = store.room(&clinic_id("a")).await.unwrap().unwrap();
+    // b is fresh (expected 0, fine) but a is stale (expected 0, is 1): nothing is written.
+    let (_, mut both) = arrival(&b, 0, 2);
+    let (_, stale_a) = arrival(&a, 0, 3);
+    both.rooms.extend(stale_a.rooms);
+    assert!(matches!(
+        store.commit(both).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(store.room(&clinic_id("b")).await.unwrap().is_none());
+    assert_eq!(store.room(&clinic_id("a")).await.unwrap().unwrap(), a_now);
+}
+
+async fn of_concurrent_commits_exactly_one_wins(store: Arc<dyn Store>) {
+    let derm = clinic_id("race");
+    let empty = ClinicRoom::new(derm.clone(), "Race".into());
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let store = store.clone();
+        let (_, commit) = arrival(&empty, 0, t);
+        tasks.push(tokio::spawn(async move { store.commit(commit).await }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::Conflict) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let room = store.room(&derm).await.unwrap().unwrap();
+    assert_eq!(room.version, 1);
+    assert_eq!(room.value.queue().len(), 1);
+}
+
+async fn events_carry_room_and_version_in_commit_order(store: &dyn Store) {
+    let derm = clinic_id("derm");
+    let mut rx = store.subscribe();
+    let mut room = ClinicRoom::new(derm.clone(), "Derm".into());
+    for version in 0..5 {
+        let (_, commit) = arrival(&room, version, version);
+        room = commit.rooms[0].room.clone();
+        store.commit(commit).await.unwrap();
+    }
+    let mut versions = Vec::new();
+    for _ in 0..10 {
+        let p = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("event in time")
+            .unwrap();
+        assert_eq!(p.clinic, derm);
+        if let Event {
+            to: Audience::ClinicStaff(_),
+            msg: ServerMsg::VisitUpdated { .. },
+        } = p.event
+        {
+            versions.push(p.version);
+        }
+    }
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+}
+
+async fn audit_keeps_order_and_tail(store: &dyn Store) {
+    assert!(store.audit_tail(10).await.unwrap().is_empty());
+    store
+        .append_audit(&[entry("a", 1), entry("b", 2)])
+        .await
+        .unwrap();
+    store.append_audit(&[entry("c", 3)]).await.unwrap();
+    assert_eq!(
+        store.audit_tail(10).await.unwrap(),
+        vec![entry("a", 1), entry("b", 2), entry("c", 3)]
+    );
+    assert_eq!(
+        store.audit_tail(2).await.unwrap(),
+        vec![entry("b", 2), entry("c", 3)]
+    );
+    store.ping().await.unwrap();
+}
+
+async fn the_token_secret_is_set_once(store: &dyn Store) {
+    let first = store.token_secret(&[1u8; 32]).await.unwrap();
+    assert_eq!(first, vec![1u8; 32]);
+    assert_eq!(store.token_secret(&[2u8; 32]).await.unwrap(), first);
+}
+
+macro_rules! conformance {
+    ($modname:ident, $make:expr) => {
+        mod $modname {
+            use super::*;
+
+            #[tokio::test]
+            async fn directory_round_trips() {
+                let (store, _guard) = $make;
+                super::directory_round_trips(&*store).await;
+            }
+            #[tokio::test]
+            async fn rooms_are_versioned_and_indexed() {
+                let (store, _guard) = $make;
+                super::rooms_are_versioned_and_indexed(&*store).await;
+            }
+            #[tokio::test]
+            async fn a_stale_commit_changes_nothing() {
+                let (store, _guard) = $make;
+                super::a_stale_commit_changes_nothing(&*store).await;
+            }
+            #[tokio::test]
+            async fn a_multi_room_commit_is_all_or_nothing() {
+                let (store, _guard) = $make;
+                super::a_multi_room_commit_is_all_or_nothing(&*store).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn of_concurrent_commits_exactly_one_wins() {
+                let (store, _guard) = $make;
+                super::of_concurrent_commits_exactly_one_wins(store).await;
+            }
+            #[tokio::test]
+            async fn events_carry_room_and_version_in_commit_order() {
+                let (store, _guard) = $make;
+                super::events_carry_room_and_version_in_commit_order(&*store).await;
+            }
+            #[tokio::test]
+            async fn the_token_secret_is_set_once() {
+                let (store, _guard) = $make;
+                super::the_token_secret_is_set_once(&*store).await;
+            }
+            #[tokio::test]
+            async fn audit_keeps_order_and_tail() {
+                let (store, _guard) = $make;
+                super::audit_keeps_order_and_tail(&*store).await;
+            }
+        }
+    };
+}
+
+conformance!(local, {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(None).unwrap());
+    (store, ())
+});
+
+conformance!(redis, {
+    let server = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+    (store, server)
+});
