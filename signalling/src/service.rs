@@ -458,8 +458,10 @@ impl Service {
                 clinic,
                 consultation,
             } => {
-                authorize(staff, Action::ViewRoom, Some(&clinic))?;
-                self.transact(&actor, &[clinic.clone()], |rooms, ctx| {
+                // Refuse those who may end no consultation before looking at which one.
+                authorize(staff, Action::EndOwnConsultation, Some(&clinic))
+                    .or_else(|_| authorize(staff, Action::EndOtherConsultation, Some(&clinic)))?;
+                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
                     let host = rooms[0]
                         .consultation(consultation)
                         .ok_or(crate::room::RoomError::ConsultationNotFound)?;

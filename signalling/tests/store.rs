@@ -1,6 +1,8 @@
 //! The store conformance suite, run against both stores: the single-node `LocalStore` and
 //! `RedisStore` on a real redis-server.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! must deserialise back to the same value. `UPDATE_FIXTURES=1 cargo test -p protocol`
 //! rewrites them after a deliberate change of format (review the diff).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +16,10 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: &T) {
+fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    name: &'static str,
+    value: &T,
+) -> &'static str {
     let path = dir().join(format!("{name}.json"));
     let mut written = serde_json::to_string_pretty(value).expect("serialises");
     written.push('\n');
@@ -31,13 +36,14 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &s
     );
     let back: T = serde_json::from_str(&golden).expect("fixture deserialises");
     assert_eq!(&back, value, "{name}: fixture does not round-trip");
+    name
 }
 
 fn visit() -> VisitId {
-    VisitId(Uuid::from_u128(0x1111_1111_1111_4111_8111_111111111111))
+    VisitId(Uuid::from_u128(0x1111_1111_1111_4111_8111_1111_1111_1111))
 }
 fn consultation() -> ConsultationId {
-    ConsultationId(Uuid::from_u128(0x2222_2222_2222_4222_8222_222222222222))
+    ConsultationId(Uuid::from_u128(0x2222_2222_2222_4222_8222_2222_2222_2222))
 }
 fn clinic() -> ClinicId {
     ClinicId::parse("dermatology").unwrap()
@@ -70,401 +76,292 @@ fn all_fixtures() -> Vec<&'static str> {
         visits: vec![visit()],
     };
     let mut names = Vec::new();
-    let mut f = |name: &'static str, ok: ()| {
-        let () = ok;
-        names.push(name);
-    };
     let c = |command| ClientMsg::Command { req: 7, command };
-    f(
+    names.push(check(
         "client_hello",
-        check(
-            "client_hello",
-            &ClientMsg::Hello {
-                token: "eyJ...".into(),
-            },
-        ),
-    );
-    f(
+        &ClientMsg::Hello {
+            token: "eyJ...".into(),
+        },
+    ));
+    names.push(check(
         "client_send_message",
-        check(
-            "client_send_message",
-            &c(Command::SendMessage {
-                clinic: clinic(),
-                visit: visit(),
-                text: "The clinician is running 10 minutes late.".into(),
-            }),
-        ),
-    );
-    f(
+        &c(Command::SendMessage {
+            clinic: clinic(),
+            visit: visit(),
+            text: "The clinician is running 10 minutes late.".into(),
+        }),
+    ));
+    names.push(check(
         "client_admit",
-        check(
-            "client_admit",
-            &c(Command::Admit {
-                clinic: clinic(),
-                visit: visit(),
-                clinician: clinician(),
-                consultation: None,
-            }),
-        ),
-    );
-    f(
+        &c(Command::Admit {
+            clinic: clinic(),
+            visit: visit(),
+            clinician: clinician(),
+            consultation: None,
+        }),
+    ));
+    names.push(check(
         "client_admit_into",
-        check(
-            "client_admit_into",
-            &c(Command::Admit {
-                clinic: clinic(),
-                visit: visit(),
-                clinician: clinician(),
-                consultation: Some(consultation()),
-            }),
-        ),
-    );
-    f(
+        &c(Command::Admit {
+            clinic: clinic(),
+            visit: visit(),
+            clinician: clinician(),
+            consultation: Some(consultation()),
+        }),
+    ));
+    names.push(check(
         "client_admit_next",
-        check(
-            "client_admit_next",
-            &c(Command::AdmitNext { clinic: clinic() }),
-        ),
-    );
-    f(
+        &c(Command::AdmitNext { clinic: clinic() }),
+    ));
+    names.push(check(
         "client_return_to_waiting",
-        check(
-            "client_return_to_waiting",
-            &c(Command::ReturnToWaiting {
-                clinic: clinic(),
-                visit: visit(),
-            }),
-        ),
-    );
-    f(
+        &c(Command::ReturnToWaiting {
+            clinic: clinic(),
+            visit: visit(),
+        }),
+    ));
+    names.push(check(
         "client_transfer_clinic",
-        check(
-            "client_transfer_clinic",
-            &c(Command::Transfer {
-                clinic: clinic(),
-                visit: visit(),
-                to: TransferTarget::Clinic {
-                    clinic: ClinicId::parse("plastics").unwrap(),
-                },
-            }),
-        ),
-    );
-    f(
+        &c(Command::Transfer {
+            clinic: clinic(),
+            visit: visit(),
+            to: TransferTarget::Clinic {
+                clinic: ClinicId::parse("plastics").unwrap(),
+            },
+        }),
+    ));
+    names.push(check(
         "client_transfer_clinician",
-        check(
-            "client_transfer_clinician",
-            &c(Command::Transfer {
-                clinic: clinic(),
-                visit: visit(),
-                to: TransferTarget::Clinician {
-                    clinician: StaffId::parse("dr.smith").unwrap(),
-                },
-            }),
-        ),
-    );
-    f(
+        &c(Command::Transfer {
+            clinic: clinic(),
+            visit: visit(),
+            to: TransferTarget::Clinician {
+                clinician: StaffId::parse("dr.smith").unwrap(),
+            },
+        }),
+    ));
+    names.push(check(
         "client_remove",
-        check(
-            "client_remove",
-            &c(Command::Remove {
-                clinic: clinic(),
-                visit: visit(),
-            }),
-        ),
-    );
-    f(
+        &c(Command::Remove {
+            clinic: clinic(),
+            visit: visit(),
+        }),
+    ));
+    names.push(check(
         "client_end_consultation",
-        check(
-            "client_end_consultation",
-            &c(Command::EndConsultation {
-                clinic: clinic(),
-                consultation: consultation(),
-            }),
-        ),
-    );
-    f("client_leave", check("client_leave", &c(Command::Leave)));
+        &c(Command::EndConsultation {
+            clinic: clinic(),
+            consultation: consultation(),
+        }),
+    ));
+    names.push(check("client_leave", &c(Command::Leave)));
 
-    f(
+    names.push(check(
         "server_welcome_staff",
-        check(
-            "server_welcome_staff",
-            &ServerMsg::Welcome {
-                session: Session::Staff(staff_session.clone()),
-            },
-        ),
-    );
-    f(
+        &ServerMsg::Welcome {
+            session: Session::Staff(staff_session.clone()),
+        },
+    ));
+    names.push(check(
         "server_welcome_patient",
-        check(
-            "server_welcome_patient",
-            &ServerMsg::Welcome {
-                session: Session::Patient {
-                    visit: visit(),
-                    clinic: clinic(),
-                    clinic_name: "Dermatology".into(),
-                },
-            },
-        ),
-    );
-    f(
-        "server_ack",
-        check("server_ack", &ServerMsg::Ack { req: 7 }),
-    );
-    f(
-        "server_error",
-        check(
-            "server_error",
-            &ServerMsg::Error {
-                req: Some(7),
-                code: ErrorCode::AlreadyAdmitted,
-                message: "This patient has already been admitted.".into(),
-            },
-        ),
-    );
-    f(
-        "server_clinic_snapshot",
-        check(
-            "server_clinic_snapshot",
-            &ServerMsg::ClinicSnapshot {
-                clinic: ClinicView {
-                    id: clinic(),
-                    name: "Dermatology".into(),
-                },
-                visits: vec![visit_view.clone()],
-                consultations: vec![consultation_view.clone()],
-            },
-        ),
-    );
-    f(
-        "server_visit_updated",
-        check(
-            "server_visit_updated",
-            &ServerMsg::VisitUpdated {
-                clinic: clinic(),
-                visit: VisitView {
-                    status: VisitStatus::InConsultation {
-                        consultation: consultation(),
-                    },
-                    for_clinician: Some(clinician()),
-                    ..visit_view
-                },
-            },
-        ),
-    );
-    f(
-        "server_visit_closed",
-        check(
-            "server_visit_closed",
-            &ServerMsg::VisitClosed {
-                clinic: clinic(),
+        &ServerMsg::Welcome {
+            session: Session::Patient {
                 visit: visit(),
-                reason: VisitEndReason::Removed,
-            },
-        ),
-    );
-    f(
-        "server_consultation_updated",
-        check(
-            "server_consultation_updated",
-            &ServerMsg::ConsultationUpdated {
                 clinic: clinic(),
-                consultation: consultation_view,
+                clinic_name: "Dermatology".into(),
             },
-        ),
-    );
-    f(
-        "server_consultation_ended",
-        check(
-            "server_consultation_ended",
-            &ServerMsg::ConsultationEnded {
-                clinic: clinic(),
-                consultation: consultation(),
+        },
+    ));
+    names.push(check("server_ack", &ServerMsg::Ack { req: 7 }));
+    names.push(check(
+        "server_error",
+        &ServerMsg::Error {
+            req: Some(7),
+            code: ErrorCode::AlreadyAdmitted,
+            message: "This patient has already been admitted.".into(),
+        },
+    ));
+    names.push(check(
+        "server_clinic_snapshot",
+        &ServerMsg::ClinicSnapshot {
+            clinic: ClinicView {
+                id: clinic(),
+                name: "Dermatology".into(),
             },
-        ),
-    );
-    f(
-        "server_patient_waiting",
-        check(
-            "server_patient_waiting",
-            &ServerMsg::PatientStatus {
-                status: PatientState::Waiting {
-                    clinic_name: "Dermatology".into(),
-                    waiting_since: Timestamp(1_700_000_000_000),
-                },
-            },
-        ),
-    );
-    f(
-        "server_patient_admitted",
-        check(
-            "server_patient_admitted",
-            &ServerMsg::PatientStatus {
-                status: PatientState::Admitted {
+            visits: vec![visit_view.clone()],
+            consultations: vec![consultation_view.clone()],
+        },
+    ));
+    names.push(check(
+        "server_visit_updated",
+        &ServerMsg::VisitUpdated {
+            clinic: clinic(),
+            visit: VisitView {
+                status: VisitStatus::InConsultation {
                     consultation: consultation(),
                 },
+                for_clinician: Some(clinician()),
+                ..visit_view
             },
-        ),
-    );
-    f(
+        },
+    ));
+    names.push(check(
+        "server_visit_closed",
+        &ServerMsg::VisitClosed {
+            clinic: clinic(),
+            visit: visit(),
+            reason: VisitEndReason::Removed,
+        },
+    ));
+    names.push(check(
+        "server_consultation_updated",
+        &ServerMsg::ConsultationUpdated {
+            clinic: clinic(),
+            consultation: consultation_view,
+        },
+    ));
+    names.push(check(
+        "server_consultation_ended",
+        &ServerMsg::ConsultationEnded {
+            clinic: clinic(),
+            consultation: consultation(),
+        },
+    ));
+    names.push(check(
+        "server_patient_waiting",
+        &ServerMsg::PatientStatus {
+            status: PatientState::Waiting {
+                clinic_name: "Dermatology".into(),
+                waiting_since: Timestamp(1_700_000_000_000),
+            },
+        },
+    ));
+    names.push(check(
+        "server_patient_admitted",
+        &ServerMsg::PatientStatus {
+            status: PatientState::Admitted {
+                consultation: consultation(),
+            },
+        },
+    ));
+    names.push(check(
         "server_patient_ended",
-        check(
-            "server_patient_ended",
-            &ServerMsg::PatientStatus {
-                status: PatientState::Ended {
-                    reason: VisitEndReason::ConsultationEnded,
-                },
+        &ServerMsg::PatientStatus {
+            status: PatientState::Ended {
+                reason: VisitEndReason::ConsultationEnded,
             },
-        ),
-    );
-    f(
+        },
+    ));
+    names.push(check(
         "server_staff_message",
-        check(
-            "server_staff_message",
-            &ServerMsg::StaffMessage {
-                text: "We will be with you shortly.".into(),
-                sent_at: Timestamp(1_700_000_030_000),
-            },
-        ),
-    );
+        &ServerMsg::StaffMessage {
+            text: "We will be with you shortly.".into(),
+            sent_at: Timestamp(1_700_000_030_000),
+        },
+    ));
 
-    f(
+    names.push(check(
         "rest_error",
-        check(
-            "rest_error",
-            &ErrorBody {
-                code: ErrorCode::TokenExpired,
-                message: "Your sign-in has expired.".into(),
-            },
-        ),
-    );
-    f(
+        &ErrorBody {
+            code: ErrorCode::TokenExpired,
+            message: "Your sign-in has expired.".into(),
+        },
+    ));
+    names.push(check(
         "rest_sign_in_request",
-        check(
-            "rest_sign_in_request",
-            &SignInRequest {
-                username: "alice".into(),
-                password: "correct horse".into(),
-            },
-        ),
-    );
-    f(
+        &SignInRequest {
+            username: "alice".into(),
+            password: "correct horse".into(),
+        },
+    ));
+    names.push(check(
         "rest_sign_in_response",
-        check(
-            "rest_sign_in_response",
-            &SignInResponse {
-                token: "eyJ...".into(),
-                expires_at: Timestamp(1_700_003_600_000),
-                session: staff_session,
-            },
-        ),
-    );
-    f(
+        &SignInResponse {
+            token: "eyJ...".into(),
+            expires_at: Timestamp(1_700_003_600_000),
+            session: staff_session,
+        },
+    ));
+    names.push(check(
         "rest_clinic_entry",
-        check(
-            "rest_clinic_entry",
-            &ClinicEntryInfo {
-                id: clinic(),
-                name: "Dermatology".into(),
-                open_link: true,
-            },
-        ),
-    );
-    f(
+        &ClinicEntryInfo {
+            id: clinic(),
+            name: "Dermatology".into(),
+            open_link: true,
+        },
+    ));
+    names.push(check(
         "rest_enter_open_link",
-        check(
-            "rest_enter_open_link",
-            &EnterRequest {
-                entry: Entry::OpenLink { clinic: clinic() },
-                name: "Pat Example".into(),
-                details: None,
-            },
-        ),
-    );
-    f(
+        &EnterRequest {
+            entry: Entry::OpenLink { clinic: clinic() },
+            name: "Pat Example".into(),
+            details: None,
+        },
+    ));
+    names.push(check(
         "rest_enter_invite",
-        check(
-            "rest_enter_invite",
-            &EnterRequest {
-                entry: Entry::Invite {
-                    token: "eyJ...".into(),
-                },
-                name: "Pat Example".into(),
-                details: Some("NHS 999 999 9999".into()),
-            },
-        ),
-    );
-    f(
-        "rest_enter_response",
-        check(
-            "rest_enter_response",
-            &EnterResponse {
-                visit: visit(),
-                visit_token: "eyJ...".into(),
-                expires_at: Timestamp(1_700_043_200_000),
-            },
-        ),
-    );
-    f(
-        "rest_create_clinic",
-        check(
-            "rest_create_clinic",
-            &CreateClinic {
-                id: clinic(),
-                name: "Dermatology".into(),
-                open_link: true,
-            },
-        ),
-    );
-    f(
-        "rest_create_staff",
-        check(
-            "rest_create_staff",
-            &CreateStaff {
-                username: clinician(),
-                display_name: "Dr Jones".into(),
-                role: Role::Clinician,
-                clinics: vec![clinic()],
-                password: "a long passphrase".into(),
-            },
-        ),
-    );
-    f(
-        "rest_issue_invite",
-        check(
-            "rest_issue_invite",
-            &IssueInvite {
-                clinic: clinic(),
-                appointment: Some("APT-0042".into()),
-                valid_for_secs: 86_400,
-            },
-        ),
-    );
-    f(
-        "rest_invite_response",
-        check(
-            "rest_invite_response",
-            &InviteResponse {
+        &EnterRequest {
+            entry: Entry::Invite {
                 token: "eyJ...".into(),
-                url: "https://video.example-hospital.org/i/eyJ...".into(),
-                expires_at: Timestamp(1_700_086_400_000),
             },
-        ),
-    );
-    f(
+            name: "Pat Example".into(),
+            details: Some("NHS 999 999 9999".into()),
+        },
+    ));
+    names.push(check(
+        "rest_enter_response",
+        &EnterResponse {
+            visit: visit(),
+            visit_token: "eyJ...".into(),
+            expires_at: Timestamp(1_700_043_200_000),
+        },
+    ));
+    names.push(check(
+        "rest_create_clinic",
+        &CreateClinic {
+            id: clinic(),
+            name: "Dermatology".into(),
+            open_link: true,
+        },
+    ));
+    names.push(check(
+        "rest_create_staff",
+        &CreateStaff {
+            username: clinician(),
+            display_name: "Dr Jones".into(),
+            role: Role::Clinician,
+            clinics: vec![clinic()],
+            password: "a long passphrase".into(),
+        },
+    ));
+    names.push(check(
+        "rest_issue_invite",
+        &IssueInvite {
+            clinic: clinic(),
+            appointment: Some("APT-0042".into()),
+            valid_for_secs: 86_400,
+        },
+    ));
+    names.push(check(
+        "rest_invite_response",
+        &InviteResponse {
+            token: "eyJ...".into(),
+            url: "https://video.example-hospital.org/i/eyJ...".into(),
+            expires_at: Timestamp(1_700_086_400_000),
+        },
+    ));
+    names.push(check(
         "rest_audit_entry",
-        check(
-            "rest_audit_entry",
-            &AuditEntry {
-                at: Timestamp(1_700_000_060_000),
-                actor: "staff:alice".into(),
-                action: "admit".into(),
-                clinic: Some(clinic()),
-                visit: Some(visit()),
-                consultation: Some(consultation()),
-                detail: Some("clinician dr.jones".into()),
-            },
-        ),
-    );
+        &AuditEntry {
+            at: Timestamp(1_700_000_060_000),
+            actor: "staff:alice".into(),
+            action: "admit".into(),
+            clinic: Some(clinic()),
+            visit: Some(visit()),
+            consultation: Some(consultation()),
+            detail: Some("clinician dr.jones".into()),
+        },
+    ));
     names
 }
 

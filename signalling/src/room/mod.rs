@@ -32,6 +32,8 @@ pub struct ClinicRoom {
     pub name: String,
     visits: BTreeMap<VisitId, Visit>,
     consultations: BTreeMap<ConsultationId, Consultation>,
+    /// Orders arrivals within the same millisecond.
+    next_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,8 @@ pub struct Visit {
     pub appointment: Option<String>,
     /// When the patient first arrived (in any clinic): their place in the queue.
     pub arrived_at: Timestamp,
+    /// Breaks ties between visits that arrived in the same millisecond.
+    pub seq: u64,
     pub state: VisitState,
     /// Open patient connections (tabs) on any signalling instance.
     pub connections: u32,
@@ -138,6 +142,7 @@ impl ClinicRoom {
             name,
             visits: BTreeMap::new(),
             consultations: BTreeMap::new(),
+            next_seq: 0,
         }
     }
 
@@ -160,14 +165,14 @@ impl ClinicRoom {
             .values()
             .filter(|v| v.state == VisitState::Waiting)
             .collect();
-        waiting.sort_by_key(|v| (v.arrived_at, v.id));
+        waiting.sort_by_key(|v| (v.arrived_at, v.seq));
         waiting
     }
 
     /// What a member of staff sees on connecting: every visit (queue order) and consultation.
     pub fn snapshot(&self) -> ServerMsg {
         let mut visits: Vec<&Visit> = self.visits.values().collect();
-        visits.sort_by_key(|v| (v.arrived_at, v.id));
+        visits.sort_by_key(|v| (v.arrived_at, v.seq));
         ServerMsg::ClinicSnapshot {
             clinic: ClinicView {
                 id: self.clinic.clone(),
@@ -202,6 +207,7 @@ impl ClinicRoom {
             details: new.details,
             appointment: new.appointment,
             arrived_at: ctx.now,
+            seq: self.take_seq(),
             state: VisitState::Waiting,
             connections: 0,
             for_clinician: None,
@@ -396,8 +402,9 @@ impl ClinicRoom {
     }
 
     /// Receive a visit transferred from another clinic; it keeps its arrival time.
-    pub fn take_in(&mut self, v: Visit) -> Outcome {
+    pub fn take_in(&mut self, mut v: Visit) -> Outcome {
         let id = v.id;
+        v.seq = self.take_seq();
         self.visits.insert(id, v);
         let mut out = Outcome::default();
         self.notify_visit(&mut out, id);
@@ -458,6 +465,11 @@ impl ClinicRoom {
     }
 
     // --- helpers -------------------------------------------------------------------------
+
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
 
     /// Removes a visit from its consultation; a consultation with nobody left ends.
     fn leave_consultation(&mut self, out: &mut Outcome, cid: ConsultationId, id: VisitId) {

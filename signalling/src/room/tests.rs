@@ -372,3 +372,12 @@ fn patient_events_never_mention_another_visit() {
         }
     }
 }
+
+#[test]
+fn arrivals_in_the_same_millisecond_keep_their_order() {
+    let mut r = room();
+    let ids: Vec<VisitId> = (0..20)
+        .map(|i| arrive(&mut r, &format!("P{i}"), 5))
+        .collect();
+    assert_eq!(r.queue().iter().map(|v| v.id).collect::<Vec<_>>(), ids);
+}

@@ -32,10 +32,13 @@ pub struct Hub {
     routes: RwLock<Routes>,
 }
 
+/// One connection's queue, with the id it was subscribed under.
+type Route = (u64, mpsc::Sender<Arc<Delivery>>);
+
 #[derive(Debug, Default)]
 struct Routes {
     next_id: u64,
-    by_audience: HashMap<Audience, Vec<(u64, mpsc::Sender<Arc<Delivery>>)>>,
+    by_audience: HashMap<Audience, Vec<Route>>,
 }
 
 /// A connection's place in the hub; dropping it unsubscribes.

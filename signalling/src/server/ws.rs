@@ -192,9 +192,6 @@ impl Connection {
                         return (CLOSE_RESTART, "");
                     }
                 }
-                if let Err(e) = self.state.service.presence(*visit, true).await {
-                    e.log();
-                }
                 (sub, u64::MAX)
             }
         };
@@ -328,18 +325,14 @@ impl Connection {
                 return Flow::Continue;
             }
         };
-        if self.limiter.check().is_err() {
-            self.send(&error(
-                None,
-                ErrorCode::RateLimited,
-                "too many messages; slow down",
-            ))
-            .await;
-            return Flow::Continue;
-        }
         let reply = match serde_json::from_str::<ClientMsg>(&text) {
             Err(e) => parse_error(&e),
             Ok(ClientMsg::Hello { .. }) => error(None, ErrorCode::BadRequest, "already said hello"),
+            Ok(ClientMsg::Command { req, .. }) if self.limiter.check().is_err() => error(
+                Some(req),
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+            ),
             Ok(ClientMsg::Command { req, command }) => {
                 match self.state.service.execute(principal, command).await {
                     Ok(()) => ServerMsg::Ack { req },

@@ -555,6 +555,7 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // A failing unwrap is a failing test.
 mod tests {
     use super::*;
     use crate::room::Audience;

@@ -1,2 +1,3 @@
 #![allow(dead_code)]
 pub mod redis;
+pub mod server;
