@@ -12,7 +12,7 @@ use protocol::{AuditEntry, ClinicId, Role, ServerMsg, StaffId, Timestamp, VisitI
 use signalling::room::{Audience, ClinicRoom, Ctx, Event, NewVisit};
 use signalling::store::local::LocalStore;
 use signalling::store::redis::RedisStore;
-use signalling::store::{Clinic, Commit, RoomWrite, StaffRecord, Store, StoreError};
+use signalling::store::{Clinic, Commit, Feed, RoomWrite, StaffRecord, Store, StoreError};
 
 use common::redis::RedisServer;
 
@@ -161,7 +161,9 @@ async fn a_stale_commit_changes_nothing(store: &dyn Store) {
     assert_eq!(store.audit_tail(100).await.unwrap(), audit_before);
     // Only the first commit's events were published.
     let mut seen = Vec::new();
-    while let Ok(Ok(p)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+    while let Ok(Ok(Feed::Event(p))) =
+        tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+    {
         seen.push(p);
     }
     assert!(!seen.is_empty());
@@ -223,10 +225,13 @@ async fn events_carry_room_and_version_in_commit_order(store: &dyn Store) {
     }
     let mut versions = Vec::new();
     for _ in 0..10 {
-        let p = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+        let feed = tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .expect("event in time")
             .unwrap();
+        let Feed::Event(p) = feed else {
+            panic!("unexpected resync");
+        };
         assert_eq!(p.clinic, derm);
         if let Event {
             to: Audience::ClinicStaff(_),
@@ -322,3 +327,34 @@ conformance!(redis, {
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
     (store, server)
 });
+
+#[tokio::test]
+async fn redis_feed_asks_for_a_resync_after_a_lost_connection() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let mut feed = store.subscribe();
+    server.restart();
+    let got = tokio::time::timeout(Duration::from_secs(20), feed.recv())
+        .await
+        .expect("a resync in time")
+        .unwrap();
+    assert_eq!(got, Feed::Resync);
+    // And events flow again afterwards.
+    // The first command on the command connection may meet the broken pipe and answer
+    // "unavailable"; the connection manager reconnects for the next.
+    let (_, commit) = arrival(&ClinicRoom::new(clinic_id("derm"), "Derm".into()), 0, 1);
+    let mut attempts = 0;
+    while let Err(e) = store.commit(commit.clone()).await {
+        attempts += 1;
+        assert!(
+            matches!(e, StoreError::Unavailable(_)) && attempts < 5,
+            "{e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+        .await
+        .expect("an event in time")
+        .unwrap();
+    assert!(matches!(got, Feed::Event(_)), "{got:?}");
+}

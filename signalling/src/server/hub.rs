@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::room::Audience;
-use crate::store::Published;
+use crate::store::{Feed, Published};
 
 /// How many deliveries may wait for one connection before it is cut off.
 pub const CONNECTION_QUEUE: usize = 256;
@@ -150,14 +150,18 @@ impl Hub {
     /// Delivers the store's events until `stop`.
     pub async fn run(
         self: Arc<Self>,
-        mut feed: broadcast::Receiver<Published>,
+        mut feed: broadcast::Receiver<Feed>,
         stop: CancellationToken,
     ) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 ev = feed.recv() => match ev {
-                    Ok(p) => self.deliver(p),
+                    Ok(Feed::Event(p)) => self.deliver(p),
+                    Ok(Feed::Resync) => {
+                        tracing::warn!("event feed interrupted; resynchronising every connection");
+                        self.reset();
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "event feed lagged; resynchronising every connection");
                         self.reset();

@@ -13,13 +13,15 @@ use protocol::{AuditEntry, ClinicId, StaffId, VisitId};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
-use super::{Clinic, Commit, EVENT_BUFFER, Published, StaffRecord, Store, StoreError, Versioned};
+use super::{
+    Clinic, Commit, EVENT_BUFFER, Feed, Published, StaffRecord, Store, StoreError, Versioned,
+};
 use crate::room::ClinicRoom;
 
 #[derive(Debug)]
 pub struct LocalStore {
     inner: Arc<Inner>,
-    events: broadcast::Sender<Published>,
+    events: broadcast::Sender<Feed>,
 }
 
 #[derive(Debug)]
@@ -233,11 +235,11 @@ impl Store for LocalStore {
                 let clinic = w.room.clinic.clone();
                 for event in w.events {
                     // No subscriber is not an error: nobody is connected.
-                    let _ = events.send(Published {
+                    let _ = events.send(Feed::Event(Published {
                         clinic: clinic.clone(),
                         version,
                         event,
-                    });
+                    }));
                 }
                 rooms.rooms.insert(clinic, (version, w.room));
             }
@@ -246,7 +248,7 @@ impl Store for LocalStore {
         .await
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Published> {
+    fn subscribe(&self) -> broadcast::Receiver<Feed> {
         self.events.subscribe()
     }
 

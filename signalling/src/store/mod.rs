@@ -60,6 +60,15 @@ pub struct Published {
     pub event: Event,
 }
 
+/// What the event feed carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feed {
+    Event(Published),
+    /// Events may have been missed (the store's event connection was lost and is back):
+    /// every connection must resynchronise from a fresh snapshot.
+    Resync,
+}
+
 /// One room to write in a [`Commit`].
 #[derive(Debug, Clone)]
 pub struct RoomWrite {
@@ -116,8 +125,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
 
     /// The events of every commit (from any instance, in Redis mode), in commit order per
-    /// room. A receiver that lags is told so and must resynchronise its connections.
-    fn subscribe(&self) -> broadcast::Receiver<Published>;
+    /// room. A receiver that lags, or is sent [`Feed::Resync`], must resynchronise its
+    /// connections.
+    fn subscribe(&self) -> broadcast::Receiver<Feed>;
 
     // Audit log.
     /// Records entries that come with no room change (sign-in, directory changes).

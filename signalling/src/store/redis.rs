@@ -52,7 +52,9 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Clinic, Commit, EVENT_BUFFER, Published, StaffRecord, Store, StoreError, Versioned};
+use super::{
+    Clinic, Commit, EVENT_BUFFER, Feed, Published, StaffRecord, Store, StoreError, Versioned,
+};
 use crate::room::{ClinicRoom, Event};
 
 /// The prefix of every key and of the channel below.
@@ -141,7 +143,7 @@ return 1
 pub struct RedisStore {
     con: ConnectionManager,
     commit_script: Script,
-    events: broadcast::Sender<Published>,
+    events: broadcast::Sender<Feed>,
     /// Cancels the pub/sub task when the store is dropped.
     _subscription: DropGuard,
 }
@@ -203,7 +205,7 @@ async fn subscribe_events(client: &Client) -> Result<PubSub, StoreError> {
 async fn forward_events(
     client: Client,
     first: PubSub,
-    events: broadcast::Sender<Published>,
+    events: broadcast::Sender<Feed>,
     stop: CancellationToken,
 ) {
     let mut pubsub = Some(first);
@@ -223,8 +225,10 @@ async fn forward_events(
                 match attempt {
                     Ok(p) => {
                         tracing::warn!(
-                            "redis event subscription restored; events published meanwhile were missed"
+                            "redis event subscription restored; resynchronising every connection"
                         );
+                        // Events published meanwhile were missed: every connection resyncs.
+                        let _ = events.send(Feed::Resync);
                         delay = RESUBSCRIBE_MIN_DELAY;
                         p
                     }
@@ -250,7 +254,7 @@ async fn forward_events(
                     match serde_json::from_slice::<Published>(msg.get_payload_bytes()) {
                         // No receiver is not an error: nobody is connected.
                         Ok(p) => {
-                            let _ = events.send(p);
+                            let _ = events.send(Feed::Event(p));
                         }
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed event from redis"),
                     }
@@ -475,7 +479,7 @@ impl Store for RedisStore {
         }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Published> {
+    fn subscribe(&self) -> broadcast::Receiver<Feed> {
         self.events.subscribe()
     }
 

@@ -14,7 +14,20 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sock = dir.path().join("redis.sock");
+        let child = Self::spawn(dir.path());
+        Self { child, dir }
+    }
+
+    /// Kills the server and starts a new one on the same socket (all data lost).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.socket());
+        self.child = Self::spawn(self.dir.path());
+    }
+
+    fn spawn(dir: &std::path::Path) -> Child {
+        let sock = dir.join("redis.sock");
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(&sock)
@@ -27,7 +40,7 @@ impl RedisServer {
                 "no",
                 "--dir",
             ])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -37,7 +50,7 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(5));
         }
-        Self { child, dir }
+        child
     }
 
     pub fn socket(&self) -> PathBuf {
