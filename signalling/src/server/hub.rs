@@ -103,7 +103,7 @@ impl Hub {
         ids.len()
     }
 
-    fn deliver(&self, p: Published) {
+    fn deliver(&self, p: &Published) {
         let text = match serde_json::to_string(&p.event.msg) {
             Ok(t) => Utf8Bytes::from(t),
             Err(e) => {
@@ -112,7 +112,7 @@ impl Hub {
             }
         };
         let delivery = Arc::new(Delivery {
-            clinic: p.clinic,
+            clinic: p.clinic.clone(),
             version: p.version,
             text,
         });
@@ -157,7 +157,7 @@ impl Hub {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 ev = feed.recv() => match ev {
-                    Ok(Feed::Event(p)) => self.deliver(p),
+                    Ok(Feed::Event(p)) => self.deliver(&p),
                     Ok(Feed::Resync) => {
                         tracing::warn!("event feed interrupted; resynchronising every connection");
                         self.reset();

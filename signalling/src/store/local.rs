@@ -235,11 +235,11 @@ impl Store for LocalStore {
                 let clinic = w.room.clinic.clone();
                 for event in w.events {
                     // No subscriber is not an error: nobody is connected.
-                    let _ = events.send(Feed::Event(Published {
+                    let _ = events.send(Feed::Event(std::sync::Arc::new(Published {
                         clinic: clinic.clone(),
                         version,
                         event,
-                    }));
+                    })));
                 }
                 rooms.rooms.insert(clinic, (version, w.room));
             }

@@ -63,7 +63,8 @@ pub struct Published {
 /// What the event feed carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Feed {
-    Event(Published),
+    /// Shared: the broadcast channel clones it for every receiver.
+    Event(std::sync::Arc<Published>),
     /// Events may have been missed (the store's event connection was lost and is back):
     /// every connection must resynchronise from a fresh snapshot.
     Resync,

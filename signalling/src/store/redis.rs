@@ -254,7 +254,7 @@ async fn forward_events(
                     match serde_json::from_slice::<Published>(msg.get_payload_bytes()) {
                         // No receiver is not an error: nobody is connected.
                         Ok(p) => {
-                            let _ = events.send(Feed::Event(p));
+                            let _ = events.send(Feed::Event(std::sync::Arc::new(p)));
                         }
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed event from redis"),
                     }
