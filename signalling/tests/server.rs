@@ -81,14 +81,13 @@ async fn journey(s: &TestServer) {
     assert_eq!(visit.status, VisitStatus::Waiting);
 
     // Reception messages them; the patient sees it.
-    let ack = reception
-        .command(Command::SendMessage {
+    reception
+        .ok(Command::SendMessage {
             clinic: derm(),
             visit: entered.visit,
             text: "The clinic is running 10 minutes late.".into(),
         })
         .await;
-    assert!(matches!(ack, ServerMsg::Ack { .. }), "{ack:?}");
     let msg = patient
         .until("staff message", |m| {
             matches!(m, ServerMsg::StaffMessage { .. })
@@ -99,15 +98,14 @@ async fn journey(s: &TestServer) {
     );
 
     // Reception admits them to dr.jones: patient and clinician are both told.
-    let ack = reception
-        .command(Command::Admit {
+    reception
+        .ok(Command::Admit {
             clinic: derm(),
             visit: entered.visit,
             clinician: jones(),
             consultation: None,
         })
         .await;
-    assert!(matches!(ack, ServerMsg::Ack { .. }), "{ack:?}");
     let admitted = patient
         .until("admitted", |m| {
             matches!(
@@ -134,13 +132,12 @@ async fn journey(s: &TestServer) {
     );
 
     // The clinician ends the consultation: the patient's visit ends; reception sees it go.
-    let ack = clinician
-        .command(Command::EndConsultation {
+    clinician
+        .ok(Command::EndConsultation {
             clinic: derm(),
             consultation,
         })
         .await;
-    assert!(matches!(ack, ServerMsg::Ack { .. }), "{ack:?}");
     let ended = patient
         .until("ended", |m| {
             matches!(
@@ -284,31 +281,25 @@ async fn a_patient_never_receives_another_patients_name_or_id() {
         },
     ];
     for c in cmds {
-        assert!(matches!(reception.command(c).await, ServerMsg::Ack { .. }));
+        reception.ok(c).await;
     }
     let mut jones_ws = s.ws(&jones_token.token).await;
     // Bring the second patient into a call and end it, and a third arrives and is removed.
-    assert!(matches!(
-        jones_ws
-            .command(Command::Admit {
-                clinic: derm(),
-                visit: second.visit,
-                clinician: jones(),
-                consultation: None
-            })
-            .await,
-        ServerMsg::Ack { .. }
-    ));
+    jones_ws
+        .ok(Command::Admit {
+            clinic: derm(),
+            visit: second.visit,
+            clinician: jones(),
+            consultation: None,
+        })
+        .await;
     let third = s.enter("derm", "Carol Thirdpatient").await;
-    assert!(matches!(
-        reception
-            .command(Command::Remove {
-                clinic: derm(),
-                visit: third.visit
-            })
-            .await,
-        ServerMsg::Ack { .. }
-    ));
+    reception
+        .ok(Command::Remove {
+            clinic: derm(),
+            visit: third.visit,
+        })
+        .await;
     drop(
         other
             .until("admitted", |m| {
@@ -331,16 +322,13 @@ async fn a_patient_never_receives_another_patients_name_or_id() {
         .until("ack", |m| matches!(m, ServerMsg::Ack { .. }))
         .await;
     // A message to the first patient last: once it arrives, every earlier event has too.
-    assert!(matches!(
-        reception
-            .command(Command::SendMessage {
-                clinic: derm(),
-                visit: first.visit,
-                text: "marker".into()
-            })
-            .await,
-        ServerMsg::Ack { .. }
-    ));
+    reception
+        .ok(Command::SendMessage {
+            clinic: derm(),
+            visit: first.visit,
+            text: "marker".into(),
+        })
+        .await;
     watcher
         .until(
             "marker",
@@ -379,34 +367,23 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let mut p = s.ws(&patient.visit_token).await;
     let before = s.snapshot(&alice.token, "derm").await;
     // Malformed, unknown and oversized messages; a patient trying staff actions.
-    p.send_raw("{not json").await;
-    assert!(matches!(
-        p.until("error", |m| matches!(m, ServerMsg::Error { .. }))
-            .await,
-        ServerMsg::Error {
-            code: ErrorCode::BadRequest,
-            ..
-        }
-    ));
-    p.send_raw(r#"{"type":"launch_missiles"}"#).await;
-    assert!(matches!(
-        p.until("error", |m| matches!(m, ServerMsg::Error { .. }))
-            .await,
-        ServerMsg::Error {
-            code: ErrorCode::UnknownMessage,
-            ..
-        }
-    ));
-    p.send_raw(r#"{"type":"command","req":1,"command":{"type":"admit","clinic":"derm"}}"#)
-        .await;
-    assert!(matches!(
-        p.until("error", |m| matches!(m, ServerMsg::Error { .. }))
-            .await,
-        ServerMsg::Error {
-            code: ErrorCode::BadRequest,
-            ..
-        }
-    ));
+    for (raw, code) in [
+        ("{not json", ErrorCode::BadRequest),
+        (r#"{"type":"launch_missiles"}"#, ErrorCode::UnknownMessage),
+        (
+            r#"{"type":"command","req":1,"command":{"type":"admit","clinic":"derm"}}"#,
+            ErrorCode::BadRequest,
+        ),
+    ] {
+        p.send_raw(raw).await;
+        let e = p
+            .until("error", |m| matches!(m, ServerMsg::Error { .. }))
+            .await;
+        assert!(
+            matches!(&e, ServerMsg::Error { code: c, .. } if *c == code),
+            "{raw}: {e:?}"
+        );
+    }
     for cmd in [
         Command::Admit {
             clinic: derm(),
@@ -424,104 +401,54 @@ async fn bad_input_is_refused_and_changes_nothing() {
             text: "hi".into(),
         },
     ] {
-        let r = p.command(cmd).await;
-        assert!(
-            matches!(
-                r,
-                ServerMsg::Error {
-                    code: ErrorCode::Forbidden,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        p.refused(cmd, ErrorCode::Forbidden).await;
     }
     // Staff of another clinic, and actions on someone else's visit.
     let mut b = s.ws(&bob.token).await;
-    let r = b
-        .command(Command::Remove {
+    b.refused(
+        Command::Remove {
             clinic: derm(),
             visit: patient.visit,
-        })
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMsg::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
-    let r = b
-        .command(Command::Remove {
+        },
+        ErrorCode::Forbidden,
+    )
+    .await;
+    b.refused(
+        Command::Remove {
             clinic: ClinicId::parse("cardio").unwrap(),
             visit: patient.visit,
-        })
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMsg::Error {
-                code: ErrorCode::NotFound,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
-    let r = b
-        .command(Command::Admit {
+        },
+        ErrorCode::NotFound,
+    )
+    .await;
+    b.refused(
+        Command::Admit {
             clinic: ClinicId::parse("cardio").unwrap(),
             visit: patient.visit,
             clinician: jones(),
             consultation: None,
-        })
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMsg::Error {
-                code: ErrorCode::InvalidInput,
-                ..
-            }
-        ),
-        "dr.jones is not of cardio: {r:?}"
-    );
+        },
+        ErrorCode::InvalidInput,
+    )
+    .await;
     let mut a = s.ws(&alice.token).await;
-    let r = a
-        .command(Command::EndConsultation {
+    a.refused(
+        Command::EndConsultation {
             clinic: derm(),
             consultation: ConsultationId::random(),
-        })
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMsg::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "reception cannot end calls: {r:?}"
-    );
-    let r = a
-        .command(Command::SendMessage {
+        },
+        ErrorCode::Forbidden,
+    )
+    .await;
+    a.refused(
+        Command::SendMessage {
             clinic: derm(),
             visit: patient.visit,
             text: "x".repeat(1001),
-        })
-        .await;
-    assert!(
-        matches!(
-            r,
-            ServerMsg::Error {
-                code: ErrorCode::InvalidInput,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+        },
+        ErrorCode::InvalidInput,
+    )
+    .await;
     // An oversized frame closes that connection with 1009 and a clear error.
     let mut big = s.ws(&alice.token).await;
     big.send_raw(&format!(
@@ -573,120 +500,70 @@ async fn bad_input_is_refused_and_changes_nothing() {
         );
     }
     // REST: the same rules, in the API's error format.
-    let (status, code) = s
-        .command(
-            &patient.visit_token,
-            &Command::Remove {
-                clinic: derm(),
-                visit: other.visit,
-            },
-        )
-        .await;
-    assert_eq!((status, code), (403, Some(ErrorCode::Forbidden)));
-    let (status, code) = s.command("nope", &Command::Leave).await;
-    assert_eq!((status, code), (401, Some(ErrorCode::Unauthenticated)));
-    let r = s
-        .http
-        .post(s.url("/api/commands"))
-        .bearer_auth(&alice.token)
-        .header("content-type", "application/json")
-        .body("{oops")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let remove_other = Command::Remove {
+        clinic: derm(),
+        visit: other.visit,
+    };
     assert_eq!(
-        r.json::<protocol::ErrorBody>().await.unwrap().code,
-        ErrorCode::BadRequest
+        s.command(&patient.visit_token, &remove_other).await,
+        (403, Some(ErrorCode::Forbidden))
     );
-    let r = s
-        .http
-        .post(s.url("/api/commands"))
-        .bearer_auth(&alice.token)
-        .header("content-type", "application/json")
-        .body("x".repeat(100_000))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let r = s
-        .http
-        .post(s.url("/api/staff/sign-in"))
-        .json(&serde_json::json!({"username": "alice", "password": "wrong password"}))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        (
-            r.status().as_u16(),
-            r.json::<protocol::ErrorBody>().await.unwrap().code
-        ),
-        (401, ErrorCode::WrongCredentials)
+        s.command("nope", &Command::Leave).await,
+        (401, Some(ErrorCode::Unauthenticated))
     );
-    let closed = EnterRequest {
-        entry: Entry::OpenLink {
+    assert_eq!(
+        s.post_raw("/api/commands", Some(&alice.token), "{oops".into())
+            .await,
+        (400, Some(ErrorCode::BadRequest))
+    );
+    assert_eq!(
+        s.post_raw("/api/commands", Some(&alice.token), "x".repeat(100_000))
+            .await,
+        (413, Some(ErrorCode::MessageTooLarge))
+    );
+    let wrong = serde_json::json!({"username": "alice", "password": "wrong password"});
+    assert_eq!(
+        s.post("/api/staff/sign-in", None, &wrong).await,
+        (401, Some(ErrorCode::WrongCredentials))
+    );
+    let entry = |entry, name: &str| EnterRequest {
+        entry,
+        name: name.into(),
+        details: None,
+    };
+    let closed = entry(
+        Entry::OpenLink {
             clinic: ClinicId::parse("cardio").unwrap(),
         },
-        name: "Pat".into(),
-        details: None,
-    };
-    let r = s
-        .http
-        .post(s.url("/api/visits"))
-        .json(&closed)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            r.status().as_u16(),
-            r.json::<protocol::ErrorBody>().await.unwrap().code
-        ),
-        (403, ErrorCode::ClinicClosed)
+        "Pat",
     );
-    let bad_invite = EnterRequest {
-        entry: Entry::Invite {
+    assert_eq!(
+        s.post("/api/visits", None, &closed).await,
+        (403, Some(ErrorCode::ClinicClosed))
+    );
+    let bad_invite = entry(
+        Entry::Invite {
             token: patient.visit_token.clone(),
         },
-        name: "Pat".into(),
-        details: None,
-    };
-    let r = s
-        .http
-        .post(s.url("/api/visits"))
-        .json(&bad_invite)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.json::<protocol::ErrorBody>().await.unwrap().code,
-        ErrorCode::InviteInvalid
+        "Pat",
     );
-    let nameless = EnterRequest {
-        entry: Entry::OpenLink { clinic: derm() },
-        name: "   ".into(),
-        details: None,
-    };
-    let r = s
-        .http
-        .post(s.url("/api/visits"))
-        .json(&nameless)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        r.json::<protocol::ErrorBody>().await.unwrap().code,
-        ErrorCode::InvalidInput
+        s.post("/api/visits", None, &bad_invite).await,
+        (401, Some(ErrorCode::InviteInvalid))
     );
-    let r = s
-        .http
-        .post(s.url("/api/admin/clinics"))
-        .bearer_auth(&alice.token)
-        .json(&serde_json::json!({"id": "x", "name": "X", "open_link": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403, "reception cannot create clinics");
+    let nameless = entry(Entry::OpenLink { clinic: derm() }, "   ");
+    assert_eq!(
+        s.post("/api/visits", None, &nameless).await,
+        (400, Some(ErrorCode::InvalidInput))
+    );
+    let clinic = serde_json::json!({"id": "x", "name": "X", "open_link": true});
+    assert_eq!(
+        s.post("/api/admin/clinics", Some(&alice.token), &clinic)
+            .await,
+        (403, Some(ErrorCode::Forbidden)),
+        "reception cannot create clinics"
+    );
 
     // None of it changed the waiting room.
     assert_eq!(s.snapshot(&alice.token, "derm").await, before);
@@ -847,16 +724,13 @@ async fn two_instances_share_one_redis() {
 
     // And the other way: reception on B messages a patient connected to A.
     let mut patient_on_a = a.ws(&visits[0].visit_token).await;
-    assert!(matches!(
-        reception_on_b
-            .command(Command::SendMessage {
-                clinic: derm(),
-                visit: visits[0].visit,
-                text: "from B".into()
-            })
-            .await,
-        ServerMsg::Ack { .. }
-    ));
+    reception_on_b
+        .ok(Command::SendMessage {
+            clinic: derm(),
+            visit: visits[0].visit,
+            text: "from B".into(),
+        })
+        .await;
     patient_on_a
         .until(
             "message",

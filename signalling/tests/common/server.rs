@@ -133,16 +133,38 @@ impl TestServer {
 
     /// `POST /api/commands`: the status and, on error, the error code.
     pub async fn command(&self, token: &str, cmd: &Command) -> (u16, Option<protocol::ErrorCode>) {
-        let r = self
-            .http
-            .post(self.url("/api/commands"))
-            .bearer_auth(token)
-            .json(cmd)
-            .send()
+        self.post("/api/commands", Some(token), cmd).await
+    }
+
+    /// POSTs JSON: the status and, on error, the error code.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &impl serde::Serialize,
+    ) -> (u16, Option<protocol::ErrorCode>) {
+        self.post_raw(path, token, serde_json::to_string(body).unwrap())
             .await
-            .unwrap();
+    }
+
+    /// POSTs a body labelled JSON, whatever it holds.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: String,
+    ) -> (u16, Option<protocol::ErrorCode>) {
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
-        if status == 204 {
+        if (200..300).contains(&status) {
             (status, None)
         } else {
             let body: protocol::ErrorBody = r.json().await.unwrap();
@@ -317,6 +339,24 @@ impl Ws {
         let req = self.next_req;
         self.send(&ClientMsg::Command { req, command }).await;
         self.until("an answer", |m| matches!(m, ServerMsg::Ack { req: r } | ServerMsg::Error { req: Some(r), .. } if *r == req)).await
+    }
+
+    /// Sends a command and asserts it is carried out.
+    pub async fn ok(&mut self, command: Command) {
+        let r = self.command(command).await;
+        assert!(
+            matches!(r, ServerMsg::Ack { .. }),
+            "expected ack, got {r:?}"
+        );
+    }
+
+    /// Sends a command and asserts it is refused with `code`.
+    pub async fn refused(&mut self, command: Command, code: protocol::ErrorCode) {
+        let r = self.command(command).await;
+        assert!(
+            matches!(&r, ServerMsg::Error { code: c, .. } if *c == code),
+            "expected {code:?}, got {r:?}"
+        );
     }
 
     /// Waits for the server to close; returns the close code.
