@@ -1,0 +1,371 @@
+//! The forwarding core: which packet goes to whom, rewritten how; which NACKs are answered
+//! from the cache; when a publisher is asked for a keyframe.
+//!
+//! Sans-IO: no sockets, no clock, no tasks. The engine (the one module that speaks
+//! `webrtc`) feeds it packets and feedback with the time, and carries out what it says.
+//! Per packet it does no allocation and no lookup beyond the track's: the packet is kept
+//! in the track's cache (a reference count) and each subscriber gets a rewritten header.
+//!
+//! A subscriber's outgoing sequence numbers are the publisher's plus an offset that changes
+//! only when forwarding restarts after a pause, so the subscriber sees one gapless stream
+//! and its NACKs map back to cached packets by subtraction.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::packet_cache::PacketCache;
+
+#[cfg(test)]
+mod tests;
+
+/// At most one keyframe request per published track in this interval: a publisher asked
+/// for keyframes too often spends its bandwidth on them.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A participant's connection, as the engine numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+/// One published track, as the engine numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId(pub u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// What the core needs of an incoming RTP packet (the engine parses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpMeta {
+    pub seq: u16,
+    pub timestamp: u32,
+    /// The first packet of a keyframe (video); decoding can start here.
+    pub keyframe: bool,
+}
+
+/// One packet to send to one subscriber: the cached packet with this header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward<'a> {
+    pub to: PeerId,
+    pub track: TrackId,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub packet: &'a Bytes,
+}
+
+/// Ask this publisher for a keyframe of this track (PLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyframeRequest {
+    pub publisher: PeerId,
+    pub track: TrackId,
+}
+
+/// What a subscriber's NACK led to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NackOutcome {
+    /// Packets sent again from the cache.
+    pub resent: usize,
+    /// Publisher sequence numbers the SFU never received: NACK them upstream.
+    pub upstream: Vec<u16>,
+}
+
+/// `a` comes after `b` in RTP sequence order (modulo 2^16).
+pub fn seq_after(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DownState {
+    /// Video: nothing is sent until a keyframe starts.
+    WaitingForKeyframe,
+    Forwarding,
+    /// Stopped on purpose (bandwidth, camera off for this viewer).
+    Paused,
+}
+
+/// One subscriber of one track.
+#[derive(Debug)]
+struct Down {
+    peer: PeerId,
+    ssrc: u32,
+    state: DownState,
+    /// Outgoing seq = incoming seq + offset.
+    offset: u16,
+    /// The first outgoing seq of the current run; NACKs for earlier ones are stale.
+    run_start: u16,
+    /// The highest outgoing seq sent so far.
+    highest: Option<u16>,
+    forwarded: u64,
+}
+
+impl Down {
+    /// Starts (or restarts) forwarding at incoming `seq`, continuing the outgoing numbering.
+    fn start(&mut self, seq: u16) {
+        let out = self.highest.map_or(seq, |h| h.wrapping_add(1));
+        self.offset = out.wrapping_sub(seq);
+        self.run_start = out;
+        self.state = DownState::Forwarding;
+    }
+}
+
+#[derive(Debug)]
+struct Published {
+    publisher: PeerId,
+    kind: MediaKind,
+    cache: PacketCache,
+    last_keyframe_request: Option<Instant>,
+    subscribers: Vec<Down>,
+}
+
+impl Published {
+    /// A keyframe request, unless one was sent less than [`KEYFRAME_REQUEST_INTERVAL`] ago.
+    fn request_keyframe(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {
+        if self.kind != MediaKind::Video {
+            return None;
+        }
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            return None;
+        }
+        self.last_keyframe_request = Some(now);
+        Some(KeyframeRequest {
+            publisher: self.publisher,
+            track,
+        })
+    }
+
+    fn down(&mut self, peer: PeerId) -> Option<&mut Down> {
+        self.subscribers.iter_mut().find(|d| d.peer == peer)
+    }
+}
+
+/// The forwarding state of one SFU node: every published track and its subscribers.
+#[derive(Debug, Default)]
+pub struct Forwarder {
+    tracks: HashMap<TrackId, Published>,
+}
+
+impl Forwarder {
+    pub fn add_track(&mut self, track: TrackId, publisher: PeerId, kind: MediaKind) {
+        self.tracks.insert(
+            track,
+            Published {
+                publisher,
+                kind,
+                cache: PacketCache::default(),
+                last_keyframe_request: None,
+                subscribers: Vec::new(),
+            },
+        );
+    }
+
+    /// Removes a track; returns the peers that were subscribed to it.
+    pub fn remove_track(&mut self, track: TrackId) -> Vec<PeerId> {
+        self.tracks
+            .remove(&track)
+            .map(|t| t.subscribers.into_iter().map(|d| d.peer).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes a peer: the tracks it published and its subscriptions. Returns the removed
+    /// tracks.
+    pub fn remove_peer(&mut self, peer: PeerId) -> Vec<TrackId> {
+        let gone: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.publisher == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.tracks.remove(id);
+        }
+        for t in self.tracks.values_mut() {
+            t.subscribers.retain(|d| d.peer != peer);
+        }
+        gone
+    }
+
+    /// `peer` starts receiving `track` as `ssrc`. Audio flows at once; video waits for a
+    /// keyframe, which is requested here.
+    pub fn subscribe(
+        &mut self,
+        track: TrackId,
+        peer: PeerId,
+        ssrc: u32,
+        now: Instant,
+    ) -> Option<KeyframeRequest> {
+        let t = self.tracks.get_mut(&track)?;
+        if t.publisher == peer || t.down(peer).is_some() {
+            return None;
+        }
+        let state = match t.kind {
+            MediaKind::Audio => DownState::Forwarding,
+            MediaKind::Video => DownState::WaitingForKeyframe,
+        };
+        t.subscribers.push(Down {
+            peer,
+            ssrc,
+            state,
+            offset: 0,
+            run_start: 0,
+            highest: None,
+            forwarded: 0,
+        });
+        t.request_keyframe(track, now)
+    }
+
+    pub fn unsubscribe(&mut self, track: TrackId, peer: PeerId) {
+        if let Some(t) = self.tracks.get_mut(&track) {
+            t.subscribers.retain(|d| d.peer != peer);
+        }
+    }
+
+    /// Stops sending `track` to `peer` (e.g. to save its bandwidth) until [`Self::resume`].
+    pub fn pause(&mut self, track: TrackId, peer: PeerId) {
+        if let Some(d) = self.tracks.get_mut(&track).and_then(|t| t.down(peer)) {
+            d.state = DownState::Paused;
+        }
+    }
+
+    /// Sends `track` to `peer` again, from the next keyframe for video.
+    pub fn resume(
+        &mut self,
+        track: TrackId,
+        peer: PeerId,
+        now: Instant,
+    ) -> Option<KeyframeRequest> {
+        let t = self.tracks.get_mut(&track)?;
+        let d = t.down(peer)?;
+        if d.state != DownState::Paused {
+            return None;
+        }
+        // Restarts at the next packet (audio) or keyframe (video; asked for here).
+        d.state = DownState::WaitingForKeyframe;
+        t.request_keyframe(track, now)
+    }
+
+    /// One RTP packet from a publisher: cached, then handed to `sink` once per subscriber
+    /// that should get it. May ask for a keyframe (a subscriber is still waiting for one).
+    pub fn on_rtp(
+        &mut self,
+        track: TrackId,
+        meta: RtpMeta,
+        packet: Bytes,
+        now: Instant,
+        mut sink: impl FnMut(Forward<'_>),
+    ) -> Option<KeyframeRequest> {
+        let t = self.tracks.get_mut(&track)?;
+        let audio = t.kind == MediaKind::Audio;
+        let mut waiting = false;
+        for d in &mut t.subscribers {
+            match d.state {
+                DownState::Paused => continue,
+                DownState::WaitingForKeyframe if meta.keyframe || audio => d.start(meta.seq),
+                DownState::WaitingForKeyframe => {
+                    waiting = true;
+                    continue;
+                }
+                DownState::Forwarding => {}
+            }
+            let out = meta.seq.wrapping_add(d.offset);
+            if out != d.run_start && !seq_after(out, d.run_start) {
+                continue; // Late packet from before this run started.
+            }
+            if d.highest.is_none_or(|h| seq_after(out, h)) {
+                d.highest = Some(out);
+            }
+            d.forwarded += 1;
+            sink(Forward {
+                to: d.peer,
+                track,
+                ssrc: d.ssrc,
+                seq: out,
+                timestamp: meta.timestamp,
+                packet: &packet,
+            });
+        }
+        t.cache.insert(meta.seq, packet);
+        if waiting {
+            t.request_keyframe(track, now)
+        } else {
+            None
+        }
+    }
+
+    /// A subscriber lost these outgoing sequence numbers: resend what the cache holds;
+    /// report what the SFU itself never received so it can be NACKed upstream.
+    pub fn on_nack(
+        &mut self,
+        track: TrackId,
+        peer: PeerId,
+        lost: &[u16],
+        mut sink: impl FnMut(Forward<'_>),
+    ) -> NackOutcome {
+        let mut outcome = NackOutcome::default();
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return outcome;
+        };
+        let Some(d) = t.subscribers.iter().find(|d| d.peer == peer) else {
+            return outcome;
+        };
+        let Some(highest) = d.highest else {
+            return outcome;
+        };
+        for &out in lost {
+            let in_run = out == d.run_start || seq_after(out, d.run_start);
+            let sent = out == highest || seq_after(highest, out);
+            if !(in_run && sent) {
+                continue; // Before this run, or never sent: nothing to repair.
+            }
+            let seq = out.wrapping_sub(d.offset);
+            match t.cache.get(seq) {
+                Some(packet) => {
+                    outcome.resent += 1;
+                    sink(Forward {
+                        to: d.peer,
+                        track,
+                        ssrc: d.ssrc,
+                        seq: out,
+                        timestamp: rtp_timestamp(packet),
+                        packet,
+                    });
+                }
+                None => outcome.upstream.push(seq),
+            }
+        }
+        outcome
+    }
+
+    /// A subscriber asked for a keyframe (PLI or FIR): pass it on, at most once per
+    /// [`KEYFRAME_REQUEST_INTERVAL`] per track however many ask.
+    pub fn on_keyframe_request(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {
+        self.tracks.get_mut(&track)?.request_keyframe(track, now)
+    }
+
+    /// Packets sent to `peer` on `track` so far (including retransmissions not counted).
+    pub fn forwarded(&self, track: TrackId, peer: PeerId) -> u64 {
+        self.tracks
+            .get(&track)
+            .and_then(|t| t.subscribers.iter().find(|d| d.peer == peer))
+            .map_or(0, |d| d.forwarded)
+    }
+
+    /// The publisher and kind of a track.
+    pub fn track(&self, track: TrackId) -> Option<(PeerId, MediaKind)> {
+        self.tracks.get(&track).map(|t| (t.publisher, t.kind))
+    }
+}
+
+/// The RTP timestamp of a raw packet (bytes 4..8), or 0 if it is too short to have one.
+fn rtp_timestamp(packet: &[u8]) -> u32 {
+    packet
+        .get(4..8)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}

@@ -1,0 +1,348 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+const PUB: PeerId = PeerId(1);
+const VIDEO: TrackId = TrackId(10);
+const AUDIO: TrackId = TrackId(11);
+
+/// A raw RTP packet: 12-byte header with this seq and timestamp, then a payload byte.
+fn packet(seq: u16, ts: u32) -> Bytes {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.push(seq as u8);
+    Bytes::from(p)
+}
+
+fn meta(seq: u16, keyframe: bool) -> RtpMeta {
+    RtpMeta {
+        seq,
+        timestamp: u32::from(seq) * 3000,
+        keyframe,
+    }
+}
+
+/// Simulated time: a base instant plus milliseconds.
+struct Clock(Instant);
+impl Clock {
+    fn at(&self, ms: u64) -> Instant {
+        self.0 + Duration::from_millis(ms)
+    }
+}
+
+fn forwarder() -> Forwarder {
+    let mut f = Forwarder::default();
+    f.add_track(VIDEO, PUB, MediaKind::Video);
+    f.add_track(AUDIO, PUB, MediaKind::Audio);
+    f
+}
+
+/// Feeds one packet; returns (peer, out seq) of every forward.
+fn feed(
+    f: &mut Forwarder,
+    track: TrackId,
+    seq: u16,
+    keyframe: bool,
+    now: Instant,
+) -> (Vec<(PeerId, u16)>, Option<KeyframeRequest>) {
+    let mut out = Vec::new();
+    let req = f.on_rtp(
+        track,
+        meta(seq, keyframe),
+        packet(seq, u32::from(seq) * 3000),
+        now,
+        |fw| {
+            out.push((fw.to, fw.seq));
+        },
+    );
+    (out, req)
+}
+
+#[test]
+fn audio_flows_at_once_and_video_waits_for_a_keyframe_it_asks_for() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    assert_eq!(
+        f.subscribe(AUDIO, sub, 0xA, clock.at(0)),
+        None,
+        "no keyframes for audio"
+    );
+    assert_eq!(
+        f.subscribe(VIDEO, sub, 0xB, clock.at(0)),
+        Some(KeyframeRequest {
+            publisher: PUB,
+            track: VIDEO
+        })
+    );
+    assert_eq!(
+        feed(&mut f, AUDIO, 100, false, clock.at(1)).0,
+        vec![(sub, 100)]
+    );
+    assert!(
+        feed(&mut f, VIDEO, 500, false, clock.at(1)).0.is_empty(),
+        "delta frame before keyframe is held back"
+    );
+    let (out, _) = feed(&mut f, VIDEO, 501, true, clock.at(2));
+    assert_eq!(out, vec![(sub, 501)]);
+    assert_eq!(
+        feed(&mut f, VIDEO, 502, false, clock.at(3)).0,
+        vec![(sub, 502)]
+    );
+    assert_eq!(f.forwarded(VIDEO, sub), 2);
+}
+
+#[test]
+fn the_publisher_never_receives_its_own_tracks() {
+    let mut f = forwarder();
+    assert_eq!(f.subscribe(VIDEO, PUB, 1, Instant::now()), None);
+    assert!(feed(&mut f, VIDEO, 1, true, Instant::now()).0.is_empty());
+}
+
+#[test]
+fn forwards_carry_the_subscribers_ssrc_and_the_cached_packet() {
+    let mut f = forwarder();
+    let now = Instant::now();
+    f.subscribe(AUDIO, PeerId(2), 0xDEAD, now);
+    f.subscribe(AUDIO, PeerId(3), 0xBEEF, now);
+    let mut seen = Vec::new();
+    f.on_rtp(AUDIO, meta(7, false), packet(7, 21_000), now, |fw| {
+        seen.push((fw.to, fw.ssrc, fw.seq, fw.timestamp, fw.packet.clone()));
+    });
+    assert_eq!(
+        seen,
+        vec![
+            (PeerId(2), 0xDEAD, 7, 21_000, packet(7, 21_000)),
+            (PeerId(3), 0xBEEF, 7, 21_000, packet(7, 21_000)),
+        ]
+    );
+}
+
+#[test]
+fn keyframe_requests_are_throttled_per_track() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    assert!(f.subscribe(VIDEO, PeerId(2), 2, clock.at(0)).is_some());
+    assert!(
+        f.subscribe(VIDEO, PeerId(3), 3, clock.at(100)).is_none(),
+        "second joiner within 500 ms"
+    );
+    assert!(f.on_keyframe_request(VIDEO, clock.at(200)).is_none());
+    assert!(f.on_keyframe_request(VIDEO, clock.at(499)).is_none());
+    assert!(f.on_keyframe_request(VIDEO, clock.at(500)).is_some());
+    assert!(
+        f.on_keyframe_request(AUDIO, clock.at(5000)).is_none(),
+        "audio has no keyframes"
+    );
+}
+
+#[test]
+fn a_waiting_subscriber_asks_again_while_delta_frames_flow() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    f.subscribe(VIDEO, PeerId(2), 2, clock.at(0));
+    // The publisher ignored the first request: packets keep coming without a keyframe.
+    let mut requests = 0;
+    for (i, ms) in (0..100u16).zip((0..).step_by(20)) {
+        if feed(&mut f, VIDEO, i, false, clock.at(ms)).1.is_some() {
+            requests += 1;
+        }
+    }
+    // 2 s of packets: one request every 500 ms after the one made on subscribing (at 0),
+    // not one per packet.
+    assert_eq!(requests, 3);
+}
+
+#[test]
+fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
+    let now = Instant::now();
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, now);
+    feed(&mut f, VIDEO, 1000, true, now);
+    for seq in 1001..1010 {
+        if seq != 1005 {
+            feed(&mut f, VIDEO, seq, false, now); // 1005 never reached the SFU
+        }
+    }
+    let mut resent = Vec::new();
+    let outcome = f.on_nack(VIDEO, sub, &[1003, 1005, 999, 1020], |fw| {
+        resent.push((fw.seq, fw.packet.clone(), fw.timestamp))
+    });
+    assert_eq!(resent, vec![(1003, packet(1003, 3_009_000), 3_009_000)]);
+    assert_eq!(
+        outcome,
+        NackOutcome {
+            resent: 1,
+            upstream: vec![1005]
+        },
+        "999 predates the subscription, 1020 was never sent"
+    );
+    assert_eq!(
+        f.on_nack(VIDEO, PeerId(9), &[1003], |_| {}),
+        NackOutcome::default(),
+        "not a subscriber"
+    );
+}
+
+#[test]
+fn a_paused_video_resumes_at_a_keyframe_without_a_gap_in_numbering() {
+    let now = Instant::now();
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, now);
+    feed(&mut f, VIDEO, 10, true, now);
+    feed(&mut f, VIDEO, 11, false, now);
+    f.pause(VIDEO, sub);
+    for seq in 12..40 {
+        assert!(feed(&mut f, VIDEO, seq, seq == 20, now).0.is_empty());
+    }
+    assert!(
+        f.resume(VIDEO, sub, now + Duration::from_secs(1)).is_some(),
+        "asks for a keyframe"
+    );
+    assert!(feed(&mut f, VIDEO, 40, false, now).0.is_empty());
+    assert_eq!(
+        feed(&mut f, VIDEO, 41, true, now).0,
+        vec![(sub, 12)],
+        "continues at 12 after 11"
+    );
+    assert_eq!(feed(&mut f, VIDEO, 42, false, now).0, vec![(sub, 13)]);
+    // A NACK of 12 is packet 41; of 11 (before the pause) is stale.
+    let mut resent = Vec::new();
+    let o = f.on_nack(VIDEO, sub, &[12, 11], |fw| {
+        resent.push((fw.seq, fw.packet[12]))
+    });
+    assert_eq!((o.resent, resent), (1, vec![(12, 41)]));
+    // A late packet from before the restart is not sent.
+    assert!(feed(&mut f, VIDEO, 39, false, now).0.is_empty());
+}
+
+#[test]
+fn numbering_survives_the_wrap_at_65535() {
+    let now = Instant::now();
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, now);
+    let seqs: Vec<u16> = (65_530..=65_535).chain(0..5).collect();
+    let mut out = Vec::new();
+    for (i, s) in seqs.iter().enumerate() {
+        out.extend(
+            feed(&mut f, VIDEO, *s, i == 0, now)
+                .0
+                .into_iter()
+                .map(|(_, s)| s),
+        );
+    }
+    assert_eq!(out, seqs);
+    let o = f.on_nack(VIDEO, sub, &[65_535, 2], |_| {});
+    assert_eq!(o.resent, 2);
+}
+
+#[test]
+fn removing_a_peer_removes_its_tracks_and_subscriptions() {
+    let now = Instant::now();
+    let mut f = forwarder();
+    f.add_track(TrackId(20), PeerId(2), MediaKind::Audio);
+    f.subscribe(TrackId(20), PUB, 5, now);
+    f.subscribe(AUDIO, PeerId(2), 6, now);
+    let mut gone = f.remove_peer(PeerId(2));
+    gone.sort();
+    assert_eq!(gone, vec![TrackId(20)]);
+    assert!(f.track(TrackId(20)).is_none());
+    assert!(
+        feed(&mut f, AUDIO, 1, false, now).0.is_empty(),
+        "no longer subscribed"
+    );
+    assert_eq!(f.remove_track(VIDEO), Vec::<PeerId>::new());
+}
+
+/// A publisher sends 3000 video packets at 100/s through lossy links to 4 subscribers.
+/// Every 20 ms each subscriber NACKs what it is missing; the SFU resends from its cache or
+/// NACKs the publisher, who resends. In the end every subscriber has every packet from its
+/// first keyframe on, and most repairs came from the SFU's cache, not the publisher.
+#[test]
+fn over_lossy_links_every_subscriber_ends_up_with_every_packet() {
+    let clock = Clock(Instant::now());
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut f = forwarder();
+    let subs = [PeerId(2), PeerId(3), PeerId(4), PeerId(5)];
+    for (i, s) in subs.iter().enumerate() {
+        f.subscribe(VIDEO, *s, 100 + i as u32, clock.at(0));
+    }
+    const UPLINK_LOSS: f64 = 0.02;
+    const DOWNLINK_LOSS: f64 = 0.05;
+    let mut received: BTreeMap<PeerId, BTreeSet<u16>> =
+        subs.iter().map(|s| (*s, BTreeSet::new())).collect();
+    let mut upstream_nacks = 0usize;
+    let mut cache_repairs = 0usize;
+    let total: u16 = 3000;
+    let first: u16 = 65_000; // crosses the wrap
+    let mut pending_upstream: Vec<u16> = Vec::new();
+    for i in 0..total + 50 {
+        let now = clock.at(u64::from(i) * 10);
+        // The publisher resends what the SFU NACKed upstream (it has everything).
+        for seq in std::mem::take(&mut pending_upstream) {
+            f.on_rtp(VIDEO, meta(seq, false), packet(seq, 0), now, |fw| {
+                if !rng.random_bool(DOWNLINK_LOSS) {
+                    received.get_mut(&fw.to).unwrap().insert(fw.seq);
+                }
+            });
+        }
+        if i < total {
+            let seq = first.wrapping_add(i);
+            if i == 0 || !rng.random_bool(UPLINK_LOSS) {
+                f.on_rtp(VIDEO, meta(seq, i == 0), packet(seq, 0), now, |fw| {
+                    if !rng.random_bool(DOWNLINK_LOSS) {
+                        received.get_mut(&fw.to).unwrap().insert(fw.seq);
+                    }
+                });
+            }
+        }
+        if i % 2 == 1 {
+            // Packets sent in the last 30 ms may still be in flight; after the end, all count.
+            let newest = first.wrapping_add(if i < total {
+                i.saturating_sub(3)
+            } else {
+                total - 1
+            });
+            for s in subs {
+                let have = &received[&s];
+                let lost: Vec<u16> = (0..=newest.wrapping_sub(first))
+                    .map(|k| first.wrapping_add(k))
+                    .filter(|seq| !have.contains(seq))
+                    .collect();
+                let outcome = f.on_nack(VIDEO, s, &lost, |fw| {
+                    if !rng.random_bool(DOWNLINK_LOSS) {
+                        received.get_mut(&fw.to).unwrap().insert(fw.seq);
+                    }
+                });
+                cache_repairs += outcome.resent;
+                upstream_nacks += outcome.upstream.len();
+                for seq in outcome.upstream {
+                    if !pending_upstream.contains(&seq) {
+                        pending_upstream.push(seq);
+                    }
+                }
+            }
+        }
+    }
+    for s in subs {
+        let have = &received[&s];
+        assert_eq!(
+            have.len(),
+            usize::from(total),
+            "{s:?} is missing {} packets",
+            usize::from(total) - have.len()
+        );
+    }
+    assert!(
+        cache_repairs > upstream_nacks * 2,
+        "cache repairs {cache_repairs}, upstream NACKs {upstream_nacks}"
+    );
+}
