@@ -6,5 +6,6 @@
 //! - The engine (the one module that imports `webrtc`) and the control channel to
 //!   signalling come next (issue 3).
 
+pub mod engine;
 pub mod forward;
 pub mod packet_cache;

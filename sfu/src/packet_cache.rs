@@ -1,24 +1,23 @@
 //! The last packets of one published track, by RTP sequence number, so that a subscriber's
 //! NACK is answered from here instead of being passed to the publisher.
 
-use bytes::Bytes;
-
 /// How many packets a track keeps: about 1.3 s of 1 Mbit/s video (~110 packets/s) and
 /// several seconds of audio; a retransmission older than that is too late to help.
 pub const CACHE_PACKETS: usize = 512;
 
+/// `P` is whatever the engine keeps of a packet; cloning it should be a reference count.
 #[derive(Debug)]
-pub struct PacketCache {
-    slots: Box<[Option<(u16, Bytes)>]>,
+pub struct PacketCache<P> {
+    slots: Box<[Option<(u16, P)>]>,
 }
 
-impl Default for PacketCache {
+impl<P: Clone> Default for PacketCache<P> {
     fn default() -> Self {
         Self::with_capacity(CACHE_PACKETS)
     }
 }
 
-impl PacketCache {
+impl<P: Clone> PacketCache<P> {
     /// `capacity` must be a power of two no larger than 32768 (half the sequence space).
     pub fn with_capacity(capacity: usize) -> Self {
         assert!(
@@ -34,15 +33,15 @@ impl PacketCache {
         usize::from(seq) & (self.slots.len() - 1)
     }
 
-    /// Keeps `packet` (cheap: `Bytes` is reference-counted), replacing the packet that
+    /// Keeps `packet`, replacing the packet that
     /// was `capacity` sequence numbers before it.
-    pub fn insert(&mut self, seq: u16, packet: Bytes) {
+    pub fn insert(&mut self, seq: u16, packet: P) {
         let i = self.slot(seq);
         self.slots[i] = Some((seq, packet));
     }
 
     /// The packet with this sequence number, if it is still held.
-    pub fn get(&self, seq: u16) -> Option<&Bytes> {
+    pub fn get(&self, seq: u16) -> Option<&P> {
         match &self.slots[self.slot(seq)] {
             Some((s, p)) if *s == seq => Some(p),
             _ => None,
@@ -52,6 +51,8 @@ impl PacketCache {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]

@@ -47,15 +47,31 @@ pub struct RtpMeta {
     pub keyframe: bool,
 }
 
-/// One packet to send to one subscriber: the cached packet with this header.
+/// What the core needs of a cached packet. The engine caches its parsed packets behind a
+/// reference count; tests cache raw bytes.
+pub trait CachedPacket {
+    /// The RTP timestamp, to put back on a retransmission.
+    fn rtp_timestamp(&self) -> u32;
+}
+
+impl CachedPacket for Bytes {
+    /// Bytes 4..8 of a raw RTP packet, or 0 if it is too short to have them.
+    fn rtp_timestamp(&self) -> u32 {
+        self.get(4..8)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// One packet to send to one subscriber: the cached packet with this header, by the route
+/// the engine gave when subscribing (its queue, its SSRC, its payload type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forward<'a> {
+pub struct Forward<'a, P, R> {
     pub to: PeerId,
     pub track: TrackId,
-    pub ssrc: u32,
+    pub route: &'a R,
     pub seq: u16,
     pub timestamp: u32,
-    pub packet: &'a Bytes,
+    pub packet: &'a P,
 }
 
 /// Ask this publisher for a keyframe of this track (PLI).
@@ -90,9 +106,9 @@ enum DownState {
 
 /// One subscriber of one track.
 #[derive(Debug)]
-struct Down {
+struct Down<R> {
     peer: PeerId,
-    ssrc: u32,
+    route: R,
     state: DownState,
     /// Outgoing seq = incoming seq + offset.
     offset: u16,
@@ -103,7 +119,7 @@ struct Down {
     forwarded: u64,
 }
 
-impl Down {
+impl<R> Down<R> {
     /// Starts (or restarts) forwarding at incoming `seq`, continuing the outgoing numbering.
     fn start(&mut self, seq: u16) {
         let out = self.highest.map_or(seq, |h| h.wrapping_add(1));
@@ -114,15 +130,15 @@ impl Down {
 }
 
 #[derive(Debug)]
-struct Published {
+struct Published<P, R> {
     publisher: PeerId,
     kind: MediaKind,
-    cache: PacketCache,
+    cache: PacketCache<P>,
     last_keyframe_request: Option<Instant>,
-    subscribers: Vec<Down>,
+    subscribers: Vec<Down<R>>,
 }
 
-impl Published {
+impl<P, R> Published<P, R> {
     /// A keyframe request, unless one was sent less than [`KEYFRAME_REQUEST_INTERVAL`] ago.
     fn request_keyframe(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {
         if self.kind != MediaKind::Video {
@@ -141,18 +157,28 @@ impl Published {
         })
     }
 
-    fn down(&mut self, peer: PeerId) -> Option<&mut Down> {
+    fn down(&mut self, peer: PeerId) -> Option<&mut Down<R>> {
         self.subscribers.iter_mut().find(|d| d.peer == peer)
     }
 }
 
-/// The forwarding state of one SFU node: every published track and its subscribers.
-#[derive(Debug, Default)]
-pub struct Forwarder {
-    tracks: HashMap<TrackId, Published>,
+/// The forwarding state of a set of participants (one consultation): every published
+/// track and its subscribers. `P` is the cached packet, `R` the engine's route to a
+/// subscriber.
+#[derive(Debug)]
+pub struct Forwarder<P, R> {
+    tracks: HashMap<TrackId, Published<P, R>>,
 }
 
-impl Forwarder {
+impl<P, R> Default for Forwarder<P, R> {
+    fn default() -> Self {
+        Self {
+            tracks: HashMap::new(),
+        }
+    }
+}
+
+impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
     pub fn add_track(&mut self, track: TrackId, publisher: PeerId, kind: MediaKind) {
         self.tracks.insert(
             track,
@@ -192,13 +218,13 @@ impl Forwarder {
         gone
     }
 
-    /// `peer` starts receiving `track` as `ssrc`. Audio flows at once; video waits for a
+    /// `peer` starts receiving `track` by `route`. Audio flows at once; video waits for a
     /// keyframe, which is requested here.
     pub fn subscribe(
         &mut self,
         track: TrackId,
         peer: PeerId,
-        ssrc: u32,
+        route: R,
         now: Instant,
     ) -> Option<KeyframeRequest> {
         let t = self.tracks.get_mut(&track)?;
@@ -211,7 +237,7 @@ impl Forwarder {
         };
         t.subscribers.push(Down {
             peer,
-            ssrc,
+            route,
             state,
             offset: 0,
             run_start: 0,
@@ -257,9 +283,9 @@ impl Forwarder {
         &mut self,
         track: TrackId,
         meta: RtpMeta,
-        packet: Bytes,
+        packet: P,
         now: Instant,
-        mut sink: impl FnMut(Forward<'_>),
+        mut sink: impl FnMut(Forward<'_, P, R>),
     ) -> Option<KeyframeRequest> {
         let t = self.tracks.get_mut(&track)?;
         let audio = t.kind == MediaKind::Audio;
@@ -285,7 +311,7 @@ impl Forwarder {
             sink(Forward {
                 to: d.peer,
                 track,
-                ssrc: d.ssrc,
+                route: &d.route,
                 seq: out,
                 timestamp: meta.timestamp,
                 packet: &packet,
@@ -306,7 +332,7 @@ impl Forwarder {
         track: TrackId,
         peer: PeerId,
         lost: &[u16],
-        mut sink: impl FnMut(Forward<'_>),
+        mut sink: impl FnMut(Forward<'_, P, R>),
     ) -> NackOutcome {
         let mut outcome = NackOutcome::default();
         let Some(t) = self.tracks.get_mut(&track) else {
@@ -331,9 +357,9 @@ impl Forwarder {
                     sink(Forward {
                         to: d.peer,
                         track,
-                        ssrc: d.ssrc,
+                        route: &d.route,
                         seq: out,
-                        timestamp: rtp_timestamp(packet),
+                        timestamp: packet.rtp_timestamp(),
                         packet,
                     });
                 }
@@ -361,11 +387,4 @@ impl Forwarder {
     pub fn track(&self, track: TrackId) -> Option<(PeerId, MediaKind)> {
         self.tracks.get(&track).map(|t| (t.publisher, t.kind))
     }
-}
-
-/// The RTP timestamp of a raw packet (bytes 4..8), or 0 if it is too short to have one.
-fn rtp_timestamp(packet: &[u8]) -> u32 {
-    packet
-        .get(4..8)
-        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }

@@ -35,8 +35,11 @@ impl Clock {
     }
 }
 
-fn forwarder() -> Forwarder {
-    let mut f = Forwarder::default();
+/// In these tests a route is the subscriber's SSRC.
+type TestForwarder = Forwarder<Bytes, u32>;
+
+fn forwarder() -> TestForwarder {
+    let mut f = TestForwarder::default();
     f.add_track(VIDEO, PUB, MediaKind::Video);
     f.add_track(AUDIO, PUB, MediaKind::Audio);
     f
@@ -44,7 +47,7 @@ fn forwarder() -> Forwarder {
 
 /// Feeds one packet; returns (peer, out seq) of every forward.
 fn feed(
-    f: &mut Forwarder,
+    f: &mut TestForwarder,
     track: TrackId,
     seq: u16,
     keyframe: bool,
@@ -112,7 +115,7 @@ fn forwards_carry_the_subscribers_ssrc_and_the_cached_packet() {
     f.subscribe(AUDIO, PeerId(3), 0xBEEF, now);
     let mut seen = Vec::new();
     f.on_rtp(AUDIO, meta(7, false), packet(7, 21_000), now, |fw| {
-        seen.push((fw.to, fw.ssrc, fw.seq, fw.timestamp, fw.packet.clone()));
+        seen.push((fw.to, *fw.route, fw.seq, fw.timestamp, fw.packet.clone()));
     });
     assert_eq!(
         seen,

@@ -1,0 +1,845 @@
+//! The engine: the one module that speaks `webrtc`. It owns the peer connections and the
+//! tasks around them, and carries out what the forwarding core decides.
+//!
+//! Each participant has two peer connections, as LiveKit does: a *publisher* connection
+//! the browser offers on (it sends its camera and microphone), and a *subscriber*
+//! connection the SFU offers on (it sends everyone else's tracks). Each side only ever
+//! offers on its own connection, so renegotiation never collides.
+//!
+//! Tasks: one per published track (reads RTP, asks the core where it goes, queues it), one
+//! writer per participant (writes queued packets to its local tracks, so one slow
+//! subscriber never stalls a publisher), one per subscribed track (reads the subscriber's
+//! RTCP: keyframe requests), and one negotiation loop per participant (reconciles the
+//! subscriber connection with the room's published tracks, one offer at a time).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp::codec::vp8::Vp8Packet;
+use rtc::rtp::packetizer::Depacketizer;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder, register_default_interceptors,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::forward::{
+    CachedPacket, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
+};
+
+/// How many packets may wait for one participant's writer before new ones are dropped.
+const WRITER_QUEUE: usize = 1024;
+/// How long an offer waits for candidates to be gathered (loopback and host candidates
+/// are immediate; this bounds a misconfigured STUN server).
+const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the SFU waits for a browser to answer its offer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where and how the engine binds its media sockets.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The address ICE binds to and announces (a concrete address: `0.0.0.0` would expand
+    /// to every non-loopback interface).
+    pub bind_ip: IpAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no such participant")]
+    UnknownParticipant,
+    #[error("the participant has already joined")]
+    AlreadyJoined,
+    #[error("the SDP was refused: {0}")]
+    BadSdp(String),
+    #[error("no offer is waiting for an answer")]
+    NoOfferPending,
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+}
+
+fn webrtc_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::WebRtc(e.to_string())
+}
+
+/// What the engine tells its owner (signalling) about a participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// An offer for the participant's subscriber connection: send it to the browser and
+    /// give its answer to [`Engine::subscriber_answer`].
+    SubscriberOffer { participant: u128, sdp: String },
+    /// The participant's publisher connection changed state.
+    Connection { participant: u128, connected: bool },
+}
+
+/// A parsed packet kept in a track's cache, shared by every subscriber's copy.
+#[derive(Debug, Clone)]
+struct Cached(Arc<rtp::Packet>);
+
+impl CachedPacket for Cached {
+    fn rtp_timestamp(&self) -> u32 {
+        self.0.header.timestamp
+    }
+}
+
+/// How a packet reaches one subscriber: its writer's queue, its local track, its SSRC and
+/// the payload type negotiated on its connection.
+#[derive(Clone)]
+struct Route {
+    tx: mpsc::Sender<Outgoing>,
+    local: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+}
+
+struct Outgoing {
+    local: Arc<TrackLocalStaticRTP>,
+    packet: rtp::Packet,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("ssrc", &self.ssrc)
+            .field("payload_type", &self.payload_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("seq", &self.packet.header.sequence_number)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A published track: what subscribers need to create theirs, and the way back to the
+/// publisher for keyframe requests.
+#[derive(Clone)]
+struct PublishedTrack {
+    publisher: PeerId,
+    kind: MediaKind,
+    codec: RTCRtpCodec,
+    remote: Arc<dyn TrackRemote>,
+    media_ssrc: u32,
+}
+
+impl std::fmt::Debug for PublishedTrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedTrack")
+            .field("publisher", &self.publisher)
+            .field("kind", &self.kind)
+            .field("media_ssrc", &self.media_ssrc)
+            .finish()
+    }
+}
+
+/// One consultation on this node.
+#[derive(Debug, Default)]
+struct Room {
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug, Default)]
+struct RoomState {
+    forwarder: Forwarder<Cached, Route>,
+    tracks: HashMap<TrackId, PublishedTrack>,
+    participants: HashMap<PeerId, Arc<Participant>>,
+}
+
+fn lock(room: &Room) -> MutexGuard<'_, RoomState> {
+    // Every critical section leaves the state consistent before it can panic.
+    room.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One participant's two connections and the state of its subscriber negotiation.
+struct Participant {
+    key: u128,
+    id: PeerId,
+    room: Weak<Room>,
+    publisher: Arc<dyn PeerConnection>,
+    subscriber: Arc<dyn PeerConnection>,
+    publisher_gathered: Arc<Notify>,
+    subscriber_gathered: Arc<Notify>,
+    /// Set when the room's tracks changed: the negotiation loop reconciles.
+    dirty: Notify,
+    answer: Mutex<Option<oneshot::Sender<String>>>,
+    writer: mpsc::Sender<Outgoing>,
+    events: mpsc::UnboundedSender<EngineEvent>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant")
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// The SFU node's media engine: rooms and participants.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    rooms: Mutex<HashMap<u128, Arc<Room>>>,
+    participants: Mutex<HashMap<u128, Arc<Participant>>>,
+    next_id: AtomicU32,
+}
+
+static NEXT_SSRC: AtomicU32 = AtomicU32::new(0x5F00_0000);
+
+fn new_ssrc() -> u32 {
+    NEXT_SSRC.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            rooms: Mutex::new(HashMap::new()),
+            participants: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+        })
+    }
+
+    /// Participants connected now, on every room of this node (its load).
+    pub fn participant_count(&self) -> usize {
+        self.participants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    fn participant(&self, key: u128) -> Result<Arc<Participant>, EngineError> {
+        self.participants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+            .ok_or(EngineError::UnknownParticipant)
+    }
+
+    /// Adds a participant to a room (creating the room): their two connections are made;
+    /// offers for the subscriber connection arrive on `events`.
+    pub async fn join(
+        self: &Arc<Self>,
+        room: u128,
+        participant: u128,
+        events: mpsc::UnboundedSender<EngineEvent>,
+    ) -> Result<(), EngineError> {
+        if self.participant(participant).is_ok() {
+            return Err(EngineError::AlreadyJoined);
+        }
+        let room = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(room)
+            .or_default()
+            .clone();
+        let id = PeerId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let publisher_gathered = Arc::new(Notify::new());
+        let subscriber_gathered = Arc::new(Notify::new());
+        let publisher = self
+            .peer_connection(Arc::new(PublisherHandler {
+                room: Arc::downgrade(&room),
+                peer: id,
+                key: participant,
+                gathered: publisher_gathered.clone(),
+                events: events.clone(),
+            }))
+            .await?;
+        let subscriber = match self
+            .peer_connection(Arc::new(SubscriberHandler {
+                gathered: subscriber_gathered.clone(),
+            }))
+            .await
+        {
+            Ok(pc) => pc,
+            Err(e) => {
+                let _ = publisher.close().await;
+                return Err(e);
+            }
+        };
+        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        let p = Arc::new(Participant {
+            key: participant,
+            id,
+            room: Arc::downgrade(&room),
+            publisher,
+            subscriber,
+            publisher_gathered,
+            subscriber_gathered,
+            dirty: Notify::new(),
+            answer: Mutex::new(None),
+            writer,
+            events,
+            closed: Default::default(),
+        });
+        self.participants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(participant, p.clone());
+        lock(&room).participants.insert(id, p.clone());
+        tokio::spawn(write_loop(queue));
+        tokio::spawn(negotiation_loop(p.clone()));
+        p.dirty.notify_one();
+        Ok(())
+    }
+
+    /// The browser's offer for its publisher connection; returns the SFU's answer (with
+    /// its candidates).
+    pub async fn publish(&self, participant: u128, offer: String) -> Result<String, EngineError> {
+        let p = self.participant(participant)?;
+        let desc =
+            RTCSessionDescription::offer(offer).map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        p.publisher
+            .set_remote_description(desc)
+            .await
+            .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        let answer = p.publisher.create_answer(None).await.map_err(webrtc_err)?;
+        let gathered = p.publisher_gathered.notified();
+        p.publisher
+            .set_local_description(answer)
+            .await
+            .map_err(webrtc_err)?;
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered).await;
+        p.publisher
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| EngineError::WebRtc("no local description".into()))
+    }
+
+    /// The browser's answer to the last [`EngineEvent::SubscriberOffer`].
+    pub async fn subscriber_answer(
+        &self,
+        participant: u128,
+        answer: String,
+    ) -> Result<(), EngineError> {
+        let p = self.participant(participant)?;
+        let waiting = p.answer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        waiting
+            .ok_or(EngineError::NoOfferPending)?
+            .send(answer)
+            .map_err(|_| EngineError::NoOfferPending)
+    }
+
+    /// Removes a participant: closes their connections; the others' subscriber connections
+    /// drop their tracks.
+    pub async fn leave(&self, participant: u128) -> Result<(), EngineError> {
+        let p = self
+            .participants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&participant)
+            .ok_or(EngineError::UnknownParticipant)?;
+        p.closed.cancel();
+        if let Some(room) = p.room.upgrade() {
+            let others: Vec<Arc<Participant>> = {
+                let mut s = lock(&room);
+                s.participants.remove(&p.id);
+                for t in s.forwarder.remove_peer(p.id) {
+                    s.tracks.remove(&t);
+                }
+                s.participants.values().cloned().collect()
+            };
+            for o in others {
+                o.dirty.notify_one();
+            }
+            let empty = lock(&room).participants.is_empty();
+            if empty {
+                self.rooms
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|_, r| !Arc::ptr_eq(r, &room));
+            }
+        }
+        let _ = p.publisher.close().await;
+        let _ = p.subscriber.close().await;
+        Ok(())
+    }
+
+    async fn peer_connection(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+    ) -> Result<Arc<dyn PeerConnection>, EngineError> {
+        peer_connection(self.config.bind_ip, handler).await
+    }
+}
+
+/// A peer connection as the SFU makes them: VP8, Opus and the other default codecs, the
+/// default interceptors plus one that surfaces keyframe requests, no mDNS, ICE bound to
+/// `bind_ip` only. Public so that test and load-test clients speak exactly the same.
+pub async fn peer_connection(
+    bind_ip: IpAddr,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>, EngineError> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().map_err(webrtc_err)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)
+        .map_err(webrtc_err)?
+        .with(Slot::from(14_000), RtcpToApplication::default());
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_setting_engine(settings)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec![format!("{bind_ip}:0")])
+        .build()
+        .await
+        .map_err(webrtc_err)?;
+    Ok(Arc::new(pc))
+}
+
+/// Marks keyframe requests from the far end for delivery to the application (otherwise
+/// the interceptor chain ends them); other RTCP is left to the chain.
+#[derive(Default)]
+struct RtcpToApplication {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl std::fmt::Debug for RtcpToApplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RtcpToApplication")
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(pkts) = &msg.message.packet {
+            let wanted: Vec<_> = pkts
+                .iter()
+                .filter(|p| {
+                    p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+                })
+                .cloned()
+                .collect();
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = Packet::Rtcp(wanted);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for RtcpToApplication {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+struct PublisherHandler {
+    room: Weak<Room>,
+    peer: PeerId,
+    key: u128,
+    gathered: Arc<Notify>,
+    events: mpsc::UnboundedSender<EngineEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for PublisherHandler {
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        if s == RTCIceGatheringState::Complete {
+            self.gathered.notify_waiters();
+        }
+    }
+
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        let connected = match s {
+            RTCPeerConnectionState::Connected => true,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => false,
+            _ => return,
+        };
+        let _ = self.events.send(EngineEvent::Connection {
+            participant: self.key,
+            connected,
+        });
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // Callbacks run on the connection's driver: hand the work to a task at once.
+        tokio::spawn(publish_track(self.room.clone(), self.peer, track));
+    }
+}
+
+struct SubscriberHandler {
+    gathered: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for SubscriberHandler {
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        if s == RTCIceGatheringState::Complete {
+            self.gathered.notify_waiters();
+        }
+    }
+}
+
+static NEXT_TRACK: AtomicU32 = AtomicU32::new(1);
+
+/// Whether a VP8 RTP payload starts a keyframe: the start of partition 0 whose frame
+/// header's P bit is 0.
+fn vp8_keyframe(payload: &Bytes) -> bool {
+    let mut vp8 = Vp8Packet::default();
+    match vp8.depacketize(payload) {
+        Ok(frame) => vp8.s == 1 && vp8.pid == 0 && frame.first().is_some_and(|b| b & 0x01 == 0),
+        Err(_) => false,
+    }
+}
+
+/// Reads one published track until it ends, handing each packet to the forwarding core.
+async fn publish_track(room: Weak<Room>, publisher: PeerId, track: Arc<dyn TrackRemote>) {
+    let Some(media_ssrc) = track.ssrcs().await.first().copied() else {
+        return;
+    };
+    let Some(codec) = track.codec(media_ssrc).await else {
+        return;
+    };
+    let kind = match track.kind().await {
+        RtpCodecKind::Audio => MediaKind::Audio,
+        _ => MediaKind::Video,
+    };
+    let vp8 = codec.mime_type.eq_ignore_ascii_case("video/vp8");
+    let id = TrackId(NEXT_TRACK.fetch_add(1, Ordering::Relaxed));
+    let others = {
+        let Some(r) = room.upgrade() else { return };
+        let mut s = lock(&r);
+        s.forwarder.add_track(id, publisher, kind);
+        s.tracks.insert(
+            id,
+            PublishedTrack {
+                publisher,
+                kind,
+                codec,
+                remote: track.clone(),
+                media_ssrc,
+            },
+        );
+        s.participants
+            .values()
+            .filter(|p| p.id != publisher)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for o in others {
+        o.dirty.notify_one();
+    }
+    tracing::debug!(track = id.0, ?kind, "publishing");
+    while let Some(ev) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = ev else {
+            continue;
+        };
+        let Some(r) = room.upgrade() else { return };
+        let meta = RtpMeta {
+            seq: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            keyframe: vp8 && vp8_keyframe(&packet.payload),
+        };
+        let request = {
+            let mut s = lock(&r);
+            s.forwarder
+                .on_rtp(id, meta, Cached(Arc::new(packet)), Instant::now(), |fw| {
+                    let out = rtp::Packet {
+                        header: rtp::Header {
+                            version: 2,
+                            marker: fw.packet.0.header.marker,
+                            payload_type: fw.route.payload_type,
+                            sequence_number: fw.seq,
+                            timestamp: fw.timestamp,
+                            ssrc: fw.route.ssrc,
+                            ..Default::default()
+                        },
+                        payload: fw.packet.0.payload.clone(),
+                    };
+                    // A full queue means that subscriber is far behind: drop for it alone.
+                    let _ = fw.route.tx.try_send(Outgoing {
+                        local: fw.route.local.clone(),
+                        packet: out,
+                    });
+                })
+        };
+        if let Some(req) = request {
+            send_keyframe_request(&r, req).await;
+        }
+    }
+    if let Some(r) = room.upgrade() {
+        let others: Vec<Arc<Participant>> = {
+            let mut s = lock(&r);
+            s.forwarder.remove_track(id);
+            s.tracks.remove(&id);
+            s.participants.values().cloned().collect()
+        };
+        for o in others {
+            o.dirty.notify_one();
+        }
+    }
+}
+
+/// Sends a PLI to the publisher of the requested track.
+async fn send_keyframe_request(room: &Room, req: KeyframeRequest) {
+    let target = lock(room)
+        .tracks
+        .get(&req.track)
+        .map(|t| (t.remote.clone(), t.media_ssrc));
+    if let Some((remote, media_ssrc)) = target {
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
+    }
+}
+
+/// Writes a participant's queued packets to their local tracks.
+async fn write_loop(mut queue: mpsc::Receiver<Outgoing>) {
+    while let Some(o) = queue.recv().await {
+        // An unbound track (removed meanwhile) refuses: nothing to do for that packet.
+        let _ = o.local.write_rtp(o.packet).await;
+    }
+}
+
+/// What a participant's subscriber connection sends now.
+struct Subscribed {
+    local: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    kind: MediaKind,
+    mime: String,
+    routed: bool,
+}
+
+/// Reconciles a participant's subscriber connection with the room's tracks: adds and
+/// removes local tracks, offers, waits for the answer, then starts forwarding.
+async fn negotiation_loop(p: Arc<Participant>) {
+    let mut subscribed: HashMap<TrackId, Subscribed> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = p.closed.cancelled() => return,
+            () = p.dirty.notified() => {}
+        }
+        let Some(room) = p.room.upgrade() else { return };
+        let wanted: Vec<(TrackId, PublishedTrack)> = {
+            let s = lock(&room);
+            s.tracks
+                .iter()
+                .filter(|(_, t)| t.publisher != p.id)
+                .map(|(id, t)| (*id, t.clone()))
+                .collect()
+        };
+        let mut changed = false;
+        // Drop what is no longer published.
+        let gone: Vec<TrackId> = subscribed
+            .keys()
+            .filter(|id| !wanted.iter().any(|(w, _)| w == *id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(s) = subscribed.remove(&id) {
+                lock(&room).forwarder.unsubscribe(id, p.id);
+                let _ = p.subscriber.remove_track(&s.sender).await;
+                changed = true;
+            }
+        }
+        // Add what is new.
+        for (id, t) in &wanted {
+            if subscribed.contains_key(id) {
+                continue;
+            }
+            let ssrc = new_ssrc();
+            let rtp_kind = match t.kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let codec = RTCRtpCodec {
+                rtcp_feedback: vec![],
+                ..t.codec.clone()
+            };
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                format!("p{}", t.publisher.0),
+                format!("t{}", id.0),
+                format!("t{}", id.0),
+                rtp_kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            )));
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![],
+                send_encodings: vec![],
+            };
+            match p
+                .subscriber
+                .add_transceiver_from_track(local.clone() as Arc<dyn TrackLocal>, Some(init))
+                .await
+            {
+                Ok(transceiver) => {
+                    let Ok(Some(sender)) = transceiver.sender().await else {
+                        continue;
+                    };
+                    subscribed.insert(
+                        *id,
+                        Subscribed {
+                            local,
+                            sender,
+                            ssrc,
+                            kind: t.kind,
+                            mime: t.codec.mime_type.to_lowercase(),
+                            routed: false,
+                        },
+                    );
+                    changed = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not add a track for a subscriber"),
+            }
+        }
+        if !changed {
+            continue;
+        }
+        if let Err(e) = offer_and_wait(&p).await {
+            tracing::info!(participant = p.key, error = %e, "subscriber negotiation failed");
+            continue;
+        }
+        // Negotiated: route the new tracks.
+        for (id, s) in subscribed.iter_mut().filter(|(_, s)| !s.routed) {
+            let Ok(params) = s.sender.get_parameters().await else {
+                continue;
+            };
+            let Some(pt) = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.to_lowercase() == s.mime)
+                .map(|c| c.payload_type)
+            else {
+                continue;
+            };
+            let route = Route {
+                tx: p.writer.clone(),
+                local: s.local.clone(),
+                ssrc: s.ssrc,
+                payload_type: pt,
+            };
+            let request = lock(&room)
+                .forwarder
+                .subscribe(*id, p.id, route, Instant::now());
+            s.routed = true;
+            if let Some(req) = request {
+                send_keyframe_request(&room, req).await;
+            }
+            if s.kind == MediaKind::Video {
+                tokio::spawn(subscriber_rtcp(p.room.clone(), *id, s.local.clone()));
+            }
+        }
+    }
+}
+
+/// Offers on the subscriber connection and applies the browser's answer.
+async fn offer_and_wait(p: &Participant) -> Result<(), EngineError> {
+    let offer = p.subscriber.create_offer(None).await.map_err(webrtc_err)?;
+    let gathered = p.subscriber_gathered.notified();
+    p.subscriber
+        .set_local_description(offer)
+        .await
+        .map_err(webrtc_err)?;
+    let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered).await;
+    let sdp = p
+        .subscriber
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or_else(|| EngineError::WebRtc("no local description".into()))?;
+    let (tx, rx) = oneshot::channel();
+    *p.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    let _ = p.events.send(EngineEvent::SubscriberOffer {
+        participant: p.key,
+        sdp,
+    });
+    let answer = tokio::select! {
+        () = p.closed.cancelled() => return Err(EngineError::UnknownParticipant),
+        a = tokio::time::timeout(ANSWER_TIMEOUT, rx) => a
+            .map_err(|_| EngineError::WebRtc("no answer in time".into()))?
+            .map_err(|_| EngineError::NoOfferPending)?,
+    };
+    let desc =
+        RTCSessionDescription::answer(answer).map_err(|e| EngineError::BadSdp(e.to_string()))?;
+    p.subscriber
+        .set_remote_description(desc)
+        .await
+        .map_err(|e| EngineError::BadSdp(e.to_string()))
+}
+
+/// Passes a subscriber's keyframe requests for one track to the forwarding core.
+async fn subscriber_rtcp(room: Weak<Room>, track: TrackId, local: Arc<TrackLocalStaticRTP>) {
+    while let Some(ev) = local.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(pkts) = ev else {
+            continue;
+        };
+        let wants_keyframe = pkts.iter().any(|p| {
+            p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+        });
+        if !wants_keyframe {
+            continue;
+        }
+        let Some(r) = room.upgrade() else { return };
+        let request = lock(&r)
+            .forwarder
+            .on_keyframe_request(track, Instant::now());
+        if let Some(req) = request {
+            send_keyframe_request(&r, req).await;
+        }
+    }
+}
