@@ -3,9 +3,12 @@
 //!
 //! - [`forward`]: the forwarding core, sans-IO: per-packet decisions, NACKs answered from
 //!   a per-track [`packet_cache`], keyframe requests. Tested with simulated time.
-//! - The engine (the one module that imports `webrtc`) and the control channel to
-//!   signalling come next (issue 3).
+//! - [`engine`]: the one module that imports `webrtc`: peer connections, the tasks around
+//!   them, negotiation; it carries out the core's decisions.
+//! - [`synthetic`]: a synthetic participant on the `webrtc` crate for tests and load tests
+//!   (built on `engine`'s peer connection recipe, so it also speaks `webrtc`).
 
 pub mod engine;
 pub mod forward;
 pub mod packet_cache;
+pub mod synthetic;

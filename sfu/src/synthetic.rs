@@ -1,0 +1,423 @@
+//! A synthetic participant on the `webrtc` crate, for tests and load tests: it publishes
+//! VP8-shaped video (keyframes when asked and every 3 s) and Opus-sized audio, answers the
+//! engine's subscriber offers, and counts what it receives. Its media bytes are filler; the
+//! SFU never decodes, so only their shape and rate matter.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCSessionDescription,
+};
+
+use crate::engine::{Engine, EngineError, EngineEvent, peer_connection};
+
+/// What a synthetic participant publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct Publish {
+    /// Video bitrate in kbit/s (packets of [`VIDEO_PAYLOAD`] bytes, 30 frames a second).
+    pub video_kbps: u32,
+    /// Whether to publish 32 kbit/s of Opus-sized audio (one packet every 20 ms).
+    pub audio: bool,
+}
+
+/// Bytes of payload per video packet.
+pub const VIDEO_PAYLOAD: usize = 1000;
+
+/// What a synthetic participant received and was asked.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Packets received per (publisher stream id, audio or video).
+    received: Mutex<HashMap<(String, bool), u64>>,
+    /// All packets received.
+    pub packets: AtomicU64,
+    /// Keyframe requests (PLI) that reached this participant's video.
+    pub plis: AtomicU32,
+}
+
+impl Stats {
+    /// Packets received per (publisher stream id, `true` for video).
+    pub fn received(&self) -> HashMap<(String, bool), u64> {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many publishers this participant received both audio and video from, at least
+    /// `min` packets of each.
+    pub fn sources_with_both(&self, min: u64) -> usize {
+        let r = self.received();
+        let mut streams: Vec<&String> = r.keys().map(|(s, _)| s).collect();
+        streams.sort();
+        streams.dedup();
+        streams
+            .into_iter()
+            .filter(|s| {
+                [false, true]
+                    .iter()
+                    .all(|v| r.get(&((*s).clone(), *v)).copied().unwrap_or(0) >= min)
+            })
+            .count()
+    }
+}
+
+struct Handler {
+    gathered: Arc<Notify>,
+    stats: Option<Arc<Stats>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        if s == RTCIceGatheringState::Complete {
+            self.gathered.notify_waiters();
+        }
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(stats) = self.stats.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let key = (
+                track.stream_id().await.to_string(),
+                track.kind().await == RtpCodecKind::Video,
+            );
+            let mut n = 0u64;
+            while let Some(ev) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(_) = ev {
+                    n += 1;
+                    stats.packets.fetch_add(1, Ordering::Relaxed);
+                    // Publish the count every 16 packets, not per packet.
+                    if n % 16 == 1 {
+                        stats
+                            .received
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key.clone(), n);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One synthetic participant joined to an engine's room.
+pub struct Participant {
+    pub key: u128,
+    pub stats: Arc<Stats>,
+    publisher: Arc<dyn PeerConnection>,
+    subscriber: Arc<dyn PeerConnection>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn track(kind: RtpCodecKind, ssrc: u32, codec: RTCRtpCodec) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        format!("synthetic-{ssrc}"),
+        format!("{kind}-{ssrc}"),
+        format!("{kind}-{ssrc}"),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )))
+}
+
+fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: mime.into(),
+        clock_rate,
+        channels,
+        sdp_fmtp_line: fmtp.into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+async fn local_sdp(
+    pc: &Arc<dyn PeerConnection>,
+    wait: impl Future<Output = ()>,
+) -> Result<String, EngineError> {
+    let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+    pc.local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or_else(|| EngineError::WebRtc("no local description".into()))
+}
+
+fn err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::WebRtc(e.to_string())
+}
+
+static NEXT_SSRC: AtomicU32 = AtomicU32::new(0x0C00_0000);
+
+impl Participant {
+    /// Joins `room` on `engine` with sockets on `ip`; publishes if `publish` says so, and
+    /// always subscribes to the others.
+    pub async fn join(
+        engine: &Arc<Engine>,
+        ip: IpAddr,
+        room: u128,
+        key: u128,
+        publish: Option<Publish>,
+    ) -> Result<Self, EngineError> {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        engine.join(room, key, events_tx).await?;
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+
+        let sub_gathered = Arc::new(Notify::new());
+        let subscriber = peer_connection(
+            ip,
+            Arc::new(Handler {
+                gathered: sub_gathered.clone(),
+                stats: Some(stats.clone()),
+            }),
+        )
+        .await?;
+        let (e, s) = (engine.clone(), subscriber.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let EngineEvent::SubscriberOffer { participant, sdp } = ev else {
+                    continue;
+                };
+                let answered = async {
+                    s.set_remote_description(RTCSessionDescription::offer(sdp).map_err(err)?)
+                        .await
+                        .map_err(err)?;
+                    let answer = s.create_answer(None).await.map_err(err)?;
+                    let wait = sub_gathered.notified();
+                    s.set_local_description(answer).await.map_err(err)?;
+                    let sdp = local_sdp(&s, wait).await?;
+                    e.subscriber_answer(participant, sdp).await
+                };
+                if let Err(e) = answered.await {
+                    tracing::warn!(error = %e, "synthetic participant could not answer");
+                }
+            }
+        });
+
+        let pub_gathered = Arc::new(Notify::new());
+        let publisher = peer_connection(
+            ip,
+            Arc::new(Handler {
+                gathered: pub_gathered.clone(),
+                stats: None,
+            }),
+        )
+        .await?;
+        let me = Self {
+            key,
+            stats,
+            publisher,
+            subscriber,
+            stop,
+        };
+        if let Some(spec) = publish {
+            me.publish(engine, spec, pub_gathered).await?;
+        }
+        Ok(me)
+    }
+
+    async fn publish(
+        &self,
+        engine: &Engine,
+        spec: Publish,
+        gathered: Arc<Notify>,
+    ) -> Result<(), EngineError> {
+        let vssrc = NEXT_SSRC.fetch_add(1, Ordering::Relaxed);
+        let assrc = NEXT_SSRC.fetch_add(1, Ordering::Relaxed);
+        let video = track(
+            RtpCodecKind::Video,
+            vssrc,
+            codec("video/VP8", 90_000, 0, ""),
+        );
+        let audio = track(
+            RtpCodecKind::Audio,
+            assrc,
+            codec("audio/opus", 48_000, 2, "minptime=10;useinbandfec=1"),
+        );
+        let mut senders = Vec::new();
+        for t in [video.clone(), audio.clone()] {
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![],
+                send_encodings: vec![],
+            };
+            let tr = self
+                .publisher
+                .add_transceiver_from_track(t as Arc<dyn TrackLocal>, Some(init))
+                .await
+                .map_err(err)?;
+            senders.push(
+                tr.sender()
+                    .await
+                    .map_err(err)?
+                    .ok_or_else(|| err("no sender"))?,
+            );
+        }
+        let offer = self.publisher.create_offer(None).await.map_err(err)?;
+        let wait = gathered.notified();
+        self.publisher
+            .set_local_description(offer)
+            .await
+            .map_err(err)?;
+        let sdp = local_sdp(&self.publisher, wait).await?;
+        let answer = engine.publish(self.key, sdp).await?;
+        self.publisher
+            .set_remote_description(RTCSessionDescription::answer(answer).map_err(err)?)
+            .await
+            .map_err(err)?;
+        let mut pts = Vec::new();
+        for (s, mime) in senders.iter().zip(["video/VP8", "audio/opus"]) {
+            let params = s.get_parameters().await.map_err(err)?;
+            let pt = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                .map(|c| c.payload_type)
+                .ok_or_else(|| err(format!("{mime} not negotiated")))?;
+            pts.push(pt);
+        }
+        let want_keyframe = Arc::new(AtomicBool::new(true));
+        let (stats, w, v) = (self.stats.clone(), want_keyframe.clone(), video.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = v.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(pkts) = ev
+                    && pkts
+                        .iter()
+                        .any(|r| r.as_any().is::<PictureLossIndication>())
+                {
+                    stats.plis.fetch_add(1, Ordering::Relaxed);
+                    w.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        let sender = Sender {
+            video,
+            audio: spec.audio.then_some(audio),
+            vssrc,
+            assrc,
+            vpt: pts[0],
+            apt: pts[1],
+            want_keyframe,
+            packets_per_frame: (spec.video_kbps as usize * 1000 / 8 / 30)
+                .div_ceil(VIDEO_PAYLOAD)
+                .max(1),
+        };
+        tokio::spawn(sender.run(self.stop.clone()));
+        Ok(())
+    }
+
+    /// Leaves the room and closes both connections.
+    pub async fn leave(self, engine: &Engine) {
+        self.stop.cancel();
+        let _ = engine.leave(self.key).await;
+        let _ = self.publisher.close().await;
+        let _ = self.subscriber.close().await;
+    }
+}
+
+struct Sender {
+    video: Arc<TrackLocalStaticRTP>,
+    audio: Option<Arc<TrackLocalStaticRTP>>,
+    vssrc: u32,
+    assrc: u32,
+    vpt: u8,
+    apt: u8,
+    want_keyframe: Arc<AtomicBool>,
+    packets_per_frame: usize,
+}
+
+impl Sender {
+    async fn run(self, stop: CancellationToken) {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let (mut vseq, mut aseq, mut audio_sent, mut frames) = (0u16, 0u16, 0u32, 0u32);
+        let mut last_key = Instant::now();
+        let filler = Bytes::from(vec![0x55u8; VIDEO_PAYLOAD]);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let ms = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
+            let header = |pt, seq, ts, ssrc, marker| rtp::Header {
+                version: 2,
+                marker,
+                payload_type: pt,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc,
+                ..Default::default()
+            };
+            if let Some(audio) = &self.audio {
+                while audio_sent < ms / 20 {
+                    audio_sent += 1;
+                    aseq = aseq.wrapping_add(1);
+                    let p = rtp::Packet {
+                        header: header(self.apt, aseq, audio_sent * 960, self.assrc, true),
+                        payload: filler.slice(..80),
+                    };
+                    if audio.write_rtp(p).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            while frames < ms / 33 {
+                frames += 1;
+                let key = self.want_keyframe.swap(false, Ordering::Relaxed)
+                    || last_key.elapsed() > Duration::from_secs(3);
+                if key {
+                    last_key = Instant::now();
+                }
+                for i in 0..self.packets_per_frame {
+                    // VP8 payload descriptor (S=1 on the first packet, PID=0), then on the
+                    // first packet the frame header, whose P bit says keyframe or not.
+                    let mut payload = Vec::with_capacity(VIDEO_PAYLOAD);
+                    payload.push(if i == 0 { 0x10 } else { 0x00 });
+                    payload.push(if key { 0x00 } else { 0x01 });
+                    payload.extend_from_slice(&filler[2..]);
+                    vseq = vseq.wrapping_add(1);
+                    let last = i + 1 == self.packets_per_frame;
+                    let p = rtp::Packet {
+                        header: header(self.vpt, vseq, frames * 3000, self.vssrc, last),
+                        payload: Bytes::from(payload),
+                    };
+                    if self.video.write_rtp(p).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
