@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,6 @@ use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +54,55 @@ const WRITER_QUEUE: usize = 1024;
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the SFU waits for a browser to answer its offer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Peer connections whose event handler is still alive (a connection frees its handler
+/// when it is freed), and engine participants still allocated: both return to zero after
+/// everyone leaves unless something leaks. Read by the churn benchmark.
+static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_PARTICIPANTS: AtomicUsize = AtomicUsize::new(0);
+/// Per-track tasks alive (engine: subscriber RTCP readers; synthetic: remote track readers).
+static LIVE_TRACK_TASKS: AtomicUsize = AtomicUsize::new(0);
+
+/// A guard that counts one live per-track task.
+pub fn track_task_guard() -> LiveGuard {
+    LiveGuard::new(&LIVE_TRACK_TASKS)
+}
+
+/// Per-track tasks alive in this process (see [`track_task_guard`]).
+pub fn live_track_tasks() -> usize {
+    LIVE_TRACK_TASKS.load(Ordering::Relaxed)
+}
+
+/// Counts one live object of a kind for as long as it exists.
+#[derive(Debug)]
+pub struct LiveGuard(&'static AtomicUsize);
+
+impl LiveGuard {
+    fn new(counter: &'static AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// (peer connections alive, engine participants alive) in this process, counting those of
+/// synthetic participants too.
+pub fn live_objects() -> (usize, usize) {
+    (
+        LIVE_CONNECTIONS.load(Ordering::Relaxed),
+        LIVE_PARTICIPANTS.load(Ordering::Relaxed),
+    )
+}
+
+/// A guard that counts one live peer connection (held by its event handler).
+pub fn connection_guard() -> LiveGuard {
+    LiveGuard::new(&LIVE_CONNECTIONS)
+}
 
 /// Where and how the engine binds its media sockets.
 #[derive(Debug, Clone)]
@@ -188,6 +236,7 @@ struct Participant {
     writer: mpsc::Sender<Outgoing>,
     events: mpsc::UnboundedSender<EngineEvent>,
     closed: CancellationToken,
+    _live: LiveGuard,
 }
 
 impl std::fmt::Debug for Participant {
@@ -203,6 +252,9 @@ impl std::fmt::Debug for Participant {
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
+    /// The runtime the engine's connections and tasks live on (the one it was made on),
+    /// whoever calls it: media work stays on the SFU's threads.
+    runtime: tokio::runtime::Handle,
     rooms: Mutex<HashMap<u128, Arc<Room>>>,
     participants: Mutex<HashMap<u128, Arc<Participant>>>,
     next_id: AtomicU32,
@@ -215,9 +267,11 @@ fn new_ssrc() -> u32 {
 }
 
 impl Engine {
+    /// Must be called within a tokio runtime: the engine's work runs on it.
     pub fn new(config: EngineConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
+            runtime: tokio::runtime::Handle::current(),
             rooms: Mutex::new(HashMap::new()),
             participants: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
@@ -249,6 +303,19 @@ impl Engine {
         participant: u128,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> Result<(), EngineError> {
+        let this = self.clone();
+        self.runtime
+            .spawn(async move { this.join_here(room, participant, events).await })
+            .await
+            .map_err(webrtc_err)?
+    }
+
+    async fn join_here(
+        self: &Arc<Self>,
+        room: u128,
+        participant: u128,
+        events: mpsc::UnboundedSender<EngineEvent>,
+    ) -> Result<(), EngineError> {
         if self.participant(participant).is_ok() {
             return Err(EngineError::AlreadyJoined);
         }
@@ -264,6 +331,7 @@ impl Engine {
         let subscriber_gathered = Arc::new(Notify::new());
         let publisher = self
             .peer_connection(Arc::new(PublisherHandler {
+                _live: connection_guard(),
                 room: Arc::downgrade(&room),
                 peer: id,
                 key: participant,
@@ -273,6 +341,7 @@ impl Engine {
             .await?;
         let subscriber = match self
             .peer_connection(Arc::new(SubscriberHandler {
+                _live: connection_guard(),
                 gathered: subscriber_gathered.clone(),
             }))
             .await
@@ -297,6 +366,7 @@ impl Engine {
             writer,
             events,
             closed: Default::default(),
+            _live: LiveGuard::new(&LIVE_PARTICIPANTS),
         });
         self.participants
             .lock()
@@ -477,6 +547,7 @@ impl Interceptor for RtcpToApplication {
 }
 
 struct PublisherHandler {
+    _live: LiveGuard,
     room: Weak<Room>,
     peer: PeerId,
     key: u128,
@@ -511,6 +582,7 @@ impl PeerConnectionEventHandler for PublisherHandler {
 }
 
 struct SubscriberHandler {
+    _live: LiveGuard,
     gathered: Arc<Notify>,
 }
 
@@ -574,8 +646,11 @@ async fn publish_track(room: Weak<Room>, publisher: PeerId, track: Arc<dyn Track
     }
     tracing::debug!(track = id.0, ?kind, "publishing");
     while let Some(ev) = track.poll().await {
-        let TrackRemoteEvent::OnRtpPacket(packet) = ev else {
-            continue;
+        let packet = match ev {
+            TrackRemoteEvent::OnRtpPacket(packet) => packet,
+            // The browser stopped sending it (renegotiated away) or it closed.
+            TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnEnding => break,
+            _ => continue,
         };
         let Some(r) = room.upgrade() else { return };
         let meta = RtpMeta {
@@ -654,6 +729,8 @@ struct Subscribed {
     kind: MediaKind,
     mime: String,
     routed: bool,
+    /// Stops this track's RTCP reader when the track is removed or the participant leaves.
+    stop: CancellationToken,
 }
 
 /// Reconciles a participant's subscriber connection with the room's tracks: adds and
@@ -683,6 +760,7 @@ async fn negotiation_loop(p: Arc<Participant>) {
             .collect();
         for id in gone {
             if let Some(s) = subscribed.remove(&id) {
+                s.stop.cancel();
                 lock(&room).forwarder.unsubscribe(id, p.id);
                 let _ = p.subscriber.remove_track(&s.sender).await;
                 changed = true;
@@ -716,20 +794,15 @@ async fn negotiation_loop(p: Arc<Participant>) {
                     ..Default::default()
                 }],
             )));
-            let init = RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Sendonly,
-                streams: vec![],
-                send_encodings: vec![],
-            };
+            // `add_track` reuses the transceiver (m-line) of a track removed earlier, so a
+            // long consultation with many joins and leaves does not grow its SDP forever;
+            // `add_transceiver_from_track` would always add one.
             match p
                 .subscriber
-                .add_transceiver_from_track(local.clone() as Arc<dyn TrackLocal>, Some(init))
+                .add_track(local.clone() as Arc<dyn TrackLocal>)
                 .await
             {
-                Ok(transceiver) => {
-                    let Ok(Some(sender)) = transceiver.sender().await else {
-                        continue;
-                    };
+                Ok(sender) => {
                     subscribed.insert(
                         *id,
                         Subscribed {
@@ -739,6 +812,7 @@ async fn negotiation_loop(p: Arc<Participant>) {
                             kind: t.kind,
                             mime: t.codec.mime_type.to_lowercase(),
                             routed: false,
+                            stop: p.closed.child_token(),
                         },
                     );
                     changed = true;
@@ -781,7 +855,12 @@ async fn negotiation_loop(p: Arc<Participant>) {
                 send_keyframe_request(&room, req).await;
             }
             if s.kind == MediaKind::Video {
-                tokio::spawn(subscriber_rtcp(p.room.clone(), *id, s.local.clone()));
+                tokio::spawn(subscriber_rtcp(
+                    p.room.clone(),
+                    *id,
+                    s.local.clone(),
+                    s.stop.clone(),
+                ));
             }
         }
     }
@@ -823,8 +902,21 @@ async fn offer_and_wait(p: &Participant) -> Result<(), EngineError> {
 }
 
 /// Passes a subscriber's keyframe requests for one track to the forwarding core.
-async fn subscriber_rtcp(room: Weak<Room>, track: TrackId, local: Arc<TrackLocalStaticRTP>) {
-    while let Some(ev) = local.poll().await {
+async fn subscriber_rtcp(
+    room: Weak<Room>,
+    track: TrackId,
+    local: Arc<TrackLocalStaticRTP>,
+    stop: CancellationToken,
+) {
+    let _live = track_task_guard();
+    loop {
+        let ev = tokio::select! {
+            () = stop.cancelled() => return,
+            ev = local.poll() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+        };
         let TrackLocalEvent::OnRtcpPacket(pkts) = ev else {
             continue;
         };

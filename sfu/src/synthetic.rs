@@ -79,6 +79,7 @@ impl Stats {
 }
 
 struct Handler {
+    _live: crate::engine::LiveGuard,
     gathered: Arc<Notify>,
     stats: Option<Arc<Stats>>,
 }
@@ -95,12 +96,16 @@ impl PeerConnectionEventHandler for Handler {
             return;
         };
         tokio::spawn(async move {
+            let _live = crate::engine::track_task_guard();
             let key = (
                 track.stream_id().await.to_string(),
                 track.kind().await == RtpCodecKind::Video,
             );
             let mut n = 0u64;
             while let Some(ev) = track.poll().await {
+                if matches!(ev, TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnEnding) {
+                    break; // The SFU removed this track (its publisher left).
+                }
                 if let TrackRemoteEvent::OnRtpPacket(_) = ev {
                     n += 1;
                     stats.packets.fetch_add(1, Ordering::Relaxed);
@@ -198,6 +203,7 @@ impl Participant {
         let subscriber = peer_connection(
             ip,
             Arc::new(Handler {
+                _live: crate::engine::connection_guard(),
                 gathered: sub_gathered.clone(),
                 stats: Some(stats.clone()),
             }),
@@ -229,6 +235,7 @@ impl Participant {
         let publisher = peer_connection(
             ip,
             Arc::new(Handler {
+                _live: crate::engine::connection_guard(),
                 gathered: pub_gathered.clone(),
                 stats: None,
             }),

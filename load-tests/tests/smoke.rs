@@ -1,0 +1,61 @@
+//! Smoke runs of the benchmarks, so the tools keep working: tiny sizes, short times.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_sfu-bench");
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BENCH)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "sfu-bench {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The value of `key=` in a report line.
+fn field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn fanout_smoke_forwards_to_every_subscriber() {
+    let out = run(&[
+        "fanout",
+        "--subscribers",
+        "2",
+        "--video-kbps",
+        "300",
+        "--seconds",
+        "1",
+    ]);
+    let line = out.lines().find(|l| l.starts_with("fanout ")).unwrap();
+    // 300 kbit/s in 1000-byte packets at 30 frames/s is 60 packets/s per subscriber.
+    let pps = field(line, "forwarded_pps");
+    assert!((80.0..=160.0).contains(&pps), "{line}");
+    assert!(field(line, "sfu_cpu_s") > 0.0, "{line}");
+}
+
+#[test]
+fn churn_smoke_reports_memory() {
+    let out = run(&["churn", "--joins", "20"]);
+    let line = out.lines().find(|l| l.starts_with("churn joins=")).unwrap();
+    assert_eq!(
+        field(line, "participants_left"),
+        1.0,
+        "only the steady publisher stays: {line}"
+    );
+    assert!(field(line, "rss_end_mib") > 0.0);
+}
