@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use sfu::engine::synthetic::{Participant, Publish};
 use sfu::engine::{Engine, EngineConfig};
-use sfu::synthetic::{Participant, Publish};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const MEDIA: Publish = Publish {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use sfu::engine::synthetic::{Participant, Publish};
 use sfu::engine::{Engine, EngineConfig};
-use sfu::synthetic::{Participant, Publish};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

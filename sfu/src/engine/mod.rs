@@ -43,6 +43,8 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+pub mod synthetic;
+
 use crate::forward::{
     CachedPacket, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
 };

@@ -78,10 +78,15 @@ impl Stats {
     }
 }
 
+/// The reader task of each received track, by track id, so a track the SFU stopped
+/// sending (its m-line went inactive: the crate does not end such a track) is stopped too.
+type Readers = Arc<Mutex<HashMap<String, CancellationToken>>>;
+
 struct Handler {
     _live: crate::engine::LiveGuard,
     gathered: Arc<Notify>,
     stats: Option<Arc<Stats>>,
+    readers: Readers,
 }
 
 #[async_trait::async_trait]
@@ -95,6 +100,16 @@ impl PeerConnectionEventHandler for Handler {
         let Some(stats) = self.stats.clone() else {
             return;
         };
+        let stop = CancellationToken::new();
+        let id = track.track_id().await.to_string();
+        if let Some(old) = self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, stop.clone())
+        {
+            old.cancel();
+        }
         tokio::spawn(async move {
             let _live = crate::engine::track_task_guard();
             let key = (
@@ -102,7 +117,14 @@ impl PeerConnectionEventHandler for Handler {
                 track.kind().await == RtpCodecKind::Video,
             );
             let mut n = 0u64;
-            while let Some(ev) = track.poll().await {
+            loop {
+                let ev = tokio::select! {
+                    () = stop.cancelled() => break,
+                    ev = track.poll() => match ev {
+                        Some(ev) => ev,
+                        None => break,
+                    },
+                };
                 if matches!(ev, TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnEnding) {
                     break; // The SFU removed this track (its publisher left).
                 }
@@ -182,6 +204,29 @@ fn err(e: impl std::fmt::Display) -> EngineError {
     EngineError::WebRtc(e.to_string())
 }
 
+/// Stops the readers of tracks whose transceiver no longer receives.
+async fn stop_inactive_readers(pc: &Arc<dyn PeerConnection>, readers: &Readers) {
+    for t in pc.get_transceivers().await {
+        let receiving = matches!(
+            t.current_direction().await,
+            Ok(RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv)
+        );
+        if receiving {
+            continue;
+        }
+        if let Ok(Some(r)) = t.receiver().await {
+            let id = r.track().track_id().await.to_string();
+            if let Some(stop) = readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id)
+            {
+                stop.cancel();
+            }
+        }
+    }
+}
+
 static NEXT_SSRC: AtomicU32 = AtomicU32::new(0x0C00_0000);
 
 impl Participant {
@@ -200,16 +245,19 @@ impl Participant {
         let stop = CancellationToken::new();
 
         let sub_gathered = Arc::new(Notify::new());
+        let readers = Readers::default();
         let subscriber = peer_connection(
             ip,
             Arc::new(Handler {
                 _live: crate::engine::connection_guard(),
                 gathered: sub_gathered.clone(),
                 stats: Some(stats.clone()),
+                readers: readers.clone(),
             }),
         )
         .await?;
         let (e, s) = (engine.clone(), subscriber.clone());
+        let readers_for_answers = readers.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 let EngineEvent::SubscriberOffer { participant, sdp } = ev else {
@@ -223,6 +271,7 @@ impl Participant {
                     let wait = sub_gathered.notified();
                     s.set_local_description(answer).await.map_err(err)?;
                     let sdp = local_sdp(&s, wait).await?;
+                    stop_inactive_readers(&s, &readers_for_answers).await;
                     e.subscriber_answer(participant, sdp).await
                 };
                 if let Err(e) = answered.await {
@@ -238,6 +287,7 @@ impl Participant {
                 _live: crate::engine::connection_guard(),
                 gathered: pub_gathered.clone(),
                 stats: None,
+                readers: Readers::default(),
             }),
         )
         .await?;
