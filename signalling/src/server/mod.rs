@@ -16,6 +16,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::{
@@ -108,6 +109,13 @@ pub async fn run(
     let stop = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let app = router(state);
+    // Small websocket frames must not wait for Nagle's algorithm (a 40 ms stall against
+    // delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
