@@ -54,6 +54,24 @@ async fn three_peers_each_receive_the_other_two_and_joins_ask_for_keyframes() {
     );
     assert_eq!(engine.participant_count(), 3);
 
+    // A subscriber's NACK is answered from the SFU's cache, not passed to the publisher.
+    let asked = second.nack_recent_video(5).await;
+    assert_eq!(asked, 5);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.nacks().resent.load(Ordering::Relaxed) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "NACKed packets were not resent: {:?}",
+            engine.nacks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        engine.nacks().upstream.load(Ordering::Relaxed),
+        0,
+        "everything asked for was in the cache"
+    );
+
     // One leaves: the others stop receiving it and keep receiving each other.
     third.leave(&engine).await;
     assert_eq!(engine.participant_count(), 2);

@@ -24,6 +24,9 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedP
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    TransportLayerNack, nack_pairs_from_sequence_numbers,
+};
 use rtc::rtp;
 use rtc::rtp::codec::vp8::Vp8Packet;
 use rtc::rtp::packetizer::Depacketizer;
@@ -46,7 +49,7 @@ use webrtc::rtp_transceiver::RtpSender;
 pub mod synthetic;
 
 use crate::forward::{
-    CachedPacket, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
+    CachedPacket, Forward, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
 };
 
 /// How many packets may wait for one participant's writer before new ones are dropped.
@@ -104,6 +107,15 @@ pub fn live_objects() -> (usize, usize) {
 /// A guard that counts one live peer connection (held by its event handler).
 pub fn connection_guard() -> LiveGuard {
     LiveGuard::new(&LIVE_CONNECTIONS)
+}
+
+/// What the engine did about NACKs since it started.
+#[derive(Debug, Default)]
+pub struct NackCounters {
+    /// Packets sent again from the core's cache.
+    pub resent: std::sync::atomic::AtomicU64,
+    /// Packets the SFU never received, NACKed to their publisher.
+    pub upstream: std::sync::atomic::AtomicU64,
 }
 
 /// Where and how the engine binds its media sockets.
@@ -238,6 +250,7 @@ struct Participant {
     writer: mpsc::Sender<Outgoing>,
     events: mpsc::UnboundedSender<EngineEvent>,
     closed: CancellationToken,
+    nacks: Arc<NackCounters>,
     _live: LiveGuard,
 }
 
@@ -260,6 +273,7 @@ pub struct Engine {
     rooms: Mutex<HashMap<u128, Arc<Room>>>,
     participants: Mutex<HashMap<u128, Arc<Participant>>>,
     next_id: AtomicU32,
+    nacks: Arc<NackCounters>,
 }
 
 static NEXT_SSRC: AtomicU32 = AtomicU32::new(0x5F00_0000);
@@ -277,7 +291,13 @@ impl Engine {
             rooms: Mutex::new(HashMap::new()),
             participants: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
+            nacks: Arc::default(),
         })
+    }
+
+    /// What the engine did about NACKs so far.
+    pub fn nacks(&self) -> &NackCounters {
+        &self.nacks
     }
 
     /// Participants connected now, on every room of this node (its load).
@@ -368,6 +388,7 @@ impl Engine {
             writer,
             events,
             closed: Default::default(),
+            nacks: self.nacks.clone(),
             _live: LiveGuard::new(&LIVE_PARTICIPANTS),
         });
         self.participants
@@ -473,7 +494,10 @@ pub async fn peer_connection(
     media.register_default_codecs().map_err(webrtc_err)?;
     let registry = register_default_interceptors(Registry::new(), &mut media)
         .map_err(webrtc_err)?
-        .with(Slot::from(14_000), RtcpToApplication::default());
+        .with(Slot::from(14_000), RtcpToApplication::default())
+        // NACKs are answered by the forwarding core from one cache per published track,
+        // not by a responder that buffers every packet once per subscriber.
+        .with(Slot::NackResponder, PassThrough::default());
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .build();
@@ -490,8 +514,45 @@ pub async fn peer_connection(
     Ok(Arc::new(pc))
 }
 
-/// Marks keyframe requests from the far end for delivery to the application (otherwise
-/// the interceptor chain ends them); other RTCP is left to the chain.
+/// An interceptor that changes nothing: it takes the built-in NACK responder's slot.
+#[derive(Default)]
+struct PassThrough {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for PassThrough {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for PassThrough {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// Marks keyframe requests and NACKs from the far end for delivery to the application
+/// (otherwise the interceptor chain ends them); other RTCP is left to the chain.
 #[derive(Default)]
 struct RtcpToApplication {
     read: std::collections::VecDeque<TaggedPacket>,
@@ -516,7 +577,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
             let wanted: Vec<_> = pkts
                 .iter()
                 .filter(|p| {
-                    p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+                    let p = p.as_any();
+                    p.is::<PictureLossIndication>()
+                        || p.is::<FullIntraRequest>()
+                        || p.is::<TransportLayerNack>()
                 })
                 .cloned()
                 .collect();
@@ -662,26 +726,13 @@ async fn publish_track(room: Weak<Room>, publisher: PeerId, track: Arc<dyn Track
         };
         let request = {
             let mut s = lock(&r);
-            s.forwarder
-                .on_rtp(id, meta, Cached(Arc::new(packet)), Instant::now(), |fw| {
-                    let out = rtp::Packet {
-                        header: rtp::Header {
-                            version: 2,
-                            marker: fw.packet.0.header.marker,
-                            payload_type: fw.route.payload_type,
-                            sequence_number: fw.seq,
-                            timestamp: fw.timestamp,
-                            ssrc: fw.route.ssrc,
-                            ..Default::default()
-                        },
-                        payload: fw.packet.0.payload.clone(),
-                    };
-                    // A full queue means that subscriber is far behind: drop for it alone.
-                    let _ = fw.route.tx.try_send(Outgoing {
-                        local: fw.route.local.clone(),
-                        packet: out,
-                    });
-                })
+            s.forwarder.on_rtp(
+                id,
+                meta,
+                Cached(Arc::new(packet)),
+                Instant::now(),
+                send_forward,
+            )
         };
         if let Some(req) = request {
             send_keyframe_request(&r, req).await;
@@ -698,6 +749,28 @@ async fn publish_track(room: Weak<Room>, publisher: PeerId, track: Arc<dyn Track
             o.dirty.notify_one();
         }
     }
+}
+
+/// Queues one forwarded packet for its subscriber's writer, with that subscriber's header:
+/// no allocation beyond the packet struct (the payload is shared).
+fn send_forward(fw: Forward<'_, Cached, Route>) {
+    let out = rtp::Packet {
+        header: rtp::Header {
+            version: 2,
+            marker: fw.packet.0.header.marker,
+            payload_type: fw.route.payload_type,
+            sequence_number: fw.seq,
+            timestamp: fw.timestamp,
+            ssrc: fw.route.ssrc,
+            ..Default::default()
+        },
+        payload: fw.packet.0.payload.clone(),
+    };
+    // A full queue means that subscriber is far behind: drop for it alone.
+    let _ = fw.route.tx.try_send(Outgoing {
+        local: fw.route.local.clone(),
+        packet: out,
+    });
 }
 
 /// Sends a PLI to the publisher of the requested track.
@@ -860,7 +933,9 @@ async fn negotiation_loop(p: Arc<Participant>) {
                 tokio::spawn(subscriber_rtcp(
                     p.room.clone(),
                     *id,
+                    p.id,
                     s.local.clone(),
+                    p.nacks.clone(),
                     s.stop.clone(),
                 ));
             }
@@ -903,11 +978,49 @@ async fn offer_and_wait(p: &Participant) -> Result<(), EngineError> {
         .map_err(|e| EngineError::BadSdp(e.to_string()))
 }
 
-/// Passes a subscriber's keyframe requests for one track to the forwarding core.
+/// Resends what the core's cache holds of `lost`; NACKs the rest to the publisher.
+async fn answer_nack(
+    room: &Room,
+    track: TrackId,
+    subscriber: PeerId,
+    lost: &[u16],
+    nacks: &NackCounters,
+) {
+    let (outcome, publisher) = {
+        let mut s = lock(room);
+        let outcome = s.forwarder.on_nack(track, subscriber, lost, send_forward);
+        let publisher = s
+            .tracks
+            .get(&track)
+            .map(|t| (t.remote.clone(), t.media_ssrc));
+        (outcome, publisher)
+    };
+    nacks
+        .resent
+        .fetch_add(outcome.resent as u64, Ordering::Relaxed);
+    if outcome.upstream.is_empty() {
+        return;
+    }
+    nacks
+        .upstream
+        .fetch_add(outcome.upstream.len() as u64, Ordering::Relaxed);
+    if let Some((remote, media_ssrc)) = publisher {
+        let nack = TransportLayerNack {
+            sender_ssrc: 0,
+            media_ssrc,
+            nacks: nack_pairs_from_sequence_numbers(&outcome.upstream),
+        };
+        let _ = remote.write_rtcp(vec![Box::new(nack)]).await;
+    }
+}
+
+/// Passes a subscriber's NACKs and keyframe requests for one track to the forwarding core.
 async fn subscriber_rtcp(
     room: Weak<Room>,
     track: TrackId,
+    subscriber: PeerId,
     local: Arc<TrackLocalStaticRTP>,
+    nacks: Arc<NackCounters>,
     stop: CancellationToken,
 ) {
     let _live = track_task_guard();
@@ -922,13 +1035,21 @@ async fn subscriber_rtcp(
         let TrackLocalEvent::OnRtcpPacket(pkts) = ev else {
             continue;
         };
+        let Some(r) = room.upgrade() else { return };
+        let lost: Vec<u16> = pkts
+            .iter()
+            .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+            .flat_map(|n| n.nacks.iter().flat_map(|pair| pair.packet_list()))
+            .collect();
+        if !lost.is_empty() {
+            answer_nack(&r, track, subscriber, &lost, &nacks).await;
+        }
         let wants_keyframe = pkts.iter().any(|p| {
             p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
         });
         if !wants_keyframe {
             continue;
         }
-        let Some(r) = room.upgrade() else { return };
         let request = lock(&r)
             .forwarder
             .on_keyframe_request(track, Instant::now());

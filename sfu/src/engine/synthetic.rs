@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    TransportLayerNack, nack_pairs_from_sequence_numbers,
+};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -41,7 +44,10 @@ pub struct Publish {
 pub const VIDEO_PAYLOAD: usize = 1000;
 
 /// What a synthetic participant received and was asked.
-#[derive(Debug, Default)]
+/// A received video track, its SSRC and the newest sequence number seen on it.
+type LastVideo = (Arc<dyn TrackRemote>, u32, u16);
+
+#[derive(Default)]
 pub struct Stats {
     /// Packets received per (publisher stream id, audio or video).
     received: Mutex<HashMap<(String, bool), u64>>,
@@ -49,6 +55,17 @@ pub struct Stats {
     pub packets: AtomicU64,
     /// Keyframe requests (PLI) that reached this participant's video.
     pub plis: AtomicU32,
+    /// The last video track received from.
+    last_video: Mutex<Option<LastVideo>>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("packets", &self.packets)
+            .field("plis", &self.plis)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stats {
@@ -128,7 +145,11 @@ impl PeerConnectionEventHandler for Handler {
                 if matches!(ev, TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnEnding) {
                     break; // The SFU removed this track (its publisher left).
                 }
-                if let TrackRemoteEvent::OnRtpPacket(_) = ev {
+                if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    if key.1 {
+                        *stats.last_video.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((track.clone(), p.header.ssrc, p.header.sequence_number));
+                    }
                     n += 1;
                     stats.packets.fetch_add(1, Ordering::Relaxed);
                     // Publish the count every 16 packets, not per packet.
@@ -393,6 +414,30 @@ impl Participant {
         };
         tokio::spawn(sender.run(self.stop.clone()));
         Ok(())
+    }
+
+    /// Asks the SFU again for the `count` video packets before the newest one received,
+    /// as a subscriber that lost them would (a NACK). Returns how many it asked for.
+    pub async fn nack_recent_video(&self, count: u16) -> usize {
+        let last = self
+            .stats
+            .last_video
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((track, ssrc, newest)) = last else {
+            return 0;
+        };
+        let lost: Vec<u16> = (1..=count).map(|k| newest.wrapping_sub(k)).collect();
+        let nack = TransportLayerNack {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+            nacks: nack_pairs_from_sequence_numbers(&lost),
+        };
+        match track.write_rtcp(vec![Box::new(nack)]).await {
+            Ok(()) => lost.len(),
+            Err(_) => 0,
+        }
     }
 
     /// Leaves the room and closes both connections.
