@@ -494,10 +494,10 @@ pub async fn peer_connection(
     media.register_default_codecs().map_err(webrtc_err)?;
     let registry = register_default_interceptors(Registry::new(), &mut media)
         .map_err(webrtc_err)?
-        .with(Slot::from(14_000), RtcpToApplication::default())
+        .with(Slot::from(14_000), RtcpToApplication::marking())
         // NACKs are answered by the forwarding core from one cache per published track,
         // not by a responder that buffers every packet once per subscriber.
-        .with(Slot::NackResponder, PassThrough::default());
+        .with(Slot::NackResponder, RtcpToApplication::pass_through());
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .build();
@@ -514,49 +514,53 @@ pub async fn peer_connection(
     Ok(Arc::new(pc))
 }
 
-/// An interceptor that changes nothing: it takes the built-in NACK responder's slot.
-#[derive(Default)]
-struct PassThrough {
-    read: std::collections::VecDeque<TaggedPacket>,
-    write: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for PassThrough {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.read.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for PassThrough {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+/// A local track sending one SSRC of one codec, in media stream `stream`.
+pub(crate) fn local_track(
+    stream: String,
+    id: String,
+    kind: RtpCodecKind,
+    ssrc: u32,
+    codec: RTCRtpCodec,
+) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream,
+        id.clone(),
+        id,
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )))
 }
 
 /// Marks keyframe requests and NACKs from the far end for delivery to the application
 /// (otherwise the interceptor chain ends them); other RTCP is left to the chain.
+///
+/// With `mark` off it changes nothing: that is how it takes the built-in NACK responder's
+/// slot.
 #[derive(Default)]
 struct RtcpToApplication {
+    mark: bool,
     read: std::collections::VecDeque<TaggedPacket>,
     write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl RtcpToApplication {
+    fn marking() -> Self {
+        Self {
+            mark: true,
+            ..Self::default()
+        }
+    }
+
+    fn pass_through() -> Self {
+        Self::default()
+    }
 }
 
 impl std::fmt::Debug for RtcpToApplication {
@@ -573,7 +577,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(pkts) = &msg.message.packet {
+        if let (true, Packet::Rtcp(pkts)) = (self.mark, &msg.message.packet) {
             let wanted: Vec<_> = pkts
                 .iter()
                 .filter(|p| {
@@ -855,20 +859,13 @@ async fn negotiation_loop(p: Arc<Participant>) {
                 rtcp_feedback: vec![],
                 ..t.codec.clone()
             };
-            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            let local = local_track(
                 format!("p{}", t.publisher.0),
                 format!("t{}", id.0),
-                format!("t{}", id.0),
                 rtp_kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
-            )));
+                ssrc,
+                codec,
+            );
             // `add_track` reuses the transceiver (m-line) of a track removed earlier, so a
             // long consultation with many joins and leaves does not grow its SDP forever;
             // `add_transceiver_from_track` would always add one.
