@@ -892,11 +892,16 @@ async fn negotiation_loop(p: Arc<Participant>) {
                 Err(e) => tracing::warn!(error = %e, "could not add a track for a subscriber"),
             }
         }
-        if !changed {
+        // Tracks added by a negotiation that failed are still unrouted: offer them again.
+        if !changed && subscribed.values().all(|s| s.routed) {
             continue;
         }
         if let Err(e) = offer_and_wait(&p).await {
-            tracing::info!(participant = p.key, error = %e, "subscriber negotiation failed");
+            tracing::info!(participant = p.key, error = %e, "subscriber negotiation failed; retrying");
+            tokio::select! {
+                () = p.closed.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => p.dirty.notify_one(),
+            }
             continue;
         }
         // Negotiated: route the new tracks.

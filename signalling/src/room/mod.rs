@@ -108,13 +108,6 @@ pub struct Outcome {
     pub audit: Vec<AuditEntry>,
 }
 
-impl Outcome {
-    pub fn merge(&mut self, other: Outcome) {
-        self.events.extend(other.events);
-        self.audit.extend(other.audit);
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoomError {
     #[error("no such visit in this clinic")]

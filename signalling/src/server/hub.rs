@@ -89,20 +89,6 @@ impl Hub {
         }
     }
 
-    /// How many connections are subscribed (for metrics and tests).
-    pub fn connections(&self) -> usize {
-        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        let mut ids: Vec<u64> = routes
-            .by_audience
-            .values()
-            .flatten()
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len()
-    }
-
     fn deliver(&self, p: &Published) {
         let text = match serde_json::to_string(&p.event.msg) {
             Ok(t) => Utf8Bytes::from(t),

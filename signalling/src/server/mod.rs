@@ -84,11 +84,6 @@ impl AppState {
     fn next_connection_id(&self) -> u64 {
         self.connection_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
-
-    /// Open websockets now.
-    pub fn open_connections(&self) -> usize {
-        self.limits.max_connections - self.connection_slots.available_permits()
-    }
 }
 
 /// How long shutdown waits for websockets to finish.
