@@ -1,9 +1,11 @@
 //! Every message that crosses a process boundary: the browser websocket, the REST API and
-//! (later) the SFU control channel. Serde types only; no behaviour beyond validation of ids.
+//! the SFU control channel ([`control`]). Serde types only; no behaviour beyond validation
+//! of ids.
 //!
 //! Each type has a golden JSON fixture under `fixtures/` that the tests round-trip and that
 //! the web client's tests read, so a change of wire format shows up as a fixture diff.
 
+pub mod control;
 mod ids;
 
 pub use ids::{
@@ -12,8 +14,13 @@ pub use ids::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The largest websocket message a client may send, in bytes.
-pub const MAX_CLIENT_MESSAGE_BYTES: usize = 16 * 1024;
+/// The largest websocket message a client may send, in bytes (an SDP offer with audio,
+/// video and a screen share is 8 to 14 KB from Chromium).
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// The longest SDP a browser may send, in bytes.
+pub const MAX_SDP_BYTES: usize = 48 * 1024;
+/// The longest ICE candidate line a browser may send, in bytes.
+pub const MAX_CANDIDATE_BYTES: usize = 512;
 /// The longest display name a patient may give, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 /// The longest free-text field (patient details, staff messages), in characters.
@@ -31,6 +38,75 @@ pub enum ClientMsg {
     Hello { token: String },
     /// An action; answered by `ack` or `error` carrying the same `req`.
     Command { req: u32, command: Command },
+
+    // Media: one media session per connection, relayed to the consultation's SFU node.
+    /// Joins the media of a consultation the caller is in (a patient: their own visit's;
+    /// staff: a consultation they lead). Answered by `media_joined`, then the browser
+    /// sends `publish_offer`; the SFU's offers for what the browser receives follow as
+    /// `subscriber_offer`.
+    JoinMedia { consultation: ConsultationId },
+    /// The browser's offer for its publisher connection (what it sends: camera,
+    /// microphone, screen); answered by `publish_answer`.
+    PublishOffer { sdp: String },
+    /// The browser's answer to the last `subscriber_offer`.
+    SubscriberAnswer { sdp: String },
+    /// One ICE candidate of the browser's side of a connection (trickle ICE).
+    IceCandidate {
+        leg: MediaLeg,
+        candidate: IceCandidate,
+    },
+    /// Leaves the media session; the visit itself goes on.
+    LeaveMedia,
+}
+
+/// Which of a participant's two peer connections: the one the browser publishes on, or
+/// the one the SFU sends everyone else's tracks on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaLeg {
+    Publisher,
+    Subscriber,
+}
+
+/// An ICE candidate as the browser's `RTCIceCandidate.toJSON()` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    /// The `candidate:...` line; empty marks the end of candidates.
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// A STUN or TURN server for the browser's `RTCPeerConnection` (`iceServers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Why a media session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaEndReason {
+    /// The browser asked (`leave_media`) or its connection closed.
+    Left,
+    /// The participant left the consultation (sent back to waiting, transferred, removed).
+    RemovedFromConsultation,
+    /// The consultation ended.
+    ConsultationEnded,
+    /// The SFU node stopped answering; joining again places the consultation anew.
+    NodeLost,
+    /// The media connection failed (ICE or DTLS); joining again may work.
+    ConnectionFailed,
 }
 
 /// Every state-changing action, over the websocket or `POST /api/commands`.
@@ -132,6 +208,28 @@ pub enum ServerMsg {
     PatientStatus { status: PatientState },
     /// A message from staff to this patient.
     StaffMessage { text: String, sent_at: Timestamp },
+
+    // Media: answers and offers of this connection's media session.
+    /// The media session exists: create the peer connections with these ICE servers and
+    /// send `publish_offer`.
+    MediaJoined {
+        consultation: ConsultationId,
+        ice_servers: Vec<IceServer>,
+    },
+    /// The SFU's answer to `publish_offer`.
+    PublishAnswer { sdp: String },
+    /// The SFU offers what the browser receives (everyone else's tracks); answer with
+    /// `subscriber_answer`. Sent again whenever someone joins or leaves.
+    SubscriberOffer { sdp: String },
+    /// One ICE candidate of the SFU's side of a connection.
+    IceCandidate {
+        leg: MediaLeg,
+        candidate: IceCandidate,
+    },
+    /// Whether the browser's media reaches the SFU (its publisher connection's state).
+    MediaConnection { connected: bool },
+    /// The media session is over; `reason` says whether to join again.
+    MediaEnded { reason: MediaEndReason },
 }
 
 /// Who a websocket or token belongs to.

@@ -362,7 +362,201 @@ fn all_fixtures() -> Vec<&'static str> {
             detail: Some("clinician dr.jones".into()),
         },
     ));
+    names.extend(media_fixtures());
+    names.extend(control_fixtures());
     names
+}
+
+fn candidate() -> IceCandidate {
+    IceCandidate {
+        candidate: "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host".into(),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: Some("abcd".into()),
+    }
+}
+
+const SDP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+
+fn participant() -> ParticipantId {
+    ParticipantId(Uuid::from_u128(0x3333_3333_3333_4333_8333_3333_3333_3333))
+}
+
+fn media_fixtures() -> Vec<&'static str> {
+    vec![
+        check(
+            "client_join_media",
+            &ClientMsg::JoinMedia {
+                consultation: consultation(),
+            },
+        ),
+        check("client_publish_offer", &ClientMsg::PublishOffer { sdp: SDP.into() }),
+        check(
+            "client_subscriber_answer",
+            &ClientMsg::SubscriberAnswer { sdp: SDP.into() },
+        ),
+        check(
+            "client_ice_candidate",
+            &ClientMsg::IceCandidate {
+                leg: MediaLeg::Publisher,
+                candidate: candidate(),
+            },
+        ),
+        check("client_leave_media", &ClientMsg::LeaveMedia),
+        check(
+            "server_media_joined",
+            &ServerMsg::MediaJoined {
+                consultation: consultation(),
+                ice_servers: vec![IceServer {
+                    urls: vec!["turn:turn.example-hospital.org:3478?transport=udp".into()],
+                    username: Some("1700003600:consult".into()),
+                    credential: Some("c2VjcmV0".into()),
+                }],
+            },
+        ),
+        check("server_publish_answer", &ServerMsg::PublishAnswer { sdp: SDP.into() }),
+        check(
+            "server_subscriber_offer",
+            &ServerMsg::SubscriberOffer { sdp: SDP.into() },
+        ),
+        check(
+            "server_ice_candidate",
+            &ServerMsg::IceCandidate {
+                leg: MediaLeg::Subscriber,
+                candidate: candidate(),
+            },
+        ),
+        check(
+            "server_media_connection",
+            &ServerMsg::MediaConnection { connected: true },
+        ),
+        check(
+            "server_media_ended",
+            &ServerMsg::MediaEnded {
+                reason: MediaEndReason::ConsultationEnded,
+            },
+        ),
+    ]
+}
+
+fn control_fixtures() -> Vec<&'static str> {
+    use protocol::control::*;
+    let req = |id, op| ControlRequest { id, op };
+    vec![
+        check(
+            "control_join",
+            &req(
+                1,
+                ControlOp::Join {
+                    consultation: consultation(),
+                    participant: participant(),
+                    visit: Some(visit()),
+                },
+            ),
+        ),
+        check(
+            "control_publish",
+            &req(
+                2,
+                ControlOp::Publish {
+                    participant: participant(),
+                    sdp: SDP.into(),
+                },
+            ),
+        ),
+        check(
+            "control_subscriber_answer",
+            &req(
+                3,
+                ControlOp::SubscriberAnswer {
+                    participant: participant(),
+                    sdp: SDP.into(),
+                },
+            ),
+        ),
+        check(
+            "control_candidate",
+            &req(
+                4,
+                ControlOp::Candidate {
+                    participant: participant(),
+                    leg: MediaLeg::Publisher,
+                    candidate: candidate(),
+                },
+            ),
+        ),
+        check(
+            "control_leave",
+            &req(
+                5,
+                ControlOp::Leave {
+                    participant: participant(),
+                },
+            ),
+        ),
+        check(
+            "control_remove_visit",
+            &req(
+                6,
+                ControlOp::RemoveVisit {
+                    consultation: consultation(),
+                    visit: visit(),
+                },
+            ),
+        ),
+        check(
+            "control_end_consultation",
+            &req(
+                7,
+                ControlOp::EndConsultation {
+                    consultation: consultation(),
+                },
+            ),
+        ),
+        check(
+            "node_reply_answer",
+            &NodeMsg::Reply {
+                id: 2,
+                outcome: ControlOutcome::Answer { sdp: SDP.into() },
+            },
+        ),
+        check(
+            "node_reply_failed",
+            &NodeMsg::Reply {
+                id: 3,
+                outcome: ControlOutcome::Failed {
+                    code: ErrorCode::InvalidInput,
+                    message: "the SDP was refused".into(),
+                },
+            },
+        ),
+        check(
+            "node_subscriber_offer",
+            &NodeMsg::SubscriberOffer {
+                participant: participant(),
+                sdp: SDP.into(),
+            },
+        ),
+        check(
+            "node_left",
+            &NodeMsg::Left {
+                participant: participant(),
+                reason: MediaEndReason::RemovedFromConsultation,
+            },
+        ),
+        check(
+            "node_record",
+            &NodeRecord {
+                id: NodeId::parse("sfu-1").unwrap(),
+                control_url: "ws://10.0.0.5:7100/control".into(),
+                participants: 12,
+                consultations: 5,
+                draining: false,
+                heartbeat_at: Timestamp(1_700_000_000_000),
+                expires_at: Timestamp(1_700_000_005_000),
+            },
+        ),
+    ]
 }
 
 #[test]

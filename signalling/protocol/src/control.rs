@@ -1,0 +1,135 @@
+//! The control channel between signalling and an SFU node.
+//!
+//! Signalling decides who is in which consultation; the SFU node carries the media and
+//! obeys. Each signalling instance keeps one control link per node it uses: requests go
+//! one way, each answered by a [`NodeMsg::Reply`] with the same `id`; events about the
+//! participants joined over that link come back on it. In a single node the link is a
+//! pair of in-process channels carrying these same values; a separate `sfu` process
+//! serves them as JSON text frames of a websocket at [`CONTROL_PATH`], authenticated with
+//! `Authorization: Bearer <control secret>`.
+//!
+//! Separate nodes announce themselves in the store (Redis) as a [`NodeRecord`], refreshed
+//! every [`HEARTBEAT_MS`]; a record whose `expires_at` has passed is a dead node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ConsultationId, ErrorCode, IceCandidate, MediaEndReason, MediaLeg, NodeId, ParticipantId,
+    Timestamp, VisitId,
+};
+
+/// The websocket path of a node's control channel.
+pub const CONTROL_PATH: &str = "/control";
+/// How often a node refreshes its record.
+pub const HEARTBEAT_MS: u64 = 1_000;
+/// How long a record stays valid without a refresh.
+pub const NODE_TTL_MS: u64 = 5_000;
+/// The largest control message, in bytes (an SDP plus framing).
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 128 * 1024;
+
+/// Signalling → node: one request, answered by a [`NodeMsg::Reply`] with the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRequest {
+    pub id: u64,
+    pub op: ControlOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlOp {
+    /// Adds a participant to a consultation (creating it on this node): their publisher
+    /// and subscriber connections are made. `visit` is set for patients, so that leaving
+    /// the consultation removes them.
+    Join {
+        consultation: ConsultationId,
+        participant: ParticipantId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        visit: Option<VisitId>,
+    },
+    /// The browser's offer for its publisher connection; the reply carries the answer.
+    Publish {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    /// The browser's answer to the node's last subscriber offer.
+    SubscriberAnswer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    /// A trickled candidate of the browser's side.
+    Candidate {
+        participant: ParticipantId,
+        leg: MediaLeg,
+        candidate: IceCandidate,
+    },
+    /// Removes one participant (their browser left the media or disconnected).
+    Leave { participant: ParticipantId },
+    /// Removes a patient's participants from a consultation they are no longer in.
+    RemoveVisit {
+        consultation: ConsultationId,
+        visit: VisitId,
+    },
+    /// Removes everyone from a consultation that ended.
+    EndConsultation { consultation: ConsultationId },
+}
+
+/// Node → signalling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeMsg {
+    /// The outcome of the request with this `id`.
+    Reply { id: u64, outcome: ControlOutcome },
+    /// An offer for a participant's subscriber connection, for their browser.
+    SubscriberOffer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    /// A candidate of the node's side of a participant's connection.
+    Candidate {
+        participant: ParticipantId,
+        leg: MediaLeg,
+        candidate: IceCandidate,
+    },
+    /// A participant's publisher connection connected or failed.
+    Connection {
+        participant: ParticipantId,
+        connected: bool,
+    },
+    /// A participant was removed by the node (consultation ended, patient moved, failure).
+    Left {
+        participant: ParticipantId,
+        reason: MediaEndReason,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlOutcome {
+    Done,
+    /// The answer to a `publish`.
+    Answer {
+        sdp: String,
+    },
+    Failed {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// A separate SFU node as it announces itself in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// Where signalling opens the control websocket, e.g. `ws://10.0.0.5:7100/control`.
+    pub control_url: String,
+    /// Participants connected now: the load placement balances.
+    pub participants: u32,
+    pub consultations: u32,
+    /// Set when the node is draining: it keeps its consultations but takes no new ones.
+    #[serde(default)]
+    pub draining: bool,
+    pub heartbeat_at: Timestamp,
+    pub expires_at: Timestamp,
+}
