@@ -7,7 +7,15 @@
 //!   them, negotiation; it carries out the core's decisions. Its submodule
 //!   [`engine::synthetic`] is a synthetic participant for tests and load tests, built on
 //!   the same peer-connection recipe.
+//! - [`control`]: the node's side of the control channel from signalling
+//!   (`protocol::control`), over in-process channels or, in a separate process, the
+//!   websocket of [`server`]; [`registry`] announces a separate node in Redis.
+//! - [`sdp`]: candidate address rewriting for servers behind 1:1 NAT.
 
+pub mod control;
 pub mod engine;
 pub mod forward;
 pub mod packet_cache;
+pub mod registry;
+pub mod sdp;
+pub mod server;

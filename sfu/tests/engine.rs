@@ -19,7 +19,7 @@ const MEDIA: Publish = Publish {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_each_receive_the_other_two_and_joins_ask_for_keyframes() {
-    let engine = Engine::new(EngineConfig { bind_ip: LOOPBACK });
+    let engine = Engine::new(EngineConfig::new(LOOPBACK));
     let room = 42;
     let first = Participant::join(&engine, LOOPBACK, room, 1, Some(MEDIA))
         .await

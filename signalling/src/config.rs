@@ -2,12 +2,13 @@
 //! a config file, then `CONSULT_*` environment variables, then command-line flags.
 //! Validated once at start; every field is documented in `infra/consult.toml`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use protocol::IceServer;
 use serde::{Deserialize, Serialize};
 
 use crate::server::Limits;
@@ -34,6 +35,13 @@ pub struct Config {
     pub message_burst: u32,
     pub entries_per_minute: u32,
     pub log: String,
+    pub media_ip: IpAddr,
+    pub media_announced_ip: String,
+    pub media_ports: String,
+    pub media_ice_tcp: bool,
+    pub sfu_secret: String,
+    pub ice_servers: Vec<IceServer>,
+    pub web_root: PathBuf,
 }
 
 /// Values given on the command line, which win over everything else.
@@ -96,7 +104,36 @@ impl Config {
         if self.messages_per_second == 0 || self.entries_per_minute == 0 {
             return bad("rate limits must be positive");
         }
-        Ok(())
+        if self.media_ip.is_unspecified() {
+            return bad("media_ip must be a concrete address of this machine, not 0.0.0.0");
+        }
+        if self.ice_servers.iter().any(|s| s.urls.is_empty()) {
+            return bad("every entry of ice_servers needs at least one URL");
+        }
+        self.engine_config().map(|_| ())
+    }
+
+    /// How the in-process SFU binds and announces its media sockets.
+    pub fn engine_config(&self) -> Result<sfu::engine::EngineConfig, ConfigError> {
+        let announced_ip = match self.media_announced_ip.trim() {
+            "" => None,
+            ip => Some(ip.parse::<IpAddr>().map_err(|_| {
+                ConfigError::Invalid(format!("media_announced_ip {ip:?} is not an IP address"))
+            })?),
+        };
+        let ports = match self.media_ports.trim() {
+            "" => None,
+            r => Some(
+                sfu::engine::parse_port_range(r)
+                    .map_err(|e| ConfigError::Invalid(format!("media_ports: {e}")))?,
+            ),
+        };
+        Ok(sfu::engine::EngineConfig {
+            bind_ip: self.media_ip,
+            announced_ip,
+            ports,
+            ice_tcp: self.media_ice_tcp,
+        })
     }
 
     /// `None` means single node (no Redis).
@@ -148,6 +185,12 @@ mod tests {
         std::fs::write(&f, "token_secret = \"short\"\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("token_secret"), "{e}");
+        std::fs::write(&f, "media_ports = \"5000-4000\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("media_ports"), "{e}");
+        std::fs::write(&f, "media_ip = \"0.0.0.0\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("media_ip"), "{e}");
         std::fs::write(&f, "no_such_key = 1\n").unwrap();
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
         assert!(

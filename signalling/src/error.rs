@@ -37,6 +37,12 @@ pub enum AppError {
     VisitEnded,
     #[error("too many people changed this waiting room at once; please try again")]
     Conflict,
+    /// A media server could not be reached or did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A media server refused a request, with its reason.
+    #[error("{1}")]
+    Media(ErrorCode, String),
 }
 
 impl From<PasswordError> for AppError {
@@ -70,6 +76,8 @@ impl AppError {
             AppError::InviteInvalid => ErrorCode::InviteInvalid,
             AppError::InviteExpired => ErrorCode::InviteExpired,
             AppError::VisitEnded => ErrorCode::VisitEnded,
+            AppError::Unavailable(_) => ErrorCode::Unavailable,
+            AppError::Media(code, _) => *code,
         }
     }
 
@@ -84,6 +92,9 @@ impl AppError {
                 "the service is temporarily unavailable; please try again shortly".into()
             }
             AppError::Store(StoreError::Corrupt(_)) => "something went wrong on our side".into(),
+            AppError::Unavailable(_) | AppError::Media(ErrorCode::Internal, _) => {
+                "the video service is temporarily unavailable; please try again shortly".into()
+            }
             other => other.to_string(),
         }
     }
@@ -96,6 +107,10 @@ impl AppError {
             }
             AppError::Store(StoreError::Corrupt(e)) => {
                 tracing::error!(error = %e, "corrupt stored data")
+            }
+            AppError::Unavailable(e) => tracing::warn!(error = %e, "media unavailable"),
+            AppError::Media(ErrorCode::Internal, e) => {
+                tracing::error!(error = %e, "media server failed")
             }
             _ => tracing::debug!(error = %self, "request refused"),
         }

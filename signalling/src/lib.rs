@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod media;
 pub mod room;
 pub mod server;
 pub mod service;
@@ -28,6 +29,37 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             ))?)
         }
     })
+}
+
+/// The SFU, by the same switch as the store: in this process for a single node; separate
+/// `sfu` nodes registered in Redis otherwise.
+pub async fn open_media(
+    config: &Config,
+    store: Arc<dyn Store>,
+) -> Result<Arc<media::Media>, StoreError> {
+    let ice = config.ice_servers.clone();
+    Ok(Arc::new(match config.redis() {
+        None => {
+            let engine_config = config
+                .engine_config()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let node = sfu::control::Node::new(sfu::engine::Engine::new(engine_config));
+            let id = protocol::NodeId::parse(media::LOCAL_NODE)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            media::Media::in_process(id, node, ice)
+        }
+        Some(url) => {
+            let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+            let client = redis::Client::open(url).map_err(unavailable)?;
+            let mut conn = redis::aio::ConnectionManager::new(client)
+                .await
+                .map_err(unavailable)?;
+            let secret = sfu::registry::control_secret(&mut conn, &config.sfu_secret)
+                .await
+                .map_err(unavailable)?;
+            media::Media::registered(store, secret, ice)
+        }
+    }))
 }
 
 /// The service over `store`, with the token secret from the config or, failing that, the

@@ -159,7 +159,10 @@ async fn main() -> anyhow::Result<()> {
             if demo {
                 demo_setup(&service, &actor).await?;
             }
-            serve(config, service).await?;
+            let media = signalling::open_media(&config, service.store().clone())
+                .await
+                .context("starting the media service")?;
+            serve(config, service.with_media(media)).await?;
         }
         Cmd::Clinic(ClinicCmd::Add {
             id,
@@ -281,8 +284,11 @@ async fn serve(config: Config, service: Service) -> anyhow::Result<()> {
     } else {
         "single node"
     };
-    tracing::info!(addr = %listener.local_addr()?, mode, "serving");
-    let state = AppState::new(service, config.limits());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mode, "serving");
+    // For scripts and tests that start the server on port 0.
+    println!("consult: listening on {addr}");
+    let state = AppState::new(service, config.limits()).with_web_root(config.web_root.clone());
     server::run(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

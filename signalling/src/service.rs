@@ -8,6 +8,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use protocol::NodeId;
+use protocol::control::ControlOp;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, Entry, InviteResponse, IssueInvite, MAX_NAME_CHARS,
@@ -17,7 +19,8 @@ use protocol::{
 
 use crate::auth::{self, Action, AuthError, Keys, Principal, StaffClaims, authorize};
 use crate::error::AppError;
-use crate::room::{ClinicRoom, Ctx, NewVisit, Outcome};
+use crate::media::{Link, Media};
+use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
 use crate::store::{Clinic, Commit, RoomWrite, StaffRecord, Store, StoreError};
 
 /// How often a conflicting change is retried before the caller is told to try again.
@@ -40,6 +43,45 @@ pub struct Service {
     lifetimes: TokenLifetimes,
     /// The address patients and staff use, for links (`https://video.example.org`).
     public_url: String,
+    /// The SFU nodes; `None` where no media is served (the command line).
+    media: Option<Arc<Media>>,
+}
+
+/// Where a connection's media session goes: the node's link and who the participant is.
+#[derive(Debug)]
+pub struct MediaPlace {
+    pub node: NodeId,
+    pub link: Arc<Link>,
+    /// Set for a patient: leaving the consultation removes their media.
+    pub visit: Option<VisitId>,
+}
+
+/// What the media nodes must be told after a change: for each consultation that had a
+/// node, the visits that left it, or its end.
+fn media_changes(hosted: &[Consultation], after: &[ClinicRoom]) -> Vec<(NodeId, ControlOp)> {
+    let mut changes = Vec::new();
+    for c in hosted {
+        let Some(node) = &c.media_node else { continue };
+        let now = after.iter().find_map(|r| r.consultation(c.id));
+        match now {
+            None => changes.push((
+                node.clone(),
+                ControlOp::EndConsultation { consultation: c.id },
+            )),
+            Some(n) => {
+                for v in c.visits.iter().filter(|v| !n.visits.contains(v)) {
+                    changes.push((
+                        node.clone(),
+                        ControlOp::RemoveVisit {
+                            consultation: c.id,
+                            visit: *v,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    changes
 }
 
 /// The wall clock, in the protocol's unit.
@@ -116,7 +158,82 @@ impl Service {
             keys,
             lifetimes,
             public_url: public_url.trim_end_matches('/').to_owned(),
+            media: None,
         }
+    }
+
+    /// Serves media through `media`'s nodes.
+    pub fn with_media(mut self, media: Arc<Media>) -> Self {
+        self.media = Some(media);
+        self
+    }
+
+    pub fn media(&self) -> Option<&Arc<Media>> {
+        self.media.as_ref()
+    }
+
+    /// Where `who` joins the media of `consultation`: a patient only their own visit's
+    /// consultation, staff only a consultation they lead. The consultation's node is the
+    /// one recorded in the store while it lives; otherwise the least loaded live node,
+    /// recorded now (of two instances placing at once, one record wins and both use it).
+    pub async fn place_media(
+        &self,
+        who: &Principal,
+        consultation: ConsultationId,
+    ) -> Result<MediaPlace, AppError> {
+        let media = self
+            .media
+            .as_ref()
+            .ok_or_else(|| AppError::Unavailable("this server carries no media".into()))?;
+        let (clinic, visit, recorded) = match who {
+            Principal::Patient(visit) => {
+                let clinic = self
+                    .store
+                    .locate(*visit)
+                    .await?
+                    .ok_or(AppError::VisitEnded)?;
+                let (room, _) = self.load(&clinic).await?;
+                let v = room.visit(*visit).ok_or(AppError::VisitEnded)?;
+                if v.state != VisitState::InConsultation(consultation) {
+                    return Err(AuthError::Forbidden.into());
+                }
+                let recorded = room
+                    .consultation(consultation)
+                    .and_then(|c| c.media_node.clone());
+                (clinic, Some(*visit), recorded)
+            }
+            Principal::Staff(claims) => {
+                let mut found = None;
+                for clinic in self.staff_clinics(claims).await? {
+                    let (room, _) = self.load(&clinic).await?;
+                    if let Some(c) = room.consultation(consultation) {
+                        if c.clinician != claims.sub {
+                            return Err(AuthError::Forbidden.into());
+                        }
+                        found = Some((clinic, None, c.media_node.clone()));
+                        break;
+                    }
+                }
+                found.ok_or(AppError::NotFound("no such consultation"))?
+            }
+        };
+        let live = media.live_nodes().await?;
+        let node = match recorded.filter(|n| live.contains(n)) {
+            Some(n) => n,
+            None => {
+                let chosen = live
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| AppError::Unavailable("no media server is available".into()))?;
+                self.transact_value("system", std::slice::from_ref(&clinic), |rooms, ctx| {
+                    let (node, out) = rooms[0].place_media(consultation, &chosen, &live, ctx)?;
+                    Ok((vec![out], node))
+                })
+                .await?
+            }
+        };
+        let link = media.link(&node).await?;
+        Ok(MediaPlace { node, link, visit })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -508,6 +625,22 @@ impl Service {
     where
         F: Fn(&mut [ClinicRoom], &Ctx) -> Result<Vec<Outcome>, AppError>,
     {
+        self.transact_value(actor, clinics, |rooms, ctx| Ok((f(rooms, ctx)?, ())))
+            .await
+    }
+
+    /// [`Self::transact`] for an operation that also returns a value. After a commit, the
+    /// media nodes are told of visits that left a consultation and of consultations that
+    /// ended, so that their media stops.
+    async fn transact_value<F, T>(
+        &self,
+        actor: &str,
+        clinics: &[ClinicId],
+        f: F,
+    ) -> Result<T, AppError>
+    where
+        F: Fn(&mut [ClinicRoom], &Ctx) -> Result<(Vec<Outcome>, T), AppError>,
+    {
         for _ in 0..MAX_ATTEMPTS {
             let mut rooms = Vec::with_capacity(clinics.len());
             let mut versions = Vec::with_capacity(clinics.len());
@@ -518,11 +651,18 @@ impl Service {
             }
             let before: Vec<BTreeSet<VisitId>> =
                 rooms.iter().map(|r| r.visit_ids().collect()).collect();
+            let hosted: Vec<Consultation> = rooms
+                .iter()
+                .flat_map(|r| r.consultations())
+                .filter(|c| c.media_node.is_some())
+                .cloned()
+                .collect();
             let ctx = Ctx {
                 actor: actor.to_owned(),
                 now: now(),
             };
-            let outcomes = f(&mut rooms, &ctx)?;
+            let (outcomes, value) = f(&mut rooms, &ctx)?;
+            let media_changes = media_changes(&hosted, &rooms);
             let mut commit = Commit::default();
             let mut added = Vec::new();
             for (((room, version), before), out) in
@@ -546,7 +686,17 @@ impl Service {
             }
             commit.index.extend(added);
             match self.store.commit(commit).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let (Some(media), false) = (&self.media, media_changes.is_empty()) {
+                        let media = media.clone();
+                        tokio::spawn(async move {
+                            for (node, op) in media_changes {
+                                media.notify(&node, op).await;
+                            }
+                        });
+                    }
+                    return Ok(value);
+                }
                 Err(StoreError::Conflict) => tokio::task::yield_now().await,
                 Err(e) => return Err(e.into()),
             }

@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let sfu_rt = runtime("sfu")?;
     let load_rt = runtime("load")?;
-    let engine = sfu_rt.block_on(async { Engine::new(EngineConfig { bind_ip: LOOPBACK }) });
+    let engine = sfu_rt.block_on(async { Engine::new(EngineConfig::new(LOOPBACK)) });
     let result = load_rt.block_on(async {
         match cli.cmd {
             Cmd::Fanout {

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use protocol::{IceCandidate, MediaLeg};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
@@ -41,8 +42,8 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
-    Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -59,6 +60,8 @@ const WRITER_QUEUE: usize = 1024;
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the SFU waits for a browser to answer its offer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Candidates kept per leg before its remote description (a browser sends a handful).
+const MAX_EARLY_CANDIDATES: usize = 32;
 
 /// Peer connections whose event handler is still alive (a connection frees its handler
 /// when it is freed), and engine participants still allocated: both return to zero after
@@ -121,9 +124,42 @@ pub struct NackCounters {
 /// Where and how the engine binds its media sockets.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// The address ICE binds to and announces (a concrete address: `0.0.0.0` would expand
-    /// to every non-loopback interface).
+    /// The address ICE binds to (a concrete address: `0.0.0.0` would expand to every
+    /// non-loopback interface).
     pub bind_ip: IpAddr,
+    /// The address browsers reach `bind_ip` at, for a server behind 1:1 NAT: candidates
+    /// the SFU sends carry it instead of `bind_ip`.
+    pub announced_ip: Option<IpAddr>,
+    /// The UDP (and ICE-TCP) ports connections bind, inclusive; each connection takes one
+    /// port of the range, so it must hold two per participant. `None`: any free port.
+    pub ports: Option<(u16, u16)>,
+    /// Also offer ICE over TCP (passive, on the same port number as UDP), for networks
+    /// that block UDP.
+    pub ice_tcp: bool,
+}
+
+/// Parses a media port range, `FIRST-LAST` (inclusive).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a port range FIRST-LAST, e.g. 40000-40999");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+impl EngineConfig {
+    /// Any free UDP port on `bind_ip`, announced as it is, no TCP.
+    pub fn new(bind_ip: IpAddr) -> Self {
+        Self {
+            bind_ip,
+            announced_ip: None,
+            ports: None,
+            ice_tcp: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +172,10 @@ pub enum EngineError {
     BadSdp(String),
     #[error("no offer is waiting for an answer")]
     NoOfferPending,
+    #[error("the ICE candidate was refused: {0}")]
+    BadCandidate(String),
+    #[error("no free media port in the configured range")]
+    NoFreePort,
     #[error("webrtc: {0}")]
     WebRtc(String),
 }
@@ -249,8 +289,12 @@ struct Participant {
     answer: Mutex<Option<oneshot::Sender<String>>>,
     writer: mpsc::Sender<Outgoing>,
     events: mpsc::UnboundedSender<EngineEvent>,
+    /// Candidates trickled before the connection's remote description, per leg.
+    early: Mutex<EarlyCandidates>,
     closed: CancellationToken,
     nacks: Arc<NackCounters>,
+    /// (bind address, announced address) when candidates must be rewritten.
+    announced: Option<(IpAddr, IpAddr)>,
     _live: LiveGuard,
 }
 
@@ -274,6 +318,25 @@ pub struct Engine {
     participants: Mutex<HashMap<u128, Arc<Participant>>>,
     next_id: AtomicU32,
     nacks: Arc<NackCounters>,
+    /// The next port of the configured range to try.
+    next_port: AtomicU32,
+}
+
+/// A leg's candidates that arrived before its remote description (they cannot be added
+/// yet), and whether that description is set.
+#[derive(Debug, Default)]
+struct EarlyCandidates {
+    publisher: (bool, Vec<RTCIceCandidateInit>),
+    subscriber: (bool, Vec<RTCIceCandidateInit>),
+}
+
+impl EarlyCandidates {
+    fn leg(&mut self, leg: MediaLeg) -> &mut (bool, Vec<RTCIceCandidateInit>) {
+        match leg {
+            MediaLeg::Publisher => &mut self.publisher,
+            MediaLeg::Subscriber => &mut self.subscriber,
+        }
+    }
 }
 
 static NEXT_SSRC: AtomicU32 = AtomicU32::new(0x5F00_0000);
@@ -292,6 +355,7 @@ impl Engine {
             participants: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             nacks: Arc::default(),
+            next_port: AtomicU32::new(0),
         })
     }
 
@@ -306,6 +370,11 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// Rooms (consultations) with someone in them on this node.
+    pub fn room_count(&self) -> usize {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn participant(&self, key: u128) -> Result<Arc<Participant>, EngineError> {
@@ -387,8 +456,10 @@ impl Engine {
             answer: Mutex::new(None),
             writer,
             events,
+            early: Mutex::default(),
             closed: Default::default(),
             nacks: self.nacks.clone(),
+            announced: self.config.announced_ip.map(|a| (self.config.bind_ip, a)),
             _live: LiveGuard::new(&LIVE_PARTICIPANTS),
         });
         self.participants
@@ -412,6 +483,7 @@ impl Engine {
             .set_remote_description(desc)
             .await
             .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        flush_early_candidates(&p, MediaLeg::Publisher).await;
         let answer = p.publisher.create_answer(None).await.map_err(webrtc_err)?;
         let gathered = p.publisher_gathered.notified();
         p.publisher
@@ -419,11 +491,72 @@ impl Engine {
             .await
             .map_err(webrtc_err)?;
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered).await;
-        p.publisher
+        let sdp = p
+            .publisher
             .local_description()
             .await
             .map(|d| d.sdp)
-            .ok_or_else(|| EngineError::WebRtc("no local description".into()))
+            .ok_or_else(|| EngineError::WebRtc("no local description".into()))?;
+        Ok(self.announce(sdp))
+    }
+
+    /// A candidate the browser trickled for one of its connections; kept until that
+    /// connection's remote description is set if it comes early. An empty candidate
+    /// (end of candidates) is accepted and does nothing.
+    pub async fn add_candidate(
+        &self,
+        participant: u128,
+        leg: MediaLeg,
+        candidate: IceCandidate,
+    ) -> Result<(), EngineError> {
+        let p = self.participant(participant)?;
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.sdp_mid,
+            sdp_mline_index: candidate.sdp_m_line_index,
+            username_fragment: candidate.username_fragment,
+            ..Default::default()
+        };
+        {
+            let mut early = p.early.lock().unwrap_or_else(|e| e.into_inner());
+            let (ready, queue) = early.leg(leg);
+            if !*ready {
+                if queue.len() >= MAX_EARLY_CANDIDATES {
+                    return Err(EngineError::BadCandidate("too many candidates".into()));
+                }
+                queue.push(init);
+                return Ok(());
+            }
+        }
+        let pc = match leg {
+            MediaLeg::Publisher => &p.publisher,
+            MediaLeg::Subscriber => &p.subscriber,
+        };
+        pc.add_ice_candidate(init)
+            .await
+            .map_err(|e| EngineError::BadCandidate(e.to_string()))
+    }
+
+    /// Rewrites the candidates of an SDP the SFU sends for the announced address.
+    fn announce(&self, sdp: String) -> String {
+        match self.config.announced_ip {
+            Some(public) => crate::sdp::announce(&sdp, self.config.bind_ip, public),
+            None => sdp,
+        }
+    }
+
+    /// The participants in a room now.
+    pub fn room_participants(&self, room: u128) -> Vec<u128> {
+        let room = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&room)
+            .cloned();
+        match room {
+            Some(r) => lock(&r).participants.values().map(|p| p.key).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// The browser's answer to the last [`EngineEvent::SubscriberOffer`].
@@ -475,11 +608,56 @@ impl Engine {
         Ok(())
     }
 
+    /// A connection bound as configured: a port of the range (the next free one, in
+    /// turn), or any free port; with a passive ICE-TCP listener on the same port number if
+    /// configured.
     async fn peer_connection(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Arc<dyn PeerConnection>, EngineError> {
-        peer_connection(self.config.bind_ip, handler).await
+        let ip = self.config.bind_ip;
+        let Some((first, last)) = self.config.ports else {
+            let tcp = self.config.ice_tcp.then(|| format!("{ip}:0"));
+            return build_peer_connection(format!("{ip}:0"), tcp, handler).await;
+        };
+        let span = u32::from(last.saturating_sub(first)) + 1;
+        for _ in 0..span {
+            let port = first + (self.next_port.fetch_add(1, Ordering::Relaxed) % span) as u16;
+            // Probe first: the crate skips an address it cannot bind and still succeeds
+            // when another one (the TCP listener) bound.
+            let free = std::net::UdpSocket::bind((ip, port)).is_ok()
+                && (!self.config.ice_tcp || std::net::TcpListener::bind((ip, port)).is_ok());
+            if !free {
+                continue;
+            }
+            let tcp = self.config.ice_tcp.then(|| format!("{ip}:{port}"));
+            match build_peer_connection(format!("{ip}:{port}"), tcp, handler.clone()).await {
+                Ok(pc) => return Ok(pc),
+                // Taken between the probe and the bind: try the next one.
+                Err(e) => tracing::debug!(port, error = %e, "media port busy"),
+            }
+        }
+        Err(EngineError::NoFreePort)
+    }
+}
+
+/// Adds the candidates of `leg` that arrived before its remote description, and lets
+/// later ones through directly.
+async fn flush_early_candidates(p: &Participant, leg: MediaLeg) {
+    let queued = {
+        let mut early = p.early.lock().unwrap_or_else(|e| e.into_inner());
+        let (ready, queue) = early.leg(leg);
+        *ready = true;
+        std::mem::take(queue)
+    };
+    let pc = match leg {
+        MediaLeg::Publisher => &p.publisher,
+        MediaLeg::Subscriber => &p.subscriber,
+    };
+    for c in queued {
+        if let Err(e) = pc.add_ice_candidate(c).await {
+            tracing::debug!(participant = p.key, error = %e, "early candidate refused");
+        }
     }
 }
 
@@ -488,6 +666,14 @@ impl Engine {
 /// `bind_ip` only. Public so that test and load-test clients speak exactly the same.
 pub async fn peer_connection(
     bind_ip: IpAddr,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>, EngineError> {
+    build_peer_connection(format!("{bind_ip}:0"), None, handler).await
+}
+
+async fn build_peer_connection(
+    udp: String,
+    tcp: Option<String>,
     handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> Result<Arc<dyn PeerConnection>, EngineError> {
     let mut media = MediaEngine::default();
@@ -501,16 +687,17 @@ pub async fn peer_connection(
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .build();
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec![format!("{bind_ip}:0")])
-        .build()
-        .await
-        .map_err(webrtc_err)?;
+        .with_udp_addrs(vec![udp]);
+    if let Some(tcp) = tcp {
+        builder = builder.with_tcp_addrs(vec![tcp]);
+    }
+    let pc = builder.build().await.map_err(webrtc_err)?;
     Ok(Arc::new(pc))
 }
 
@@ -896,7 +1083,7 @@ async fn negotiation_loop(p: Arc<Participant>) {
         if !changed && subscribed.values().all(|s| s.routed) {
             continue;
         }
-        if let Err(e) = offer_and_wait(&p).await {
+        if let Err(e) = offer_and_wait(&p, p.announced).await {
             tracing::info!(participant = p.key, error = %e, "subscriber negotiation failed; retrying");
             tokio::select! {
                 () = p.closed.cancelled() => return,
@@ -946,7 +1133,10 @@ async fn negotiation_loop(p: Arc<Participant>) {
 }
 
 /// Offers on the subscriber connection and applies the browser's answer.
-async fn offer_and_wait(p: &Participant) -> Result<(), EngineError> {
+async fn offer_and_wait(
+    p: &Participant,
+    announced: Option<(IpAddr, IpAddr)>,
+) -> Result<(), EngineError> {
     let offer = p.subscriber.create_offer(None).await.map_err(webrtc_err)?;
     let gathered = p.subscriber_gathered.notified();
     p.subscriber
@@ -960,6 +1150,10 @@ async fn offer_and_wait(p: &Participant) -> Result<(), EngineError> {
         .await
         .map(|d| d.sdp)
         .ok_or_else(|| EngineError::WebRtc("no local description".into()))?;
+    let sdp = match announced {
+        Some((private, public)) => crate::sdp::announce(&sdp, private, public),
+        None => sdp,
+    };
     let (tx, rx) = oneshot::channel();
     *p.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     let _ = p.events.send(EngineEvent::SubscriberOffer {
@@ -977,7 +1171,9 @@ async fn offer_and_wait(p: &Participant) -> Result<(), EngineError> {
     p.subscriber
         .set_remote_description(desc)
         .await
-        .map_err(|e| EngineError::BadSdp(e.to_string()))
+        .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+    flush_early_candidates(p, MediaLeg::Subscriber).await;
+    Ok(())
 }
 
 /// Resends what the core's cache holds of `lost`; NACKs the rest to the publisher.

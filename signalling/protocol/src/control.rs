@@ -133,3 +133,9 @@ pub struct NodeRecord {
     pub heartbeat_at: Timestamp,
     pub expires_at: Timestamp,
 }
+
+/// The Redis hash of node records (field: node id, value: [`NodeRecord`] as JSON).
+pub const NODES_KEY: &str = "consult:sfu:nodes";
+/// The Redis key of the control secret, when it is not configured: created by whichever
+/// process needs it first, read by the others.
+pub const CONTROL_SECRET_KEY: &str = "consult:sfu:control_secret";

@@ -390,7 +390,10 @@ fn media_fixtures() -> Vec<&'static str> {
                 consultation: consultation(),
             },
         ),
-        check("client_publish_offer", &ClientMsg::PublishOffer { sdp: SDP.into() }),
+        check(
+            "client_publish_offer",
+            &ClientMsg::PublishOffer { sdp: SDP.into() },
+        ),
         check(
             "client_subscriber_answer",
             &ClientMsg::SubscriberAnswer { sdp: SDP.into() },
@@ -414,7 +417,10 @@ fn media_fixtures() -> Vec<&'static str> {
                 }],
             },
         ),
-        check("server_publish_answer", &ServerMsg::PublishAnswer { sdp: SDP.into() }),
+        check(
+            "server_publish_answer",
+            &ServerMsg::PublishAnswer { sdp: SDP.into() },
+        ),
         check(
             "server_subscriber_offer",
             &ServerMsg::SubscriberOffer { sdp: SDP.into() },

@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use protocol::{
-    AuditEntry, ClinicId, ClinicView, ConsultationId, ConsultationView, PatientState, ServerMsg,
-    StaffId, Timestamp, VisitEndReason, VisitId, VisitStatus, VisitView,
+    AuditEntry, ClinicId, ClinicView, ConsultationId, ConsultationView, NodeId, PatientState,
+    ServerMsg, StaffId, Timestamp, VisitEndReason, VisitId, VisitStatus, VisitView,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,9 @@ pub struct Consultation {
     pub clinician: StaffId,
     pub started_at: Timestamp,
     pub visits: Vec<VisitId>,
+    /// The SFU node carrying its media, once someone joined the media.
+    #[serde(default)]
+    pub media_node: Option<NodeId>,
 }
 
 /// What a new visit is made of; the caller has validated the fields.
@@ -149,6 +152,33 @@ impl ClinicRoom {
 
     pub fn visit_ids(&self) -> impl Iterator<Item = VisitId> + '_ {
         self.visits.keys().copied()
+    }
+
+    pub fn consultations(&self) -> impl Iterator<Item = &Consultation> + '_ {
+        self.consultations.values()
+    }
+
+    /// Records which SFU node carries a consultation's media: the one already recorded
+    /// while it is among the `live` nodes, otherwise `chosen`. Returns the node to use.
+    pub fn place_media(
+        &mut self,
+        cid: ConsultationId,
+        chosen: &NodeId,
+        live: &[NodeId],
+        ctx: &Ctx,
+    ) -> Result<(NodeId, Outcome), RoomError> {
+        let c = self
+            .consultations
+            .get_mut(&cid)
+            .ok_or(RoomError::ConsultationNotFound)?;
+        if let Some(current) = c.media_node.as_ref().filter(|n| live.contains(n)) {
+            return Ok((current.clone(), Outcome::default()));
+        }
+        c.media_node = Some(chosen.clone());
+        let mut out = Outcome::default();
+        let detail = format!("node {chosen}");
+        self.audit(&mut out, ctx, "media_placed", None, Some(cid), Some(detail));
+        Ok((chosen.clone(), out))
     }
 
     /// The waiting visits in queue order: earliest arrival first.
@@ -289,6 +319,7 @@ impl ClinicRoom {
                         clinician: clinician.clone(),
                         started_at: ctx.now,
                         visits: vec![id],
+                        media_node: None,
                     },
                 );
                 new_consultation

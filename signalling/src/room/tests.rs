@@ -381,3 +381,32 @@ fn arrivals_in_the_same_millisecond_keep_their_order() {
         .collect();
     assert_eq!(r.queue().iter().map(|v| v.id).collect::<Vec<_>>(), ids);
 }
+
+#[test]
+fn media_placement_keeps_a_live_node_and_moves_off_a_dead_one() {
+    let mut r = room();
+    let a = arrive(&mut r, "A", 10);
+    let cid = ConsultationId::random();
+    r.admit(a, staff("dr.jones"), None, cid, &at(20)).unwrap();
+    let n1 = NodeId::parse("sfu-1").unwrap();
+    let n2 = NodeId::parse("sfu-2").unwrap();
+    let live = [n1.clone(), n2.clone()];
+    let (node, out) = r.place_media(cid, &n1, &live, &at(30)).unwrap();
+    assert_eq!(node, n1);
+    assert_eq!(out.audit.len(), 1);
+    assert!(out.events.is_empty(), "placement is not news for anyone");
+    // A second joiner that would have chosen another node gets the recorded one.
+    let (node, out) = r.place_media(cid, &n2, &live, &at(40)).unwrap();
+    assert_eq!(node, n1);
+    assert_eq!(out, Outcome::default());
+    // The recorded node died: the consultation moves.
+    let (node, _) = r
+        .place_media(cid, &n2, std::slice::from_ref(&n2), &at(50))
+        .unwrap();
+    assert_eq!(node, n2);
+    assert_eq!(r.consultation(cid).unwrap().media_node, Some(n2.clone()));
+    assert_eq!(
+        r.place_media(ConsultationId::random(), &n2, &live, &at(60)),
+        Err(RoomError::ConsultationNotFound)
+    );
+}

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, FromRequest, Path, Query, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -64,6 +64,8 @@ pub struct AppState {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     connection_ids: Arc<AtomicU64>,
+    /// The browser client's files, served at `/`.
+    web_root: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -78,7 +80,14 @@ impl AppState {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connection_ids: Arc::new(AtomicU64::new(0)),
+            web_root: None,
         }
+    }
+
+    /// Serves the browser client's files from `dir` at `/`.
+    pub fn with_web_root(mut self, dir: std::path::PathBuf) -> Self {
+        self.web_root = Some(dir);
+        self
     }
 
     fn next_connection_id(&self) -> u64 {
@@ -134,7 +143,8 @@ pub async fn run(
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_message_bytes;
-    Router::new()
+    let not_found = || async { ApiError::from_code(ErrorCode::NotFound, "no such endpoint") };
+    let api = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws::upgrade))
@@ -148,9 +158,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/staff", post(create_staff))
         .route("/api/admin/invites", post(issue_invite))
         .route("/api/admin/audit", get(audit))
-        .fallback(|| async { ApiError::from_code(ErrorCode::NotFound, "no such endpoint") })
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .route("/api/{*rest}", any(not_found))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit));
+    let web_root = state.web_root.clone();
+    let api = api.with_state(state);
+    match web_root {
+        Some(dir) => api.fallback_service(
+            tower_http::services::ServeDir::new(dir).fallback(axum::routing::any(not_found)),
+        ),
+        None => api.fallback(not_found),
+    }
 }
 
 // --- errors and extractors -------------------------------------------------------------------

@@ -9,13 +9,20 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use protocol::{ClientMsg, ClinicId, ErrorCode, ServerMsg, Session};
-use tokio::sync::OwnedSemaphorePermit;
+use std::sync::Arc;
+
+use protocol::control::{ControlOp, ControlOutcome};
+use protocol::{
+    ClientMsg, ClinicId, ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES,
+    MediaEndReason, ParticipantId, ServerMsg, Session,
+};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
 use super::AppState;
 use crate::auth::Principal;
 use crate::error::AppError;
+use crate::media::{Link, MEDIA_QUEUE, MediaSender};
 use crate::room::Audience;
 
 /// How long a new connection may take to say `hello`.
@@ -59,6 +66,33 @@ struct Connection {
     limiter: DefaultDirectRateLimiter,
     /// The room version each snapshot was read at: older events are already in it.
     seen: HashMap<ClinicId, u64>,
+    /// This connection's media session, if it joined one.
+    media: Option<MediaSession>,
+    /// Media messages for this connection: from its node's link, and answers to requests
+    /// that run on their own tasks.
+    media_tx: MediaSender,
+    media_rx: mpsc::Receiver<ServerMsg>,
+}
+
+/// A connection's participant on an SFU node.
+struct MediaSession {
+    participant: ParticipantId,
+    link: Arc<Link>,
+}
+
+impl MediaSession {
+    /// Removes the participant from its node, without waiting.
+    fn leave(self) {
+        self.link.unroute(self.participant);
+        tokio::spawn(async move {
+            let _ = self
+                .link
+                .request(ControlOp::Leave {
+                    participant: self.participant,
+                })
+                .await;
+        });
+    }
 }
 
 enum Flow {
@@ -103,13 +137,20 @@ impl Connection {
         let limits = state.limits;
         let per_second = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.message_burst).unwrap_or(per_second);
+        let (media_tx, media_rx) = mpsc::channel(MEDIA_QUEUE);
         let mut conn = Connection {
             state,
             socket,
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
             seen: HashMap::new(),
+            media: None,
+            media_tx,
+            media_rx,
         };
         let (code, reason) = conn.run().await;
+        if let Some(session) = conn.media.take() {
+            session.leave();
+        }
         let _ = conn
             .socket
             .send(Message::Close(Some(CloseFrame {
@@ -276,6 +317,16 @@ impl Connection {
                         return (CLOSE_RESTART, "");
                     }
                 }
+                Some(msg) = self.media_rx.recv() => {
+                    if matches!(msg, ServerMsg::MediaEnded { .. }) {
+                        if let Some(s) = self.media.take() {
+                            s.link.unroute(s.participant);
+                        }
+                    }
+                    if !self.send(&msg).await {
+                        return (CLOSE_RESTART, "");
+                    }
+                }
                 delivery = sub.rx.recv() => {
                     let Some(d) = delivery else {
                         return (CLOSE_TRY_AGAIN, "too slow; reconnect");
@@ -339,12 +390,164 @@ impl Connection {
                     Err(e) => app_error(Some(req), &e),
                 }
             }
+            Ok(_) if self.limiter.check().is_err() => {
+                error(None, ErrorCode::RateLimited, "too many messages; slow down")
+            }
+            Ok(media) => match self.media_message(principal, media).await {
+                Some(reply) => reply,
+                None => return Flow::Continue,
+            },
         };
         if self.send(&reply).await {
             Flow::Continue
         } else {
             Flow::Close(CLOSE_RESTART, "")
         }
+    }
+
+    /// A media message: joining and leaving are answered here; offers, answers and
+    /// candidates go to the node on their own tasks (their answers arrive on `media_rx`),
+    /// so a node gathering candidates never holds up this connection's other traffic.
+    async fn media_message(&mut self, principal: &Principal, msg: ClientMsg) -> Option<ServerMsg> {
+        let not_joined = || {
+            Some(error(
+                None,
+                ErrorCode::InvalidInput,
+                "join the consultation's media first",
+            ))
+        };
+        match msg {
+            ClientMsg::JoinMedia { consultation } => {
+                if let Some(old) = self.media.take() {
+                    old.leave();
+                }
+                Some(self.join_media(principal, consultation).await)
+            }
+            ClientMsg::LeaveMedia => {
+                let session = self.media.take()?;
+                session.leave();
+                Some(ServerMsg::MediaEnded {
+                    reason: MediaEndReason::Left,
+                })
+            }
+            ClientMsg::PublishOffer { sdp } | ClientMsg::SubscriberAnswer { sdp }
+                if sdp.len() > MAX_SDP_BYTES =>
+            {
+                Some(error(None, ErrorCode::InvalidInput, "the SDP is too long"))
+            }
+            ClientMsg::IceCandidate { candidate, .. }
+                if candidate.candidate.len() > MAX_CANDIDATE_BYTES =>
+            {
+                Some(error(
+                    None,
+                    ErrorCode::InvalidInput,
+                    "the ICE candidate is too long",
+                ))
+            }
+            ClientMsg::PublishOffer { sdp } => {
+                let Some(s) = &self.media else {
+                    return not_joined();
+                };
+                let op = ControlOp::Publish {
+                    participant: s.participant,
+                    sdp,
+                };
+                self.relay(op, |o| match o {
+                    ControlOutcome::Answer { sdp } => Some(ServerMsg::PublishAnswer { sdp }),
+                    _ => None,
+                });
+                None
+            }
+            ClientMsg::SubscriberAnswer { sdp } => {
+                let Some(s) = &self.media else {
+                    return not_joined();
+                };
+                let op = ControlOp::SubscriberAnswer {
+                    participant: s.participant,
+                    sdp,
+                };
+                self.relay(op, |_| None);
+                None
+            }
+            ClientMsg::IceCandidate { leg, candidate } => {
+                let Some(s) = &self.media else {
+                    return not_joined();
+                };
+                let op = ControlOp::Candidate {
+                    participant: s.participant,
+                    leg,
+                    candidate,
+                };
+                self.relay(op, |_| None);
+                None
+            }
+            ClientMsg::Hello { .. } | ClientMsg::Command { .. } => None,
+        }
+    }
+
+    async fn join_media(
+        &mut self,
+        principal: &Principal,
+        consultation: ConsultationId,
+    ) -> ServerMsg {
+        let place = match self
+            .state
+            .service
+            .place_media(principal, consultation)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return app_error(None, &e),
+        };
+        let participant = ParticipantId::random();
+        place.link.route(participant, self.media_tx.clone());
+        let joined = place
+            .link
+            .request(ControlOp::Join {
+                consultation,
+                participant,
+                visit: place.visit,
+            })
+            .await;
+        match joined {
+            Ok(_) => {
+                tracing::debug!(node = %place.node, %consultation, "media joined");
+                self.media = Some(MediaSession {
+                    participant,
+                    link: place.link,
+                });
+                ServerMsg::MediaJoined {
+                    consultation,
+                    ice_servers: self
+                        .state
+                        .service
+                        .media()
+                        .map(|m| m.ice_servers().to_vec())
+                        .unwrap_or_default(),
+                }
+            }
+            Err(e) => {
+                place.link.unroute(participant);
+                app_error(None, &e)
+            }
+        }
+    }
+
+    /// Sends `op` to this connection's node on its own task; what `answer` makes of the
+    /// outcome, or the refusal, comes back through `media_rx`.
+    fn relay(&self, op: ControlOp, answer: fn(ControlOutcome) -> Option<ServerMsg>) {
+        let Some(s) = &self.media else { return };
+        let link = s.link.clone();
+        let tx = self.media_tx.clone();
+        tokio::spawn(async move {
+            let reply = match link.request(op).await {
+                Ok(o) => answer(o),
+                Err(e) => Some(app_error(None, &e)),
+            };
+            if let Some(r) = reply {
+                let _ = tx.send(r).await;
+            }
+        });
     }
 }
 

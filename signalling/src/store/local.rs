@@ -297,4 +297,8 @@ impl Store for LocalStore {
         })
         .await
     }
+
+    async fn media_nodes(&self) -> Result<Vec<protocol::control::NodeRecord>, StoreError> {
+        Ok(Vec::new())
+    }
 }

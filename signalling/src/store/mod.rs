@@ -142,4 +142,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The separate SFU nodes that announced themselves here, live or expired (compare
+    /// `expires_at` with the time). Only the Redis store has any: a single node runs its
+    /// SFU in process.
+    async fn media_nodes(&self) -> Result<Vec<protocol::control::NodeRecord>, StoreError>;
 }

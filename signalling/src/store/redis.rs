@@ -556,6 +556,9 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)
     }
+    async fn media_nodes(&self) -> Result<Vec<protocol::control::NodeRecord>, StoreError> {
+        self.hvals_sorted(protocol::control::NODES_KEY).await
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub fn limits() -> Limits {
     Limits {
         max_connections: 100,
-        max_message_bytes: 16 * 1024,
+        max_message_bytes: 64 * 1024,
         messages_per_second: 100,
         message_burst: 200,
         entries_per_minute: 10_000,

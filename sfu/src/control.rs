@@ -1,0 +1,339 @@
+//! The node's side of the control channel (`protocol::control`): carries out signalling's
+//! requests on the [`Engine`] and reports back what happens to the participants.
+//!
+//! One [`Node`] per process; each control link (one per signalling instance using this
+//! node, or the in-process pair of channels in a single node) is served by
+//! [`Node::serve`]. A participant belongs to the link that joined it: its events go back
+//! on that link, and it is removed when that link ends (its browser's websocket lived on
+//! that signalling instance).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use protocol::control::{ControlOp, ControlOutcome, ControlRequest, NodeMsg};
+use protocol::{
+    ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES, MediaEndReason, ParticipantId,
+    VisitId,
+};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::engine::{Engine, EngineError, EngineEvent};
+
+/// Messages that may wait for a slow link before its requests are back-pressured.
+pub const LINK_QUEUE: usize = 1024;
+
+/// The SFU node: its engine and who joined through which link.
+#[derive(Debug)]
+pub struct Node {
+    engine: Arc<Engine>,
+    members: Mutex<HashMap<u128, Member>>,
+    next_link: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    consultation: ConsultationId,
+    visit: Option<VisitId>,
+    link: u64,
+    out: mpsc::Sender<NodeMsg>,
+}
+
+/// What the node reports in its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub participants: u32,
+    pub consultations: u32,
+}
+
+fn failed(code: ErrorCode, message: impl Into<String>) -> ControlOutcome {
+    ControlOutcome::Failed {
+        code,
+        message: message.into(),
+    }
+}
+
+fn engine_failure(e: &EngineError) -> ControlOutcome {
+    let code = match e {
+        EngineError::UnknownParticipant => ErrorCode::NotFound,
+        EngineError::AlreadyJoined => ErrorCode::AlreadyExists,
+        EngineError::BadSdp(_) | EngineError::NoOfferPending | EngineError::BadCandidate(_) => {
+            ErrorCode::InvalidInput
+        }
+        EngineError::NoFreePort => ErrorCode::Unavailable,
+        EngineError::WebRtc(_) => ErrorCode::Internal,
+    };
+    failed(code, e.to_string())
+}
+
+fn key(p: ParticipantId) -> u128 {
+    p.0.as_u128()
+}
+
+fn participant(key: u128) -> ParticipantId {
+    ParticipantId(Uuid::from_u128(key))
+}
+
+impl Node {
+    pub fn new(engine: Arc<Engine>) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            members: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(1),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn load(&self) -> Load {
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let mut consultations: Vec<ConsultationId> =
+            members.values().map(|m| m.consultation).collect();
+        consultations.sort_unstable();
+        consultations.dedup();
+        Load {
+            participants: u32::try_from(members.len()).unwrap_or(u32::MAX),
+            consultations: u32::try_from(consultations.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Serves one control link until `requests` ends, then removes every participant that
+    /// joined through it.
+    pub async fn serve(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<ControlRequest>,
+        out: mpsc::Sender<NodeMsg>,
+    ) {
+        let link = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        loop {
+            tokio::select! {
+                request = requests.recv() => {
+                    let Some(request) = request else { break };
+                    // Each request on its own task: an offer being answered does not hold
+                    // up the rest (early candidates are queued by the engine).
+                    let node = self.clone();
+                    let out = out.clone();
+                    let events = events_tx.clone();
+                    tokio::spawn(async move {
+                        let id = request.id;
+                        let outcome = node.handle(link, request.op, &out, events).await;
+                        let _ = out.send(NodeMsg::Reply { id, outcome }).await;
+                    });
+                }
+                Some(event) = events.recv() => self.engine_event(event).await,
+            }
+        }
+        let mine: Vec<u128> = {
+            let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<u128> = members
+                .iter()
+                .filter(|(_, m)| m.link == link)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in &keys {
+                members.remove(k);
+            }
+            keys
+        };
+        for k in mine {
+            let _ = self.engine.leave(k).await;
+        }
+        tracing::debug!(link, "control link ended");
+    }
+
+    async fn handle(
+        &self,
+        link: u64,
+        op: ControlOp,
+        out: &mpsc::Sender<NodeMsg>,
+        events: mpsc::UnboundedSender<EngineEvent>,
+    ) -> ControlOutcome {
+        match op {
+            ControlOp::Join {
+                consultation,
+                participant,
+                visit,
+            } => {
+                let k = key(participant);
+                {
+                    let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+                    if members.contains_key(&k) {
+                        return failed(ErrorCode::AlreadyExists, "the participant has joined");
+                    }
+                    members.insert(
+                        k,
+                        Member {
+                            consultation,
+                            visit,
+                            link,
+                            out: out.clone(),
+                        },
+                    );
+                }
+                match self.engine.join(consultation.0.as_u128(), k, events).await {
+                    Ok(()) => ControlOutcome::Done,
+                    Err(e) => {
+                        self.forget(k);
+                        engine_failure(&e)
+                    }
+                }
+            }
+            ControlOp::Publish { participant, sdp } => {
+                if sdp.len() > MAX_SDP_BYTES {
+                    return failed(ErrorCode::InvalidInput, "the SDP is too long");
+                }
+                match self.engine.publish(key(participant), sdp).await {
+                    Ok(sdp) => ControlOutcome::Answer { sdp },
+                    Err(e) => engine_failure(&e),
+                }
+            }
+            ControlOp::SubscriberAnswer { participant, sdp } => {
+                if sdp.len() > MAX_SDP_BYTES {
+                    return failed(ErrorCode::InvalidInput, "the SDP is too long");
+                }
+                match self.engine.subscriber_answer(key(participant), sdp).await {
+                    Ok(()) => ControlOutcome::Done,
+                    Err(e) => engine_failure(&e),
+                }
+            }
+            ControlOp::Candidate {
+                participant,
+                leg,
+                candidate,
+            } => {
+                if candidate.candidate.len() > MAX_CANDIDATE_BYTES {
+                    return failed(ErrorCode::InvalidInput, "the candidate is too long");
+                }
+                match self
+                    .engine
+                    .add_candidate(key(participant), leg, candidate)
+                    .await
+                {
+                    Ok(()) => ControlOutcome::Done,
+                    Err(e) => engine_failure(&e),
+                }
+            }
+            ControlOp::Leave { participant } => {
+                let k = key(participant);
+                if self.forget(k).is_none() {
+                    return failed(ErrorCode::NotFound, "no such participant");
+                }
+                let _ = self.engine.leave(k).await;
+                ControlOutcome::Done
+            }
+            ControlOp::RemoveVisit {
+                consultation,
+                visit,
+            } => {
+                self.remove_where(
+                    |m| m.consultation == consultation && m.visit == Some(visit),
+                    MediaEndReason::RemovedFromConsultation,
+                )
+                .await;
+                ControlOutcome::Done
+            }
+            ControlOp::EndConsultation { consultation } => {
+                self.remove_where(
+                    |m| m.consultation == consultation,
+                    MediaEndReason::ConsultationEnded,
+                )
+                .await;
+                ControlOutcome::Done
+            }
+        }
+    }
+
+    fn forget(&self, k: u128) -> Option<Member> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&k)
+    }
+
+    /// Removes the matching participants and tells each one's link why.
+    async fn remove_where(&self, matches: impl Fn(&Member) -> bool, reason: MediaEndReason) {
+        let gone: Vec<(u128, Member)> = {
+            let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<u128> = members
+                .iter()
+                .filter(|(_, m)| matches(m))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| members.remove(&k).map(|m| (k, m)))
+                .collect()
+        };
+        for (k, m) in gone {
+            let _ = self.engine.leave(k).await;
+            let _ = m
+                .out
+                .send(NodeMsg::Left {
+                    participant: participant(k),
+                    reason,
+                })
+                .await;
+        }
+    }
+
+    async fn engine_event(&self, event: EngineEvent) {
+        match event {
+            EngineEvent::SubscriberOffer {
+                participant: k,
+                sdp,
+            } => {
+                if let Some(m) = self.member(k) {
+                    let _ = m
+                        .out
+                        .send(NodeMsg::SubscriberOffer {
+                            participant: participant(k),
+                            sdp,
+                        })
+                        .await;
+                }
+            }
+            EngineEvent::Connection {
+                participant: k,
+                connected: true,
+            } => {
+                if let Some(m) = self.member(k) {
+                    let _ = m
+                        .out
+                        .send(NodeMsg::Connection {
+                            participant: participant(k),
+                            connected: true,
+                        })
+                        .await;
+                }
+            }
+            // Failed (ICE or DTLS) or closed by the peer: free it. A participant removed on
+            // purpose is already forgotten, so this says nothing twice.
+            EngineEvent::Connection {
+                participant: k,
+                connected: false,
+            } => {
+                if let Some(m) = self.forget(k) {
+                    let _ = self.engine.leave(k).await;
+                    let _ = m
+                        .out
+                        .send(NodeMsg::Left {
+                            participant: participant(k),
+                            reason: MediaEndReason::ConnectionFailed,
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn member(&self, k: u128) -> Option<Member> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&k)
+            .cloned()
+    }
+}

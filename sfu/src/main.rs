@@ -1,0 +1,141 @@
+//! `sfu`: a separate SFU node. It registers itself in Redis (its control address, its load,
+//! a heartbeat) and takes consultations from any signalling instance over the control
+//! websocket. A single-node deployment does not need it: `consult serve` without Redis
+//! runs the same engine in process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use protocol::NodeId;
+use protocol::control::CONTROL_PATH;
+use sfu::control::Node;
+use sfu::engine::{Engine, EngineConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "sfu", about = "A separate SFU node for the consult platform")]
+struct Args {
+    /// The Redis that signalling uses (the node registers there).
+    #[arg(long, env = "CONSULT_REDIS_URL")]
+    redis_url: String,
+    /// This node's name, unique among nodes.
+    #[arg(long, env = "CONSULT_SFU_NODE_ID", default_value = "sfu-1")]
+    node_id: NodeId,
+    /// Where the control websocket listens (signalling connects here).
+    #[arg(long, env = "CONSULT_SFU_LISTEN", default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
+    /// The control address signalling should use, if not `ws://<listen>/control` (e.g.
+    /// behind a proxy).
+    #[arg(long, env = "CONSULT_SFU_CONTROL_URL")]
+    control_url: Option<String>,
+    /// The address media sockets bind (a concrete address, not 0.0.0.0).
+    #[arg(long, env = "CONSULT_SFU_MEDIA_IP", default_value = "127.0.0.1")]
+    media_ip: IpAddr,
+    /// The public address browsers reach `media_ip` at, behind 1:1 NAT.
+    #[arg(long, env = "CONSULT_SFU_ANNOUNCED_IP")]
+    announced_ip: Option<IpAddr>,
+    /// The media port range, e.g. `40000-40999` (two ports per participant).
+    #[arg(long, env = "CONSULT_SFU_PORTS", value_parser = sfu::engine::parse_port_range)]
+    ports: Option<(u16, u16)>,
+    /// Also accept ICE over TCP on the same ports.
+    #[arg(long, env = "CONSULT_SFU_ICE_TCP")]
+    ice_tcp: bool,
+    /// The control secret; empty: the one kept in Redis (shared with signalling).
+    #[arg(
+        long,
+        env = "CONSULT_SFU_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    secret: String,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "CONSULT_LOG", default_value = "info,webrtc=warn,rtc=warn")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    if args.media_ip.is_unspecified() {
+        anyhow::bail!(
+            "--media-ip must be a concrete address, not {}",
+            args.media_ip
+        );
+    }
+    let client = redis::Client::open(args.redis_url.as_str()).context("the Redis URL")?;
+    let mut conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .context("connecting to Redis")?;
+    let secret = sfu::registry::control_secret(&mut conn, &args.secret)
+        .await
+        .context("reading the control secret")?;
+
+    let engine = Engine::new(EngineConfig {
+        bind_ip: args.media_ip,
+        announced_ip: args.announced_ip,
+        ports: args.ports,
+        ice_tcp: args.ice_tcp,
+    });
+    let node = Node::new(engine);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let control_url = args
+        .control_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{addr}{CONTROL_PATH}"));
+
+    // Registered before saying so: once the line below is printed, signalling can place
+    // consultations here.
+    let first = sfu::registry::record(&args.node_id, &control_url, node.load(), false);
+    sfu::registry::announce(&mut conn, &first)
+        .await
+        .context("registering in Redis")?;
+    let stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(sfu::registry::heartbeat(
+        conn,
+        {
+            let node = node.clone();
+            let id = args.node_id.clone();
+            let url = control_url.clone();
+            move || sfu::registry::record(&id, &url, node.load(), false)
+        },
+        stop.clone(),
+    ));
+    println!("sfu: listening on {addr}");
+    tracing::info!(node = %args.node_id, %addr, media_ip = %args.media_ip, "serving");
+
+    let app = sfu::server::router(Arc::clone(&node), &secret);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    stop.cancel();
+    let _ = heartbeat.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

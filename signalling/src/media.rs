@@ -1,0 +1,425 @@
+//! Signalling's side of the SFU: which nodes exist, the control link to each, and the
+//! routing of each node's messages to the websocket connections whose media it carries.
+//!
+//! A single node runs the SFU in process ([`Media::in_process`]): the link is a pair of
+//! channels to `sfu::control::Node::serve`. With Redis, SFU nodes are separate processes
+//! that announce themselves in the store ([`Media::registered`]); this instance opens a
+//! control websocket to a node the first time it needs it and keeps it. Either way the
+//! same `protocol::control` values travel, so both modes run the same code above the link.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use protocol::control::{
+    ControlOp, ControlOutcome, ControlRequest, MAX_CONTROL_MESSAGE_BYTES, NodeMsg, NodeRecord,
+};
+use protocol::{IceServer, MediaEndReason, NodeId, ParticipantId, ServerMsg};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::AppError;
+use crate::store::Store;
+
+/// How long a control request may take (a publish waits for candidate gathering).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a control link may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Messages queued towards one connection before its media messages are dropped.
+pub const MEDIA_QUEUE: usize = 64;
+/// The name of the in-process node.
+pub const LOCAL_NODE: &str = "local";
+
+/// Where media messages for one websocket connection go.
+pub type MediaSender = mpsc::Sender<ServerMsg>;
+
+/// The SFU nodes this instance can place consultations on.
+#[derive(Debug)]
+pub struct Media {
+    nodes: Nodes,
+    ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug)]
+enum Nodes {
+    InProcess {
+        id: NodeId,
+        link: Arc<Link>,
+    },
+    Registered {
+        store: Arc<dyn Store>,
+        secret: String,
+        links: Mutex<HashMap<NodeId, Arc<Link>>>,
+    },
+}
+
+impl Media {
+    /// The SFU runs in this process.
+    pub fn in_process(
+        id: NodeId,
+        node: Arc<sfu::control::Node>,
+        ice_servers: Vec<IceServer>,
+    ) -> Self {
+        let (requests, requests_rx) = mpsc::channel(sfu::control::LINK_QUEUE);
+        let (out, out_rx) = mpsc::channel(sfu::control::LINK_QUEUE);
+        tokio::spawn(node.serve(requests_rx, out));
+        Self {
+            nodes: Nodes::InProcess {
+                id,
+                link: Link::start(requests, out_rx),
+            },
+            ice_servers,
+        }
+    }
+
+    /// SFU nodes are separate processes registered in `store`.
+    pub fn registered(store: Arc<dyn Store>, secret: String, ice_servers: Vec<IceServer>) -> Self {
+        Self {
+            nodes: Nodes::Registered {
+                store,
+                secret,
+                links: Mutex::new(HashMap::new()),
+            },
+            ice_servers,
+        }
+    }
+
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
+    }
+
+    /// The nodes that may take a new consultation now, least loaded first.
+    pub async fn live_nodes(&self) -> Result<Vec<NodeId>, AppError> {
+        match &self.nodes {
+            Nodes::InProcess { id, .. } => Ok(vec![id.clone()]),
+            Nodes::Registered { store, .. } => {
+                let now = crate::service::now();
+                let records = store.media_nodes().await?;
+                Ok(least_loaded(records, now))
+            }
+        }
+    }
+
+    /// The control link to `node`, opened now if this instance has none.
+    pub async fn link(&self, node: &NodeId) -> Result<Arc<Link>, AppError> {
+        match &self.nodes {
+            Nodes::InProcess { id, link } if id == node => Ok(link.clone()),
+            Nodes::InProcess { .. } => Err(AppError::Unavailable(format!(
+                "no media node {node} in this single-node server"
+            ))),
+            Nodes::Registered {
+                store,
+                secret,
+                links,
+            } => {
+                let existing = links
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(node)
+                    .filter(|l| !l.closed.is_cancelled())
+                    .cloned();
+                if let Some(l) = existing {
+                    return Ok(l);
+                }
+                let record = store
+                    .media_nodes()
+                    .await?
+                    .into_iter()
+                    .find(|r| &r.id == node)
+                    .ok_or_else(|| AppError::Unavailable(format!("media node {node} is gone")))?;
+                let link = connect(&record.control_url, secret).await?;
+                let mut links = links.lock().unwrap_or_else(|e| e.into_inner());
+                // Another request may have connected meanwhile: keep one link per node.
+                let kept = links
+                    .entry(node.clone())
+                    .and_modify(|l| {
+                        if l.closed.is_cancelled() {
+                            *l = link.clone();
+                        }
+                    })
+                    .or_insert_with(|| link.clone())
+                    .clone();
+                if !Arc::ptr_eq(&kept, &link) {
+                    link.closed.cancel();
+                }
+                Ok(kept)
+            }
+        }
+    }
+
+    /// Sends a request that needs no answer beyond success (removals when a visit leaves
+    /// a consultation); failures are logged, since the state change already happened.
+    pub async fn notify(&self, node: &NodeId, op: ControlOp) {
+        let result = match self.link(node).await {
+            Ok(link) => link.request(op).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::info!(%node, error = %e, "media node not told of a change");
+        }
+    }
+}
+
+/// Live, not draining, fewest participants first (ties by name, so every instance agrees).
+fn least_loaded(mut records: Vec<NodeRecord>, now: protocol::Timestamp) -> Vec<NodeId> {
+    records.retain(|r| r.expires_at > now && !r.draining);
+    records.sort_by(|a, b| (a.participants, &a.id).cmp(&(b.participants, &b.id)));
+    records.into_iter().map(|r| r.id).collect()
+}
+
+/// One control link: requests out, replies matched by id, node messages routed to the
+/// connections of the participants they concern.
+#[derive(Debug)]
+pub struct Link {
+    requests: mpsc::Sender<ControlRequest>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<ControlOutcome>>>,
+    routes: Mutex<HashMap<ParticipantId, MediaSender>>,
+    next_id: AtomicU64,
+    /// Cancelled when the link is gone (the node stopped, or its websocket dropped).
+    closed: CancellationToken,
+}
+
+impl Link {
+    fn start(
+        requests: mpsc::Sender<ControlRequest>,
+        incoming: mpsc::Receiver<NodeMsg>,
+    ) -> Arc<Self> {
+        let link = Arc::new(Self {
+            requests,
+            pending: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(link.clone().dispatch(incoming));
+        link
+    }
+
+    /// Sends `op` and waits for its outcome; a refusal by the node is an error with the
+    /// node's code.
+    pub async fn request(&self, op: ControlOp) -> Result<ControlOutcome, AppError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let gone = || AppError::Unavailable("the media server is not reachable".into());
+        if self.requests.send(ControlRequest { id, op }).await.is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(gone());
+        }
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match outcome {
+            Ok(Ok(ControlOutcome::Failed { code, message })) => Err(AppError::Media(code, message)),
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(AppError::Unavailable(
+                "the media server did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// Node messages about `participant` go to `to` from now on.
+    pub fn route(&self, participant: ParticipantId, to: MediaSender) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(participant, to);
+    }
+
+    pub fn unroute(&self, participant: ParticipantId) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&participant);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    fn to_connection(&self, participant: ParticipantId, msg: ServerMsg) {
+        let ended = matches!(msg, ServerMsg::MediaEnded { .. });
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = routes.get(&participant) {
+            // A connection that far behind has its websocket cut off anyway.
+            let _ = tx.try_send(msg);
+        }
+        if ended {
+            routes.remove(&participant);
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>, mut incoming: mpsc::Receiver<NodeMsg>) {
+        while let Some(msg) = incoming.recv().await {
+            match msg {
+                NodeMsg::Reply { id, outcome } => {
+                    let waiting = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(tx) = waiting {
+                        let _ = tx.send(outcome);
+                    }
+                }
+                NodeMsg::SubscriberOffer { participant, sdp } => {
+                    self.to_connection(participant, ServerMsg::SubscriberOffer { sdp });
+                }
+                NodeMsg::Candidate {
+                    participant,
+                    leg,
+                    candidate,
+                } => {
+                    self.to_connection(participant, ServerMsg::IceCandidate { leg, candidate });
+                }
+                NodeMsg::Connection {
+                    participant,
+                    connected,
+                } => {
+                    self.to_connection(participant, ServerMsg::MediaConnection { connected });
+                }
+                NodeMsg::Left {
+                    participant,
+                    reason,
+                } => {
+                    self.to_connection(participant, ServerMsg::MediaEnded { reason });
+                }
+            }
+        }
+        // The node is gone: everyone it carried for this instance must join again.
+        self.closed.cancel();
+        let routes: Vec<MediaSender> = self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, tx)| tx)
+            .collect();
+        for tx in routes {
+            let _ = tx.try_send(ServerMsg::MediaEnded {
+                reason: MediaEndReason::NodeLost,
+            });
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Opens a control websocket to a separate node and bridges it to a [`Link`].
+async fn connect(url: &str, secret: &str) -> Result<Arc<Link>, AppError> {
+    let unavailable = |what: String| AppError::Unavailable(what);
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| unavailable(format!("bad control URL {url}: {e}")))?;
+    let bearer = format!("Bearer {secret}")
+        .parse()
+        .map_err(|_| unavailable("the control secret is not a valid header value".into()))?;
+    request.headers_mut().insert("authorization", bearer);
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_CONTROL_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_CONTROL_MESSAGE_BYTES));
+    let (socket, _) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+    )
+    .await
+    .map_err(|_| unavailable(format!("no answer from the media node at {url}")))?
+    .map_err(|e| unavailable(format!("cannot reach the media node at {url}: {e}")))?;
+    let (requests, mut requests_rx) = mpsc::channel::<ControlRequest>(sfu::control::LINK_QUEUE);
+    let (out, out_rx) = mpsc::channel(sfu::control::LINK_QUEUE);
+    let link = Link::start(requests, out_rx);
+    let closed = link.closed.clone();
+    let (mut sink, mut stream) = socket.split();
+    let url = url.to_owned();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = closed.cancelled() => break,
+                request = requests_rx.recv() => {
+                    let Some(request) = request else { break };
+                    let text = serde_json::to_string(&request).unwrap_or_default();
+                    if sink.send(tungstenite::Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = stream.next() => {
+                    let text = match incoming {
+                        Some(Ok(tungstenite::Message::Text(t))) => t,
+                        Some(Ok(tungstenite::Message::Close(_)) | Err(_)) | None => break,
+                        Some(Ok(_)) => continue,
+                    };
+                    match serde_json::from_str::<NodeMsg>(&text) {
+                        Ok(m) => {
+                            if out.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(%url, error = %e, "malformed message from a media node");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+        tracing::info!(%url, "control link to a media node closed");
+        // Dropping `out` ends the link's dispatch, which tells its connections.
+    });
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::Timestamp;
+
+    use super::*;
+
+    fn record(id: &str, participants: u32, expires_at: u64, draining: bool) -> NodeRecord {
+        NodeRecord {
+            id: NodeId::parse(id).unwrap(),
+            control_url: format!("ws://127.0.0.1:1/{id}"),
+            participants,
+            consultations: 0,
+            draining,
+            heartbeat_at: Timestamp(0),
+            expires_at: Timestamp(expires_at),
+        }
+    }
+
+    #[test]
+    fn placement_prefers_the_least_loaded_live_node() {
+        let now = Timestamp(1_000);
+        let nodes = least_loaded(
+            vec![
+                record("b", 4, 2_000, false),
+                record("a", 4, 2_000, false),
+                record("c", 1, 2_000, false),
+                record("dead", 0, 999, false),
+                record("draining", 0, 2_000, true),
+            ],
+            now,
+        );
+        let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
+        assert_eq!(names, ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn the_local_node_name_is_a_valid_id() {
+        assert!(NodeId::parse(LOCAL_NODE).is_ok());
+    }
+}
