@@ -453,7 +453,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let mut big = s.ws(&alice.token).await;
     big.send_raw(&format!(
         r#"{{"type":"hello","token":"{}"}}"#,
-        "x".repeat(20_000)
+        "x".repeat(protocol::MAX_CLIENT_MESSAGE_BYTES + 1)
     ))
     .await;
     let e = big

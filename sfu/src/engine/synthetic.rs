@@ -240,6 +240,32 @@ async fn stop_inactive_readers(pc: &Arc<dyn PeerConnection>, readers: &Readers) 
 
 static NEXT_SSRC: AtomicU32 = AtomicU32::new(0x0C00_0000);
 
+/// How a synthetic participant exchanges descriptions with the SFU: the engine's API
+/// directly, or (in signalling's tests and the load tests) the websocket a browser uses.
+#[async_trait::async_trait]
+pub trait Signal: Send + Sync + 'static {
+    /// Sends the publisher connection's offer; returns the SFU's answer.
+    async fn publish(&self, offer: String) -> Result<String, EngineError>;
+    /// Sends the answer to the SFU's last subscriber offer.
+    async fn subscriber_answer(&self, answer: String) -> Result<(), EngineError>;
+}
+
+/// The engine's API as a [`Signal`].
+struct EngineSignal {
+    engine: Arc<Engine>,
+    key: u128,
+}
+
+#[async_trait::async_trait]
+impl Signal for EngineSignal {
+    async fn publish(&self, offer: String) -> Result<String, EngineError> {
+        self.engine.publish(self.key, offer).await
+    }
+    async fn subscriber_answer(&self, answer: String) -> Result<(), EngineError> {
+        self.engine.subscriber_answer(self.key, answer).await
+    }
+}
+
 impl Participant {
     /// Joins `room` on `engine` with sockets on `ip`; publishes if `publish` says so, and
     /// always subscribes to the others.
@@ -252,6 +278,32 @@ impl Participant {
     ) -> Result<Self, EngineError> {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         engine.join(room, key, events_tx).await?;
+        let (offers_tx, offers) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let EngineEvent::SubscriberOffer { sdp, .. } = ev
+                    && offers_tx.send(sdp).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let signal = Arc::new(EngineSignal {
+            engine: engine.clone(),
+            key,
+        });
+        Self::connect(signal, offers, ip, key, publish).await
+    }
+
+    /// Connects through `signal`: answers each subscriber offer that arrives on `offers`,
+    /// and publishes if `publish` says so. `key` only names it.
+    pub async fn connect(
+        signal: Arc<dyn Signal>,
+        mut offers: mpsc::UnboundedReceiver<String>,
+        ip: IpAddr,
+        key: u128,
+        publish: Option<Publish>,
+    ) -> Result<Self, EngineError> {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
 
@@ -267,13 +319,10 @@ impl Participant {
             }),
         )
         .await?;
-        let (e, s) = (engine.clone(), subscriber.clone());
+        let (e, s) = (signal.clone(), subscriber.clone());
         let readers_for_answers = readers.clone();
         tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                let EngineEvent::SubscriberOffer { participant, sdp } = ev else {
-                    continue;
-                };
+            while let Some(sdp) = offers.recv().await {
                 let answered = async {
                     s.set_remote_description(RTCSessionDescription::offer(sdp).map_err(err)?)
                         .await
@@ -283,7 +332,7 @@ impl Participant {
                     s.set_local_description(answer).await.map_err(err)?;
                     let sdp = local_sdp(&s, wait).await?;
                     stop_inactive_readers(&s, &readers_for_answers).await;
-                    e.subscriber_answer(participant, sdp).await
+                    e.subscriber_answer(sdp).await
                 };
                 if let Err(e) = answered.await {
                     tracing::warn!(error = %e, "synthetic participant could not answer");
@@ -310,14 +359,14 @@ impl Participant {
             stop,
         };
         if let Some(spec) = publish {
-            me.publish(engine, spec, pub_gathered).await?;
+            me.publish(signal.as_ref(), spec, pub_gathered).await?;
         }
         Ok(me)
     }
 
     async fn publish(
         &self,
-        engine: &Engine,
+        signal: &dyn Signal,
         spec: Publish,
         gathered: Arc<Notify>,
     ) -> Result<(), EngineError> {
@@ -359,7 +408,7 @@ impl Participant {
             .await
             .map_err(err)?;
         let sdp = local_sdp(&self.publisher, wait).await?;
-        let answer = engine.publish(self.key, sdp).await?;
+        let answer = signal.publish(sdp).await?;
         self.publisher
             .set_remote_description(RTCSessionDescription::answer(answer).map_err(err)?)
             .await
@@ -432,8 +481,13 @@ impl Participant {
 
     /// Leaves the room and closes both connections.
     pub async fn leave(self, engine: &Engine) {
-        self.stop.cancel();
         let _ = engine.leave(self.key).await;
+        self.close().await;
+    }
+
+    /// Stops sending and closes both connections (the SFU side is the caller's business).
+    pub async fn close(self) {
+        self.stop.cancel();
         let _ = self.publisher.close().await;
         let _ = self.subscriber.close().await;
     }

@@ -1,3 +1,4 @@
 #![allow(dead_code)]
+pub mod media;
 pub mod redis;
 pub mod server;

@@ -25,7 +25,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub fn limits() -> Limits {
     Limits {
         max_connections: 100,
-        max_message_bytes: 64 * 1024,
+        max_message_bytes: protocol::MAX_CLIENT_MESSAGE_BYTES,
         messages_per_second: 100,
         message_burst: 200,
         entries_per_minute: 10_000,
@@ -63,7 +63,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(store: Arc<dyn Store>, limits: Limits) -> Self {
-        let service = service(store).await;
+        Self::start_with_media(store, limits, None).await
+    }
+
+    /// A server that carries media through `media`'s nodes.
+    pub async fn start_with_media(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        media: Option<Arc<signalling::media::Media>>,
+    ) -> Self {
+        let mut service = service(store).await;
+        if let Some(m) = media {
+            service = service.with_media(m);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -357,6 +369,16 @@ impl Ws {
             matches!(&r, ServerMsg::Error { code: c, .. } if *c == code),
             "expected {code:?}, got {r:?}"
         );
+    }
+
+    /// The stream and the messages received but not yet consumed.
+    pub fn into_parts(
+        self,
+    ) -> (
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        VecDeque<ServerMsg>,
+    ) {
+        (self.stream, self.pending)
     }
 
     /// Waits for the server to close; returns the close code.

@@ -1,0 +1,359 @@
+//! Media through signalling: synthetic `webrtc` participants join consultations over the
+//! websocket exactly as a browser does, with the SFU in process (single node) and as a
+//! separate node reached over its control websocket and registered in a real Redis.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::media::{LOOPBACK, MediaWs, join, receives_from};
+use common::redis::RedisServer;
+use common::server::{TestServer, Ws, directory, limits};
+use protocol::control::NodeRecord;
+use protocol::{
+    ClientMsg, ClinicId, Command, ConsultationId, ErrorCode, MediaEndReason, NodeId, PatientState,
+    ServerMsg, StaffId, VisitId,
+};
+use sfu::control::Node;
+use sfu::engine::{Engine, EngineConfig};
+use signalling::media::{LOCAL_NODE, Media};
+use signalling::store::Store;
+use signalling::store::local::LocalStore;
+use signalling::store::redis::RedisStore;
+
+fn derm() -> ClinicId {
+    ClinicId::parse("derm").unwrap()
+}
+
+fn in_process() -> (Arc<Node>, Arc<Media>) {
+    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)));
+    let media = Media::in_process(NodeId::parse(LOCAL_NODE).unwrap(), node.clone(), vec![]);
+    (node, Arc::new(media))
+}
+
+async fn local_server() -> (TestServer, Arc<Node>) {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(None).unwrap());
+    let (node, media) = in_process();
+    let s = TestServer::start_with_media(store, limits(), Some(media)).await;
+    directory(&s.service).await;
+    (s, node)
+}
+
+/// A waiting patient, admitted by reception to dr.jones: the patient's websocket (which
+/// was told it is admitted, with no further step) and the consultation.
+async fn admitted_patient(s: &TestServer, name: &str) -> (Ws, VisitId, ConsultationId) {
+    let entered = s.enter("derm", name).await;
+    let mut patient = s.ws(&entered.visit_token).await;
+    patient
+        .until("waiting", |m| {
+            matches!(
+                m,
+                ServerMsg::PatientStatus {
+                    status: PatientState::Waiting { .. }
+                }
+            )
+        })
+        .await;
+    let alice = s.sign_in("alice").await;
+    let (status, _) = s
+        .command(
+            &alice.token,
+            &Command::Admit {
+                clinic: derm(),
+                visit: entered.visit,
+                clinician: StaffId::parse("dr.jones").unwrap(),
+                consultation: None,
+            },
+        )
+        .await;
+    assert_eq!(status, 204);
+    let admitted = patient
+        .until("admitted", |m| {
+            matches!(
+                m,
+                ServerMsg::PatientStatus {
+                    status: PatientState::Admitted { .. }
+                }
+            )
+        })
+        .await;
+    let ServerMsg::PatientStatus {
+        status: PatientState::Admitted { consultation },
+    } = admitted
+    else {
+        unreachable!()
+    };
+    (patient, entered.visit, consultation)
+}
+
+fn ended(m: &ServerMsg, why: MediaEndReason) -> bool {
+    matches!(m, ServerMsg::MediaEnded { reason } if *reason == why)
+}
+
+async fn until_empty(node: &Node) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.load().participants > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", node.load());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Admission to the end of the call, through the in-process SFU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_patient_and_the_clinician_see_and_hear_each_other() {
+    let (s, node) = local_server().await;
+    let (patient, _, consultation) = admitted_patient(&s, "Pat Media").await;
+    let jones = s.sign_in("dr.jones").await;
+    let clinician = s.ws(&jones.token).await;
+
+    let (mut patient, p) = join(patient, consultation).await;
+    let (mut clinician, c) = join(clinician, consultation).await;
+    receives_from(&p, 1).await;
+    receives_from(&c, 1).await;
+    for ws in [&mut patient, &mut clinician] {
+        ws.until(5, |m| {
+            matches!(m, ServerMsg::MediaConnection { connected: true })
+        })
+        .await;
+    }
+    assert_eq!(node.load().participants, 2);
+    assert_eq!(node.load().consultations, 1);
+
+    // The clinician ends the call: both media sessions end, and the node frees them.
+    let (status, _) = s
+        .command(
+            &jones.token,
+            &Command::EndConsultation {
+                clinic: derm(),
+                consultation,
+            },
+        )
+        .await;
+    assert_eq!(status, 204);
+    for ws in [&mut patient, &mut clinician] {
+        ws.until(5, |m| ended(m, MediaEndReason::ConsultationEnded))
+            .await;
+    }
+    until_empty(&node).await;
+    p.close().await;
+    c.close().await;
+}
+
+/// A patient sent back to the waiting room leaves the media; the clinician stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_a_patient_to_waiting_removes_only_their_media() {
+    let (s, node) = local_server().await;
+    let (first, first_visit, consultation) = admitted_patient(&s, "Pat One").await;
+    // A second person (say, a relative) joins the same consultation.
+    let entered = s.enter("derm", "Relative Two").await;
+    let second = s.ws(&entered.visit_token).await;
+    let alice = s.sign_in("alice").await;
+    let admit = Command::Admit {
+        clinic: derm(),
+        visit: entered.visit,
+        clinician: StaffId::parse("dr.jones").unwrap(),
+        consultation: Some(consultation),
+    };
+    assert_eq!(s.command(&alice.token, &admit).await.0, 204);
+    let jones = s.sign_in("dr.jones").await;
+    let clinician = s.ws(&jones.token).await;
+
+    let (mut first, a) = join(first, consultation).await;
+    let (mut second, b) = join(second, consultation).await;
+    let (mut clinician, c) = join(clinician, consultation).await;
+    for p in [&a, &b, &c] {
+        receives_from(p, 2).await;
+    }
+
+    let back = Command::ReturnToWaiting {
+        clinic: derm(),
+        visit: first_visit,
+    };
+    assert_eq!(s.command(&alice.token, &back).await.0, 204);
+    first
+        .until(5, |m| ended(m, MediaEndReason::RemovedFromConsultation))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.load().participants != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", node.load());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other two carry on: nothing ended for them, and media still flows.
+    let before = b.stats.packets.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(b.stats.packets.load(std::sync::atomic::Ordering::Relaxed) > before);
+    for ws in [&mut second, &mut clinician] {
+        assert!(
+            !std::iter::from_fn(|| ws.inbox.try_recv().ok())
+                .any(|m| matches!(m, ServerMsg::MediaEnded { .. })),
+            "media ended for someone still in the consultation"
+        );
+    }
+    for p in [a, b, c] {
+        p.close().await;
+    }
+}
+
+async fn media_error(ws: &mut MediaWs, msg: ClientMsg) -> ErrorCode {
+    ws.send(msg);
+    match ws
+        .until(5, |m| {
+            matches!(m, ServerMsg::Error { .. } | ServerMsg::MediaJoined { .. })
+        })
+        .await
+    {
+        ServerMsg::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Whoever is not in the consultation cannot join its media; bad descriptions are refused
+/// with a reason and break nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_refused_to_outsiders_and_bad_input_changes_nothing() {
+    let (s, node) = local_server().await;
+    let (patient, _, consultation) = admitted_patient(&s, "Pat Allowed").await;
+    let join_it = ClientMsg::JoinMedia { consultation };
+
+    // A patient still waiting, reception, another clinician, an unknown consultation.
+    let other = s.enter("derm", "Pat Other").await;
+    let ws = |token: String| {
+        let s = &s;
+        async move { MediaWs::open(s.ws(&token).await) }
+    };
+    let mut waiting = ws(other.visit_token.clone()).await;
+    assert_eq!(
+        media_error(&mut waiting, join_it.clone()).await,
+        ErrorCode::Forbidden
+    );
+    let mut reception = ws(s.sign_in("alice").await.token).await;
+    assert_eq!(
+        media_error(&mut reception, join_it.clone()).await,
+        ErrorCode::Forbidden
+    );
+    let mut smith = ws(s.sign_in("dr.smith").await.token).await;
+    assert_eq!(
+        media_error(&mut smith, join_it.clone()).await,
+        ErrorCode::Forbidden
+    );
+    let mut jones = ws(s.sign_in("dr.jones").await.token).await;
+    let unknown = ClientMsg::JoinMedia {
+        consultation: ConsultationId::random(),
+    };
+    assert_eq!(media_error(&mut jones, unknown).await, ErrorCode::NotFound);
+    // Media messages before joining.
+    let offer = ClientMsg::PublishOffer {
+        sdp: "v=0\r\n".into(),
+    };
+    assert_eq!(
+        media_error(&mut jones, offer).await,
+        ErrorCode::InvalidInput
+    );
+    assert_eq!(node.load().participants, 0, "nobody joined");
+
+    // Joined: garbage and oversized descriptions are refused; a good one still works.
+    let mut patient = MediaWs::open(patient);
+    patient.send(join_it.clone());
+    patient
+        .until(5, |m| matches!(m, ServerMsg::MediaJoined { .. }))
+        .await;
+    for garbage in [
+        "this is not SDP".to_owned(),
+        "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n".to_owned(),
+        "x".repeat(protocol::MAX_SDP_BYTES + 1),
+    ] {
+        let code = media_error(&mut patient, ClientMsg::PublishOffer { sdp: garbage }).await;
+        assert_eq!(code, ErrorCode::InvalidInput);
+    }
+    let bad_candidate = ClientMsg::IceCandidate {
+        leg: protocol::MediaLeg::Publisher,
+        candidate: protocol::IceCandidate {
+            candidate: "c".repeat(protocol::MAX_CANDIDATE_BYTES + 1),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+            username_fragment: None,
+        },
+    };
+    assert_eq!(
+        media_error(&mut patient, bad_candidate).await,
+        ErrorCode::InvalidInput
+    );
+    assert_eq!(node.load().participants, 1);
+    // Leaving ends the session; the node frees the participant.
+    patient.send(ClientMsg::LeaveMedia);
+    patient.until(5, |m| ended(m, MediaEndReason::Left)).await;
+    until_empty(&node).await;
+}
+
+/// A separate SFU node: it registers in Redis, two signalling instances place one
+/// consultation on it (the placement recorded in the store wins), and each instance
+/// reaches it over its control websocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registered_in_redis_carries_a_consultation_joined_on_two_instances() {
+    let redis = RedisServer::start();
+    let store = || async {
+        let s: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
+        s
+    };
+    let mut conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+        .await
+        .unwrap();
+    let secret = sfu::registry::control_secret(&mut conn, "").await.unwrap();
+
+    let media_a = Arc::new(Media::registered(store().await, secret.clone(), vec![]));
+    let a = TestServer::start_with_media(store().await, limits(), Some(media_a)).await;
+    directory(&a.service).await;
+    let media_b = Arc::new(Media::registered(store().await, secret.clone(), vec![]));
+    let b = TestServer::start_with_media(store().await, limits(), Some(media_b)).await;
+    let (patient, _, consultation) = admitted_patient(&a, "Pat Distributed").await;
+    let jones = b.sign_in("dr.jones").await;
+
+    // No node yet: joining media says so.
+    let mut early = MediaWs::open(b.ws(&jones.token).await);
+    assert_eq!(
+        media_error(&mut early, ClientMsg::JoinMedia { consultation }).await,
+        ErrorCode::Unavailable
+    );
+
+    // Two nodes register; the busier one must not be chosen (it would not answer).
+    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = sfu::server::router(node.clone(), &secret);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let id = NodeId::parse("sfu-a").unwrap();
+    let url = format!("ws://{addr}/control");
+    let record = sfu::registry::record(&id, &url, node.load(), false);
+    sfu::registry::announce(&mut conn, &record).await.unwrap();
+    let busy = NodeRecord {
+        id: NodeId::parse("sfu-busy").unwrap(),
+        control_url: "ws://127.0.0.1:9/control".into(),
+        participants: 500,
+        ..record.clone()
+    };
+    sfu::registry::announce(&mut conn, &busy).await.unwrap();
+
+    // The patient joins through instance A, the clinician through instance B.
+    let (_patient, p) = join(patient, consultation).await;
+    let (_clinician, c) = join(b.ws(&jones.token).await, consultation).await;
+    receives_from(&p, 1).await;
+    receives_from(&c, 1).await;
+    assert_eq!(node.load().participants, 2, "both on the least loaded node");
+
+    // The placement is in the store, for every instance to find.
+    let room = a
+        .service
+        .store()
+        .room(&derm())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let placed = room.consultation(consultation).unwrap().media_node.clone();
+    assert_eq!(placed, Some(id));
+    p.close().await;
+    c.close().await;
+}
