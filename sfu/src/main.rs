@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "sfu", about = "A separate SFU node for the consult platform")]
 struct Args {
-    /// The Redis that signalling uses (the node registers there).
+    /// The Redis that signalling uses (the node registers there). Without it the node
+    /// registers nowhere and needs --secret: for benchmarks that drive it directly.
     #[arg(long, env = "CONSULT_REDIS_URL")]
-    redis_url: String,
+    redis_url: Option<String>,
     /// This node's name, unique among nodes.
     #[arg(long, env = "CONSULT_SFU_NODE_ID", default_value = "sfu-1")]
     node_id: NodeId,
@@ -51,7 +52,11 @@ struct Args {
     )]
     secret: String,
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "CONSULT_LOG", default_value = "info,webrtc=warn,rtc=warn")]
+    #[arg(
+        long,
+        env = "CONSULT_LOG",
+        default_value = "info,webrtc=error,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_sctp=error,rtc_interceptor=error,rtc_rtp=error,rtc_rtcp=error,rtc_sdp=error"
+    )]
     log: String,
 }
 
@@ -68,13 +73,26 @@ async fn main() -> anyhow::Result<()> {
             args.media_ip
         );
     }
-    let client = redis::Client::open(args.redis_url.as_str()).context("the Redis URL")?;
-    let mut conn = redis::aio::ConnectionManager::new(client)
-        .await
-        .context("connecting to Redis")?;
-    let secret = sfu::registry::control_secret(&mut conn, &args.secret)
-        .await
-        .context("reading the control secret")?;
+    let mut conn = match &args.redis_url {
+        Some(url) => {
+            let client = redis::Client::open(url.as_str()).context("the Redis URL")?;
+            Some(
+                redis::aio::ConnectionManager::new(client)
+                    .await
+                    .context("connecting to Redis")?,
+            )
+        }
+        None if args.secret.is_empty() => {
+            anyhow::bail!("without --redis-url, give the control secret with --secret")
+        }
+        None => None,
+    };
+    let secret = match &mut conn {
+        Some(conn) => sfu::registry::control_secret(conn, &args.secret)
+            .await
+            .context("reading the control secret")?,
+        None => args.secret.clone(),
+    };
 
     let engine = Engine::new(EngineConfig {
         bind_ip: args.media_ip,
@@ -94,21 +112,24 @@ async fn main() -> anyhow::Result<()> {
 
     // Registered before saying so: once the line below is printed, signalling can place
     // consultations here.
-    let first = sfu::registry::record(&args.node_id, &control_url, node.load(), false);
-    sfu::registry::announce(&mut conn, &first)
-        .await
-        .context("registering in Redis")?;
     let stop = CancellationToken::new();
-    let heartbeat = tokio::spawn(sfu::registry::heartbeat(
-        conn,
-        {
-            let node = node.clone();
-            let id = args.node_id.clone();
-            let url = control_url.clone();
-            move || sfu::registry::record(&id, &url, node.load(), false)
-        },
-        stop.clone(),
-    ));
+    let mut heartbeat = None;
+    if let Some(mut conn) = conn {
+        let first = sfu::registry::record(&args.node_id, &control_url, node.load(), false);
+        sfu::registry::announce(&mut conn, &first)
+            .await
+            .context("registering in Redis")?;
+        heartbeat = Some(tokio::spawn(sfu::registry::heartbeat(
+            conn,
+            {
+                let node = node.clone();
+                let id = args.node_id.clone();
+                let url = control_url.clone();
+                move || sfu::registry::record(&id, &url, node.load(), false)
+            },
+            stop.clone(),
+        )));
+    }
     println!("sfu: listening on {addr}");
     tracing::info!(node = %args.node_id, %addr, media_ip = %args.media_ip, "serving");
 
@@ -117,7 +138,9 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     stop.cancel();
-    let _ = heartbeat.await;
+    if let Some(h) = heartbeat {
+        let _ = h.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

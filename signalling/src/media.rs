@@ -130,7 +130,7 @@ impl Media {
                     .into_iter()
                     .find(|r| &r.id == node)
                     .ok_or_else(|| AppError::Unavailable(format!("media node {node} is gone")))?;
-                let link = connect(&record.control_url, secret).await?;
+                let link = connect_node(&record.control_url, secret).await?;
                 let mut links = links.lock().unwrap_or_else(|e| e.into_inner());
                 // Another request may have connected meanwhile: keep one link per node.
                 let kept = links
@@ -319,8 +319,9 @@ impl Link {
     }
 }
 
-/// Opens a control websocket to a separate node and bridges it to a [`Link`].
-async fn connect(url: &str, secret: &str) -> Result<Arc<Link>, AppError> {
+/// Opens a control websocket to a separate node and bridges it to a [`Link`] (also used by
+/// the load tests to drive a node directly).
+pub async fn connect_node(url: &str, secret: &str) -> Result<Arc<Link>, AppError> {
     let unavailable = |what: String| AppError::Unavailable(what);
     let mut request = url
         .into_client_request()

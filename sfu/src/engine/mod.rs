@@ -21,8 +21,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protocol::{IceCandidate, MediaLeg};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, Packet, Slot, StreamInfo, TaggedPacket,
+};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
@@ -32,10 +37,10 @@ use rtc::rtp;
 use rtc::rtp::codec::vp8::Vp8Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -43,7 +48,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -284,6 +289,9 @@ struct Participant {
     subscriber: Arc<dyn PeerConnection>,
     publisher_gathered: Arc<Notify>,
     subscriber_gathered: Arc<Notify>,
+    /// Whether the subscriber connection is up (DTLS-SRTP keys ready): packets written
+    /// before are dropped by the crate, so routes wait for it.
+    subscriber_connected: watch::Receiver<bool>,
     /// Set when the room's tracks changed: the negotiation loop reconciles.
     dirty: Notify,
     answer: Mutex<Option<oneshot::Sender<String>>>,
@@ -420,6 +428,7 @@ impl Engine {
         let id = PeerId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let publisher_gathered = Arc::new(Notify::new());
         let subscriber_gathered = Arc::new(Notify::new());
+        let (connected_tx, subscriber_connected) = watch::channel(false);
         let publisher = self
             .peer_connection(Arc::new(PublisherHandler {
                 _live: connection_guard(),
@@ -434,6 +443,7 @@ impl Engine {
             .peer_connection(Arc::new(SubscriberHandler {
                 _live: connection_guard(),
                 gathered: subscriber_gathered.clone(),
+                connected: connected_tx,
             }))
             .await
         {
@@ -452,6 +462,7 @@ impl Engine {
             subscriber,
             publisher_gathered,
             subscriber_gathered,
+            subscriber_connected,
             dirty: Notify::new(),
             answer: Mutex::new(None),
             writer,
@@ -678,12 +689,25 @@ async fn build_peer_connection(
 ) -> Result<Arc<dyn PeerConnection>, EngineError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(webrtc_err)?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)
-        .map_err(webrtc_err)?
-        .with(Slot::from(14_000), RtcpToApplication::marking())
-        // NACKs are answered by the forwarding core from one cache per published track,
-        // not by a responder that buffers every packet once per subscriber.
-        .with(Slot::NackResponder, RtcpToApplication::pass_through());
+    // The crate's default set (`register_default_interceptors`) less its NACK responder:
+    // NACKs are answered by the forwarding core from one cache per published track, not by
+    // a responder that buffers every packet once per subscriber. Its slot holds a
+    // pass-through so that the chain keeps its shape.
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    configure_simulcast_extension_headers(&mut media).map_err(webrtc_err)?;
+    let registry = configure_twcc_receiver_only(Registry::new(), &mut media).map_err(webrtc_err)?;
+    let registry = configure_rtcp_reports(registry)
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+        .with(Slot::NackResponder, RtcpToApplication::pass_through())
+        .with(Slot::from(14_000), RtcpToApplication::marking());
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .build();
@@ -841,6 +865,7 @@ impl PeerConnectionEventHandler for PublisherHandler {
 struct SubscriberHandler {
     _live: LiveGuard,
     gathered: Arc<Notify>,
+    connected: watch::Sender<bool>,
 }
 
 #[async_trait::async_trait]
@@ -849,6 +874,10 @@ impl PeerConnectionEventHandler for SubscriberHandler {
         if s == RTCIceGatheringState::Complete {
             self.gathered.notify_waiters();
         }
+    }
+
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        let _ = self.connected.send(s == RTCPeerConnectionState::Connected);
     }
 }
 
@@ -1084,6 +1113,9 @@ async fn negotiation_loop(p: Arc<Participant>) {
             continue;
         }
         if let Err(e) = offer_and_wait(&p, p.announced).await {
+            if p.closed.is_cancelled() {
+                return;
+            }
             tracing::info!(participant = p.key, error = %e, "subscriber negotiation failed; retrying");
             tokio::select! {
                 () = p.closed.cancelled() => return,
@@ -1091,7 +1123,13 @@ async fn negotiation_loop(p: Arc<Participant>) {
             }
             continue;
         }
-        // Negotiated: route the new tracks.
+        // Negotiated: route the new tracks once the connection can carry them (the first
+        // keyframe, asked for on subscribing, would otherwise be lost).
+        let mut connected = p.subscriber_connected.clone();
+        tokio::select! {
+            () = p.closed.cancelled() => return,
+            up = connected.wait_for(|up| *up) => if up.is_err() { return },
+        }
         for (id, s) in subscribed.iter_mut().filter(|(_, s)| !s.routed) {
             let Ok(params) = s.sender.get_parameters().await else {
                 continue;

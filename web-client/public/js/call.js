@@ -1,0 +1,436 @@
+// The call page: one person (a patient or a clinician) in a video consultation.
+//
+// The credential comes in the URL fragment (`call.html#token=...`), which browsers never
+// send to a server; the page moves it to sessionStorage (a reload resumes) and takes it
+// out of the address bar. Then:
+//   - it asks for the camera and microphone, opens the websocket and says hello;
+//   - a patient joins the call's media as soon as their status says `admitted`;
+//   - a clinician joins the media of the consultation they lead as soon as one appears
+//     in their clinic's snapshot or updates;
+//   - if the websocket closes it reconnects with backoff and says hello again (the
+//     server sends the current state again, and the call is joined anew).
+//
+// `window.consultCall` exposes the state and the media figures to tests.
+
+import { MediaSession } from './media.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $('status'),
+  who: $('who'),
+  remote: $('remote'),
+  self: $('self-view'),
+  leave: $('leave'),
+  rejoin: $('rejoin'),
+};
+
+const TOKEN_KEY = 'consult.call.token';
+/** Error codes after which saying hello again cannot help. */
+const FATAL_CODES = new Set(['unauthenticated', 'token_expired', 'forbidden', 'visit_ended', 'not_found']);
+/** Error codes of a refused join_media after which trying again later may work. */
+const RETRY_JOIN_CODES = new Set(['unavailable', 'conflict', 'internal', 'rate_limited']);
+
+const app = {
+  token: takeToken(),
+  session: null, // the welcome's session: {kind: 'staff', username, ...} or {kind: 'patient', ...}
+  patientStatus: null, // patient: the last patient_status's status
+  consultations: new Map(), // staff: consultation id -> {clinic, view}
+  localStream: undefined, // undefined until getUserMedia has answered
+  socket: 'closed', // closed | connecting | open
+  fatal: false, // no more reconnecting (bad credential, visit over)
+  noRejoin: null, // a consultation whose media ended for good (or that the user left)
+  mediaEndReason: null,
+  callEnded: false,
+  joinRetry: { timer: null, attempt: 0 },
+  messages: [], // a short log of message types, for tests and diagnostics (no SDP, no tokens)
+};
+
+const media = new MediaSession({
+  send,
+  localStream: null,
+  onRemoteStream: addRemoteVideo,
+  onRemoteStreamRemoved: removeRemoteVideo,
+  onState: onMediaState,
+});
+
+window.consultCall = {
+  stats: () => media.stats(),
+  state: () => ({
+    socket: app.socket,
+    role: app.session?.kind === 'staff' ? app.session.role : app.session?.kind ?? null,
+    patient: app.patientStatus?.state ?? null,
+    consultation: wantedConsultation(),
+    media: media.state,
+    mediaEndReason: app.mediaEndReason,
+    callEnded: app.callEnded,
+    remoteVideos: ui.remote.querySelectorAll('video').length,
+    status: ui.status.textContent,
+  }),
+  messages: () => app.messages.slice(),
+};
+
+ui.leave.addEventListener('click', () => {
+  app.noRejoin = media.consultation;
+  media.leave();
+  say('You left the call. You can rejoin while the consultation lasts.');
+  ui.rejoin.hidden = false;
+  ui.rejoin.focus();
+});
+ui.rejoin.addEventListener('click', () => {
+  app.noRejoin = null;
+  ui.rejoin.hidden = true;
+  reconcile();
+});
+
+// --- credential, status, diagnostics ------------------------------------------------------
+
+function takeToken() {
+  const fromUrl = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (fromUrl) {
+    try {
+      sessionStorage.setItem(TOKEN_KEY, fromUrl);
+    } catch {
+      // storage refused (private mode): a reload will need the link again
+    }
+    history.replaceState(null, '', location.pathname + location.search);
+    return fromUrl;
+  }
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+function say(text) {
+  if (ui.status.textContent !== text) ui.status.textContent = text;
+}
+
+/** Keeps the type and a few plain fields of each message; never SDP, candidates or tokens. */
+function note(dir, msg) {
+  const entry = { dir, type: msg.type, at: Date.now() };
+  for (const k of ['reason', 'connected', 'code', 'leg', 'consultation']) {
+    if (typeof msg[k] === 'string' || typeof msg[k] === 'boolean') entry[k] = msg[k];
+  }
+  if (msg.status?.state) entry.state = msg.status.state;
+  app.messages.push(entry);
+  if (app.messages.length > 300) app.messages.shift();
+}
+
+// --- camera and microphone ----------------------------------------------------------------
+
+async function startLocalMedia() {
+  const attempts = [
+    { audio: true, video: true },
+    { audio: true, video: false },
+    { audio: false, video: true },
+  ];
+  let stream = null;
+  for (const constraints of attempts) {
+    try {
+      stream = await navigator.mediaDevices.getUserMedia(constraints);
+      break;
+    } catch (e) {
+      console.warn('getUserMedia', constraints, e);
+    }
+  }
+  if (!stream) {
+    stream = new MediaStream();
+    say('Your camera and microphone are not available. Check the browser’s permissions; others will not see or hear you.');
+  }
+  app.localStream = stream;
+  media.localStream = stream;
+  ui.self.srcObject = stream;
+  reconcile();
+}
+
+// --- websocket ------------------------------------------------------------------------------
+
+let ws = null;
+let reconnectAttempt = 0;
+
+function connect() {
+  app.socket = 'connecting';
+  const url = new URL('/ws', location.href);
+  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  ws = new WebSocket(url);
+  ws.onopen = () => {
+    app.socket = 'open';
+    send({ type: 'hello', token: app.token });
+  };
+  ws.onmessage = (e) => {
+    let msg;
+    try {
+      msg = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    note('in', msg);
+    if (!media.handle(msg)) onMessage(msg);
+  };
+  ws.onclose = () => {
+    app.socket = 'closed';
+    ws = null;
+    media.close();
+    if (app.fatal) return;
+    // 0.5 s, 1 s, 2 s, ... up to 10 s, with jitter so a restarted server is not stormed.
+    const delay = Math.min(10_000, 500 * 2 ** reconnectAttempt) * (0.8 + 0.4 * Math.random());
+    reconnectAttempt += 1;
+    say('The connection was interrupted. Reconnecting…');
+    setTimeout(connect, delay);
+  };
+}
+
+function send(msg) {
+  if (ws?.readyState !== WebSocket.OPEN) return;
+  note('out', msg);
+  ws.send(JSON.stringify(msg));
+}
+
+function onMessage(msg) {
+  switch (msg.type) {
+    case 'welcome':
+      reconnectAttempt = 0;
+      app.session = msg.session;
+      app.patientStatus = null;
+      app.consultations.clear();
+      ui.who.textContent =
+        msg.session.kind === 'staff'
+          ? `Signed in as ${msg.session.display_name}`
+          : `${msg.session.clinic_name}`;
+      if (msg.session.kind === 'staff') say('Waiting for a patient to be admitted to your consultation…');
+      break;
+    case 'patient_status':
+      onPatientStatus(msg.status);
+      break;
+    case 'clinic_snapshot':
+      for (const [id, c] of app.consultations) {
+        if (c.clinic === msg.clinic.id) app.consultations.delete(id);
+      }
+      for (const view of msg.consultations) app.consultations.set(view.id, { clinic: msg.clinic.id, view });
+      reconcile();
+      break;
+    case 'consultation_updated':
+      app.consultations.set(msg.consultation.id, { clinic: msg.clinic, view: msg.consultation });
+      reconcile();
+      break;
+    case 'consultation_ended':
+      app.consultations.delete(msg.consultation);
+      if (msg.consultation === media.consultation || msg.consultation === app.noRejoin) {
+        endCall('The consultation has ended. Waiting for your next patient…');
+      }
+      reconcile();
+      break;
+    case 'staff_message':
+      say(`Message from the clinic: ${msg.text}`);
+      break;
+    case 'error':
+      onError(msg);
+      break;
+    default:
+      // visit_updated, visit_closed, ack: nothing to show on this page.
+      break;
+  }
+}
+
+function onError(msg) {
+  console.warn('server error', msg.code, msg.message);
+  if (!app.session && FATAL_CODES.has(msg.code)) {
+    app.fatal = true;
+    say(
+      msg.code === 'token_expired' || msg.code === 'visit_ended'
+        ? 'This link has expired or the visit is over. Please contact the clinic.'
+        : 'This link is not valid. Please open the link you were given again.',
+    );
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // nothing stored
+    }
+    ws?.close();
+  }
+}
+
+function onPatientStatus(status) {
+  app.patientStatus = status;
+  if (status.state !== 'admitted') app.noRejoin = null;
+  switch (status.state) {
+    case 'waiting':
+      app.callEnded = false;
+      say(`You are in the waiting room of ${status.clinic_name}. The clinic knows you are here; please keep this page open.`);
+      break;
+    case 'admitted':
+      say('You have been admitted. Connecting the call…');
+      break;
+    case 'ended':
+      app.fatal = true; // the visit credential is spent
+      endCall(
+        status.reason === 'consultation_ended'
+          ? 'The consultation has ended. Thank you; you can close this page.'
+          : 'Your visit has ended. You can close this page.',
+      );
+      try {
+        sessionStorage.removeItem(TOKEN_KEY);
+      } catch {
+        // nothing stored
+      }
+      // The socket stays open for what follows (media_ended); the server closes it.
+      break;
+  }
+  reconcile();
+}
+
+// --- the media session ----------------------------------------------------------------------
+
+/** The consultation whose media this page should be in now, or null. */
+function wantedConsultation() {
+  if (app.session?.kind === 'patient') {
+    return app.patientStatus?.state === 'admitted' ? app.patientStatus.consultation : null;
+  }
+  if (app.session?.kind === 'staff') {
+    const mine = [...app.consultations.values()]
+      .map((c) => c.view)
+      .filter((v) => v.clinician === app.session.username)
+      .sort((a, b) => a.started_at - b.started_at);
+    return (mine.find((v) => v.id === media.consultation) ?? mine[0])?.id ?? null;
+  }
+  return null;
+}
+
+/** Joins or leaves media so that it matches what the server says (admission connects). */
+function reconcile() {
+  const want = wantedConsultation();
+  if (media.active && media.consultation !== want) media.leave();
+  const blocked = app.localStream === undefined || app.socket !== 'open' || app.joinRetry.timer;
+  if (want && want !== app.noRejoin && !media.active && !blocked) {
+    app.callEnded = false;
+    app.mediaEndReason = null;
+    ui.rejoin.hidden = true;
+    media.join(want);
+  }
+  ui.leave.disabled = !media.active;
+}
+
+function endCall(text) {
+  app.callEnded = true;
+  if (media.active) media.close();
+  clearTimeout(app.joinRetry.timer);
+  app.joinRetry = { timer: null, attempt: 0 };
+  ui.rejoin.hidden = true;
+  say(text);
+}
+
+/** Joins again after a failure, backing off: 1 s, 2 s, 4 s, ... up to 15 s. */
+function retryJoinLater() {
+  clearTimeout(app.joinRetry.timer);
+  const delay = Math.min(15_000, 1000 * 2 ** app.joinRetry.attempt);
+  app.joinRetry.attempt += 1;
+  app.joinRetry.timer = setTimeout(() => {
+    app.joinRetry.timer = null;
+    reconcile();
+  }, delay);
+}
+
+function onMediaState({ state, consultation, reason, retryable, error }) {
+  switch (state) {
+    case 'joining':
+    case 'connecting':
+      say('Connecting the call…');
+      break;
+    case 'connected':
+      app.joinRetry.attempt = 0;
+      sayInCall();
+      break;
+    case 'ended':
+      app.mediaEndReason = reason;
+      if (retryable) {
+        say('The call connection was lost. Reconnecting…');
+        retryJoinLater();
+      } else {
+        app.noRejoin = consultation;
+        if (reason === 'consultation_ended') {
+          endCall(
+            app.session?.kind === 'staff'
+              ? 'The consultation has ended. Waiting for your next patient…'
+              : 'The consultation has ended. Thank you; you can close this page.',
+          );
+        } else if (reason === 'removed_from_consultation') {
+          say('You are no longer in this consultation.');
+        } else {
+          say('You have left the call.');
+        }
+      }
+      break;
+    case 'failed':
+      if (RETRY_JOIN_CODES.has(error?.code)) {
+        say('The call could not be connected yet. Trying again…');
+        retryJoinLater();
+      } else {
+        app.noRejoin = consultation;
+        say(`The call could not be joined: ${error?.message ?? 'unknown error'}`);
+      }
+      break;
+  }
+  ui.leave.disabled = !media.active;
+}
+
+function sayInCall() {
+  if (media.state !== 'connected') return;
+  const n = ui.remote.querySelectorAll('figure').length;
+  if (n === 0) {
+    say(
+      app.session?.kind === 'staff'
+        ? 'In the call. Waiting for the patient’s video…'
+        : 'Connected. Waiting for the clinician to join the call…',
+    );
+  } else {
+    say(`In the call with ${n} other ${n === 1 ? 'person' : 'people'}.`);
+  }
+}
+
+// --- videos ---------------------------------------------------------------------------------
+
+function addRemoteVideo(stream) {
+  const figure = document.createElement('figure');
+  figure.dataset.stream = stream.id;
+  const video = document.createElement('video');
+  video.autoplay = true;
+  video.playsInline = true;
+  video.setAttribute('aria-label', 'Video of another participant');
+  video.srcObject = stream;
+  figure.append(video);
+  ui.remote.append(figure);
+  video.play().catch(() => {
+    // Autoplay with sound refused: play muted and offer a button to turn the sound on.
+    video.muted = true;
+    video.play().catch(() => {});
+    const unmute = document.createElement('button');
+    unmute.type = 'button';
+    unmute.textContent = 'Turn on sound';
+    unmute.addEventListener('click', () => {
+      video.muted = false;
+      unmute.remove();
+    });
+    figure.append(unmute);
+  });
+  sayInCall();
+}
+
+function removeRemoteVideo(stream) {
+  for (const figure of ui.remote.querySelectorAll('figure')) {
+    if (figure.dataset.stream === stream.id) {
+      figure.querySelector('video').srcObject = null;
+      figure.remove();
+    }
+  }
+  sayInCall();
+}
+
+// --- start ----------------------------------------------------------------------------------
+
+if (!app.token) {
+  say('This page needs the personal link you were given. Please open that link again.');
+} else {
+  startLocalMedia();
+  connect();
+}

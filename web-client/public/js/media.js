@@ -1,0 +1,390 @@
+// The browser side of one media session: what a page needs to send its camera and
+// microphone to the consultation's SFU and to receive everyone else's, over the
+// signalling websocket. No framework, no build step; the page owns the websocket and
+// the DOM, this module owns the two peer connections.
+//
+// The wire protocol is defined in signalling/protocol/src/lib.rs (golden JSON examples in
+// signalling/protocol/fixtures/). In short:
+//
+//   browser -> server: join_media, publish_offer, subscriber_answer, ice_candidate,
+//                      leave_media
+//   server -> browser: media_joined, publish_answer, subscriber_offer, ice_candidate,
+//                      media_connection, media_ended
+//
+// Each participant has two connections, so that each side only ever offers on its own:
+// the *publisher* (the browser offers; it sends camera and microphone) and the
+// *subscriber* (the SFU offers, again whenever someone joins or leaves; the browser
+// answers; it receives one MediaStream per other participant, named by its stream id).
+//
+// Usage:
+//   const media = new MediaSession({ send, localStream, onRemoteStream,
+//                                    onRemoteStreamRemoved, onState });
+//   ws.onmessage = (e) => { const msg = JSON.parse(e.data); if (media.handle(msg)) return; ... };
+//   media.join(consultationId);   // later: media.leave(), or media.close() if the socket dropped
+//   await media.stats();          // summed getStats() figures, for tests and diagnostics
+
+/** Reasons of `media_ended` after which joining again may work. */
+export const RETRYABLE_END_REASONS = new Set(['node_lost', 'connection_failed']);
+
+/** The server messages this module consumes. */
+const MEDIA_MESSAGES = new Set([
+  'media_joined',
+  'publish_answer',
+  'subscriber_offer',
+  'ice_candidate',
+  'media_connection',
+  'media_ended',
+]);
+
+const LEGS = ['publisher', 'subscriber'];
+
+export class MediaSession {
+  // The states a session goes through, reported to onState({state, ...}):
+  //   idle       nothing joined (initially, and after leave() or close())
+  //   joining    join_media sent, waiting for media_joined
+  //   connecting peer connections exist; media not flowing yet
+  //   connected  the publisher connection reached the SFU (media_connection or its own state)
+  //   ended      the server ended the session (media_ended), or a local WebRTC step
+  //              failed (reason connection_failed); `retryable`: joining again may help
+  //   failed     the server refused join_media (`error` is the server's error message)
+  #state = 'idle';
+  #consultation = null;
+  #pcs = null; // {publisher, subscriber} while a session exists
+  #pendingRemote = null; // per leg: candidates received before the remote description
+  #pendingLocal = null; // per leg: our candidates gathered before our SDP was sent
+  #sdpSent = null; // per leg: whether our offer (publisher) / first answer (subscriber) went out
+  #subscriberQueue = Promise.resolve(); // serialises subscriber offers
+  #remote = new Map(); // stream id -> {stream, tracks: Set<track id>}
+  #serverConnected = false;
+
+  /**
+   * @param {object} o
+   * @param {(msg: object) => void} o.send  sends one message on the websocket
+   * @param {MediaStream} o.localStream  camera and microphone (may have no tracks)
+   * @param {(stream: MediaStream) => void} [o.onRemoteStream]  a participant appeared
+   * @param {(stream: MediaStream) => void} [o.onRemoteStreamRemoved]  ... and went
+   * @param {(s: {state: string, consultation: string|null, reason?: string,
+   *              retryable?: boolean, error?: object}) => void} [o.onState]
+   */
+  constructor({ send, localStream, onRemoteStream, onRemoteStreamRemoved, onState }) {
+    this.send = send;
+    this.localStream = localStream;
+    this.onRemoteStream = onRemoteStream || (() => {});
+    this.onRemoteStreamRemoved = onRemoteStreamRemoved || (() => {});
+    this.onState = onState || (() => {});
+  }
+
+  get state() {
+    return this.#state;
+  }
+
+  /** The consultation joined or being joined, or null. */
+  get consultation() {
+    return this.#state === 'idle' ? null : this.#consultation;
+  }
+
+  /** Whether a session is under way (joining, connecting or connected). */
+  get active() {
+    return ['joining', 'connecting', 'connected'].includes(this.#state);
+  }
+
+  /**
+   * Asks to join the media of a consultation. A current session is closed here; the
+   * server leaves it by itself when it gets the new join_media.
+   */
+  join(consultation) {
+    this.#teardown();
+    this.#consultation = consultation;
+    this.#setState('joining');
+    this.send({ type: 'join_media', consultation });
+  }
+
+  /** Leaves the media session (the visit or consultation itself goes on). */
+  leave() {
+    if (this.active) this.send({ type: 'leave_media' });
+    this.close();
+  }
+
+  /**
+   * Ends the session locally without telling the server, e.g. because the websocket
+   * closed (the server ends the media session of a closed connection itself).
+   */
+  close() {
+    this.#teardown();
+    if (this.#state !== 'idle') this.#setState('idle');
+  }
+
+  /**
+   * Takes a server message if it belongs to the media session. Returns true if it was
+   * consumed (including stale media messages of a session already left), false if the
+   * page should handle it.
+   */
+  handle(msg) {
+    if (msg.type === 'error') {
+      // An error without `req` while joining is the answer to join_media.
+      if (this.#state !== 'joining' || msg.req != null) return false;
+      this.#teardown();
+      this.#setState('failed', { error: { code: msg.code, message: msg.message } });
+      return true;
+    }
+    if (!MEDIA_MESSAGES.has(msg.type)) return false;
+    switch (msg.type) {
+      case 'media_joined':
+        if (this.#state === 'joining' && msg.consultation === this.#consultation) {
+          this.#start(msg.ice_servers || []);
+        }
+        break;
+      case 'publish_answer':
+        if (this.#pcs) this.#applyPublishAnswer(msg.sdp);
+        break;
+      case 'subscriber_offer':
+        if (this.#pcs) {
+          const pcs = this.#pcs;
+          this.#subscriberQueue = this.#subscriberQueue
+            .then(() => this.#answerSubscriberOffer(pcs, msg.sdp))
+            .catch((e) => this.#fail(pcs, 'subscriber offer', e));
+        }
+        break;
+      case 'ice_candidate':
+        if (this.#pcs && LEGS.includes(msg.leg)) this.#addRemoteCandidate(msg.leg, msg.candidate);
+        break;
+      case 'media_connection':
+        if (this.#pcs) {
+          this.#serverConnected = !!msg.connected;
+          this.#updateConnected();
+        }
+        break;
+      case 'media_ended':
+        // `left` only ever answers our own leave_media, and that session is gone already
+        // (a new one may be starting): nothing to do.
+        if (msg.reason !== 'left' && this.#state !== 'idle') {
+          this.#teardown();
+          this.#setState('ended', {
+            reason: msg.reason,
+            retryable: RETRYABLE_END_REASONS.has(msg.reason),
+          });
+        }
+        break;
+    }
+    return true;
+  }
+
+  /**
+   * Figures from getStats(), summed over the subscriber connection's inbound-rtp reports
+   * (what this browser receives) and the publisher connection's outbound-rtp reports
+   * (what it sends), with both connections' states.
+   */
+  async stats() {
+    const out = {
+      state: this.#state,
+      consultation: this.consultation,
+      remoteStreams: this.#remote.size,
+      publisher: connectionStates(this.#pcs?.publisher),
+      subscriber: connectionStates(this.#pcs?.subscriber),
+      inboundVideo: {
+        tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0,
+        framesReceived: 0, framesDecoded: 0, keyFramesDecoded: 0, pliCount: 0, nackCount: 0,
+      },
+      inboundAudio: { tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0 },
+      outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0 },
+      outboundAudio: { tracks: 0, packetsSent: 0, bytesSent: 0 },
+    };
+    if (!this.#pcs) return out;
+    const [sub, pub] = await Promise.all([
+      this.#pcs.subscriber.getStats(),
+      this.#pcs.publisher.getStats(),
+    ]);
+    sub.forEach((r) => {
+      if (r.type !== 'inbound-rtp') return;
+      const sum = r.kind === 'video' ? out.inboundVideo : r.kind === 'audio' ? out.inboundAudio : null;
+      if (sum) addInto(sum, r);
+    });
+    pub.forEach((r) => {
+      if (r.type !== 'outbound-rtp') return;
+      const sum = r.kind === 'video' ? out.outboundVideo : r.kind === 'audio' ? out.outboundAudio : null;
+      if (sum) addInto(sum, r);
+    });
+    return out;
+  }
+
+  // --- internals ------------------------------------------------------------------------
+
+  #setState(state, extra = {}) {
+    this.#state = state;
+    this.onState({ state, consultation: this.#consultation, ...extra });
+  }
+
+  /** media_joined: creates both connections and sends the publisher's offer. */
+  #start(iceServers) {
+    // The default bundle policy: `max-bundle` would refuse an offer without a BUNDLE
+    // group, such as the SFU's first subscriber offer while nobody else publishes.
+    const config = { iceServers };
+    const pcs = { publisher: new RTCPeerConnection(config), subscriber: new RTCPeerConnection(config) };
+    this.#pcs = pcs;
+    this.#pendingRemote = { publisher: [], subscriber: [] };
+    this.#pendingLocal = { publisher: [], subscriber: [] };
+    this.#sdpSent = { publisher: false, subscriber: false };
+    this.#serverConnected = false;
+    this.#subscriberQueue = Promise.resolve();
+
+    for (const leg of LEGS) {
+      pcs[leg].onicecandidate = (e) => {
+        // A null candidate only says gathering is complete; nothing to send.
+        if (this.#pcs !== pcs || !e.candidate) return;
+        const msg = { type: 'ice_candidate', leg, candidate: e.candidate.toJSON() };
+        if (this.#sdpSent[leg]) this.send(msg);
+        else this.#pendingLocal[leg].push(msg);
+      };
+      pcs[leg].onconnectionstatechange = () => {
+        if (this.#pcs === pcs) this.#updateConnected();
+      };
+    }
+    pcs.subscriber.ontrack = (e) => this.#addRemoteTrack(e);
+    this.#setState('connecting');
+
+    for (const track of this.localStream?.getTracks() || []) {
+      pcs.publisher.addTransceiver(track, { direction: 'sendonly', streams: [this.localStream] });
+    }
+    (async () => {
+      const offer = await pcs.publisher.createOffer();
+      await pcs.publisher.setLocalDescription(offer);
+      if (this.#pcs !== pcs) return;
+      this.send({ type: 'publish_offer', sdp: pcs.publisher.localDescription.sdp });
+      this.#flushLocal('publisher');
+    })().catch((e) => this.#fail(pcs, 'publish offer', e));
+  }
+
+  async #applyPublishAnswer(sdp) {
+    const pcs = this.#pcs;
+    try {
+      await pcs.publisher.setRemoteDescription({ type: 'answer', sdp });
+      if (this.#pcs === pcs) await this.#flushRemote('publisher');
+    } catch (e) {
+      this.#fail(pcs, 'publish answer', e);
+    }
+  }
+
+  async #answerSubscriberOffer(pcs, sdp) {
+    if (this.#pcs !== pcs) return;
+    const pc = pcs.subscriber;
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    await this.#flushRemote('subscriber');
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    if (this.#pcs !== pcs) return;
+    this.send({ type: 'subscriber_answer', sdp: pc.localDescription.sdp });
+    this.#flushLocal('subscriber');
+    this.#sweepRemoteStreams();
+  }
+
+  /** Sends the candidates gathered before this leg's SDP went out. */
+  #flushLocal(leg) {
+    this.#sdpSent[leg] = true;
+    const queued = this.#pendingLocal[leg];
+    this.#pendingLocal[leg] = [];
+    for (const msg of queued) this.send(msg);
+  }
+
+  async #addRemoteCandidate(leg, candidate) {
+    const pc = this.#pcs?.[leg];
+    if (!pc) return;
+    if (!pc.remoteDescription) {
+      this.#pendingRemote[leg].push(candidate);
+      return;
+    }
+    try {
+      await pc.addIceCandidate(candidate);
+    } catch (e) {
+      console.warn(`media: ignoring a ${leg} ICE candidate the browser refused:`, e);
+    }
+  }
+
+  async #flushRemote(leg) {
+    const queued = this.#pendingRemote[leg];
+    this.#pendingRemote[leg] = [];
+    for (const c of queued) await this.#addRemoteCandidate(leg, c);
+  }
+
+  #updateConnected() {
+    if (!this.#pcs || !['connecting', 'connected'].includes(this.#state)) return;
+    const connected = this.#serverConnected || this.#pcs.publisher.connectionState === 'connected';
+    const next = connected ? 'connected' : 'connecting';
+    if (next !== this.#state) this.#setState(next);
+  }
+
+  /** subscriber `track`: one MediaStream per remote participant. */
+  #addRemoteTrack(e) {
+    const stream = e.streams[0] || new MediaStream([e.track]);
+    let entry = this.#remote.get(stream.id);
+    const isNew = !entry;
+    if (isNew) {
+      entry = { stream, tracks: new Set() };
+      this.#remote.set(stream.id, entry);
+      // Renegotiation removes a participant's tracks from their stream.
+      stream.addEventListener('removetrack', () => this.#sweepRemoteStreams());
+    }
+    entry.tracks.add(e.track.id);
+    e.track.addEventListener('ended', () => this.#sweepRemoteStreams());
+    if (isNew) this.onRemoteStream(stream);
+  }
+
+  /** Drops the remote streams none of whose tracks is still being received. */
+  #sweepRemoteStreams() {
+    if (!this.#pcs) return;
+    const receiving = new Set();
+    for (const t of this.#pcs.subscriber.getTransceivers()) {
+      const dir = t.currentDirection;
+      if ((dir === 'recvonly' || dir === 'sendrecv') && t.receiver.track.readyState === 'live') {
+        receiving.add(t.receiver.track.id);
+      }
+    }
+    for (const [id, entry] of this.#remote) {
+      const inStream = new Set(entry.stream.getTracks().map((t) => t.id));
+      const alive = [...entry.tracks].some((t) => receiving.has(t) && inStream.has(t));
+      if (!alive) {
+        this.#remote.delete(id);
+        this.onRemoteStreamRemoved(entry.stream);
+      }
+    }
+  }
+
+  /** A local WebRTC failure: the session cannot go on; say so as connection_failed. */
+  #fail(pcs, what, e) {
+    if (this.#pcs !== pcs) return; // a late failure of connections already closed
+    console.error(`media: ${what} failed:`, e);
+    if (this.active) this.send({ type: 'leave_media' });
+    this.#teardown();
+    this.#setState('ended', { reason: 'connection_failed', retryable: true, error: { message: String(e) } });
+  }
+
+  #teardown() {
+    if (this.#pcs) {
+      for (const leg of LEGS) {
+        const pc = this.#pcs[leg];
+        pc.onicecandidate = pc.onconnectionstatechange = pc.ontrack = null;
+        pc.close();
+      }
+      this.#pcs = null;
+    }
+    for (const { stream } of this.#remote.values()) this.onRemoteStreamRemoved(stream);
+    this.#remote.clear();
+    this.#serverConnected = false;
+  }
+}
+
+function connectionStates(pc) {
+  if (!pc) return null;
+  return {
+    connectionState: pc.connectionState,
+    iceConnectionState: pc.iceConnectionState,
+    signalingState: pc.signalingState,
+  };
+}
+
+/** Adds a report's numeric fields into the sum's fields of the same name. */
+function addInto(sum, report) {
+  sum.tracks += 1;
+  for (const key of Object.keys(sum)) {
+    if (key !== 'tracks' && typeof report[key] === 'number') sum[key] += report[key];
+  }
+}

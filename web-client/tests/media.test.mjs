@@ -1,0 +1,137 @@
+// Issue 3, end to end: a clinician and a patient, each in their own browser context on
+// call.html, are joined to one consultation through signalling, and each receives the
+// other's camera and microphone through the SFU: once with the SFU inside `consult`
+// (single node), once with the SFU as a separate process registered through Redis.
+//
+// Run by scripts/browser-tests (inside a private network namespace), or directly:
+//   cd web-client && node --test tests/
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, test } from 'node:test';
+import * as h from './harness.mjs';
+
+h.watchdog(150);
+
+const CLINIC = 'dermatology';
+const CLINICIAN = 'dr.jones';
+
+let browser;
+before(async () => {
+  browser = await h.launchBrowser();
+  console.log(`chromium ${browser.version()}`);
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** Both directions of media arrive: video frames decoded, audio packets received. */
+const receiving = (s) => s.inboundVideo.framesDecoded > 0 && s.inboundAudio.packetsReceived > 0;
+
+/** The page says the call has ended, its media session is over, and no video is left. */
+const callEnded = (s) =>
+  s.callEnded && !['joining', 'connecting', 'connected'].includes(s.media) && s.remoteVideos === 0 && /ended/i.test(s.status);
+
+/**
+ * The scenario both tests run against a store (`dataDir` or `redisUrl`): a clinic and a
+ * clinician from the command line; the clinician's page open; a patient enters and
+ * waits; the clinician admits them by REST; both pages must be receiving each other's
+ * media within 30 s; then the consultation ends and both pages must say so.
+ */
+async function consultation(env, store) {
+  const password = randomBytes(12).toString('hex');
+  await h.consultCli(env, store, ['clinic', 'add', CLINIC, '--name', 'Dermatology', '--open-link']);
+  await h.consultCli(
+    env,
+    store,
+    ['staff', 'add', CLINICIAN, '--name', 'Dr Jones', '--role', 'clinician', '--clinic', CLINIC, '--password-stdin'],
+    `${password}\n`,
+  );
+  const server = await h.startConsult(env, store);
+  const origin = server.url;
+
+  const { token } = await h.rest(server.url).post('/api/staff/sign-in', { username: CLINICIAN, password });
+  const staff = h.rest(server.url, token);
+  const clinician = await h.openCall(browser, env, origin, token, 'clinician');
+  await h.waitForState(clinician, (s) => s.socket === 'open' && s.role === 'clinician', 'clinician page signed in');
+
+  const entered = await h.rest(server.url).post('/api/visits', {
+    entry: { kind: 'open_link', clinic: CLINIC },
+    name: 'Pat Example',
+  });
+  const patient = await h.openCall(browser, env, origin, entered.visit_token, 'patient');
+  await h.waitForState(patient, (s) => s.patient === 'waiting', 'patient page in the waiting room');
+  // The patient page took the credential out of its address bar.
+  assert.ok(!patient.url().includes(entered.visit_token), 'the token stays in the address bar');
+
+  const admittedAt = performance.now();
+  const admittedAtWall = Date.now();
+  await staff.post('/api/commands', { type: 'admit_next', clinic: CLINIC });
+  const [c, p] = await Promise.all([
+    h.waitFor(clinician, receiving, 'clinician receives the patient', 30_000),
+    h.waitFor(patient, receiving, 'patient receives the clinician', 30_000),
+  ]);
+  const ms = (t) => Math.round(t - admittedAt);
+  const both = Math.max(ms(c.at), ms(p.at));
+  console.log(
+    `admit -> decoding: clinician ${ms(c.at)} ms, patient ${ms(p.at)} ms, both ${both} ms ` +
+      `(clinician ${JSON.stringify(c.value.inboundVideo)}, patient ${JSON.stringify(p.value.inboundVideo)})`,
+  );
+  for (const [who, page, seen] of [['clinician', clinician, c], ['patient', patient, p]]) {
+    console.log(`  ${who}: ${await timeline(page, admittedAtWall)}, decoding ${ms(seen.at)}`);
+  }
+  for (const [who, v] of [['clinician', c.value], ['patient', p.value]]) {
+    assert.equal(v.remoteStreams, 1, `${who} sees one other participant`);
+    assert.ok(v.outboundVideo.packetsSent > 0 && v.outboundAudio.packetsSent > 0, `${who} sends media`);
+  }
+
+  const room = await staff.get(`/api/clinics/${CLINIC}/room`);
+  assert.equal(room.consultations.length, 1, `one consultation in ${JSON.stringify(room)}`);
+  await staff.post('/api/commands', { type: 'end_consultation', clinic: CLINIC, consultation: room.consultations[0].id });
+  await Promise.all([
+    h.waitForState(clinician, callEnded, 'clinician page says the call ended'),
+    h.waitForState(patient, callEnded, 'patient page says the call ended'),
+  ]);
+  for (const [who, page] of [['clinician', clinician], ['patient', patient]]) {
+    const messages = await page.evaluate(() => window.consultCall.messages());
+    assert.ok(
+      messages.some((m) => m.type === 'media_ended' && m.reason === 'consultation_ended'),
+      `${who} was sent media_ended {reason: consultation_ended}`,
+    );
+    const stats = await page.evaluate(() => window.consultCall.stats());
+    assert.equal(stats.publisher, null, `${who}'s peer connections are closed`);
+  }
+  assert.deepEqual(env.pageErrors, [], 'no JavaScript errors in the pages');
+  return both;
+}
+
+/** When each step of joining media happened in a page, in ms after `t0` (wall clock). */
+async function timeline(page, t0) {
+  const messages = await page.evaluate(() => window.consultCall.messages());
+  const first = (dir, type) => messages.find((m) => m.dir === dir && m.type === type && m.at >= t0);
+  const steps = [
+    ['join_media', first('out', 'join_media')],
+    ['media_joined', first('in', 'media_joined')],
+    ['publish_answer', first('in', 'publish_answer')],
+    ['media_connection', first('in', 'media_connection')],
+    ['subscriber_offer', first('in', 'subscriber_offer')],
+  ];
+  return steps.map(([name, m]) => `${name} ${m ? m.at - t0 : '-'}`).join(', ');
+}
+
+test('two browsers in one consultation through the in-process SFU', async () => {
+  await h.withEnv('in-process SFU', async (env) => {
+    const dataDir = await env.tmpdir();
+    await consultation(env, { dataDir });
+  });
+});
+
+test('two browsers in one consultation through an SFU process registered in Redis', async () => {
+  await h.withEnv('SFU process via Redis', async (env) => {
+    // No skipping: a missing redis-server or sfu binary fails this test.
+    const dir = await env.tmpdir();
+    const redis = await h.startRedis(env, dir);
+    await h.startSfu(env, { redisUrl: redis.url, nodeId: 'sfu-1' });
+    await consultation(env, { dataDir: dir, redisUrl: redis.url });
+  });
+});
