@@ -80,6 +80,14 @@ async function consultation(env, store) {
   for (const [who, page, seen] of [['clinician', clinician, c], ['patient', patient, p]]) {
     console.log(`  ${who}: ${await timeline(page, admittedAtWall)}, decoding ${ms(seen.at)}`);
   }
+  // Transport-wide congestion control: the SFU's feedback lets each browser raise its
+  // estimate of what it can send above where it starts (300 kbit/s in Chromium).
+  const estimates = await Promise.all(
+    [clinician, patient].map((page) =>
+      h.waitFor(page, (s) => s.availableOutgoingBitrate > 600_000, 'send-side estimate grows', 15_000),
+    ),
+  );
+  console.log(`  send-side estimates: ${estimates.map((e) => Math.round(e.value.availableOutgoingBitrate / 1000)).join(' and ')} kbit/s`);
   for (const [who, v] of [['clinician', c.value], ['patient', p.value]]) {
     assert.equal(v.remoteStreams, 1, `${who} sees one other participant`);
     assert.ok(v.outboundVideo.packetsSent > 0 && v.outboundAudio.packetsSent > 0, `${who} sends media`);

@@ -68,16 +68,24 @@ struct Connection {
     seen: HashMap<ClinicId, u64>,
     /// This connection's media session, if it joined one.
     media: Option<MediaSession>,
-    /// Media messages for this connection: from its node's link, and answers to requests
-    /// that run on their own tasks.
-    media_tx: MediaSender,
-    media_rx: mpsc::Receiver<ServerMsg>,
 }
 
-/// A connection's participant on an SFU node.
+/// A connection's participant on an SFU node, and its own channel for what the node says
+/// and for the answers to requests that run on their own tasks: a message of a session
+/// the browser already left can never reach the next one.
 struct MediaSession {
     participant: ParticipantId,
     link: Arc<Link>,
+    tx: MediaSender,
+    rx: mpsc::Receiver<ServerMsg>,
+}
+
+/// The next media message of the session, if there is one (otherwise never).
+async fn next_media(media: &mut Option<MediaSession>) -> Option<ServerMsg> {
+    match media {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl MediaSession {
@@ -137,15 +145,12 @@ impl Connection {
         let limits = state.limits;
         let per_second = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.message_burst).unwrap_or(per_second);
-        let (media_tx, media_rx) = mpsc::channel(MEDIA_QUEUE);
         let mut conn = Connection {
             state,
             socket,
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
             seen: HashMap::new(),
             media: None,
-            media_tx,
-            media_rx,
         };
         let (code, reason) = conn.run().await;
         if let Some(session) = conn.media.take() {
@@ -317,7 +322,7 @@ impl Connection {
                         return (CLOSE_RESTART, "");
                     }
                 }
-                Some(msg) = self.media_rx.recv() => {
+                Some(msg) = next_media(&mut self.media) => {
                     if matches!(msg, ServerMsg::MediaEnded { .. }) {
                         if let Some(s) = self.media.take() {
                             s.link.unroute(s.participant);
@@ -406,7 +411,8 @@ impl Connection {
     }
 
     /// A media message: joining and leaving are answered here; offers, answers and
-    /// candidates go to the node on their own tasks (their answers arrive on `media_rx`),
+    /// candidates go to the node on their own tasks (their answers arrive on the session's
+    /// channel),
     /// so a node gathering candidates never holds up this connection's other traffic.
     async fn media_message(&mut self, principal: &Principal, msg: ClientMsg) -> Option<ServerMsg> {
         let not_joined = || {
@@ -500,7 +506,8 @@ impl Connection {
             Err(e) => return app_error(None, &e),
         };
         let participant = ParticipantId::random();
-        place.link.route(participant, self.media_tx.clone());
+        let (tx, rx) = mpsc::channel(MEDIA_QUEUE);
+        place.link.route(participant, tx.clone());
         let joined = place
             .link
             .request(ControlOp::Join {
@@ -515,6 +522,8 @@ impl Connection {
                 self.media = Some(MediaSession {
                     participant,
                     link: place.link,
+                    tx,
+                    rx,
                 });
                 ServerMsg::MediaJoined {
                     consultation,
@@ -534,11 +543,11 @@ impl Connection {
     }
 
     /// Sends `op` to this connection's node on its own task; what `answer` makes of the
-    /// outcome, or the refusal, comes back through `media_rx`.
+    /// outcome, or the refusal, comes back on the session's channel.
     fn relay(&self, op: ControlOp, answer: fn(ControlOutcome) -> Option<ServerMsg>) {
         let Some(s) = &self.media else { return };
         let link = s.link.clone();
-        let tx = self.media_tx.clone();
+        let tx = s.tx.clone();
         tokio::spawn(async move {
             let reply = match link.request(op).await {
                 Ok(o) => answer(o),

@@ -188,6 +188,9 @@ export class MediaSession {
       inboundAudio: { tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0 },
       outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0 },
       outboundAudio: { tracks: 0, packetsSent: 0, bytesSent: 0 },
+      // The browser's send-side bandwidth estimate towards the SFU (bit/s): it grows
+      // only with the SFU's transport-wide congestion control feedback.
+      availableOutgoingBitrate: 0,
     };
     if (!this.#pcs) return out;
     const [sub, pub] = await Promise.all([
@@ -200,6 +203,9 @@ export class MediaSession {
       if (sum) addInto(sum, r);
     });
     pub.forEach((r) => {
+      if (r.type === 'candidate-pair' && r.nominated && r.availableOutgoingBitrate) {
+        out.availableOutgoingBitrate = r.availableOutgoingBitrate;
+      }
       if (r.type !== 'outbound-rtp') return;
       const sum = r.kind === 'video' ? out.outboundVideo : r.kind === 'audio' ? out.outboundAudio : null;
       if (sum) addInto(sum, r);
