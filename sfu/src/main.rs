@@ -133,11 +133,18 @@ async fn main() -> anyhow::Result<()> {
     println!("sfu: listening on {addr}");
     tracing::info!(node = %args.node_id, %addr, media_ip = %args.media_ip, "serving");
 
-    let app = sfu::server::router(Arc::clone(&node), &secret);
+    let links = CancellationToken::new();
+    let app = sfu::server::router(Arc::clone(&node), &secret, links.clone());
+    let stopping = stop.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: ending control links");
+            // Unregister first, so that nobody places a consultation here meanwhile.
+            stopping.cancel();
+            links.cancel();
+        })
         .await?;
-    stop.cancel();
     if let Some(h) = heartbeat {
         let _ = h.await;
     }

@@ -13,6 +13,7 @@ use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use protocol::control::{CONTROL_PATH, ControlRequest, MAX_CONTROL_MESSAGE_BYTES};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::control::{LINK_QUEUE, Node};
 
@@ -22,15 +23,20 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 struct AppState {
     node: Arc<Node>,
     secret: Arc<str>,
+    stop: CancellationToken,
 }
 
-pub fn router(node: Arc<Node>, secret: &str) -> Router {
+/// The node's routes. Cancelling `stop` ends every control link (signalling learns at
+/// once that this node is gone and tells the browsers it carried to join again), which
+/// lets a graceful shutdown finish.
+pub fn router(node: Arc<Node>, secret: &str, stop: CancellationToken) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(CONTROL_PATH, get(control))
         .with_state(AppState {
             node,
             secret: secret.into(),
+            stop,
         })
 }
 
@@ -58,11 +64,11 @@ async fn control(
         return (StatusCode::UNAUTHORIZED, "wrong or missing control secret").into_response();
     }
     ws.max_message_size(MAX_CONTROL_MESSAGE_BYTES)
-        .on_upgrade(move |socket| bridge(state.node, socket))
+        .on_upgrade(move |socket| bridge(state.node, socket, state.stop))
 }
 
 /// Carries one control link between its websocket and [`Node::serve`].
-async fn bridge(node: Arc<Node>, socket: WebSocket) {
+async fn bridge(node: Arc<Node>, socket: WebSocket, stop: CancellationToken) {
     let (requests, requests_rx) = mpsc::channel(LINK_QUEUE);
     let (out, mut out_rx) = mpsc::channel(LINK_QUEUE);
     let served = tokio::spawn(node.serve(requests_rx, out));
@@ -70,6 +76,10 @@ async fn bridge(node: Arc<Node>, socket: WebSocket) {
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
+            () = stop.cancelled() => {
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
             incoming = stream.next() => {
                 let text = match incoming {
                     Some(Ok(Message::Text(t))) => t,

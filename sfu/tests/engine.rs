@@ -100,3 +100,155 @@ async fn three_peers_each_receive_the_other_two_and_joins_ask_for_keyframes() {
     second.leave(&engine).await;
     assert_eq!(engine.participant_count(), 0);
 }
+
+/// The engine's API as a synthetic participant's signal path, keeping every SDP the SFU
+/// sent, so that tests can read its candidates.
+struct Recorded {
+    engine: std::sync::Arc<Engine>,
+    key: u128,
+    sdps: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl sfu::engine::synthetic::Signal for Recorded {
+    async fn publish(&self, offer: String) -> Result<String, sfu::engine::EngineError> {
+        let answer = self.engine.publish(self.key, offer).await?;
+        self.sdps.lock().unwrap().push(answer.clone());
+        Ok(answer)
+    }
+    async fn subscriber_answer(&self, answer: String) -> Result<(), sfu::engine::EngineError> {
+        self.engine.subscriber_answer(self.key, answer).await
+    }
+}
+
+/// Joins through [`Recorded`]; returns the participant and the SDPs the SFU sent it.
+async fn join_recorded(
+    engine: &std::sync::Arc<Engine>,
+    room: u128,
+    key: u128,
+) -> Result<(Participant, std::sync::Arc<std::sync::Mutex<Vec<String>>>), sfu::engine::EngineError>
+{
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    engine.join(room, key, events_tx).await?;
+    let sdps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (offers_tx, offers) = tokio::sync::mpsc::unbounded_channel();
+    let seen = sdps.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let sfu::engine::EngineEvent::SubscriberOffer { sdp, .. } = ev {
+                seen.lock().unwrap().push(sdp.clone());
+                let _ = offers_tx.send(sdp);
+            }
+        }
+    });
+    let signal = std::sync::Arc::new(Recorded {
+        engine: engine.clone(),
+        key,
+        sdps: sdps.clone(),
+    });
+    let p = Participant::connect(signal, offers, LOOPBACK, key, Some(MEDIA)).await?;
+    Ok((p, sdps))
+}
+
+/// (transport, address, port, rest) of every candidate line in `sdp`.
+fn candidates(sdp: &str) -> Vec<(String, String, u16, String)> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .map(|c| {
+            let f: Vec<&str> = c.split(' ').collect();
+            (
+                f[2].to_lowercase(),
+                f[4].to_owned(),
+                f[5].parse().unwrap(),
+                f[6..].join(" "),
+            )
+        })
+        .collect()
+}
+
+/// A free block of `n` consecutive ports on 127.0.0.1 (UDP and TCP), to confine media to.
+fn free_range(n: u16) -> (u16, u16) {
+    for first in (40_000u16..60_000).step_by(97) {
+        let all_free = (first..first + n).all(|p| {
+            std::net::UdpSocket::bind((LOOPBACK, p)).is_ok()
+                && std::net::TcpListener::bind((LOOPBACK, p)).is_ok()
+        });
+        if all_free {
+            return (first, first + n - 1);
+        }
+    }
+    panic!("no free port range");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_stays_in_its_port_range_with_ice_tcp_offered() {
+    let (first, last) = free_range(8);
+    let engine = Engine::new(EngineConfig {
+        ports: Some((first, last)),
+        ice_tcp: true,
+        ..EngineConfig::new(LOOPBACK)
+    });
+    let (a, sdps_a) = join_recorded(&engine, 7, 1).await.unwrap();
+    let (b, sdps_b) = join_recorded(&engine, 7, 2).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.stats.sources_with_both(10) < 1 || b.stats.sources_with_both(10) < 1 {
+        assert!(Instant::now() < deadline, "no media with a port range");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent: Vec<String> = [sdps_a, sdps_b]
+        .iter()
+        .flat_map(|s| s.lock().unwrap().clone())
+        .collect();
+    let all: Vec<_> = sent.iter().flat_map(|s| candidates(s)).collect();
+    assert!(!all.is_empty());
+    for (transport, addr, port, _) in &all {
+        assert_eq!(addr, "127.0.0.1");
+        assert!(
+            (first..=last).contains(port) || (transport == "tcp" && *port == 9),
+            "{transport} candidate on port {port}, outside {first}-{last}"
+        );
+    }
+    assert!(
+        all.iter().any(|(t, _, port, rest)| t == "tcp"
+            && rest.contains("tcptype passive")
+            && (first..=last).contains(port)),
+        "no passive ICE-TCP candidate in {all:?}"
+    );
+    // Four connections hold four ports of eight; a range of two has room for one
+    // participant only, and the next is refused with a reason.
+    a.leave(&engine).await;
+    b.leave(&engine).await;
+    let (first, last) = free_range(2);
+    let small = Engine::new(EngineConfig {
+        ports: Some((first, last)),
+        ..EngineConfig::new(LOOPBACK)
+    });
+    let (events, _keep) = tokio::sync::mpsc::unbounded_channel();
+    small.join(1, 1, events.clone()).await.unwrap();
+    let refused = small.join(1, 2, events).await.unwrap_err();
+    assert!(
+        matches!(refused, sfu::engine::EngineError::NoFreePort),
+        "{refused:?}"
+    );
+    small.leave(1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_carry_the_announced_address() {
+    let public: IpAddr = "127.0.0.2".parse().unwrap();
+    let engine = Engine::new(EngineConfig {
+        announced_ip: Some(public),
+        ..EngineConfig::new(LOOPBACK)
+    });
+    // Nothing listens on 127.0.0.2 (no NAT here, and nothing leaves loopback): only what
+    // the SFU says is checked.
+    let (p, sdps) = join_recorded(&engine, 9, 1).await.unwrap();
+    let answer = sdps.lock().unwrap()[0].clone();
+    let found = candidates(&answer);
+    assert!(!found.is_empty());
+    assert!(
+        found.iter().all(|(_, addr, _, _)| addr == "127.0.0.2"),
+        "{found:?}"
+    );
+    p.leave(&engine).await;
+}

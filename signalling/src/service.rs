@@ -217,23 +217,37 @@ impl Service {
                 found.ok_or(AppError::NotFound("no such consultation"))?
             }
         };
-        let live = media.live_nodes().await?;
-        let node = match recorded.filter(|n| live.contains(n)) {
-            Some(n) => n,
-            None => {
-                let chosen = live
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| AppError::Unavailable("no media server is available".into()))?;
-                self.transact_value("system", std::slice::from_ref(&clinic), |rooms, ctx| {
-                    let (node, out) = rooms[0].place_media(consultation, &chosen, &live, ctx)?;
-                    Ok((vec![out], node))
-                })
-                .await?
+        let mut live = media.live_nodes().await?;
+        let mut recorded = recorded;
+        loop {
+            let node = match recorded.take().filter(|n| live.contains(n)) {
+                Some(n) => n,
+                None => {
+                    let chosen = live.first().cloned().ok_or_else(|| {
+                        AppError::Unavailable("no media server is available".into())
+                    })?;
+                    let live = live.clone();
+                    self.transact_value("system", std::slice::from_ref(&clinic), |rooms, ctx| {
+                        let (node, out) =
+                            rooms[0].place_media(consultation, &chosen, &live, ctx)?;
+                        Ok((vec![out], node))
+                    })
+                    .await?
+                }
+            };
+            match media.link(&node).await {
+                Ok(link) => return Ok(MediaPlace { node, link, visit }),
+                // Registered but not answering (it stopped within its record's lifetime):
+                // the consultation moves to the next live node.
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "media node unreachable; placing elsewhere");
+                    live.retain(|n| n != &node);
+                    if live.is_empty() {
+                        return Err(e);
+                    }
+                }
             }
-        };
-        let link = media.link(&node).await?;
-        Ok(MediaPlace { node, link, visit })
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::media::{LOOPBACK, MediaWs, join, receives_from};
+use common::media::{LOOPBACK, MediaWs, join, join_media, receives_from};
 use common::redis::RedisServer;
 use common::server::{TestServer, Ws, directory, limits};
 use protocol::control::NodeRecord;
@@ -319,15 +319,9 @@ async fn a_node_registered_in_redis_carries_a_consultation_joined_on_two_instanc
     );
 
     // Two nodes register; the busier one must not be chosen (it would not answer).
-    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = sfu::server::router(node.clone(), &secret);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (node, _stop) = start_node(&mut conn, &secret, "sfu-a").await;
     let id = NodeId::parse("sfu-a").unwrap();
-    let url = format!("ws://{addr}/control");
-    let record = sfu::registry::record(&id, &url, node.load(), false);
-    sfu::registry::announce(&mut conn, &record).await.unwrap();
+    let record = sfu::registry::record(&id, "ws://127.0.0.1:9/control", node.load(), false);
     let busy = NodeRecord {
         id: NodeId::parse("sfu-busy").unwrap(),
         control_url: "ws://127.0.0.1:9/control".into(),
@@ -354,6 +348,115 @@ async fn a_node_registered_in_redis_carries_a_consultation_joined_on_two_instanc
         .value;
     let placed = room.consultation(consultation).unwrap().media_node.clone();
     assert_eq!(placed, Some(id));
+    p.close().await;
+    c.close().await;
+}
+
+/// A clinician and five patients (family, an interpreter...) in one consultation: each of
+/// the six receives the other five's audio and video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_people_in_one_consultation_each_receive_the_other_five() {
+    let (s, node) = local_server().await;
+    let (first, _, consultation) = admitted_patient(&s, "Pat First").await;
+    let alice = s.sign_in("alice").await;
+    let mut sockets = vec![first];
+    for i in 2..=5 {
+        let entered = s.enter("derm", &format!("Person {i}")).await;
+        sockets.push(s.ws(&entered.visit_token).await);
+        let admit = Command::Admit {
+            clinic: derm(),
+            visit: entered.visit,
+            clinician: StaffId::parse("dr.jones").unwrap(),
+            consultation: Some(consultation),
+        };
+        assert_eq!(s.command(&alice.token, &admit).await.0, 204);
+    }
+    sockets.push(s.ws(&s.sign_in("dr.jones").await.token).await);
+    let mut people = Vec::new();
+    for ws in sockets {
+        let mut media = MediaWs::open(ws);
+        let p = join_media(&mut media, consultation, 100).await;
+        people.push((media, p));
+    }
+    for (_, p) in &people {
+        receives_from(p, 5).await;
+    }
+    assert_eq!(node.load().participants, 6);
+    for (_, p) in people {
+        p.close().await;
+    }
+}
+
+/// Starts a node serving its control websocket until `stop`, and registers it.
+async fn start_node(
+    conn: &mut redis::aio::ConnectionManager,
+    secret: &str,
+    id: &str,
+) -> (Arc<Node>, tokio_util::sync::CancellationToken) {
+    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = sfu::server::router(node.clone(), secret, stop.clone());
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await
+    });
+    let id = NodeId::parse(id).unwrap();
+    let record = sfu::registry::record(&id, &format!("ws://{addr}/control"), node.load(), false);
+    sfu::registry::announce(conn, &record).await.unwrap();
+    (node, stop)
+}
+
+/// A node that stops: the browsers it carried are told at once, and joining again moves
+/// the consultation to another node although the dead one's record has not expired yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_node_stops_its_consultations_move_to_another() {
+    let redis = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
+    let mut conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+        .await
+        .unwrap();
+    let secret = sfu::registry::control_secret(&mut conn, "").await.unwrap();
+    let (first, stop_first) = start_node(&mut conn, &secret, "sfu-a").await;
+    let media = Arc::new(Media::registered(store.clone(), secret.clone(), vec![]));
+    let s = TestServer::start_with_media(store, limits(), Some(media)).await;
+    directory(&s.service).await;
+    let (patient, _, consultation) = admitted_patient(&s, "Pat Moved").await;
+    let jones = s.sign_in("dr.jones").await;
+    let (mut patient, p) = join(patient, consultation).await;
+    let (mut clinician, c) = join(s.ws(&jones.token).await, consultation).await;
+    receives_from(&p, 1).await;
+    receives_from(&c, 1).await;
+    assert_eq!(first.load().participants, 2);
+
+    let (second, _stop_second) = start_node(&mut conn, &secret, "sfu-b").await;
+    stop_first.cancel();
+    for ws in [&mut patient, &mut clinician] {
+        ws.until(5, |m| ended(m, MediaEndReason::NodeLost)).await;
+    }
+    p.close().await;
+    c.close().await;
+
+    let p = join_media(&mut patient, consultation, 300).await;
+    let c = join_media(&mut clinician, consultation, 300).await;
+    receives_from(&p, 1).await;
+    receives_from(&c, 1).await;
+    assert_eq!(second.load().participants, 2);
+    let room = s
+        .service
+        .store()
+        .room(&derm())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        room.consultation(consultation).unwrap().media_node,
+        Some(NodeId::parse("sfu-b").unwrap())
+    );
     p.close().await;
     c.close().await;
 }

@@ -27,7 +27,12 @@ pub struct MediaWs {
     out: mpsc::UnboundedSender<ClientMsg>,
     pub inbox: mpsc::UnboundedReceiver<ServerMsg>,
     answer: PendingAnswer,
+    /// Where subscriber offers go: the current synthetic participant's answering task.
+    offers: OfferSink,
 }
+
+/// The sender of subscriber offers to the synthetic participant of the current session.
+type OfferSink = Arc<Mutex<Option<mpsc::UnboundedSender<String>>>>;
 
 /// The [`Signal`] of a [`MediaWs`].
 #[derive(Debug)]
@@ -59,18 +64,15 @@ impl Signal for WsSignal {
 }
 
 impl MediaWs {
-    /// Takes over a connected websocket, for a test that sends media messages itself.
+    /// Takes over a connected websocket: subscriber offers go to the current session's
+    /// participant, the publish answer to its publish, the rest to `inbox`.
     pub fn open(ws: Ws) -> Self {
-        Self::start(ws).0
-    }
-
-    /// Takes over a connected websocket: offers go to `offers`, the rest to `inbox`.
-    fn start(ws: Ws) -> (Self, mpsc::UnboundedReceiver<String>) {
         let (stream, pending) = ws.into_parts();
         let (mut sink, mut stream) = stream.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<ClientMsg>();
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
-        let (offers_tx, offers) = mpsc::unbounded_channel();
+        let offers: OfferSink = Arc::default();
+        let offers_tx = offers.clone();
         let answer: PendingAnswer = Arc::default();
         for m in pending {
             let _ = inbox_tx.send(m);
@@ -95,7 +97,9 @@ impl MediaWs {
                         }
                     }
                     ServerMsg::SubscriberOffer { sdp } => {
-                        let _ = offers_tx.send(sdp);
+                        if let Some(tx) = offers_tx.lock().unwrap().as_ref() {
+                            let _ = tx.send(sdp);
+                        }
                     }
                     ServerMsg::Error {
                         req: None,
@@ -113,7 +117,12 @@ impl MediaWs {
                 }
             }
         });
-        (Self { out, inbox, answer }, offers)
+        Self {
+            out,
+            inbox,
+            answer,
+            offers,
+        }
     }
 
     pub fn send(&self, msg: ClientMsg) {
@@ -137,7 +146,20 @@ impl MediaWs {
 /// Joins `consultation`'s media over `ws` (asserting `media_joined`), then connects a
 /// synthetic participant through it that publishes 300 kbit/s of video and audio.
 pub async fn join(ws: Ws, consultation: ConsultationId) -> (MediaWs, Participant) {
-    let (mut media, offers) = MediaWs::start(ws);
+    let mut media = MediaWs::open(ws);
+    let p = join_media(&mut media, consultation, 300).await;
+    (media, p)
+}
+
+/// Joins (again) over an open websocket, publishing `video_kbps` of video and audio; the
+/// previous session's participant gets no more offers.
+pub async fn join_media(
+    media: &mut MediaWs,
+    consultation: ConsultationId,
+    video_kbps: u32,
+) -> Participant {
+    let (offers_tx, offers) = mpsc::unbounded_channel();
+    *media.offers.lock().unwrap() = Some(offers_tx);
     media.send(ClientMsg::JoinMedia { consultation });
     let joined = media
         .until(5, |m| {
@@ -152,19 +174,18 @@ pub async fn join(ws: Ws, consultation: ConsultationId) -> (MediaWs, Participant
         out: media.out.clone(),
         answer: media.answer.clone(),
     });
-    let p = Participant::connect(
+    Participant::connect(
         signal,
         offers,
         LOOPBACK,
         0,
         Some(Publish {
-            video_kbps: 300,
+            video_kbps,
             audio: true,
         }),
     )
     .await
-    .unwrap();
-    (media, p)
+    .unwrap()
 }
 
 /// Waits until `p` receives audio and video from `sources` publishers.
