@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use protocol::control::{ControlOp, ControlOutcome, ControlRequest, NodeMsg};
+use std::time::Duration;
+
+use protocol::control::{ControlOp, ControlOutcome, ControlRequest, NodeMsg, PROBE_LIFETIME_MS};
 use protocol::{
     ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES, MediaEndReason, ParticipantId,
     VisitId,
@@ -146,7 +148,7 @@ impl Node {
     }
 
     async fn handle(
-        &self,
+        self: &Arc<Self>,
         link: u64,
         op: ControlOp,
         out: &mpsc::Sender<NodeMsg>,
@@ -244,6 +246,59 @@ impl Node {
                 .await;
                 ControlOutcome::Done
             }
+            ControlOp::Probe { participant, sdp } => {
+                if sdp.len() > MAX_SDP_BYTES {
+                    return failed(ErrorCode::InvalidInput, "the SDP is too long");
+                }
+                self.probe(link, participant, sdp, out, events).await
+            }
+        }
+    }
+
+    /// A pre-call check: a participant alone in a room of its own, publishing; removed
+    /// after [`PROBE_LIFETIME_MS`] (or when its link ends).
+    async fn probe(
+        self: &Arc<Self>,
+        link: u64,
+        participant: ParticipantId,
+        sdp: String,
+        out: &mpsc::Sender<NodeMsg>,
+        events: mpsc::UnboundedSender<EngineEvent>,
+    ) -> ControlOutcome {
+        let k = key(participant);
+        {
+            let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            if members.contains_key(&k) {
+                return failed(ErrorCode::AlreadyExists, "the participant has joined");
+            }
+            members.insert(
+                k,
+                Member {
+                    consultation: ConsultationId(participant.0),
+                    visit: None,
+                    link,
+                    out: out.clone(),
+                },
+            );
+        }
+        let answer = match self.engine.join(k, k, events).await {
+            Ok(()) => self.engine.publish(k, sdp).await,
+            Err(e) => Err(e),
+        };
+        // Answered: it lives its lifetime; refused: it goes now.
+        let answered = answer.is_ok();
+        let node = self.clone();
+        tokio::spawn(async move {
+            if answered {
+                tokio::time::sleep(Duration::from_millis(PROBE_LIFETIME_MS)).await;
+            }
+            if node.forget(k).is_some() {
+                let _ = node.engine.leave(k).await;
+            }
+        });
+        match answer {
+            Ok(sdp) => ControlOutcome::Answer { sdp },
+            Err(e) => engine_failure(&e),
         }
     }
 

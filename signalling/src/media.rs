@@ -150,6 +150,28 @@ impl Media {
         }
     }
 
+    /// A browser's pre-call check: its offer for a short-lived connection to the least
+    /// loaded node; returns the node's answer.
+    pub async fn probe(&self, sdp: String) -> Result<String, AppError> {
+        let node = self
+            .live_nodes()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| AppError::Unavailable("no media server is available".into()))?;
+        let link = self.link(&node).await?;
+        let op = ControlOp::Probe {
+            participant: ParticipantId::random(),
+            sdp,
+        };
+        match link.request(op).await? {
+            ControlOutcome::Answer { sdp } => Ok(sdp),
+            other => Err(AppError::Unavailable(format!(
+                "unexpected answer to a check: {other:?}"
+            ))),
+        }
+    }
+
     /// Sends a request that needs no answer beyond success (removals when a visit leaves
     /// a consultation); failures are logged, since the state change already happened.
     pub async fn notify(&self, node: &NodeId, op: ControlOp) {

@@ -433,6 +433,26 @@ impl Service {
         Ok(self.load(clinic).await?.0.snapshot())
     }
 
+    /// The clinicians of a clinic, for staff of that clinic (whom to admit a patient to).
+    pub async fn clinicians(
+        &self,
+        claims: &StaffClaims,
+        clinic: &ClinicId,
+    ) -> Result<Vec<protocol::ClinicianView>, AppError> {
+        authorize(claims, Action::ViewRoom, Some(clinic))?;
+        Ok(self
+            .store
+            .staff_list()
+            .await?
+            .into_iter()
+            .filter(|s| s.role == Role::Clinician && s.clinics.contains(clinic))
+            .map(|s| protocol::ClinicianView {
+                username: s.username,
+                display_name: s.display_name,
+            })
+            .collect())
+    }
+
     /// What a patient's connection starts with: who they are and their own status.
     pub async fn patient_start(&self, visit: VisitId) -> Result<PatientStart, AppError> {
         let clinic = self

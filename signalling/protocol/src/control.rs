@@ -72,7 +72,16 @@ pub enum ControlOp {
     },
     /// Removes everyone from a consultation that ended.
     EndConsultation { consultation: ConsultationId },
+    /// A browser's pre-call check: a publisher connection of its own, answered like a
+    /// `publish`, that the node removes after [`PROBE_LIFETIME_MS`].
+    Probe {
+        participant: ParticipantId,
+        sdp: String,
+    },
 }
+
+/// How long a pre-call check's connection lives on a node.
+pub const PROBE_LIFETIME_MS: u64 = 30_000;
 
 /// Node → signalling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

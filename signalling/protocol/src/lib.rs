@@ -438,6 +438,36 @@ pub struct EnterResponse {
     pub expires_at: Timestamp,
 }
 
+/// `GET /api/media-check`: what a browser needs for its pre-call check connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaCheckInfo {
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// `POST /api/media-check`: the offer of a short-lived test connection to a media server
+/// (before entering a waiting room, so no credential); answered by [`MediaCheckAnswer`].
+/// The browser sends its candidates in the offer (it waits for gathering).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaCheckOffer {
+    pub sdp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaCheckAnswer {
+    pub sdp: String,
+}
+
+/// `GET /api/clinics/{clinic}/clinicians`: who a patient can be admitted to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicianView {
+    pub username: StaffId,
+    pub display_name: String,
+}
+
 /// `POST /api/admin/clinics`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -362,6 +362,31 @@ fn all_fixtures() -> Vec<&'static str> {
             detail: Some("clinician dr.jones".into()),
         },
     ));
+    names.push(check(
+        "rest_media_check_info",
+        &MediaCheckInfo {
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:stun.example-hospital.org:3478".into()],
+                username: None,
+                credential: None,
+            }],
+        },
+    ));
+    names.push(check(
+        "rest_media_check_offer",
+        &MediaCheckOffer { sdp: SDP.into() },
+    ));
+    names.push(check(
+        "rest_media_check_answer",
+        &MediaCheckAnswer { sdp: SDP.into() },
+    ));
+    names.push(check(
+        "rest_clinician",
+        &ClinicianView {
+            username: clinician(),
+            display_name: "Dr Jones".into(),
+        },
+    ));
     names.extend(media_fixtures());
     names.extend(control_fixtures());
     names
@@ -516,6 +541,16 @@ fn control_fixtures() -> Vec<&'static str> {
                 7,
                 ControlOp::EndConsultation {
                     consultation: consultation(),
+                },
+            ),
+        ),
+        check(
+            "control_probe",
+            &req(
+                8,
+                ControlOp::Probe {
+                    participant: participant(),
+                    sdp: SDP.into(),
                 },
             ),
         ),

@@ -20,9 +20,10 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::{
-    AuditEntry, ClinicEntryInfo, ClinicId, Command, CreateClinic, CreateStaff, EnterRequest,
-    EnterResponse, ErrorBody, ErrorCode, InviteResponse, IssueInvite, ServerMsg, SignInRequest,
-    SignInResponse,
+    AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
+    EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, IssueInvite,
+    MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SignInRequest, SignInResponse,
+    StaffSession,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -152,22 +153,32 @@ pub fn router(state: AppState) -> Router {
         .route("/api/staff/refresh", post(refresh))
         .route("/api/clinics/{clinic}", get(clinic_entry))
         .route("/api/clinics/{clinic}/room", get(room))
+        .route("/api/clinics/{clinic}/clinicians", get(clinicians))
+        .route("/api/media-check", get(media_check_info).post(media_check))
         .route("/api/visits", post(enter))
         .route("/api/commands", post(command))
-        .route("/api/admin/clinics", post(create_clinic))
-        .route("/api/admin/staff", post(create_staff))
+        .route("/api/admin/clinics", post(create_clinic).get(list_clinics))
+        .route("/api/admin/staff", post(create_staff).get(list_staff))
         .route("/api/admin/invites", post(issue_invite))
         .route("/api/admin/audit", get(audit))
         .route("/api/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit));
     let web_root = state.web_root.clone();
     let api = api.with_state(state);
-    match web_root {
-        Some(dir) => api.fallback_service(
+    let Some(dir) = web_root else {
+        return api.fallback(not_found);
+    };
+    // The pages behind the links people are given: a clinic's open link, a personal
+    // invite, staff and administration. Each is one HTML file; the rest is static.
+    let page = |name: &str| tower_http::services::ServeFile::new(dir.join(name));
+    api.route_service("/", page("index.html"))
+        .route_service("/c/{clinic}", page("patient.html"))
+        .route_service("/i/{token}", page("patient.html"))
+        .route_service("/staff", page("staff.html"))
+        .route_service("/admin", page("admin.html"))
+        .fallback_service(
             tower_http::services::ServeDir::new(dir).fallback(axum::routing::any(not_found)),
-        ),
-        None => api.fallback(not_found),
-    }
+        )
 }
 
 // --- errors and extractors -------------------------------------------------------------------
@@ -307,6 +318,91 @@ async fn room(
     let clinic = ClinicId::parse(clinic)
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
     Ok(Json(state.service.room_snapshot(&claims, &clinic).await?))
+}
+
+async fn clinicians(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(clinic): Path<String>,
+) -> ApiResult<Vec<ClinicianView>> {
+    let claims = staff(&state, &headers)?;
+    let clinic = ClinicId::parse(clinic)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    Ok(Json(state.service.clinicians(&claims, &clinic).await?))
+}
+
+async fn media_check_info(State(state): State<AppState>) -> ApiResult<MediaCheckInfo> {
+    let media = state.service.media().ok_or_else(|| {
+        ApiError::from(AppError::Unavailable("this server carries no media".into()))
+    })?;
+    Ok(Json(MediaCheckInfo {
+        ice_servers: media.ice_servers().to_vec(),
+    }))
+}
+
+async fn media_check(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Body(offer): Body<MediaCheckOffer>,
+) -> ApiResult<MediaCheckAnswer> {
+    check_entry_rate(&state, addr)?;
+    if offer.sdp.len() > protocol::MAX_SDP_BYTES {
+        return Err(AppError::Invalid("the SDP is too long".into()).into());
+    }
+    let media = state.service.media().ok_or_else(|| {
+        ApiError::from(AppError::Unavailable("this server carries no media".into()))
+    })?;
+    let sdp = media.probe(offer.sdp).await?;
+    Ok(Json(MediaCheckAnswer { sdp }))
+}
+
+async fn list_clinics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<ClinicEntryInfo>> {
+    let claims = staff(&state, &headers)?;
+    authorize(&claims, Action::Administer, None)?;
+    let clinics = state
+        .service
+        .store()
+        .clinics()
+        .await
+        .map_err(AppError::from)?;
+    Ok(Json(
+        clinics
+            .into_iter()
+            .map(|c| ClinicEntryInfo {
+                id: c.id,
+                name: c.name,
+                open_link: c.open_link,
+            })
+            .collect(),
+    ))
+}
+
+async fn list_staff(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<StaffSession>> {
+    let claims = staff(&state, &headers)?;
+    authorize(&claims, Action::Administer, None)?;
+    let staff = state
+        .service
+        .store()
+        .staff_list()
+        .await
+        .map_err(AppError::from)?;
+    Ok(Json(
+        staff
+            .into_iter()
+            .map(|s| StaffSession {
+                username: s.username,
+                display_name: s.display_name,
+                role: s.role,
+                clinics: s.clinics,
+            })
+            .collect(),
+    ))
 }
 
 async fn enter(
