@@ -460,3 +460,130 @@ async fn when_a_node_stops_its_consultations_move_to_another() {
     p.close().await;
     c.close().await;
 }
+
+/// The pre-call check's endpoint as a synthetic participant's signal path.
+struct CheckSignal {
+    http: reqwest::Client,
+    url: String,
+}
+
+#[async_trait::async_trait]
+impl sfu::engine::synthetic::Signal for CheckSignal {
+    async fn publish(&self, offer: String) -> Result<String, sfu::engine::EngineError> {
+        let r = self
+            .http
+            .post(&self.url)
+            .json(&protocol::MediaCheckOffer { sdp: offer })
+            .send()
+            .await
+            .map_err(|e| sfu::engine::EngineError::WebRtc(e.to_string()))?;
+        assert_eq!(r.status(), 200);
+        let answer: protocol::MediaCheckAnswer = r.json().await.unwrap();
+        Ok(answer.sdp)
+    }
+    async fn subscriber_answer(&self, _: String) -> Result<(), sfu::engine::EngineError> {
+        unreachable!("a check receives nothing")
+    }
+}
+
+/// Before entering a waiting room, anyone can check that media reaches a node: a
+/// connection of its own, in a room of its own; garbage is refused and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_call_check_connects_to_a_node_and_refuses_garbage() {
+    let (s, node) = local_server().await;
+    let info: protocol::MediaCheckInfo = s
+        .http
+        .get(s.url("/api/media-check"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(info.ice_servers.is_empty());
+    let (status, code) = s
+        .post(
+            "/api/media-check",
+            None,
+            &protocol::MediaCheckOffer {
+                sdp: "not an offer".into(),
+            },
+        )
+        .await;
+    assert_eq!((status, code), (400, Some(ErrorCode::InvalidInput)));
+    let (_keep, offers) = tokio::sync::mpsc::unbounded_channel();
+    let signal = Arc::new(CheckSignal {
+        http: s.http.clone(),
+        url: s.url("/api/media-check"),
+    });
+    let check = sfu::engine::synthetic::Participant::connect(
+        signal,
+        offers,
+        LOOPBACK,
+        0,
+        Some(sfu::engine::synthetic::Publish {
+            video_kbps: 100,
+            audio: true,
+        }),
+    )
+    .await
+    .unwrap();
+    let load = node.load();
+    assert_eq!((load.participants, load.consultations), (1, 1));
+    // A check is nobody's consultation: a real call next to it sees only its own people.
+    let (patient, _, consultation) = admitted_patient(&s, "Pat After Check").await;
+    let jones = s.sign_in("dr.jones").await;
+    let (_p_ws, p) = join(patient, consultation).await;
+    let (_c_ws, c) = join(s.ws(&jones.token).await, consultation).await;
+    receives_from(&p, 1).await;
+    receives_from(&c, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.stats.sources_with_both(1), 1, "{:?}", p.stats.received());
+    check.close().await;
+    p.close().await;
+    c.close().await;
+}
+
+/// Whom reception can admit to, and the admin lists, for those allowed only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinicians_and_admin_lists_are_for_those_allowed() {
+    let (s, _node) = local_server().await;
+    let alice = s.sign_in("alice").await;
+    let bob = s.sign_in("bob").await;
+    let admin = s.sign_in("admin").await;
+    let get =
+        |path: &str, token: &str| s.http.get(s.url(path)).bearer_auth(token.to_owned()).send();
+    let r = get("/api/clinics/derm/clinicians", &alice.token)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut names: Vec<String> = r
+        .json::<Vec<protocol::ClinicianView>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.username.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dr.jones", "dr.smith"]);
+    // Reception of another clinic may not see them.
+    let r = get("/api/clinics/derm/clinicians", &bob.token)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    for path in ["/api/admin/clinics", "/api/admin/staff"] {
+        assert_eq!(get(path, &alice.token).await.unwrap().status(), 403);
+        assert_eq!(get(path, &admin.token).await.unwrap().status(), 200);
+    }
+    let staff: Vec<protocol::StaffSession> = get("/api/admin/staff", &admin.token)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(staff.len(), 5);
+    assert!(
+        !serde_json::to_string(&staff).unwrap().contains("argon2"),
+        "no password hashes"
+    );
+}
