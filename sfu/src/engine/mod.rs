@@ -629,7 +629,7 @@ impl Engine {
         let ip = self.config.bind_ip;
         let Some((first, last)) = self.config.ports else {
             let tcp = self.config.ice_tcp.then(|| format!("{ip}:0"));
-            return build_peer_connection(format!("{ip}:0"), tcp, handler).await;
+            return build_peer_connection(Role::Server, format!("{ip}:0"), tcp, handler).await;
         };
         let span = u32::from(last.saturating_sub(first)) + 1;
         for _ in 0..span {
@@ -642,7 +642,8 @@ impl Engine {
                 continue;
             }
             let tcp = self.config.ice_tcp.then(|| format!("{ip}:{port}"));
-            match build_peer_connection(format!("{ip}:{port}"), tcp, handler.clone()).await {
+            let udp = format!("{ip}:{port}");
+            match build_peer_connection(Role::Server, udp, tcp, handler.clone()).await {
                 Ok(pc) => return Ok(pc),
                 // Taken between the probe and the bind: try the next one.
                 Err(e) => tracing::debug!(port, error = %e, "media port busy"),
@@ -679,10 +680,20 @@ pub async fn peer_connection(
     bind_ip: IpAddr,
     handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> Result<Arc<dyn PeerConnection>, EngineError> {
-    build_peer_connection(format!("{bind_ip}:0"), None, handler).await
+    build_peer_connection(Role::Client, format!("{bind_ip}:0"), None, handler).await
+}
+
+/// Which side of ICE a connection is on: the SFU runs ICE-lite (it only answers checks;
+/// the browser nominates, so both agree on the pair before DTLS starts); clients (the
+/// synthetic participants) run full ICE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
 }
 
 async fn build_peer_connection(
+    role: Role,
     udp: String,
     tcp: Option<String>,
     handler: Arc<dyn PeerConnectionEventHandler>,
@@ -710,6 +721,7 @@ async fn build_peer_connection(
         .with(Slot::from(14_000), RtcpToApplication::marking());
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_lite(role == Role::Server)
         .build();
     let mut builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
