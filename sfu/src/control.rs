@@ -161,20 +161,14 @@ impl Node {
                 visit,
             } => {
                 let k = key(participant);
-                {
-                    let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-                    if members.contains_key(&k) {
-                        return failed(ErrorCode::AlreadyExists, "the participant has joined");
-                    }
-                    members.insert(
-                        k,
-                        Member {
-                            consultation,
-                            visit,
-                            link,
-                            out: out.clone(),
-                        },
-                    );
+                let member = Member {
+                    consultation,
+                    visit,
+                    link,
+                    out: out.clone(),
+                };
+                if let Err(refused) = self.enlist(k, member) {
+                    return refused;
                 }
                 match self.engine.join(consultation.0.as_u128(), k, events).await {
                     Ok(()) => ControlOutcome::Done,
@@ -266,20 +260,14 @@ impl Node {
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> ControlOutcome {
         let k = key(participant);
-        {
-            let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-            if members.contains_key(&k) {
-                return failed(ErrorCode::AlreadyExists, "the participant has joined");
-            }
-            members.insert(
-                k,
-                Member {
-                    consultation: ConsultationId(participant.0),
-                    visit: None,
-                    link,
-                    out: out.clone(),
-                },
-            );
+        let member = Member {
+            consultation: ConsultationId(participant.0),
+            visit: None,
+            link,
+            out: out.clone(),
+        };
+        if let Err(refused) = self.enlist(k, member) {
+            return refused;
         }
         let answer = match self.engine.join(k, k, events).await {
             Ok(()) => self.engine.publish(k, sdp).await,
@@ -300,6 +288,19 @@ impl Node {
             Ok(sdp) => ControlOutcome::Answer { sdp },
             Err(e) => engine_failure(&e),
         }
+    }
+
+    /// Records a new participant, unless one with that id exists.
+    fn enlist(&self, k: u128, member: Member) -> Result<(), ControlOutcome> {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        if members.contains_key(&k) {
+            return Err(failed(
+                ErrorCode::AlreadyExists,
+                "the participant has joined",
+            ));
+        }
+        members.insert(k, member);
+        Ok(())
     }
 
     fn forget(&self, k: u128) -> Option<Member> {
