@@ -79,6 +79,12 @@ async fn journey(s: &TestServer) {
     };
     assert_eq!(visit.name, "Pat Journey");
     assert_eq!(visit.status, VisitStatus::Waiting);
+    // Their page is connected: reception sees them online.
+    reception
+        .until("online", |m| {
+            matches!(m, ServerMsg::VisitUpdated { visit, .. } if visit.id == entered.visit && visit.online)
+        })
+        .await;
 
     // Reception messages them; the patient sees it.
     reception

@@ -217,6 +217,11 @@ impl Connection {
             }
             Principal::Patient(visit) => {
                 let sub = self.state.hub.subscribe(vec![Audience::Visit(*visit)]);
+                // Staff see the patient online from now until this connection ends (an
+                // ended visit has nobody to mark: the start below says so).
+                if let Err(e) = self.state.service.presence(*visit, true).await {
+                    e.log();
+                }
                 let start = match self.state.service.patient_start(*visit).await {
                     Ok(s) => s,
                     Err(e) => {
