@@ -174,6 +174,21 @@ export class MediaSession {
    * (what this browser receives) and the publisher connection's outbound-rtp reports
    * (what it sends), with both connections' states.
    */
+  /**
+   * Sends `track` (or nothing, with null) as this session's audio or video from now on,
+   * in place of what it sent: a screen instead of the camera, another microphone. No
+   * renegotiation; the others simply see the new picture. Returns whether it was done
+   * (false when no session is connected yet; the next join uses `localStream`).
+   */
+  async replaceTrack(kind, track) {
+    const sender = this.#pcs?.publisher
+      .getTransceivers()
+      .find((t) => t.receiver.track.kind === kind)?.sender;
+    if (!sender) return false;
+    await sender.replaceTrack(track);
+    return true;
+  }
+
   async stats() {
     const out = {
       state: this.#state,
@@ -248,8 +263,13 @@ export class MediaSession {
     pcs.subscriber.ontrack = (e) => this.#addRemoteTrack(e);
     this.#setState('connecting');
 
-    for (const track of this.localStream?.getTracks() || []) {
-      pcs.publisher.addTransceiver(track, { direction: 'sendonly', streams: [this.localStream] });
+    // One audio and one video sender, whether or not there is a track for it now: a
+    // camera turned on later, or a screen shared instead of it, takes its place with
+    // replaceTrack() and no renegotiation.
+    const streams = this.localStream ? [this.localStream] : [];
+    for (const kind of ['audio', 'video']) {
+      const track = this.localStream?.getTracks().find((t) => t.kind === kind);
+      pcs.publisher.addTransceiver(track || kind, { direction: 'sendonly', streams });
     }
     (async () => {
       const offer = await pcs.publisher.createOffer();
