@@ -1,0 +1,327 @@
+// The patient's pre-call check: camera and microphone (with a plain-English reason when
+// either cannot be used), a microphone level meter, a speaker test tone, and a real
+// connection to the platform's own media server (`/api/media-check`) that says whether
+// media can flow, and over what (UDP, TCP or a TURN relay).
+//
+// Nothing here touches the DOM; patient.js renders what these functions report.
+
+/** What we ask the camera for: enough for a consultation, light on a poor uplink. */
+const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24, max: 30 }, facingMode: 'user' };
+const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+
+/** Why a device cannot be used, from a getUserMedia error. */
+function deviceProblem(e) {
+  switch (e?.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+    case 'PermissionDeniedError':
+      return 'blocked';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+    case 'DevicesNotFoundError':
+      return 'missing';
+    case 'NotReadableError':
+    case 'AbortError':
+    case 'TrackStartError':
+      return 'busy';
+    default:
+      return 'error';
+  }
+}
+
+/**
+ * Opens the camera and microphone. Resolves (never rejects) with the stream, holding
+ * whatever could be opened, and each device's state: ok | blocked | missing | busy |
+ * error | unsupported.
+ */
+export async function openLocalMedia({ cameraId, micId } = {}) {
+  const out = { stream: new MediaStream(), camera: 'unsupported', microphone: 'unsupported' };
+  if (!navigator.mediaDevices?.getUserMedia) return out;
+  const video = cameraId ? { ...VIDEO, facingMode: undefined, deviceId: { exact: cameraId } } : VIDEO;
+  const audio = micId ? { ...AUDIO, deviceId: { exact: micId } } : AUDIO;
+  try {
+    out.stream = await navigator.mediaDevices.getUserMedia({ video, audio });
+    out.camera = out.stream.getVideoTracks().length ? 'ok' : 'missing';
+    out.microphone = out.stream.getAudioTracks().length ? 'ok' : 'missing';
+    return out;
+  } catch (both) {
+    // One of them may still work on its own (a blocked camera, no microphone, ...).
+    console.warn('getUserMedia (camera and microphone):', both.name);
+  }
+  for (const [kind, constraints] of [['microphone', { audio }], ['camera', { video }]]) {
+    try {
+      const s = await navigator.mediaDevices.getUserMedia(constraints);
+      for (const t of s.getTracks()) out.stream.addTrack(t);
+      out[kind] = 'ok';
+    } catch (e) {
+      console.warn(`getUserMedia (${kind}):`, e.name);
+      out[kind] = deviceProblem(e);
+    }
+  }
+  return out;
+}
+
+/**
+ * Swaps one kind of track ('video' or 'audio') of `stream` for the device `deviceId`.
+ * Resolves with the device's state.
+ */
+export async function switchDevice(stream, kind, deviceId) {
+  const constraints = kind === 'video'
+    ? { video: { ...VIDEO, facingMode: undefined, deviceId: { exact: deviceId } } }
+    : { audio: { ...AUDIO, deviceId: { exact: deviceId } } };
+  try {
+    const fresh = await navigator.mediaDevices.getUserMedia(constraints);
+    for (const old of kind === 'video' ? stream.getVideoTracks() : stream.getAudioTracks()) {
+      stream.removeTrack(old);
+      old.stop();
+    }
+    for (const t of fresh.getTracks()) stream.addTrack(t);
+    return 'ok';
+  } catch (e) {
+    console.warn(`getUserMedia (${kind} ${deviceId.slice(0, 6)}…):`, e.name);
+    return deviceProblem(e);
+  }
+}
+
+/** The cameras and microphones the browser lists (labels once permission is given). */
+export async function listDevices() {
+  try {
+    const all = await navigator.mediaDevices.enumerateDevices();
+    // Without the "default" and "communications" entries, which repeat a real device.
+    const real = (d) => d.deviceId && d.deviceId !== 'default' && d.deviceId !== 'communications';
+    return {
+      cameras: all.filter((d) => d.kind === 'videoinput' && real(d)),
+      microphones: all.filter((d) => d.kind === 'audioinput' && real(d)),
+    };
+  } catch {
+    return { cameras: [], microphones: [] };
+  }
+}
+
+// --- sound: one AudioContext for the page ------------------------------------------------
+
+let audioCtx = null;
+
+/** The page's AudioContext (created on first use; browsers may start it suspended). */
+export function audioContext() {
+  const Ctx = window.AudioContext || window.webkitAudioContext;
+  if (!audioCtx && Ctx) audioCtx = new Ctx();
+  return audioCtx;
+}
+
+/** Resumes the AudioContext (call from a click: browsers allow sound after a gesture). */
+export async function resumeAudio() {
+  const ctx = audioContext();
+  if (ctx && ctx.state === 'suspended') await ctx.resume().catch(() => {});
+  return ctx?.state === 'running';
+}
+
+/** Plays two short tones on the speaker; resolves when they have finished. */
+export async function playTestTone() {
+  const ctx = audioContext();
+  if (!ctx) return false;
+  await resumeAudio();
+  const gain = ctx.createGain();
+  gain.connect(ctx.destination);
+  const t0 = ctx.currentTime + 0.05;
+  for (const [i, freq] of [[0, 523.25], [1, 659.25]]) {
+    const osc = ctx.createOscillator();
+    osc.frequency.value = freq;
+    osc.connect(gain);
+    const start = t0 + i * 0.6;
+    // Soft edges: no click at the start or end of each tone.
+    gain.gain.setValueAtTime(0, start);
+    gain.gain.linearRampToValueAtTime(0.25, start + 0.04);
+    gain.gain.setValueAtTime(0.25, start + 0.45);
+    gain.gain.linearRampToValueAtTime(0, start + 0.5);
+    osc.start(start);
+    osc.stop(start + 0.52);
+  }
+  await new Promise((r) => setTimeout(r, 1300));
+  gain.disconnect();
+  return true;
+}
+
+/**
+ * Measures the level of the stream's microphone, calling `onLevel(0..1)` ten times a
+ * second. Returns a function that stops it.
+ */
+export function watchLevel(stream, onLevel) {
+  const ctx = audioContext();
+  const track = stream.getAudioTracks()[0];
+  if (!ctx || !track) return () => {};
+  const source = ctx.createMediaStreamSource(new MediaStream([track]));
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 1024;
+  source.connect(analyser);
+  const buf = new Float32Array(analyser.fftSize);
+  const timer = setInterval(() => {
+    if (ctx.state !== 'running') {
+      onLevel(0, ctx.state);
+      return;
+    }
+    analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (let i = 0; i < buf.length; i++) sum += buf[i] * buf[i];
+    const rms = Math.sqrt(sum / buf.length);
+    // -60 dBFS (silence) .. 0 dBFS (loudest) onto 0..1.
+    const db = rms > 0 ? 20 * Math.log10(rms) : -100;
+    onLevel(Math.min(1, Math.max(0, (db + 60) / 60)), ctx.state);
+  }, 100);
+  return () => {
+    clearInterval(timer);
+    source.disconnect();
+  };
+}
+
+// --- the connection check ---------------------------------------------------------------
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Resolves when `pc` has gathered its candidates, or after `ms` (use what there is). */
+function gathered(pc, ms) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    const done = () => {
+      if (pc.iceGatheringState === 'complete') finish();
+    };
+    const timer = setTimeout(() => finish(), ms);
+    function finish() {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', done);
+      resolve();
+    }
+    pc.addEventListener('icegatheringstatechange', done);
+  });
+}
+
+/** Resolves true once `pc` is connected, false if it fails or `ms` pass first. */
+function connected(pc, ms) {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.connectionState === 'connected') finish(true);
+      else if (pc.connectionState === 'failed' || pc.connectionState === 'closed') finish(false);
+    };
+    const timer = setTimeout(() => finish(false), ms);
+    function finish(ok) {
+      clearTimeout(timer);
+      pc.removeEventListener('connectionstatechange', check);
+      resolve(ok);
+    }
+    pc.addEventListener('connectionstatechange', check);
+    check();
+  });
+}
+
+/** The selected candidate pair's transport: 'udp', 'tcp' or 'relay'; and its RTT in ms. */
+function selectedPath(stats) {
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+  });
+  if (!pair) {
+    stats.forEach((r) => {
+      if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r;
+    });
+  }
+  if (!pair) return { via: null, rttMs: null };
+  const local = stats.get(pair.localCandidateId);
+  const via = local?.candidateType === 'relay' ? 'relay' : local?.protocol === 'tcp' ? 'tcp' : 'udp';
+  const rtt = pair.currentRoundTripTime;
+  return { via, rttMs: typeof rtt === 'number' ? Math.round(rtt * 1000) : null };
+}
+
+/** A silent audio track, so that the check can run without camera or microphone. */
+function silentTrack() {
+  const ctx = audioContext();
+  if (!ctx) return null;
+  const osc = ctx.createOscillator();
+  const gain = ctx.createGain();
+  gain.gain.value = 0;
+  const dest = ctx.createMediaStreamDestination();
+  osc.connect(gain).connect(dest);
+  osc.start();
+  const track = dest.stream.getAudioTracks()[0];
+  track.addEventListener('ended', () => osc.stop());
+  return track;
+}
+
+/**
+ * Sets up a real, short-lived publisher connection to the platform's media server and
+ * sends the stream's tracks on it. Resolves (never rejects) with
+ *   { network: 'ok'|'partial'|'failed'|'unreachable'|'unavailable'|'rate_limited',
+ *     via: 'udp'|'tcp'|'relay'|null, rttMs }
+ * ok: connected and the server reports receiving our media (remote-inbound-rtp);
+ * partial: connected, but no report of our media arrived in time.
+ */
+export async function checkConnection(stream, { signal } = {}) {
+  let info;
+  try {
+    const res = await fetch('/api/media-check', { signal });
+    if (!res.ok) return { network: res.status === 429 ? 'rate_limited' : 'unavailable', via: null, rttMs: null };
+    info = await res.json();
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    return { network: 'unreachable', via: null, rttMs: null };
+  }
+  let pc;
+  let extra = null;
+  try {
+    pc = new RTCPeerConnection({ iceServers: info.ice_servers || [] });
+  } catch {
+    return { network: 'failed', via: null, rttMs: null };
+  }
+  const abort = () => pc.close();
+  signal?.addEventListener('abort', abort);
+  try {
+    let tracks = stream.getTracks().filter((t) => t.readyState === 'live');
+    if (!tracks.length) {
+      extra = silentTrack();
+      tracks = extra ? [extra] : [];
+    }
+    for (const t of tracks) pc.addTransceiver(t, { direction: 'sendonly' });
+    await pc.setLocalDescription(await pc.createOffer());
+    // No trickle on this endpoint: the offer carries our candidates (a TURN server may
+    // take a while; after 5 s we send what we have).
+    await gathered(pc, 5000);
+    let res;
+    try {
+      res = await fetch('/api/media-check', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ sdp: pc.localDescription.sdp }),
+        signal,
+      });
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      return { network: 'unreachable', via: null, rttMs: null };
+    }
+    if (!res.ok) return { network: res.status === 429 ? 'rate_limited' : 'unavailable', via: null, rttMs: null };
+    const { sdp } = await res.json();
+    await pc.setRemoteDescription({ type: 'answer', sdp });
+    if (!(await connected(pc, 12_000))) return { network: 'failed', via: null, rttMs: null };
+    // The media server's receiver reports are the proof that our media reached it.
+    const end = Date.now() + 6000;
+    let path = { via: null, rttMs: null };
+    while (Date.now() < end && !signal?.aborted) {
+      const stats = await pc.getStats();
+      path = selectedPath(stats);
+      let reached = false;
+      stats.forEach((r) => {
+        if (r.type === 'remote-inbound-rtp') reached = true;
+      });
+      if (reached) return { network: 'ok', ...path };
+      await sleep(250);
+    }
+    if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
+    return { network: 'partial', ...path };
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    console.warn('connection check:', e);
+    return { network: 'failed', via: null, rttMs: null };
+  } finally {
+    signal?.removeEventListener('abort', abort);
+    pc.close();
+    extra?.stop();
+  }
+}
