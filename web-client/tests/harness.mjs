@@ -6,7 +6,7 @@
 // and the SFU only ever see `lo`.
 
 import { spawn, execFile } from 'node:child_process';
-import { access, constants, mkdtemp, rm } from 'node:fs/promises';
+import { access, constants, mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -404,4 +404,19 @@ export function rest(base, token) {
     get: (p) => call('GET', p),
     post: (p, body) => call('POST', p, body),
   };
+}
+
+// --- accessibility ------------------------------------------------------------------------
+
+const AXE_SOURCE = path.join(REPO_ROOT, 'web-client', 'node_modules', 'axe-core', 'axe.min.js');
+let axeSource = null;
+
+/**
+ * Puts axe-core into the page. Evaluated through the DevTools protocol rather than added
+ * as a <script>: the pages' Content-Security-Policy (rightly) refuses inline scripts.
+ */
+export async function injectAxe(page) {
+  if (await page.evaluate(() => typeof window.axe !== 'undefined')) return;
+  axeSource ??= await readFile(AXE_SOURCE, 'utf8');
+  await page.evaluate(axeSource);
 }

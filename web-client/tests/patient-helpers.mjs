@@ -11,7 +11,9 @@ import { chromium } from 'playwright-core';
 import * as h from './harness.mjs';
 
 export const SCREENSHOTS = path.join(h.REPO_ROOT, 'docs', 'screenshots');
-export const AXE = path.join(h.REPO_ROOT, 'web-client', 'node_modules', 'axe-core', 'axe.min.js');
+/** Screenshots are written only when asked (`UPDATE_SCREENSHOTS=1`), so a test run leaves
+ * the tree as it was. */
+const WRITE_SHOTS = !!process.env.UPDATE_SCREENSHOTS;
 export const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa'];
 export const DESKTOP = { width: 1280, height: 800 };
 export const MOBILE = { width: 375, height: 812 };
@@ -180,9 +182,7 @@ export const axeResults = [];
  * violations, listed with their nodes.
  */
 export async function axeCheck(page, state) {
-  if (!(await page.evaluate(() => typeof window.axe !== 'undefined'))) {
-    await page.addScriptTag({ path: AXE });
-  }
+  await h.injectAxe(page);
   const result = await page.evaluate(
     (tags) => window.axe.run(document, { runOnly: { type: 'tag', values: tags }, resultTypes: ['violations'] }),
     AXE_TAGS,
@@ -202,6 +202,7 @@ export async function axeCheck(page, state) {
  * docs/screenshots/patient-<state>-<desktop|mobile>.png; the page ends at desktop size.
  */
 export async function screenshots(page, state) {
+  if (!WRITE_SHOTS) return [];
   await mkdir(SCREENSHOTS, { recursive: true });
   const files = [];
   for (const [kind, size] of [['desktop', DESKTOP], ['mobile', MOBILE]]) {
