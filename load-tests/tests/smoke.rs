@@ -62,3 +62,50 @@ fn churn_smoke_reports_memory() {
     );
     assert!(field(line, "rss_end_mib") > 0.0);
 }
+
+/// The `consult` binary next to these tests. It belongs to another package, which cargo
+/// builds for its own tests: `cargo test --workspace` (scripts/test) has it.
+fn consult_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/smoke-… -> target/<profile>/consult
+    let bin = exe.parent().unwrap().parent().unwrap().join("consult");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p signalling --bin consult` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn room_bench_smoke_admits_and_reports_latency() {
+    let consult = consult_bin();
+    let out = Command::new(env!("CARGO_BIN_EXE_room-bench"))
+        .args(["--consult-bin", consult.to_str().unwrap()])
+        .args([
+            "--patients",
+            "40",
+            "--clinics",
+            "4",
+            "--rate",
+            "200",
+            "--admits",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "room-bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().find(|l| l.starts_with("rooms ")).unwrap();
+    assert_eq!(field(line, "join_n"), 40.0, "{line}");
+    assert_eq!(field(line, "admit_notified_n"), 8.0, "{line}");
+    assert!(field(line, "admit_notified_p50_ms") > 0.0, "{line}");
+    assert!(
+        field(line, "rss_joined_mib") > field(line, "rss_idle_mib") * 0.5,
+        "{line}"
+    );
+}

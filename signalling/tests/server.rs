@@ -462,20 +462,21 @@ async fn bad_input_is_refused_and_changes_nothing() {
         "x".repeat(protocol::MAX_CLIENT_MESSAGE_BYTES + 1)
     ))
     .await;
-    let e = big
-        .until("error", |m| matches!(m, ServerMsg::Error { .. }))
-        .await;
-    assert!(
-        matches!(
-            e,
-            ServerMsg::Error {
+    // It is refused from its header, so its body may still be in flight when the server
+    // closes, and TCP then resets the connection: the client sees the error and close code
+    // 1009, or only the reset. Never anything else.
+    let close = loop {
+        match big.next().await {
+            Ok(ServerMsg::ClinicSnapshot { .. }) => continue,
+            Ok(ServerMsg::Error {
                 code: ErrorCode::MessageTooLarge,
                 ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(big.closed().await, Some(1009));
+            }) => continue,
+            Ok(other) => panic!("an oversized message was answered with {other:?}"),
+            Err(code) => break code,
+        }
+    };
+    assert!(matches!(close, Some(1009) | None), "closed with {close:?}");
 
     // Bad, forged and expired tokens: an error, then the connection closes.
     let expired =
