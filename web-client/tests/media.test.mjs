@@ -90,7 +90,10 @@ async function consultation(env, store) {
   console.log(`  send-side estimates: ${estimates.map((e) => Math.round(e.value.availableOutgoingBitrate / 1000)).join(' and ')} kbit/s`);
   for (const [who, v] of [['clinician', c.value], ['patient', p.value]]) {
     assert.equal(v.remoteStreams, 1, `${who} sees one other participant`);
-    assert.ok(v.outboundVideo.packetsSent > 0 && v.outboundAudio.packetsSent > 0, `${who} sends media`);
+  }
+  // What each sends (its own stats may lag the other side's first decoded frame a little).
+  for (const [who, page] of [['clinician', clinician], ['patient', patient]]) {
+    await h.waitFor(page, (v) => v.outboundVideo.packetsSent > 0 && v.outboundAudio.packetsSent > 0, `${who} sends media`, 10_000);
   }
 
   const room = await staff.get(`/api/clinics/${CLINIC}/room`);

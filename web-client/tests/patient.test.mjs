@@ -127,7 +127,8 @@ test('the journey: check, name, waiting with a message, admitted with no click, 
     ]);
     console.log(`admit -> patient decoding ${Math.round(performance.now() - admittedAt)} ms (${JSON.stringify(mine.inboundVideo)})`);
     assert.equal(mine.remoteStreams, 1);
-    assert.ok(mine.outboundVideo.packetsSent > 0 && mine.outboundAudio.packetsSent > 0, 'the patient sends video and audio');
+    // Its own send figures may lag the other side's first decoded frame a little.
+    await p.waitPatientStats(page, (x) => x.outboundVideo.packetsSent > 0 && x.outboundAudio.packetsSent > 0, 'the patient sends video and audio', 10_000);
     assert.ok(theirs.value.inboundVideo.framesDecoded > 0);
     const call = await p.waitPatient(page, (s) => s.remoteVideos === 1 && s.quality === 'good', 'the call shows the clinician with a good connection', 15_000);
     assert.ok(call.announced.some((a) => /clinician has joined/.test(a)));
