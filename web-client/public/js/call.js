@@ -12,7 +12,7 @@
 //
 // `window.consultCall` exposes the state and the media figures to tests.
 
-import { MediaSession } from './media.js';
+import { Backoff, MediaSession } from './media.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -41,7 +41,7 @@ const app = {
   noRejoin: null, // a consultation whose media ended for good (or that the user left)
   mediaEndReason: null,
   callEnded: false,
-  joinRetry: { timer: null, attempt: 0 },
+  joinRetry: new Backoff(() => reconcile()), // joins again after a failure
   messages: [], // a short log of message types, for tests and diagnostics (no SDP, no tokens)
 };
 
@@ -301,7 +301,7 @@ function wantedConsultation() {
 function reconcile() {
   const want = wantedConsultation();
   if (media.active && media.consultation !== want) media.leave();
-  const blocked = app.localStream === undefined || app.socket !== 'open' || app.joinRetry.timer;
+  const blocked = app.localStream === undefined || app.socket !== 'open' || app.joinRetry.pending;
   if (want && want !== app.noRejoin && !media.active && !blocked) {
     app.callEnded = false;
     app.mediaEndReason = null;
@@ -314,22 +314,11 @@ function reconcile() {
 function endCall(text) {
   app.callEnded = true;
   if (media.active) media.close();
-  clearTimeout(app.joinRetry.timer);
-  app.joinRetry = { timer: null, attempt: 0 };
+  app.joinRetry.cancel();
   ui.rejoin.hidden = true;
   say(text);
 }
 
-/** Joins again after a failure, backing off: 1 s, 2 s, 4 s, ... up to 15 s. */
-function retryJoinLater() {
-  clearTimeout(app.joinRetry.timer);
-  const delay = Math.min(15_000, 1000 * 2 ** app.joinRetry.attempt);
-  app.joinRetry.attempt += 1;
-  app.joinRetry.timer = setTimeout(() => {
-    app.joinRetry.timer = null;
-    reconcile();
-  }, delay);
-}
 
 function onMediaState({ state, consultation, reason, retryable, error }) {
   switch (state) {
@@ -338,14 +327,14 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
       say('Connecting the call…');
       break;
     case 'connected':
-      app.joinRetry.attempt = 0;
+      app.joinRetry.succeeded();
       sayInCall();
       break;
     case 'ended':
       app.mediaEndReason = reason;
       if (retryable) {
         say('The call connection was lost. Reconnecting…');
-        retryJoinLater();
+        app.joinRetry.later();
       } else {
         app.noRejoin = consultation;
         if (reason === 'consultation_ended') {
@@ -364,7 +353,7 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
     case 'failed':
       if (RETRY_JOIN_CODES.has(error?.code)) {
         say('The call could not be connected yet. Trying again…');
-        retryJoinLater();
+        app.joinRetry.later();
       } else {
         app.noRejoin = consultation;
         say(`The call could not be joined: ${error?.message ?? 'unknown error'}`);

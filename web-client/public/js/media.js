@@ -23,6 +23,46 @@
 //   media.join(consultationId);   // later: media.leave(), or media.close() if the socket dropped
 //   await media.stats();          // summed getStats() figures, for tests and diagnostics
 
+/**
+ * Runs an action again later after a failure (joining a call that could not be joined):
+ * after 1 s, 2 s, 4 s ... at most 15 s; `succeeded()` starts the count again.
+ */
+export class Backoff {
+  #timer = null;
+  #attempt = 0;
+
+  constructor(run, { base = 1000, max = 15_000 } = {}) {
+    this.run = run;
+    this.base = base;
+    this.max = max;
+  }
+
+  /** Whether a retry is waiting. */
+  get pending() {
+    return this.#timer !== null;
+  }
+
+  later() {
+    clearTimeout(this.#timer);
+    const delay = Math.min(this.max, this.base * 2 ** this.#attempt);
+    this.#attempt += 1;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.run();
+    }, delay);
+  }
+
+  succeeded() {
+    this.#attempt = 0;
+  }
+
+  cancel() {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#attempt = 0;
+  }
+}
+
 /** Reasons of `media_ended` after which joining again may work. */
 export const RETRYABLE_END_REASONS = new Set(['node_lost', 'connection_failed']);
 

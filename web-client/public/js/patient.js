@@ -12,7 +12,7 @@
 // - `window.consultPatient` exposes the page's state to the browser tests.
 
 import { Signalling } from './signalling.js';
-import { MediaSession } from './media.js';
+import { Backoff, MediaSession } from './media.js';
 import {
   openLocalMedia, switchDevice, listDevices, watchLevel, playTestTone, resumeAudio, checkConnection,
 } from './patient-check.js';
@@ -135,7 +135,7 @@ const app = {
   seenMessages: new Set(), // announced already (a reconnect sends them all again)
   ended: null,
   noRejoin: null,
-  joinRetry: { timer: null, attempt: 0 },
+  joinRetry: new Backoff(() => reconcile()), // joins the call again after a failure
   joinedOnce: false,
   announcements: [], // what was said to screen readers, for tests
   log: [], // message types and a few plain fields: never SDP, tokens or texts
@@ -956,21 +956,11 @@ function reconcile() {
   const want = wantedConsultation();
   if (media.active && media.consultation !== want) media.leave();
   if (!want) quality.stop();
-  const blocked = app.local === undefined || app.socket !== 'open' || app.joinRetry.timer;
+  const blocked = app.local === undefined || app.socket !== 'open' || app.joinRetry.pending;
   if (want && want !== app.noRejoin && !media.active && !blocked) {
     media.localStream = app.local.stream;
     media.join(want);
   }
-}
-
-function retryJoinLater() {
-  clearTimeout(app.joinRetry.timer);
-  const delay = Math.min(15_000, 1000 * 2 ** app.joinRetry.attempt);
-  app.joinRetry.attempt += 1;
-  app.joinRetry.timer = setTimeout(() => {
-    app.joinRetry.timer = null;
-    reconcile();
-  }, delay);
 }
 
 function onMediaState({ state, consultation, reason, retryable, error }) {
@@ -980,7 +970,7 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
       if (!remoteCount()) setCallStatus(app.joinedOnce ? 'Reconnecting the call…' : 'The clinician is joining…');
       break;
     case 'connected':
-      app.joinRetry.attempt = 0;
+      app.joinRetry.succeeded();
       quality.start();
       if (!remoteCount()) setCallStatus('The clinician is joining…');
       break;
@@ -989,7 +979,7 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
       if (retryable) {
         setCallStatus('The call connection was lost. Reconnecting…');
         announce('The call connection was lost. Reconnecting.');
-        retryJoinLater();
+        app.joinRetry.later();
       } else if (reason === 'removed_from_consultation' || reason === 'consultation_ended') {
         // patient_status says what comes next (back to waiting, or the end).
       } else {
@@ -999,7 +989,7 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
     case 'failed':
       if (RETRY_JOIN_CODES.has(error?.code)) {
         setCallStatus('The call could not be connected yet. Trying again…');
-        retryJoinLater();
+        app.joinRetry.later();
       } else {
         app.noRejoin = consultation;
         setCallStatus('The call could not be connected. Please contact the clinic.');
@@ -1067,8 +1057,7 @@ function showEnded(reason) {
   if (app.screen === 'ended') return;
   app.ended = reason;
   clearInterval(waitedTimer);
-  clearTimeout(app.joinRetry.timer);
-  app.joinRetry = { timer: null, attempt: 0 };
+  app.joinRetry.cancel();
   quality.stop();
   media.close();
   removeRemoteVideo($('remote'));

@@ -8,7 +8,7 @@
 // video sender (MediaSession.replaceTrack: no renegotiation, the patient's video simply
 // changes); before a session is connected, the next join sends the new video.
 
-import { MediaSession } from './media.js';
+import { Backoff, MediaSession } from './media.js';
 import { $, h } from './staff-common.js';
 
 /** Error codes of a refused join_media after which trying again later may work. */
@@ -34,7 +34,7 @@ export class StaffCall {
     this.screen = null; // the screen's video track while sharing
     this.muted = false;
     this.cameraOff = false;
-    this.retry = { timer: null, attempt: 0 };
+    this.retry = new Backoff(() => this.#reconcile()); // joins again after a failure
     this.status = '';
     this.ui = {
       status: $('call-status'),
@@ -71,7 +71,7 @@ export class StaffCall {
     if (consultation !== this.wanted) {
       this.wanted = consultation;
       this.noRejoin = null;
-      this.#clearRetry();
+      this.retry.cancel();
     }
     this.#reconcile();
   }
@@ -94,7 +94,7 @@ export class StaffCall {
 
   rejoin() {
     this.noRejoin = null;
-    this.#clearRetry();
+    this.retry.cancel();
     this.#reconcile();
     this.#render();
     this.ui.leave.focus();
@@ -103,7 +103,7 @@ export class StaffCall {
   /** Signing out: leaves and releases everything. */
   stop() {
     this.wanted = null;
-    this.#clearRetry();
+    this.retry.cancel();
     this.media.leave();
     this.#releaseDevices();
   }
@@ -190,7 +190,7 @@ export class StaffCall {
       this.#render();
       return;
     }
-    if (want === this.noRejoin || !this.socketOpen || this.retry.timer || this.media.active) {
+    if (want === this.noRejoin || !this.socketOpen || this.retry.pending || this.media.active) {
       this.#render();
       return;
     }
@@ -258,22 +258,6 @@ export class StaffCall {
     if (this.media.active) this.media.join(this.media.consultation);
   }
 
-  #clearRetry() {
-    clearTimeout(this.retry.timer);
-    this.retry = { timer: null, attempt: 0 };
-  }
-
-  /** Joins again after a failure: 1 s, 2 s, 4 s ... at most 15 s. */
-  #retryLater() {
-    clearTimeout(this.retry.timer);
-    const delay = Math.min(15_000, 1000 * 2 ** this.retry.attempt);
-    this.retry.attempt += 1;
-    this.retry.timer = setTimeout(() => {
-      this.retry.timer = null;
-      this.#reconcile();
-    }, delay);
-  }
-
   #onMediaState({ state, consultation, reason, retryable, error }) {
     switch (state) {
       case 'joining':
@@ -281,13 +265,13 @@ export class StaffCall {
         this.say('Connecting the call…');
         break;
       case 'connected':
-        this.retry.attempt = 0;
+        this.retry.succeeded();
         this.#sayInCall();
         break;
       case 'ended':
         if (retryable) {
           this.say('The call connection was lost. Reconnecting…');
-          this.#retryLater();
+          this.retry.later();
         } else {
           this.noRejoin = consultation;
           this.say(
@@ -300,7 +284,7 @@ export class StaffCall {
       case 'failed':
         if (RETRY_JOIN_CODES.has(error?.code)) {
           this.say('The call could not be connected yet. Trying again…');
-          this.#retryLater();
+          this.retry.later();
         } else {
           this.noRejoin = consultation;
           this.say(`The video could not be joined: ${error?.message ?? 'unknown error'}.`);
