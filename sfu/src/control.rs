@@ -86,10 +86,6 @@ impl Node {
         })
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
     pub fn load(&self) -> Load {
         let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let mut consultations: Vec<ConsultationId> =

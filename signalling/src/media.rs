@@ -267,10 +267,6 @@ impl Link {
             .remove(&participant);
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
-    }
-
     fn to_connection(&self, participant: ParticipantId, msg: ServerMsg) {
         let ended = matches!(msg, ServerMsg::MediaEnded { .. });
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());

@@ -104,10 +104,14 @@ async function consultation(env, store) {
     h.waitForState(patient, callEnded, 'patient page says the call ended'),
   ]);
   for (const [who, page] of [['clinician', clinician], ['patient', patient]]) {
-    const messages = await page.evaluate(() => window.consultCall.messages());
-    assert.ok(
-      messages.some((m) => m.type === 'media_ended' && m.reason === 'consultation_ended'),
+    // The node's word comes by its own path (the control link), so it may follow the
+    // room's `consultation_ended` by a few milliseconds.
+    await h.waitFor(
+      page,
+      (messages) => messages.some((m) => m.type === 'media_ended' && m.reason === 'consultation_ended'),
       `${who} was sent media_ended {reason: consultation_ended}`,
+      5_000,
+      () => window.consultCall.messages(),
     );
     const stats = await page.evaluate(() => window.consultCall.stats());
     assert.equal(stats.publisher, null, `${who}'s peer connections are closed`);

@@ -380,11 +380,6 @@ impl Engine {
             .len()
     }
 
-    /// Rooms (consultations) with someone in them on this node.
-    pub fn room_count(&self) -> usize {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     fn participant(&self, key: u128) -> Result<Arc<Participant>, EngineError> {
         self.participants
             .lock()
