@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
+use load_tests::ScratchDir;
+use load_tests::percentile;
+use load_tests::procfs::{process_cpu_seconds, rss_mib};
 use protocol::{
     ClientMsg, ClinicId, Command as Cmd, EnterRequest, EnterResponse, Entry, PatientState,
     ServerMsg, SignInRequest, SignInResponse, StaffId, VisitId,
@@ -43,20 +46,15 @@ struct Args {
     /// Patients entering per second.
     #[arg(long, default_value_t = 500)]
     rate: u32,
+    /// The CPUs the server may use (taskset list, e.g. `0`).
+    #[arg(long)]
+    server_cpus: Option<String>,
     /// Patients admitted (one at a time, each measured).
     #[arg(long, default_value_t = 200)]
     admits: u32,
 }
 
 const PASSWORD: &str = "room-bench password, long enough";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn summary(name: &str, mut ms: Vec<f64>) -> String {
     ms.sort_by(f64::total_cmp);
@@ -70,26 +68,11 @@ fn summary(name: &str, mut ms: Vec<f64>) -> String {
     )
 }
 
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("bad stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks =
-        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
-    Ok(ticks as f64 / 100.0)
-}
-
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
-    let pages: u64 = statm.split_whitespace().nth(1).context("statm")?.parse()?;
-    Ok(pages as f64 * 4096.0 / (1024.0 * 1024.0))
-}
-
 /// The server process; killed when dropped.
 struct Server {
     child: Child,
     addr: String,
-    _dir: TempDir,
+    _dir: ScratchDir,
 }
 
 impl Drop for Server {
@@ -99,17 +82,12 @@ impl Drop for Server {
     }
 }
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn consult(args: &Args, dir: &std::path::Path) -> Command {
+    with_env(Command::new(&args.consult_bin), args, dir)
 }
 
-fn consult(args: &Args, dir: &std::path::Path) -> Command {
-    let mut c = Command::new(&args.consult_bin);
+/// The server's settings, in its environment.
+fn with_env(mut c: Command, args: &Args, dir: &std::path::Path) -> Command {
     c.env("CONSULT_DATA_DIR", dir)
         .env("CONSULT_LOG", "warn")
         // One client address makes every entry: the per-address limit is not under test.
@@ -126,9 +104,7 @@ fn consult(args: &Args, dir: &std::path::Path) -> Command {
 
 /// Clinics `c0..`, a receptionist and a clinician for all of them, then the server.
 fn start_server(args: &Args) -> anyhow::Result<Server> {
-    let dir = std::env::temp_dir().join(format!("room-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let dir = TempDir(dir);
+    let dir = ScratchDir::new("room-bench")?;
     let run = |extra: &[&str], stdin: Option<&str>| -> anyhow::Result<()> {
         let mut c = consult(args, &dir.0);
         c.args(extra).stdout(Stdio::null()).stdin(Stdio::piped());
@@ -175,7 +151,15 @@ fn start_server(args: &Args) -> anyhow::Result<Server> {
         a.extend(clinic_args.iter().map(String::as_str));
         run(&a, Some(&format!("{PASSWORD}\n")))?;
     }
-    let mut child = consult(args, &dir.0)
+    let mut serve = consult(args, &dir.0);
+    if let Some(cpus) = &args.server_cpus {
+        // taskset execs the server: the child's pid is the server's.
+        let program = serve.get_program().to_owned();
+        serve = Command::new("taskset");
+        serve.arg("-c").arg(cpus).arg(program);
+        serve = with_env(serve, args, &dir.0);
+    }
+    let mut child = serve
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -215,8 +199,8 @@ async fn main() -> anyhow::Result<()> {
     let pid = server.child.id();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
-    let rss_idle = rss_mib(pid)?;
-    let cpu_idle = cpu_seconds(pid)?;
+    let rss_idle = rss_mib(&pid.to_string())?;
+    let cpu_idle = process_cpu_seconds(pid)?;
 
     let (join_tx, mut join_rx) = tokio::sync::mpsc::unbounded_channel::<(f64, Patient)>();
     let (admit_tx, mut admit_rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
@@ -329,9 +313,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let join_seconds = start.elapsed().as_secs_f64();
-    let cpu_joined = cpu_seconds(pid)?;
+    let cpu_joined = process_cpu_seconds(pid)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_joined = rss_mib(pid)?;
+    let rss_joined = rss_mib(&pid.to_string())?;
     if joins.len() < args.patients as usize {
         bail!(
             "only {} of {} patients reached the waiting room",
@@ -354,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let clinician = StaffId::parse("dr.bench")?;
     let step = (waiting.len() / admits.max(1) as usize).max(1);
-    let cpu_before_admits = cpu_seconds(pid)?;
+    let cpu_before_admits = process_cpu_seconds(pid)?;
     for p in waiting.iter().step_by(step).take(admits as usize) {
         if let Ok(mut m) = sent.lock() {
             m.insert(p.visit, Instant::now());
@@ -379,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
             _ => break,
         }
     }
-    let cpu_admits = cpu_seconds(pid)? - cpu_before_admits;
+    let cpu_admits = process_cpu_seconds(pid)? - cpu_before_admits;
     stop.cancel();
     let mode = if args.redis_url.is_some() {
         "redis"

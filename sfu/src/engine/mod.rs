@@ -892,7 +892,7 @@ static NEXT_TRACK: AtomicU32 = AtomicU32::new(1);
 
 /// Whether a VP8 RTP payload starts a keyframe: the start of partition 0 whose frame
 /// header's P bit is 0.
-fn vp8_keyframe(payload: &Bytes) -> bool {
+pub(crate) fn vp8_keyframe(payload: &Bytes) -> bool {
     let mut vp8 = Vp8Packet::default();
     match vp8.depacketize(payload) {
         Ok(frame) => vp8.s == 1 && vp8.pid == 0 && frame.first().is_some_and(|b| b & 0x01 == 0),

@@ -1,7 +1,11 @@
 //! A synthetic participant on the `webrtc` crate, for tests and load tests: it publishes
-//! VP8-shaped video (keyframes when asked and every 3 s) and Opus-sized audio, answers the
-//! engine's subscriber offers, and counts what it receives. Its media bytes are filler; the
-//! SFU never decodes, so only their shape and rate matter.
+//! VP8-shaped video (frames of realistic size: keyframes when asked and every 3 s, five
+//! times a delta frame, deltas varying by ±20 %; packets of at most [`VIDEO_PAYLOAD`]
+//! bytes) and Opus-sized audio (32 kbit/s in 20 ms packets), answers the SFU's subscriber
+//! offers, and measures what it receives. Its media bytes are filler but for the VP8
+//! headers an SFU reads; the last [`STAMP_LEN`] bytes of every payload carry the
+//! publisher's send time and the packet's index in its stream, so a receiver measures
+//! forwarding latency and loss without trusting the relay's sequence numbers.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,8 +41,37 @@ pub struct Publish {
     pub audio: bool,
 }
 
-/// Bytes of payload per video packet.
-pub const VIDEO_PAYLOAD: usize = 1000;
+/// The largest video payload (a browser packetizes to about this size).
+pub const VIDEO_PAYLOAD: usize = 1100;
+
+/// Bytes at the end of each payload: send time (µs since [`epoch`], u64 BE) and index in
+/// the stream (u32 BE).
+pub const STAMP_LEN: usize = 12;
+
+/// The clock every synthetic participant of this process stamps and reads.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Packets received on one stream, and one past the highest index seen on it.
+#[derive(Debug, Default)]
+struct StreamCount {
+    received: AtomicU64,
+    span: AtomicU64,
+}
+
+/// Received and expected packets, summed over a participant's streams; the difference of
+/// two readings gives the loss between them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub received: u64,
+    pub expected: u64,
+}
 
 /// What a synthetic participant received and was asked.
 /// A received video track, its SSRC and the newest sequence number seen on it.
@@ -54,6 +87,11 @@ pub struct Stats {
     pub plis: AtomicU32,
     /// The last video track received from.
     last_video: Mutex<Option<LastVideo>>,
+    /// Each received stream's counts.
+    streams: Mutex<Vec<Arc<StreamCount>>>,
+    /// Publisher-to-receiver latency of each packet since the last [`Stats::take_latency`],
+    /// in µs.
+    latency: Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -74,6 +112,34 @@ impl Stats {
             .clone()
     }
 
+    /// Packets received and expected so far on all streams.
+    pub fn delivery(&self) -> Delivery {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.iter().fold(Delivery::default(), |d, c| Delivery {
+            received: d.received + c.received.load(Ordering::Relaxed),
+            expected: d.expected + c.span.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The latencies recorded since the last call (µs), and starts a new recording.
+    pub fn take_latency(&self) -> hdrhistogram::Histogram<u64> {
+        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        h.take().unwrap_or_else(new_histogram)
+    }
+
+    fn record(&self, stamp: Option<(u64, u32)>, count: &StreamCount) {
+        let Some((sent, index)) = stamp else { return };
+        count.received.fetch_add(1, Ordering::Relaxed);
+        count
+            .span
+            .fetch_max(u64::from(index) + 1, Ordering::Relaxed);
+        let now = micros_since_epoch();
+        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = h
+            .get_or_insert_with(new_histogram)
+            .record(now.saturating_sub(sent).max(1));
+    }
+
     /// How many publishers this participant received both audio and video from, at least
     /// `min` packets of each.
     pub fn sources_with_both(&self, min: u64) -> usize {
@@ -90,6 +156,19 @@ impl Stats {
             })
             .count()
     }
+}
+
+fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    // 1 µs to 60 s at three significant figures.
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The stamp at the end of a payload: (send time in µs, index).
+fn read_stamp(payload: &[u8]) -> Option<(u64, u32)> {
+    let at = payload.len().checked_sub(STAMP_LEN)?;
+    let sent = u64::from_be_bytes(payload[at..at + 8].try_into().ok()?);
+    let index = u32::from_be_bytes(payload[at + 8..].try_into().ok()?);
+    Some((sent, index))
 }
 
 /// The reader task of each received track, by track id, so a track the SFU stopped
@@ -130,6 +209,12 @@ impl PeerConnectionEventHandler for Handler {
                 track.stream_id().await.to_string(),
                 track.kind().await == RtpCodecKind::Video,
             );
+            let count = Arc::new(StreamCount::default());
+            stats
+                .streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(count.clone());
             let mut n = 0u64;
             loop {
                 let ev = tokio::select! {
@@ -149,6 +234,7 @@ impl PeerConnectionEventHandler for Handler {
                     }
                     n += 1;
                     stats.packets.fetch_add(1, Ordering::Relaxed);
+                    stats.record(read_stamp(&p.payload), &count);
                     // Publish the count every 16 packets, not per packet.
                     if n % 16 == 1 {
                         stats
@@ -447,9 +533,7 @@ impl Participant {
             vpt: pts[0],
             apt: pts[1],
             want_keyframe,
-            packets_per_frame: (spec.video_kbps as usize * 1000 / 8 / 30)
-                .div_ceil(VIDEO_PAYLOAD)
-                .max(1),
+            frame_bytes: spec.video_kbps as usize * 1000 / 8 / FPS as usize,
         };
         tokio::spawn(sender.run(self.stop.clone()));
         Ok(())
@@ -501,7 +585,55 @@ struct Sender {
     vpt: u8,
     apt: u8,
     want_keyframe: Arc<AtomicBool>,
-    packets_per_frame: usize,
+    /// Mean bytes of a video frame at the asked bitrate.
+    frame_bytes: usize,
+}
+
+/// Video frames per second.
+const FPS: u32 = 30;
+/// A keyframe is this many times a delta frame.
+const KEYFRAME_FACTOR: usize = 5;
+/// Bytes of Opus per 20 ms packet: 32 kbit/s.
+const OPUS_BYTES: usize = 80;
+
+/// Appends the stamp for packet `index` of a stream.
+fn stamp(payload: &mut Vec<u8>, index: u32) {
+    payload.extend_from_slice(&micros_since_epoch().to_be_bytes());
+    payload.extend_from_slice(&index.to_be_bytes());
+}
+
+/// The VP8 payloads of one frame of `size` bytes: a payload descriptor (S=1 on the first
+/// packet, partition 0), then on the first packet the frame tag (P=0 on a keyframe, with
+/// the keyframe start code and a 640×480 size), filler, and each packet's stamp.
+fn vp8_frame(size: usize, key: bool, next_index: &mut u32) -> Vec<Bytes> {
+    let per_packet = VIDEO_PAYLOAD - 1 - STAMP_LEN;
+    let packets = size.div_ceil(per_packet).max(1);
+    let chunk = size.div_ceil(packets);
+    (0..packets)
+        .map(|i| {
+            let mut p = Vec::with_capacity(chunk + 1 + STAMP_LEN);
+            p.push(if i == 0 { 0x10 } else { 0x00 });
+            if i == 0 {
+                // Frame tag: P bit, version 0, show_frame, partition size (filler).
+                p.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
+                if key {
+                    p.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
+                }
+            }
+            p.resize(chunk.max(p.len()) + 1, 0x55);
+            stamp(&mut p, *next_index);
+            *next_index = next_index.wrapping_add(1);
+            Bytes::from(p)
+        })
+        .collect()
+}
+
+/// A small deterministic generator for frame-size variation.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *state >> 33
 }
 
 impl Sender {
@@ -509,8 +641,12 @@ impl Sender {
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         let (mut vseq, mut aseq, mut audio_sent, mut frames) = (0u16, 0u16, 0u32, 0u32);
+        let (mut vindex, mut aindex) = (0u32, 0u32);
         let mut last_key = Instant::now();
-        let filler = Bytes::from(vec![0x55u8; VIDEO_PAYLOAD]);
+        let mut random = u64::from(self.vssrc);
+        // Over a 3 s keyframe interval the mean stays at `frame_bytes`.
+        let gop = 3 * FPS as usize;
+        let delta_mean = self.frame_bytes * gop / (gop - 1 + KEYFRAME_FACTOR);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -530,34 +666,37 @@ impl Sender {
                 while audio_sent < ms / 20 {
                     audio_sent += 1;
                     aseq = aseq.wrapping_add(1);
+                    let mut payload = vec![0x55u8; OPUS_BYTES - STAMP_LEN];
+                    stamp(&mut payload, aindex);
+                    aindex = aindex.wrapping_add(1);
                     let p = rtp::Packet {
                         header: header(self.apt, aseq, audio_sent * 960, self.assrc, true),
-                        payload: filler.slice(..80),
+                        payload: Bytes::from(payload),
                     };
                     if audio.write_rtp(p).await.is_err() {
                         return;
                     }
                 }
             }
-            while frames < ms / 33 {
+            while frames < ms * FPS / 1000 {
                 frames += 1;
                 let key = self.want_keyframe.swap(false, Ordering::Relaxed)
                     || last_key.elapsed() > Duration::from_secs(3);
-                if key {
+                let size = if key {
                     last_key = Instant::now();
-                }
-                for i in 0..self.packets_per_frame {
-                    // VP8 payload descriptor (S=1 on the first packet, PID=0), then on the
-                    // first packet the frame header, whose P bit says keyframe or not.
-                    let mut payload = Vec::with_capacity(VIDEO_PAYLOAD);
-                    payload.push(if i == 0 { 0x10 } else { 0x00 });
-                    payload.push(if key { 0x00 } else { 0x01 });
-                    payload.extend_from_slice(&filler[2..]);
+                    delta_mean * KEYFRAME_FACTOR
+                } else {
+                    // ±20 % around the mean.
+                    let jitter = next_random(&mut random) % 41;
+                    delta_mean * (80 + jitter as usize) / 100
+                };
+                let payloads = vp8_frame(size, key, &mut vindex);
+                let count = payloads.len();
+                for (i, payload) in payloads.into_iter().enumerate() {
                     vseq = vseq.wrapping_add(1);
-                    let last = i + 1 == self.packets_per_frame;
                     let p = rtp::Packet {
-                        header: header(self.vpt, vseq, frames * 3000, self.vssrc, last),
-                        payload: Bytes::from(payload),
+                        header: header(self.vpt, vseq, frames * 3000, self.vssrc, i + 1 == count),
+                        payload,
                     };
                     if self.video.write_rtp(p).await.is_err() {
                         return;
@@ -565,5 +704,57 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_vp8_and_stamped_in_order() {
+        let mut index = 7;
+        let key = vp8_frame(20_000, true, &mut index);
+        assert_eq!(index, 7 + key.len() as u32);
+        assert!(key.len() > 1 && key.iter().all(|p| p.len() <= VIDEO_PAYLOAD));
+        assert!(crate::engine::vp8_keyframe(&key[0]));
+        assert!(
+            !crate::engine::vp8_keyframe(&key[1]),
+            "only the first packet starts it"
+        );
+        let delta = vp8_frame(3_000, false, &mut index);
+        assert!(!crate::engine::vp8_keyframe(&delta[0]));
+        let (_, first) = read_stamp(&delta[0]).unwrap();
+        let (_, second) = read_stamp(&delta[1]).unwrap();
+        assert_eq!(
+            (first, second),
+            (7 + key.len() as u32, 8 + key.len() as u32)
+        );
+        let bytes: usize = delta.iter().map(|p| p.len() - 1 - STAMP_LEN).sum();
+        assert!((3_000..3_000 + delta.len()).contains(&bytes), "{bytes}");
+    }
+
+    #[test]
+    fn delivery_counts_gaps_as_lost() {
+        let stats = Stats::default();
+        let count = Arc::new(StreamCount::default());
+        stats.streams.lock().unwrap().push(count.clone());
+        for index in [0u32, 1, 2, 5, 6] {
+            stats.record(Some((micros_since_epoch(), index)), &count);
+        }
+        assert_eq!(
+            stats.delivery(),
+            Delivery {
+                received: 5,
+                expected: 7
+            }
+        );
+        assert_eq!(stats.take_latency().len(), 5);
+        assert_eq!(
+            stats.take_latency().len(),
+            0,
+            "a new recording starts empty"
+        );
     }
 }
