@@ -55,7 +55,11 @@ pub fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']))
         })
         .unwrap_or("unknown CPU");
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Not available_parallelism(): under taskset that counts only the CPUs allowed.
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{model}, {cores} cores, Linux {}", kernel.trim())
 }

@@ -168,7 +168,7 @@ struct MediaArgs {
 enum Target {
     InProcess(Arc<Engine>),
     Process(Remote),
-    Janus(JanusTarget),
+    Janus(Box<JanusTarget>),
 }
 
 struct Remote {
@@ -302,12 +302,12 @@ impl Target {
                 let janus = Janus::start(config).await?;
                 let session = janus.session().await?;
                 let handle = session.attach().await?;
-                Ok(Target::Janus(JanusTarget {
+                Ok(Target::Janus(Box::new(JanusTarget {
                     janus,
                     admin: (session, handle),
                     rooms: Mutex::default(),
                     peers: tokio::sync::Mutex::default(),
-                }))
+                })))
             }
         }
     }
@@ -500,6 +500,16 @@ impl Target {
         match self {
             Target::InProcess(engine) => Some(engine.participant_count()),
             _ => None,
+        }
+    }
+
+    /// The load generator's CPU seconds so far: this process, less the SFU's threads
+    /// when it runs here (the webrtc crate runs some work on threads of its own).
+    fn load_cpu_seconds(&self) -> anyhow::Result<f64> {
+        let all = procfs::process_cpu_seconds(std::process::id())?;
+        match self {
+            Target::InProcess(_) => Ok(all - self.cpu_seconds()?),
+            _ => Ok(all),
         }
     }
 }
@@ -859,14 +869,14 @@ async fn measure(target: &Target, w: Workload, media: MediaArgs) -> anyhow::Resu
     let (d0, c0, l0, t0) = (
         delivery(&people),
         target.cpu_seconds()?,
-        procfs::thread_cpu_seconds("load")?,
+        target.load_cpu_seconds()?,
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(media.seconds)).await;
     let (d1, c1, l1, elapsed) = (
         delivery(&people),
         target.cpu_seconds()?,
-        procfs::thread_cpu_seconds("load")?,
+        target.load_cpu_seconds()?,
         t0.elapsed().as_secs_f64(),
     );
     let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
@@ -1011,12 +1021,15 @@ async fn ramp(
     Ok(())
 }
 
+/// (forwarded thousands of packets/s, SFU CPU %) of each run, by size.
+type PointsBySize = HashMap<u32, Vec<(f64, f64)>>;
+
 /// SFU CPU (% of one core) against forwarded packets per second: one line per SFU and
 /// workload, medians per size, from the CSV rows.
 fn draw_chart(csv: &Path, out: &Path, font: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let mut groups: HashMap<(String, String), HashMap<u32, Vec<(f64, f64)>>> = HashMap::new();
+    let mut groups: HashMap<(String, String), PointsBySize> = HashMap::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() < 7 {

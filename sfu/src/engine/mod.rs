@@ -491,7 +491,11 @@ impl Engine {
             .map_err(|e| EngineError::BadSdp(e.to_string()))?;
         flush_early_candidates(&p, MediaLeg::Publisher).await;
         let answer = p.publisher.create_answer(None).await.map_err(webrtc_err)?;
+        // Registered before gathering can finish: notify_waiters wakes only registered
+        // waiters, and a lost notice would hold the answer for GATHER_TIMEOUT.
         let gathered = p.publisher_gathered.notified();
+        tokio::pin!(gathered);
+        gathered.as_mut().enable();
         p.publisher
             .set_local_description(answer)
             .await
@@ -1184,6 +1188,8 @@ async fn offer_and_wait(
 ) -> Result<(), EngineError> {
     let offer = p.subscriber.create_offer(None).await.map_err(webrtc_err)?;
     let gathered = p.subscriber_gathered.notified();
+    tokio::pin!(gathered);
+    gathered.as_mut().enable(); // as in `publish`
     p.subscriber
         .set_local_description(offer)
         .await

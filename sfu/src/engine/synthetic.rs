@@ -414,7 +414,12 @@ impl Participant {
                         .await
                         .map_err(err)?;
                     let answer = s.create_answer(None).await.map_err(err)?;
+                    // Registered before gathering can finish, or its notice is lost
+                    // (notify_waiters wakes only registered waiters) and the answer
+                    // waits out local_sdp's timeout.
                     let wait = sub_gathered.notified();
+                    tokio::pin!(wait);
+                    wait.as_mut().enable();
                     s.set_local_description(answer).await.map_err(err)?;
                     let sdp = local_sdp(&s, wait).await?;
                     stop_inactive_readers(&s, &readers_for_answers).await;
@@ -489,6 +494,8 @@ impl Participant {
         }
         let offer = self.publisher.create_offer(None).await.map_err(err)?;
         let wait = gathered.notified();
+        tokio::pin!(wait);
+        wait.as_mut().enable();
         self.publisher
             .set_local_description(offer)
             .await

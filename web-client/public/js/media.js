@@ -96,6 +96,7 @@ export class MediaSession {
   #subscriberQueue = Promise.resolve(); // serialises subscriber offers
   #remote = new Map(); // stream id -> {stream, tracks: Set<track id>}
   #serverConnected = false;
+  #marks = {}; // when each leg first connected (performance.now(), ms since the page opened)
 
   /**
    * @param {object} o
@@ -246,6 +247,9 @@ export class MediaSession {
       // The browser's send-side bandwidth estimate towards the SFU (bit/s): it grows
       // only with the SFU's transport-wide congestion control feedback.
       availableOutgoingBitrate: 0,
+      // When this session's media_joined arrived and each leg first connected, in ms
+      // since the page opened: the join's phases, for diagnostics and the join-time test.
+      marks: { ...this.#marks },
     };
     if (!this.#pcs) return out;
     const [sub, pub] = await Promise.all([
@@ -287,6 +291,7 @@ export class MediaSession {
     this.#sdpSent = { publisher: false, subscriber: false };
     this.#serverConnected = false;
     this.#subscriberQueue = Promise.resolve();
+    this.#marks = { joined: performance.now() };
 
     for (const leg of LEGS) {
       pcs[leg].onicecandidate = (e) => {
@@ -297,7 +302,9 @@ export class MediaSession {
         else this.#pendingLocal[leg].push(msg);
       };
       pcs[leg].onconnectionstatechange = () => {
-        if (this.#pcs === pcs) this.#updateConnected();
+        if (this.#pcs !== pcs) return;
+        if (pcs[leg].connectionState === 'connected') this.#marks[`${leg}Connected`] ??= performance.now();
+        this.#updateConnected();
       };
     }
     pcs.subscriber.ontrack = (e) => this.#addRemoteTrack(e);

@@ -1,0 +1,124 @@
+// Issue 5, scenario 4: join time in a real browser. A patient's visit is admitted to a
+// clinician whose call page is open; the patient then opens their link, and we time from
+// that moment (the page's navigation start) to the first decoded frame of the clinician's
+// video, split into phases on the patient's receiving (subscriber) connection:
+//   signalling  the page loads, signs in over the websocket, joins the consultation's
+//               media, and answers the SFU's offer carrying the clinician's tracks
+//   ICE+DTLS    that answer sent -> the receiving connection is connected
+//   first frame connected -> the first video frame decoded (getStats polled every 5 ms)
+// By default 3 joins (the smoke run in scripts/test); JOINS=30 for the report:
+//   CONSULT_BIN=target/release/consult JOINS=30 scripts/browser-tests tests/join-time.test.mjs
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, test } from 'node:test';
+import * as h from './harness.mjs';
+
+const JOINS = Number(process.env.JOINS || 3);
+h.watchdog(60 + JOINS * 10);
+
+const CLINIC = 'cardiology';
+const CLINICIAN = 'dr.time';
+
+let browser;
+before(async () => {
+  browser = await h.launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+const percentile = (values, p) => {
+  const v = [...values].sort((a, b) => a - b);
+  return v[Math.min(v.length - 1, Math.round((p / 100) * (v.length - 1)))];
+};
+
+/** Opens the admitted patient's link and times the phases to the first decoded frame. */
+async function timeOneJoin(env, origin, visitToken, label) {
+  const page = await h.openCall(browser, env, origin, visitToken, label);
+  // In the page: poll until a video frame is decoded; then read its marks and messages.
+  const seen = await page.evaluate(async () => {
+    const end = performance.now() + 15_000;
+    for (;;) {
+      const s = await window.consultCall.stats();
+      if (s.inboundVideo.framesDecoded > 0) {
+        return { frame: performance.now(), marks: s.marks, origin: performance.timeOrigin, messages: window.consultCall.messages() };
+      }
+      if (performance.now() > end) return { frame: null, stats: s };
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  });
+  assert.ok(seen.frame, `${label}: no frame decoded within 15 s: ${JSON.stringify(seen.stats)}`);
+  const connected = seen.marks.subscriberConnected;
+  assert.ok(connected > 0, `${label}: the receiving connection never said connected`);
+  // The last answer to the SFU's offers sent before the receiving connection connected.
+  const answers = seen.messages
+    .filter((m) => m.dir === 'out' && m.type === 'subscriber_answer')
+    .map((m) => m.at - seen.origin)
+    .filter((t) => t <= connected);
+  assert.ok(answers.length > 0, `${label}: no subscriber answer before the connection`);
+  const answered = answers[answers.length - 1];
+  return {
+    signalling: answered,
+    iceDtls: connected - answered,
+    firstFrame: seen.frame - connected,
+    total: seen.frame,
+    page,
+  };
+}
+
+test(`join time: ${JOINS} patients, link opened to first decoded frame`, async () => {
+  await h.withEnv('join time', async (env) => {
+    const dataDir = await env.tmpdir();
+    const store = { dataDir };
+    const password = randomBytes(12).toString('hex');
+    await h.consultCli(env, store, ['clinic', 'add', CLINIC, '--name', 'Cardiology', '--open-link']);
+    await h.consultCli(
+      env,
+      store,
+      ['staff', 'add', CLINICIAN, '--name', 'Dr Time', '--role', 'clinician', '--clinic', CLINIC, '--password-stdin'],
+      `${password}\n`,
+    );
+    const server = await h.startConsult(env, store);
+    const { token } = await h.rest(server.url).post('/api/staff/sign-in', { username: CLINICIAN, password });
+    const staff = h.rest(server.url, token);
+
+    const rows = [];
+    for (let i = 0; i < JOINS; i++) {
+      const clinician = await h.openCall(browser, env, server.url, token, `clinician-${i}`);
+      await h.waitForState(clinician, (s) => s.socket === 'open' && s.role === 'clinician', 'clinician page signed in');
+      const entered = await h.rest(server.url).post('/api/visits', {
+        entry: { kind: 'open_link', clinic: CLINIC },
+        name: `Patient ${i}`,
+      });
+      await staff.post('/api/commands', { type: 'admit_next', clinic: CLINIC });
+      const row = await timeOneJoin(env, server.url, entered.visit_token, `patient-${i}`);
+      const ms = (x) => Math.round(x);
+      console.log(
+        `join ${i + 1}: total ${ms(row.total)} ms = signalling ${ms(row.signalling)} + ICE+DTLS ${ms(row.iceDtls)} + first frame ${ms(row.firstFrame)}`,
+      );
+      rows.push(row);
+      const room = await staff.get(`/api/clinics/${CLINIC}/room`);
+      for (const c of room.consultations) {
+        await staff.post('/api/commands', { type: 'end_consultation', clinic: CLINIC, consultation: c.id });
+      }
+      await Promise.all([row.page.context().close(), clinician.context().close()]);
+    }
+
+    const phases = ['signalling', 'iceDtls', 'firstFrame', 'total'];
+    const summary = phases
+      .map((p) => {
+        const v = rows.map((r) => r[p]);
+        return `${p}_p50_ms=${Math.round(percentile(v, 50))} ${p}_p95_ms=${Math.round(percentile(v, 95))}`;
+      })
+      .join(' ');
+    console.log(`join-time joins=${rows.length} ${summary}`);
+    for (const r of rows) {
+      assert.ok(r.signalling > 0 && r.iceDtls >= 0 && r.firstFrame >= 0, `phases in order: ${JSON.stringify(r)}`);
+      assert.ok(Math.abs(r.signalling + r.iceDtls + r.firstFrame - r.total) < 1, 'the phases add up');
+    }
+    // What a patient would put up with: the call is on screen within 5 s of the link.
+    assert.ok(percentile(rows.map((r) => r.total), 95) < 5000, `p95 join time under 5 s: ${summary}`);
+    assert.deepEqual(env.pageErrors, [], 'no JavaScript errors in the pages');
+  });
+});
