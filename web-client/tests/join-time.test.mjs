@@ -10,9 +10,9 @@
 //   CONSULT_BIN=target/release/consult JOINS=30 scripts/browser-tests tests/join-time.test.mjs
 
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import * as h from './harness.mjs';
+import * as s from './staff-helpers.mjs';
 
 const JOINS = Number(process.env.JOINS || 3);
 h.watchdog(60 + JOINS * 10);
@@ -69,28 +69,21 @@ async function timeOneJoin(env, origin, visitToken, label) {
 
 test(`join time: ${JOINS} patients, link opened to first decoded frame`, async () => {
   await h.withEnv('join time', async (env) => {
-    const dataDir = await env.tmpdir();
-    const store = { dataDir };
-    const password = randomBytes(12).toString('hex');
-    await h.consultCli(env, store, ['clinic', 'add', CLINIC, '--name', 'Cardiology', '--open-link']);
-    await h.consultCli(
-      env,
-      store,
-      ['staff', 'add', CLINICIAN, '--name', 'Dr Time', '--role', 'clinician', '--clinic', CLINIC, '--password-stdin'],
-      `${password}\n`,
-    );
-    const server = await h.startConsult(env, store);
-    const { token } = await h.rest(server.url).post('/api/staff/sign-in', { username: CLINICIAN, password });
+    const server = await s.platform(env, {
+      clinics: [[CLINIC, 'Cardiology']],
+      staff: [[CLINICIAN, 'Dr Time', 'clinician', [CLINIC]]],
+    });
+    const { token } = await h.rest(server.url).post('/api/staff/sign-in', {
+      username: CLINICIAN,
+      password: server.passwords[CLINICIAN],
+    });
     const staff = h.rest(server.url, token);
 
     const rows = [];
     for (let i = 0; i < JOINS; i++) {
       const clinician = await h.openCall(browser, env, server.url, token, `clinician-${i}`);
-      await h.waitForState(clinician, (s) => s.socket === 'open' && s.role === 'clinician', 'clinician page signed in');
-      const entered = await h.rest(server.url).post('/api/visits', {
-        entry: { kind: 'open_link', clinic: CLINIC },
-        name: `Patient ${i}`,
-      });
+      await h.waitForState(clinician, (x) => x.socket === 'open' && x.role === 'clinician', 'clinician page signed in');
+      const entered = await s.enter(server.url, CLINIC, `Patient ${i}`);
       await staff.post('/api/commands', { type: 'admit_next', clinic: CLINIC });
       const row = await timeOneJoin(env, server.url, entered.visit_token, `patient-${i}`);
       const ms = (x) => Math.round(x);

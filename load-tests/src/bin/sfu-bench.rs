@@ -437,10 +437,10 @@ impl Target {
             let p = peers.get(&key).context("no such participant")?;
             (p.subscriber.clone(), p.offers.clone(), p.room)
         };
-        let streams: Vec<_> = publishers
+        let streams = publishers
             .iter()
-            .map(|f| json!({"feed": u64::try_from(*f).unwrap_or(0)}))
-            .collect();
+            .map(|f| Ok(json!({"feed": u64::try_from(*f)?})))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let body =
             json!({"request": "join", "room": room, "ptype": "subscriber", "streams": streams});
         // VideoRoom refuses a subscription until the publisher's connection is up.
@@ -664,7 +664,7 @@ impl Workload {
 }
 
 /// One measurement of one workload on one SFU.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Measurement {
     target: &'static str,
     workload: String,
@@ -681,8 +681,6 @@ struct Measurement {
     load_cpu_share: f64,
 }
 
-const CSV_HEADER: &str = "target,workload,load,participants,seconds,forwarded_pps,sfu_cpu_share,pkts_per_cpu_s,cpu_s_per_million,loss_pct,latency_p50_ms,latency_p99_ms,rss_mib,rss_per_participant_kib,load_cpu_share";
-
 impl Measurement {
     fn pkts_per_cpu_s(&self) -> f64 {
         self.forwarded_pps / self.sfu_cpu_share.max(1e-6)
@@ -692,46 +690,56 @@ impl Measurement {
         1e6 / self.pkts_per_cpu_s().max(1e-6)
     }
 
+    /// Each figure's name and formatted value, in report order.
+    fn fields(&self) -> [(&'static str, String); 15] {
+        [
+            ("target", self.target.to_owned()),
+            ("workload", self.workload.clone()),
+            ("load", self.load.to_string()),
+            ("participants", self.participants.to_string()),
+            ("seconds", format!("{:.1}", self.seconds)),
+            ("forwarded_pps", format!("{:.0}", self.forwarded_pps)),
+            ("sfu_cpu_share", format!("{:.4}", self.sfu_cpu_share)),
+            ("pkts_per_cpu_s", format!("{:.0}", self.pkts_per_cpu_s())),
+            (
+                "cpu_s_per_million",
+                format!("{:.3}", self.cpu_s_per_million()),
+            ),
+            ("loss_pct", format!("{:.3}", self.loss_pct)),
+            ("latency_p50_ms", format!("{:.3}", self.latency_p50_ms)),
+            ("latency_p99_ms", format!("{:.3}", self.latency_p99_ms)),
+            ("rss_mib", format!("{:.1}", self.rss_mib)),
+            (
+                "rss_per_participant_kib",
+                format!("{:.0}", self.rss_per_participant_kib),
+            ),
+            ("load_cpu_share", format!("{:.3}", self.load_cpu_share)),
+        ]
+    }
+
+    /// `workload key=value …`, for the terminal and the smoke tests.
     fn line(&self) -> String {
-        format!(
-            "{} target={} load={} participants={} seconds={:.1} forwarded_pps={:.0} sfu_cpu_share={:.3} pkts_per_cpu_s={:.0} cpu_s_per_million={:.2} loss_pct={:.3} latency_p50_ms={:.2} latency_p99_ms={:.2} rss_mib={:.1} rss_per_participant_kib={:.0} load_cpu_share={:.2}",
-            self.workload,
-            self.target,
-            self.load,
-            self.participants,
-            self.seconds,
-            self.forwarded_pps,
-            self.sfu_cpu_share,
-            self.pkts_per_cpu_s(),
-            self.cpu_s_per_million(),
-            self.loss_pct,
-            self.latency_p50_ms,
-            self.latency_p99_ms,
-            self.rss_mib,
-            self.rss_per_participant_kib,
-            self.load_cpu_share
-        )
+        let pairs: Vec<String> = self
+            .fields()
+            .into_iter()
+            .filter(|(k, _)| *k != "workload")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!("{} {}", self.workload, pairs.join(" "))
+    }
+
+    fn csv_header() -> String {
+        let names: Vec<&str> = Measurement::default()
+            .fields()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        names.join(",")
     }
 
     fn csv(&self) -> String {
-        format!(
-            "{},{},{},{},{:.1},{:.0},{:.4},{:.0},{:.3},{:.3},{:.3},{:.3},{:.1},{:.0},{:.3}",
-            self.target,
-            self.workload,
-            self.load,
-            self.participants,
-            self.seconds,
-            self.forwarded_pps,
-            self.sfu_cpu_share,
-            self.pkts_per_cpu_s(),
-            self.cpu_s_per_million(),
-            self.loss_pct,
-            self.latency_p50_ms,
-            self.latency_p99_ms,
-            self.rss_mib,
-            self.rss_per_participant_kib,
-            self.load_cpu_share
-        )
+        let values: Vec<String> = self.fields().into_iter().map(|(_, v)| v).collect();
+        values.join(",")
     }
 
     /// The median of each figure over several runs of the same workload.
@@ -764,7 +772,7 @@ fn report(cli: &Cli, m: &Measurement) -> anyhow::Result<()> {
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         if fresh {
-            writeln!(f, "{CSV_HEADER}")?;
+            writeln!(f, "{}", Measurement::csv_header())?;
         }
         writeln!(f, "{}", m.csv())?;
     }
