@@ -6,11 +6,18 @@
 //! connection the SFU offers on (it sends everyone else's tracks). Each side only ever
 //! offers on its own connection, so renegotiation never collides.
 //!
-//! Tasks: one per published track (reads RTP, asks the core where it goes, queues it), one
-//! writer per participant (writes queued packets to its local tracks, so one slow
-//! subscriber never stalls a publisher), one per subscribed track (reads the subscriber's
-//! RTCP: keyframe requests), and one negotiation loop per participant (reconciles the
-//! subscriber connection with the room's published tracks, one offer at a time).
+//! Tasks: one per published track (reads RTP, asks the core where it goes, hands each copy
+//! straight to the subscriber connection's driver without waiting: a full driver queue
+//! drops that copy for that subscriber alone, so one slow subscriber never stalls a
+//! publisher), one per subscribed track (reads the subscriber's RTCP: NACKs and keyframe
+//! requests), and one negotiation loop per participant (reconciles the subscriber
+//! connection with the room's published tracks, one offer at a time).
+//!
+//! Each leg's interceptor chain holds only what that direction needs, because every
+//! interceptor handles every packet: the publisher leg (the SFU receives) generates NACKs,
+//! receiver reports and transport-wide congestion feedback for the browser's estimator;
+//! the subscriber leg (the SFU sends) generates sender reports (lip sync) and surfaces the
+//! browser's NACKs and keyframe requests.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,14 +26,16 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use protocol::{IceCandidate, MediaLeg};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, Packet, Slot, StreamInfo, TaggedPacket,
+    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder,
+    SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -58,8 +67,6 @@ use crate::forward::{
     CachedPacket, Forward, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
 };
 
-/// How many packets may wait for one participant's writer before new ones are dropped.
-const WRITER_QUEUE: usize = 1024;
 /// How long an offer waits for candidates to be gathered (loopback and host candidates
 /// are immediate; this bounds a misconfigured STUN server).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -209,19 +216,13 @@ impl CachedPacket for Cached {
     }
 }
 
-/// How a packet reaches one subscriber: its writer's queue, its local track, its SSRC and
-/// the payload type negotiated on its connection.
+/// How a packet reaches one subscriber: its local track, its SSRC and the payload type
+/// negotiated on its connection.
 #[derive(Clone)]
 struct Route {
-    tx: mpsc::Sender<Outgoing>,
     local: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     payload_type: u8,
-}
-
-struct Outgoing {
-    local: Arc<TrackLocalStaticRTP>,
-    packet: rtp::Packet,
 }
 
 impl std::fmt::Debug for Route {
@@ -229,14 +230,6 @@ impl std::fmt::Debug for Route {
         f.debug_struct("Route")
             .field("ssrc", &self.ssrc)
             .field("payload_type", &self.payload_type)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for Outgoing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outgoing")
-            .field("seq", &self.packet.header.sequence_number)
             .finish_non_exhaustive()
     }
 }
@@ -295,7 +288,6 @@ struct Participant {
     /// Set when the room's tracks changed: the negotiation loop reconciles.
     dirty: Notify,
     answer: Mutex<Option<oneshot::Sender<String>>>,
-    writer: mpsc::Sender<Outgoing>,
     events: mpsc::UnboundedSender<EngineEvent>,
     /// Candidates trickled before the connection's remote description, per leg.
     early: Mutex<EarlyCandidates>,
@@ -425,21 +417,27 @@ impl Engine {
         let subscriber_gathered = Arc::new(Notify::new());
         let (connected_tx, subscriber_connected) = watch::channel(false);
         let publisher = self
-            .peer_connection(Arc::new(PublisherHandler {
-                _live: connection_guard(),
-                room: Arc::downgrade(&room),
-                peer: id,
-                key: participant,
-                gathered: publisher_gathered.clone(),
-                events: events.clone(),
-            }))
+            .peer_connection(
+                Role::ServerReceiving,
+                Arc::new(PublisherHandler {
+                    _live: connection_guard(),
+                    room: Arc::downgrade(&room),
+                    peer: id,
+                    key: participant,
+                    gathered: publisher_gathered.clone(),
+                    events: events.clone(),
+                }),
+            )
             .await?;
         let subscriber = match self
-            .peer_connection(Arc::new(SubscriberHandler {
-                _live: connection_guard(),
-                gathered: subscriber_gathered.clone(),
-                connected: connected_tx,
-            }))
+            .peer_connection(
+                Role::ServerSending,
+                Arc::new(SubscriberHandler {
+                    _live: connection_guard(),
+                    gathered: subscriber_gathered.clone(),
+                    connected: connected_tx,
+                }),
+            )
             .await
         {
             Ok(pc) => pc,
@@ -448,7 +446,6 @@ impl Engine {
                 return Err(e);
             }
         };
-        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
         let p = Arc::new(Participant {
             key: participant,
             id,
@@ -460,7 +457,6 @@ impl Engine {
             subscriber_connected,
             dirty: Notify::new(),
             answer: Mutex::new(None),
-            writer,
             events,
             early: Mutex::default(),
             closed: Default::default(),
@@ -473,7 +469,6 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .insert(participant, p.clone());
         lock(&room).participants.insert(id, p.clone());
-        tokio::spawn(write_loop(queue));
         tokio::spawn(negotiation_loop(p.clone()));
         p.dirty.notify_one();
         Ok(())
@@ -623,12 +618,13 @@ impl Engine {
     /// configured.
     async fn peer_connection(
         &self,
+        role: Role,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Arc<dyn PeerConnection>, EngineError> {
         let ip = self.config.bind_ip;
         let Some((first, last)) = self.config.ports else {
             let tcp = self.config.ice_tcp.then(|| format!("{ip}:0"));
-            return build_peer_connection(Role::Server, format!("{ip}:0"), tcp, handler).await;
+            return build_peer_connection(role, format!("{ip}:0"), tcp, handler).await;
         };
         let span = u32::from(last.saturating_sub(first)) + 1;
         for _ in 0..span {
@@ -642,7 +638,7 @@ impl Engine {
             }
             let tcp = self.config.ice_tcp.then(|| format!("{ip}:{port}"));
             let udp = format!("{ip}:{port}");
-            match build_peer_connection(Role::Server, udp, tcp, handler.clone()).await {
+            match build_peer_connection(role, udp, tcp, handler.clone()).await {
                 Ok(pc) => return Ok(pc),
                 // Taken between the probe and the bind: try the next one.
                 Err(e) => tracing::debug!(port, error = %e, "media port busy"),
@@ -682,12 +678,16 @@ pub async fn peer_connection(
     build_peer_connection(Role::Client, format!("{bind_ip}:0"), None, handler).await
 }
 
-/// Which side of ICE a connection is on: the SFU runs ICE-lite (it only answers checks;
-/// the browser nominates, so both agree on the pair before DTLS starts); clients (the
-/// synthetic participants) run full ICE.
+/// What a connection is for. The SFU's connections run ICE-lite (they only answer checks;
+/// the browser nominates, so both agree on the pair before DTLS starts) and carry the
+/// interceptors of their one direction; clients (the synthetic participants) run full ICE
+/// with the crate's usual set for both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
-    Server,
+    /// The SFU's publisher leg: it receives a participant's media.
+    ServerReceiving,
+    /// The SFU's subscriber leg: it sends the others' media to a participant.
+    ServerSending,
     Client,
 }
 
@@ -699,10 +699,8 @@ async fn build_peer_connection(
 ) -> Result<Arc<dyn PeerConnection>, EngineError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(webrtc_err)?;
-    // The crate's default set (`register_default_interceptors`) less its NACK responder:
-    // NACKs are answered by the forwarding core from one cache per published track, not by
-    // a responder that buffers every packet once per subscriber. Its slot holds a
-    // pass-through so that the chain keeps its shape.
+    // NACK and PLI feedback for video on every connection: the browser sends both to the
+    // SFU's subscriber leg, and the SFU sends both to its publisher leg.
     for parameter in ["", "pli"] {
         media.register_feedback(
             RTCPFeedback {
@@ -713,14 +711,27 @@ async fn build_peer_connection(
         );
     }
     configure_simulcast_extension_headers(&mut media).map_err(webrtc_err)?;
-    let registry = configure_twcc_receiver_only(Registry::new(), &mut media).map_err(webrtc_err)?;
-    let registry = configure_rtcp_reports(registry)
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-        .with(Slot::NackResponder, RtcpToApplication::pass_through())
-        .with(Slot::from(14_000), RtcpToApplication::marking());
+    // The crate's default set (`register_default_interceptors`) less its NACK responder
+    // (NACKs are answered by the forwarding core from one cache per published track, not by
+    // a responder that buffers every packet once per subscriber); on the SFU's legs only
+    // the half for that leg's direction, since every interceptor handles every packet.
+    let receiving = matches!(role, Role::ServerReceiving | Role::Client);
+    let sending = matches!(role, Role::ServerSending | Role::Client);
+    let mut registry = Registry::new();
+    if receiving {
+        registry = configure_twcc_receiver_only(registry, &mut media)
+            .map_err(webrtc_err)?
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    }
+    if sending {
+        registry = registry
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            .with(Slot::from(14_000), RtcpToApplication::default());
+    }
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_lite(role == Role::Server)
+        .with_lite(role != Role::Client)
         .build();
     let mut builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -762,27 +773,10 @@ pub(crate) fn local_track(
 
 /// Marks keyframe requests and NACKs from the far end for delivery to the application
 /// (otherwise the interceptor chain ends them); other RTCP is left to the chain.
-///
-/// With `mark` off it changes nothing: that is how it takes the built-in NACK responder's
-/// slot.
 #[derive(Default)]
 struct RtcpToApplication {
-    mark: bool,
     read: std::collections::VecDeque<TaggedPacket>,
     write: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl RtcpToApplication {
-    fn marking() -> Self {
-        Self {
-            mark: true,
-            ..Self::default()
-        }
-    }
-
-    fn pass_through() -> Self {
-        Self::default()
-    }
 }
 
 impl std::fmt::Debug for RtcpToApplication {
@@ -799,7 +793,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let (true, Packet::Rtcp(pkts)) = (self.mark, &msg.message.packet) {
+        if let Packet::Rtcp(pkts) = &msg.message.packet {
             let wanted: Vec<_> = pkts
                 .iter()
                 .filter(|p| {
@@ -982,8 +976,8 @@ async fn publish_track(room: Weak<Room>, publisher: PeerId, track: Arc<dyn Track
     }
 }
 
-/// Queues one forwarded packet for its subscriber's writer, with that subscriber's header:
-/// no allocation beyond the packet struct (the payload is shared).
+/// Hands one forwarded packet, with that subscriber's header, to its connection's driver
+/// without waiting: no allocation (the payload is shared) and no task in between.
 fn send_forward(fw: Forward<'_, Cached, Route>) {
     let out = rtp::Packet {
         header: rtp::Header {
@@ -997,11 +991,10 @@ fn send_forward(fw: Forward<'_, Cached, Route>) {
         },
         payload: fw.packet.0.payload.clone(),
     };
-    // A full queue means that subscriber is far behind: drop for it alone.
-    let _ = fw.route.tx.try_send(Outgoing {
-        local: fw.route.local.clone(),
-        packet: out,
-    });
+    // Not ready at once means the driver's queue is full (that subscriber is far behind)
+    // or the track is being unbound: the copy is dropped for that subscriber alone, and a
+    // NACK can still fetch it from the cache. Dropping the pending write cancels it.
+    let _ = fw.route.local.write_rtp(out).now_or_never();
 }
 
 /// Sends a PLI to the publisher of the requested track.
@@ -1016,14 +1009,6 @@ async fn send_keyframe_request(room: &Room, req: KeyframeRequest) {
             media_ssrc,
         };
         let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
-    }
-}
-
-/// Writes a participant's queued packets to their local tracks.
-async fn write_loop(mut queue: mpsc::Receiver<Outgoing>) {
-    while let Some(o) = queue.recv().await {
-        // An unbound track (removed meanwhile) refuses: nothing to do for that packet.
-        let _ = o.local.write_rtp(o.packet).await;
     }
 }
 
@@ -1155,7 +1140,6 @@ async fn negotiation_loop(p: Arc<Participant>) {
                 continue;
             };
             let route = Route {
-                tx: p.writer.clone(),
                 local: s.local.clone(),
                 ssrc: s.ssrc,
                 payload_type: pt,
