@@ -4,10 +4,12 @@
 
 use std::process::Command;
 
-const BENCH: &str = env!("CARGO_BIN_EXE_sfu-bench");
+const SFU_BENCH: &str = env!("CARGO_BIN_EXE_sfu-bench");
+const ROOM_BENCH: &str = env!("CARGO_BIN_EXE_room-bench");
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(BENCH)
+/// Runs a bench to the end; its standard output, once it succeeded.
+fn bench(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin)
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
@@ -15,10 +17,14 @@ fn run(args: &[&str]) -> String {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),
-        "sfu-bench {args:?} failed: {}\n{stdout}",
+        "{bin} {args:?} failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+fn run(args: &[&str]) -> String {
+    bench(SFU_BENCH, args)
 }
 
 /// The value of `key=` in a report line.
@@ -128,9 +134,11 @@ fn consult_bin() -> std::path::PathBuf {
 #[test]
 fn room_bench_smoke_admits_and_reports_latency() {
     let consult = consult_bin();
-    let out = Command::new(env!("CARGO_BIN_EXE_room-bench"))
-        .args(["--consult-bin", consult.to_str().unwrap()])
-        .args([
+    let stdout = bench(
+        ROOM_BENCH,
+        &[
+            "--consult-bin",
+            consult.to_str().unwrap(),
             "--patients",
             "40",
             "--clinics",
@@ -139,14 +147,7 @@ fn room_bench_smoke_admits_and_reports_latency() {
             "200",
             "--admits",
             "8",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "room-bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let line = stdout.lines().find(|l| l.starts_with("rooms ")).unwrap();
     assert_eq!(field(line, "join_n"), 40.0, "{line}");

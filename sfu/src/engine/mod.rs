@@ -977,7 +977,8 @@ async fn publish_track(room: Weak<Room>, publisher: PeerId, track: Arc<dyn Track
 }
 
 /// Hands one forwarded packet, with that subscriber's header, to its connection's driver
-/// without waiting: no allocation (the payload is shared) and no task in between.
+/// without waiting and with no task in between. The payload is shared; the one allocation
+/// is the crate's (`write_rtp` is an `async_trait` method, so its future is boxed).
 fn send_forward(fw: Forward<'_, Cached, Route>) {
     let out = rtp::Packet {
         header: rtp::Header {
