@@ -99,7 +99,8 @@ async fn main() -> anyhow::Result<()> {
         announced_ip: args.announced_ip,
         ports: args.ports,
         ice_tcp: args.ice_tcp,
-    });
+    })
+    .context("binding the media ports")?;
     let node = Node::new(engine);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

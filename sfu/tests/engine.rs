@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ const MEDIA: Publish = Publish {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_each_receive_the_other_two_and_joins_ask_for_keyframes() {
-    let engine = Engine::new(EngineConfig::new(LOOPBACK));
+    let engine = Engine::new(EngineConfig::new(LOOPBACK)).unwrap();
     let room = 42;
     let first = Participant::join(&engine, LOOPBACK, room, 1, Some(MEDIA))
         .await
@@ -180,26 +181,38 @@ fn free_range(n: u16) -> (u16, u16) {
     panic!("no free port range");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_stays_in_its_port_range_with_ice_tcp_offered() {
-    let (first, last) = free_range(8);
-    let engine = Engine::new(EngineConfig {
-        ports: Some((first, last)),
-        ice_tcp: true,
-        ..EngineConfig::new(LOOPBACK)
-    });
-    let (a, sdps_a) = join_recorded(&engine, 7, 1).await.unwrap();
-    let (b, sdps_b) = join_recorded(&engine, 7, 2).await.unwrap();
+/// Two participants exchange media through an engine confined to `ports`; returns the
+/// candidates the SFU sent them.
+async fn media_through(engine: &Arc<Engine>, room: u128) -> Vec<(String, String, u16, String)> {
+    let (a, sdps_a) = join_recorded(engine, room, 1).await.unwrap();
+    let (b, sdps_b) = join_recorded(engine, room, 2).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while a.stats.sources_with_both(10) < 1 || b.stats.sources_with_both(10) < 1 {
         assert!(Instant::now() < deadline, "no media with a port range");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let sent: Vec<String> = [sdps_a, sdps_b]
+    a.leave(engine).await;
+    b.leave(engine).await;
+    [sdps_a, sdps_b]
         .iter()
         .flat_map(|s| s.lock().unwrap().clone())
-        .collect();
-    let all: Vec<_> = sent.iter().flat_map(|s| candidates(s)).collect();
+        .flat_map(|s| candidates(&s))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_stays_in_its_port_range_with_ice_tcp_offered() {
+    let (first, last) = free_range(8);
+    let engine = Engine::with_loops(
+        EngineConfig {
+            ports: Some((first, last)),
+            ice_tcp: true,
+            ..EngineConfig::new(LOOPBACK)
+        },
+        2,
+    )
+    .unwrap();
+    let all = media_through(&engine, 7).await;
     assert!(!all.is_empty());
     for (transport, addr, port, _) in &all {
         assert_eq!(addr, "127.0.0.1");
@@ -214,23 +227,34 @@ async fn media_stays_in_its_port_range_with_ice_tcp_offered() {
             && (first..=last).contains(port)),
         "no passive ICE-TCP candidate in {all:?}"
     );
-    // Four connections hold four ports of eight; a range of two has room for one
-    // participant only, and the next is refused with a reason.
-    a.leave(&engine).await;
-    b.leave(&engine).await;
-    let (first, last) = free_range(2);
-    let small = Engine::new(EngineConfig {
-        ports: Some((first, last)),
+    // One room lives on one loop, whose connections all share its one port.
+    let udp: std::collections::HashSet<u16> = all
+        .iter()
+        .filter(|(t, ..)| t == "udp")
+        .map(|(_, _, port, _)| *port)
+        .collect();
+    assert_eq!(udp.len(), 1, "{all:?}");
+
+    // A range of one port is enough for a whole node (one loop); a range with no free
+    // port is refused, with a reason, when the engine starts.
+    let (first, _) = free_range(1);
+    let single = EngineConfig {
+        ports: Some((first, first)),
         ..EngineConfig::new(LOOPBACK)
-    });
-    let (events, _keep) = tokio::sync::mpsc::unbounded_channel();
-    small.join(1, 1, events.clone()).await.unwrap();
-    let refused = small.join(1, 2, events).await.unwrap_err();
+    };
+    let one = Engine::with_loops(single.clone(), 4).unwrap();
+    assert_eq!(one.media_addrs().len(), 1);
+    assert!(
+        media_through(&one, 8)
+            .await
+            .iter()
+            .all(|(_, _, port, _)| *port == first)
+    );
+    let refused = Engine::new(single).unwrap_err();
     assert!(
         matches!(refused, sfu::engine::EngineError::NoFreePort),
         "{refused:?}"
     );
-    small.leave(1).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +263,8 @@ async fn candidates_carry_the_announced_address() {
     let engine = Engine::new(EngineConfig {
         announced_ip: Some(public),
         ..EngineConfig::new(LOOPBACK)
-    });
+    })
+    .unwrap();
     // Nothing listens on 127.0.0.2 (no NAT here, and nothing leaves loopback): only what
     // the SFU says is checked.
     let (p, sdps) = join_recorded(&engine, 9, 1).await.unwrap();

@@ -43,7 +43,9 @@ pub async fn open_media(
             let engine_config = config
                 .engine_config()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let node = sfu::control::Node::new(sfu::engine::Engine::new(engine_config));
+            let engine = sfu::engine::Engine::new(engine_config)
+                .map_err(|e| StoreError::Unavailable(format!("media: {e}")))?;
+            let node = sfu::control::Node::new(engine);
             let id = protocol::NodeId::parse(media::LOCAL_NODE)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             media::Media::in_process(id, node, ice)

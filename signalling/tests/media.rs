@@ -29,7 +29,7 @@ fn derm() -> ClinicId {
 }
 
 fn in_process() -> (Arc<Node>, Arc<Media>) {
-    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)));
+    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)).unwrap());
     let media = Media::in_process(NodeId::parse(LOCAL_NODE).unwrap(), node.clone(), vec![]);
     (node, Arc::new(media))
 }
@@ -393,7 +393,7 @@ async fn start_node(
     secret: &str,
     id: &str,
 ) -> (Arc<Node>, tokio_util::sync::CancellationToken) {
-    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)));
+    let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -535,7 +535,8 @@ fn main() -> anyhow::Result<()> {
     let sfu_rt = runtime("sfu")?;
     let load_rt = runtime("load")?;
     let in_process = (cli.sfu_bin.is_none() && cli.target == Kind::Ours)
-        .then(|| sfu_rt.block_on(async { Engine::new(EngineConfig::new(bench_ip())) }));
+        .then(|| sfu_rt.block_on(async { Engine::new(EngineConfig::new(bench_ip())) }))
+        .transpose()?;
     let result = load_rt.block_on(run(&cli, in_process));
     load_rt.shutdown_timeout(Duration::from_secs(2));
     sfu_rt.shutdown_timeout(Duration::from_secs(2));

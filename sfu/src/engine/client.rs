@@ -1,0 +1,48 @@
+//! The client side, on the `webrtc` crate's async wrapper: the synthetic participants of
+//! tests and load tests make their connections here, with the same codecs and
+//! interceptors as the SFU's (see [`super::connection_recipe`]).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+};
+
+use super::{EngineError, Role, connection_recipe, webrtc_err};
+
+/// A client peer connection (full ICE, both directions' interceptors) bound to `bind_ip`
+/// only, with no mDNS.
+pub async fn peer_connection(
+    bind_ip: IpAddr,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>, EngineError> {
+    let (media, registry, settings) = connection_recipe(Role::Client, SettingEngineBuilder::new())?;
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_setting_engine(settings)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec![format!("{bind_ip}:0")])
+        .build()
+        .await
+        .map_err(webrtc_err)?;
+    Ok(Arc::new(pc))
+}
+
+/// A local track sending one SSRC of one codec, in media stream `stream`.
+pub(crate) fn local_track(
+    stream: String,
+    id: String,
+    kind: RtpCodecKind,
+    ssrc: u32,
+    codec: RTCRtpCodec,
+) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(super::media_track(
+        stream, id, kind, ssrc, codec,
+    )))
+}
