@@ -79,6 +79,8 @@ const RECV_BUF: usize = 2048;
 const MAX_TCP_STREAMS: usize = 4096;
 /// Remote addresses one connection may be reached from (one per candidate pair tried).
 const MAX_ADDRS_PER_CONN: usize = 8;
+/// The soonest a connection's timer fires again after it was serviced.
+const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 /// How often negotiation deadlines are checked.
 const NEGOTIATION_TICK: Duration = Duration::from_millis(250);
 
@@ -496,8 +498,9 @@ impl MediaLoop {
                     None => std::future::pending().await,
                 }
             };
+            // Unbiased: under a steady stream of datagrams the other arms still get their
+            // turn.
             tokio::select! {
-                biased;
                 ready = self.net.udp.readable() => {
                     if ready.is_ok() {
                         self.read_udp(&mut buf);
@@ -675,7 +678,10 @@ impl MediaLoop {
         while let Some(m) = c.pc.poll_read() {
             reads.push(m.message);
         }
-        let deadline = c.pc.poll_timeout();
+        // A deadline already past that handling did not move would spin the loop: the
+        // core is asked again a millisecond later at the earliest (as the `webrtc`
+        // crate's driver does).
+        let deadline = c.pc.poll_timeout().map(|at| at.max(now + MIN_TIMER_STEP));
         if deadline != c.deadline {
             c.deadline = deadline;
             if let Some(at) = deadline {
