@@ -3,10 +3,11 @@
 //!
 //! - [`forward`]: the forwarding core, sans-IO: per-packet decisions, NACKs answered from
 //!   a per-track [`packet_cache`], keyframe requests. Tested with simulated time.
-//! - [`engine`]: the one module that imports `webrtc`: peer connections, the tasks around
-//!   them, negotiation; it carries out the core's decisions. Its submodule
-//!   [`engine::synthetic`] is a synthetic participant for tests and load tests, built on
-//!   the same peer-connection recipe.
+//! - [`engine`]: the one module that speaks WebRTC: media loops (one per core) that drive
+//!   the `rtc` crate's sans-IO peer connections over one shared port each, negotiation;
+//!   it carries out the core's decisions. Its submodule [`engine::synthetic`] is a
+//!   synthetic participant for tests and load tests, on the `webrtc` crate with the same
+//!   connection recipe.
 //! - [`control`]: the node's side of the control channel from signalling
 //!   (`protocol::control`), over in-process channels or, in a separate process, the
 //!   websocket of [`server`]; [`registry`] announces a separate node in Redis.

@@ -37,7 +37,8 @@ struct Args {
     /// The public address browsers reach `media_ip` at, behind 1:1 NAT.
     #[arg(long, env = "CONSULT_SFU_ANNOUNCED_IP")]
     announced_ip: Option<IpAddr>,
-    /// The media port range, e.g. `40000-40999` (two ports per participant).
+    /// The media port range, e.g. `40000-40007`: one UDP port (and TCP, with ICE-TCP) per
+    /// media loop, one loop per core; every participant shares them.
     #[arg(long, env = "CONSULT_SFU_PORTS", value_parser = sfu::engine::parse_port_range)]
     ports: Option<(u16, u16)>,
     /// Also accept ICE over TCP on the same ports.

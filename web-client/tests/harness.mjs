@@ -346,10 +346,12 @@ export async function launchBrowser() {
 /**
  * Opens call.html with `token` in the fragment, in a new browser context (a separate
  * person); its console and errors go to the environment's log under `label`.
+ * `initScript`, if given, runs in the page before its own scripts.
  */
-export async function openCall(browser, env, origin, token, label) {
+export async function openCall(browser, env, origin, token, label, { initScript } = {}) {
   const context = await browser.newContext();
   env.contexts.push(context);
+  if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   env.pages.set(label, page);
   page.on('console', (m) => env.log.push(`[${label}] ${m.type()}: ${m.text()}`));

@@ -1,7 +1,8 @@
 // Issue 3, end to end: a clinician and a patient, each in their own browser context on
 // call.html, are joined to one consultation through signalling, and each receives the
 // other's camera and microphone through the SFU: once with the SFU inside `consult`
-// (single node), once with the SFU as a separate process registered through Redis.
+// (single node), once with the SFU as a separate process registered through Redis, and
+// once over ICE-TCP only, as behind a firewall that blocks UDP.
 //
 // Run by scripts/browser-tests (inside a private network namespace), or directly:
 //   cd web-client && node --test tests/
@@ -36,9 +37,10 @@ const callEnded = (s) =>
  * The scenario both tests run against a store (`dataDir` or `redisUrl`): a clinic and a
  * clinician from the command line; the clinician's page open; a patient enters and
  * waits; the clinician admits them by REST; both pages must be receiving each other's
- * media within 30 s; then the consultation ends and both pages must say so.
+ * media within 30 s; then the consultation ends and both pages must say so. `initScript`
+ * runs in both pages first; `whileConnected(page, who)` checks each before the end.
  */
-async function consultation(env, store) {
+async function consultation(env, store, { extraEnv, initScript, whileConnected } = {}) {
   const password = randomBytes(12).toString('hex');
   await h.consultCli(env, store, ['clinic', 'add', CLINIC, '--name', 'Dermatology', '--open-link']);
   await h.consultCli(
@@ -47,19 +49,19 @@ async function consultation(env, store) {
     ['staff', 'add', CLINICIAN, '--name', 'Dr Jones', '--role', 'clinician', '--clinic', CLINIC, '--password-stdin'],
     `${password}\n`,
   );
-  const server = await h.startConsult(env, store);
+  const server = await h.startConsult(env, { ...store, extraEnv });
   const origin = server.url;
 
   const { token } = await h.rest(server.url).post('/api/staff/sign-in', { username: CLINICIAN, password });
   const staff = h.rest(server.url, token);
-  const clinician = await h.openCall(browser, env, origin, token, 'clinician');
+  const clinician = await h.openCall(browser, env, origin, token, 'clinician', { initScript });
   await h.waitForState(clinician, (s) => s.socket === 'open' && s.role === 'clinician', 'clinician page signed in');
 
   const entered = await h.rest(server.url).post('/api/visits', {
     entry: { kind: 'open_link', clinic: CLINIC },
     name: 'Pat Example',
   });
-  const patient = await h.openCall(browser, env, origin, entered.visit_token, 'patient');
+  const patient = await h.openCall(browser, env, origin, entered.visit_token, 'patient', { initScript });
   await h.waitForState(patient, (s) => s.patient === 'waiting', 'patient page in the waiting room');
   // The patient page took the credential out of its address bar.
   assert.ok(!patient.url().includes(entered.visit_token), 'the token stays in the address bar');
@@ -96,6 +98,10 @@ async function consultation(env, store) {
     await h.waitFor(page, (v) => v.outboundVideo.packetsSent > 0 && v.outboundAudio.packetsSent > 0, `${who} sends media`, 10_000);
   }
 
+  if (whileConnected) {
+    await whileConnected(clinician, 'clinician');
+    await whileConnected(patient, 'patient');
+  }
   const room = await staff.get(`/api/clinics/${CLINIC}/room`);
   assert.equal(room.consultations.length, 1, `one consultation in ${JSON.stringify(room)}`);
   await staff.post('/api/commands', { type: 'end_consultation', clinic: CLINIC, consultation: room.consultations[0].id });
@@ -148,5 +154,57 @@ test('two browsers in one consultation through an SFU process registered in Redi
     const redis = await h.startRedis(env, dir);
     await h.startSfu(env, { redisUrl: redis.url, nodeId: 'sfu-1' });
     await consultation(env, { dataDir: dir, redisUrl: redis.url });
+  });
+});
+
+/**
+ * In the page: peer connections see only the SFU's TCP candidates (as if a firewall
+ * dropped UDP), and are kept in `window.__pcs` for inspection.
+ */
+function udpBlocked() {
+  const Native = window.RTCPeerConnection;
+  window.__pcs = [];
+  const tcpOnly = (sdp) =>
+    sdp
+      .split('\r\n')
+      .filter((l) => !(l.startsWith('a=candidate:') && / udp /i.test(l)))
+      .join('\r\n');
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.__pcs.push(this);
+    }
+    setRemoteDescription(d) {
+      return super.setRemoteDescription(d && d.sdp ? { type: d.type, sdp: tcpOnly(d.sdp) } : d);
+    }
+  };
+}
+
+/** The protocol of each live peer connection's selected candidate pair, in the page. */
+function selectedProtocols() {
+  return Promise.all(
+    window.__pcs
+      .filter((pc) => pc.connectionState === 'connected')
+      .map(async (pc) => {
+        const stats = [...(await pc.getStats()).values()];
+        const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+        const pair = stats.find((s) => s.id === transport?.selectedCandidatePairId);
+        return stats.find((s) => s.id === pair?.localCandidateId)?.protocol ?? 'none';
+      }),
+  );
+}
+
+test('with UDP blocked, two browsers connect over ICE-TCP through the in-process SFU', async () => {
+  await h.withEnv('ICE-TCP only', async (env) => {
+    const dataDir = await env.tmpdir();
+    await consultation(env, { dataDir }, {
+      extraEnv: { CONSULT_MEDIA_ICE_TCP: 'true' },
+      initScript: udpBlocked,
+      whileConnected: async (page, who) => {
+        const protocols = await page.evaluate(selectedProtocols);
+        // Both connections of each person (publisher and subscriber) run over TCP.
+        assert.deepEqual(protocols, ['tcp', 'tcp'], `${who}'s selected candidate pairs`);
+      },
+    });
   });
 });

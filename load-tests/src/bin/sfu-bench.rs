@@ -853,12 +853,24 @@ async fn measure(target: &Target, w: Workload, media: MediaArgs) -> anyhow::Resu
         .any(|(p, s)| p.stats.sources_with_both(30) < s.len())
     {
         if Instant::now() > deadline {
-            let short = people
+            let short: Vec<String> = people
                 .iter()
                 .zip(&sources)
                 .filter(|(p, s)| p.stats.sources_with_both(30) < s.len())
-                .count();
-            bail!("{short} participants did not receive everyone within the deadline");
+                .map(|(p, s)| {
+                    let mut got: Vec<_> = p.stats.received().into_iter().collect();
+                    got.sort();
+                    format!(
+                        "expected {} sources, got (stream, video) packets {got:?}",
+                        s.len()
+                    )
+                })
+                .collect();
+            bail!(
+                "{} participants did not receive everyone within the deadline: {}",
+                short.len(),
+                short.join("; ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -75,6 +75,12 @@ const MAX_EARLY_CANDIDATES: usize = 32;
 const RECV_BATCH: usize = 64;
 /// The largest datagram read (larger ones are truncated, and fail to decrypt).
 const RECV_BUF: usize = 2048;
+/// The kernel buffers asked for on the shared UDP socket. Every connection of the loop
+/// shares them, so they must absorb a burst of the whole loop's traffic while the loop
+/// is busy (hundreds of DTLS handshakes at once, say): with the default ~200 KB, the
+/// buffer overflowed at 200 participants and handshake flights were lost. Capped by
+/// `net.core.rmem_max` / `wmem_max` (raise those for large nodes).
+const SOCKET_BUFFER: usize = 8 << 20;
 /// ICE-TCP streams one loop keeps open at most.
 const MAX_TCP_STREAMS: usize = 4096;
 /// Remote addresses one connection may be reached from (one per candidate pair tried).
@@ -144,6 +150,9 @@ pub(super) fn bind(config: &EngineConfig, wanted: usize) -> Result<Vec<Sockets>,
             None
         };
         udp.set_nonblocking(true).ok()?;
+        let sock = socket2::SockRef::from(&udp);
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
         if let Some(t) = &tcp {
             t.set_nonblocking(true).ok()?;
         }
@@ -204,6 +213,7 @@ pub(super) fn spawn(
             tcp_addr,
             tcp_out: HashMap::new(),
             send_errors: 0,
+            reported_errors: 0,
         },
         announced,
         nacks,
@@ -317,8 +327,24 @@ struct Member {
     negotiation: Negotiation,
     /// The room's tracks changed since the last offer.
     dirty: bool,
-    subscriber_connected: bool,
+    /// Where the subscriber connection stands: while it is connecting (ICE and the DTLS
+    /// handshake under way), further offers wait, since applying a new answer in the
+    /// middle of the handshake can break it.
+    subscriber_state: RTCPeerConnectionState,
+    /// Whether an answer was ever applied on the subscriber connection.
+    subscriber_answered: bool,
     _live: LiveGuard,
+}
+
+impl Member {
+    /// The subscriber connection has been answered and is not up (nor failed) yet.
+    fn handshaking(&self) -> bool {
+        self.subscriber_answered
+            && matches!(
+                self.subscriber_state,
+                RTCPeerConnectionState::New | RTCPeerConnectionState::Connecting
+            )
+    }
 }
 
 /// The loop's sockets.
@@ -328,19 +354,19 @@ struct Net {
     tcp_addr: Option<SocketAddr>,
     /// Each accepted ICE-TCP stream's way out, by the peer's address.
     tcp_out: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    /// Datagrams the socket refused (its buffer full), and how many were last reported.
     send_errors: u64,
+    reported_errors: u64,
 }
 
 impl Net {
     fn send(&mut self, msg: TaggedBytesMut) {
         let peer = msg.transport.peer_addr;
         match msg.transport.transport_protocol {
-            TransportProtocol::UDP => {
-                // A full socket buffer drops the datagram, as a full link would; the
-                // receiver's NACK or keyframe request recovers.
-                if self.udp.try_send_to(&msg.message, peer).is_err() {
-                    self.send_errors += 1;
-                }
+            // A full socket buffer drops the datagram, as a full link would; the receiver's
+            // NACK or keyframe request recovers.
+            TransportProtocol::UDP if self.udp.try_send_to(&msg.message, peer).is_err() => {
+                self.send_errors += 1;
             }
             TransportProtocol::TCP => {
                 if let Some(out) = self.tcp_out.get(&peer) {
@@ -520,8 +546,13 @@ impl MediaLoop {
                         self.datagram(TransportProtocol::TCP, peer, data, Instant::now());
                     }
                     TcpIn::Closed { peer } => {
+                        let key = (TransportProtocol::TCP, peer);
                         self.net.tcp_out.remove(&peer);
-                        self.by_addr.remove(&(TransportProtocol::TCP, peer));
+                        if let Some(id) = self.by_addr.remove(&key) {
+                            if let Some(c) = self.conns.get_mut(&id) {
+                                c.addrs.retain(|a| *a != key);
+                            }
+                        }
                     }
                 },
                 accepted = accept => {
@@ -610,8 +641,12 @@ impl MediaLoop {
         };
         if self.by_addr.get(&key) != Some(&id) {
             let c = self.conns.get_mut(&id)?;
+            // The oldest route gives way (a browser that moved networks, a closed stream).
             if c.addrs.len() >= MAX_ADDRS_PER_CONN {
-                return Some(id);
+                let oldest = c.addrs.remove(0);
+                if self.by_addr.get(&oldest) == Some(&id) {
+                    self.by_addr.remove(&oldest);
+                }
             }
             c.addrs.push(key);
             if let Some(old) = self.by_addr.insert(key, id) {
@@ -708,39 +743,57 @@ impl MediaLoop {
         now: Instant,
     ) {
         match event {
-            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match leg {
-                MediaLeg::Publisher => {
-                    let connected = match state {
-                        RTCPeerConnectionState::Connected => true,
-                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => false,
-                        _ => return,
-                    };
-                    if let Some(m) = self.members.get(&key) {
-                        let _ = m.events.send(EngineEvent::Connection {
-                            participant: key,
-                            connected,
-                        });
-                    }
-                }
-                MediaLeg::Subscriber => {
-                    let up = state == RTCPeerConnectionState::Connected;
-                    if let Some(m) = self.members.get_mut(&key) {
-                        m.subscriber_connected = up;
-                    }
-                    if up {
-                        self.route_new_tracks(key, now);
-                    }
-                }
-            },
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                tracing::debug!(participant = key, ?leg, %state, "connection state");
+                self.connection_state(key, leg, state, now);
+            }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if leg == MediaLeg::Publisher =>
             {
-                self.publish_track(id, key, init, now);
+                self.publish_track(id, key, init);
             }
             RTCPeerConnectionEvent::OnTrack(
                 RTCTrackEvent::OnClose(track) | RTCTrackEvent::OnClosing(track),
             ) if leg == MediaLeg::Publisher => self.unpublish_track(id, key, &track),
             _ => {}
+        }
+    }
+
+    fn connection_state(
+        &mut self,
+        key: u128,
+        leg: MediaLeg,
+        state: RTCPeerConnectionState,
+        now: Instant,
+    ) {
+        match leg {
+            MediaLeg::Publisher => {
+                let connected = match state {
+                    RTCPeerConnectionState::Connected => true,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => false,
+                    _ => return,
+                };
+                if let Some(m) = self.members.get(&key) {
+                    let _ = m.events.send(EngineEvent::Connection {
+                        participant: key,
+                        connected,
+                    });
+                }
+            }
+            MediaLeg::Subscriber => {
+                let Some(m) = self.members.get_mut(&key) else {
+                    return;
+                };
+                m.subscriber_state = state;
+                // A round of negotiation held back while the connection was coming up.
+                let resume = m.dirty && !m.handshaking();
+                if state == RTCPeerConnectionState::Connected {
+                    self.route_new_tracks(key, now);
+                }
+                if resume {
+                    self.dirty.push(key);
+                }
+            }
         }
     }
 
@@ -867,8 +920,7 @@ impl MediaLoop {
 
     /// A track the publisher connection started receiving: the room's other participants
     /// subscribe to it.
-    fn publish_track(&mut self, id: ConnId, key: u128, init: RTCTrackEventInit, now: Instant) {
-        let _ = now;
+    fn publish_track(&mut self, id: ConnId, key: u128, init: RTCTrackEventInit) {
         let Some(m) = self.members.get(&key) else {
             return;
         };
@@ -964,7 +1016,9 @@ impl MediaLoop {
         let Some(m) = members.get_mut(&key) else {
             return;
         };
-        if m.negotiation != Negotiation::Idle {
+        // An offer is out (its answer brings the next round), or the connection is still
+        // connecting (the round follows when it is up or has failed).
+        if m.negotiation != Negotiation::Idle || m.handshaking() {
             return;
         }
         m.dirty = false;
@@ -1042,6 +1096,11 @@ impl MediaLoop {
                     Some((private, public)) => crate::sdp::announce(&sdp, *private, *public),
                     None => sdp,
                 };
+                tracing::debug!(
+                    participant = key,
+                    tracks = m.subscribed.len(),
+                    "subscriber offer"
+                );
                 let _ = m.events.send(EngineEvent::SubscriberOffer {
                     participant: key,
                     sdp,
@@ -1069,7 +1128,9 @@ impl MediaLoop {
         let Some(m) = members.get_mut(&key) else {
             return;
         };
-        if !m.subscriber_connected || m.negotiation != Negotiation::Idle {
+        if m.subscriber_state != RTCPeerConnectionState::Connected
+            || m.negotiation != Negotiation::Idle
+        {
             return;
         }
         let (Some(r), Some(c)) = (rooms.get_mut(&m.room), conns.get_mut(&m.subscriber)) else {
@@ -1097,6 +1158,7 @@ impl MediaLoop {
                 payload_type,
             };
             s.routed = true;
+            tracing::debug!(participant = key, track = t.0, "routed");
             if let Some(req) = r.forwarder.subscribe(*t, m.id, route, now) {
                 requests.push(req);
             }
@@ -1106,8 +1168,16 @@ impl MediaLoop {
         }
     }
 
-    /// Answers not given in time, and failed negotiations due to be tried again.
+    /// Answers not given in time, failed negotiations due to be tried again, and datagrams
+    /// dropped since the last tick.
     fn negotiation_deadlines(&mut self, now: Instant) {
+        if self.net.send_errors != self.net.reported_errors {
+            tracing::warn!(
+                dropped = self.net.send_errors - self.net.reported_errors,
+                "media datagrams dropped: the socket's send buffer was full"
+            );
+            self.net.reported_errors = self.net.send_errors;
+        }
         let mut again = Vec::new();
         for (key, m) in &mut self.members {
             match m.negotiation {
@@ -1287,7 +1357,8 @@ impl MediaLoop {
                 subscribed: HashMap::new(),
                 negotiation: Negotiation::Idle,
                 dirty: false,
-                subscriber_connected: false,
+                subscriber_state: RTCPeerConnectionState::New,
+                subscriber_answered: false,
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );
@@ -1381,7 +1452,9 @@ impl MediaLoop {
             return Err(e);
         }
         add_early_candidates(key, c);
+        tracing::debug!(participant = key, "subscriber answer applied");
         m.negotiation = Negotiation::Idle;
+        m.subscriber_answered = true;
         let again = m.dirty;
         touch(&mut self.conns, &mut self.touched, id);
         self.route_new_tracks(key, now);

@@ -59,12 +59,13 @@ pub(crate) use client::local_track;
 pub use client::peer_connection;
 use media_loop::{Command, LoopHandle};
 
-/// Peer connections whose event handler is still alive (a connection frees its handler
-/// when it is freed), and engine participants still allocated: both return to zero after
-/// everyone leaves unless something leaks. Read by the churn benchmark.
+/// Peer connections alive (the SFU's, and the synthetic clients' whose event handler a
+/// connection frees when it is freed), and engine participants still allocated: both
+/// return to zero after everyone leaves unless something leaks. Read by the churn
+/// benchmark.
 static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 static LIVE_PARTICIPANTS: AtomicUsize = AtomicUsize::new(0);
-/// Per-track tasks alive (engine: subscriber RTCP readers; synthetic: remote track readers).
+/// Per-track tasks alive (the synthetic participants' remote track readers).
 static LIVE_TRACK_TASKS: AtomicUsize = AtomicUsize::new(0);
 
 /// A guard that counts one live per-track task.
