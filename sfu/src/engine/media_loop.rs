@@ -327,24 +327,9 @@ struct Member {
     negotiation: Negotiation,
     /// The room's tracks changed since the last offer.
     dirty: bool,
-    /// Where the subscriber connection stands: while it is connecting (ICE and the DTLS
-    /// handshake under way), further offers wait, since applying a new answer in the
-    /// middle of the handshake can break it.
+    /// Where the subscriber connection stands: new tracks are routed once it is up.
     subscriber_state: RTCPeerConnectionState,
-    /// Whether an answer was ever applied on the subscriber connection.
-    subscriber_answered: bool,
     _live: LiveGuard,
-}
-
-impl Member {
-    /// The subscriber connection has been answered and is not up (nor failed) yet.
-    fn handshaking(&self) -> bool {
-        self.subscriber_answered
-            && matches!(
-                self.subscriber_state,
-                RTCPeerConnectionState::New | RTCPeerConnectionState::Connecting
-            )
-    }
 }
 
 /// The loop's sockets.
@@ -785,13 +770,8 @@ impl MediaLoop {
                     return;
                 };
                 m.subscriber_state = state;
-                // A round of negotiation held back while the connection was coming up.
-                let resume = m.dirty && !m.handshaking();
                 if state == RTCPeerConnectionState::Connected {
                     self.route_new_tracks(key, now);
-                }
-                if resume {
-                    self.dirty.push(key);
                 }
             }
         }
@@ -1016,9 +996,8 @@ impl MediaLoop {
         let Some(m) = members.get_mut(&key) else {
             return;
         };
-        // An offer is out (its answer brings the next round), or the connection is still
-        // connecting (the round follows when it is up or has failed).
-        if m.negotiation != Negotiation::Idle || m.handshaking() {
+        // An offer is out: its answer brings the next round.
+        if m.negotiation != Negotiation::Idle {
             return;
         }
         m.dirty = false;
@@ -1358,7 +1337,6 @@ impl MediaLoop {
                 negotiation: Negotiation::Idle,
                 dirty: false,
                 subscriber_state: RTCPeerConnectionState::New,
-                subscriber_answered: false,
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );
@@ -1454,7 +1432,6 @@ impl MediaLoop {
         add_early_candidates(key, c);
         tracing::debug!(participant = key, "subscriber answer applied");
         m.negotiation = Negotiation::Idle;
-        m.subscriber_answered = true;
         let again = m.dirty;
         touch(&mut self.conns, &mut self.touched, id);
         self.route_new_tracks(key, now);
