@@ -87,8 +87,8 @@ const MAX_TCP_STREAMS: usize = 4096;
 const MAX_ADDRS_PER_CONN: usize = 8;
 /// The soonest a connection's timer fires again after it was serviced.
 const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
-/// How often negotiation deadlines are checked.
-const NEGOTIATION_TICK: Duration = Duration::from_millis(250);
+/// How often negotiation deadlines (and dropped sends) are checked.
+const TICK: Duration = Duration::from_millis(250);
 
 /// A request from the engine, with the channel its answer goes back on.
 #[derive(Debug)]
@@ -488,7 +488,7 @@ impl MediaLoop {
         mut tcp_rx: mpsc::Receiver<TcpIn>,
     ) {
         let mut buf = vec![0u8; RECV_BUF];
-        let mut tick = tokio::time::interval(NEGOTIATION_TICK);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
         let timer = tokio::time::sleep_until(far());
@@ -549,7 +549,7 @@ impl MediaLoop {
                         }
                     }
                 }
-                _ = tick.tick() => self.negotiation_deadlines(Instant::now()),
+                _ = tick.tick() => self.tick(Instant::now()),
             }
         }
         let everyone: Vec<u128> = self.members.keys().copied().collect();
@@ -683,11 +683,11 @@ impl MediaLoop {
     /// Sends a connection's datagrams, handles its events and what it read, and keeps
     /// its timer.
     fn service(&mut self, id: ConnId, now: Instant) {
-        let mut events = std::mem::take(&mut self.events);
-        let mut reads = std::mem::take(&mut self.reads);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        let mut events = std::mem::take(&mut self.events);
+        let mut reads = std::mem::take(&mut self.reads);
         c.queued = false;
         while let Some(msg) = c.pc.poll_write() {
             self.net.send(msg);
@@ -1149,7 +1149,7 @@ impl MediaLoop {
 
     /// Answers not given in time, failed negotiations due to be tried again, and datagrams
     /// dropped since the last tick.
-    fn negotiation_deadlines(&mut self, now: Instant) {
+    fn tick(&mut self, now: Instant) {
         if self.net.send_errors != self.net.reported_errors {
             tracing::warn!(
                 dropped = self.net.send_errors - self.net.reported_errors,

@@ -267,7 +267,10 @@ impl Engine {
             .participants
             .get(&participant)
             .ok_or(EngineError::UnknownParticipant)?;
-        Ok(&self.loops[p.rooms[room].media_loop])
+        p.rooms
+            .get(room)
+            .and_then(|r| self.loops.get(r.media_loop))
+            .ok_or(EngineError::UnknownParticipant)
     }
 
     async fn ask<T>(
