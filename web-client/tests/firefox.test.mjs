@@ -30,6 +30,10 @@ after(async () => {
 const receiving = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
 /** Camera and microphone sent. */
 const sending = (x) => x.outboundVideo.packetsSent > 0 && x.outboundAudio.packetsSent > 0;
+/** Every video on the page with a stream (one's own and the other's) plays a picture. */
+const videosPlaying = () =>
+  [...document.querySelectorAll('video')].filter((v) => v.srcObject).map((v) => !v.paused && v.videoWidth > 0);
+const allPlaying = (v) => v.length === 2 && v.every(Boolean);
 const staffStats = () => window.consultStaff?.stats();
 const patientStats = () => window.consultPatient?.stats();
 
@@ -70,6 +74,8 @@ async function journey(env, patientEngine, clinicianEngine) {
   await s.waitStaff(doc, (x) => x.remoteVideos === 1, 'the clinician sees the patient');
   await h.waitFor(doc, sending, 'the clinician sends camera and microphone', 10_000, staffStats);
   await h.waitFor(patient, sending, 'the patient sends camera and microphone', 10_000, patientStats);
+  await h.waitFor(doc, allPlaying, 'the clinician sees both pictures play', 10_000, videosPlaying);
+  await h.waitFor(patient, allPlaying, 'the patient sees both pictures play', 10_000, videosPlaying);
 
   await doc.getByRole('button', { name: 'End call', exact: true }).click();
   await doc.locator('#dlg').getByRole('button', { name: 'End call', exact: true }).click();
