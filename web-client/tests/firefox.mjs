@@ -17,10 +17,11 @@ export const FIREFOX = process.env.FIREFOX || '/usr/bin/firefox-esr';
 
 /**
  * Preferences for a Firefox in the tests' namespace: fake camera and microphone with no
- * prompt, ICE candidates on loopback, and plain addresses (no mDNS names). Firefox gathers
- * only the default route's address (and the namespace has no route) unless the page may
- * use the camera or microphone; with prompts disabled that needs a granted permission,
- * hence camera and microphone allowed by default.
+ * prompt, ICE candidates on loopback, and plain addresses (no mDNS names). Camera and
+ * microphone are also allowed by default: without a granted permission Firefox gathers
+ * only the default route's address ("use only default local addresses" in its ICE log;
+ * capturing from the fake devices with prompts disabled does not count), and the
+ * namespace has no route, so it gathered no candidate at all.
  */
 export const FIREFOX_PREFS = {
   'media.navigator.streams.fake': true,
@@ -33,7 +34,7 @@ export const FIREFOX_PREFS = {
 
 /**
  * `::-p-label(text)`: form controls labelled `text`, as Playwright's getByLabel finds them
- * (the accessibility tree would also give the label's own text node).
+ * (by accessible name, the label element itself would match first).
  */
 Puppeteer.registerCustomQueryHandler('label', {
   queryAll: (root, text) => {
