@@ -9,12 +9,14 @@
 //   browser -> server: join_media, publish_offer, subscriber_answer, ice_candidate,
 //                      leave_media
 //   server -> browser: media_joined, publish_answer, subscriber_offer, ice_candidate,
-//                      media_connection, media_ended
+//                      media_connection, media_ended, publish_renegotiate
 //
 // Each participant has two connections, so that each side only ever offers on its own:
 // the *publisher* (the browser offers; it sends camera and microphone) and the
 // *subscriber* (the SFU offers, again whenever someone joins or leaves; the browser
 // answers; it receives one MediaStream per other participant, named by its stream id).
+// The SFU may ask for a new publisher offer (`publish_renegotiate`) when the video codecs
+// everyone in the consultation can decode change: its answer then picks another codec.
 //
 // Usage:
 //   const media = new MediaSession({ send, localStream, onRemoteStream,
@@ -74,6 +76,7 @@ const MEDIA_MESSAGES = new Set([
   'ice_candidate',
   'media_connection',
   'media_ended',
+  'publish_renegotiate',
 ]);
 
 const LEGS = ['publisher', 'subscriber'];
@@ -97,6 +100,7 @@ export class MediaSession {
   #remote = new Map(); // stream id -> {stream, tracks: Set<track id>}
   #serverConnected = false;
   #marks = {}; // when each leg first connected (performance.now(), ms since the page opened)
+  #reofferWanted = false; // publish_renegotiate came while an offer was out: offer again after
 
   /**
    * @param {object} o
@@ -177,6 +181,9 @@ export class MediaSession {
         break;
       case 'publish_answer':
         if (this.#pcs) this.#applyPublishAnswer(msg.sdp);
+        break;
+      case 'publish_renegotiate':
+        if (this.#pcs) this.#offerPublisher(this.#pcs);
         break;
       case 'subscriber_offer':
         if (this.#pcs) {
@@ -318,20 +325,40 @@ export class MediaSession {
       const track = this.localStream?.getTracks().find((t) => t.kind === kind);
       pcs.publisher.addTransceiver(track || kind, { direction: 'sendonly', streams });
     }
-    (async () => {
+    this.#reofferWanted = false;
+    this.#offerPublisher(pcs);
+  }
+
+  /**
+   * Offers the publisher connection (first, or again when the SFU asks): one offer at a
+   * time; a request while one is out is taken up once its answer is applied.
+   */
+  async #offerPublisher(pcs) {
+    if (pcs.publisher.signalingState !== 'stable') {
+      this.#reofferWanted = true;
+      return;
+    }
+    try {
       const offer = await pcs.publisher.createOffer();
       await pcs.publisher.setLocalDescription(offer);
       if (this.#pcs !== pcs) return;
       this.send({ type: 'publish_offer', sdp: pcs.publisher.localDescription.sdp });
-      this.#flushLocal('publisher');
-    })().catch((e) => this.#fail(pcs, 'publish offer', e));
+      if (!this.#sdpSent.publisher) this.#flushLocal('publisher');
+    } catch (e) {
+      this.#fail(pcs, 'publish offer', e);
+    }
   }
 
   async #applyPublishAnswer(sdp) {
     const pcs = this.#pcs;
     try {
       await pcs.publisher.setRemoteDescription({ type: 'answer', sdp });
-      if (this.#pcs === pcs) await this.#flushRemote('publisher');
+      if (this.#pcs !== pcs) return;
+      await this.#flushRemote('publisher');
+      if (this.#reofferWanted) {
+        this.#reofferWanted = false;
+        this.#offerPublisher(pcs);
+      }
     } catch (e) {
       this.#fail(pcs, 'publish answer', e);
     }
