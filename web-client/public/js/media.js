@@ -249,7 +249,7 @@ export class MediaSession {
         framesReceived: 0, framesDecoded: 0, keyFramesDecoded: 0, pliCount: 0, nackCount: 0,
       },
       inboundAudio: { tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0 },
-      outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0 },
+      outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0, codec: null },
       outboundAudio: { tracks: 0, packetsSent: 0, bytesSent: 0 },
       // The browser's send-side bandwidth estimate towards the SFU (bit/s): it grows
       // only with the SFU's transport-wide congestion control feedback.
@@ -257,16 +257,30 @@ export class MediaSession {
       // When this session's media_joined arrived and each leg first connected, in ms
       // since the page opened: the join's phases, for diagnostics and the join-time test.
       marks: { ...this.#marks },
+      // Per other participant (by the id of the stream their tracks arrive in): video
+      // frames decoded and in which codec, audio packets received.
+      byStream: {},
     };
     if (!this.#pcs) return out;
     const [sub, pub] = await Promise.all([
       this.#pcs.subscriber.getStats(),
       this.#pcs.publisher.getStats(),
     ]);
+    const streamOf = new Map();
+    for (const [id, { stream }] of this.#remote) for (const t of stream.getTracks()) streamOf.set(t.id, id);
     sub.forEach((r) => {
       if (r.type !== 'inbound-rtp') return;
       const sum = r.kind === 'video' ? out.inboundVideo : r.kind === 'audio' ? out.inboundAudio : null;
       if (sum) addInto(sum, r);
+      const id = streamOf.get(r.trackIdentifier);
+      if (!id) return;
+      const s = (out.byStream[id] ??= { framesDecoded: 0, videoCodec: null, audioPacketsReceived: 0 });
+      if (r.kind === 'video') {
+        s.framesDecoded += r.framesDecoded || 0;
+        s.videoCodec = sub.get(r.codecId)?.mimeType ?? s.videoCodec;
+      } else if (r.kind === 'audio') {
+        s.audioPacketsReceived += r.packetsReceived || 0;
+      }
     });
     pub.forEach((r) => {
       if (r.type === 'candidate-pair' && r.nominated && r.availableOutgoingBitrate) {
@@ -275,6 +289,7 @@ export class MediaSession {
       if (r.type !== 'outbound-rtp') return;
       const sum = r.kind === 'video' ? out.outboundVideo : r.kind === 'audio' ? out.outboundAudio : null;
       if (sum) addInto(sum, r);
+      if (r.kind === 'video' && r.codecId) out.outboundVideo.codec = pub.get(r.codecId)?.mimeType ?? null;
     });
     return out;
   }
