@@ -9,12 +9,14 @@
 //   browser -> server: join_media, publish_offer, subscriber_answer, ice_candidate,
 //                      leave_media
 //   server -> browser: media_joined, publish_answer, subscriber_offer, ice_candidate,
-//                      media_connection, media_ended
+//                      media_connection, media_ended, publish_renegotiate
 //
 // Each participant has two connections, so that each side only ever offers on its own:
 // the *publisher* (the browser offers; it sends camera and microphone) and the
 // *subscriber* (the SFU offers, again whenever someone joins or leaves; the browser
 // answers; it receives one MediaStream per other participant, named by its stream id).
+// The SFU may ask for a new publisher offer (`publish_renegotiate`) when the video codecs
+// everyone in the consultation can decode change: its answer then picks another codec.
 //
 // Usage:
 //   const media = new MediaSession({ send, localStream, onRemoteStream,
@@ -74,6 +76,7 @@ const MEDIA_MESSAGES = new Set([
   'ice_candidate',
   'media_connection',
   'media_ended',
+  'publish_renegotiate',
 ]);
 
 const LEGS = ['publisher', 'subscriber'];
@@ -97,6 +100,7 @@ export class MediaSession {
   #remote = new Map(); // stream id -> {stream, tracks: Set<track id>}
   #serverConnected = false;
   #marks = {}; // when each leg first connected (performance.now(), ms since the page opened)
+  #reofferWanted = false; // publish_renegotiate came while an offer was out: offer again after
 
   /**
    * @param {object} o
@@ -178,6 +182,9 @@ export class MediaSession {
       case 'publish_answer':
         if (this.#pcs) this.#applyPublishAnswer(msg.sdp);
         break;
+      case 'publish_renegotiate':
+        if (this.#pcs) this.#offerPublisher(this.#pcs);
+        break;
       case 'subscriber_offer':
         if (this.#pcs) {
           const pcs = this.#pcs;
@@ -242,7 +249,7 @@ export class MediaSession {
         framesReceived: 0, framesDecoded: 0, keyFramesDecoded: 0, pliCount: 0, nackCount: 0,
       },
       inboundAudio: { tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0 },
-      outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0 },
+      outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0, codec: null },
       outboundAudio: { tracks: 0, packetsSent: 0, bytesSent: 0 },
       // The browser's send-side bandwidth estimate towards the SFU (bit/s): it grows
       // only with the SFU's transport-wide congestion control feedback.
@@ -250,16 +257,30 @@ export class MediaSession {
       // When this session's media_joined arrived and each leg first connected, in ms
       // since the page opened: the join's phases, for diagnostics and the join-time test.
       marks: { ...this.#marks },
+      // Per other participant (by the id of the stream their tracks arrive in): video
+      // frames decoded and in which codec, audio packets received.
+      byStream: {},
     };
     if (!this.#pcs) return out;
     const [sub, pub] = await Promise.all([
       this.#pcs.subscriber.getStats(),
       this.#pcs.publisher.getStats(),
     ]);
+    const streamOf = new Map();
+    for (const [id, { stream }] of this.#remote) for (const t of stream.getTracks()) streamOf.set(t.id, id);
     sub.forEach((r) => {
       if (r.type !== 'inbound-rtp') return;
       const sum = r.kind === 'video' ? out.inboundVideo : r.kind === 'audio' ? out.inboundAudio : null;
       if (sum) addInto(sum, r);
+      const id = streamOf.get(r.trackIdentifier);
+      if (!id) return;
+      const s = (out.byStream[id] ??= { framesDecoded: 0, videoCodec: null, audioPacketsReceived: 0 });
+      if (r.kind === 'video') {
+        s.framesDecoded += r.framesDecoded || 0;
+        s.videoCodec = sub.get(r.codecId)?.mimeType ?? s.videoCodec;
+      } else if (r.kind === 'audio') {
+        s.audioPacketsReceived += r.packetsReceived || 0;
+      }
     });
     pub.forEach((r) => {
       if (r.type === 'candidate-pair' && r.nominated && r.availableOutgoingBitrate) {
@@ -268,6 +289,7 @@ export class MediaSession {
       if (r.type !== 'outbound-rtp') return;
       const sum = r.kind === 'video' ? out.outboundVideo : r.kind === 'audio' ? out.outboundAudio : null;
       if (sum) addInto(sum, r);
+      if (r.kind === 'video' && r.codecId) out.outboundVideo.codec = pub.get(r.codecId)?.mimeType ?? null;
     });
     return out;
   }
@@ -318,20 +340,40 @@ export class MediaSession {
       const track = this.localStream?.getTracks().find((t) => t.kind === kind);
       pcs.publisher.addTransceiver(track || kind, { direction: 'sendonly', streams });
     }
-    (async () => {
+    this.#reofferWanted = false;
+    this.#offerPublisher(pcs);
+  }
+
+  /**
+   * Offers the publisher connection (first, or again when the SFU asks): one offer at a
+   * time; a request while one is out is taken up once its answer is applied.
+   */
+  async #offerPublisher(pcs) {
+    if (pcs.publisher.signalingState !== 'stable') {
+      this.#reofferWanted = true;
+      return;
+    }
+    try {
       const offer = await pcs.publisher.createOffer();
       await pcs.publisher.setLocalDescription(offer);
       if (this.#pcs !== pcs) return;
       this.send({ type: 'publish_offer', sdp: pcs.publisher.localDescription.sdp });
-      this.#flushLocal('publisher');
-    })().catch((e) => this.#fail(pcs, 'publish offer', e));
+      if (!this.#sdpSent.publisher) this.#flushLocal('publisher');
+    } catch (e) {
+      this.#fail(pcs, 'publish offer', e);
+    }
   }
 
   async #applyPublishAnswer(sdp) {
     const pcs = this.#pcs;
     try {
       await pcs.publisher.setRemoteDescription({ type: 'answer', sdp });
-      if (this.#pcs === pcs) await this.#flushRemote('publisher');
+      if (this.#pcs !== pcs) return;
+      await this.#flushRemote('publisher');
+      if (this.#reofferWanted) {
+        this.#reofferWanted = false;
+        this.#offerPublisher(pcs);
+      }
     } catch (e) {
       this.#fail(pcs, 'publish answer', e);
     }
