@@ -1,8 +1,9 @@
 // Issue 12: every browser's codec. Safari prefers H264 and old Safari offers nothing
-// else; Firefox without its OpenH264 plug-in (Debian's firefox-esr here) offers no H264.
-// Chromium pages stand in for them by reordering or filtering the codecs of their
-// publisher connection (`setCodecPreferences`, as those browsers' offers look), and the
-// SFU must make every subscriber decode every publisher:
+// else; Firefox without its OpenH264 plug-in (Debian's firefox-esr here, which cannot
+// download it) offers no H264. Safari cannot run here: Chromium pages stand in for it by
+// reordering or filtering the codecs of their publisher connection (`setCodecPreferences`,
+// as Safari's offers look); the browser without H264 is the real Firefox. The SFU must make
+// every subscriber decode every publisher:
 //   - an H264-preferring publisher is answered with H264 and decoded by the other side;
 //   - an H264-only publisher is decoded, and makes the others send H264 to it;
 //   - when someone who cannot decode H264 joins, the H264 publisher is asked to offer
@@ -25,11 +26,12 @@ const H264 = 'video/H264';
 const VP8 = 'video/VP8';
 
 let browser;
+let firefox;
 before(async () => {
-  browser = await h.launchBrowser();
+  [browser, firefox] = await Promise.all([h.launchBrowser('chromium'), h.launchBrowser('firefox')]);
 });
 after(async () => {
-  await browser?.close();
+  await Promise.all([browser?.close(), firefox?.close()]);
 });
 
 /**
@@ -54,7 +56,6 @@ function codecPreference(order, only) {
 }
 const PREFERS_H264 = codecPreference([H264], false); // Safari
 const H264_ONLY = codecPreference([H264], true); // Safari before 12.1
-const VP8_ONLY = codecPreference([VP8], true); // Firefox without OpenH264
 
 /** A clinic, its clinician signed in on a call page, and a way to admit more people. */
 async function platform(env, clinicianScript) {
@@ -68,19 +69,25 @@ async function platform(env, clinicianScript) {
     ['staff', 'add', CLINICIAN, '--name', 'Dr Jones', '--role', 'clinician', '--clinic', CLINIC, '--password-stdin'],
     `${password}\n`,
   );
-  const server = await h.startConsult(env, store);
+  const server = await h.startConsult(env, { ...store, extraEnv: { RUST_LOG: process.env.DEBUG_SFU ? 'sfu=debug,info' : 'info' } });
   const { token } = await h.rest(server.url).post('/api/staff/sign-in', { username: CLINICIAN, password });
   const staff = h.rest(server.url, token);
   const clinician = await h.openCall(browser, env, server.url, token, 'clinician', { initScript: clinicianScript });
   await h.waitForState(clinician, (s) => s.socket === 'open' && s.role === 'clinician', 'clinician signed in');
   let consultation = null;
-  /** A patient page that enters, waits, and is admitted into the one consultation. */
+  /**
+   * A patient page (in Chromium, or in Firefox with `initScript` 'firefox') that enters,
+   * waits, and is admitted into the one consultation.
+   */
   const patient = async (label, initScript) => {
     const entered = await h.rest(server.url).post('/api/visits', {
       entry: { kind: 'open_link', clinic: CLINIC },
       name: `Pat ${label}`,
     });
-    const page = await h.openCall(browser, env, server.url, entered.visit_token, label, { initScript });
+    const page =
+      initScript === 'firefox'
+        ? await h.openCall(firefox, env, server.url, entered.visit_token, label)
+        : await h.openCall(browser, env, server.url, entered.visit_token, label, { initScript });
     await h.waitForState(page, (s) => s.patient === 'waiting', `${label} waiting`);
     await staff.post('/api/commands', {
       type: 'admit',
@@ -163,19 +170,19 @@ test('a participant without H264 joining makes the H264 publisher switch to VP8 
     await decodesOthers(p.clinician, 'the clinician', 1, (c) => c === H264);
     const joinsBefore = (await safari.evaluate(() => window.consultCall.messages())).filter((m) => m.type === 'join_media').length;
 
-    const { page: firefox, visit } = await p.patient('no-h264', VP8_ONLY);
-    await sends(safari, 'the patient after a browser without H264 joined', VP8);
-    await decodesOthers(firefox, 'the participant without H264', 2, (c) => c === VP8);
+    const { page: fx, visit } = await p.patient('firefox', 'firefox');
+    await sends(safari, 'the patient after Firefox (no H264) joined', VP8);
+    await decodesOthers(fx, 'the Firefox participant', 2, (c) => c === VP8);
     await decodesOthers(p.clinician, 'the clinician', 2, (c) => c === VP8);
     await decodesOthers(safari, 'the H264-preferring patient', 2);
     const messages = await safari.evaluate(() => window.consultCall.messages());
     assert.ok(messages.some((m) => m.type === 'publish_renegotiate'), 'the SFU asked for a new offer');
     assert.equal(messages.filter((m) => m.type === 'join_media').length, joinsBefore, 'it did not rejoin');
-    for (const [who, page] of [['clinician', p.clinician], ['safari', safari], ['no-h264', firefox]]) {
+    for (const [who, page] of [['clinician', p.clinician], ['safari', safari], ['firefox', fx]]) {
       await keepsDecoding(page, who);
     }
 
-    // The one who could not decode H264 is sent back to the waiting room: the publisher gets its own choice back.
+    // Firefox is sent back to the waiting room: the publisher gets its own choice back.
     await p.sendBack(visit);
     await sends(safari, 'the patient once everyone decodes H264 again', H264);
     await decodesOthers(p.clinician, 'the clinician', 1, (c) => c === H264);
@@ -188,7 +195,7 @@ test('four people with mixed codec preferences each decode the other three', asy
   await h.withEnv('four mixed', async (env) => {
     const p = await platform(env, PREFERS_H264);
     const pages = [['clinician (prefers H264)', p.clinician]];
-    for (const [label, script] of [['chromium', undefined], ['no-h264', VP8_ONLY], ['safari', PREFERS_H264]]) {
+    for (const [label, script] of [['chromium', undefined], ['firefox', 'firefox'], ['safari', PREFERS_H264]]) {
       pages.push([label, (await p.patient(label, script)).page]);
     }
     for (const [who, page] of pages) await decodesOthers(page, who, 3, (c) => c === VP8, 45_000);

@@ -452,6 +452,11 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             .map_or(0, |d| d.forwarded)
     }
 
+    /// The codec a track's packets are in now (none before its first packet).
+    pub fn codec(&self, track: TrackId) -> Option<Codec> {
+        self.tracks.get(&track)?.codec
+    }
+
     /// The publisher and kind of a track.
     pub fn track(&self, track: TrackId) -> Option<(PeerId, MediaKind)> {
         self.tracks.get(&track).map(|t| (t.publisher, t.kind))

@@ -192,6 +192,19 @@ impl MediaLoop {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        // A renewed offer (a codec switch) opens the same receiver's track again: it stays
+        // the one published track, so subscribers keep their route and stream.
+        let published = self.rooms.get(&room).and_then(|r| {
+            r.tracks
+                .iter()
+                .find(|(_, t)| t.conn == id && t.receiver == init.receiver_id)
+                .map(|(track, _)| *track)
+        });
+        if let Some(track) = published {
+            c.tracks.retain(|_, t| *t != track);
+            c.tracks.insert(init.track_id, track);
+            return;
+        }
         let Some(mut receiver) = c.pc.rtp_receiver(init.receiver_id) else {
             return;
         };

@@ -323,6 +323,9 @@ struct Codecs {
     offered: Vec<Codec>,
     /// What its browser can receive: what it offered (every policy codec until it has).
     receives: CodecSet,
+    /// The video codecs its subscriber connection's first answer with video accepted: the
+    /// `rtc` core keeps that connection to them.
+    accepts: Option<CodecSet>,
     /// Every payload type of its last offer that the policy holds, and its codec.
     payload_types: Vec<(u8, Codec)>,
     /// The video codec the last answer told it to send.
@@ -336,6 +339,7 @@ impl Codecs {
         Self {
             offered: Vec::new(),
             receives: CodecSet::all_video(),
+            accepts: None,
             payload_types: Vec::new(),
             sends: None,
             asked: None,

@@ -4,19 +4,26 @@
 
 use super::*;
 
-/// Lets the video track of `sender` be sent in every video codec of the policy, `first`
-/// first: the browser's answer keeps those it can decode, and a publisher that switches
-/// codec (see [`crate::codec`]) reaches this subscriber without a new negotiation.
-pub(super) fn offer_every_video_codec(
+/// The video codecs a subscriber's track offers, `current` (what its publisher sends now)
+/// first: every policy codec the subscriber can take, so that a publisher that switches
+/// codec (see [`crate::codec`]) reaches it without a new negotiation. Empty when it can
+/// take none.
+fn subscriber_video_codecs(current: Codec, can_take: CodecSet) -> Vec<Codec> {
+    std::iter::once(current)
+        .chain(Codec::VIDEO.into_iter().filter(|c| *c != current))
+        .filter(|c| can_take.contains(*c))
+        .collect()
+}
+
+/// Lets the video track of `sender` be sent in `codecs` (in that order).
+pub(super) fn offer_codecs(
     pc: &mut RTCPeerConnection,
     sender: RTCRtpSenderId,
-    first: Codec,
+    codecs: &[Codec],
 ) -> Result<(), rtc::shared::error::Error> {
-    let mut order = vec![first];
-    order.extend(Codec::VIDEO.into_iter().filter(|c| *c != first));
-    let codecs = order
-        .into_iter()
-        .map(|c| codec_parameters(c, c.payload_types().0, c.fmtp()))
+    let codecs = codecs
+        .iter()
+        .map(|c| codec_parameters(*c, c.payload_types().0, c.fmtp()))
         .collect();
     let transceivers: Vec<_> = pc.get_transceivers().collect();
     for id in transceivers {
@@ -103,19 +110,40 @@ impl MediaLoop {
                 changed = true;
             }
         }
+        // What its browser can decode: what it offered to publish, and what its answers on
+        // this connection accepted (the connection keeps to the first answer's codecs).
+        let can_take = m
+            .codecs
+            .receives
+            .intersect(m.codecs.accepts.unwrap_or_else(CodecSet::all_video));
         for (t, p) in &r.tracks {
             if p.publisher == m.id || m.subscribed.contains_key(t) {
                 continue;
             }
+            let codecs = match p.kind {
+                MediaKind::Audio => vec![p.codec],
+                MediaKind::Video => {
+                    let current = r.forwarder.codec(*t).unwrap_or(p.codec);
+                    subscriber_video_codecs(current, can_take)
+                }
+            };
+            let Some(&first) = codecs.first() else {
+                tracing::debug!(
+                    participant = key,
+                    track = t.0,
+                    "decodes no video codec of this track: not offered"
+                );
+                continue;
+            };
             let ssrc = NEXT_SSRC.fetch_add(1, Ordering::Relaxed);
             let rtp_kind = match p.kind {
                 MediaKind::Audio => RtpCodecKind::Audio,
                 MediaKind::Video => RtpCodecKind::Video,
             };
-            let (payload_type, _) = p.codec.payload_types();
+            let (payload_type, _) = first.payload_types();
             let codec = RTCRtpCodec {
                 rtcp_feedback: vec![],
-                ..codec_parameters(p.codec, payload_type, p.codec.fmtp()).rtp_codec
+                ..codec_parameters(first, payload_type, first.fmtp()).rtp_codec
             };
             let local = media_track(
                 stream_id(p.publisher),
@@ -128,7 +156,7 @@ impl MediaLoop {
             // long consultation with many joins and leaves does not grow its SDP forever.
             match c.pc.add_track(local).and_then(|sender| {
                 if p.kind == MediaKind::Video {
-                    offer_every_video_codec(&mut c.pc, sender, p.codec)?;
+                    offer_codecs(&mut c.pc, sender, &codecs)?;
                 }
                 Ok(sender)
             }) {
@@ -271,12 +299,24 @@ impl MediaLoop {
         }
         // What the browser accepted of each track: the codecs (and payload types) of its
         // media section.
-        for s in m.subscribed.values_mut() {
+        if m.codecs.accepts.is_none() {
+            let video: CodecSet = sections
+                .iter()
+                .filter(|s| s.video)
+                .flat_map(|s| s.codecs.iter().map(|(_, c)| *c))
+                .collect();
+            if sections.iter().any(|s| s.video) {
+                m.codecs.accepts = Some(video);
+            }
+        }
+        for (t, s) in m.subscribed.iter_mut() {
             let Some(mid) = sender_mid(&mut c.pc, s.sender) else {
+                tracing::debug!(participant = key, track = t.0, "no media section yet");
                 continue;
             };
             if let Some(section) = sections.iter().find(|x| x.mid == mid) {
                 s.payload_types = section.codecs.iter().map(|(pt, c)| (*c, *pt)).collect();
+                tracing::debug!(participant = key, track = t.0, mid, accepted = ?s.payload_types, "answered");
             }
         }
         add_early_candidates(key, c);
