@@ -17,7 +17,9 @@ use protocol::{
     Timestamp, TransferTarget, VisitEndReason, VisitId,
 };
 
-use crate::auth::{self, Action, AuthError, Keys, Principal, StaffClaims, authorize};
+use crate::auth::{
+    self, Action, AuthError, Keys, Principal, StaffClaims, Target, authorize, may_ever,
+};
 use crate::error::AppError;
 use crate::media::{Link, Media};
 use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
@@ -94,6 +96,28 @@ pub fn now() -> Timestamp {
 
 fn later(d: Duration) -> Timestamp {
     now().saturating_add_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What a command about `visit` touches, for the policy: a waiting patient, or a patient
+/// in a call `me` leads or a colleague leads.
+fn visit_target(room: &ClinicRoom, visit: VisitId, me: &StaffId) -> Result<Target, AppError> {
+    room.visit(visit)
+        .ok_or(crate::room::RoomError::VisitNotFound)?;
+    Ok(call_target(room, visit, me).unwrap_or(Target::Waiting))
+}
+
+/// For a visit in a call: whether `me` leads that call. `None` for a waiting (or unknown)
+/// visit, which the room operation then refuses with its own answer.
+fn call_target(room: &ClinicRoom, visit: VisitId, me: &StaffId) -> Option<Target> {
+    let VisitState::InConsultation(cid) = room.visit(visit)?.state else {
+        return None;
+    };
+    let own = room.consultation(cid).is_some_and(|c| &c.clinician == me);
+    Some(if own {
+        Target::OwnCall
+    } else {
+        Target::ColleaguesCall
+    })
 }
 
 /// Trims and checks a piece of free text typed by a person.
@@ -411,7 +435,7 @@ impl Service {
     ) -> Result<Vec<RoomSnapshot>, AppError> {
         let mut out = Vec::with_capacity(clinics.len());
         for clinic in clinics {
-            authorize(claims, Action::ViewRoom, Some(&clinic))?;
+            authorize(claims, Action::ViewRoom, Some(&clinic), Target::Clinic)?;
             let Ok((room, version)) = self.load(&clinic).await else {
                 continue; // An assignment to a clinic deleted since sign-in.
             };
@@ -429,7 +453,7 @@ impl Service {
         claims: &StaffClaims,
         clinic: &ClinicId,
     ) -> Result<ServerMsg, AppError> {
-        authorize(claims, Action::ViewRoom, Some(clinic))?;
+        authorize(claims, Action::ViewRoom, Some(clinic), Target::Clinic)?;
         Ok(self.load(clinic).await?.0.snapshot())
     }
 
@@ -439,7 +463,7 @@ impl Service {
         claims: &StaffClaims,
         clinic: &ClinicId,
     ) -> Result<Vec<protocol::ClinicianView>, AppError> {
-        authorize(claims, Action::ViewRoom, Some(clinic))?;
+        authorize(claims, Action::ViewRoom, Some(clinic), Target::Clinic)?;
         Ok(self
             .store
             .staff_list()
@@ -515,6 +539,7 @@ impl Service {
                     .await;
             }
         };
+        let me = staff.sub.clone();
         match command {
             Command::Leave => Err(AppError::Invalid("only a patient can leave a visit".into())),
             Command::SendMessage {
@@ -522,9 +547,11 @@ impl Service {
                 visit,
                 text,
             } => {
-                authorize(staff, Action::SendMessage, Some(&clinic))?;
+                may_ever(staff, Action::SendMessage, &clinic)?;
                 let text = required_text("the message", &text, MAX_TEXT_CHARS)?;
-                self.transact(&actor, &[clinic], |rooms, ctx| {
+                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                    let target = visit_target(&rooms[0], visit, &me)?;
+                    authorize(staff, Action::SendMessage, Some(&clinic), target)?;
                     Ok(vec![rooms[0].message(visit, text.clone(), ctx)?])
                 })
                 .await
@@ -540,7 +567,7 @@ impl Service {
                 } else {
                     Action::AdmitToOther
                 };
-                authorize(staff, action, Some(&clinic))?;
+                authorize(staff, action, Some(&clinic), Target::Waiting)?;
                 self.check_clinician(&clinician, &clinic).await?;
                 let new = ConsultationId::random();
                 self.transact(&actor, &[clinic], |rooms, ctx| {
@@ -555,8 +582,7 @@ impl Service {
                 .await
             }
             Command::AdmitNext { clinic } => {
-                authorize(staff, Action::AdmitNext, Some(&clinic))?;
-                let me = staff.sub.clone();
+                authorize(staff, Action::AdmitNext, Some(&clinic), Target::Clinic)?;
                 let new = ConsultationId::random();
                 self.transact(&actor, &[clinic], |rooms, ctx| {
                     let visit = rooms[0].next_for(&me)?;
@@ -565,38 +591,49 @@ impl Service {
                 .await
             }
             Command::ReturnToWaiting { clinic, visit } => {
-                authorize(staff, Action::ReturnToWaiting, Some(&clinic))?;
-                self.transact(&actor, &[clinic], |rooms, ctx| {
+                may_ever(staff, Action::ReturnToWaiting, &clinic)?;
+                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                    if let Some(target) = call_target(&rooms[0], visit, &me) {
+                        authorize(staff, Action::ReturnToWaiting, Some(&clinic), target)?;
+                    }
                     Ok(vec![rooms[0].return_to_waiting(visit, ctx)?])
                 })
                 .await
             }
-            Command::Transfer { clinic, visit, to } => {
-                authorize(staff, Action::Transfer, Some(&clinic))?;
-                match to {
-                    TransferTarget::Clinician { clinician } => {
-                        self.check_clinician(&clinician, &clinic).await?;
-                        self.transact(&actor, &[clinic], |rooms, ctx| {
-                            Ok(vec![rooms[0].assign(visit, clinician.clone(), ctx)?])
-                        })
-                        .await
-                    }
-                    TransferTarget::Clinic { clinic: to } => {
-                        if to == clinic {
-                            return Err(crate::room::RoomError::SameClinic.into());
-                        }
-                        self.transact(&actor, &[clinic, to.clone()], |rooms, ctx| {
-                            let (v, out_of) = rooms[0].take_out(visit, &to, ctx)?;
-                            let into = rooms[1].take_in(v);
-                            Ok(vec![out_of, into])
-                        })
-                        .await
-                    }
+            Command::Transfer { clinic, visit, to } => match to {
+                TransferTarget::Clinician { clinician } => {
+                    may_ever(staff, Action::TransferToClinician, &clinic)?;
+                    self.check_clinician(&clinician, &clinic).await?;
+                    self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                        let target = visit_target(&rooms[0], visit, &me)?;
+                        authorize(staff, Action::TransferToClinician, Some(&clinic), target)?;
+                        Ok(vec![rooms[0].assign(visit, clinician.clone(), ctx)?])
+                    })
+                    .await
                 }
-            }
+                TransferTarget::Clinic { clinic: to } => {
+                    may_ever(staff, Action::TransferOut, &clinic)?;
+                    // The destination too: staff only place patients where they work.
+                    authorize(staff, Action::TransferIn, Some(&to), Target::Clinic)?;
+                    if to == clinic {
+                        return Err(crate::room::RoomError::SameClinic.into());
+                    }
+                    let source = clinic.clone();
+                    self.transact(&actor, &[clinic, to.clone()], |rooms, ctx| {
+                        let target = visit_target(&rooms[0], visit, &me)?;
+                        authorize(staff, Action::TransferOut, Some(&source), target)?;
+                        let (v, out_of) = rooms[0].take_out(visit, &to, ctx)?;
+                        let into = rooms[1].take_in(v);
+                        Ok(vec![out_of, into])
+                    })
+                    .await
+                }
+            },
             Command::Remove { clinic, visit } => {
-                authorize(staff, Action::Remove, Some(&clinic))?;
-                self.transact(&actor, &[clinic], |rooms, ctx| {
+                may_ever(staff, Action::Remove, &clinic)?;
+                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                    let target = visit_target(&rooms[0], visit, &me)?;
+                    authorize(staff, Action::Remove, Some(&clinic), target)?;
                     Ok(vec![rooms[0].end_visit(
                         visit,
                         VisitEndReason::Removed,
@@ -610,18 +647,17 @@ impl Service {
                 consultation,
             } => {
                 // Refuse those who may end no consultation before looking at which one.
-                authorize(staff, Action::EndOwnConsultation, Some(&clinic))
-                    .or_else(|_| authorize(staff, Action::EndOtherConsultation, Some(&clinic)))?;
+                may_ever(staff, Action::EndConsultation, &clinic)?;
                 self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
                     let host = rooms[0]
                         .consultation(consultation)
                         .ok_or(crate::room::RoomError::ConsultationNotFound)?;
-                    let action = if host.clinician == staff.sub {
-                        Action::EndOwnConsultation
+                    let target = if host.clinician == me {
+                        Target::OwnCall
                     } else {
-                        Action::EndOtherConsultation
+                        Target::ColleaguesCall
                     };
-                    authorize(staff, action, Some(&clinic))?;
+                    authorize(staff, Action::EndConsultation, Some(&clinic), target)?;
                     Ok(vec![rooms[0].end_consultation(consultation, ctx)?])
                 })
                 .await

@@ -440,7 +440,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let mut a = s.ws(&alice.token).await;
     a.refused(
         Command::EndConsultation {
-            clinic: derm(),
+            clinic: ClinicId::parse("cardio").unwrap(),
             consultation: ConsultationId::random(),
         },
         ErrorCode::Forbidden,

@@ -13,7 +13,7 @@ mod password;
 mod policy;
 
 pub use password::{PasswordError, hash_password, verify_password};
-pub use policy::{Action, authorize};
+pub use policy::{Action, POLICY, Rule, Target, authorize, may_ever, role_allows};
 
 const AUD_STAFF: &str = "consult-staff";
 const AUD_VISIT: &str = "consult-visit";

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::auth::{Action, AuthError, StaffClaims, authorize};
+use crate::auth::{Action, AuthError, StaffClaims, Target, authorize};
 use crate::error::{AppError, status_of};
 use crate::service::Service;
 
@@ -392,7 +392,7 @@ async fn list_clinics(
     headers: HeaderMap,
 ) -> ApiResult<Vec<ClinicEntryInfo>> {
     let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let clinics = state
         .service
         .store()
@@ -416,7 +416,7 @@ async fn list_staff(
     headers: HeaderMap,
 ) -> ApiResult<Vec<StaffSession>> {
     let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let staff = state
         .service
         .store()
@@ -461,7 +461,7 @@ async fn create_clinic(
     Body(req): Body<CreateClinic>,
 ) -> Result<StatusCode, ApiError> {
     let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     state
         .service
         .create_clinic(&format!("staff:{}", claims.sub), req)
@@ -475,7 +475,7 @@ async fn create_staff(
     Body(req): Body<CreateStaff>,
 ) -> Result<StatusCode, ApiError> {
     let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     state
         .service
         .create_staff(&format!("staff:{}", claims.sub), req)
@@ -489,7 +489,12 @@ async fn issue_invite(
     Body(req): Body<IssueInvite>,
 ) -> ApiResult<InviteResponse> {
     let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::IssueInvite, Some(&req.clinic))?;
+    authorize(
+        &claims,
+        Action::IssueInvite,
+        Some(&req.clinic),
+        Target::Clinic,
+    )?;
     Ok(Json(
         state
             .service
@@ -509,7 +514,7 @@ async fn audit(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Vec<AuditEntry>> {
     let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     Ok(Json(
