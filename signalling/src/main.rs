@@ -253,7 +253,8 @@ async fn main() -> anyhow::Result<()> {
             let req = IssueInvite {
                 clinic,
                 appointment,
-                valid_for_secs: valid_hours.saturating_mul(3600),
+                appointment_at: None,
+                valid_for_secs: Some(valid_hours.saturating_mul(3600)),
             };
             let inv = service.issue_invite(&actor, req).await?;
             println!("{}", inv.url);
@@ -360,7 +361,8 @@ async fn demo_setup(service: &Service, actor: &str) -> anyhow::Result<()> {
             IssueInvite {
                 clinic: clinic.clone(),
                 appointment: Some("DEMO-1".into()),
-                valid_for_secs: 24 * 3600,
+                appointment_at: None,
+                valid_for_secs: None,
             },
         )
         .await?;
@@ -370,7 +372,7 @@ async fn demo_setup(service: &Service, actor: &str) -> anyhow::Result<()> {
         "Patient link (open clinic):   {}",
         service.clinic_link(&clinic)
     );
-    println!("Patient invite (24 hours):    {}", invite.url);
+    println!("Patient invite (one patient, 24 hours): {}", invite.url);
     println!("Staff sign-in:                {url}/staff");
     println!("Staff accounts (passwords are new on every --demo start):");
     for l in lines {

@@ -12,9 +12,9 @@ use protocol::NodeId;
 use protocol::control::ControlOp;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
-    EnterRequest, EnterResponse, Entry, InviteResponse, IssueInvite, MAX_NAME_CHARS,
-    MAX_TEXT_CHARS, Role, ServerMsg, Session, SignInRequest, SignInResponse, StaffId, StaffSession,
-    Timestamp, TransferTarget, VisitEndReason, VisitId,
+    EnterRequest, EnterResponse, Entry, InviteId, InviteResponse, InviteView, IssueInvite,
+    MAX_NAME_CHARS, MAX_TEXT_CHARS, Role, ServerMsg, Session, SignInRequest, SignInResponse,
+    StaffId, StaffSession, Timestamp, TransferTarget, VisitEndReason, VisitId,
 };
 
 use crate::auth::{
@@ -23,13 +23,56 @@ use crate::auth::{
 use crate::error::AppError;
 use crate::media::{Link, Media};
 use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
-use crate::store::{Clinic, Commit, RoomWrite, StaffRecord, Store, StoreError};
+use crate::store::{
+    Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, StaffRecord, Store, StoreError,
+};
 
 /// How often a conflicting change is retried before the caller is told to try again.
 const MAX_ATTEMPTS: usize = 32;
 
-/// The longest an invite may be valid for.
-pub const MAX_INVITE_SECS: u64 = 90 * 24 * 3600;
+/// How long an invite lasts after its appointment (or, without one, after it is issued),
+/// unless it is given less.
+pub const INVITE_GRACE_SECS: u64 = 24 * 3600;
+/// The longest an invite may last after it is issued, when it names no appointment time.
+pub const MAX_INVITE_SECS: u64 = 7 * 24 * 3600;
+/// How far ahead an appointment may be.
+pub const MAX_APPOINTMENT_AHEAD_SECS: u64 = 90 * 24 * 3600;
+
+/// When an invite issued at `now` expires: a day after the appointment (or after `now`),
+/// or `valid_for_secs` after `now` if that is sooner.
+pub fn invite_expiry(
+    now: Timestamp,
+    appointment_at: Option<Timestamp>,
+    valid_for_secs: Option<u64>,
+) -> Result<Timestamp, AppError> {
+    let ms = |secs: u64| secs.saturating_mul(1000);
+    let latest = match appointment_at {
+        Some(at) => {
+            if at.0 > now.0.saturating_add(ms(MAX_APPOINTMENT_AHEAD_SECS)) {
+                return Err(AppError::Invalid(
+                    "the appointment must be within the next 90 days".into(),
+                ));
+            }
+            at.saturating_add_ms(ms(INVITE_GRACE_SECS))
+        }
+        None => now.saturating_add_ms(ms(INVITE_GRACE_SECS)),
+    };
+    if latest <= now {
+        return Err(AppError::Invalid(
+            "that appointment was more than a day ago".into(),
+        ));
+    }
+    match valid_for_secs {
+        None => Ok(latest),
+        Some(0) => Err(AppError::Invalid(
+            "an invite must be valid for at least 1 second".into(),
+        )),
+        Some(s) if appointment_at.is_none() && s > MAX_INVITE_SECS => Err(AppError::Invalid(
+            "an invite without an appointment time lasts at most 7 days".into(),
+        )),
+        Some(s) => Ok(latest.min(now.saturating_add_ms(ms(s)))),
+    }
+}
 
 /// Lifetimes of the tokens the service issues.
 #[derive(Debug, Clone, Copy)]
@@ -371,7 +414,7 @@ impl Service {
             MAX_TEXT_CHARS,
             false,
         )?;
-        let (clinic, appointment) = match req.entry {
+        let (token, previous) = match req.entry {
             Entry::OpenLink { clinic } => {
                 let c = self
                     .store
@@ -381,34 +424,94 @@ impl Service {
                 if !c.open_link {
                     return Err(AppError::ClinicClosed);
                 }
-                (clinic, None)
+                let new = NewVisit {
+                    id: VisitId::random(),
+                    name,
+                    details,
+                    appointment: None,
+                };
+                return self.arrive(clinic, new, None).await;
             }
-            Entry::Invite { token } => {
-                let claims = self.keys.check_invite(&token).map_err(|e| match e {
-                    AuthError::Expired => AppError::InviteExpired,
-                    _ => AppError::InviteInvalid,
-                })?;
-                (claims.clinic, claims.appointment)
+            Entry::Invite { token, previous } => (token, previous),
+        };
+        let claims = self.keys.check_invite(&token).map_err(|e| match e {
+            AuthError::Expired => AppError::InviteExpired,
+            _ => AppError::InviteInvalid,
+        })?;
+        // The visit this browser entered with the same invite before, if it says so.
+        let holder = previous
+            .as_deref()
+            .and_then(|p| self.keys.check_visit(p).ok());
+        for _ in 0..MAX_ATTEMPTS {
+            let invite = self
+                .store
+                .invite(claims.jti)
+                .await?
+                .ok_or(AppError::InviteInvalid)?;
+            if invite.revoked {
+                return Err(AppError::InviteRevoked);
             }
-        };
-        let id = VisitId::random();
-        let new = NewVisit {
-            id,
-            name,
-            details,
-            appointment,
-        };
+            if invite.record.expires_at <= now() {
+                return Err(AppError::InviteExpired);
+            }
+            let expected = match invite.visit {
+                None => None,
+                Some(bound) if holder == Some(bound) => {
+                    if self.store.locate(bound).await?.is_some() {
+                        // The same patient again, whose visit goes on: resume it.
+                        return Ok(self.visit_credential(bound));
+                    }
+                    Some(bound)
+                }
+                Some(_) => return Err(AppError::InviteUsed),
+            };
+            let id = VisitId::random();
+            let new = NewVisit {
+                id,
+                name: name.clone(),
+                details: details.clone(),
+                appointment: invite.record.appointment.clone(),
+            };
+            let claim = InviteClaim {
+                invite: claims.jti,
+                expected,
+                visit: id,
+            };
+            match self.arrive(invite.record.clinic, new, Some(claim)).await {
+                // Claimed or revoked meanwhile: look again.
+                Err(AppError::Store(StoreError::InviteTaken)) => continue,
+                other => return other,
+            }
+        }
+        Err(AppError::Conflict)
+    }
+
+    /// A new visit in `clinic`'s waiting room, with the invite it claims.
+    async fn arrive(
+        &self,
+        clinic: ClinicId,
+        new: NewVisit,
+        claim: Option<InviteClaim>,
+    ) -> Result<EnterResponse, AppError> {
+        let id = new.id;
         let actor = format!("patient:{id}");
-        self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
-            Ok(vec![rooms[0].arrive(new.clone(), ctx)])
-        })
+        self.transact_claim(
+            &actor,
+            std::slice::from_ref(&clinic),
+            claim,
+            |rooms, ctx| Ok((vec![rooms[0].arrive(new.clone(), ctx)], ())),
+        )
         .await?;
+        Ok(self.visit_credential(id))
+    }
+
+    fn visit_credential(&self, visit: VisitId) -> EnterResponse {
         let expires_at = later(self.lifetimes.visit);
-        Ok(EnterResponse {
-            visit: id,
-            visit_token: self.keys.visit_token(id, expires_at),
+        EnterResponse {
+            visit,
+            visit_token: self.keys.visit_token(visit, expires_at),
             expires_at,
-        })
+        }
     }
 
     // --- connections -----------------------------------------------------------------------
@@ -711,6 +814,20 @@ impl Service {
     where
         F: Fn(&mut [ClinicRoom], &Ctx) -> Result<(Vec<Outcome>, T), AppError>,
     {
+        self.transact_claim(actor, clinics, None, f).await
+    }
+
+    /// [`Self::transact_value`] that also claims an invite for the new visit, atomically.
+    async fn transact_claim<F, T>(
+        &self,
+        actor: &str,
+        clinics: &[ClinicId],
+        claim: Option<InviteClaim>,
+        f: F,
+    ) -> Result<T, AppError>
+    where
+        F: Fn(&mut [ClinicRoom], &Ctx) -> Result<(Vec<Outcome>, T), AppError>,
+    {
         for _ in 0..MAX_ATTEMPTS {
             let mut rooms = Vec::with_capacity(clinics.len());
             let mut versions = Vec::with_capacity(clinics.len());
@@ -733,7 +850,10 @@ impl Service {
             };
             let (outcomes, value) = f(&mut rooms, &ctx)?;
             let media_changes = media_changes(&hosted, &rooms);
-            let mut commit = Commit::default();
+            let mut commit = Commit {
+                claim: claim.clone(),
+                ..Commit::default()
+            };
             let mut added = Vec::new();
             for (((room, version), before), out) in
                 rooms.into_iter().zip(versions).zip(&before).zip(outcomes)
@@ -835,6 +955,9 @@ impl Service {
         Ok(record)
     }
 
+    /// A personal invite link: one patient, one clinic. It expires a day after the
+    /// appointment (or a day after it is issued), sooner if asked; never later than
+    /// [`MAX_INVITE_SECS`] after the appointment or, without one, after it is issued.
     pub async fn issue_invite(
         &self,
         actor: &str,
@@ -843,32 +966,94 @@ impl Service {
         if self.store.clinic(&req.clinic).await?.is_none() {
             return Err(AppError::NotFound("no such clinic"));
         }
-        if req.valid_for_secs == 0 || req.valid_for_secs > MAX_INVITE_SECS {
-            return Err(AppError::Invalid(
-                "an invite must be valid for between 1 second and 90 days".into(),
-            ));
-        }
         let appointment = text_field(
             "the appointment reference",
             req.appointment.as_deref().unwrap_or(""),
             100,
             false,
         )?;
-        let expires_at = later(Duration::from_secs(req.valid_for_secs));
+        let issued_at = now();
+        let expires_at = invite_expiry(issued_at, req.appointment_at, req.valid_for_secs)?;
+        let id = InviteId::random();
+        self.store
+            .put_invite(&InviteRecord {
+                id,
+                clinic: req.clinic.clone(),
+                appointment: appointment.clone(),
+                issued_by: actor.to_owned(),
+                issued_at,
+                expires_at,
+            })
+            .await?;
         let token = self
             .keys
-            .invite_token(req.clinic.clone(), appointment.clone(), expires_at);
+            .invite_token(id, req.clinic.clone(), appointment.clone(), expires_at);
         self.record(AuditEntry {
             clinic: Some(req.clinic),
-            detail: appointment.map(|a| format!("appointment {a}")),
+            detail: Some(match appointment {
+                Some(a) => format!("invite {id} appointment {a}"),
+                None => format!("invite {id}"),
+            }),
             ..self.audit_entry(actor, "issue_invite")
         })
         .await;
         Ok(InviteResponse {
-            url: format!("{}/i/{token}", self.public_url),
+            id,
+            url: format!("{}/i#{token}", self.public_url),
             token,
             expires_at,
         })
+    }
+
+    /// A clinic's invites that have not expired, for those who may issue them.
+    pub async fn invites(
+        &self,
+        claims: &StaffClaims,
+        clinic: &ClinicId,
+    ) -> Result<Vec<InviteView>, AppError> {
+        authorize(claims, Action::IssueInvite, Some(clinic), Target::Clinic)?;
+        Ok(self
+            .store
+            .invites(clinic, now())
+            .await?
+            .into_iter()
+            .map(|s| InviteView {
+                id: s.record.id,
+                clinic: s.record.clinic,
+                appointment: s.record.appointment,
+                issued_by: s.record.issued_by,
+                issued_at: s.record.issued_at,
+                expires_at: s.record.expires_at,
+                used: s.visit.is_some(),
+                revoked: s.revoked,
+            })
+            .collect())
+    }
+
+    /// Withdraws an invite: nobody can enter with it any more (a visit it admitted goes on).
+    pub async fn revoke_invite(&self, claims: &StaffClaims, id: InviteId) -> Result<(), AppError> {
+        let invite = self
+            .store
+            .invite(id)
+            .await?
+            .ok_or(AppError::NotFound("no such invite"))?;
+        // Staff of another clinic learn nothing more than "no such invite".
+        may_ever(claims, Action::RevokeInvite, &invite.record.clinic)
+            .map_err(|_| AppError::NotFound("no such invite"))?;
+        authorize(
+            claims,
+            Action::RevokeInvite,
+            Some(&invite.record.clinic),
+            Target::Clinic,
+        )?;
+        self.store.revoke_invite(id).await?;
+        self.record(AuditEntry {
+            clinic: Some(invite.record.clinic),
+            detail: Some(format!("invite {id}")),
+            ..self.audit_entry(&format!("staff:{}", claims.sub), "revoke_invite")
+        })
+        .await;
+        Ok(())
     }
 
     /// The patient link of a clinic that takes patients by its open link.

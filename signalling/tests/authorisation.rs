@@ -257,10 +257,44 @@ async fn cell(
                     &IssueInvite {
                         clinic: cl,
                         appointment: None,
-                        valid_for_secs: 3600,
+                        appointment_at: None,
+                        valid_for_secs: None,
                     },
                 )
                 .await;
+            let list = get(s, token, &format!("/api/clinics/{c}/invites")).await;
+            assert_eq!(
+                list, status,
+                "{actor}: issuing and listing invites disagree in {c}"
+            );
+            return Some(judge(status, code, false, false));
+        }
+        Action::RevokeInvite => {
+            let issued: protocol::InviteResponse = s
+                .http
+                .post(s.url("/api/admin/invites"))
+                .bearer_auth(admin)
+                .json(&IssueInvite {
+                    clinic: cl,
+                    appointment: None,
+                    appointment_at: None,
+                    valid_for_secs: None,
+                })
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let path = format!("/api/invites/{}/revoke", issued.id);
+            let (status, code) = s.post(&path, Some(token), &()).await;
+            // Staff of another clinic are told there is no such invite (404), as if it
+            // did not exist: refused either way.
+            let (status, code) = if status == 404 {
+                (403, Some(ErrorCode::Forbidden))
+            } else {
+                (status, code)
+            };
             return Some(judge(status, code, false, false));
         }
         Action::Administer => {
@@ -368,7 +402,8 @@ fn action_name(a: Action) -> &'static str {
         Action::TransferIn => "transfer in from another clinic",
         Action::Remove => "remove a patient",
         Action::EndConsultation => "end a call",
-        Action::IssueInvite => "issue an invite link",
+        Action::IssueInvite => "issue an invite link, list the clinic's invites",
+        Action::RevokeInvite => "revoke an invite link",
         Action::Administer => "administer (clinics, staff, audit log)",
     }
 }

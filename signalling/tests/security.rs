@@ -8,7 +8,10 @@ mod common;
 use std::sync::Arc;
 
 use common::server::{TestServer, directory, limits};
-use protocol::{ClinicId, Command, ErrorCode, ServerMsg, StaffId, TransferTarget, VisitStatus};
+use protocol::{
+    ClinicId, Command, EnterRequest, EnterResponse, Entry, ErrorBody, ErrorCode, InviteResponse,
+    InviteView, IssueInvite, ServerMsg, StaffId, Timestamp, TransferTarget, VisitStatus,
+};
 use signalling::store::Store;
 use signalling::store::local::LocalStore;
 
@@ -107,5 +110,216 @@ async fn a_clinician_cannot_take_the_patient_out_of_a_colleagues_call() {
         matches!(v[0].status, VisitStatus::InConsultation { .. }),
         "{v:?}"
     );
+    s.stop().await;
+}
+
+async fn issue(s: &TestServer, token: &str, req: &IssueInvite) -> InviteResponse {
+    let r = s
+        .http
+        .post(s.url("/api/admin/invites"))
+        .bearer_auth(token)
+        .json(req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn enter_with(
+    s: &TestServer,
+    token: &str,
+    previous: Option<&str>,
+    name: &str,
+) -> Result<EnterResponse, (u16, ErrorCode)> {
+    let r = s
+        .http
+        .post(s.url("/api/visits"))
+        .json(&EnterRequest {
+            entry: Entry::Invite {
+                token: token.into(),
+                previous: previous.map(Into::into),
+            },
+            name: name.into(),
+            details: None,
+        })
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    if status == 200 {
+        Ok(r.json().await.unwrap())
+    } else {
+        Err((status, r.json::<ErrorBody>().await.unwrap().code))
+    }
+}
+
+#[tokio::test]
+async fn an_appointment_invite_admits_one_patient_and_can_be_revoked() {
+    let s = local_server().await;
+    let jones = s.sign_in("dr.jones").await.token;
+    let invite = issue(
+        &s,
+        &jones,
+        &IssueInvite {
+            clinic: clinic("derm"),
+            appointment: Some("APT-1".into()),
+            appointment_at: None,
+            valid_for_secs: None,
+        },
+    )
+    .await;
+    // The link keeps its credential in the fragment, which no server or proxy logs.
+    assert!(invite.url.contains("/i#"), "{}", invite.url);
+    let first = enter_with(&s, &invite.token, None, "Pat First")
+        .await
+        .unwrap();
+    // A second person with the same link is refused, in plain words.
+    assert_eq!(
+        enter_with(&s, &invite.token, None, "Someone Else")
+            .await
+            .unwrap_err(),
+        (409, ErrorCode::InviteUsed)
+    );
+    // The same patient again (their browser holds the visit credential) resumes the visit.
+    let again = enter_with(&s, &invite.token, Some(&first.visit_token), "Pat First")
+        .await
+        .unwrap();
+    assert_eq!(again.visit, first.visit);
+    assert_eq!(visits(&s, &jones, "derm").await.len(), 1);
+    // If their visit ended by accident, they (and only they) can come back in.
+    assert_eq!(s.command(&first.visit_token, &Command::Leave).await.0, 204);
+    assert_eq!(
+        enter_with(&s, &invite.token, None, "Someone Else")
+            .await
+            .unwrap_err(),
+        (409, ErrorCode::InviteUsed)
+    );
+    let back = enter_with(&s, &invite.token, Some(&first.visit_token), "Pat First")
+        .await
+        .unwrap();
+    assert_ne!(back.visit, first.visit);
+    // Staff revoke it: nobody gets in with it any more, the patient included.
+    let listed: Vec<InviteView> = s
+        .http
+        .get(s.url("/api/clinics/derm/invites"))
+        .bearer_auth(&jones)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|i| i.id == invite.id && i.used && !i.revoked)
+    );
+    let (status, _) = s
+        .post(
+            &format!("/api/invites/{}/revoke", invite.id),
+            Some(&jones),
+            &(),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(s.command(&back.visit_token, &Command::Leave).await.0, 204);
+    assert_eq!(
+        enter_with(&s, &invite.token, Some(&back.visit_token), "Pat First")
+            .await
+            .unwrap_err(),
+        (410, ErrorCode::InviteRevoked)
+    );
+    // Reception of another clinic cannot revoke (or even find) it.
+    let bob = s.sign_in("bob").await.token;
+    let (status, _) = s
+        .post(
+            &format!("/api/invites/{}/revoke", invite.id),
+            Some(&bob),
+            &(),
+        )
+        .await;
+    assert_eq!(status, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn of_two_people_entering_with_one_invite_at_once_one_gets_in() {
+    let s = local_server().await;
+    let jones = s.sign_in("dr.jones").await.token;
+    for round in 0..5 {
+        let invite = issue(
+            &s,
+            &jones,
+            &IssueInvite {
+                clinic: clinic("derm"),
+                appointment: Some(format!("APT-R{round}")),
+                appointment_at: None,
+                valid_for_secs: None,
+            },
+        )
+        .await;
+        let (a, b) = tokio::join!(
+            enter_with(&s, &invite.token, None, "Pat A"),
+            enter_with(&s, &invite.token, None, "Pat B")
+        );
+        assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+        assert_eq!(a.err().or(b.err()), Some((409, ErrorCode::InviteUsed)));
+    }
+    assert_eq!(visits(&s, &jones, "derm").await.len(), 5);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_invite_expires_within_a_day_of_its_appointment() {
+    let s = local_server().await;
+    let jones = s.sign_in("dr.jones").await.token;
+    let now = signalling::service::now();
+    let day = 24 * 3600 * 1000;
+    // By default: a day after it is issued.
+    let plain = issue(
+        &s,
+        &jones,
+        &IssueInvite {
+            clinic: clinic("derm"),
+            appointment: None,
+            appointment_at: None,
+            valid_for_secs: None,
+        },
+    )
+    .await;
+    assert!(
+        plain.expires_at.0 <= now.0 + day + 5_000,
+        "{:?}",
+        plain.expires_at
+    );
+    // An appointment in three days: a day after it, not 90 days.
+    let at = Timestamp(now.0 + 3 * day);
+    let booked = issue(
+        &s,
+        &jones,
+        &IssueInvite {
+            clinic: clinic("derm"),
+            appointment: Some("APT-2".into()),
+            appointment_at: Some(at),
+            valid_for_secs: None,
+        },
+    )
+    .await;
+    assert_eq!(booked.expires_at, Timestamp(at.0 + day));
+    // Asking for longer is refused.
+    let (status, code) = s
+        .post(
+            "/api/admin/invites",
+            Some(&jones),
+            &IssueInvite {
+                clinic: clinic("derm"),
+                appointment: None,
+                appointment_at: None,
+                valid_for_secs: Some(90 * 24 * 3600),
+            },
+        )
+        .await;
+    assert_eq!((status, code), (400, Some(ErrorCode::InvalidInput)));
     s.stop().await;
 }

@@ -6,7 +6,7 @@
 //! visit and nothing else) and an invite (lets one patient enter one clinic).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use protocol::{ClinicId, Role, StaffId, StaffSession, Timestamp, VisitId};
+use protocol::{ClinicId, InviteId, Role, StaffId, StaffSession, Timestamp, VisitId};
 use serde::{Deserialize, Serialize};
 
 mod password;
@@ -52,9 +52,11 @@ struct VisitClaims {
     exp: u64,
 }
 
-/// What an invite grants: entry to one clinic, optionally for one appointment.
+/// What an invite grants: entry to one clinic, optionally for one appointment. `jti` names
+/// the server's record of it, which says whether it was used or revoked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InviteClaims {
+    pub jti: InviteId,
     pub clinic: ClinicId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appointment: Option<String>,
@@ -143,11 +145,13 @@ impl Keys {
 
     pub fn invite_token(
         &self,
+        id: InviteId,
         clinic: ClinicId,
         appointment: Option<String>,
         expires: Timestamp,
     ) -> String {
         self.sign(&InviteClaims {
+            jti: id,
             clinic,
             appointment,
             aud: AUD_INVITE.into(),
@@ -227,7 +231,12 @@ pub(crate) mod tests {
         let v = VisitId::random();
         assert_eq!(k.check_visit(&k.visit_token(v, later())), Ok(v));
         let i = k
-            .check_invite(&k.invite_token(derm.clone(), Some("APT-1".into()), later()))
+            .check_invite(&k.invite_token(
+                InviteId::random(),
+                derm.clone(),
+                Some("APT-1".into()),
+                later(),
+            ))
             .unwrap();
         assert_eq!((i.clinic, i.appointment), (derm, Some("APT-1".into())));
     }
@@ -236,7 +245,12 @@ pub(crate) mod tests {
     fn one_kind_never_passes_for_another() {
         let k = keys();
         let visit = k.visit_token(VisitId::random(), later());
-        let invite = k.invite_token(ClinicId::parse("derm").unwrap(), None, later());
+        let invite = k.invite_token(
+            InviteId::random(),
+            ClinicId::parse("derm").unwrap(),
+            None,
+            later(),
+        );
         let staff = k.staff_token(&session("alice", Role::Admin, vec![]), later());
         assert_eq!(k.check_staff(&visit), Err(AuthError::Invalid));
         assert_eq!(k.check_staff(&invite), Err(AuthError::Invalid));

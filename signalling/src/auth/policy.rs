@@ -44,13 +44,15 @@ pub enum Action {
     /// End a patient's visit (a no-show).
     Remove,
     EndConsultation,
+    /// Issue invite links, and see the clinic's invites.
     IssueInvite,
+    RevokeInvite,
     /// Create clinics and staff, read the audit log, end other people's sign-ins.
     Administer,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::ViewRoom,
         Action::SendMessage,
         Action::AdmitToSelf,
@@ -63,6 +65,7 @@ impl Action {
         Action::Remove,
         Action::EndConsultation,
         Action::IssueInvite,
+        Action::RevokeInvite,
         Action::Administer,
     ];
 
@@ -80,6 +83,7 @@ impl Action {
             | Action::AdmitNext
             | Action::TransferIn
             | Action::IssueInvite
+            | Action::RevokeInvite
             | Action::Administer => &[Clinic],
         }
     }
@@ -158,6 +162,7 @@ pub const POLICY: &[Rule] = {
         rule(EndConsultation,      OwnCall,        N,    N,        Y),
         rule(EndConsultation,      ColleaguesCall, Y,    Y,        N),
         rule(IssueInvite,          Clinic,         Y,    N,        Y),
+        rule(RevokeInvite,         Clinic,         Y,    N,        Y),
         rule(Administer,           Clinic,         Y,    N,        N),
     ]
 };

@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
-    EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, IssueInvite,
+    EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView, IssueInvite,
     MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SignInRequest, SignInResponse,
     StaffSession,
 };
@@ -161,6 +161,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/clinics", post(create_clinic).get(list_clinics))
         .route("/api/admin/staff", post(create_staff).get(list_staff))
         .route("/api/admin/invites", post(issue_invite))
+        .route("/api/clinics/{clinic}/invites", get(list_invites))
+        .route("/api/invites/{invite}/revoke", post(revoke_invite))
         .route("/api/admin/audit", get(audit))
         .route("/api/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit));
@@ -175,7 +177,8 @@ pub fn router(state: AppState) -> Router {
     let pages = Router::new()
         .route_service("/", page("index.html"))
         .route_service("/c/{clinic}", page("patient.html"))
-        .route_service("/i/{token}", page("patient.html"))
+        // The invite travels in the fragment (`/i#...`), which never reaches a server.
+        .route_service("/i", page("patient.html"))
         .route_service("/staff", page("staff.html"))
         .route_service("/admin", page("admin.html"))
         .fallback_service(
@@ -501,6 +504,30 @@ async fn issue_invite(
             .issue_invite(&format!("staff:{}", claims.sub), req)
             .await?,
     ))
+}
+
+async fn list_invites(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(clinic): Path<String>,
+) -> ApiResult<Vec<InviteView>> {
+    let claims = staff(&state, &headers)?;
+    let clinic = ClinicId::parse(clinic)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    Ok(Json(state.service.invites(&claims, &clinic).await?))
+}
+
+async fn revoke_invite(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(invite): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers)?;
+    let invite = invite
+        .parse()
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such invite"))?;
+    state.service.revoke_invite(&claims, invite).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
