@@ -28,6 +28,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub token_secret: String,
     pub staff_token_minutes: u64,
+    pub staff_session_hours: u64,
+    pub session_check_seconds: u64,
     pub visit_token_hours: u64,
     pub max_connections: usize,
     pub max_message_bytes: usize,
@@ -95,8 +97,12 @@ impl Config {
         {
             return bad("token_secret must be at least 32 bytes (or empty to generate one)");
         }
-        if self.staff_token_minutes == 0 || self.visit_token_hours == 0 {
-            return bad("token lifetimes must be positive");
+        if self.staff_token_minutes == 0
+            || self.visit_token_hours == 0
+            || self.staff_session_hours == 0
+            || self.session_check_seconds == 0
+        {
+            return bad("token and session lifetimes, and session_check_seconds, must be positive");
         }
         if self.max_connections == 0 || self.max_message_bytes < 1024 {
             return bad("max_connections must be positive and max_message_bytes at least 1024");
@@ -148,12 +154,14 @@ impl Config {
             messages_per_second: self.messages_per_second,
             message_burst: self.message_burst.max(self.messages_per_second),
             entries_per_minute: self.entries_per_minute,
+            session_check: Duration::from_secs(self.session_check_seconds),
         }
     }
 
     pub fn lifetimes(&self) -> TokenLifetimes {
         TokenLifetimes {
             staff: Duration::from_secs(self.staff_token_minutes * 60),
+            session: Duration::from_secs(self.staff_session_hours * 3600),
             visit: Duration::from_secs(self.visit_token_hours * 3600),
         }
     }

@@ -40,6 +40,8 @@ pub enum AppError {
     InviteUsed,
     #[error("the clinic has withdrawn this invite link; ask them for a new one")]
     InviteRevoked,
+    #[error("your sign-in has ended; please sign in again")]
+    SessionEnded,
     #[error("this visit has ended")]
     VisitEnded,
     #[error("too many people changed this waiting room at once; please try again")]
@@ -76,6 +78,7 @@ impl AppError {
             | AppError::Conflict => ErrorCode::Conflict,
             AppError::InviteUsed => ErrorCode::InviteUsed,
             AppError::InviteRevoked => ErrorCode::InviteRevoked,
+            AppError::SessionEnded => ErrorCode::SessionEnded,
             AppError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             AppError::Store(StoreError::Corrupt(_)) => ErrorCode::Internal,
             AppError::Invalid(_) => ErrorCode::InvalidInput,

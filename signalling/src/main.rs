@@ -109,6 +109,11 @@ enum StaffCmd {
         password_stdin: bool,
     },
     List,
+    /// End every sign-in of a member of staff (their open pages are signed out within
+    /// seconds).
+    SignOut {
+        username: StaffId,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -230,6 +235,10 @@ async fn main() -> anyhow::Result<()> {
             if generated {
                 println!("password: {password}");
             }
+        }
+        Cmd::Staff(StaffCmd::SignOut { username }) => {
+            let n = service.end_sessions_of(&actor, &username).await?;
+            println!("ended {n} sign-in(s) of {username}");
         }
         Cmd::Staff(StaffCmd::List) => {
             for s in service.store().staff_list().await? {

@@ -13,8 +13,9 @@ use protocol::control::ControlOp;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, Entry, InviteId, InviteResponse, InviteView, IssueInvite,
-    MAX_NAME_CHARS, MAX_TEXT_CHARS, Role, ServerMsg, Session, SignInRequest, SignInResponse,
-    StaffId, StaffSession, Timestamp, TransferTarget, VisitEndReason, VisitId,
+    MAX_NAME_CHARS, MAX_TEXT_CHARS, Role, ServerMsg, Session, SessionId, SessionView,
+    SignInRequest, SignInResponse, StaffId, StaffSession, Timestamp, TransferTarget,
+    VisitEndReason, VisitId,
 };
 
 use crate::auth::{
@@ -24,7 +25,8 @@ use crate::error::AppError;
 use crate::media::{Link, Media};
 use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
 use crate::store::{
-    Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, StaffRecord, Store, StoreError,
+    Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, SessionRecord, StaffRecord, Store,
+    StoreError,
 };
 
 /// How often a conflicting change is retried before the caller is told to try again.
@@ -77,7 +79,10 @@ pub fn invite_expiry(
 /// Lifetimes of the tokens the service issues.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenLifetimes {
+    /// One staff token; refreshed before it runs out.
     pub staff: Duration,
+    /// A staff sign-in: refreshing never takes a token past it.
+    pub session: Duration,
     pub visit: Duration,
 }
 
@@ -348,23 +353,36 @@ impl Service {
             .await;
             return Err(AppError::WrongCredentials);
         };
-        self.record(self.audit_entry(&format!("staff:{}", record.username), "sign_in"))
-            .await;
-        Ok(self.issue_staff_token(record))
+        let started_at = now();
+        let session = SessionRecord {
+            id: SessionId::random(),
+            staff: record.username.clone(),
+            started_at,
+            ends_at: later(self.lifetimes.session),
+        };
+        self.store.put_session(&session).await?;
+        self.record(AuditEntry {
+            detail: Some(format!("session {}", session.id)),
+            ..self.audit_entry(&format!("staff:{}", record.username), "sign_in")
+        })
+        .await;
+        Ok(self.issue_staff_token(record, &session))
     }
 
-    /// A fresh token for a signed-in member of staff, from the directory as it is now.
+    /// A fresh token for a signed-in member of staff, from the directory as it is now, no
+    /// later than the end of their session.
     pub async fn refresh(&self, claims: &StaffClaims) -> Result<SignInResponse, AppError> {
+        let session = self.live_session(claims).await?;
         let record = self
             .store
             .staff(&claims.sub)
             .await?
-            .ok_or(AuthError::Invalid)?;
-        Ok(self.issue_staff_token(record))
+            .ok_or(AppError::SessionEnded)?;
+        Ok(self.issue_staff_token(record, &session))
     }
 
-    fn issue_staff_token(&self, r: StaffRecord) -> SignInResponse {
-        let expires_at = later(self.lifetimes.staff);
+    fn issue_staff_token(&self, r: StaffRecord, s: &SessionRecord) -> SignInResponse {
+        let expires_at = later(self.lifetimes.staff).min(s.ends_at);
         let session = StaffSession {
             username: r.username,
             display_name: r.display_name,
@@ -372,23 +390,95 @@ impl Service {
             clinics: r.clinics,
         };
         SignInResponse {
-            token: self.keys.staff_token(&session, expires_at),
+            token: self.keys.staff_token(&session, s.id, expires_at),
             expires_at,
             session,
         }
     }
 
-    /// Checks a staff token or a visit credential.
-    pub fn authenticate(&self, token: &str) -> Result<Principal, AppError> {
+    /// The session a staff token belongs to, if it has not been ended or run out.
+    pub async fn live_session(&self, claims: &StaffClaims) -> Result<SessionRecord, AppError> {
+        match self.store.session(claims.sid).await? {
+            Some(s) if s.staff == claims.sub && s.ends_at > now() => Ok(s),
+            _ => Err(AppError::SessionEnded),
+        }
+    }
+
+    /// Checks a staff token (and that its session goes on) or a visit credential.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AppError> {
         match self.keys.check_staff(token) {
-            Ok(c) => Ok(Principal::Staff(c)),
+            Ok(c) => {
+                self.live_session(&c).await?;
+                Ok(Principal::Staff(c))
+            }
             Err(AuthError::Expired) => Err(AuthError::Expired.into()),
             Err(_) => Ok(Principal::Patient(self.keys.check_visit(token)?)),
         }
     }
 
-    pub fn authenticate_staff(&self, token: &str) -> Result<StaffClaims, AppError> {
-        Ok(self.keys.check_staff(token)?)
+    pub async fn authenticate_staff(&self, token: &str) -> Result<StaffClaims, AppError> {
+        let claims = self.keys.check_staff(token)?;
+        self.live_session(&claims).await?;
+        Ok(claims)
+    }
+
+    /// When a visit credential runs out (seconds since the epoch).
+    pub fn visit_expiry(&self, token: &str) -> Result<u64, AppError> {
+        Ok(self.keys.visit_expiry(token)?)
+    }
+
+    /// Signing out: the token's session ends, on every instance.
+    pub async fn sign_out(&self, claims: &StaffClaims) -> Result<(), AppError> {
+        self.store.end_session(claims.sid).await?;
+        self.record(AuditEntry {
+            detail: Some(format!("session {}", claims.sid)),
+            ..self.audit_entry(&format!("staff:{}", claims.sub), "sign_out")
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Every live staff sign-in, for an administrator.
+    pub async fn sessions(&self) -> Result<Vec<SessionView>, AppError> {
+        Ok(self
+            .store
+            .sessions(now())
+            .await?
+            .into_iter()
+            .map(|s| SessionView {
+                id: s.id,
+                username: s.staff,
+                signed_in_at: s.started_at,
+                ends_at: s.ends_at,
+            })
+            .collect())
+    }
+
+    /// Ends one sign-in (an administrator's decision).
+    pub async fn end_session(&self, actor: &str, id: SessionId) -> Result<(), AppError> {
+        if !self.store.end_session(id).await? {
+            return Err(AppError::NotFound("no such sign-in"));
+        }
+        self.record(AuditEntry {
+            detail: Some(format!("session {id}")),
+            ..self.audit_entry(actor, "end_session")
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Ends every sign-in of a member of staff: on a change of password, role or clinics,
+    /// or when an administrator asks.
+    pub async fn end_sessions_of(&self, actor: &str, staff: &StaffId) -> Result<usize, AppError> {
+        let n = self.store.end_sessions_of(staff).await?;
+        if n > 0 {
+            self.record(AuditEntry {
+                detail: Some(format!("user {staff} sessions {n}")),
+                ..self.audit_entry(actor, "end_sessions")
+            })
+            .await;
+        }
+        Ok(n)
     }
 
     // --- patients entering -----------------------------------------------------------------
@@ -941,6 +1031,9 @@ impl Service {
             password_hash,
         };
         self.store.put_staff(&record).await?;
+        // A replaced record is a new password, role or set of clinics: the old sign-ins
+        // must not keep the old rights.
+        self.end_sessions_of(actor, &record.username).await?;
         let clinics: Vec<&str> = record.clinics.iter().map(ClinicId::as_str).collect();
         self.record(AuditEntry {
             detail: Some(format!(

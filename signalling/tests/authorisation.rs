@@ -302,6 +302,7 @@ async fn cell(
                 get(s, token, "/api/admin/audit").await,
                 get(s, token, "/api/admin/staff").await,
                 get(s, token, "/api/admin/clinics").await,
+                get(s, token, "/api/admin/sessions").await,
             ];
             assert!(statuses.iter().all(|x| *x == statuses[0]), "{statuses:?}");
             let code = (statuses[0] == 403).then_some(ErrorCode::Forbidden);
@@ -404,7 +405,7 @@ fn action_name(a: Action) -> &'static str {
         Action::EndConsultation => "end a call",
         Action::IssueInvite => "issue an invite link, list the clinic's invites",
         Action::RevokeInvite => "revoke an invite link",
-        Action::Administer => "administer (clinics, staff, audit log)",
+        Action::Administer => "administer (clinics, staff, audit log, sign-ins)",
     }
 }
 

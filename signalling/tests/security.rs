@@ -6,12 +6,15 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::server::{TestServer, directory, limits};
 use protocol::{
-    ClinicId, Command, EnterRequest, EnterResponse, Entry, ErrorBody, ErrorCode, InviteResponse,
-    InviteView, IssueInvite, ServerMsg, StaffId, Timestamp, TransferTarget, VisitStatus,
+    ClinicId, Command, CreateStaff, EnterRequest, EnterResponse, Entry, ErrorBody, ErrorCode,
+    InviteResponse, InviteView, IssueInvite, Role, ServerMsg, SignInResponse, StaffId, Timestamp,
+    TransferTarget, VisitStatus,
 };
+use signalling::service::TokenLifetimes;
 use signalling::store::Store;
 use signalling::store::local::LocalStore;
 
@@ -321,5 +324,152 @@ async fn an_invite_expires_within_a_day_of_its_appointment() {
         )
         .await;
     assert_eq!((status, code), (400, Some(ErrorCode::InvalidInput)));
+    s.stop().await;
+}
+
+/// Waits (within the helper's 5 s) for a websocket to close; the code, and whether it was
+/// told `code` first.
+async fn closes_after(ws: &mut common::server::Ws, code: ErrorCode) -> (Option<u16>, bool) {
+    let mut told = false;
+    loop {
+        match ws.next().await {
+            Ok(ServerMsg::Error { code: c, .. }) if c == code => told = true,
+            Ok(_) => continue,
+            Err(close) => return (close, told),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_ended_staff_sign_in_stops_working_everywhere_within_seconds() {
+    let s = local_server().await;
+    let admin = s.sign_in("admin").await.token;
+    // Three ways a sign-in ends: its holder signs out, their password is reset (or role or
+    // clinics change), an administrator ends it.
+    for how in ["sign-out", "password reset", "admin"] {
+        let alice = s.sign_in("alice").await.token;
+        let mut ws = s.ws(&alice).await;
+        let _snapshot = ws.recv().await;
+        match how {
+            "sign-out" => {
+                let (status, _) = s.post("/api/staff/sign-out", Some(&alice), &()).await;
+                assert_eq!(status, 204);
+            }
+            "password reset" => {
+                s.service
+                    .create_staff(
+                        "test",
+                        CreateStaff {
+                            username: staff("alice"),
+                            display_name: "alice name".into(),
+                            role: Role::Reception,
+                            clinics: vec![clinic("derm")],
+                            password: common::server::PASSWORD.into(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let (status, _) = s
+                    .post("/api/admin/staff/alice/end-sessions", Some(&admin), &())
+                    .await;
+                assert_eq!(status, 204);
+            }
+        }
+        // Every request with the old token is refused ...
+        let r = s
+            .http
+            .get(s.url("/api/clinics/derm/room"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{how}");
+        assert_eq!(
+            r.json::<ErrorBody>().await.unwrap().code,
+            ErrorCode::SessionEnded
+        );
+        // ... it can no longer be refreshed ...
+        let (status, code) = s.post("/api/staff/refresh", Some(&alice), &()).await;
+        assert_eq!(
+            (status, code),
+            (401, Some(ErrorCode::SessionEnded)),
+            "{how}"
+        );
+        // ... and the open websocket is told and closed.
+        assert_eq!(
+            closes_after(&mut ws, ErrorCode::SessionEnded).await,
+            (Some(4001), true),
+            "{how}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refreshing_stops_at_the_sessions_absolute_limit() {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(None).unwrap());
+    let lifetimes = TokenLifetimes {
+        session: Duration::from_secs(3),
+        ..common::server::lifetimes()
+    };
+    let s = TestServer::start_with_lifetimes(store, limits(), lifetimes).await;
+    directory(&s.service).await;
+    let alice = s.sign_in("alice").await;
+    let ends = alice.expires_at.0;
+    assert!(ends <= signalling::service::now().0 + 3_000);
+    let r = s
+        .http
+        .post(s.url("/api/staff/refresh"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let fresh: SignInResponse = r.json().await.unwrap();
+    assert!(
+        fresh.expires_at.0 <= ends,
+        "refresh went past the session's end"
+    );
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (status, _) = s.post("/api/staff/refresh", Some(&fresh.token), &()).await;
+    assert_eq!(status, 401);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_patients_socket_closes_when_their_credential_expires_or_their_visit_ends() {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(None).unwrap());
+    let lifetimes = TokenLifetimes {
+        visit: Duration::from_secs(2),
+        ..common::server::lifetimes()
+    };
+    let s = TestServer::start_with_lifetimes(store, limits(), lifetimes).await;
+    directory(&s.service).await;
+    let entered = s.enter("derm", "Pat Expiring").await;
+    let mut ws = s.ws(&entered.visit_token).await;
+    assert_eq!(
+        closes_after(&mut ws, ErrorCode::TokenExpired).await,
+        (Some(4001), true)
+    );
+    s.stop().await;
+
+    let s = local_server().await;
+    let alice = s.sign_in("alice").await.token;
+    let entered = s.enter("derm", "Pat Removed").await;
+    let mut ws = s.ws(&entered.visit_token).await;
+    let _status = ws.recv().await;
+    let (status, _) = s
+        .command(
+            &alice,
+            &Command::Remove {
+                clinic: clinic("derm"),
+                visit: entered.visit,
+            },
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(ws.closed().await, Some(4002));
     s.stop().await;
 }

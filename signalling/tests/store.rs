@@ -13,7 +13,8 @@ use signalling::room::{Audience, ClinicRoom, Ctx, Event, NewVisit};
 use signalling::store::local::LocalStore;
 use signalling::store::redis::RedisStore;
 use signalling::store::{
-    Clinic, Commit, Feed, InviteClaim, InviteRecord, RoomWrite, StaffRecord, Store, StoreError,
+    Clinic, Commit, Feed, InviteClaim, InviteRecord, RoomWrite, SessionRecord, StaffRecord, Store,
+    StoreError,
 };
 
 use common::redis::RedisServer;
@@ -384,6 +385,40 @@ async fn invites_admit_one_visit_and_can_be_revoked(store: &dyn Store) {
     ));
 }
 
+fn session(staff: &str, started: u64, ends: u64) -> SessionRecord {
+    SessionRecord {
+        id: protocol::SessionId::random(),
+        staff: StaffId::parse(staff).unwrap(),
+        started_at: Timestamp(started),
+        ends_at: Timestamp(ends),
+    }
+}
+
+async fn sessions_end_one_by_one_or_all_of_a_person(store: &dyn Store) {
+    let now = signalling::service::now().0;
+    let a1 = session("alice", now, now + 3_600_000);
+    let a2 = session("alice", now, now + 3_600_000);
+    let b = session("bob", now, now + 3_600_000);
+    for s in [&a1, &a2, &b] {
+        store.put_session(s).await.unwrap();
+    }
+    assert_eq!(store.session(a1.id).await.unwrap(), Some(a1.clone()));
+    assert_eq!(store.sessions(Timestamp(now)).await.unwrap().len(), 3);
+    assert!(store.end_session(b.id).await.unwrap());
+    assert!(!store.end_session(b.id).await.unwrap());
+    assert_eq!(store.session(b.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .end_sessions_of(&StaffId::parse("alice").unwrap())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.session(a1.id).await.unwrap(), None);
+    assert_eq!(store.session(a2.id).await.unwrap(), None);
+    assert!(store.sessions(Timestamp(now)).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -428,6 +463,11 @@ macro_rules! conformance {
             async fn invites_admit_one_visit_and_can_be_revoked() {
                 let (store, _guard) = $make;
                 super::invites_admit_one_visit_and_can_be_revoked(&*store).await;
+            }
+            #[tokio::test]
+            async fn sessions_end_one_by_one_or_all_of_a_person() {
+                let (store, _guard) = $make;
+                super::sessions_end_one_by_one_or_all_of_a_person(&*store).await;
             }
             #[tokio::test]
             async fn audit_keeps_order_and_tail() {

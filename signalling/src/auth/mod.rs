@@ -6,7 +6,7 @@
 //! visit and nothing else) and an invite (lets one patient enter one clinic).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use protocol::{ClinicId, InviteId, Role, StaffId, StaffSession, Timestamp, VisitId};
+use protocol::{ClinicId, InviteId, Role, SessionId, StaffId, StaffSession, Timestamp, VisitId};
 use serde::{Deserialize, Serialize};
 
 mod password;
@@ -40,6 +40,9 @@ pub struct StaffClaims {
     pub name: String,
     pub role: Role,
     pub clinics: Vec<ClinicId>,
+    /// The server-side session this token belongs to: checked on every request, so
+    /// ending the session ends the token.
+    pub sid: SessionId,
     aud: String,
     /// Seconds since the epoch.
     pub exp: u64,
@@ -116,12 +119,13 @@ impl Keys {
             })
     }
 
-    pub fn staff_token(&self, s: &StaffSession, expires: Timestamp) -> String {
+    pub fn staff_token(&self, s: &StaffSession, sid: SessionId, expires: Timestamp) -> String {
         self.sign(&StaffClaims {
             sub: s.username.clone(),
             name: s.display_name.clone(),
             role: s.role,
             clinics: s.clinics.clone(),
+            sid,
             aud: AUD_STAFF.into(),
             exp: secs(expires),
         })
@@ -141,6 +145,11 @@ impl Keys {
 
     pub fn check_visit(&self, token: &str) -> Result<VisitId, AuthError> {
         self.check::<VisitClaims>(token, AUD_VISIT).map(|c| c.sub)
+    }
+
+    /// When a valid visit credential expires, in seconds since the epoch.
+    pub fn visit_expiry(&self, token: &str) -> Result<u64, AuthError> {
+        self.check::<VisitClaims>(token, AUD_VISIT).map(|c| c.exp)
     }
 
     pub fn invite_token(
@@ -221,6 +230,7 @@ pub(crate) mod tests {
         let derm = ClinicId::parse("derm").unwrap();
         let t = k.staff_token(
             &session("alice", Role::Reception, vec![derm.clone()]),
+            SessionId::random(),
             later(),
         );
         let c = k.check_staff(&t).unwrap();
@@ -251,7 +261,11 @@ pub(crate) mod tests {
             None,
             later(),
         );
-        let staff = k.staff_token(&session("alice", Role::Admin, vec![]), later());
+        let staff = k.staff_token(
+            &session("alice", Role::Admin, vec![]),
+            SessionId::random(),
+            later(),
+        );
         assert_eq!(k.check_staff(&visit), Err(AuthError::Invalid));
         assert_eq!(k.check_staff(&invite), Err(AuthError::Invalid));
         assert_eq!(k.check_visit(&staff).unwrap_err(), AuthError::Invalid);

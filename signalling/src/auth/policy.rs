@@ -235,7 +235,8 @@ mod tests {
             .collect();
         let exp = protocol::Timestamp(4_000_000_000_000);
         let session = crate::auth::tests::session("someone", role, clinics);
-        keys.check_staff(&keys.staff_token(&session, exp)).unwrap()
+        keys.check_staff(&keys.staff_token(&session, protocol::SessionId::random(), exp))
+            .unwrap()
     }
 
     #[test]

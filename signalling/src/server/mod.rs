@@ -22,8 +22,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView, IssueInvite,
-    MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SignInRequest, SignInResponse,
-    StaffSession,
+    MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SessionView, SignInRequest,
+    SignInResponse, StaffId, StaffSession,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -53,6 +53,8 @@ pub struct Limits {
     pub message_burst: u32,
     /// Sign-ins and patient entries per minute per client address.
     pub entries_per_minute: u32,
+    /// How often an open staff websocket checks that its sign-in goes on.
+    pub session_check: Duration,
 }
 
 /// What every handler shares.
@@ -152,6 +154,13 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/api/staff/sign-in", post(sign_in))
         .route("/api/staff/refresh", post(refresh))
+        .route("/api/staff/sign-out", post(sign_out))
+        .route("/api/admin/sessions", get(list_sessions))
+        .route("/api/admin/sessions/{session}/end", post(end_session))
+        .route(
+            "/api/admin/staff/{user}/end-sessions",
+            post(end_staff_sessions),
+        )
         .route("/api/clinics/{clinic}", get(clinic_entry))
         .route("/api/clinics/{clinic}/room", get(room))
         .route("/api/clinics/{clinic}/clinicians", get(clinicians))
@@ -295,8 +304,8 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-fn staff(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, ApiError> {
-    Ok(state.service.authenticate_staff(bearer(headers)?)?)
+async fn staff(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, ApiError> {
+    Ok(state.service.authenticate_staff(bearer(headers)?).await?)
 }
 
 fn check_entry_rate(state: &AppState, addr: SocketAddr) -> Result<(), ApiError> {
@@ -330,8 +339,59 @@ async fn sign_in(
 }
 
 async fn refresh(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<SignInResponse> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     Ok(Json(state.service.refresh(&claims).await?))
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    state.service.sign_out(&claims).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<SessionView>> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    Ok(Json(state.service.sessions().await?))
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(session): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let id = session
+        .parse()
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such sign-in"))?;
+    state
+        .service
+        .end_session(&format!("staff:{}", claims.sub), id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn end_staff_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let user = StaffId::parse(user)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such member of staff"))?;
+    state
+        .service
+        .end_sessions_of(&format!("staff:{}", claims.sub), &user)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn clinic_entry(
@@ -348,7 +408,7 @@ async fn room(
     headers: HeaderMap,
     Path(clinic): Path<String>,
 ) -> ApiResult<ServerMsg> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     let clinic = ClinicId::parse(clinic)
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
     Ok(Json(state.service.room_snapshot(&claims, &clinic).await?))
@@ -359,7 +419,7 @@ async fn clinicians(
     headers: HeaderMap,
     Path(clinic): Path<String>,
 ) -> ApiResult<Vec<ClinicianView>> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     let clinic = ClinicId::parse(clinic)
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
     Ok(Json(state.service.clinicians(&claims, &clinic).await?))
@@ -394,7 +454,7 @@ async fn list_clinics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<ClinicEntryInfo>> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let clinics = state
         .service
@@ -418,7 +478,7 @@ async fn list_staff(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<StaffSession>> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let staff = state
         .service
@@ -453,7 +513,7 @@ async fn command(
     headers: HeaderMap,
     Body(cmd): Body<Command>,
 ) -> Result<StatusCode, ApiError> {
-    let who = state.service.authenticate(bearer(&headers)?)?;
+    let who = state.service.authenticate(bearer(&headers)?).await?;
     state.service.execute(&who, cmd).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -463,7 +523,7 @@ async fn create_clinic(
     headers: HeaderMap,
     Body(req): Body<CreateClinic>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     authorize(&claims, Action::Administer, None, Target::Clinic)?;
     state
         .service
@@ -477,7 +537,7 @@ async fn create_staff(
     headers: HeaderMap,
     Body(req): Body<CreateStaff>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     authorize(&claims, Action::Administer, None, Target::Clinic)?;
     state
         .service
@@ -491,7 +551,7 @@ async fn issue_invite(
     headers: HeaderMap,
     Body(req): Body<IssueInvite>,
 ) -> ApiResult<InviteResponse> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     authorize(
         &claims,
         Action::IssueInvite,
@@ -511,7 +571,7 @@ async fn list_invites(
     headers: HeaderMap,
     Path(clinic): Path<String>,
 ) -> ApiResult<Vec<InviteView>> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     let clinic = ClinicId::parse(clinic)
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
     Ok(Json(state.service.invites(&claims, &clinic).await?))
@@ -522,7 +582,7 @@ async fn revoke_invite(
     headers: HeaderMap,
     Path(invite): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     let invite = invite
         .parse()
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such invite"))?;
@@ -540,7 +600,7 @@ async fn audit(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Vec<AuditEntry>> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(100).min(10_000);

@@ -179,7 +179,7 @@ impl Connection {
     }
 
     async fn run(&mut self) -> (u16, &'static str) {
-        let principal = match self.hello().await {
+        let (principal, visit_expires) = match self.hello().await {
             Ok(p) => p,
             Err(close) => return close,
         };
@@ -251,7 +251,7 @@ impl Connection {
                         return (CLOSE_RESTART, "");
                     }
                 }
-                (sub, u64::MAX)
+                (sub, visit_expires)
             }
         };
         let close = self
@@ -267,7 +267,9 @@ impl Connection {
     }
 
     /// Waits for `hello` and checks its token.
-    async fn hello(&mut self) -> Result<Principal, (u16, &'static str)> {
+    /// Waits for `hello` and checks its token; for a patient, also when their credential
+    /// runs out (seconds since the epoch).
+    async fn hello(&mut self) -> Result<(Principal, u64), (u16, &'static str)> {
         let first = match tokio::time::timeout(HELLO_TIMEOUT, self.socket.recv()).await {
             Err(_) => return Err((CLOSE_POLICY, "no hello")),
             Ok(None | Some(Err(_))) => return Err((CLOSE_POLICY, "")),
@@ -298,8 +300,11 @@ impl Connection {
                 return Err((CLOSE_POLICY, "expected hello"));
             }
         };
-        match self.state.service.authenticate(&token) {
-            Ok(p) => Ok(p),
+        match self.state.service.authenticate(&token).await {
+            Ok(p) => {
+                let expires = self.state.service.visit_expiry(&token).unwrap_or(u64::MAX);
+                Ok((p, expires))
+            }
             Err(e) => {
                 self.send(&app_error(None, &e)).await;
                 Err((CLOSE_UNAUTHENTICATED, "unauthenticated"))
@@ -317,6 +322,10 @@ impl Connection {
     ) -> (u16, &'static str) {
         let expiry = tokio::time::sleep(until(expires_secs));
         tokio::pin!(expiry);
+        // A staff sign-in can be ended at any time (sign-out elsewhere, a change of
+        // password, role or clinics, an administrator): looked up again every few seconds.
+        let mut session_check = tokio::time::interval(self.state.limits.session_check);
+        session_check.reset();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = tokio::time::Instant::now();
@@ -326,6 +335,14 @@ impl Connection {
                 _ = &mut expiry => {
                     self.send(&error(None, ErrorCode::TokenExpired, "your sign-in has expired")).await;
                     return (CLOSE_UNAUTHENTICATED, "token expired");
+                }
+                _ = session_check.tick() => {
+                    if let Principal::Staff(claims) = principal {
+                        if let Err(AppError::SessionEnded) = self.state.service.live_session(claims).await {
+                            self.send(&app_error(None, &AppError::SessionEnded)).await;
+                            return (CLOSE_UNAUTHENTICATED, "sign-in ended");
+                        }
+                    }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENCE_LIMIT {
@@ -354,6 +371,10 @@ impl Connection {
                     }
                     if self.socket.send(Message::Text(d.text.clone())).await.is_err() {
                         return (CLOSE_RESTART, "");
+                    }
+                    // The patient's visit is over: so is their connection.
+                    if d.ends_visit && matches!(principal, Principal::Patient(_)) {
+                        return (CLOSE_VISIT_ENDED, "visit ended");
                     }
                 }
                 incoming = self.socket.recv() => {
@@ -402,6 +423,13 @@ impl Connection {
                 ErrorCode::RateLimited,
                 "too many messages; slow down",
             ),
+            Ok(ClientMsg::Command { req, .. })
+                if session_ended(&self.state.service, principal).await =>
+            {
+                let reply = app_error(Some(req), &AppError::SessionEnded);
+                self.send(&reply).await;
+                return Flow::Close(CLOSE_UNAUTHENTICATED, "sign-in ended");
+            }
             Ok(ClientMsg::Command { req, command }) => {
                 match self.state.service.execute(principal, command).await {
                     Ok(()) => ServerMsg::Ack { req },
@@ -570,6 +598,18 @@ impl Connection {
                 let _ = tx.send(r).await;
             }
         });
+    }
+}
+
+/// Whether a staff connection's sign-in has been ended (a store that does not answer
+/// ends nothing).
+async fn session_ended(service: &crate::service::Service, principal: &Principal) -> bool {
+    match principal {
+        Principal::Staff(claims) => matches!(
+            service.live_session(claims).await,
+            Err(AppError::SessionEnded)
+        ),
+        Principal::Patient(_) => false,
     }
 }
 

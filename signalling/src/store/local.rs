@@ -9,13 +9,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use protocol::{AuditEntry, ClinicId, InviteId, StaffId, Timestamp, VisitId};
+use protocol::{AuditEntry, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use super::{
     Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteClaim, InviteRecord,
-    InviteState, Published, StaffRecord, Store, StoreError, Versioned,
+    InviteState, Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
 };
 use crate::room::ClinicRoom;
 
@@ -49,6 +49,9 @@ const SCHEMA: &str = "
         id TEXT PRIMARY KEY, clinic TEXT NOT NULL, expires_at INTEGER NOT NULL,
         record TEXT NOT NULL, visit TEXT, revoked INTEGER NOT NULL DEFAULT 0);
     CREATE INDEX IF NOT EXISTS invites_by_clinic ON invites (clinic, expires_at);
+    CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, staff TEXT NOT NULL, ends_at INTEGER NOT NULL, record TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS sessions_by_staff ON sessions (staff);
 ";
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -300,6 +303,81 @@ impl Store for LocalStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Feed> {
         self.events.subscribe()
+    }
+
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(session).map_err(corrupt)?;
+        let session = session.clone();
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            db.execute(
+                "DELETE FROM sessions WHERE ends_at < ?1",
+                params![sql_ms(session.started_at)],
+            )
+            .map_err(db_err)?;
+            db.execute(
+                "INSERT INTO sessions (id, staff, ends_at, record) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    session.id.to_string(),
+                    session.staff.as_str(),
+                    sql_ms(session.ends_at),
+                    json
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |i| {
+            get_json(
+                &lock(&i.db),
+                "SELECT record FROM sessions WHERE id = ?1",
+                &id,
+            )
+        })
+        .await
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        self.blocking(move |i| {
+            let n = lock(&i.db)
+                .execute(
+                    "DELETE FROM sessions WHERE id = ?1",
+                    params![id.to_string()],
+                )
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn end_sessions_of(&self, staff: &StaffId) -> Result<usize, StoreError> {
+        let staff = staff.to_string();
+        self.blocking(move |i| {
+            lock(&i.db)
+                .execute("DELETE FROM sessions WHERE staff = ?1", params![staff])
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn sessions(&self, now: Timestamp) -> Result<Vec<SessionRecord>, StoreError> {
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            let mut stmt = db
+                .prepare_cached("SELECT record FROM sessions WHERE ends_at > ?1 ORDER BY rowid")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![sql_ms(now)], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|r| serde_json::from_str(&r.map_err(db_err)?).map_err(corrupt))
+                .collect()
+        })
+        .await
     }
 
     async fn put_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {

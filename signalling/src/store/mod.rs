@@ -14,7 +14,7 @@
 //! caller re-reads and re-decides. Of two conflicting actions exactly one wins.
 
 use async_trait::async_trait;
-use protocol::{AuditEntry, ClinicId, InviteId, Role, StaffId, Timestamp, VisitId};
+use protocol::{AuditEntry, ClinicId, InviteId, Role, SessionId, StaffId, Timestamp, VisitId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -41,6 +41,17 @@ pub struct StaffRecord {
     pub clinics: Vec<ClinicId>,
     /// An argon2 PHC string; never the password.
     pub password_hash: String,
+}
+
+/// A staff sign-in, kept so it can be ended: every request checks that its token's session
+/// is still here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub staff: StaffId,
+    pub started_at: Timestamp,
+    /// The absolute end: refreshing never takes a token past it.
+    pub ends_at: Timestamp,
 }
 
 /// A personal invite, as issued.
@@ -169,6 +180,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// room. A receiver that lags, or is sent [`Feed::Resync`], must resynchronise its
     /// connections.
     fn subscribe(&self) -> broadcast::Receiver<Feed>;
+
+    // Staff sessions.
+    /// Records a new session (and forgets sessions that have ended).
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// A session that has not been ended (it may have passed `ends_at`: check).
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// Ends one session; `false` if there was none.
+    async fn end_session(&self, id: SessionId) -> Result<bool, StoreError>;
+    /// Ends every session of a member of staff; how many there were.
+    async fn end_sessions_of(&self, staff: &StaffId) -> Result<usize, StoreError>;
+    /// Every session that lasts beyond `now`, oldest first.
+    async fn sessions(&self, now: Timestamp) -> Result<Vec<SessionRecord>, StoreError>;
 
     // Invites.
     /// Records a new invite (and forgets invites long expired).

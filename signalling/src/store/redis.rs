@@ -13,6 +13,9 @@
 //! | `consult:visits`         | hash    | visit id -> clinic id (the visit index)               |
 //! | `consult:audit`          | stream  | one entry per audit record, field `entry` = JSON [`AuditEntry`]; never trimmed |
 //! | `consult:token_secret`   | string  | the secret that signs tokens (raw bytes), set once     |
+//! | `consult:session:{id}`   | string  | JSON [`SessionRecord`]; expires at the session's end  |
+//! | `consult:sessions`       | sorted set | live session ids by end (ms), pruned as they end   |
+//! | `consult:staff_sessions:{user}` | set | the session ids of one member of staff            |
 //! | `consult:invite:{id}`    | hash    | `record` -> JSON [`InviteRecord`], `visit` -> the visit it admitted, `revoked` -> `1`; expires a day after the invite |
 //! | `consult:invites:{clinic}` | sorted set | invite ids by expiry (ms), pruned as they expire |
 //! | `consult:events`         | channel | JSON [`Published`], one message per event             |
@@ -46,7 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use protocol::{AuditEntry, ClinicId, InviteId, StaffId, Timestamp, VisitId};
+use protocol::{AuditEntry, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::streams::StreamRangeReply;
 use redis::{Client, ErrorKind, RedisError, Script, Value};
@@ -56,7 +59,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteRecord, InviteState,
-    Published, StaffRecord, Store, StoreError, Versioned,
+    Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
 };
 use crate::room::{ClinicRoom, Event};
 
@@ -74,6 +77,12 @@ pub const KEY_VISITS: &str = "consult:visits";
 pub const KEY_AUDIT: &str = "consult:audit";
 /// String: the token signing secret, raw bytes; written once, by the first instance.
 pub const KEY_TOKEN_SECRET: &str = "consult:token_secret";
+/// Followed by the session id: JSON [`SessionRecord`], expiring at its end.
+pub const KEY_SESSION_PREFIX: &str = "consult:session:";
+/// Sorted set of every live session id, scored by its end.
+pub const KEY_SESSIONS: &str = "consult:sessions";
+/// Followed by a user name: the set of that member of staff's session ids.
+pub const KEY_STAFF_SESSIONS_PREFIX: &str = "consult:staff_sessions:";
 /// Followed by the invite id: a hash with [`FIELD_RECORD`], [`FIELD_VISIT`], [`FIELD_REVOKED`].
 pub const KEY_INVITE_PREFIX: &str = "consult:invite:";
 /// Followed by the clinic id: a sorted set of that clinic's invite ids, scored by expiry.
@@ -203,6 +212,14 @@ fn redis_err(e: RedisError) -> StoreError {
 
 fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+fn session_key(id: SessionId) -> String {
+    format!("{KEY_SESSION_PREFIX}{id}")
+}
+
+fn staff_sessions_key(staff: &StaffId) -> String {
+    format!("{KEY_STAFF_SESSIONS_PREFIX}{staff}")
 }
 
 fn invite_key(id: InviteId) -> String {
@@ -535,6 +552,110 @@ impl Store for RedisStore {
         self.events.subscribe()
     }
 
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(session).map_err(corrupt)?;
+        let id = session.id.to_string();
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(session_key(session.id))
+            .arg(json)
+            .arg("PXAT")
+            .arg(session.ends_at.0)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(KEY_SESSIONS)
+            .arg("-inf")
+            .arg(format!("({}", session.started_at.0))
+            .ignore()
+            .cmd("ZADD")
+            .arg(KEY_SESSIONS)
+            .arg(session.ends_at.0)
+            .arg(&id)
+            .ignore()
+            .cmd("SADD")
+            .arg(staff_sessions_key(&session.staff))
+            .arg(&id)
+            .ignore()
+            .query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let json: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(session_key(id))
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        json.map(|j| serde_json::from_slice(&j).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        let Some(s) = self.session(id).await? else {
+            return Ok(false);
+        };
+        let (deleted,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(session_key(id))
+            .cmd("ZREM")
+            .arg(KEY_SESSIONS)
+            .arg(id.to_string())
+            .ignore()
+            .cmd("SREM")
+            .arg(staff_sessions_key(&s.staff))
+            .arg(id.to_string())
+            .ignore()
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(deleted == 1)
+    }
+
+    async fn end_sessions_of(&self, staff: &StaffId) -> Result<usize, StoreError> {
+        // One script, so a sign-in at the same moment is either ended or not yet recorded.
+        let script = Script::new(
+            "local ids = redis.call('SMEMBERS', KEYS[1]) local n = 0 \
+             for _, id in ipairs(ids) do \
+               n = n + redis.call('DEL', ARGV[1] .. id) \
+               redis.call('ZREM', KEYS[2], id) \
+             end \
+             redis.call('DEL', KEYS[1]) return n",
+        );
+        let n: i64 = script
+            .key(staff_sessions_key(staff))
+            .key(KEY_SESSIONS)
+            .arg(KEY_SESSION_PREFIX)
+            .invoke_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn sessions(&self, now: Timestamp) -> Result<Vec<SessionRecord>, StoreError> {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(KEY_SESSIONS)
+            .arg(format!("({}", now.0))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id: SessionId = id
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("session id {id:?}")))?;
+            if let Some(s) = self.session(id).await? {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| s.started_at);
+        Ok(out)
+    }
+
     async fn put_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {
         let json = serde_json::to_vec(invite).map_err(corrupt)?;
         let key = invite_key(invite.id);
@@ -728,6 +849,9 @@ mod tests {
             KEY_TOKEN_SECRET,
             KEY_INVITE_PREFIX,
             KEY_CLINIC_INVITES_PREFIX,
+            KEY_SESSION_PREFIX,
+            KEY_SESSIONS,
+            KEY_STAFF_SESSIONS_PREFIX,
             CHANNEL_EVENTS,
         ] {
             assert!(key.starts_with(PREFIX), "{key}");

@@ -29,16 +29,25 @@ pub fn limits() -> Limits {
         messages_per_second: 100,
         message_burst: 200,
         entries_per_minute: 10_000,
+        session_check: Duration::from_millis(200),
+    }
+}
+
+pub fn lifetimes() -> TokenLifetimes {
+    TokenLifetimes {
+        staff: Duration::from_secs(600),
+        session: Duration::from_secs(3600),
+        visit: Duration::from_secs(3600),
     }
 }
 
 pub async fn service(store: Arc<dyn Store>) -> Service {
+    service_with(store, lifetimes()).await
+}
+
+pub async fn service_with(store: Arc<dyn Store>, lifetimes: TokenLifetimes) -> Service {
     let secret = store.token_secret(&rand_secret()).await.unwrap();
     let keys = signalling::auth::Keys::new(&secret).unwrap();
-    let lifetimes = TokenLifetimes {
-        staff: Duration::from_secs(600),
-        visit: Duration::from_secs(3600),
-    };
     Service::new(store, keys, lifetimes, "http://test.invalid".into())
 }
 
@@ -66,6 +75,15 @@ impl TestServer {
         Self::start_with_media(store, limits, None).await
     }
 
+    /// A server whose tokens and sessions last `lifetimes`.
+    pub async fn start_with_lifetimes(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        lifetimes: TokenLifetimes,
+    ) -> Self {
+        Self::serve(service_with(store, lifetimes).await, limits).await
+    }
+
     /// A server that carries media through `media`'s nodes.
     pub async fn start_with_media(
         store: Arc<dyn Store>,
@@ -76,6 +94,10 @@ impl TestServer {
         if let Some(m) = media {
             service = service.with_media(m);
         }
+        Self::serve(service, limits).await
+    }
+
+    async fn serve(service: Service, limits: Limits) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
