@@ -46,6 +46,9 @@ pub enum AppError {
     VisitEnded,
     #[error("too many people changed this waiting room at once; please try again")]
     Conflict,
+    /// Too many attempts, or the server is busy checking passwords: try again later.
+    #[error("{0}")]
+    RateLimited(String),
     /// A media server could not be reached or did not answer.
     #[error("{0}")]
     Unavailable(String),
@@ -79,6 +82,7 @@ impl AppError {
             AppError::InviteUsed => ErrorCode::InviteUsed,
             AppError::InviteRevoked => ErrorCode::InviteRevoked,
             AppError::SessionEnded => ErrorCode::SessionEnded,
+            AppError::RateLimited(_) => ErrorCode::RateLimited,
             AppError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             AppError::Store(StoreError::Corrupt(_)) => ErrorCode::Internal,
             AppError::Invalid(_) => ErrorCode::InvalidInput,

@@ -298,7 +298,15 @@ async fn serve(config: Config, service: Service) -> anyhow::Result<()> {
     tracing::info!(%addr, mode, "serving");
     // For scripts and tests that start the server on port 0.
     println!("consult: listening on {addr}");
-    let state = AppState::new(service, config.limits()).with_web_root(config.web_root.clone());
+    let service = service
+        .with_password_checks(
+            config.password_checks,
+            std::time::Duration::from_millis(config.password_wait_ms),
+        )
+        .with_anonymous_audit_per_minute(config.anonymous_audit_per_minute);
+    let state = AppState::new(service, config.limits())
+        .with_web_root(config.web_root.clone())
+        .with_trusted_proxies(config.trusted_proxies.clone());
     server::run(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -86,9 +86,71 @@ pub struct TokenLifetimes {
     pub visit: Duration,
 }
 
+/// A member of staff's run of wrong passwords.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    /// No password is checked for the account before this.
+    locked_until: Timestamp,
+}
+
+/// Wrong passwords in a row that cost nothing; after them, each costs a wait that doubles
+/// from 1 s up to [`MAX_BACKOFF_SECS`].
+pub const FREE_FAILURES: u32 = 5;
+pub const MAX_BACKOFF_SECS: u64 = 15 * 60;
+
+/// How long an account waits after `count` wrong passwords in a row, in seconds.
+pub fn backoff_secs(count: u32) -> u64 {
+    match count.checked_sub(FREE_FAILURES) {
+        None => 0,
+        Some(n) => 1u64
+            .checked_shl(n)
+            .unwrap_or(MAX_BACKOFF_SECS)
+            .min(MAX_BACKOFF_SECS),
+    }
+}
+
+/// Sign-in defences shared by every clone of the service (one per instance).
+#[derive(Debug)]
+struct Guard {
+    /// Password checks at once (argon2 takes about 19 MiB each).
+    password_slots: tokio::sync::Semaphore,
+    password_checks: usize,
+    audit_per_minute: u32,
+    password_wait: Duration,
+    /// Runs of wrong passwords, per known account (so bounded by the directory).
+    failures: std::sync::Mutex<std::collections::HashMap<StaffId, Failures>>,
+    /// Audit entries for failed sign-ins with unknown names.
+    anonymous_audit: governor::DefaultDirectRateLimiter,
+    /// Those not recorded since the last one that was.
+    anonymous_unrecorded: std::sync::atomic::AtomicU64,
+}
+
+impl Guard {
+    fn new(password_checks: usize, password_wait: Duration, audit_per_minute: u32) -> Self {
+        let per_minute =
+            std::num::NonZeroU32::new(audit_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            password_slots: tokio::sync::Semaphore::new(password_checks.max(1)),
+            password_checks,
+            audit_per_minute,
+            password_wait,
+            failures: std::sync::Mutex::default(),
+            anonymous_audit: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
+            anonymous_unrecorded: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<StaffId, Failures>> {
+        // The map is consistent after every statement: carry on after a panic elsewhere.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
+    guard: Arc<Guard>,
     keys: Keys,
     lifetimes: TokenLifetimes,
     /// The address patients and staff use, for links (`https://video.example.org`).
@@ -175,7 +237,10 @@ fn text_field(
     max_chars: usize,
     required: bool,
 ) -> Result<Option<String>, AppError> {
-    let s = s.trim();
+    // Long texts (details, messages) may run to several lines; names and references not.
+    let newlines = max_chars >= MAX_TEXT_CHARS;
+    let s =
+        crate::text::clean(s, newlines).map_err(|e| AppError::Invalid(format!("{what} {e}")))?;
     if s.is_empty() {
         return if required {
             Err(AppError::Invalid(format!("{what} must not be empty")))
@@ -188,12 +253,7 @@ fn text_field(
             "{what} must be at most {max_chars} characters"
         )));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(AppError::Invalid(format!(
-            "{what} must not contain control characters"
-        )));
-    }
-    Ok(Some(s.to_owned()))
+    Ok(Some(s))
 }
 
 fn required_text(what: &str, s: &str, max_chars: usize) -> Result<String, AppError> {
@@ -227,11 +287,26 @@ impl Service {
     ) -> Self {
         Self {
             store,
+            guard: Arc::new(Guard::new(2, Duration::from_secs(2), 30)),
             keys,
             lifetimes,
             public_url: public_url.trim_end_matches('/').to_owned(),
             media: None,
         }
+    }
+
+    /// At most `checks` password checks at once; a sign-in waits up to `wait` for a turn.
+    pub fn with_password_checks(mut self, checks: usize, wait: Duration) -> Self {
+        let audit = self.guard.audit_per_minute;
+        self.guard = Arc::new(Guard::new(checks, wait, audit));
+        self
+    }
+
+    /// At most `n` audit entries a minute for failed sign-ins with unknown user names.
+    pub fn with_anonymous_audit_per_minute(mut self, n: u32) -> Self {
+        let checks = self.guard.password_checks;
+        self.guard = Arc::new(Guard::new(checks, self.guard.password_wait, n));
+        self
     }
 
     /// Serves media through `media`'s nodes.
@@ -333,6 +408,29 @@ impl Service {
             Ok(id) => self.store.staff(&id).await?,
             Err(_) => None,
         };
+        // A run of wrong passwords for this account: wait, whatever the address.
+        if let Some(r) = &record {
+            if let Some(f) = self.guard.failures().get(&r.username) {
+                let left = f.locked_until.0.saturating_sub(now().0);
+                if left > 0 {
+                    return Err(AppError::RateLimited(format!(
+                        "too many wrong passwords for this account; try again in {} s",
+                        left.div_ceil(1000)
+                    )));
+                }
+            }
+        }
+        // A bounded number of password checks at once: each takes ~19 MiB.
+        let Ok(Ok(permit)) = tokio::time::timeout(
+            self.guard.password_wait,
+            self.guard.password_slots.acquire(),
+        )
+        .await
+        else {
+            return Err(AppError::RateLimited(
+                "the server is busy; please try again in a moment".into(),
+            ));
+        };
         // Verify against a real hash even for unknown users, so timing tells nothing.
         let hash = record.as_ref().map(|r| r.password_hash.clone());
         let password = req.password;
@@ -342,17 +440,13 @@ impl Service {
         })
         .await
         .unwrap_or(false);
-        let (Some(record), true) = (record, ok) else {
-            self.record(AuditEntry {
-                detail: Some(format!(
-                    "user {}",
-                    req.username.chars().take(64).collect::<String>()
-                )),
-                ..self.audit_entry("system", "sign_in_failed")
-            })
-            .await;
+        drop(permit);
+        let (Some(record), true) = (&record, ok) else {
+            self.sign_in_failed(record.as_ref()).await;
             return Err(AppError::WrongCredentials);
         };
+        let record = record.clone();
+        self.guard.failures().remove(&record.username);
         let started_at = now();
         let session = SessionRecord {
             id: SessionId::random(),
@@ -367,6 +461,48 @@ impl Service {
         })
         .await;
         Ok(self.issue_staff_token(record, &session))
+    }
+
+    /// Counts a wrong password against a known account, and records the failure in the
+    /// audit log: by account name when there is one, never the name typed for an unknown
+    /// one (it may be a password typed in the wrong field), and only so many a minute.
+    async fn sign_in_failed(&self, record: Option<&StaffRecord>) {
+        use std::sync::atomic::Ordering;
+        let Some(r) = record else {
+            if self.guard.anonymous_audit.check().is_err() {
+                self.guard
+                    .anonymous_unrecorded
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let unrecorded = self.guard.anonymous_unrecorded.swap(0, Ordering::Relaxed);
+            let detail = if unrecorded > 0 {
+                format!("unknown user name ({unrecorded} more not recorded before this)")
+            } else {
+                "unknown user name".to_owned()
+            };
+            self.record(AuditEntry {
+                detail: Some(detail),
+                ..self.audit_entry("system", "sign_in_failed")
+            })
+            .await;
+            return;
+        };
+        let count = {
+            let mut all = self.guard.failures();
+            let f = all.entry(r.username.clone()).or_insert(Failures {
+                count: 0,
+                locked_until: Timestamp(0),
+            });
+            f.count = f.count.saturating_add(1);
+            f.locked_until = now().saturating_add_ms(backoff_secs(f.count) * 1000);
+            f.count
+        };
+        self.record(AuditEntry {
+            detail: Some(format!("user {} ({count} failures in a row)", r.username)),
+            ..self.audit_entry("system", "sign_in_failed")
+        })
+        .await;
     }
 
     /// A fresh token for a signed-in member of staff, from the directory as it is now, no

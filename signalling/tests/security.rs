@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::server::{TestServer, directory, limits};
 use protocol::{
     ClinicId, Command, CreateStaff, EnterRequest, EnterResponse, Entry, ErrorBody, ErrorCode,
-    InviteResponse, InviteView, IssueInvite, Role, ServerMsg, SignInResponse, StaffId, Timestamp,
-    TransferTarget, VisitStatus,
+    InviteResponse, InviteView, IssueInvite, Role, ServerMsg, SignInRequest, SignInResponse,
+    StaffId, Timestamp, TransferTarget, VisitStatus,
 };
 use signalling::service::TokenLifetimes;
 use signalling::store::Store;
@@ -471,5 +471,313 @@ async fn a_patients_socket_closes_when_their_credential_expires_or_their_visit_e
         .await;
     assert_eq!(status, 204);
     assert_eq!(ws.closed().await, Some(4002));
+    s.stop().await;
+}
+
+/// A server with `limits`, believing `X-Forwarded-For` from loopback when `behind_proxy`.
+async fn server_with(
+    limits: signalling::server::Limits,
+    behind_proxy: bool,
+    checks: usize,
+) -> TestServer {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(None).unwrap());
+    let service = common::server::service(store)
+        .await
+        .with_password_checks(checks, Duration::from_millis(300))
+        .with_anonymous_audit_per_minute(5);
+    let proxies = if behind_proxy {
+        vec!["127.0.0.1/32".parse().unwrap()]
+    } else {
+        Vec::new()
+    };
+    let s = TestServer::start_custom(service, limits, proxies).await;
+    directory(&s.service).await;
+    s
+}
+
+async fn sign_in_as(
+    s: &TestServer,
+    user: &str,
+    password: &str,
+    from: Option<&str>,
+) -> (u16, Option<ErrorCode>) {
+    let mut req = s
+        .http
+        .post(s.url("/api/staff/sign-in"))
+        .json(&SignInRequest {
+            username: user.into(),
+            password: password.into(),
+        });
+    if let Some(ip) = from {
+        req = req.header("x-forwarded-for", ip);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    if status == 200 {
+        (status, None)
+    } else {
+        (status, Some(r.json::<ErrorBody>().await.unwrap().code))
+    }
+}
+
+#[tokio::test]
+async fn password_checks_are_bounded_and_the_excess_is_refused_quickly() {
+    let s = server_with(limits(), false, 1).await;
+    let started = std::time::Instant::now();
+    let attempts = (0..24).map(|i| {
+        let s = &s;
+        async move { sign_in_as(s, &format!("nobody{i}"), "a wrong password", None).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let busy = results
+        .iter()
+        .filter(|r| **r == (429, Some(ErrorCode::RateLimited)))
+        .count();
+    let wrong = results
+        .iter()
+        .filter(|r| **r == (401, Some(ErrorCode::WrongCredentials)))
+        .count();
+    assert_eq!(busy + wrong, 24, "{results:?}");
+    assert!(busy > 0, "no sign-in was turned away: {results:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_for_one_account_back_off_whatever_the_address() {
+    let s = server_with(limits(), true, 2).await;
+    for i in 0..5 {
+        let from = format!("198.51.100.{i}");
+        assert_eq!(
+            sign_in_as(&s, "alice", "a wrong password", Some(&from)).await,
+            (401, Some(ErrorCode::WrongCredentials))
+        );
+    }
+    // The sixth, from yet another address, waits: even the right password.
+    assert_eq!(
+        sign_in_as(&s, "alice", common::server::PASSWORD, Some("203.0.113.50")).await,
+        (429, Some(ErrorCode::RateLimited))
+    );
+    // Other accounts are not affected.
+    assert_eq!(
+        sign_in_as(&s, "bob", common::server::PASSWORD, Some("203.0.113.50"))
+            .await
+            .0,
+        200
+    );
+    // After the wait, the right password works and clears the run.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        sign_in_as(&s, "alice", common::server::PASSWORD, None)
+            .await
+            .0,
+        200
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_a_trusted_proxy_and_limits_are_separate() {
+    let tight = signalling::server::Limits {
+        sign_ins_per_minute: 3,
+        entries_per_minute: 3,
+        ..limits()
+    };
+    // Behind the proxy, every client has its own bucket: a guesser exhausts only theirs.
+    let s = server_with(tight, true, 2).await;
+    for _ in 0..3 {
+        assert_eq!(
+            sign_in_as(&s, "nobody", "wrong password!", Some("198.51.100.9"))
+                .await
+                .0,
+            401
+        );
+    }
+    assert_eq!(
+        sign_in_as(&s, "nobody", "wrong password!", Some("198.51.100.9")).await,
+        (429, Some(ErrorCode::RateLimited))
+    );
+    assert_eq!(
+        sign_in_as(&s, "alice", common::server::PASSWORD, Some("198.51.100.10"))
+            .await
+            .0,
+        200
+    );
+    // And the guesser's own address can still enter a waiting room: a separate limit.
+    let r = s
+        .http
+        .post(s.url("/api/visits"))
+        .header("x-forwarded-for", "198.51.100.9")
+        .json(&EnterRequest {
+            entry: Entry::OpenLink {
+                clinic: clinic("derm"),
+            },
+            name: "Pat Patient".into(),
+            details: None,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+
+    // Not behind a trusted proxy: the header is the client's say-so and is ignored.
+    let s = server_with(tight, false, 2).await;
+    for i in 0..3 {
+        let from = format!("198.51.100.{i}");
+        assert_eq!(
+            sign_in_as(&s, "nobody", "wrong password!", Some(&from))
+                .await
+                .0,
+            401
+        );
+    }
+    assert_eq!(
+        sign_in_as(&s, "nobody", "wrong password!", Some("198.51.100.77")).await,
+        (429, Some(ErrorCode::RateLimited))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_failed_sign_ins_are_sanitised_and_rate_limited_in_the_audit_log() {
+    let s = server_with(limits(), false, 2).await;
+    let admin = s.sign_in("admin").await.token;
+    for i in 0..20 {
+        let typed = format!("my secret password {i}\u{202E}");
+        assert_eq!(sign_in_as(&s, &typed, "whatever it is", None).await.0, 401);
+    }
+    let audit: Vec<protocol::AuditEntry> = s
+        .http
+        .get(s.url("/api/admin/audit?limit=1000"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failures: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "sign_in_failed")
+        .collect();
+    assert!(failures.len() <= 5, "{} entries", failures.len());
+    for e in &failures {
+        let detail = e.detail.as_deref().unwrap_or("");
+        assert!(!detail.contains("secret"), "{detail}");
+        assert!(!detail.contains('\u{202E}'));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn websockets_from_other_sites_and_floods_of_malformed_frames_are_refused() {
+    let tight = signalling::server::Limits {
+        malformed_per_minute: 5,
+        ..limits()
+    };
+    let s = server_with(tight, false, 2).await;
+    // Another site's page: refused at the upgrade.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/ws", s.addr),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(req).await;
+    assert!(refused.is_err(), "a cross-site websocket was accepted");
+    // The platform's own page (and clients that are not browsers) are let in.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/ws", s.addr),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("origin", "http://test.invalid".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    // A connection that keeps sending garbage is closed.
+    let alice = s.sign_in("alice").await.token;
+    let mut ws = s.ws(&alice).await;
+    for _ in 0..10 {
+        ws.send_raw("{not json").await;
+    }
+    assert_eq!(
+        closes_after(&mut ws, ErrorCode::RateLimited).await,
+        (Some(1008), true)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn api_answers_are_never_cached_or_sniffed_and_https_deployments_send_hsts() {
+    let s = local_server().await;
+    let r = s.http.get(s.url("/api/clinics/derm")).send().await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(r.headers().get("strict-transport-security").is_none());
+    let r = s
+        .http
+        .get(s.url("/api/no/such/thing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    s.stop().await;
+
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(None).unwrap());
+    let secret = store.token_secret(&[9; 32]).await.unwrap();
+    let keys = signalling::auth::Keys::new(&secret).unwrap();
+    let service = signalling::service::Service::new(
+        store,
+        keys,
+        common::server::lifetimes(),
+        "https://video.example.org".into(),
+    );
+    let s = TestServer::start_custom(service, limits(), Vec::new()).await;
+    let r = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn names_are_normalised_and_invisible_or_direction_changing_characters_refused() {
+    let s = local_server().await;
+    let alice = s.sign_in("alice").await.token;
+    for bad in [
+        "Pat\u{202E}kcab",
+        "ad\u{200B}min",
+        "\u{2066}Pat\u{2069}",
+        "Pa\u{AD}t",
+    ] {
+        let r = s
+            .http
+            .post(s.url("/api/visits"))
+            .json(&EnterRequest {
+                entry: Entry::OpenLink {
+                    clinic: clinic("derm"),
+                },
+                name: bad.into(),
+                details: None,
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+    }
+    // A message from staff is held to the same rule.
+    let e = s.enter("derm", "Rene\u{301}e 👋🏽").await;
+    let (status, code) = s
+        .command(
+            &alice,
+            &Command::SendMessage {
+                clinic: clinic("derm"),
+                visit: e.visit,
+                text: "Please wait\u{202E}".into(),
+            },
+        )
+        .await;
+    assert_eq!((status, code), (400, Some(ErrorCode::InvalidInput)));
+    // The accepted name is stored in NFC; real scripts and emoji are kept.
+    let v = visits(&s, &alice, "derm").await;
+    assert_eq!(v[0].name, "Ren\u{e9}e 👋🏽");
     s.stop().await;
 }

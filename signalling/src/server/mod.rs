@@ -5,7 +5,6 @@
 //! and waits (bounded) for connections to finish so presence is recorded.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView, IssueInvite,
@@ -37,6 +35,7 @@ use crate::error::{AppError, status_of};
 use crate::service::Service;
 
 pub mod hub;
+pub mod limits;
 mod ws;
 
 use hub::Hub;
@@ -51,8 +50,14 @@ pub struct Limits {
     /// Websocket messages per second per connection, and the burst above that.
     pub messages_per_second: u32,
     pub message_burst: u32,
-    /// Sign-ins and patient entries per minute per client address.
+    /// Patient entries per minute per client address.
     pub entries_per_minute: u32,
+    /// Sign-in attempts per minute per client address.
+    pub sign_ins_per_minute: u32,
+    /// Pre-call media checks per minute per client address.
+    pub media_checks_per_minute: u32,
+    /// Malformed websocket messages per minute per connection; one more closes it.
+    pub malformed_per_minute: u32,
     /// How often an open staff websocket checks that its sign-in goes on.
     pub session_check: Duration,
 }
@@ -64,7 +69,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub limits: Limits,
     connection_slots: Arc<Semaphore>,
-    entry_limiter: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    addresses: Arc<limits::AddressLimiters>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    trusted_proxies: Arc<[ipnet::IpNet]>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     connection_ids: Arc<AtomicU64>,
@@ -74,18 +81,33 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(service: Service, limits: Limits) -> Self {
-        let per_minute = NonZeroU32::new(limits.entries_per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
             service,
             hub: Arc::new(Hub::default()),
             limits,
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
-            entry_limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            addresses: Arc::new(limits::AddressLimiters::new(limits::PerMinute {
+                sign_in: limits.sign_ins_per_minute,
+                entry: limits.entries_per_minute,
+                media_check: limits.media_checks_per_minute,
+            })),
+            trusted_proxies: Arc::from(Vec::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connection_ids: Arc::new(AtomicU64::new(0)),
             web_root: None,
         }
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies (the TLS proxy in front).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
+        self
+    }
+
+    /// How many client addresses the rate limiters hold (they are pruned every minute).
+    pub fn limited_addresses(&self) -> usize {
+        self.addresses.len()
     }
 
     /// Serves the browser client's files from `dir` at `/`.
@@ -114,6 +136,18 @@ pub async fn run(
             .clone()
             .run(state.service.store().subscribe(), state.shutdown.clone()),
     );
+    // The rate limiters forget clients whose limits have recovered, every minute.
+    let addresses = state.addresses.clone();
+    let pruning = state.shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = pruning.cancelled() => return,
+                _ = every.tick() => addresses.prune(),
+            }
+        }
+    });
     let stop = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let app = router(state);
@@ -175,10 +209,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/audit", get(audit))
         .route("/api/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit));
+    // Answers carry patient data: never stored by a browser or a proxy, never sniffed.
+    let api = API_HEADERS.iter().fold(api, |api, (name, value)| {
+        api.layer(SetResponseHeaderLayer::overriding(
+            name.clone(),
+            HeaderValue::from_static(value),
+        ))
+    });
+    let hsts = state.service.public_url().starts_with("https://");
     let web_root = state.web_root.clone();
     let api = api.with_state(state);
     let Some(dir) = web_root else {
-        return api.fallback(not_found);
+        return with_hsts(api.fallback(not_found), hsts);
     };
     // The pages behind the links people are given: a clinic's open link, a personal
     // invite, staff and administration. Each is one HTML file; the rest is static.
@@ -201,8 +243,26 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static(value),
         ))
     });
-    api.merge(pages)
+    with_hsts(api.merge(pages), hsts)
 }
+
+/// Browsers keep to HTTPS for a year once they have seen the platform over it.
+fn with_hsts(router: Router, on: bool) -> Router {
+    if on {
+        router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ))
+    } else {
+        router
+    }
+}
+
+/// What every API answer carries.
+const API_HEADERS: [(header::HeaderName, &str); 2] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
 
 /// What every page response carries: revalidate before use (a deployment's new files
 /// are seen at once; unchanged ones cost a 304), run only the platform's own scripts and
@@ -308,8 +368,27 @@ async fn staff(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, Api
     Ok(state.service.authenticate_staff(bearer(headers)?).await?)
 }
 
-fn check_entry_rate(state: &AppState, addr: SocketAddr) -> Result<(), ApiError> {
-    state.entry_limiter.check_key(&addr.ip()).map_err(|_| {
+/// Which per-address limit a request counts against.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    SignIn,
+    Entry,
+    MediaCheck,
+}
+
+fn check_rate(
+    state: &AppState,
+    limit: Limit,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let ip = limits::client_ip(addr, headers, &state.trusted_proxies);
+    let limiter = match limit {
+        Limit::SignIn => &state.addresses.sign_in,
+        Limit::Entry => &state.addresses.entry,
+        Limit::MediaCheck => &state.addresses.media_check,
+    };
+    limiter.check_key(&ip).map_err(|_| {
         ApiError::from_code(
             ErrorCode::RateLimited,
             "too many attempts; wait a minute and try again",
@@ -332,9 +411,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn sign_in(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(req): Body<SignInRequest>,
 ) -> ApiResult<SignInResponse> {
-    check_entry_rate(&state, addr)?;
+    check_rate(&state, Limit::SignIn, addr, &headers)?;
     Ok(Json(state.service.sign_in(req).await?))
 }
 
@@ -437,9 +517,10 @@ async fn media_check_info(State(state): State<AppState>) -> ApiResult<MediaCheck
 async fn media_check(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(offer): Body<MediaCheckOffer>,
 ) -> ApiResult<MediaCheckAnswer> {
-    check_entry_rate(&state, addr)?;
+    check_rate(&state, Limit::MediaCheck, addr, &headers)?;
     if offer.sdp.len() > protocol::MAX_SDP_BYTES {
         return Err(AppError::Invalid("the SDP is too long".into()).into());
     }
@@ -502,9 +583,10 @@ async fn list_staff(
 async fn enter(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(req): Body<EnterRequest>,
 ) -> ApiResult<EnterResponse> {
-    check_entry_rate(&state, addr)?;
+    check_rate(&state, Limit::Entry, addr, &headers)?;
     Ok(Json(state.service.enter(req).await?))
 }
 

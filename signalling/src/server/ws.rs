@@ -41,7 +41,54 @@ const CLOSE_TRY_AGAIN: u16 = 1013;
 const CLOSE_UNAUTHENTICATED: u16 = 4001;
 const CLOSE_VISIT_ENDED: u16 = 4002;
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+/// Whether a browser page at `origin` may open a websocket: pages of the platform's own
+/// public URL only (and, while the public URL is a loopback address, as in development
+/// and tests, pages on any loopback address). Clients that are not browsers send no
+/// Origin and are let through: the token in `hello` is what authenticates.
+pub fn origin_allowed(origin: &str, public_url: &str) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if origin.eq_ignore_ascii_case(public_url_origin(public_url)) {
+        return true;
+    }
+    let loopback = |url: &str| {
+        let host = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+    };
+    loopback(public_url) && loopback(origin) && origin.starts_with("http")
+}
+
+/// `https://host:port` of a URL.
+fn public_url_origin(url: &str) -> &str {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    match url[after..].find('/') {
+        Some(i) => &url[..after + i],
+        None => url,
+    }
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(o, state.service.public_url()));
+        if !ok {
+            return super::ApiError::from_code(
+                ErrorCode::Forbidden,
+                "websockets are only accepted from the platform's own pages",
+            )
+            .into_response();
+        }
+    }
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         let err = super::ApiError::from_code(
             ErrorCode::TooManyConnections,
@@ -72,6 +119,9 @@ struct Connection {
     state: AppState,
     socket: WebSocket,
     limiter: DefaultDirectRateLimiter,
+    /// Malformed messages: a few are mistakes, more are an attack; then the connection
+    /// closes.
+    malformed: DefaultDirectRateLimiter,
     /// The room version each snapshot was read at: older events are already in it.
     seen: HashMap<ClinicId, u64>,
     /// This connection's media session, if it joined one.
@@ -157,6 +207,9 @@ impl Connection {
             state,
             socket,
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            malformed: RateLimiter::direct(Quota::per_minute(
+                NonZeroU32::new(limits.malformed_per_minute).unwrap_or(NonZeroU32::MIN),
+            )),
             seen: HashMap::new(),
             media: None,
         };
@@ -416,6 +469,15 @@ impl Connection {
             }
         };
         let reply = match serde_json::from_str::<ClientMsg>(&text) {
+            Err(_) if self.malformed.check().is_err() => {
+                self.send(&error(
+                    None,
+                    ErrorCode::RateLimited,
+                    "too many malformed messages",
+                ))
+                .await;
+                return Flow::Close(CLOSE_POLICY, "too many malformed messages");
+            }
             Err(e) => parse_error(&e),
             Ok(ClientMsg::Hello { .. }) => error(None, ErrorCode::BadRequest, "already said hello"),
             Ok(ClientMsg::Command { req, .. }) if self.limiter.check().is_err() => error(

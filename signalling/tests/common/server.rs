@@ -29,6 +29,9 @@ pub fn limits() -> Limits {
         messages_per_second: 100,
         message_burst: 200,
         entries_per_minute: 10_000,
+        sign_ins_per_minute: 10_000,
+        media_checks_per_minute: 10_000,
+        malformed_per_minute: 10_000,
         session_check: Duration::from_millis(200),
     }
 }
@@ -98,10 +101,19 @@ impl TestServer {
     }
 
     async fn serve(service: Service, limits: Limits) -> Self {
+        Self::start_custom(service, limits, Vec::new()).await
+    }
+
+    /// A server over `service` that believes `X-Forwarded-For` from `proxies`.
+    pub async fn start_custom(
+        service: Service,
+        limits: Limits,
+        proxies: Vec<ipnet::IpNet>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(service.clone(), limits);
+        let state = AppState::new(service.clone(), limits).with_trusted_proxies(proxies);
         let task = tokio::spawn(server::run(listener, state, async move {
             let _ = stopped.await;
         }));
