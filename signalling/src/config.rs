@@ -28,12 +28,21 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub token_secret: String,
     pub staff_token_minutes: u64,
+    pub staff_session_hours: u64,
+    pub session_check_seconds: u64,
     pub visit_token_hours: u64,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub messages_per_second: u32,
     pub message_burst: u32,
     pub entries_per_minute: u32,
+    pub sign_ins_per_minute: u32,
+    pub media_checks_per_minute: u32,
+    pub malformed_per_minute: u32,
+    pub password_checks: usize,
+    pub password_wait_ms: u64,
+    pub anonymous_audit_per_minute: u32,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub log: String,
     pub media_ip: IpAddr,
     pub media_announced_ip: String,
@@ -95,14 +104,27 @@ impl Config {
         {
             return bad("token_secret must be at least 32 bytes (or empty to generate one)");
         }
-        if self.staff_token_minutes == 0 || self.visit_token_hours == 0 {
-            return bad("token lifetimes must be positive");
+        if self.staff_token_minutes == 0
+            || self.visit_token_hours == 0
+            || self.staff_session_hours == 0
+            || self.session_check_seconds == 0
+        {
+            return bad("token and session lifetimes, and session_check_seconds, must be positive");
         }
         if self.max_connections == 0 || self.max_message_bytes < 1024 {
             return bad("max_connections must be positive and max_message_bytes at least 1024");
         }
-        if self.messages_per_second == 0 || self.entries_per_minute == 0 {
+        if self.messages_per_second == 0
+            || self.entries_per_minute == 0
+            || self.sign_ins_per_minute == 0
+            || self.media_checks_per_minute == 0
+            || self.malformed_per_minute == 0
+            || self.anonymous_audit_per_minute == 0
+        {
             return bad("rate limits must be positive");
+        }
+        if self.password_checks == 0 {
+            return bad("password_checks must be at least 1");
         }
         if self.media_ip.is_unspecified() {
             return bad("media_ip must be a concrete address of this machine, not 0.0.0.0");
@@ -148,12 +170,17 @@ impl Config {
             messages_per_second: self.messages_per_second,
             message_burst: self.message_burst.max(self.messages_per_second),
             entries_per_minute: self.entries_per_minute,
+            sign_ins_per_minute: self.sign_ins_per_minute,
+            media_checks_per_minute: self.media_checks_per_minute,
+            malformed_per_minute: self.malformed_per_minute,
+            session_check: Duration::from_secs(self.session_check_seconds),
         }
     }
 
     pub fn lifetimes(&self) -> TokenLifetimes {
         TokenLifetimes {
             staff: Duration::from_secs(self.staff_token_minutes * 60),
+            session: Duration::from_secs(self.staff_session_hours * 3600),
             visit: Duration::from_secs(self.visit_token_hours * 3600),
         }
     }

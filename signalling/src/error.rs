@@ -33,10 +33,22 @@ pub enum AppError {
     InviteInvalid,
     #[error("this invite link has expired; ask the clinic for a new one")]
     InviteExpired,
+    #[error(
+        "someone has already joined with this invite link; if that was you, go back to the \
+         browser where you joined, otherwise ask the clinic for a link of your own"
+    )]
+    InviteUsed,
+    #[error("the clinic has withdrawn this invite link; ask them for a new one")]
+    InviteRevoked,
+    #[error("your sign-in has ended; please sign in again")]
+    SessionEnded,
     #[error("this visit has ended")]
     VisitEnded,
     #[error("too many people changed this waiting room at once; please try again")]
     Conflict,
+    /// Too many attempts, or the server is busy checking passwords: try again later.
+    #[error("{0}")]
+    RateLimited(String),
     /// A media server could not be reached or did not answer.
     #[error("{0}")]
     Unavailable(String),
@@ -65,7 +77,12 @@ impl AppError {
             AppError::Auth(AuthError::Invalid) => ErrorCode::Unauthenticated,
             AppError::Auth(AuthError::Expired) => ErrorCode::TokenExpired,
             AppError::Auth(AuthError::Forbidden) => ErrorCode::Forbidden,
-            AppError::Store(StoreError::Conflict) | AppError::Conflict => ErrorCode::Conflict,
+            AppError::Store(StoreError::Conflict | StoreError::InviteTaken)
+            | AppError::Conflict => ErrorCode::Conflict,
+            AppError::InviteUsed => ErrorCode::InviteUsed,
+            AppError::InviteRevoked => ErrorCode::InviteRevoked,
+            AppError::SessionEnded => ErrorCode::SessionEnded,
+            AppError::RateLimited(_) => ErrorCode::RateLimited,
             AppError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             AppError::Store(StoreError::Corrupt(_)) => ErrorCode::Internal,
             AppError::Invalid(_) => ErrorCode::InvalidInput,
@@ -142,7 +159,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::NotInConsultation
         | ErrorCode::QueueEmpty
         | ErrorCode::Conflict => StatusCode::CONFLICT,
-        ErrorCode::VisitEnded | ErrorCode::InviteExpired => StatusCode::GONE,
+        ErrorCode::VisitEnded | ErrorCode::InviteExpired | ErrorCode::InviteRevoked => {
+            StatusCode::GONE
+        }
+        ErrorCode::InviteUsed => StatusCode::CONFLICT,
+        ErrorCode::SessionEnded => StatusCode::UNAUTHORIZED,
         ErrorCode::InviteInvalid => StatusCode::UNAUTHORIZED,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

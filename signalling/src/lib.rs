@@ -8,6 +8,7 @@ pub mod room;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod text;
 
 use std::sync::Arc;
 

@@ -109,6 +109,11 @@ enum StaffCmd {
         password_stdin: bool,
     },
     List,
+    /// End every sign-in of a member of staff (their open pages are signed out within
+    /// seconds).
+    SignOut {
+        username: StaffId,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -231,6 +236,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("password: {password}");
             }
         }
+        Cmd::Staff(StaffCmd::SignOut { username }) => {
+            let n = service.end_sessions_of(&actor, &username).await?;
+            println!("ended {n} sign-in(s) of {username}");
+        }
         Cmd::Staff(StaffCmd::List) => {
             for s in service.store().staff_list().await? {
                 println!(
@@ -253,7 +262,8 @@ async fn main() -> anyhow::Result<()> {
             let req = IssueInvite {
                 clinic,
                 appointment,
-                valid_for_secs: valid_hours.saturating_mul(3600),
+                appointment_at: None,
+                valid_for_secs: Some(valid_hours.saturating_mul(3600)),
             };
             let inv = service.issue_invite(&actor, req).await?;
             println!("{}", inv.url);
@@ -288,7 +298,15 @@ async fn serve(config: Config, service: Service) -> anyhow::Result<()> {
     tracing::info!(%addr, mode, "serving");
     // For scripts and tests that start the server on port 0.
     println!("consult: listening on {addr}");
-    let state = AppState::new(service, config.limits()).with_web_root(config.web_root.clone());
+    let service = service
+        .with_password_checks(
+            config.password_checks,
+            std::time::Duration::from_millis(config.password_wait_ms),
+        )
+        .with_anonymous_audit_per_minute(config.anonymous_audit_per_minute);
+    let state = AppState::new(service, config.limits())
+        .with_web_root(config.web_root.clone())
+        .with_trusted_proxies(config.trusted_proxies.clone());
     server::run(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -360,7 +378,8 @@ async fn demo_setup(service: &Service, actor: &str) -> anyhow::Result<()> {
             IssueInvite {
                 clinic: clinic.clone(),
                 appointment: Some("DEMO-1".into()),
-                valid_for_secs: 24 * 3600,
+                appointment_at: None,
+                valid_for_secs: None,
             },
         )
         .await?;
@@ -370,7 +389,7 @@ async fn demo_setup(service: &Service, actor: &str) -> anyhow::Result<()> {
         "Patient link (open clinic):   {}",
         service.clinic_link(&clinic)
     );
-    println!("Patient invite (24 hours):    {}", invite.url);
+    println!("Patient invite (one patient, 24 hours): {}", invite.url);
     println!("Staff sign-in:                {url}/staff");
     println!("Staff accounts (passwords are new on every --demo start):");
     for l in lines {

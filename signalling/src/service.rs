@@ -12,33 +12,199 @@ use protocol::NodeId;
 use protocol::control::ControlOp;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
-    EnterRequest, EnterResponse, Entry, InviteResponse, IssueInvite, MAX_NAME_CHARS,
-    MAX_TEXT_CHARS, Role, ServerMsg, Session, SignInRequest, SignInResponse, StaffId, StaffSession,
-    Timestamp, TransferTarget, VisitEndReason, VisitId,
+    EnterRequest, EnterResponse, Entry, InviteId, InviteResponse, InviteView, IssueInvite,
+    MAX_NAME_CHARS, MAX_TEXT_CHARS, Role, ServerMsg, Session, SessionId, SessionView,
+    SignInRequest, SignInResponse, StaffId, StaffSession, Timestamp, TransferTarget,
+    VisitEndReason, VisitId,
 };
 
-use crate::auth::{self, Action, AuthError, Keys, Principal, StaffClaims, authorize};
+use crate::auth::{
+    self, Action, AuthError, Keys, Principal, StaffClaims, Target, authorize, may_ever,
+};
 use crate::error::AppError;
 use crate::media::{Link, Media};
 use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
-use crate::store::{Clinic, Commit, RoomWrite, StaffRecord, Store, StoreError};
+use crate::store::{
+    Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, SessionRecord, StaffRecord, Store,
+    StoreError,
+};
 
 /// How often a conflicting change is retried before the caller is told to try again.
 const MAX_ATTEMPTS: usize = 32;
 
-/// The longest an invite may be valid for.
-pub const MAX_INVITE_SECS: u64 = 90 * 24 * 3600;
+/// How long an invite lasts after its appointment (or, without one, after it is issued),
+/// unless it is given less.
+pub const INVITE_GRACE_SECS: u64 = 24 * 3600;
+/// The longest an invite may last after it is issued, when it names no appointment time.
+pub const MAX_INVITE_SECS: u64 = 7 * 24 * 3600;
+/// How far ahead an appointment may be.
+pub const MAX_APPOINTMENT_AHEAD_SECS: u64 = 90 * 24 * 3600;
+
+/// When an invite issued at `now` expires: a day after the appointment (or after `now`),
+/// or `valid_for_secs` after `now` if that is sooner.
+pub fn invite_expiry(
+    now: Timestamp,
+    appointment_at: Option<Timestamp>,
+    valid_for_secs: Option<u64>,
+) -> Result<Timestamp, AppError> {
+    let ms = |secs: u64| secs.saturating_mul(1000);
+    let latest = match appointment_at {
+        Some(at) => {
+            if at.0 > now.0.saturating_add(ms(MAX_APPOINTMENT_AHEAD_SECS)) {
+                return Err(AppError::Invalid(
+                    "the appointment must be within the next 90 days".into(),
+                ));
+            }
+            at.saturating_add_ms(ms(INVITE_GRACE_SECS))
+        }
+        None => now.saturating_add_ms(ms(INVITE_GRACE_SECS)),
+    };
+    if latest <= now {
+        return Err(AppError::Invalid(
+            "that appointment was more than a day ago".into(),
+        ));
+    }
+    match valid_for_secs {
+        None => Ok(latest),
+        Some(0) => Err(AppError::Invalid(
+            "an invite must be valid for at least 1 second".into(),
+        )),
+        Some(s) if appointment_at.is_none() && s > MAX_INVITE_SECS => Err(AppError::Invalid(
+            "an invite without an appointment time lasts at most 7 days".into(),
+        )),
+        Some(s) => Ok(latest.min(now.saturating_add_ms(ms(s)))),
+    }
+}
 
 /// Lifetimes of the tokens the service issues.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenLifetimes {
+    /// One staff token; refreshed before it runs out.
     pub staff: Duration,
+    /// A staff sign-in: refreshing never takes a token past it.
+    pub session: Duration,
     pub visit: Duration,
+}
+
+/// A member of staff's run of wrong passwords.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    /// No password is checked for the account before this.
+    locked_until: Timestamp,
+}
+
+/// Wrong passwords in a row that cost nothing; after them, each costs a wait that doubles
+/// from 1 s up to [`MAX_BACKOFF_SECS`].
+pub const FREE_FAILURES: u32 = 5;
+pub const MAX_BACKOFF_SECS: u64 = 15 * 60;
+
+/// How long an account waits after `count` wrong passwords in a row, in seconds.
+pub fn backoff_secs(count: u32) -> u64 {
+    match count.checked_sub(FREE_FAILURES) {
+        None => 0,
+        Some(n) => 1u64
+            .checked_shl(n)
+            .unwrap_or(MAX_BACKOFF_SECS)
+            .min(MAX_BACKOFF_SECS),
+    }
+}
+
+/// One password to check against a stored hash (`None`: an unknown user), and where the
+/// answer goes.
+type PasswordJob = (String, Option<String>, tokio::sync::oneshot::Sender<bool>);
+
+/// Password checks run on threads of their own, as many as may run at once. Each thread
+/// keeps the ~19 MiB its last check used for the next one, so the memory they take stays
+/// bounded: on tokio's blocking pool, every new thread kept a heap of its own (measured:
+/// 1,000 sign-ins at once took 440 MiB with only two checks at a time).
+#[derive(Debug)]
+struct PasswordPool {
+    jobs: std::sync::mpsc::Sender<PasswordJob>,
+}
+
+impl PasswordPool {
+    fn new(threads: usize) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<PasswordJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            rx.recv()
+                        };
+                        // The pool was dropped (the service was rebuilt): stop.
+                        let Ok((password, hash, answer)) = job else {
+                            return;
+                        };
+                        let hash = hash.as_deref().unwrap_or(UNKNOWN_USER_HASH);
+                        let _ = answer.send(auth::verify_password(&password, hash));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    /// Whether `password` matches `hash` (an unknown user's never does, but takes as long).
+    async fn verify(&self, password: String, hash: Option<String>) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.jobs.send((password, hash, tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Sign-in defences shared by every clone of the service (one per instance).
+#[derive(Debug)]
+struct Guard {
+    /// Password checks at once (argon2 takes about 19 MiB each).
+    password_slots: tokio::sync::Semaphore,
+    passwords: PasswordPool,
+    password_checks: usize,
+    audit_per_minute: u32,
+    password_wait: Duration,
+    /// Runs of wrong passwords, per known account (so bounded by the directory).
+    failures: std::sync::Mutex<std::collections::HashMap<StaffId, Failures>>,
+    /// Audit entries for failed sign-ins with unknown names.
+    anonymous_audit: governor::DefaultDirectRateLimiter,
+    /// Those not recorded since the last one that was.
+    anonymous_unrecorded: std::sync::atomic::AtomicU64,
+}
+
+impl Guard {
+    fn new(password_checks: usize, password_wait: Duration, audit_per_minute: u32) -> Self {
+        let per_minute =
+            std::num::NonZeroU32::new(audit_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            password_slots: tokio::sync::Semaphore::new(password_checks.max(1)),
+            passwords: PasswordPool::new(password_checks),
+            password_checks,
+            audit_per_minute,
+            password_wait,
+            failures: std::sync::Mutex::default(),
+            anonymous_audit: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
+            anonymous_unrecorded: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<StaffId, Failures>> {
+        // The map is consistent after every statement: carry on after a panic elsewhere.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
+    guard: Arc<Guard>,
     keys: Keys,
     lifetimes: TokenLifetimes,
     /// The address patients and staff use, for links (`https://video.example.org`).
@@ -96,6 +262,28 @@ fn later(d: Duration) -> Timestamp {
     now().saturating_add_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What a command about `visit` touches, for the policy: a waiting patient, or a patient
+/// in a call `me` leads or a colleague leads.
+fn visit_target(room: &ClinicRoom, visit: VisitId, me: &StaffId) -> Result<Target, AppError> {
+    room.visit(visit)
+        .ok_or(crate::room::RoomError::VisitNotFound)?;
+    Ok(call_target(room, visit, me).unwrap_or(Target::Waiting))
+}
+
+/// For a visit in a call: whether `me` leads that call. `None` for a waiting (or unknown)
+/// visit, which the room operation then refuses with its own answer.
+fn call_target(room: &ClinicRoom, visit: VisitId, me: &StaffId) -> Option<Target> {
+    let VisitState::InConsultation(cid) = room.visit(visit)?.state else {
+        return None;
+    };
+    let own = room.consultation(cid).is_some_and(|c| &c.clinician == me);
+    Some(if own {
+        Target::OwnCall
+    } else {
+        Target::ColleaguesCall
+    })
+}
+
 /// Trims and checks a piece of free text typed by a person.
 fn text_field(
     what: &str,
@@ -103,7 +291,10 @@ fn text_field(
     max_chars: usize,
     required: bool,
 ) -> Result<Option<String>, AppError> {
-    let s = s.trim();
+    // Long texts (details, messages) may run to several lines; names and references not.
+    let newlines = max_chars >= MAX_TEXT_CHARS;
+    let s =
+        crate::text::clean(s, newlines).map_err(|e| AppError::Invalid(format!("{what} {e}")))?;
     if s.is_empty() {
         return if required {
             Err(AppError::Invalid(format!("{what} must not be empty")))
@@ -116,12 +307,7 @@ fn text_field(
             "{what} must be at most {max_chars} characters"
         )));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(AppError::Invalid(format!(
-            "{what} must not contain control characters"
-        )));
-    }
-    Ok(Some(s.to_owned()))
+    Ok(Some(s))
 }
 
 fn required_text(what: &str, s: &str, max_chars: usize) -> Result<String, AppError> {
@@ -155,11 +341,26 @@ impl Service {
     ) -> Self {
         Self {
             store,
+            guard: Arc::new(Guard::new(2, Duration::from_secs(2), 30)),
             keys,
             lifetimes,
             public_url: public_url.trim_end_matches('/').to_owned(),
             media: None,
         }
+    }
+
+    /// At most `checks` password checks at once; a sign-in waits up to `wait` for a turn.
+    pub fn with_password_checks(mut self, checks: usize, wait: Duration) -> Self {
+        let audit = self.guard.audit_per_minute;
+        self.guard = Arc::new(Guard::new(checks, wait, audit));
+        self
+    }
+
+    /// At most `n` audit entries a minute for failed sign-ins with unknown user names.
+    pub fn with_anonymous_audit_per_minute(mut self, n: u32) -> Self {
+        let checks = self.guard.password_checks;
+        self.guard = Arc::new(Guard::new(checks, self.guard.password_wait, n));
+        self
     }
 
     /// Serves media through `media`'s nodes.
@@ -257,47 +458,116 @@ impl Service {
     // --- identity ------------------------------------------------------------------------
 
     pub async fn sign_in(&self, req: SignInRequest) -> Result<SignInResponse, AppError> {
+        // A bounded number of sign-ins at once, from the directory lookup to the password
+        // check (argon2, ~19 MiB each); the rest wait briefly, then are refused.
+        let Ok(Ok(permit)) = tokio::time::timeout(
+            self.guard.password_wait,
+            self.guard.password_slots.acquire(),
+        )
+        .await
+        else {
+            return Err(AppError::RateLimited(
+                "the server is busy; please try again in a moment".into(),
+            ));
+        };
         let record = match StaffId::parse(req.username.trim().to_lowercase()) {
             Ok(id) => self.store.staff(&id).await?,
             Err(_) => None,
         };
+        // A run of wrong passwords for this account: wait, whatever the address.
+        if let Some(r) = &record {
+            if let Some(f) = self.guard.failures().get(&r.username) {
+                let left = f.locked_until.0.saturating_sub(now().0);
+                if left > 0 {
+                    return Err(AppError::RateLimited(format!(
+                        "too many wrong passwords for this account; try again in {} s",
+                        left.div_ceil(1000)
+                    )));
+                }
+            }
+        }
         // Verify against a real hash even for unknown users, so timing tells nothing.
         let hash = record.as_ref().map(|r| r.password_hash.clone());
-        let password = req.password;
-        let ok = tokio::task::spawn_blocking(move || {
-            let hash = hash.as_deref().unwrap_or(UNKNOWN_USER_HASH);
-            auth::verify_password(&password, hash)
+        let ok = self.guard.passwords.verify(req.password, hash).await;
+        drop(permit);
+        let (Some(record), true) = (&record, ok) else {
+            self.sign_in_failed(record.as_ref()).await;
+            return Err(AppError::WrongCredentials);
+        };
+        let record = record.clone();
+        self.guard.failures().remove(&record.username);
+        let started_at = now();
+        let session = SessionRecord {
+            id: SessionId::random(),
+            staff: record.username.clone(),
+            started_at,
+            ends_at: later(self.lifetimes.session),
+        };
+        self.store.put_session(&session).await?;
+        self.record(AuditEntry {
+            detail: Some(format!("session {}", session.id)),
+            ..self.audit_entry(&format!("staff:{}", record.username), "sign_in")
         })
-        .await
-        .unwrap_or(false);
-        let (Some(record), true) = (record, ok) else {
+        .await;
+        Ok(self.issue_staff_token(record, &session))
+    }
+
+    /// Counts a wrong password against a known account, and records the failure in the
+    /// audit log: by account name when there is one, never the name typed for an unknown
+    /// one (it may be a password typed in the wrong field), and only so many a minute.
+    async fn sign_in_failed(&self, record: Option<&StaffRecord>) {
+        use std::sync::atomic::Ordering;
+        let Some(r) = record else {
+            if self.guard.anonymous_audit.check().is_err() {
+                self.guard
+                    .anonymous_unrecorded
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let unrecorded = self.guard.anonymous_unrecorded.swap(0, Ordering::Relaxed);
+            let detail = if unrecorded > 0 {
+                format!("unknown user name ({unrecorded} more not recorded before this)")
+            } else {
+                "unknown user name".to_owned()
+            };
             self.record(AuditEntry {
-                detail: Some(format!(
-                    "user {}",
-                    req.username.chars().take(64).collect::<String>()
-                )),
+                detail: Some(detail),
                 ..self.audit_entry("system", "sign_in_failed")
             })
             .await;
-            return Err(AppError::WrongCredentials);
+            return;
         };
-        self.record(self.audit_entry(&format!("staff:{}", record.username), "sign_in"))
-            .await;
-        Ok(self.issue_staff_token(record))
+        let count = {
+            let mut all = self.guard.failures();
+            let f = all.entry(r.username.clone()).or_insert(Failures {
+                count: 0,
+                locked_until: Timestamp(0),
+            });
+            f.count = f.count.saturating_add(1);
+            f.locked_until = now().saturating_add_ms(backoff_secs(f.count) * 1000);
+            f.count
+        };
+        self.record(AuditEntry {
+            detail: Some(format!("user {} ({count} failures in a row)", r.username)),
+            ..self.audit_entry("system", "sign_in_failed")
+        })
+        .await;
     }
 
-    /// A fresh token for a signed-in member of staff, from the directory as it is now.
+    /// A fresh token for a signed-in member of staff, from the directory as it is now, no
+    /// later than the end of their session.
     pub async fn refresh(&self, claims: &StaffClaims) -> Result<SignInResponse, AppError> {
+        let session = self.live_session(claims).await?;
         let record = self
             .store
             .staff(&claims.sub)
             .await?
-            .ok_or(AuthError::Invalid)?;
-        Ok(self.issue_staff_token(record))
+            .ok_or(AppError::SessionEnded)?;
+        Ok(self.issue_staff_token(record, &session))
     }
 
-    fn issue_staff_token(&self, r: StaffRecord) -> SignInResponse {
-        let expires_at = later(self.lifetimes.staff);
+    fn issue_staff_token(&self, r: StaffRecord, s: &SessionRecord) -> SignInResponse {
+        let expires_at = later(self.lifetimes.staff).min(s.ends_at);
         let session = StaffSession {
             username: r.username,
             display_name: r.display_name,
@@ -305,23 +575,95 @@ impl Service {
             clinics: r.clinics,
         };
         SignInResponse {
-            token: self.keys.staff_token(&session, expires_at),
+            token: self.keys.staff_token(&session, s.id, expires_at),
             expires_at,
             session,
         }
     }
 
-    /// Checks a staff token or a visit credential.
-    pub fn authenticate(&self, token: &str) -> Result<Principal, AppError> {
+    /// The session a staff token belongs to, if it has not been ended or run out.
+    pub async fn live_session(&self, claims: &StaffClaims) -> Result<SessionRecord, AppError> {
+        match self.store.session(claims.sid).await? {
+            Some(s) if s.staff == claims.sub && s.ends_at > now() => Ok(s),
+            _ => Err(AppError::SessionEnded),
+        }
+    }
+
+    /// Checks a staff token (and that its session goes on) or a visit credential.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AppError> {
         match self.keys.check_staff(token) {
-            Ok(c) => Ok(Principal::Staff(c)),
+            Ok(c) => {
+                self.live_session(&c).await?;
+                Ok(Principal::Staff(c))
+            }
             Err(AuthError::Expired) => Err(AuthError::Expired.into()),
             Err(_) => Ok(Principal::Patient(self.keys.check_visit(token)?)),
         }
     }
 
-    pub fn authenticate_staff(&self, token: &str) -> Result<StaffClaims, AppError> {
-        Ok(self.keys.check_staff(token)?)
+    pub async fn authenticate_staff(&self, token: &str) -> Result<StaffClaims, AppError> {
+        let claims = self.keys.check_staff(token)?;
+        self.live_session(&claims).await?;
+        Ok(claims)
+    }
+
+    /// When a visit credential runs out (seconds since the epoch).
+    pub fn visit_expiry(&self, token: &str) -> Result<u64, AppError> {
+        Ok(self.keys.visit_expiry(token)?)
+    }
+
+    /// Signing out: the token's session ends, on every instance.
+    pub async fn sign_out(&self, claims: &StaffClaims) -> Result<(), AppError> {
+        self.store.end_session(claims.sid).await?;
+        self.record(AuditEntry {
+            detail: Some(format!("session {}", claims.sid)),
+            ..self.audit_entry(&format!("staff:{}", claims.sub), "sign_out")
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Every live staff sign-in, for an administrator.
+    pub async fn sessions(&self) -> Result<Vec<SessionView>, AppError> {
+        Ok(self
+            .store
+            .sessions(now())
+            .await?
+            .into_iter()
+            .map(|s| SessionView {
+                id: s.id,
+                username: s.staff,
+                signed_in_at: s.started_at,
+                ends_at: s.ends_at,
+            })
+            .collect())
+    }
+
+    /// Ends one sign-in (an administrator's decision).
+    pub async fn end_session(&self, actor: &str, id: SessionId) -> Result<(), AppError> {
+        if !self.store.end_session(id).await? {
+            return Err(AppError::NotFound("no such sign-in"));
+        }
+        self.record(AuditEntry {
+            detail: Some(format!("session {id}")),
+            ..self.audit_entry(actor, "end_session")
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Ends every sign-in of a member of staff: on a change of password, role or clinics,
+    /// or when an administrator asks.
+    pub async fn end_sessions_of(&self, actor: &str, staff: &StaffId) -> Result<usize, AppError> {
+        let n = self.store.end_sessions_of(staff).await?;
+        if n > 0 {
+            self.record(AuditEntry {
+                detail: Some(format!("user {staff} sessions {n}")),
+                ..self.audit_entry(actor, "end_sessions")
+            })
+            .await;
+        }
+        Ok(n)
     }
 
     // --- patients entering -----------------------------------------------------------------
@@ -347,7 +689,7 @@ impl Service {
             MAX_TEXT_CHARS,
             false,
         )?;
-        let (clinic, appointment) = match req.entry {
+        let (token, previous) = match req.entry {
             Entry::OpenLink { clinic } => {
                 let c = self
                     .store
@@ -357,34 +699,94 @@ impl Service {
                 if !c.open_link {
                     return Err(AppError::ClinicClosed);
                 }
-                (clinic, None)
+                let new = NewVisit {
+                    id: VisitId::random(),
+                    name,
+                    details,
+                    appointment: None,
+                };
+                return self.arrive(clinic, new, None).await;
             }
-            Entry::Invite { token } => {
-                let claims = self.keys.check_invite(&token).map_err(|e| match e {
-                    AuthError::Expired => AppError::InviteExpired,
-                    _ => AppError::InviteInvalid,
-                })?;
-                (claims.clinic, claims.appointment)
+            Entry::Invite { token, previous } => (token, previous),
+        };
+        let claims = self.keys.check_invite(&token).map_err(|e| match e {
+            AuthError::Expired => AppError::InviteExpired,
+            _ => AppError::InviteInvalid,
+        })?;
+        // The visit this browser entered with the same invite before, if it says so.
+        let holder = previous
+            .as_deref()
+            .and_then(|p| self.keys.check_visit(p).ok());
+        for _ in 0..MAX_ATTEMPTS {
+            let invite = self
+                .store
+                .invite(claims.jti)
+                .await?
+                .ok_or(AppError::InviteInvalid)?;
+            if invite.revoked {
+                return Err(AppError::InviteRevoked);
             }
-        };
-        let id = VisitId::random();
-        let new = NewVisit {
-            id,
-            name,
-            details,
-            appointment,
-        };
+            if invite.record.expires_at <= now() {
+                return Err(AppError::InviteExpired);
+            }
+            let expected = match invite.visit {
+                None => None,
+                Some(bound) if holder == Some(bound) => {
+                    if self.store.locate(bound).await?.is_some() {
+                        // The same patient again, whose visit goes on: resume it.
+                        return Ok(self.visit_credential(bound));
+                    }
+                    Some(bound)
+                }
+                Some(_) => return Err(AppError::InviteUsed),
+            };
+            let id = VisitId::random();
+            let new = NewVisit {
+                id,
+                name: name.clone(),
+                details: details.clone(),
+                appointment: invite.record.appointment.clone(),
+            };
+            let claim = InviteClaim {
+                invite: claims.jti,
+                expected,
+                visit: id,
+            };
+            match self.arrive(invite.record.clinic, new, Some(claim)).await {
+                // Claimed or revoked meanwhile: look again.
+                Err(AppError::Store(StoreError::InviteTaken)) => continue,
+                other => return other,
+            }
+        }
+        Err(AppError::Conflict)
+    }
+
+    /// A new visit in `clinic`'s waiting room, with the invite it claims.
+    async fn arrive(
+        &self,
+        clinic: ClinicId,
+        new: NewVisit,
+        claim: Option<InviteClaim>,
+    ) -> Result<EnterResponse, AppError> {
+        let id = new.id;
         let actor = format!("patient:{id}");
-        self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
-            Ok(vec![rooms[0].arrive(new.clone(), ctx)])
-        })
+        self.transact_claim(
+            &actor,
+            std::slice::from_ref(&clinic),
+            claim,
+            |rooms, ctx| Ok((vec![rooms[0].arrive(new.clone(), ctx)], ())),
+        )
         .await?;
+        Ok(self.visit_credential(id))
+    }
+
+    fn visit_credential(&self, visit: VisitId) -> EnterResponse {
         let expires_at = later(self.lifetimes.visit);
-        Ok(EnterResponse {
-            visit: id,
-            visit_token: self.keys.visit_token(id, expires_at),
+        EnterResponse {
+            visit,
+            visit_token: self.keys.visit_token(visit, expires_at),
             expires_at,
-        })
+        }
     }
 
     // --- connections -----------------------------------------------------------------------
@@ -411,7 +813,7 @@ impl Service {
     ) -> Result<Vec<RoomSnapshot>, AppError> {
         let mut out = Vec::with_capacity(clinics.len());
         for clinic in clinics {
-            authorize(claims, Action::ViewRoom, Some(&clinic))?;
+            authorize(claims, Action::ViewRoom, Some(&clinic), Target::Clinic)?;
             let Ok((room, version)) = self.load(&clinic).await else {
                 continue; // An assignment to a clinic deleted since sign-in.
             };
@@ -429,7 +831,7 @@ impl Service {
         claims: &StaffClaims,
         clinic: &ClinicId,
     ) -> Result<ServerMsg, AppError> {
-        authorize(claims, Action::ViewRoom, Some(clinic))?;
+        authorize(claims, Action::ViewRoom, Some(clinic), Target::Clinic)?;
         Ok(self.load(clinic).await?.0.snapshot())
     }
 
@@ -439,7 +841,7 @@ impl Service {
         claims: &StaffClaims,
         clinic: &ClinicId,
     ) -> Result<Vec<protocol::ClinicianView>, AppError> {
-        authorize(claims, Action::ViewRoom, Some(clinic))?;
+        authorize(claims, Action::ViewRoom, Some(clinic), Target::Clinic)?;
         Ok(self
             .store
             .staff_list()
@@ -515,6 +917,7 @@ impl Service {
                     .await;
             }
         };
+        let me = staff.sub.clone();
         match command {
             Command::Leave => Err(AppError::Invalid("only a patient can leave a visit".into())),
             Command::SendMessage {
@@ -522,9 +925,11 @@ impl Service {
                 visit,
                 text,
             } => {
-                authorize(staff, Action::SendMessage, Some(&clinic))?;
+                may_ever(staff, Action::SendMessage, &clinic)?;
                 let text = required_text("the message", &text, MAX_TEXT_CHARS)?;
-                self.transact(&actor, &[clinic], |rooms, ctx| {
+                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                    let target = visit_target(&rooms[0], visit, &me)?;
+                    authorize(staff, Action::SendMessage, Some(&clinic), target)?;
                     Ok(vec![rooms[0].message(visit, text.clone(), ctx)?])
                 })
                 .await
@@ -540,7 +945,7 @@ impl Service {
                 } else {
                     Action::AdmitToOther
                 };
-                authorize(staff, action, Some(&clinic))?;
+                authorize(staff, action, Some(&clinic), Target::Waiting)?;
                 self.check_clinician(&clinician, &clinic).await?;
                 let new = ConsultationId::random();
                 self.transact(&actor, &[clinic], |rooms, ctx| {
@@ -555,8 +960,7 @@ impl Service {
                 .await
             }
             Command::AdmitNext { clinic } => {
-                authorize(staff, Action::AdmitNext, Some(&clinic))?;
-                let me = staff.sub.clone();
+                authorize(staff, Action::AdmitNext, Some(&clinic), Target::Clinic)?;
                 let new = ConsultationId::random();
                 self.transact(&actor, &[clinic], |rooms, ctx| {
                     let visit = rooms[0].next_for(&me)?;
@@ -565,38 +969,49 @@ impl Service {
                 .await
             }
             Command::ReturnToWaiting { clinic, visit } => {
-                authorize(staff, Action::ReturnToWaiting, Some(&clinic))?;
-                self.transact(&actor, &[clinic], |rooms, ctx| {
+                may_ever(staff, Action::ReturnToWaiting, &clinic)?;
+                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                    if let Some(target) = call_target(&rooms[0], visit, &me) {
+                        authorize(staff, Action::ReturnToWaiting, Some(&clinic), target)?;
+                    }
                     Ok(vec![rooms[0].return_to_waiting(visit, ctx)?])
                 })
                 .await
             }
-            Command::Transfer { clinic, visit, to } => {
-                authorize(staff, Action::Transfer, Some(&clinic))?;
-                match to {
-                    TransferTarget::Clinician { clinician } => {
-                        self.check_clinician(&clinician, &clinic).await?;
-                        self.transact(&actor, &[clinic], |rooms, ctx| {
-                            Ok(vec![rooms[0].assign(visit, clinician.clone(), ctx)?])
-                        })
-                        .await
-                    }
-                    TransferTarget::Clinic { clinic: to } => {
-                        if to == clinic {
-                            return Err(crate::room::RoomError::SameClinic.into());
-                        }
-                        self.transact(&actor, &[clinic, to.clone()], |rooms, ctx| {
-                            let (v, out_of) = rooms[0].take_out(visit, &to, ctx)?;
-                            let into = rooms[1].take_in(v);
-                            Ok(vec![out_of, into])
-                        })
-                        .await
-                    }
+            Command::Transfer { clinic, visit, to } => match to {
+                TransferTarget::Clinician { clinician } => {
+                    may_ever(staff, Action::TransferToClinician, &clinic)?;
+                    self.check_clinician(&clinician, &clinic).await?;
+                    self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                        let target = visit_target(&rooms[0], visit, &me)?;
+                        authorize(staff, Action::TransferToClinician, Some(&clinic), target)?;
+                        Ok(vec![rooms[0].assign(visit, clinician.clone(), ctx)?])
+                    })
+                    .await
                 }
-            }
+                TransferTarget::Clinic { clinic: to } => {
+                    may_ever(staff, Action::TransferOut, &clinic)?;
+                    // The destination too: staff only place patients where they work.
+                    authorize(staff, Action::TransferIn, Some(&to), Target::Clinic)?;
+                    if to == clinic {
+                        return Err(crate::room::RoomError::SameClinic.into());
+                    }
+                    let source = clinic.clone();
+                    self.transact(&actor, &[clinic, to.clone()], |rooms, ctx| {
+                        let target = visit_target(&rooms[0], visit, &me)?;
+                        authorize(staff, Action::TransferOut, Some(&source), target)?;
+                        let (v, out_of) = rooms[0].take_out(visit, &to, ctx)?;
+                        let into = rooms[1].take_in(v);
+                        Ok(vec![out_of, into])
+                    })
+                    .await
+                }
+            },
             Command::Remove { clinic, visit } => {
-                authorize(staff, Action::Remove, Some(&clinic))?;
-                self.transact(&actor, &[clinic], |rooms, ctx| {
+                may_ever(staff, Action::Remove, &clinic)?;
+                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
+                    let target = visit_target(&rooms[0], visit, &me)?;
+                    authorize(staff, Action::Remove, Some(&clinic), target)?;
                     Ok(vec![rooms[0].end_visit(
                         visit,
                         VisitEndReason::Removed,
@@ -610,18 +1025,17 @@ impl Service {
                 consultation,
             } => {
                 // Refuse those who may end no consultation before looking at which one.
-                authorize(staff, Action::EndOwnConsultation, Some(&clinic))
-                    .or_else(|_| authorize(staff, Action::EndOtherConsultation, Some(&clinic)))?;
+                may_ever(staff, Action::EndConsultation, &clinic)?;
                 self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
                     let host = rooms[0]
                         .consultation(consultation)
                         .ok_or(crate::room::RoomError::ConsultationNotFound)?;
-                    let action = if host.clinician == staff.sub {
-                        Action::EndOwnConsultation
+                    let target = if host.clinician == me {
+                        Target::OwnCall
                     } else {
-                        Action::EndOtherConsultation
+                        Target::ColleaguesCall
                     };
-                    authorize(staff, action, Some(&clinic))?;
+                    authorize(staff, Action::EndConsultation, Some(&clinic), target)?;
                     Ok(vec![rooms[0].end_consultation(consultation, ctx)?])
                 })
                 .await
@@ -675,6 +1089,20 @@ impl Service {
     where
         F: Fn(&mut [ClinicRoom], &Ctx) -> Result<(Vec<Outcome>, T), AppError>,
     {
+        self.transact_claim(actor, clinics, None, f).await
+    }
+
+    /// [`Self::transact_value`] that also claims an invite for the new visit, atomically.
+    async fn transact_claim<F, T>(
+        &self,
+        actor: &str,
+        clinics: &[ClinicId],
+        claim: Option<InviteClaim>,
+        f: F,
+    ) -> Result<T, AppError>
+    where
+        F: Fn(&mut [ClinicRoom], &Ctx) -> Result<(Vec<Outcome>, T), AppError>,
+    {
         for _ in 0..MAX_ATTEMPTS {
             let mut rooms = Vec::with_capacity(clinics.len());
             let mut versions = Vec::with_capacity(clinics.len());
@@ -697,7 +1125,10 @@ impl Service {
             };
             let (outcomes, value) = f(&mut rooms, &ctx)?;
             let media_changes = media_changes(&hosted, &rooms);
-            let mut commit = Commit::default();
+            let mut commit = Commit {
+                claim: claim.clone(),
+                ..Commit::default()
+            };
             let mut added = Vec::new();
             for (((room, version), before), out) in
                 rooms.into_iter().zip(versions).zip(&before).zip(outcomes)
@@ -785,6 +1216,9 @@ impl Service {
             password_hash,
         };
         self.store.put_staff(&record).await?;
+        // A replaced record is a new password, role or set of clinics: the old sign-ins
+        // must not keep the old rights.
+        self.end_sessions_of(actor, &record.username).await?;
         let clinics: Vec<&str> = record.clinics.iter().map(ClinicId::as_str).collect();
         self.record(AuditEntry {
             detail: Some(format!(
@@ -799,6 +1233,9 @@ impl Service {
         Ok(record)
     }
 
+    /// A personal invite link: one patient, one clinic. It expires a day after the
+    /// appointment (or a day after it is issued), sooner if asked; never later than
+    /// [`MAX_INVITE_SECS`] after the appointment or, without one, after it is issued.
     pub async fn issue_invite(
         &self,
         actor: &str,
@@ -807,32 +1244,94 @@ impl Service {
         if self.store.clinic(&req.clinic).await?.is_none() {
             return Err(AppError::NotFound("no such clinic"));
         }
-        if req.valid_for_secs == 0 || req.valid_for_secs > MAX_INVITE_SECS {
-            return Err(AppError::Invalid(
-                "an invite must be valid for between 1 second and 90 days".into(),
-            ));
-        }
         let appointment = text_field(
             "the appointment reference",
             req.appointment.as_deref().unwrap_or(""),
             100,
             false,
         )?;
-        let expires_at = later(Duration::from_secs(req.valid_for_secs));
+        let issued_at = now();
+        let expires_at = invite_expiry(issued_at, req.appointment_at, req.valid_for_secs)?;
+        let id = InviteId::random();
+        self.store
+            .put_invite(&InviteRecord {
+                id,
+                clinic: req.clinic.clone(),
+                appointment: appointment.clone(),
+                issued_by: actor.to_owned(),
+                issued_at,
+                expires_at,
+            })
+            .await?;
         let token = self
             .keys
-            .invite_token(req.clinic.clone(), appointment.clone(), expires_at);
+            .invite_token(id, req.clinic.clone(), appointment.clone(), expires_at);
         self.record(AuditEntry {
             clinic: Some(req.clinic),
-            detail: appointment.map(|a| format!("appointment {a}")),
+            detail: Some(match appointment {
+                Some(a) => format!("invite {id} appointment {a}"),
+                None => format!("invite {id}"),
+            }),
             ..self.audit_entry(actor, "issue_invite")
         })
         .await;
         Ok(InviteResponse {
-            url: format!("{}/i/{token}", self.public_url),
+            id,
+            url: format!("{}/i#{token}", self.public_url),
             token,
             expires_at,
         })
+    }
+
+    /// A clinic's invites that have not expired, for those who may issue them.
+    pub async fn invites(
+        &self,
+        claims: &StaffClaims,
+        clinic: &ClinicId,
+    ) -> Result<Vec<InviteView>, AppError> {
+        authorize(claims, Action::IssueInvite, Some(clinic), Target::Clinic)?;
+        Ok(self
+            .store
+            .invites(clinic, now())
+            .await?
+            .into_iter()
+            .map(|s| InviteView {
+                id: s.record.id,
+                clinic: s.record.clinic,
+                appointment: s.record.appointment,
+                issued_by: s.record.issued_by,
+                issued_at: s.record.issued_at,
+                expires_at: s.record.expires_at,
+                used: s.visit.is_some(),
+                revoked: s.revoked,
+            })
+            .collect())
+    }
+
+    /// Withdraws an invite: nobody can enter with it any more (a visit it admitted goes on).
+    pub async fn revoke_invite(&self, claims: &StaffClaims, id: InviteId) -> Result<(), AppError> {
+        let invite = self
+            .store
+            .invite(id)
+            .await?
+            .ok_or(AppError::NotFound("no such invite"))?;
+        // Staff of another clinic learn nothing more than "no such invite".
+        may_ever(claims, Action::RevokeInvite, &invite.record.clinic)
+            .map_err(|_| AppError::NotFound("no such invite"))?;
+        authorize(
+            claims,
+            Action::RevokeInvite,
+            Some(&invite.record.clinic),
+            Target::Clinic,
+        )?;
+        self.store.revoke_invite(id).await?;
+        self.record(AuditEntry {
+            clinic: Some(invite.record.clinic),
+            detail: Some(format!("invite {id}")),
+            ..self.audit_entry(&format!("staff:{}", claims.sub), "revoke_invite")
+        })
+        .await;
+        Ok(())
     }
 
     /// The patient link of a clinic that takes patients by its open link.

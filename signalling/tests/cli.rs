@@ -203,9 +203,12 @@ async fn admin_commands_work_with_and_without_the_server_and_persist() {
         ],
         None,
     );
-    let token = link.trim().rsplit('/').next().unwrap().to_owned();
+    let token = link.trim().rsplit('#').next().unwrap().to_owned();
     let enter = EnterRequest {
-        entry: Entry::Invite { token },
+        entry: Entry::Invite {
+            token,
+            previous: None,
+        },
         name: "Pat Cli".into(),
         details: None,
     };

@@ -440,7 +440,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let mut a = s.ws(&alice.token).await;
     a.refused(
         Command::EndConsultation {
-            clinic: derm(),
+            clinic: ClinicId::parse("cardio").unwrap(),
             consultation: ConsultationId::random(),
         },
         ErrorCode::Forbidden,
@@ -552,6 +552,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let bad_invite = entry(
         Entry::Invite {
             token: patient.visit_token.clone(),
+            previous: None,
         },
         "Pat",
     );
@@ -584,7 +585,8 @@ async fn invites_let_one_patient_in_until_they_expire() {
     let issue = IssueInvite {
         clinic: ClinicId::parse("cardio").unwrap(),
         appointment: Some("APT-7".into()),
-        valid_for_secs: 3600,
+        appointment_at: None,
+        valid_for_secs: Some(3600),
     };
     let r = s
         .http
@@ -596,10 +598,11 @@ async fn invites_let_one_patient_in_until_they_expire() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let invite: InviteResponse = r.json().await.unwrap();
-    assert!(invite.url.ends_with(&invite.token));
+    assert!(invite.url.ends_with(&format!("/i#{}", invite.token)));
     let enter = EnterRequest {
         entry: Entry::Invite {
             token: invite.token,
+            previous: None,
         },
         name: "Pat Invited".into(),
         details: None,
@@ -623,6 +626,7 @@ async fn invites_let_one_patient_in_until_they_expire() {
         signalling::auth::Keys::new(&s.service.store().token_secret(&[0; 32]).await.unwrap())
             .unwrap();
     let old = keys.invite_token(
+        protocol::InviteId::random(),
         ClinicId::parse("cardio").unwrap(),
         None,
         protocol::Timestamp(1_000),
@@ -631,7 +635,10 @@ async fn invites_let_one_patient_in_until_they_expire() {
         .http
         .post(s.url("/api/visits"))
         .json(&EnterRequest {
-            entry: Entry::Invite { token: old },
+            entry: Entry::Invite {
+                token: old,
+                previous: None,
+            },
             name: "Late".into(),
             details: None,
         })

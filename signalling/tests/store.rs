@@ -12,7 +12,10 @@ use protocol::{AuditEntry, ClinicId, Role, ServerMsg, StaffId, Timestamp, VisitI
 use signalling::room::{Audience, ClinicRoom, Ctx, Event, NewVisit};
 use signalling::store::local::LocalStore;
 use signalling::store::redis::RedisStore;
-use signalling::store::{Clinic, Commit, Feed, RoomWrite, StaffRecord, Store, StoreError};
+use signalling::store::{
+    Clinic, Commit, Feed, InviteClaim, InviteRecord, RoomWrite, SessionRecord, StaffRecord, Store,
+    StoreError,
+};
 
 use common::redis::RedisServer;
 
@@ -67,6 +70,7 @@ fn arrival(room: &ClinicRoom, expected: u64, t: u64) -> (VisitId, Commit) {
             }],
             index: vec![(id, Some(clinic))],
             audit: out.audit,
+            claim: None,
         },
     )
 }
@@ -136,6 +140,7 @@ async fn rooms_are_versioned_and_indexed(store: &dyn Store) {
             rooms: vec![],
             index: vec![(v1, None)],
             audit: vec![],
+            claim: None,
         })
         .await
         .unwrap();
@@ -268,6 +273,152 @@ async fn the_token_secret_is_set_once(store: &dyn Store) {
     assert_eq!(store.token_secret(&[2u8; 32]).await.unwrap(), first);
 }
 
+fn invite(clinic: &str, issued_at: u64, expires_at: u64) -> InviteRecord {
+    InviteRecord {
+        id: protocol::InviteId::random(),
+        clinic: clinic_id(clinic),
+        appointment: Some("APT-1".into()),
+        issued_by: "staff:dr.jones".into(),
+        issued_at: Timestamp(issued_at),
+        expires_at: Timestamp(expires_at),
+    }
+}
+
+async fn invites_admit_one_visit_and_can_be_revoked(store: &dyn Store) {
+    // Real time: Redis expires invite keys by the clock.
+    let now = signalling::service::now().0;
+    let inv = invite("derm", now, now + 3_600_000);
+    store.put_invite(&inv).await.unwrap();
+    let expired = invite("derm", now - 10_000, now - 1);
+    store.put_invite(&expired).await.unwrap();
+    let state = store.invite(inv.id).await.unwrap().unwrap();
+    assert_eq!(
+        (state.record.clone(), state.visit, state.revoked),
+        (inv.clone(), None, false)
+    );
+    let listed = store
+        .invites(&clinic_id("derm"), Timestamp(now))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.record.id).collect::<Vec<_>>(),
+        vec![inv.id]
+    );
+    assert!(
+        store
+            .invites(&clinic_id("cardio"), Timestamp(now))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Two commits claim it: the first binds it, the second writes nothing.
+    let room = ClinicRoom::new(clinic_id("derm"), "Derm".into());
+    let (v1, mut first) = arrival(&room, 0, 1);
+    first.claim = Some(InviteClaim {
+        invite: inv.id,
+        expected: None,
+        visit: v1,
+    });
+    store.commit(first).await.unwrap();
+    let current = store.room(&clinic_id("derm")).await.unwrap().unwrap();
+    let (v2, mut second) = arrival(&current.value, current.version, 2);
+    second.claim = Some(InviteClaim {
+        invite: inv.id,
+        expected: None,
+        visit: v2,
+    });
+    assert!(matches!(
+        store.commit(second.clone()).await,
+        Err(StoreError::InviteTaken)
+    ));
+    assert_eq!(
+        store
+            .room(&clinic_id("derm"))
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        current.version
+    );
+    assert_eq!(store.locate(v2).await.unwrap(), None);
+    assert_eq!(store.invite(inv.id).await.unwrap().unwrap().visit, Some(v1));
+    // Re-bound from the visit it holds (the same patient back after their visit ended).
+    second.claim = Some(InviteClaim {
+        invite: inv.id,
+        expected: Some(v1),
+        visit: v2,
+    });
+    store.commit(second).await.unwrap();
+    assert_eq!(store.invite(inv.id).await.unwrap().unwrap().visit, Some(v2));
+
+    // Revoked: no claim succeeds any more.
+    assert!(store.revoke_invite(inv.id).await.unwrap());
+    assert!(
+        !store
+            .revoke_invite(protocol::InviteId::random())
+            .await
+            .unwrap()
+    );
+    assert!(store.invite(inv.id).await.unwrap().unwrap().revoked);
+    let current = store.room(&clinic_id("derm")).await.unwrap().unwrap();
+    let (v3, mut third) = arrival(&current.value, current.version, 3);
+    third.claim = Some(InviteClaim {
+        invite: inv.id,
+        expected: Some(v2),
+        visit: v3,
+    });
+    assert!(matches!(
+        store.commit(third).await,
+        Err(StoreError::InviteTaken)
+    ));
+    // An invite nobody issued cannot be claimed either.
+    let (v4, mut fourth) = arrival(&current.value, current.version, 4);
+    fourth.claim = Some(InviteClaim {
+        invite: protocol::InviteId::random(),
+        expected: None,
+        visit: v4,
+    });
+    assert!(matches!(
+        store.commit(fourth).await,
+        Err(StoreError::InviteTaken)
+    ));
+}
+
+fn session(staff: &str, started: u64, ends: u64) -> SessionRecord {
+    SessionRecord {
+        id: protocol::SessionId::random(),
+        staff: StaffId::parse(staff).unwrap(),
+        started_at: Timestamp(started),
+        ends_at: Timestamp(ends),
+    }
+}
+
+async fn sessions_end_one_by_one_or_all_of_a_person(store: &dyn Store) {
+    let now = signalling::service::now().0;
+    let a1 = session("alice", now, now + 3_600_000);
+    let a2 = session("alice", now, now + 3_600_000);
+    let b = session("bob", now, now + 3_600_000);
+    for s in [&a1, &a2, &b] {
+        store.put_session(s).await.unwrap();
+    }
+    assert_eq!(store.session(a1.id).await.unwrap(), Some(a1.clone()));
+    assert_eq!(store.sessions(Timestamp(now)).await.unwrap().len(), 3);
+    assert!(store.end_session(b.id).await.unwrap());
+    assert!(!store.end_session(b.id).await.unwrap());
+    assert_eq!(store.session(b.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .end_sessions_of(&StaffId::parse("alice").unwrap())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.session(a1.id).await.unwrap(), None);
+    assert_eq!(store.session(a2.id).await.unwrap(), None);
+    assert!(store.sessions(Timestamp(now)).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -307,6 +458,16 @@ macro_rules! conformance {
             async fn the_token_secret_is_set_once() {
                 let (store, _guard) = $make;
                 super::the_token_secret_is_set_once(&*store).await;
+            }
+            #[tokio::test]
+            async fn invites_admit_one_visit_and_can_be_revoked() {
+                let (store, _guard) = $make;
+                super::invites_admit_one_visit_and_can_be_revoked(&*store).await;
+            }
+            #[tokio::test]
+            async fn sessions_end_one_by_one_or_all_of_a_person() {
+                let (store, _guard) = $make;
+                super::sessions_end_one_by_one_or_all_of_a_person(&*store).await;
             }
             #[tokio::test]
             async fn audit_keeps_order_and_tail() {

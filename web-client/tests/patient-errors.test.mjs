@@ -49,7 +49,7 @@ test('link problems each say what to do; a valid invite enters and resumes', asy
     const shortLived = await invite('dermatology', 1);
 
     // Not an invite at all.
-    let page = await p.openPatient(browser, env, pf.origin, '/i/not-a-real-invite', 'invalid invite');
+    let page = await p.openPatient(browser, env, pf.origin, '/i#not-a-real-invite', 'invalid invite');
     let e = await errorScreen(page, 'invite_invalid', 'an invalid invite');
     assert.equal(e.heading, 'This link does not work');
     assert.match(e.text, /Open it again from the message the clinic sent you[\s\S]*contact the clinic for a new link/);
@@ -83,7 +83,7 @@ test('link problems each say what to do; a valid invite enters and resumes', asy
 
     // An expired invite (valid for 1 s).
     await new Promise((r) => setTimeout(r, Math.max(0, shortLived.expires_at - Date.now() + 1100)));
-    page = await p.openPatient(browser, env, pf.origin, `/i/${shortLived.token}`, 'expired invite');
+    page = await p.openPatient(browser, env, pf.origin, `/i#${shortLived.token}`, 'expired invite');
     e = await errorScreen(page, 'invite_expired', 'an expired invite');
     assert.equal(e.heading, 'This link has expired');
     assert.match(e.text, /contact the clinic and ask for a new link/);
@@ -92,7 +92,7 @@ test('link problems each say what to do; a valid invite enters and resumes', asy
     // A forged invite reads well, but the server refuses it on entry: the same clear page.
     const good = await invite('fracture', 3600);
     const forged = good.token.slice(0, -4) + (good.token.endsWith('AAAA') ? 'BBBB' : 'AAAA');
-    page = await p.openPatient(browser, env, pf.origin, `/i/${forged}`, 'forged invite');
+    page = await p.openPatient(browser, env, pf.origin, `/i#${forged}`, 'forged invite');
     await p.waitPatient(page, (s) => s.screen === 'check' && s.clinicName === 'Fracture clinic', 'the forged invite reaches the check');
     await page.getByRole('button', { name: 'Continue' }).click();
     await page.getByLabel('Your full name', { exact: true }).fill('Fay Forger');
@@ -102,11 +102,11 @@ test('link problems each say what to do; a valid invite enters and resumes', asy
     // A valid invite enters a clinic whose open link is off, and a reopened link resumes.
     const own = await browser.newContext();
     env.contexts.push(own);
-    page = await p.openPatient(browser, env, pf.origin, `/i/${good.token}`, 'invited', { context: own });
+    page = await p.openPatient(browser, env, pf.origin, `/i#${good.token}`, 'invited', { context: own });
     const { waiting } = await p.enterWaitingRoom(page, 'Ivy Invited', 'invited');
     assert.equal(waiting.clinicName, 'Fracture clinic');
     await page.close();
-    page = await p.openPatient(browser, env, pf.origin, `/i/${good.token}`, 'invited (reopened)', { context: own });
+    page = await p.openPatient(browser, env, pf.origin, `/i#${good.token}`, 'invited (reopened)', { context: own });
     const back = await p.waitPatient(page, (s) => s.screen === 'waiting' && s.socket === 'open' && s.patient === 'waiting', 'the invite resumes by itself');
     assert.equal(back.visit, waiting.visit);
     assert.equal(back.waitingSince, waiting.waitingSince);

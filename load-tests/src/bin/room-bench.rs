@@ -52,6 +52,89 @@ struct Args {
     /// Patients admitted (one at a time, each measured).
     #[arg(long, default_value_t = 200)]
     admits: u32,
+    /// Instead of waiting rooms: this many wrong sign-ins at once (unknown user names,
+    /// each needing a password check), while `/healthz` is timed every 10 ms and the
+    /// server's memory sampled; fails unless memory stays under 200 MB above its idle
+    /// figure and `/healthz` answers within 100 ms throughout.
+    #[arg(long)]
+    sign_in_flood: Option<u32>,
+}
+
+/// The sign-in flood: see `--sign-in-flood`.
+async fn sign_in_flood(base: &str, pid: u32, n: u32) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let rss_idle = rss_mib(&pid.to_string())?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let health = {
+        let (http, base, stop) = (http.clone(), base.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            let mut ms = Vec::new();
+            while !stop.is_cancelled() {
+                let t0 = Instant::now();
+                let ok = http
+                    .get(format!("{base}/healthz"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                ms.push(if ok {
+                    t0.elapsed().as_secs_f64() * 1000.0
+                } else {
+                    f64::INFINITY
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ms
+        })
+    };
+    let memory = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak: f64 = 0.0;
+            while !stop.is_cancelled() {
+                peak = peak.max(rss_mib(&pid.to_string()).unwrap_or(0.0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
+    let start = Instant::now();
+    let attempts = (0..n).map(|i| {
+        let (http, base) = (http.clone(), base.to_owned());
+        async move {
+            http.post(format!("{base}/api/staff/sign-in"))
+                .json(&SignInRequest {
+                    username: format!("nobody{i}"),
+                    password: "a wrong password".into(),
+                })
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let took = start.elapsed().as_secs_f64();
+    stop.cancel();
+    let health = health.await?;
+    let peak = memory.await?;
+    let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
+    let rss_delta = peak - rss_idle;
+    println!(
+        "sign_in_flood n={n} seconds={took:.1} wrong_401={} busy_429={} other={} rss_idle_mib={rss_idle:.1} rss_peak_mib={peak:.1} rss_delta_mib={rss_delta:.1} {}",
+        count(401),
+        count(429),
+        statuses.len() - count(401) - count(429),
+        summary("healthz", health.clone()),
+    );
+    let worst = health.iter().copied().fold(0.0, f64::max);
+    if rss_delta >= 200.0 || worst >= 100.0 || count(401) + count(429) != statuses.len() {
+        bail!("the flood broke a limit: memory +{rss_delta:.1} MiB, /healthz worst {worst:.1} ms");
+    }
+    Ok(())
 }
 
 const PASSWORD: &str = "room-bench password, long enough";
@@ -90,8 +173,10 @@ fn consult(args: &Args, dir: &std::path::Path) -> Command {
 fn with_env(mut c: Command, args: &Args, dir: &std::path::Path) -> Command {
     c.env("CONSULT_DATA_DIR", dir)
         .env("CONSULT_LOG", "warn")
-        // One client address makes every entry: the per-address limit is not under test.
+        // One client address makes every entry and sign-in: the per-address limits are
+        // not under test.
         .env("CONSULT_ENTRIES_PER_MINUTE", "100000000")
+        .env("CONSULT_SIGN_INS_PER_MINUTE", "100000000")
         .env(
             "CONSULT_MAX_CONNECTIONS",
             (args.patients + 1000).to_string(),
@@ -198,6 +283,12 @@ async fn main() -> anyhow::Result<()> {
     let server = start_server(&args)?;
     let pid = server.child.id();
     let base = format!("http://{}", server.addr);
+    if let Some(n) = args.sign_in_flood {
+        if !(1..=5_000).contains(&n) {
+            bail!("--sign-in-flood must be 1..=5000");
+        }
+        return sign_in_flood(&base, pid, n).await;
+    }
     let http = reqwest::Client::new();
     let rss_idle = rss_mib(&pid.to_string())?;
     let cpu_idle = process_cpu_seconds(pid)?;

@@ -149,6 +149,15 @@ uuid_id!(
     /// One connected browser in a consultation.
     ParticipantId
 );
+uuid_id!(
+    /// One personal invite link, kept by the server so it admits one patient and can be
+    /// revoked.
+    InviteId
+);
+uuid_id!(
+    /// One staff sign-in, kept by the server so it can be ended.
+    SessionId
+);
 
 /// Milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

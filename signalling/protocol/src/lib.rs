@@ -9,8 +9,8 @@ pub mod control;
 mod ids;
 
 pub use ids::{
-    ClinicId, ConsultationId, IdError, MAX_SLUG_LEN, NodeId, ParticipantId, StaffId, Timestamp,
-    VisitId,
+    ClinicId, ConsultationId, IdError, InviteId, MAX_SLUG_LEN, NodeId, ParticipantId, SessionId,
+    StaffId, Timestamp, VisitId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -410,6 +410,13 @@ pub enum ErrorCode {
     /// The server cannot serve now (store unreachable, shutting down).
     Unavailable,
     Internal,
+    /// Someone has already joined with this personal invite.
+    InviteUsed,
+    /// The clinic withdrew this personal invite.
+    InviteRevoked,
+    /// This sign-in was ended (signed out, password or assignment changed, or ended by an
+    /// administrator): sign in again.
+    SessionEnded,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -463,8 +470,17 @@ pub struct EnterRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Entry {
-    OpenLink { clinic: ClinicId },
-    Invite { token: String },
+    OpenLink {
+        clinic: ClinicId,
+    },
+    /// A personal invite admits one patient. `previous`: the visit credential this browser
+    /// was given with the same invite, which lets the same patient back in (their visit
+    /// if it is still on, a new one if it ended); anyone else is refused.
+    Invite {
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -526,22 +542,58 @@ pub struct CreateStaff {
     pub password: String,
 }
 
-/// `POST /api/admin/invites`
+/// `POST /api/admin/invites`: a personal link that admits one patient. It expires a day
+/// after `appointment_at` (or a day after it is issued), or sooner with `valid_for_secs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssueInvite {
     pub clinic: ClinicId,
+    /// A reference shown to staff next to the patient's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appointment: Option<String>,
-    pub valid_for_secs: u64,
+    /// When the appointment is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InviteResponse {
+    pub id: InviteId,
     pub token: String,
+    /// The link to send: the token travels in its fragment (`/i#...`), which browsers
+    /// never send to a server, so it reaches no server or proxy log.
     pub url: String,
     pub expires_at: Timestamp,
+}
+
+/// `GET /api/clinics/{clinic}/invites`: the clinic's invites that have not expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteView {
+    pub id: InviteId,
+    pub clinic: ClinicId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment: Option<String>,
+    pub issued_by: String,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Someone has joined with it.
+    pub used: bool,
+    pub revoked: bool,
+}
+
+/// `GET /api/admin/sessions`: a live staff sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub username: StaffId,
+    pub signed_in_at: Timestamp,
+    /// The latest a refresh can take it to; it must be signed in again after.
+    pub ends_at: Timestamp,
 }
 
 /// One line of the audit log (`GET /api/admin/audit`).

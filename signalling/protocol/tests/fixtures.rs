@@ -303,6 +303,7 @@ fn all_fixtures() -> Vec<&'static str> {
         &EnterRequest {
             entry: Entry::Invite {
                 token: "eyJ...".into(),
+                previous: None,
             },
             name: "Pat Example".into(),
             details: Some("NHS 999 999 9999".into()),
@@ -339,15 +340,39 @@ fn all_fixtures() -> Vec<&'static str> {
         &IssueInvite {
             clinic: clinic(),
             appointment: Some("APT-0042".into()),
-            valid_for_secs: 86_400,
+            appointment_at: Some(Timestamp(1_700_050_000_000)),
+            valid_for_secs: None,
         },
     ));
     names.push(check(
         "rest_invite_response",
         &InviteResponse {
+            id: InviteId(Uuid::from_u128(0x4444_4444_4444_4444_8444_4444_4444_4444)),
             token: "eyJ...".into(),
-            url: "https://video.example-hospital.org/i/eyJ...".into(),
-            expires_at: Timestamp(1_700_086_400_000),
+            url: "https://video.example-hospital.org/i#eyJ...".into(),
+            expires_at: Timestamp(1_700_136_400_000),
+        },
+    ));
+    names.push(check(
+        "rest_invite_view",
+        &InviteView {
+            id: InviteId(Uuid::from_u128(0x4444_4444_4444_4444_8444_4444_4444_4444)),
+            clinic: clinic(),
+            appointment: Some("APT-0042".into()),
+            issued_by: "staff:dr.jones".into(),
+            issued_at: Timestamp(1_700_000_000_000),
+            expires_at: Timestamp(1_700_136_400_000),
+            used: true,
+            revoked: false,
+        },
+    ));
+    names.push(check(
+        "rest_session_view",
+        &SessionView {
+            id: SessionId(Uuid::from_u128(0x5555_5555_5555_4555_8555_5555_5555_5555)),
+            username: StaffId::parse("alice").unwrap(),
+            signed_in_at: Timestamp(1_700_000_000_000),
+            ends_at: Timestamp(1_700_043_200_000),
         },
     ));
     names.push(check(

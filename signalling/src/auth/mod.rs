@@ -6,14 +6,14 @@
 //! visit and nothing else) and an invite (lets one patient enter one clinic).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use protocol::{ClinicId, Role, StaffId, StaffSession, Timestamp, VisitId};
+use protocol::{ClinicId, InviteId, Role, SessionId, StaffId, StaffSession, Timestamp, VisitId};
 use serde::{Deserialize, Serialize};
 
 mod password;
 mod policy;
 
 pub use password::{PasswordError, hash_password, verify_password};
-pub use policy::{Action, authorize};
+pub use policy::{Action, POLICY, Rule, Target, authorize, may_ever, role_allows};
 
 const AUD_STAFF: &str = "consult-staff";
 const AUD_VISIT: &str = "consult-visit";
@@ -40,6 +40,9 @@ pub struct StaffClaims {
     pub name: String,
     pub role: Role,
     pub clinics: Vec<ClinicId>,
+    /// The server-side session this token belongs to: checked on every request, so
+    /// ending the session ends the token.
+    pub sid: SessionId,
     aud: String,
     /// Seconds since the epoch.
     pub exp: u64,
@@ -52,9 +55,11 @@ struct VisitClaims {
     exp: u64,
 }
 
-/// What an invite grants: entry to one clinic, optionally for one appointment.
+/// What an invite grants: entry to one clinic, optionally for one appointment. `jti` names
+/// the server's record of it, which says whether it was used or revoked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InviteClaims {
+    pub jti: InviteId,
     pub clinic: ClinicId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appointment: Option<String>,
@@ -114,12 +119,13 @@ impl Keys {
             })
     }
 
-    pub fn staff_token(&self, s: &StaffSession, expires: Timestamp) -> String {
+    pub fn staff_token(&self, s: &StaffSession, sid: SessionId, expires: Timestamp) -> String {
         self.sign(&StaffClaims {
             sub: s.username.clone(),
             name: s.display_name.clone(),
             role: s.role,
             clinics: s.clinics.clone(),
+            sid,
             aud: AUD_STAFF.into(),
             exp: secs(expires),
         })
@@ -141,13 +147,20 @@ impl Keys {
         self.check::<VisitClaims>(token, AUD_VISIT).map(|c| c.sub)
     }
 
+    /// When a valid visit credential expires, in seconds since the epoch.
+    pub fn visit_expiry(&self, token: &str) -> Result<u64, AuthError> {
+        self.check::<VisitClaims>(token, AUD_VISIT).map(|c| c.exp)
+    }
+
     pub fn invite_token(
         &self,
+        id: InviteId,
         clinic: ClinicId,
         appointment: Option<String>,
         expires: Timestamp,
     ) -> String {
         self.sign(&InviteClaims {
+            jti: id,
             clinic,
             appointment,
             aud: AUD_INVITE.into(),
@@ -217,6 +230,7 @@ pub(crate) mod tests {
         let derm = ClinicId::parse("derm").unwrap();
         let t = k.staff_token(
             &session("alice", Role::Reception, vec![derm.clone()]),
+            SessionId::random(),
             later(),
         );
         let c = k.check_staff(&t).unwrap();
@@ -227,7 +241,12 @@ pub(crate) mod tests {
         let v = VisitId::random();
         assert_eq!(k.check_visit(&k.visit_token(v, later())), Ok(v));
         let i = k
-            .check_invite(&k.invite_token(derm.clone(), Some("APT-1".into()), later()))
+            .check_invite(&k.invite_token(
+                InviteId::random(),
+                derm.clone(),
+                Some("APT-1".into()),
+                later(),
+            ))
             .unwrap();
         assert_eq!((i.clinic, i.appointment), (derm, Some("APT-1".into())));
     }
@@ -236,8 +255,17 @@ pub(crate) mod tests {
     fn one_kind_never_passes_for_another() {
         let k = keys();
         let visit = k.visit_token(VisitId::random(), later());
-        let invite = k.invite_token(ClinicId::parse("derm").unwrap(), None, later());
-        let staff = k.staff_token(&session("alice", Role::Admin, vec![]), later());
+        let invite = k.invite_token(
+            InviteId::random(),
+            ClinicId::parse("derm").unwrap(),
+            None,
+            later(),
+        );
+        let staff = k.staff_token(
+            &session("alice", Role::Admin, vec![]),
+            SessionId::random(),
+            later(),
+        );
         assert_eq!(k.check_staff(&visit), Err(AuthError::Invalid));
         assert_eq!(k.check_staff(&invite), Err(AuthError::Invalid));
         assert_eq!(k.check_visit(&staff).unwrap_err(), AuthError::Invalid);

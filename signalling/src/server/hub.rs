@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use protocol::ClinicId;
+use protocol::{ClinicId, PatientState, ServerMsg, VisitEndReason};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,8 @@ pub struct Delivery {
     pub clinic: ClinicId,
     pub version: u64,
     pub text: Utf8Bytes,
+    /// It tells a patient their visit is over, and why: their connection closes after it.
+    pub ends_visit: Option<VisitEndReason>,
 }
 
 #[derive(Debug, Default)]
@@ -97,10 +99,17 @@ impl Hub {
                 return;
             }
         };
+        let ends_visit = match p.event.msg {
+            ServerMsg::PatientStatus {
+                status: PatientState::Ended { reason },
+            } => Some(reason),
+            _ => None,
+        };
         let delivery = Arc::new(Delivery {
             clinic: p.clinic.clone(),
             version: p.version,
             text,
+            ends_visit,
         });
         let mut slow = Vec::new();
         {

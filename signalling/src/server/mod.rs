@@ -5,7 +5,6 @@
 //! and waits (bounded) for connections to finish so presence is recorded.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,12 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
-    EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, IssueInvite,
-    MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SignInRequest, SignInResponse,
-    StaffSession,
+    EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView, IssueInvite,
+    MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SessionView, SignInRequest,
+    SignInResponse, StaffId, StaffSession,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -32,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::auth::{Action, AuthError, StaffClaims, authorize};
+use crate::auth::{Action, AuthError, StaffClaims, Target, authorize};
 use crate::error::{AppError, status_of};
 use crate::service::Service;
 
 pub mod hub;
+pub mod limits;
 mod ws;
 
 use hub::Hub;
@@ -51,8 +50,16 @@ pub struct Limits {
     /// Websocket messages per second per connection, and the burst above that.
     pub messages_per_second: u32,
     pub message_burst: u32,
-    /// Sign-ins and patient entries per minute per client address.
+    /// Patient entries per minute per client address.
     pub entries_per_minute: u32,
+    /// Sign-in attempts per minute per client address.
+    pub sign_ins_per_minute: u32,
+    /// Pre-call media checks per minute per client address.
+    pub media_checks_per_minute: u32,
+    /// Malformed websocket messages per minute per connection; one more closes it.
+    pub malformed_per_minute: u32,
+    /// How often an open staff websocket checks that its sign-in goes on.
+    pub session_check: Duration,
 }
 
 /// What every handler shares.
@@ -62,7 +69,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub limits: Limits,
     connection_slots: Arc<Semaphore>,
-    entry_limiter: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    addresses: Arc<limits::AddressLimiters>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    trusted_proxies: Arc<[ipnet::IpNet]>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     connection_ids: Arc<AtomicU64>,
@@ -72,18 +81,33 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(service: Service, limits: Limits) -> Self {
-        let per_minute = NonZeroU32::new(limits.entries_per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
             service,
             hub: Arc::new(Hub::default()),
             limits,
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
-            entry_limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            addresses: Arc::new(limits::AddressLimiters::new(limits::PerMinute {
+                sign_in: limits.sign_ins_per_minute,
+                entry: limits.entries_per_minute,
+                media_check: limits.media_checks_per_minute,
+            })),
+            trusted_proxies: Arc::from(Vec::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connection_ids: Arc::new(AtomicU64::new(0)),
             web_root: None,
         }
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies (the TLS proxy in front).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
+        self
+    }
+
+    /// How many client addresses the rate limiters hold (they are pruned every minute).
+    pub fn limited_addresses(&self) -> usize {
+        self.addresses.len()
     }
 
     /// Serves the browser client's files from `dir` at `/`.
@@ -112,6 +136,18 @@ pub async fn run(
             .clone()
             .run(state.service.store().subscribe(), state.shutdown.clone()),
     );
+    // The rate limiters forget clients whose limits have recovered, every minute.
+    let addresses = state.addresses.clone();
+    let pruning = state.shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = pruning.cancelled() => return,
+                _ = every.tick() => addresses.prune(),
+            }
+        }
+    });
     let stop = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let app = router(state);
@@ -152,6 +188,13 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/api/staff/sign-in", post(sign_in))
         .route("/api/staff/refresh", post(refresh))
+        .route("/api/staff/sign-out", post(sign_out))
+        .route("/api/admin/sessions", get(list_sessions))
+        .route("/api/admin/sessions/{session}/end", post(end_session))
+        .route(
+            "/api/admin/staff/{user}/end-sessions",
+            post(end_staff_sessions),
+        )
         .route("/api/clinics/{clinic}", get(clinic_entry))
         .route("/api/clinics/{clinic}/room", get(room))
         .route("/api/clinics/{clinic}/clinicians", get(clinicians))
@@ -161,13 +204,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/clinics", post(create_clinic).get(list_clinics))
         .route("/api/admin/staff", post(create_staff).get(list_staff))
         .route("/api/admin/invites", post(issue_invite))
+        .route("/api/clinics/{clinic}/invites", get(list_invites))
+        .route("/api/invites/{invite}/revoke", post(revoke_invite))
         .route("/api/admin/audit", get(audit))
         .route("/api/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit));
+    // Answers carry patient data: never stored by a browser or a proxy, never sniffed.
+    let api = API_HEADERS.iter().fold(api, |api, (name, value)| {
+        api.layer(SetResponseHeaderLayer::overriding(
+            name.clone(),
+            HeaderValue::from_static(value),
+        ))
+    });
+    let hsts = state.service.public_url().starts_with("https://");
     let web_root = state.web_root.clone();
     let api = api.with_state(state);
     let Some(dir) = web_root else {
-        return api.fallback(not_found);
+        return with_hsts(api.fallback(not_found), hsts);
     };
     // The pages behind the links people are given: a clinic's open link, a personal
     // invite, staff and administration. Each is one HTML file; the rest is static.
@@ -175,7 +228,8 @@ pub fn router(state: AppState) -> Router {
     let pages = Router::new()
         .route_service("/", page("index.html"))
         .route_service("/c/{clinic}", page("patient.html"))
-        .route_service("/i/{token}", page("patient.html"))
+        // The invite travels in the fragment (`/i#...`), which never reaches a server.
+        .route_service("/i", page("patient.html"))
         .route_service("/staff", page("staff.html"))
         .route_service("/admin", page("admin.html"))
         .fallback_service(
@@ -189,8 +243,26 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static(value),
         ))
     });
-    api.merge(pages)
+    with_hsts(api.merge(pages), hsts)
 }
+
+/// Browsers keep to HTTPS for a year once they have seen the platform over it.
+fn with_hsts(router: Router, on: bool) -> Router {
+    if on {
+        router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ))
+    } else {
+        router
+    }
+}
+
+/// What every API answer carries.
+const API_HEADERS: [(header::HeaderName, &str); 2] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
 
 /// What every page response carries: revalidate before use (a deployment's new files
 /// are seen at once; unchanged ones cost a 304), run only the platform's own scripts and
@@ -292,12 +364,31 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-fn staff(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, ApiError> {
-    Ok(state.service.authenticate_staff(bearer(headers)?)?)
+async fn staff(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, ApiError> {
+    Ok(state.service.authenticate_staff(bearer(headers)?).await?)
 }
 
-fn check_entry_rate(state: &AppState, addr: SocketAddr) -> Result<(), ApiError> {
-    state.entry_limiter.check_key(&addr.ip()).map_err(|_| {
+/// Which per-address limit a request counts against.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    SignIn,
+    Entry,
+    MediaCheck,
+}
+
+fn check_rate(
+    state: &AppState,
+    limit: Limit,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let ip = limits::client_ip(addr, headers, &state.trusted_proxies);
+    let limiter = match limit {
+        Limit::SignIn => &state.addresses.sign_in,
+        Limit::Entry => &state.addresses.entry,
+        Limit::MediaCheck => &state.addresses.media_check,
+    };
+    limiter.check_key(&ip).map_err(|_| {
         ApiError::from_code(
             ErrorCode::RateLimited,
             "too many attempts; wait a minute and try again",
@@ -320,15 +411,67 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn sign_in(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(req): Body<SignInRequest>,
 ) -> ApiResult<SignInResponse> {
-    check_entry_rate(&state, addr)?;
+    check_rate(&state, Limit::SignIn, addr, &headers)?;
     Ok(Json(state.service.sign_in(req).await?))
 }
 
 async fn refresh(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<SignInResponse> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     Ok(Json(state.service.refresh(&claims).await?))
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    state.service.sign_out(&claims).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<SessionView>> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    Ok(Json(state.service.sessions().await?))
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(session): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let id = session
+        .parse()
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such sign-in"))?;
+    state
+        .service
+        .end_session(&format!("staff:{}", claims.sub), id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn end_staff_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let user = StaffId::parse(user)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such member of staff"))?;
+    state
+        .service
+        .end_sessions_of(&format!("staff:{}", claims.sub), &user)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn clinic_entry(
@@ -345,7 +488,7 @@ async fn room(
     headers: HeaderMap,
     Path(clinic): Path<String>,
 ) -> ApiResult<ServerMsg> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     let clinic = ClinicId::parse(clinic)
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
     Ok(Json(state.service.room_snapshot(&claims, &clinic).await?))
@@ -356,7 +499,7 @@ async fn clinicians(
     headers: HeaderMap,
     Path(clinic): Path<String>,
 ) -> ApiResult<Vec<ClinicianView>> {
-    let claims = staff(&state, &headers)?;
+    let claims = staff(&state, &headers).await?;
     let clinic = ClinicId::parse(clinic)
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
     Ok(Json(state.service.clinicians(&claims, &clinic).await?))
@@ -374,9 +517,10 @@ async fn media_check_info(State(state): State<AppState>) -> ApiResult<MediaCheck
 async fn media_check(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(offer): Body<MediaCheckOffer>,
 ) -> ApiResult<MediaCheckAnswer> {
-    check_entry_rate(&state, addr)?;
+    check_rate(&state, Limit::MediaCheck, addr, &headers)?;
     if offer.sdp.len() > protocol::MAX_SDP_BYTES {
         return Err(AppError::Invalid("the SDP is too long".into()).into());
     }
@@ -391,8 +535,8 @@ async fn list_clinics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<ClinicEntryInfo>> {
-    let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let clinics = state
         .service
         .store()
@@ -415,8 +559,8 @@ async fn list_staff(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<StaffSession>> {
-    let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let staff = state
         .service
         .store()
@@ -439,9 +583,10 @@ async fn list_staff(
 async fn enter(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Body(req): Body<EnterRequest>,
 ) -> ApiResult<EnterResponse> {
-    check_entry_rate(&state, addr)?;
+    check_rate(&state, Limit::Entry, addr, &headers)?;
     Ok(Json(state.service.enter(req).await?))
 }
 
@@ -450,7 +595,7 @@ async fn command(
     headers: HeaderMap,
     Body(cmd): Body<Command>,
 ) -> Result<StatusCode, ApiError> {
-    let who = state.service.authenticate(bearer(&headers)?)?;
+    let who = state.service.authenticate(bearer(&headers)?).await?;
     state.service.execute(&who, cmd).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -460,8 +605,8 @@ async fn create_clinic(
     headers: HeaderMap,
     Body(req): Body<CreateClinic>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     state
         .service
         .create_clinic(&format!("staff:{}", claims.sub), req)
@@ -474,8 +619,8 @@ async fn create_staff(
     headers: HeaderMap,
     Body(req): Body<CreateStaff>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     state
         .service
         .create_staff(&format!("staff:{}", claims.sub), req)
@@ -488,14 +633,43 @@ async fn issue_invite(
     headers: HeaderMap,
     Body(req): Body<IssueInvite>,
 ) -> ApiResult<InviteResponse> {
-    let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::IssueInvite, Some(&req.clinic))?;
+    let claims = staff(&state, &headers).await?;
+    authorize(
+        &claims,
+        Action::IssueInvite,
+        Some(&req.clinic),
+        Target::Clinic,
+    )?;
     Ok(Json(
         state
             .service
             .issue_invite(&format!("staff:{}", claims.sub), req)
             .await?,
     ))
+}
+
+async fn list_invites(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(clinic): Path<String>,
+) -> ApiResult<Vec<InviteView>> {
+    let claims = staff(&state, &headers).await?;
+    let clinic = ClinicId::parse(clinic)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    Ok(Json(state.service.invites(&claims, &clinic).await?))
+}
+
+async fn revoke_invite(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(invite): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    let invite = invite
+        .parse()
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such invite"))?;
+    state.service.revoke_invite(&claims, invite).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
@@ -508,8 +682,8 @@ async fn audit(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Vec<AuditEntry>> {
-    let claims = staff(&state, &headers)?;
-    authorize(&claims, Action::Administer, None)?;
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     Ok(Json(

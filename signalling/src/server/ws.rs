@@ -14,7 +14,7 @@ use std::sync::Arc;
 use protocol::control::{ControlOp, ControlOutcome};
 use protocol::{
     ClientMsg, ClinicId, ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES,
-    MediaEndReason, ParticipantId, ServerMsg, Session,
+    MediaEndReason, ParticipantId, ServerMsg, Session, VisitEndReason,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
@@ -41,7 +41,54 @@ const CLOSE_TRY_AGAIN: u16 = 1013;
 const CLOSE_UNAUTHENTICATED: u16 = 4001;
 const CLOSE_VISIT_ENDED: u16 = 4002;
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+/// Whether a browser page at `origin` may open a websocket: pages of the platform's own
+/// public URL only (and, while the public URL is a loopback address, as in development
+/// and tests, pages on any loopback address). Clients that are not browsers send no
+/// Origin and are let through: the token in `hello` is what authenticates.
+pub fn origin_allowed(origin: &str, public_url: &str) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if origin.eq_ignore_ascii_case(public_url_origin(public_url)) {
+        return true;
+    }
+    let loopback = |url: &str| {
+        let host = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+    };
+    loopback(public_url) && loopback(origin) && origin.starts_with("http")
+}
+
+/// `https://host:port` of a URL.
+fn public_url_origin(url: &str) -> &str {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    match url[after..].find('/') {
+        Some(i) => &url[..after + i],
+        None => url,
+    }
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(o, state.service.public_url()));
+        if !ok {
+            return super::ApiError::from_code(
+                ErrorCode::Forbidden,
+                "websockets are only accepted from the platform's own pages",
+            )
+            .into_response();
+        }
+    }
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         let err = super::ApiError::from_code(
             ErrorCode::TooManyConnections,
@@ -72,6 +119,9 @@ struct Connection {
     state: AppState,
     socket: WebSocket,
     limiter: DefaultDirectRateLimiter,
+    /// Malformed messages: a few are mistakes, more are an attack; then the connection
+    /// closes.
+    malformed: DefaultDirectRateLimiter,
     /// The room version each snapshot was read at: older events are already in it.
     seen: HashMap<ClinicId, u64>,
     /// This connection's media session, if it joined one.
@@ -157,6 +207,9 @@ impl Connection {
             state,
             socket,
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            malformed: RateLimiter::direct(Quota::per_minute(
+                NonZeroU32::new(limits.malformed_per_minute).unwrap_or(NonZeroU32::MIN),
+            )),
             seen: HashMap::new(),
             media: None,
         };
@@ -179,7 +232,7 @@ impl Connection {
     }
 
     async fn run(&mut self) -> (u16, &'static str) {
-        let principal = match self.hello().await {
+        let (principal, visit_expires) = match self.hello().await {
             Ok(p) => p,
             Err(close) => return close,
         };
@@ -251,7 +304,7 @@ impl Connection {
                         return (CLOSE_RESTART, "");
                     }
                 }
-                (sub, u64::MAX)
+                (sub, visit_expires)
             }
         };
         let close = self
@@ -267,7 +320,9 @@ impl Connection {
     }
 
     /// Waits for `hello` and checks its token.
-    async fn hello(&mut self) -> Result<Principal, (u16, &'static str)> {
+    /// Waits for `hello` and checks its token; for a patient, also when their credential
+    /// runs out (seconds since the epoch).
+    async fn hello(&mut self) -> Result<(Principal, u64), (u16, &'static str)> {
         let first = match tokio::time::timeout(HELLO_TIMEOUT, self.socket.recv()).await {
             Err(_) => return Err((CLOSE_POLICY, "no hello")),
             Ok(None | Some(Err(_))) => return Err((CLOSE_POLICY, "")),
@@ -298,8 +353,11 @@ impl Connection {
                 return Err((CLOSE_POLICY, "expected hello"));
             }
         };
-        match self.state.service.authenticate(&token) {
-            Ok(p) => Ok(p),
+        match self.state.service.authenticate(&token).await {
+            Ok(p) => {
+                let expires = self.state.service.visit_expiry(&token).unwrap_or(u64::MAX);
+                Ok((p, expires))
+            }
             Err(e) => {
                 self.send(&app_error(None, &e)).await;
                 Err((CLOSE_UNAUTHENTICATED, "unauthenticated"))
@@ -317,6 +375,10 @@ impl Connection {
     ) -> (u16, &'static str) {
         let expiry = tokio::time::sleep(until(expires_secs));
         tokio::pin!(expiry);
+        // A staff sign-in can be ended at any time (sign-out elsewhere, a change of
+        // password, role or clinics, an administrator): looked up again every few seconds.
+        let mut session_check = tokio::time::interval(self.state.limits.session_check);
+        session_check.reset();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = tokio::time::Instant::now();
@@ -326,6 +388,14 @@ impl Connection {
                 _ = &mut expiry => {
                     self.send(&error(None, ErrorCode::TokenExpired, "your sign-in has expired")).await;
                     return (CLOSE_UNAUTHENTICATED, "token expired");
+                }
+                _ = session_check.tick() => {
+                    if let Principal::Staff(claims) = principal {
+                        if let Err(AppError::SessionEnded) = self.state.service.live_session(claims).await {
+                            self.send(&app_error(None, &AppError::SessionEnded)).await;
+                            return (CLOSE_UNAUTHENTICATED, "sign-in ended");
+                        }
+                    }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENCE_LIMIT {
@@ -354,6 +424,20 @@ impl Connection {
                     }
                     if self.socket.send(Message::Text(d.text.clone())).await.is_err() {
                         return (CLOSE_RESTART, "");
+                    }
+                    // The patient's visit is over: so is their connection, and its media
+                    // session, which the page is told of first (the node's own word would
+                    // come too late, on a closed socket).
+                    if let (Some(why), Principal::Patient(_)) = (d.ends_visit, principal) {
+                        if let Some(session) = self.media.take() {
+                            session.leave();
+                            let reason = match why {
+                                VisitEndReason::ConsultationEnded => MediaEndReason::ConsultationEnded,
+                                _ => MediaEndReason::RemovedFromConsultation,
+                            };
+                            self.send(&ServerMsg::MediaEnded { reason }).await;
+                        }
+                        return (CLOSE_VISIT_ENDED, "visit ended");
                     }
                 }
                 incoming = self.socket.recv() => {
@@ -395,6 +479,15 @@ impl Connection {
             }
         };
         let reply = match serde_json::from_str::<ClientMsg>(&text) {
+            Err(_) if self.malformed.check().is_err() => {
+                self.send(&error(
+                    None,
+                    ErrorCode::RateLimited,
+                    "too many malformed messages",
+                ))
+                .await;
+                return Flow::Close(CLOSE_POLICY, "too many malformed messages");
+            }
             Err(e) => parse_error(&e),
             Ok(ClientMsg::Hello { .. }) => error(None, ErrorCode::BadRequest, "already said hello"),
             Ok(ClientMsg::Command { req, .. }) if self.limiter.check().is_err() => error(
@@ -402,6 +495,13 @@ impl Connection {
                 ErrorCode::RateLimited,
                 "too many messages; slow down",
             ),
+            Ok(ClientMsg::Command { req, .. })
+                if session_ended(&self.state.service, principal).await =>
+            {
+                let reply = app_error(Some(req), &AppError::SessionEnded);
+                self.send(&reply).await;
+                return Flow::Close(CLOSE_UNAUTHENTICATED, "sign-in ended");
+            }
             Ok(ClientMsg::Command { req, command }) => {
                 match self.state.service.execute(principal, command).await {
                     Ok(()) => ServerMsg::Ack { req },
@@ -581,6 +681,18 @@ impl Connection {
                 let _ = tx.send(r).await;
             }
         });
+    }
+}
+
+/// Whether a staff connection's sign-in has been ended (a store that does not answer
+/// ends nothing).
+async fn session_ended(service: &crate::service::Service, principal: &Principal) -> bool {
+    match principal {
+        Principal::Staff(claims) => matches!(
+            service.live_session(claims).await,
+            Err(AppError::SessionEnded)
+        ),
+        Principal::Patient(_) => false,
     }
 }
 

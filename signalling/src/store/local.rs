@@ -9,12 +9,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use protocol::{AuditEntry, ClinicId, StaffId, VisitId};
+use protocol::{AuditEntry, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use super::{
-    Clinic, Commit, EVENT_BUFFER, Feed, Published, StaffRecord, Store, StoreError, Versioned,
+    Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteClaim, InviteRecord,
+    InviteState, Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
 };
 use crate::room::ClinicRoom;
 
@@ -44,6 +45,13 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS staff (username TEXT PRIMARY KEY, record TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
     CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS invites (
+        id TEXT PRIMARY KEY, clinic TEXT NOT NULL, expires_at INTEGER NOT NULL,
+        record TEXT NOT NULL, visit TEXT, revoked INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX IF NOT EXISTS invites_by_clinic ON invites (clinic, expires_at);
+    CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, staff TEXT NOT NULL, ends_at INTEGER NOT NULL, record TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS sessions_by_staff ON sessions (staff);
 ";
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -100,6 +108,45 @@ fn append_audit(db: &Connection, entries: &[AuditEntry]) -> Result<(), StoreErro
         stmt.execute(params![json]).map_err(db_err)?;
     }
     Ok(())
+}
+
+fn sql_ms(t: Timestamp) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+fn invite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Option<String>, bool)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn invite_state(
+    (record, visit, revoked): (String, Option<String>, bool),
+) -> Result<InviteState, StoreError> {
+    Ok(InviteState {
+        record: serde_json::from_str(&record).map_err(corrupt)?,
+        visit: visit
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("invite visit {v:?}")))
+            })
+            .transpose()?,
+        revoked,
+    })
+}
+
+/// Binds the claimed invite, or fails with [`StoreError::InviteTaken`] and writes nothing.
+fn claim_invite(db: &Connection, claim: &InviteClaim) -> Result<(), StoreError> {
+    let expected = claim.expected.map(|v| v.to_string());
+    let changed = db
+        .execute(
+            "UPDATE invites SET visit = ?1 WHERE id = ?2 AND revoked = 0 AND visit IS ?3",
+            params![claim.visit.to_string(), claim.invite.to_string(), expected],
+        )
+        .map_err(db_err)?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::InviteTaken)
+    }
 }
 
 fn get_json<T: serde::de::DeserializeOwned>(
@@ -221,8 +268,14 @@ impl Store for LocalStore {
                     return Err(StoreError::Conflict);
                 }
             }
-            if !commit.audit.is_empty() {
-                append_audit(&lock(&i.db), &commit.audit)?;
+            {
+                let db = lock(&i.db);
+                if let Some(claim) = &commit.claim {
+                    claim_invite(&db, claim)?;
+                }
+                if !commit.audit.is_empty() {
+                    append_audit(&db, &commit.audit)?;
+                }
             }
             for (visit, clinic) in commit.index {
                 match clinic {
@@ -250,6 +303,156 @@ impl Store for LocalStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Feed> {
         self.events.subscribe()
+    }
+
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(session).map_err(corrupt)?;
+        let session = session.clone();
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            db.execute(
+                "DELETE FROM sessions WHERE ends_at < ?1",
+                params![sql_ms(session.started_at)],
+            )
+            .map_err(db_err)?;
+            db.execute(
+                "INSERT INTO sessions (id, staff, ends_at, record) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    session.id.to_string(),
+                    session.staff.as_str(),
+                    sql_ms(session.ends_at),
+                    json
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |i| {
+            get_json(
+                &lock(&i.db),
+                "SELECT record FROM sessions WHERE id = ?1",
+                &id,
+            )
+        })
+        .await
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        self.blocking(move |i| {
+            let n = lock(&i.db)
+                .execute(
+                    "DELETE FROM sessions WHERE id = ?1",
+                    params![id.to_string()],
+                )
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn end_sessions_of(&self, staff: &StaffId) -> Result<usize, StoreError> {
+        let staff = staff.to_string();
+        self.blocking(move |i| {
+            lock(&i.db)
+                .execute("DELETE FROM sessions WHERE staff = ?1", params![staff])
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn sessions(&self, now: Timestamp) -> Result<Vec<SessionRecord>, StoreError> {
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            let mut stmt = db
+                .prepare_cached("SELECT record FROM sessions WHERE ends_at > ?1 ORDER BY rowid")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![sql_ms(now)], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|r| serde_json::from_str(&r.map_err(db_err)?).map_err(corrupt))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(invite).map_err(corrupt)?;
+        let invite = invite.clone();
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            let forget_before = invite.issued_at.0.saturating_sub(EXPIRED_INVITE_KEPT_MS);
+            db.execute(
+                "DELETE FROM invites WHERE expires_at < ?1",
+                params![sql_ms(Timestamp(forget_before))],
+            )
+            .map_err(db_err)?;
+            db.execute(
+                "INSERT INTO invites (id, clinic, expires_at, record) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    invite.id.to_string(),
+                    invite.clinic.as_str(),
+                    sql_ms(invite.expires_at),
+                    json
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn invite(&self, id: InviteId) -> Result<Option<InviteState>, StoreError> {
+        self.blocking(move |i| {
+            let row = lock(&i.db)
+                .query_row(
+                    "SELECT record, visit, revoked FROM invites WHERE id = ?1",
+                    params![id.to_string()],
+                    invite_row,
+                )
+                .optional()
+                .map_err(db_err)?;
+            row.map(invite_state).transpose()
+        })
+        .await
+    }
+
+    async fn invites(
+        &self,
+        clinic: &ClinicId,
+        now: Timestamp,
+    ) -> Result<Vec<InviteState>, StoreError> {
+        let clinic = clinic.to_string();
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            let mut stmt = db
+                .prepare_cached(
+                    "SELECT record, visit, revoked FROM invites WHERE clinic = ?1 AND expires_at > ?2 ORDER BY rowid",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![clinic, sql_ms(now)], invite_row)
+                .map_err(db_err)?;
+            rows.map(|r| invite_state(r.map_err(db_err)?)).collect()
+        })
+        .await
+    }
+
+    async fn revoke_invite(&self, id: InviteId) -> Result<bool, StoreError> {
+        self.blocking(move |i| {
+            let changed = lock(&i.db)
+                .execute(
+                    "UPDATE invites SET revoked = 1 WHERE id = ?1",
+                    params![id.to_string()],
+                )
+                .map_err(db_err)?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {

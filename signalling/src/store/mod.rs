@@ -14,7 +14,7 @@
 //! caller re-reads and re-decides. Of two conflicting actions exactly one wins.
 
 use async_trait::async_trait;
-use protocol::{AuditEntry, ClinicId, Role, StaffId, VisitId};
+use protocol::{AuditEntry, ClinicId, InviteId, Role, SessionId, StaffId, Timestamp, VisitId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -42,6 +42,52 @@ pub struct StaffRecord {
     /// An argon2 PHC string; never the password.
     pub password_hash: String,
 }
+
+/// A staff sign-in, kept so it can be ended: every request checks that its token's session
+/// is still here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub staff: StaffId,
+    pub started_at: Timestamp,
+    /// The absolute end: refreshing never takes a token past it.
+    pub ends_at: Timestamp,
+}
+
+/// A personal invite, as issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRecord {
+    pub id: InviteId,
+    pub clinic: ClinicId,
+    pub appointment: Option<String>,
+    /// The audit label of who issued it.
+    pub issued_by: String,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// An invite and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteState {
+    pub record: InviteRecord,
+    /// The visit it admitted, once someone joined with it.
+    pub visit: Option<VisitId>,
+    pub revoked: bool,
+}
+
+/// Binds an invite to the visit it admits, as part of a [`Commit`]: only if it is still
+/// bound to `expected` (nobody, or the same patient's ended visit) and not revoked;
+/// otherwise the commit writes nothing and fails with [`StoreError::InviteTaken`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteClaim {
+    pub invite: InviteId,
+    pub expected: Option<VisitId>,
+    pub visit: VisitId,
+}
+
+/// How long an expired invite is kept, so that its link is answered "expired" rather
+/// than "not valid"; pruned after.
+pub const EXPIRED_INVITE_KEPT_MS: u64 = 24 * 3600 * 1000;
 
 /// A value with the version it was read at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +133,8 @@ pub struct Commit {
     /// Where each touched visit now is (`None`: the visit ended). Applied in order.
     pub index: Vec<(VisitId, Option<ClinicId>)>,
     pub audit: Vec<AuditEntry>,
+    /// The invite this commit's new visit entered with.
+    pub claim: Option<InviteClaim>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +142,9 @@ pub enum StoreError {
     /// A room changed since it was read; re-read and decide again.
     #[error("the room changed concurrently")]
     Conflict,
+    /// The commit's invite was claimed or revoked since it was read.
+    #[error("the invite was taken concurrently")]
+    InviteTaken,
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
@@ -129,6 +180,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// room. A receiver that lags, or is sent [`Feed::Resync`], must resynchronise its
     /// connections.
     fn subscribe(&self) -> broadcast::Receiver<Feed>;
+
+    // Staff sessions.
+    /// Records a new session (and forgets sessions that have ended).
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// A session that has not been ended (it may have passed `ends_at`: check).
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// Ends one session; `false` if there was none.
+    async fn end_session(&self, id: SessionId) -> Result<bool, StoreError>;
+    /// Ends every session of a member of staff; how many there were.
+    async fn end_sessions_of(&self, staff: &StaffId) -> Result<usize, StoreError>;
+    /// Every session that lasts beyond `now`, oldest first.
+    async fn sessions(&self, now: Timestamp) -> Result<Vec<SessionRecord>, StoreError>;
+
+    // Invites.
+    /// Records a new invite (and forgets invites long expired).
+    async fn put_invite(&self, invite: &InviteRecord) -> Result<(), StoreError>;
+    async fn invite(&self, id: InviteId) -> Result<Option<InviteState>, StoreError>;
+    /// A clinic's invites that expire after `now`, oldest first.
+    async fn invites(
+        &self,
+        clinic: &ClinicId,
+        now: Timestamp,
+    ) -> Result<Vec<InviteState>, StoreError>;
+    /// Revokes an invite; `false` if there is no such invite.
+    async fn revoke_invite(&self, id: InviteId) -> Result<bool, StoreError>;
 
     // Audit log.
     /// Records entries that come with no room change (sign-in, directory changes).

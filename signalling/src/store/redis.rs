@@ -13,6 +13,11 @@
 //! | `consult:visits`         | hash    | visit id -> clinic id (the visit index)               |
 //! | `consult:audit`          | stream  | one entry per audit record, field `entry` = JSON [`AuditEntry`]; never trimmed |
 //! | `consult:token_secret`   | string  | the secret that signs tokens (raw bytes), set once     |
+//! | `consult:session:{id}`   | string  | JSON [`SessionRecord`]; expires at the session's end  |
+//! | `consult:sessions`       | sorted set | live session ids by end (ms), pruned as they end   |
+//! | `consult:staff_sessions:{user}` | set | the session ids of one member of staff            |
+//! | `consult:invite:{id}`    | hash    | `record` -> JSON [`InviteRecord`], `visit` -> the visit it admitted, `revoked` -> `1`; expires a day after the invite |
+//! | `consult:invites:{clinic}` | sorted set | invite ids by expiry (ms), pruned as they expire |
 //! | `consult:events`         | channel | JSON [`Published`], one message per event             |
 //!
 //! # Why a commit is one script
@@ -44,7 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use protocol::{AuditEntry, ClinicId, StaffId, VisitId};
+use protocol::{AuditEntry, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::streams::StreamRangeReply;
 use redis::{Client, ErrorKind, RedisError, Script, Value};
@@ -53,7 +58,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Clinic, Commit, EVENT_BUFFER, Feed, Published, StaffRecord, Store, StoreError, Versioned,
+    Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteRecord, InviteState,
+    Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
 };
 use crate::room::{ClinicRoom, Event};
 
@@ -71,6 +77,16 @@ pub const KEY_VISITS: &str = "consult:visits";
 pub const KEY_AUDIT: &str = "consult:audit";
 /// String: the token signing secret, raw bytes; written once, by the first instance.
 pub const KEY_TOKEN_SECRET: &str = "consult:token_secret";
+/// Followed by the session id: JSON [`SessionRecord`], expiring at its end.
+pub const KEY_SESSION_PREFIX: &str = "consult:session:";
+/// Sorted set of every live session id, scored by its end.
+pub const KEY_SESSIONS: &str = "consult:sessions";
+/// Followed by a user name: the set of that member of staff's session ids.
+pub const KEY_STAFF_SESSIONS_PREFIX: &str = "consult:staff_sessions:";
+/// Followed by the invite id: a hash with [`FIELD_RECORD`], [`FIELD_VISIT`], [`FIELD_REVOKED`].
+pub const KEY_INVITE_PREFIX: &str = "consult:invite:";
+/// Followed by the clinic id: a sorted set of that clinic's invite ids, scored by expiry.
+pub const KEY_CLINIC_INVITES_PREFIX: &str = "consult:invites:";
 /// Pub/sub channel carrying JSON [`Published`].
 pub const CHANNEL_EVENTS: &str = "consult:events";
 
@@ -80,6 +96,10 @@ const FIELD_VERSION: &str = "v";
 const FIELD_STATE: &str = "state";
 /// Audit stream field: JSON [`AuditEntry`].
 const FIELD_ENTRY: &str = "entry";
+/// Invite hash fields: the JSON record, the visit it admitted, and whether it is revoked.
+const FIELD_RECORD: &str = "record";
+const FIELD_VISIT: &str = "visit";
+const FIELD_REVOKED: &str = "revoked";
 
 /// Timeouts for commands and for (re)connecting.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -93,27 +113,41 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// What the commit script answers.
 const COMMITTED: i64 = 1;
 const CONFLICT: i64 = 0;
+const INVITE_TAKEN: i64 = 2;
 
-/// The commit, atomically. Compares first and writes only if every version matches.
+/// The commit, atomically. Compares first and writes only if every version matches (and
+/// the invite it claims, if any, is still unclaimed by anyone else and not revoked).
 ///
-/// KEYS: [1] the visit index, [2] the audit stream, [3..] the rooms written.
+/// KEYS: [1] the visit index, [2] the audit stream, [3] the claimed invite's hash (any
+/// key when there is no claim), [4..] the rooms written.
 /// ARGV: [1] the events channel, [2] number of index changes, [3] number of audit entries,
-/// then for each room (in KEYS order): expected version, new version, state JSON, number
-/// of events, then that many Published JSONs; then for each index change: visit id and
-/// clinic id (empty: the visit ended, remove it); then the audit entry JSONs.
+/// [4] `1` if an invite is claimed, [5] the visit it must still be bound to (empty: none),
+/// [6] the visit that claims it; then for each room (in KEYS order): expected version, new
+/// version, state JSON, number of events, then that many Published JSONs; then for each
+/// index change: visit id and clinic id (empty: the visit ended, remove it); then the
+/// audit entry JSONs.
 const COMMIT_SCRIPT: &str = r"
-local rooms = #KEYS - 2
-local a = 4
+local rooms = #KEYS - 3
+local a = 7
 for i = 1, rooms do
-  local current = redis.call('HGET', KEYS[i + 2], 'v') or '0'
+  local current = redis.call('HGET', KEYS[i + 3], 'v') or '0'
   if current ~= ARGV[a] then
     return 0
   end
   a = a + 4 + tonumber(ARGV[a + 3])
 end
-a = 4
+if ARGV[4] == '1' then
+  if redis.call('HEXISTS', KEYS[3], 'record') == 0 or redis.call('HEXISTS', KEYS[3], 'revoked') == 1 then
+    return 2
+  end
+  if (redis.call('HGET', KEYS[3], 'visit') or '') ~= ARGV[5] then
+    return 2
+  end
+  redis.call('HSET', KEYS[3], 'visit', ARGV[6])
+end
+a = 7
 for i = 1, rooms do
-  redis.call('HSET', KEYS[i + 2], 'v', ARGV[a + 1], 'state', ARGV[a + 2])
+  redis.call('HSET', KEYS[i + 3], 'v', ARGV[a + 1], 'state', ARGV[a + 2])
   a = a + 4 + tonumber(ARGV[a + 3])
 end
 for i = 1, tonumber(ARGV[2]) do
@@ -128,7 +162,7 @@ for i = 1, tonumber(ARGV[3]) do
   redis.call('XADD', KEYS[2], '*', 'entry', ARGV[a])
   a = a + 1
 end
-a = 4
+a = 7
 for i = 1, rooms do
   local n = tonumber(ARGV[a + 3])
   for j = 1, n do
@@ -178,6 +212,22 @@ fn redis_err(e: RedisError) -> StoreError {
 
 fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+fn session_key(id: SessionId) -> String {
+    format!("{KEY_SESSION_PREFIX}{id}")
+}
+
+fn staff_sessions_key(staff: &StaffId) -> String {
+    format!("{KEY_STAFF_SESSIONS_PREFIX}{staff}")
+}
+
+fn invite_key(id: InviteId) -> String {
+    format!("{KEY_INVITE_PREFIX}{id}")
+}
+
+fn clinic_invites_key(clinic: &ClinicId) -> String {
+    format!("{KEY_CLINIC_INVITES_PREFIX}{clinic}")
 }
 
 fn room_key(clinic: &ClinicId) -> String {
@@ -425,12 +475,30 @@ impl Store for RedisStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut invocation = self.commit_script.prepare_invoke();
+        let (claim_key, claimed, expected, visit) = match &commit.claim {
+            Some(c) => (
+                invite_key(c.invite),
+                "1",
+                c.expected.map(|v| v.to_string()).unwrap_or_default(),
+                c.visit.to_string(),
+            ),
+            None => (
+                KEY_INVITE_PREFIX.to_owned(),
+                "0",
+                String::new(),
+                String::new(),
+            ),
+        };
         invocation
             .key(KEY_VISITS)
             .key(KEY_AUDIT)
+            .key(claim_key)
             .arg(CHANNEL_EVENTS)
             .arg(commit.index.len())
-            .arg(commit.audit.len());
+            .arg(commit.audit.len())
+            .arg(claimed)
+            .arg(expected)
+            .arg(visit);
         // One scratch buffer for every JSON value: the invocation copies each argument.
         let mut json = Vec::new();
         for w in &commit.rooms {
@@ -473,6 +541,7 @@ impl Store for RedisStore {
         match answer {
             COMMITTED => Ok(()),
             CONFLICT => Err(StoreError::Conflict),
+            INVITE_TAKEN => Err(StoreError::InviteTaken),
             other => Err(StoreError::Corrupt(format!(
                 "commit script answered {other}"
             ))),
@@ -481,6 +550,207 @@ impl Store for RedisStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Feed> {
         self.events.subscribe()
+    }
+
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(session).map_err(corrupt)?;
+        let id = session.id.to_string();
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(session_key(session.id))
+            .arg(json)
+            .arg("PXAT")
+            .arg(session.ends_at.0)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(KEY_SESSIONS)
+            .arg("-inf")
+            .arg(format!("({}", session.started_at.0))
+            .ignore()
+            .cmd("ZADD")
+            .arg(KEY_SESSIONS)
+            .arg(session.ends_at.0)
+            .arg(&id)
+            .ignore()
+            .cmd("SADD")
+            .arg(staff_sessions_key(&session.staff))
+            .arg(&id)
+            .ignore()
+            .query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let json: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(session_key(id))
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        json.map(|j| serde_json::from_slice(&j).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        let Some(s) = self.session(id).await? else {
+            return Ok(false);
+        };
+        let (deleted,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(session_key(id))
+            .cmd("ZREM")
+            .arg(KEY_SESSIONS)
+            .arg(id.to_string())
+            .ignore()
+            .cmd("SREM")
+            .arg(staff_sessions_key(&s.staff))
+            .arg(id.to_string())
+            .ignore()
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(deleted == 1)
+    }
+
+    async fn end_sessions_of(&self, staff: &StaffId) -> Result<usize, StoreError> {
+        // One script, so a sign-in at the same moment is either ended or not yet recorded.
+        let script = Script::new(
+            "local ids = redis.call('SMEMBERS', KEYS[1]) local n = 0 \
+             for _, id in ipairs(ids) do \
+               n = n + redis.call('DEL', ARGV[1] .. id) \
+               redis.call('ZREM', KEYS[2], id) \
+             end \
+             redis.call('DEL', KEYS[1]) return n",
+        );
+        let n: i64 = script
+            .key(staff_sessions_key(staff))
+            .key(KEY_SESSIONS)
+            .arg(KEY_SESSION_PREFIX)
+            .invoke_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn sessions(&self, now: Timestamp) -> Result<Vec<SessionRecord>, StoreError> {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(KEY_SESSIONS)
+            .arg(format!("({}", now.0))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id: SessionId = id
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("session id {id:?}")))?;
+            if let Some(s) = self.session(id).await? {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| s.started_at);
+        Ok(out)
+    }
+
+    async fn put_invite(&self, invite: &InviteRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(invite).map_err(corrupt)?;
+        let key = invite_key(invite.id);
+        let index = clinic_invites_key(&invite.clinic);
+        let keep_until = invite.expires_at.0.saturating_add(EXPIRED_INVITE_KEPT_MS);
+        let forget_before = invite.issued_at.0.saturating_sub(EXPIRED_INVITE_KEPT_MS);
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(FIELD_RECORD)
+            .arg(json)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&key)
+            .arg(keep_until)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(format!("({forget_before}"))
+            .ignore()
+            .cmd("ZADD")
+            .arg(&index)
+            .arg(invite.expires_at.0)
+            .arg(invite.id.to_string())
+            .ignore()
+            .query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn invite(&self, id: InviteId) -> Result<Option<InviteState>, StoreError> {
+        let (record, visit, revoked): (Option<Vec<u8>>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(invite_key(id))
+                .arg(FIELD_RECORD)
+                .arg(FIELD_VISIT)
+                .arg(FIELD_REVOKED)
+                .query_async(&mut self.con.clone())
+                .await
+                .map_err(redis_err)?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        Ok(Some(InviteState {
+            record: serde_json::from_slice(&record).map_err(corrupt)?,
+            visit: visit
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| StoreError::Corrupt(format!("invite {id}: visit {v:?}")))
+                })
+                .transpose()?,
+            revoked: revoked.is_some(),
+        }))
+    }
+
+    async fn invites(
+        &self,
+        clinic: &ClinicId,
+        now: Timestamp,
+    ) -> Result<Vec<InviteState>, StoreError> {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(clinic_invites_key(clinic))
+            .arg(format!("({}", now.0))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id: InviteId = id
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("invite id {id:?}")))?;
+            if let Some(state) = self.invite(id).await? {
+                out.push(state);
+            }
+        }
+        out.sort_by_key(|s| s.record.issued_at);
+        Ok(out)
+    }
+
+    async fn revoke_invite(&self, id: InviteId) -> Result<bool, StoreError> {
+        // Only an existing invite: HSET on a missing key would create a bare one.
+        let script = Script::new(
+            "if redis.call('HEXISTS', KEYS[1], 'record') == 1 then \
+               redis.call('HSET', KEYS[1], 'revoked', '1') return 1 end return 0",
+        );
+        let done: i64 = script
+            .key(invite_key(id))
+            .invoke_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(done == 1)
     }
 
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
@@ -577,6 +847,11 @@ mod tests {
             KEY_VISITS,
             KEY_AUDIT,
             KEY_TOKEN_SECRET,
+            KEY_INVITE_PREFIX,
+            KEY_CLINIC_INVITES_PREFIX,
+            KEY_SESSION_PREFIX,
+            KEY_SESSIONS,
+            KEY_STAFF_SESSIONS_PREFIX,
             CHANNEL_EVENTS,
         ] {
             assert!(key.starts_with(PREFIX), "{key}");

@@ -29,16 +29,28 @@ pub fn limits() -> Limits {
         messages_per_second: 100,
         message_burst: 200,
         entries_per_minute: 10_000,
+        sign_ins_per_minute: 10_000,
+        media_checks_per_minute: 10_000,
+        malformed_per_minute: 10_000,
+        session_check: Duration::from_millis(200),
+    }
+}
+
+pub fn lifetimes() -> TokenLifetimes {
+    TokenLifetimes {
+        staff: Duration::from_secs(600),
+        session: Duration::from_secs(3600),
+        visit: Duration::from_secs(3600),
     }
 }
 
 pub async fn service(store: Arc<dyn Store>) -> Service {
+    service_with(store, lifetimes()).await
+}
+
+pub async fn service_with(store: Arc<dyn Store>, lifetimes: TokenLifetimes) -> Service {
     let secret = store.token_secret(&rand_secret()).await.unwrap();
     let keys = signalling::auth::Keys::new(&secret).unwrap();
-    let lifetimes = TokenLifetimes {
-        staff: Duration::from_secs(600),
-        visit: Duration::from_secs(3600),
-    };
     Service::new(store, keys, lifetimes, "http://test.invalid".into())
 }
 
@@ -66,6 +78,15 @@ impl TestServer {
         Self::start_with_media(store, limits, None).await
     }
 
+    /// A server whose tokens and sessions last `lifetimes`.
+    pub async fn start_with_lifetimes(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        lifetimes: TokenLifetimes,
+    ) -> Self {
+        Self::serve(service_with(store, lifetimes).await, limits).await
+    }
+
     /// A server that carries media through `media`'s nodes.
     pub async fn start_with_media(
         store: Arc<dyn Store>,
@@ -76,10 +97,23 @@ impl TestServer {
         if let Some(m) = media {
             service = service.with_media(m);
         }
+        Self::serve(service, limits).await
+    }
+
+    async fn serve(service: Service, limits: Limits) -> Self {
+        Self::start_custom(service, limits, Vec::new()).await
+    }
+
+    /// A server over `service` that believes `X-Forwarded-For` from `proxies`.
+    pub async fn start_custom(
+        service: Service,
+        limits: Limits,
+        proxies: Vec<ipnet::IpNet>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(service.clone(), limits);
+        let state = AppState::new(service.clone(), limits).with_trusted_proxies(proxies);
         let task = tokio::spawn(server::run(listener, state, async move {
             let _ = stopped.await;
         }));

@@ -6,7 +6,7 @@
 // POST /api/admin/invites, GET /api/admin/audit?limit=N.
 
 import {
-  $, h, api, clearSession, clock, copyText, EXPIRED, keepFresh, loadSession, ROLE_NAMES,
+  $, h, api, clearSession, clock, copyText, endSignIn, EXPIRED, keepFresh, loadSession, ROLE_NAMES,
   saveSession, showError, takeNote, wireSignIn,
 } from './staff-common.js';
 
@@ -85,8 +85,14 @@ function signOut(text, kind = 'warn') {
 }
 
 wireSignIn($('sign-in-form'), $('sign-in-error'), (s) => start(s, true));
-$('sign-out').addEventListener('click', () => signOut('You have signed out.', 'ok'));
-$('switch-user').addEventListener('click', () => signOut(''));
+$('sign-out').addEventListener('click', () => {
+  endSignIn(app.auth?.token);
+  signOut('You have signed out.', 'ok');
+});
+$('switch-user').addEventListener('click', () => {
+  endSignIn(app.auth?.token);
+  signOut('');
+});
 
 // --- data --------------------------------------------------------------------------------------
 

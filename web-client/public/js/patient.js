@@ -1,5 +1,6 @@
 // The patient's page, behind a clinic's open link (/c/{clinic}) and a personal invite link
-// (/i/{invite}): pre-call check -> name -> waiting room -> call -> the end.
+// (/i#{invite}: the invite sits in the fragment, which the browser never sends to a server,
+// so it reaches no log): pre-call check -> name -> waiting room -> call -> the end.
 //
 // - The visit credential (visit_token) lives in sessionStorage (this tab: a reload goes
 //   straight back to the same place) and in localStorage under the link it came from: a
@@ -29,6 +30,8 @@ const ERRORS = {
   clinic_closed: ['This clinic is not taking patients through this link', 'The clinic is not open to join by this link at the moment. If you have an appointment, use the personal link the clinic sent you, or contact the clinic.'],
   invite_invalid: ['This link does not work', 'It may not have been copied in full. Open it again from the message the clinic sent you. If it still does not work, contact the clinic for a new link.'],
   invite_expired: ['This link has expired', 'Links only work for a limited time. Please contact the clinic and ask for a new link.'],
+  invite_used: ['Someone has already joined with this link', 'Each personal link lets one person in. If that was you, go back to the browser or device where you joined. Otherwise, please contact the clinic for a link of your own.'],
+  invite_revoked: ['This link has been withdrawn', 'The clinic has cancelled this link. Please contact the clinic if you still need to join.'],
   unreachable: ['We cannot reach the video service', 'Check that you are connected to the internet (Wi-Fi or mobile data), then press Try again. If it keeps happening, contact the clinic.'],
   unavailable: ['The video service is not available right now', 'Please press Try again in a few minutes. If it keeps happening, contact the clinic.'],
   insecure: ['This page was not opened securely', 'Open the link exactly as the clinic sent it: it starts with https://. If it does, please contact the clinic.'],
@@ -115,6 +118,7 @@ const ENDED = {
 
 const SESSION_KEY = 'consult.patient.visit'; // sessionStorage: {entry, token, visit, expires_at}
 const LOCAL_KEY = 'consult.patient.visits'; // localStorage: {entryKey: {token, expires_at, since}}
+const PREVIOUS_KEY = 'consult.patient.previous'; // sessionStorage: {entry, token} of an ended invite visit
 const RETRY_JOIN_CODES = new Set(['unavailable', 'conflict', 'internal', 'rate_limited']);
 
 const app = {
@@ -372,15 +376,17 @@ function forgetVisit() {
 
 /** What the address says: a clinic's open link or a personal invite. */
 function parseLink() {
-  const m = location.pathname.match(/^\/(c|i)\/([^/]+)\/?$/);
+  if (/^\/i\/?$/.test(location.pathname)) {
+    const token = location.hash.slice(1);
+    return token ? { kind: 'invite', token } : null;
+  }
+  const m = location.pathname.match(/^\/c\/([^/]+)\/?$/);
   if (!m) return null;
-  let value;
   try {
-    value = decodeURIComponent(m[2]);
+    return { kind: 'open_link', clinic: decodeURIComponent(m[1]) };
   } catch {
     return null;
   }
-  return m[1] === 'c' ? { kind: 'open_link', clinic: value } : { kind: 'invite', token: value };
 }
 
 /** The clinic and expiry an invite names (read, not verified: the server decides on entry). */
@@ -659,8 +665,12 @@ async function enter(e) {
   const button = $('join');
   button.disabled = true;
   button.textContent = 'Joining…';
+  // Back with the same personal invite after the visit ended: the old credential shows
+  // the server it is the same patient (anyone else is refused).
+  const previous = readJson('session', PREVIOUS_KEY);
+  const entry = previous?.entry === app.entryKey ? { ...app.entry, previous: previous.token } : app.entry;
   const res = await api('POST', '/api/visits', {
-    entry: app.entry,
+    entry,
     name,
     ...(details ? { details } : {}),
   });
@@ -671,6 +681,8 @@ async function enter(e) {
       case 'clinic_closed':
       case 'invite_invalid':
       case 'invite_expired':
+      case 'invite_used':
+      case 'invite_revoked':
       case 'not_found':
         showError(res.code);
         return;
@@ -1076,8 +1088,9 @@ function showEnded(reason) {
 }
 
 function rejoin() {
+  if (app.entry?.kind === 'invite' && app.token) writeJson('session', PREVIOUS_KEY, { entry: app.entryKey, token: app.token });
   forgetVisit();
-  location.assign(location.pathname);
+  location.reload();
 }
 
 // --- wiring -----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 //   sig.close();
 
 /** Error codes after which saying hello again cannot help. */
-export const FATAL_CODES = new Set(['unauthenticated', 'token_expired', 'visit_ended']);
+export const FATAL_CODES = new Set(['unauthenticated', 'token_expired', 'visit_ended', 'session_ended']);
 /** Websocket close codes the server uses for a credential or visit that is over. */
 const FATAL_CLOSES = new Set([4001, 4002]);
 

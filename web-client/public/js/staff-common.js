@@ -77,6 +77,13 @@ export const ROLE_NAMES = { admin: 'Administrator', reception: 'Reception', clin
 
 export const EXPIRED = 'Your sign-in has expired. Please sign in again.';
 export const INVALID = 'Your sign-in is no longer valid. Please sign in again.';
+export const ENDED = 'You were signed out: you signed out elsewhere, your password, role or clinics changed, or an administrator ended your sign-in. Please sign in again.';
+
+/** Tells the server this sign-in is over, so its token stops working everywhere. */
+export function endSignIn(token) {
+  if (!token) return;
+  fetch('/api/staff/sign-out', { method: 'POST', headers: { authorization: `Bearer ${token}` }, keepalive: true }).catch(() => {});
+}
 
 // --- REST -------------------------------------------------------------------------------------
 
@@ -90,7 +97,7 @@ export class ApiError extends Error {
 
   /** The sign-in is over: expired, or not valid any more. */
   get authLost() {
-    return this.code === 'token_expired' || this.code === 'unauthenticated';
+    return this.code === 'token_expired' || this.code === 'unauthenticated' || this.code === 'session_ended';
   }
 }
 
@@ -105,6 +112,8 @@ export function explain(code, message) {
       return EXPIRED;
     case 'unauthenticated':
       return INVALID;
+    case 'session_ended':
+      return ENDED;
     case 'forbidden':
       return 'You are not allowed to do this. Ask an administrator if you need to.';
     case 'rate_limited':
@@ -184,7 +193,7 @@ export function keepFresh(initial, { onFresh, onLost }) {
       schedule();
     } catch (e) {
       if (e.authLost || e.code === 'forbidden' || e.code === 'not_found') {
-        onLost(e.code === 'token_expired' ? EXPIRED : INVALID);
+        onLost(e.code === 'token_expired' ? EXPIRED : e.code === 'session_ended' ? ENDED : INVALID);
       } else if (current.expires_at - Date.now() > 10_000) {
         timer = setTimeout(refresh, 15_000); // the server is unreachable: try again
       } else {

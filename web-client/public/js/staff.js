@@ -16,7 +16,7 @@ import { Signalling } from './signalling.js';
 import { StaffCall } from './staff-call.js';
 import { ask, invalid, isOpen, update } from './staff-dialog.js';
 import {
-  $, h, sr, api, clearSession, clock, copyText, duration, EXPIRED, explain, INVALID,
+  $, h, sr, api, clearSession, clock, copyText, duration, ENDED, endSignIn, EXPIRED, explain, INVALID,
   keepFresh, loadSession, ROLE_NAMES, takeNote, wireSignIn,
 } from './staff-common.js';
 
@@ -90,7 +90,10 @@ window.consultStaff = {
 // --- start, sign-in, sign-out ------------------------------------------------------------------
 
 wireSignIn($('sign-in-form'), $('sign-in-error'), (s) => start(s, true));
-$('sign-out').addEventListener('click', () => signOut('You have signed out.', 'ok'));
+$('sign-out').addEventListener('click', () => {
+  endSignIn(app.auth?.token);
+  signOut('You have signed out.', 'ok');
+});
 $('sound').addEventListener('click', () => {
   app.sound = !app.sound;
   try {
@@ -205,7 +208,7 @@ function onSocket({ state, fatal }, token) {
       connect();
       return;
     }
-    signOut(fatal.code === 'token_expired' ? EXPIRED : INVALID);
+    signOut(fatal.code === 'token_expired' ? EXPIRED : fatal.code === 'session_ended' ? ENDED : INVALID);
   }
 }
 
