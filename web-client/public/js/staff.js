@@ -57,6 +57,10 @@ const call = new StaffCall({
     const people = activePeople();
     return people.length === 1 ? `Video of ${people[0].name}` : 'Video of a participant';
   },
+  who: () => {
+    const people = activePeople();
+    return people.length === 1 ? people[0].name : '';
+  },
   onChange: () => renderCallPanel(),
 });
 
@@ -352,6 +356,7 @@ function chooseCall(newId = null) {
 }
 
 function switchCall(id) {
+  call.prepare(); // the press: the browser may ask for the camera and microphone now
   app.active = id;
   app.activeClinic = myConsultations().find((m) => m.view.id === id)?.clinic ?? null;
   app.focusCall = true;
@@ -370,7 +375,11 @@ function renderCallPanel() {
   const panel = $('call');
   const show = !!(app.active && cl);
   if (panel.hidden === show) panel.hidden = !show;
-  if (!show) return;
+  if (!show) {
+    // Nothing of the last call stays behind in the hidden panel's live region.
+    call.say('');
+    return;
+  }
   $('call-h').textContent = `Your call in ${cl.name}`;
   const people = activePeople();
   const items = people.map((v) =>
@@ -645,14 +654,26 @@ async function sendCommand(cmd) {
   }
 }
 
-function admitNext(cl) {
+/** A call of mine is coming (I called someone in): the camera starts with the press. */
+function expectCall() {
   app.expectCall = true;
-  command({ type: 'admit_next', clinic: cl.id }, `Calling in the next patient from ${cl.name}…`).then((ok) => ok || (app.expectCall = false));
+  call.prepare();
+}
+
+/** ... or not: the command was refused. */
+function noCall() {
+  app.expectCall = false;
+  call.unprepare();
+}
+
+function admitNext(cl) {
+  expectCall();
+  command({ type: 'admit_next', clinic: cl.id }, `Calling in the next patient from ${cl.name}…`).then((ok) => ok || noCall());
 }
 
 function callIn(cl, v) {
-  app.expectCall = true;
-  command({ type: 'admit', clinic: cl.id, visit: v.id, clinician: app.me.username }, `Calling in ${v.name}…`).then((ok) => ok || (app.expectCall = false));
+  expectCall();
+  command({ type: 'admit', clinic: cl.id, visit: v.id, clinician: app.me.username }, `Calling in ${v.name}…`).then((ok) => ok || noCall());
 }
 
 function addToCall(cl, v) {
