@@ -16,7 +16,7 @@ import { Signalling } from './signalling.js';
 import { StaffCall } from './staff-call.js';
 import { ask, invalid, isOpen, update } from './staff-dialog.js';
 import {
-  $, h, sr, api, clearSession, clock, copyText, duration, EXPIRED, explain, INVALID,
+  $, h, sr, api, clearLiveRegions, clearSession, clock, copyText, duration, EXPIRED, explain, INVALID,
   keepFresh, loadSession, ROLE_NAMES, takeNote, wireSignIn,
 } from './staff-common.js';
 
@@ -114,6 +114,7 @@ $('invite').addEventListener('click', () => {
 
 function showSignIn(text, kind = 'warn') {
   $('board-view').hidden = true;
+  clearLiveRegions($('board-view'));
   $('account').hidden = true;
   $('sign-in-view').hidden = false;
   const n = $('sign-in-note');
@@ -126,8 +127,8 @@ function start(auth, interactive) {
   app.auth = auth;
   app.me = { ...auth.session, kind: 'staff' };
   $('sign-in-view').hidden = true;
+  clearLiveRegions($('sign-in-view'));
   $('board-view').hidden = false;
-  $('sign-in-note').textContent = '';
   renderAccount();
   renderBoard();
   connect();
