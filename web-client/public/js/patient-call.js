@@ -208,8 +208,10 @@ export function renderSelf() {
   const lines = [];
   if (!d.started) lines.push(SELF.notStarted);
   else {
-    if (d.muted) lines.push(SELF.muted);
+    if (!d.micTrack) lines.push(SELF.noMic);
+    else if (d.muted) lines.push(SELF.muted);
     if (d.cameraOff) lines.push(SELF.cameraOff);
+    else if (!d.cameraTrack && !d.hidden) lines.push(SELF.noCamera);
   }
   $('self-state').textContent = lines.join(' ');
   $('self-state').hidden = !lines.length;
@@ -239,7 +241,7 @@ export async function toggleCamera() {
   const d = app.devices;
   const off = !d.cameraOff;
   await d.setCameraOff(off);
-  announce(off ? 'Your camera is off. The clinic cannot see you.' : 'Your camera is on.');
+  announce(off ? 'Your camera is off. The clinic cannot see you.' : d.cameraTrack ? 'Your camera is on.' : SELF.noCamera);
 }
 
 export async function switchCamera() {

@@ -97,6 +97,8 @@ export const SELF = {
   muted: 'You are muted: the clinic cannot hear you.',
   cameraOff: 'Your camera is off: the clinic cannot see you.',
   notStarted: 'Your camera and microphone are not on, so the clinic cannot see or hear you.',
+  noCamera: 'Your camera is not working: the clinic cannot see you.',
+  noMic: 'Your microphone is not working: the clinic cannot hear you.',
 };
 
 /** A camera or microphone that went away mid-call (unplugged), or came. */

@@ -320,12 +320,18 @@ export class StaffCall {
     this.#render();
   }
 
-  #devicesChanged({ kind, track }) {
+  #devicesChanged({ kind, track, reason, replaced }) {
     if (kind === 'audio' || !this.screen) {
       this.media.replaceTrack(kind, track).catch((e) => console.warn('replaceTrack failed', e));
     }
     this.#sendState();
     this.#render();
+    const what = kind === 'video' ? 'camera' : 'microphone';
+    if (reason === 'lost') {
+      this.say(replaced ? `Your ${what} was disconnected. Using your other ${what}.` : `Your ${what} was disconnected, and there is no other: the patient cannot ${kind === 'video' ? 'see' : 'hear'} you.`);
+    } else if (reason === 'default') {
+      this.say('Now using the microphone you plugged in.');
+    }
   }
 
   #onMediaState({ state, consultation, reason, retryable, error }) {
