@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import * as h from './harness.mjs';
 import * as s from './staff-helpers.mjs';
 
-h.watchdog(110);
+h.watchdog(150);
 
 let browser;
 before(async () => {
