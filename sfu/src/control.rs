@@ -209,6 +209,12 @@ impl Node {
                     Err(e) => engine_failure(&e),
                 }
             }
+            ControlOp::MediaState { participant, state } => {
+                match self.engine.media_state(key(participant), state).await {
+                    Ok(()) => ControlOutcome::Done,
+                    Err(e) => engine_failure(&e),
+                }
+            }
             ControlOp::Leave { participant } => {
                 let k = key(participant);
                 if self.forget(k).is_none() {
@@ -333,6 +339,30 @@ impl Node {
 
     async fn engine_event(&self, event: EngineEvent) {
         match event {
+            EngineEvent::PeerState {
+                participant: k,
+                stream,
+                state,
+            } => {
+                self.tell(
+                    k,
+                    NodeMsg::PeerState {
+                        participant: participant(k),
+                        stream,
+                        state,
+                    },
+                )
+                .await;
+            }
+            EngineEvent::PublishRenegotiate { participant: k } => {
+                self.tell(
+                    k,
+                    NodeMsg::PublishRenegotiate {
+                        participant: participant(k),
+                    },
+                )
+                .await;
+            }
             EngineEvent::SubscriberOffer {
                 participant: k,
                 sdp,
@@ -378,6 +408,13 @@ impl Node {
                         .await;
                 }
             }
+        }
+    }
+
+    /// Sends `msg` on the link that joined participant `k`, if it is still here.
+    async fn tell(&self, k: u128, msg: NodeMsg) {
+        if let Some(m) = self.member(k) {
+            let _ = m.out.send(msg).await;
         }
     }
 

@@ -1,9 +1,58 @@
-//! SDP text edits the crate does not do itself. Its NAT 1:1 setting is read nowhere in
-//! 0.21 (see `WEBRTC-0.21-NOTES.md`), so a server behind 1:1 NAT rewrites the address of
-//! its own candidates to the public one before sending them. ICE still matches: a
-//! browser's checks arrive at the private socket, which the SFU finds by socket address.
+//! SDP text the crate does not handle itself.
+//!
+//! - Its NAT 1:1 setting is read nowhere in 0.21 (see `WEBRTC-0.21-NOTES.md`), so a server
+//!   behind 1:1 NAT rewrites the address of its own candidates to the public one before
+//!   sending them ([`announce`]). ICE still matches: a browser's checks arrive at the
+//!   private socket, which the SFU finds by socket address.
+//! - Which codecs of the SFU's policy a browser's offer or answer holds, per media
+//!   section and in its order ([`media_codecs`]): a publisher's offer says what its
+//!   browser supports; a subscriber's answer, what it accepted of each track.
 
 use std::net::IpAddr;
+
+use crate::codec::Codec;
+
+/// One media section of an SDP: its `mid`, and the formats of the SFU's codec policy it
+/// lists, as (payload type, codec) in the section's order. A rejected section (port 0)
+/// lists none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionCodecs {
+    pub mid: String,
+    pub video: bool,
+    pub codecs: Vec<(u8, Codec)>,
+}
+
+/// The codecs of each media section of `sdp`. Formats the policy does not hold (VP9, AV1,
+/// H264 of another profile, RTX, RED, FEC) are left out.
+pub fn media_codecs(sdp: &str) -> Result<Vec<SectionCodecs>, String> {
+    let parsed = rtc::sdp::SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp))
+        .map_err(|e| e.to_string())?;
+    Ok(parsed
+        .media_descriptions
+        .iter()
+        .map(|m| {
+            let formats = m.codecs();
+            let codecs = if m.media_name.port.value == 0 {
+                Vec::new()
+            } else {
+                m.media_name
+                    .formats
+                    .iter()
+                    .filter_map(|f| f.parse::<u8>().ok())
+                    .filter_map(|pt| {
+                        let f = formats.get(&pt)?;
+                        Some((pt, Codec::from_sdp(&f.name, &f.fmtp)?))
+                    })
+                    .collect()
+            };
+            SectionCodecs {
+                mid: m.attribute("mid").flatten().unwrap_or_default().to_owned(),
+                video: m.media_name.media == "video",
+                codecs,
+            }
+        })
+        .collect())
+}
 
 /// `sdp` with every candidate (and connection line) on `private` moved to `public`.
 /// Lines are kept byte for byte otherwise, including their `\r\n` endings.
@@ -84,6 +133,64 @@ mod tests {
         assert!(out.contains("c=IN IP4 203.0.113.9\r\n"));
         assert!(!out.contains(" 10.0.0.5 50000 typ host"));
         assert_eq!(out.lines().count(), SDP.lines().count());
+    }
+
+    /// A video section as Firefox offers it (its own payload types), and one as Chrome
+    /// offers it with H264 first (the constrained baseline format among others).
+    const OFFER: &str = "v=0\r\n\
+        o=- 1 2 IN IP4 0.0.0.0\r\n\
+        s=-\r\n\
+        t=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 109 9 0\r\n\
+        a=mid:0\r\n\
+        a=rtpmap:109 opus/48000/2\r\n\
+        a=fmtp:109 maxplaybackrate=48000;stereo=1;useinbandfec=1\r\n\
+        a=rtpmap:9 G722/8000/1\r\n\
+        a=rtpmap:0 PCMU/8000\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 120 124 121 99\r\n\
+        a=mid:1\r\n\
+        a=rtpmap:120 VP8/90000\r\n\
+        a=fmtp:120 max-fs=12288;max-fr=60\r\n\
+        a=rtpmap:124 rtx/90000\r\n\
+        a=fmtp:124 apt=120\r\n\
+        a=rtpmap:121 VP9/90000\r\n\
+        a=rtpmap:99 AV1/90000\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 102 127 125 96\r\n\
+        a=mid:2\r\n\
+        a=rtpmap:102 H264/90000\r\n\
+        a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+        a=rtpmap:127 H264/90000\r\n\
+        a=fmtp:127 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n\
+        a=rtpmap:125 H264/90000\r\n\
+        a=fmtp:125 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+        a=rtpmap:96 VP8/90000\r\n\
+        m=video 0 UDP/TLS/RTP/SAVPF 96\r\n\
+        a=mid:3\r\n\
+        a=rtpmap:96 VP8/90000\r\n";
+
+    #[test]
+    fn media_codecs_lists_the_policys_formats_in_the_sections_order() {
+        let sections = media_codecs(OFFER).unwrap();
+        let mids: Vec<&str> = sections.iter().map(|s| s.mid.as_str()).collect();
+        assert_eq!(mids, ["0", "1", "2", "3"]);
+        assert_eq!(sections[0].codecs, [(109, Codec::Opus)]);
+        assert!(!sections[0].video && sections[1].video);
+        assert_eq!(
+            sections[1].codecs,
+            [(120, Codec::Vp8)],
+            "no VP9, AV1 or RTX"
+        );
+        assert_eq!(
+            sections[2].codecs,
+            [(125, Codec::H264), (96, Codec::Vp8)],
+            "only constrained baseline, packetization-mode 1"
+        );
+        assert!(sections[3].codecs.is_empty(), "a rejected section");
+    }
+
+    #[test]
+    fn media_codecs_refuses_what_is_not_sdp() {
+        assert!(media_codecs("not sdp at all").is_err());
     }
 
     #[test]

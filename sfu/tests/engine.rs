@@ -277,3 +277,75 @@ async fn candidates_carry_the_announced_address() {
     );
     p.leave(&engine).await;
 }
+
+/// A participant whose ICE agent checks only every 25 s (as libnice does) while media
+/// flows stays connected on the SFU's side: a track published between two of its checks
+/// reaches it at once, and nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_checks_rarely_stays_connected_while_media_flows() {
+    let engine = Engine::new(EngineConfig::new(LOOPBACK)).unwrap();
+    let room = 77;
+    let rare = sfu::engine::ClientIce {
+        keepalive: Some(Duration::from_secs(25)),
+    };
+    let clinician = Participant::join(&engine, LOOPBACK, room, 1, Some(MEDIA))
+        .await
+        .unwrap();
+    // The rare checker: watch the engine's events for it while passing its offers on.
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (forward_tx, forward) = tokio::sync::mpsc::unbounded_channel();
+    engine.join(room, 2, events_tx).await.unwrap();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saw_failure = failed.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                sfu::engine::EngineEvent::SubscriberOffer { sdp, .. } => {
+                    let _ = forward_tx.send(sdp);
+                }
+                sfu::engine::EngineEvent::Connection {
+                    connected: false, ..
+                } => saw_failure.store(true, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+    });
+    let signal = Arc::new(Recorded {
+        engine: engine.clone(),
+        key: 2,
+        sdps: Default::default(),
+    });
+    let patient = Participant::connect_with(signal, forward, LOOPBACK, 2, Some(MEDIA), rare)
+        .await
+        .unwrap();
+    let until_both = |who: &'static str, p: &Participant, sources: usize, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let stats = p.stats.clone();
+        async move {
+            while stats.sources_with_both(20) < sources {
+                assert!(
+                    Instant::now() < deadline,
+                    "{who} received only {:?}",
+                    stats.received()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until_both("the rare checker", &patient, 1, 10).await;
+    // More than the 5 s after which a STUN-only liveness gives up on it, well before its
+    // next check: someone new publishes, and it must receive them at once.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let interpreter = Participant::join(&engine, LOOPBACK, room, 3, Some(MEDIA))
+        .await
+        .unwrap();
+    until_both("the rare checker", &patient, 2, 5).await;
+    until_both("the newcomer", &interpreter, 2, 5).await;
+    assert!(
+        !failed.load(Ordering::Relaxed),
+        "its connection was given up"
+    );
+    for p in [clinician, patient, interpreter] {
+        p.leave(&engine).await;
+    }
+}

@@ -314,6 +314,24 @@ impl Link {
                 } => {
                     self.to_connection(participant, ServerMsg::MediaEnded { reason });
                 }
+                NodeMsg::PeerState {
+                    participant,
+                    stream,
+                    state,
+                } => {
+                    self.to_connection(
+                        participant,
+                        ServerMsg::PeerMediaState {
+                            stream,
+                            audio: state.audio,
+                            video: state.video,
+                            screen: state.screen,
+                        },
+                    );
+                }
+                NodeMsg::PublishRenegotiate { participant } => {
+                    self.to_connection(participant, ServerMsg::PublishRenegotiate);
+                }
             }
         }
         // The node is gone: everyone it carried for this instance must join again.

@@ -14,8 +14,8 @@ use common::redis::RedisServer;
 use common::server::{TestServer, Ws, directory, limits};
 use protocol::control::NodeRecord;
 use protocol::{
-    ClientMsg, ClinicId, Command, ConsultationId, ErrorCode, MediaEndReason, NodeId, PatientState,
-    ServerMsg, StaffId, VisitId,
+    ClientMsg, ClinicId, Command, ConsultationId, ErrorCode, MediaEndReason, MediaState, NodeId,
+    PatientState, ServerMsg, StaffId, VisitId,
 };
 use sfu::control::Node;
 use sfu::engine::{Engine, EngineConfig};
@@ -142,6 +142,73 @@ async fn an_admitted_patient_and_the_clinician_see_and_hear_each_other() {
     c.close().await;
 }
 
+/// What one person sends (microphone muted, camera off, a screen) reaches the others,
+/// named by the media stream their tracks arrive in; someone who joins later learns it at
+/// once; it never comes back to the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_side_is_told_when_the_other_mutes_or_turns_the_camera_off() {
+    let (s, _node) = local_server().await;
+    let (patient, _, consultation) = admitted_patient(&s, "Pat Muted").await;
+    let (mut patient, p) = join(patient, consultation).await;
+    let muted = MediaState {
+        audio: false,
+        video: true,
+        screen: false,
+    };
+    patient.send(ClientMsg::MediaState(muted));
+
+    // The clinician joins after the patient muted: told as they join, with the stream
+    // id the patient's tracks arrive in.
+    let jones = s.sign_in("dr.jones").await;
+    let clinician = s.ws(&jones.token).await;
+    let (mut clinician, c) = join(clinician, consultation).await;
+    receives_from(&c, 1).await;
+    let told = clinician
+        .until(5, |m| {
+            matches!(m, ServerMsg::PeerMediaState { audio: false, .. })
+        })
+        .await;
+    let ServerMsg::PeerMediaState { stream, video, .. } = told else {
+        unreachable!()
+    };
+    assert!(video);
+    let streams: Vec<String> = c.stats.received().into_keys().map(|(s, _)| s).collect();
+    assert!(
+        streams.contains(&stream),
+        "{stream} is not one of the streams received: {streams:?}"
+    );
+
+    // The clinician turns the camera off and shares a screen instead: the patient hears.
+    let sharing = MediaState {
+        audio: true,
+        video: true,
+        screen: true,
+    };
+    clinician.send(ClientMsg::MediaState(sharing));
+    patient
+        .until(5, |m| {
+            matches!(
+                m,
+                ServerMsg::PeerMediaState {
+                    audio: true,
+                    video: true,
+                    screen: true,
+                    ..
+                }
+            )
+        })
+        .await;
+    // Nobody is told about themselves.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !std::iter::from_fn(|| clinician.inbox.try_recv().ok())
+            .any(|m| matches!(m, ServerMsg::PeerMediaState { screen: true, .. })),
+        "the clinician was told their own state"
+    );
+    p.close().await;
+    c.close().await;
+}
+
 /// A patient sent back to the waiting room leaves the media; the clinician stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn returning_a_patient_to_waiting_removes_only_their_media() {
@@ -250,6 +317,15 @@ async fn media_is_refused_to_outsiders_and_bad_input_changes_nothing() {
     };
     assert_eq!(
         media_error(&mut jones, offer).await,
+        ErrorCode::InvalidInput
+    );
+    let state = ClientMsg::MediaState(MediaState {
+        audio: false,
+        video: false,
+        screen: false,
+    });
+    assert_eq!(
+        media_error(&mut jones, state).await,
         ErrorCode::InvalidInput
     );
     assert_eq!(node.load().participants, 0, "nobody joined");

@@ -14,13 +14,39 @@ use webrtc::peer_connection::{
 
 use super::{EngineError, Role, connection_recipe, webrtc_err};
 
+/// How a synthetic client's ICE agent behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientIce {
+    /// How often it sends a STUN check on the selected pair once connected (the crate's
+    /// default, 2 s, if unset; libnice checks every 25 s).
+    pub keepalive: Option<std::time::Duration>,
+}
+
 /// A client peer connection (full ICE, both directions' interceptors) bound to `bind_ip`
 /// only, with no mDNS.
 pub async fn peer_connection(
     bind_ip: IpAddr,
     handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> Result<Arc<dyn PeerConnection>, EngineError> {
-    let (media, registry, settings) = connection_recipe(Role::Client, SettingEngineBuilder::new())?;
+    peer_connection_with(bind_ip, handler, ClientIce::default()).await
+}
+
+/// [`peer_connection`] with an ICE agent that behaves as `ice` says.
+pub async fn peer_connection_with(
+    bind_ip: IpAddr,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    ice: ClientIce,
+) -> Result<Arc<dyn PeerConnection>, EngineError> {
+    let settings = match ice.keepalive {
+        // Its own view of the SFU must not time out between the rare checks either.
+        Some(every) => SettingEngineBuilder::new().with_ice_timeouts(
+            Some(every * 3),
+            Some(every * 3),
+            Some(every),
+        ),
+        None => SettingEngineBuilder::new(),
+    };
+    let (media, registry, settings) = connection_recipe(Role::Client, settings)?;
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use protocol::MediaLeg;
+use protocol::{MediaLeg, MediaState};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::peer_connection::RTCPeerConnection;
@@ -49,18 +49,20 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
 };
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
+use super::liveness::{self, Liveness};
 use super::tcp::{self, TcpIn};
 use super::{
     EngineConfig, EngineError, EngineEvent, LIVE_PARTICIPANTS, LiveGuard, NackCounters, Role,
-    connection_guard, connection_recipe, media_track, vp8_keyframe, webrtc_err,
+    codec_parameters, connection_guard, connection_recipe, media_track, webrtc_err,
 };
+use crate::codec::{Codec, CodecSet, publish_codecs};
 use crate::forward::{
     CachedPacket, Forward, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
 };
@@ -113,6 +115,11 @@ pub(super) enum Command {
     SubscriberAnswer {
         participant: u128,
         answer: String,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    MediaState {
+        participant: u128,
+        state: MediaState,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Leave {
@@ -248,13 +255,13 @@ impl CachedPacket for Cached {
 }
 
 /// How a packet reaches one subscriber: its connection and sender, its SSRC and the
-/// payload type negotiated there.
+/// payload type of each codec its browser accepted.
 #[derive(Debug, Clone)]
 struct Route {
     conn: ConnId,
     sender: RTCRtpSenderId,
     ssrc: u32,
-    payload_type: u8,
+    payload_types: Vec<(Codec, u8)>,
 }
 
 /// One peer connection and what the loop knows about it.
@@ -274,20 +281,34 @@ struct Conn {
     early: Vec<RTCIceCandidateInit>,
     /// Publisher leg: the core's track ids of the tracks it receives → the room's ids.
     tracks: HashMap<String, TrackId>,
+    /// Whether the browser is still there (see [`liveness`]).
+    liveness: Liveness,
     _live: LiveGuard,
 }
 
-/// A published track: what subscribers need to create theirs, and the way back to the
-/// publisher for keyframe requests and NACKs.
+/// A published track: what subscribers need to create theirs, its publisher's payload
+/// types, and the way back to the publisher for keyframe requests and NACKs.
 #[derive(Debug, Clone)]
 struct Published {
     publisher: PeerId,
     kind: MediaKind,
-    codec: RTCRtpCodec,
-    vp8: bool,
+    /// The codec it was published in (subscribers' tracks start with it; the packets'
+    /// payload types say what follows).
+    codec: Codec,
+    /// The publisher's payload types (of its last offer) and their codecs.
+    payload_types: Vec<(u8, Codec)>,
     conn: ConnId,
     receiver: RTCRtpReceiverId,
     media_ssrc: u32,
+}
+
+impl Published {
+    fn codec_of(&self, payload_type: u8) -> Option<Codec> {
+        self.payload_types
+            .iter()
+            .find(|(pt, _)| *pt == payload_type)
+            .map(|(_, c)| *c)
+    }
 }
 
 /// One consultation on this loop.
@@ -312,7 +333,9 @@ enum Negotiation {
 struct Subscribed {
     sender: RTCRtpSenderId,
     ssrc: u32,
-    mime: String,
+    kind: MediaKind,
+    /// The codecs (and their payload types) the browser's last answer accepted for it.
+    payload_types: Vec<(Codec, u8)>,
     routed: bool,
 }
 
@@ -329,7 +352,43 @@ struct Member {
     dirty: bool,
     /// Where the subscriber connection stands: new tracks are routed once it is up.
     subscriber_state: RTCPeerConnectionState,
+    /// What its browser says it sends (for the others to show).
+    state: MediaState,
+    /// Codecs: see [`Codecs`].
+    codecs: Codecs,
     _live: LiveGuard,
+}
+
+/// What the SFU knows of a participant's video codecs, from its publisher offers.
+#[derive(Debug, Clone)]
+struct Codecs {
+    /// The video codecs of its last offer, in its browser's order (empty before the first).
+    offered: Vec<Codec>,
+    /// What its browser can receive: what it offered (every policy codec until it has).
+    receives: CodecSet,
+    /// Every payload type of its last offer that the policy holds, and its codec.
+    payload_types: Vec<(u8, Codec)>,
+    /// The video codec the last answer told it to send.
+    sends: Option<Codec>,
+    /// The codec a renegotiation was asked for (not asked again until it offers).
+    asked: Option<Codec>,
+}
+
+impl Codecs {
+    fn new() -> Self {
+        Self {
+            offered: Vec::new(),
+            receives: CodecSet::all_video(),
+            payload_types: Vec::new(),
+            sends: None,
+            asked: None,
+        }
+    }
+}
+
+/// The id of the media stream a participant's tracks arrive in at the others.
+fn stream_id(peer: PeerId) -> String {
+    format!("p{}", peer.0)
 }
 
 /// The loop's sockets.
@@ -425,11 +484,21 @@ fn send_forward(
     let Some(c) = conns.get_mut(&fw.route.conn) else {
         return;
     };
+    // The core forwards only codecs the subscriber accepted, whose payload types it has.
+    let Some(payload_type) = fw
+        .route
+        .payload_types
+        .iter()
+        .find(|(codec, _)| *codec == fw.codec)
+        .map(|(_, pt)| *pt)
+    else {
+        return;
+    };
     let out = rtp::Packet {
         header: rtp::Header {
             version: 2,
             marker: fw.packet.0.header.marker,
-            payload_type: fw.route.payload_type,
+            payload_type,
             sequence_number: fw.seq,
             timestamp: fw.timestamp,
             ssrc: fw.route.ssrc,
@@ -605,8 +674,14 @@ impl MediaLoop {
             },
             message: data,
         };
-        if let Err(e) = c.pc.handle_read(msg) {
-            tracing::trace!(error = %e, "datagram refused");
+        match c.pc.handle_read(msg) {
+            // Accepted, so authenticated (a STUN check with its credentials, DTLS, SRTP).
+            Ok(()) => {
+                if c.liveness.heard(now) == Some(liveness::Change::Heard) {
+                    tracing::debug!(participant = c.participant, leg = ?c.leg, "heard again");
+                }
+            }
+            Err(e) => tracing::trace!(error = %e, "datagram refused"),
         }
         touch(&mut self.conns, &mut self.touched, id);
     }
@@ -730,6 +805,11 @@ impl MediaLoop {
         match event {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 tracing::debug!(participant = key, ?leg, %state, "connection state");
+                if state == RTCPeerConnectionState::Connected {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.liveness.connected(now);
+                    }
+                }
                 self.connection_state(key, leg, state, now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
@@ -818,10 +898,16 @@ impl MediaLoop {
         let Some(t) = r.tracks.get(&track) else {
             return;
         };
+        // A payload type its offer did not give (the core lets none through): nothing to
+        // forward it as.
+        let Some(codec) = t.codec_of(packet.header.payload_type) else {
+            return;
+        };
         let meta = RtpMeta {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,
-            keyframe: t.vp8 && vp8_keyframe(&packet.payload),
+            keyframe: codec.is_keyframe(&packet.payload),
+            codec,
         };
         let request = r
             .forwarder
@@ -916,17 +1002,22 @@ impl MediaLoop {
             s => s,
         };
         let rtp_kind = receiver.track().kind();
-        let codec = match receiver.track().codec(media_ssrc).cloned() {
-            Some(codec) => codec,
+        let mime = match receiver.track().codec(media_ssrc) {
+            Some(codec) => codec.mime_type.clone(),
             None => match receiver.get_parameters().rtp_parameters.codecs.first() {
-                Some(c) => c.rtp_codec.clone(),
+                Some(c) => c.rtp_codec.mime_type.clone(),
                 None => return,
             },
+        };
+        // The core only negotiates the policy's codecs.
+        let Some(codec) = Codec::from_mime(&mime) else {
+            return;
         };
         let kind = match rtp_kind {
             RtpCodecKind::Audio => MediaKind::Audio,
             _ => MediaKind::Video,
         };
+        let payload_types = m.codecs.payload_types.clone();
         let track = TrackId(NEXT_TRACK.fetch_add(1, Ordering::Relaxed));
         c.tracks.insert(init.track_id, track);
         let Some(r) = self.rooms.get_mut(&room) else {
@@ -938,8 +1029,8 @@ impl MediaLoop {
             Published {
                 publisher,
                 kind,
-                vp8: codec.mime_type.eq_ignore_ascii_case("video/vp8"),
                 codec,
+                payload_types,
                 conn: id,
                 receiver: init.receiver_id,
                 media_ssrc,
@@ -1027,12 +1118,13 @@ impl MediaLoop {
                 MediaKind::Audio => RtpCodecKind::Audio,
                 MediaKind::Video => RtpCodecKind::Video,
             };
+            let (payload_type, _) = p.codec.payload_types();
             let codec = RTCRtpCodec {
                 rtcp_feedback: vec![],
-                ..p.codec.clone()
+                ..codec_parameters(p.codec, payload_type, p.codec.fmtp()).rtp_codec
             };
             let local = media_track(
-                format!("p{}", p.publisher.0),
+                stream_id(p.publisher),
                 format!("t{}", t.0),
                 rtp_kind,
                 ssrc,
@@ -1040,14 +1132,20 @@ impl MediaLoop {
             );
             // The core reuses the transceiver (m-line) of a track removed earlier, so a
             // long consultation with many joins and leaves does not grow its SDP forever.
-            match c.pc.add_track(local) {
+            match c.pc.add_track(local).and_then(|sender| {
+                if p.kind == MediaKind::Video {
+                    offer_every_video_codec(&mut c.pc, sender, p.codec)?;
+                }
+                Ok(sender)
+            }) {
                 Ok(sender) => {
                     m.subscribed.insert(
                         *t,
                         Subscribed {
                             sender,
                             ssrc,
-                            mime: p.codec.mime_type.clone(),
+                            kind: p.kind,
+                            payload_types: Vec::new(),
                             routed: false,
                         },
                     );
@@ -1115,41 +1213,57 @@ impl MediaLoop {
         let (Some(r), Some(c)) = (rooms.get_mut(&m.room), conns.get_mut(&m.subscriber)) else {
             return;
         };
+        let _ = c;
         let mut requests = Vec::new();
         for (t, s) in m.subscribed.iter_mut().filter(|(_, s)| !s.routed) {
-            let Some(mut sender) = c.pc.rtp_sender(s.sender) else {
+            // The answer refused every codec of it (a browser that cannot decode any):
+            // nothing can be sent, so it stays unrouted.
+            if s.payload_types.is_empty() {
                 continue;
-            };
-            let Some(payload_type) = sender
-                .get_parameters()
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&s.mime))
-                .map(|c| c.payload_type)
-            else {
-                continue;
-            };
+            }
             let route = Route {
                 conn: m.subscriber,
                 sender: s.sender,
                 ssrc: s.ssrc,
-                payload_type,
+                payload_types: s.payload_types.clone(),
             };
             s.routed = true;
             tracing::debug!(participant = key, track = t.0, "routed");
-            if let Some(req) = r.forwarder.subscribe(*t, m.id, route, now) {
-                requests.push(req);
-            }
+            let accepts: CodecSet = s.payload_types.iter().map(|(c, _)| *c).collect();
+            let subscribed = r.forwarder.subscribe(*t, m.id, route, now);
+            let accepted = match s.kind {
+                MediaKind::Video => r.forwarder.accept_codecs(*t, m.id, accepts, now),
+                MediaKind::Audio => None,
+            };
+            requests.extend(subscribed.or(accepted));
         }
         for req in requests {
             request_keyframe(conns, touched, r, req, now);
         }
     }
 
-    /// Answers not given in time, failed negotiations due to be tried again, and datagrams
-    /// dropped since the last tick.
+    /// Answers not given in time, failed negotiations due to be tried again, connections
+    /// gone silent, and datagrams dropped since the last tick.
     fn tick(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for c in self.conns.values_mut() {
+            match c.liveness.check(now) {
+                Some(liveness::Change::Silent) => {
+                    tracing::debug!(participant = c.participant, leg = ?c.leg, "silent");
+                }
+                Some(liveness::Change::Failed) => failed.push(c.participant),
+                _ => {}
+            }
+        }
+        for key in failed {
+            tracing::info!(participant = key, "media connection failed: nothing heard");
+            if let Some(m) = self.members.get(&key) {
+                let _ = m.events.send(EngineEvent::Connection {
+                    participant: key,
+                    connected: false,
+                });
+            }
+        }
         if self.net.send_errors != self.net.reported_errors {
             tracing::warn!(
                 dropped = self.net.send_errors - self.net.reported_errors,
@@ -1210,6 +1324,13 @@ impl MediaLoop {
                 reply,
             } => {
                 let _ = reply.send(self.subscriber_answer(participant, answer, now));
+            }
+            Command::MediaState {
+                participant,
+                state,
+                reply,
+            } => {
+                let _ = reply.send(self.media_state(participant, state));
             }
             Command::Leave { participant, reply } => {
                 let _ = reply.send(self.leave(participant));
@@ -1277,6 +1398,7 @@ impl MediaLoop {
                 described: false,
                 early: Vec::new(),
                 tracks: HashMap::new(),
+                liveness: Liveness::default(),
                 _live: connection_guard(),
             },
         );
@@ -1337,9 +1459,23 @@ impl MediaLoop {
                 negotiation: Negotiation::Idle,
                 dirty: false,
                 subscriber_state: RTCPeerConnectionState::New,
+                state: MediaState::default(),
+                codecs: Codecs::new(),
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );
+        // What everyone already here sends, for the newcomer's tiles.
+        if let (Some(r), Some(m)) = (self.rooms.get(&room), self.members.get(&key)) {
+            for other in r.members.iter().filter(|k| **k != key) {
+                if let Some(o) = self.members.get(other) {
+                    let _ = m.events.send(EngineEvent::PeerState {
+                        participant: key,
+                        stream: stream_id(o.id),
+                        state: o.state,
+                    });
+                }
+            }
+        }
         self.mark_dirty(key);
         Ok(())
     }
@@ -1360,13 +1496,50 @@ impl MediaLoop {
         Ok((id, c))
     }
 
+    /// The browser's (first or renewed) offer for its publisher connection. Its video is
+    /// answered with the codecs everyone else in the room can receive, in the browser's
+    /// order ([`publish_codecs`]); what it offered is what it can receive, which may make
+    /// other publishers switch ([`Self::reconcile_codecs`]).
     fn publish(&mut self, key: u128, offer: String, now: Instant) -> Result<String, EngineError> {
+        let sections = crate::sdp::media_codecs(&offer).map_err(EngineError::BadSdp)?;
+        let room = self
+            .members
+            .get(&key)
+            .ok_or(EngineError::UnknownParticipant)?
+            .room;
+        let receivable = self.receivable_by_others(room, key);
         let (id, c) = self.leg(key, MediaLeg::Publisher)?;
         let desc =
             RTCSessionDescription::offer(offer).map_err(|e| EngineError::BadSdp(e.to_string()))?;
         c.pc.set_remote_description(now, desc)
             .map_err(|e| EngineError::BadSdp(e.to_string()))?;
         add_early_candidates(key, c);
+        c.liveness.expect(now);
+        let mut offered: Option<Vec<Codec>> = None;
+        let mut receives = CodecSet::EMPTY;
+        let mut sends = None;
+        for section in sections.iter().filter(|s| s.video) {
+            let mut order = Vec::new();
+            for (_, codec) in &section.codecs {
+                receives.insert(*codec);
+                if !order.contains(codec) {
+                    order.push(*codec);
+                }
+            }
+            let chosen = publish_codecs(&order, receivable);
+            sends = sends.or(chosen.first().copied());
+            let params = chosen
+                .iter()
+                .filter_map(|codec| {
+                    let (pt, _) = section.codecs.iter().find(|(_, c)| c == codec)?;
+                    Some(codec_parameters(*codec, *pt, codec.fmtp()))
+                })
+                .collect();
+            if !order.is_empty() {
+                prefer_codecs(&mut c.pc, &section.mid, params).map_err(webrtc_err)?;
+            }
+            offered.get_or_insert(order);
+        }
         let answer = c.pc.create_answer(None).map_err(webrtc_err)?;
         c.pc.set_local_description(now, answer)
             .map_err(webrtc_err)?;
@@ -1375,10 +1548,101 @@ impl MediaLoop {
                 .map(|d| d.sdp)
                 .ok_or_else(|| EngineError::WebRtc("no local description".into()))?;
         touch(&mut self.conns, &mut self.touched, id);
+        let payload_types: Vec<(u8, Codec)> = sections
+            .iter()
+            .flat_map(|s| s.codecs.iter().copied())
+            .collect();
+        if let Some(m) = self.members.get_mut(&key) {
+            let codecs = &mut m.codecs;
+            if let Some(offered) = offered {
+                codecs.offered = offered;
+                codecs.receives = receives;
+            }
+            codecs.sends = sends;
+            codecs.asked = None;
+            codecs.payload_types = payload_types.clone();
+            if let Some(r) = self.rooms.get_mut(&room) {
+                for t in r.tracks.values_mut().filter(|t| t.publisher == m.id) {
+                    t.payload_types = payload_types.clone();
+                }
+            }
+        }
+        self.reconcile_codecs(room);
         Ok(match self.announced {
             Some((private, public)) => crate::sdp::announce(&sdp, private, public),
             None => sdp,
         })
+    }
+
+    /// The video codecs every participant of `room` but `key` can receive.
+    fn receivable_by_others(&self, room: u128, key: u128) -> CodecSet {
+        let Some(r) = self.rooms.get(&room) else {
+            return CodecSet::all_video();
+        };
+        r.members
+            .iter()
+            .filter(|k| **k != key)
+            .filter_map(|k| self.members.get(k))
+            .fold(CodecSet::all_video(), |set, m| {
+                set.intersect(m.codecs.receives)
+            })
+    }
+
+    /// Asks each publisher of `room` whose video codec is no longer the one it should send
+    /// (someone joined who cannot decode it, or left and it can have its own choice back)
+    /// for a new offer; its answer then names the right one.
+    fn reconcile_codecs(&mut self, room: u128) {
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let mut ask = Vec::new();
+        for key in &r.members {
+            let Some(m) = self.members.get(key) else {
+                continue;
+            };
+            if m.codecs.offered.is_empty() {
+                continue;
+            }
+            let receivable = self.receivable_by_others(room, *key);
+            let want = publish_codecs(&m.codecs.offered, receivable)
+                .first()
+                .copied();
+            if want != m.codecs.sends && want != m.codecs.asked {
+                ask.push((*key, want));
+            }
+        }
+        for (key, want) in ask {
+            if let Some(m) = self.members.get_mut(&key) {
+                tracing::debug!(participant = key, ?want, sends = ?m.codecs.sends, "publisher codec to change");
+                m.codecs.asked = want;
+                let _ = m
+                    .events
+                    .send(EngineEvent::PublishRenegotiate { participant: key });
+            }
+        }
+    }
+
+    /// A participant's browser says what it sends: everyone else in its room is told.
+    fn media_state(&mut self, key: u128, state: MediaState) -> Result<(), EngineError> {
+        let m = self
+            .members
+            .get_mut(&key)
+            .ok_or(EngineError::UnknownParticipant)?;
+        m.state = state;
+        let (room, stream) = (m.room, stream_id(m.id));
+        let Some(r) = self.rooms.get(&room) else {
+            return Ok(());
+        };
+        for o in r.members.iter().filter(|k| **k != key) {
+            if let Some(other) = self.members.get(o) {
+                let _ = other.events.send(EngineEvent::PeerState {
+                    participant: *o,
+                    stream: stream.clone(),
+                    state,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn candidate(
@@ -1422,12 +1686,30 @@ impl MediaLoop {
             .conns
             .get_mut(&id)
             .ok_or(EngineError::UnknownParticipant)?;
+        let sections = crate::sdp::media_codecs(&answer);
         let applied = RTCSessionDescription::answer(answer)
             .and_then(|desc| c.pc.set_remote_description(now, desc))
-            .map_err(|e| EngineError::BadSdp(e.to_string()));
-        if let Err(e) = applied {
-            m.negotiation = Negotiation::Retry(now + RETRY_AFTER);
-            return Err(e);
+            .map_err(|e| EngineError::BadSdp(e.to_string()))
+            .and_then(|()| sections.map_err(EngineError::BadSdp));
+        let sections = match applied {
+            Ok(sections) => sections,
+            Err(e) => {
+                m.negotiation = Negotiation::Retry(now + RETRY_AFTER);
+                return Err(e);
+            }
+        };
+        if !sections.is_empty() {
+            c.liveness.expect(now);
+        }
+        // What the browser accepted of each track: the codecs (and payload types) of its
+        // media section.
+        for s in m.subscribed.values_mut() {
+            let Some(mid) = sender_mid(&mut c.pc, s.sender) else {
+                continue;
+            };
+            if let Some(section) = sections.iter().find(|x| x.mid == mid) {
+                s.payload_types = section.codecs.iter().map(|(pt, c)| (*c, *pt)).collect();
+            }
         }
         add_early_candidates(key, c);
         tracing::debug!(participant = key, "subscriber answer applied");
@@ -1459,6 +1741,8 @@ impl MediaLoop {
             for o in others {
                 self.mark_dirty(o);
             }
+            // Someone who could not decode a codec may have left.
+            self.reconcile_codecs(m.room);
         }
         self.close_conn(m.publisher);
         self.close_conn(m.subscriber);
@@ -1475,4 +1759,59 @@ fn add_early_candidates(key: u128, c: &mut Conn) {
             tracing::debug!(participant = key, error = %e, "early candidate refused");
         }
     }
+}
+
+/// Lets the video track of `sender` be sent in every video codec of the policy, `first`
+/// first: the browser's answer keeps those it can decode, and a publisher that switches
+/// codec (see [`crate::codec`]) reaches this subscriber without a new negotiation.
+fn offer_every_video_codec(
+    pc: &mut RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    first: Codec,
+) -> Result<(), rtc::shared::error::Error> {
+    let mut order = vec![first];
+    order.extend(Codec::VIDEO.into_iter().filter(|c| *c != first));
+    let codecs = order
+        .into_iter()
+        .map(|c| codec_parameters(c, c.payload_types().0, c.fmtp()))
+        .collect();
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    for id in transceivers {
+        if let Some(mut t) = pc.rtp_transceiver(id) {
+            if t.sender() == Some(sender) {
+                return t.set_codec_preferences(codecs);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The media id (`mid`) of the transceiver that holds `sender`, once negotiated.
+fn sender_mid(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<String> {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    transceivers.into_iter().find_map(|id| {
+        let t = pc.rtp_transceiver(id)?;
+        if t.sender() == Some(sender) {
+            t.mid().clone()
+        } else {
+            None
+        }
+    })
+}
+
+/// Sets the codecs (in order) the transceiver of media section `mid` answers with.
+fn prefer_codecs(
+    pc: &mut RTCPeerConnection,
+    mid: &str,
+    codecs: Vec<RTCRtpCodecParameters>,
+) -> Result<(), rtc::shared::error::Error> {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    for id in transceivers {
+        if let Some(mut t) = pc.rtp_transceiver(id) {
+            if t.mid().as_deref() == Some(mid) {
+                return t.set_codec_preferences(codecs);
+            }
+        }
+    }
+    Ok(())
 }

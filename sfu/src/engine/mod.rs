@@ -23,10 +23,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use protocol::{IceCandidate, MediaLeg};
+use protocol::{IceCandidate, MediaLeg, MediaState};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry,
@@ -42,21 +41,23 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp::codec::vp8::Vp8Packet;
-use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::codec::Codec;
+
 mod client;
+mod liveness;
 mod media_loop;
 pub mod synthetic;
 mod tcp;
 
 pub(crate) use client::local_track;
-pub use client::peer_connection;
+pub use client::{ClientIce, peer_connection, peer_connection_with};
 use media_loop::{Command, LoopHandle};
 
 /// Peer connections alive (the SFU's, and the synthetic clients' whose event handler a
@@ -190,6 +191,16 @@ pub enum EngineEvent {
     SubscriberOffer { participant: u128, sdp: String },
     /// The participant's publisher connection changed state.
     Connection { participant: u128, connected: bool },
+    /// What another participant of the room sends now (microphone, camera, screen); their
+    /// tracks arrive at this participant in the media stream `stream`.
+    PeerState {
+        participant: u128,
+        stream: String,
+        state: MediaState,
+    },
+    /// The participant's browser should send a new offer for its publisher connection: the
+    /// video codecs everyone else in its room can receive changed.
+    PublishRenegotiate { participant: u128 },
 }
 
 /// Where a room lives and who is in it.
@@ -403,6 +414,21 @@ impl Engine {
         .await
     }
 
+    /// What the participant's browser sends now; the others in its room are told.
+    pub async fn media_state(
+        &self,
+        participant: u128,
+        state: MediaState,
+    ) -> Result<(), EngineError> {
+        let to = self.loop_of(participant)?;
+        self.ask(to, |reply| Command::MediaState {
+            participant,
+            state,
+            reply,
+        })
+        .await
+    }
+
     /// Removes a participant: closes their connections; the others' subscriber connections
     /// drop their tracks.
     pub async fn leave(&self, participant: u128) -> Result<(), EngineError> {
@@ -433,18 +459,7 @@ fn connection_recipe(
     settings: SettingEngineBuilder,
 ) -> Result<(MediaEngine, Registry, SettingEngine), EngineError> {
     let mut media = MediaEngine::default();
-    media.register_default_codecs().map_err(webrtc_err)?;
-    // NACK and PLI feedback for video on every connection: the browser sends both to the
-    // SFU's subscriber leg, and the SFU sends both to its publisher leg.
-    for parameter in ["", "pli"] {
-        media.register_feedback(
-            RTCPFeedback {
-                typ: "nack".to_owned(),
-                parameter: parameter.to_owned(),
-            },
-            RtpCodecKind::Video,
-        );
-    }
+    register_codecs(&mut media)?;
     configure_simulcast_extension_headers(&mut media).map_err(webrtc_err)?;
     // The crate's default set (`register_default_interceptors`) less its NACK responder
     // (NACKs are answered by the forwarding core from one cache per published track, not by
@@ -466,9 +481,74 @@ fn connection_recipe(
     }
     let settings = settings
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_lite(role != Role::Client)
-        .build();
+        .with_lite(role != Role::Client);
+    // The SFU judges liveness itself, by any authenticated input ([`liveness`]): the
+    // core's ICE timers count STUN checks only.
+    let settings = if role == Role::Client {
+        settings
+    } else {
+        settings.with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
+    }
+    .build();
     Ok((media, registry, settings))
+}
+
+/// Registers the codec policy ([`crate::codec`]): Opus; VP8 and H264 (constrained
+/// baseline, packetization-mode 1), each with its retransmission format, NACK, PLI and FIR
+/// feedback (transport-wide congestion control feedback is added with its interceptor).
+fn register_codecs(media: &mut MediaEngine) -> Result<(), EngineError> {
+    for codec in [Codec::Opus, Codec::Vp8, Codec::H264] {
+        let (payload_type, rtx) = codec.payload_types();
+        let kind = if codec.is_video() {
+            RtpCodecKind::Video
+        } else {
+            RtpCodecKind::Audio
+        };
+        media
+            .register_codec(codec_parameters(codec, payload_type, codec.fmtp()), kind)
+            .map_err(webrtc_err)?;
+        if let Some(rtx) = rtx {
+            let rtx = RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: "video/rtx".to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!("apt={payload_type}"),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: rtx,
+            };
+            media.register_codec(rtx, kind).map_err(webrtc_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `rtc` crate's parameters of a policy codec at a payload type, with its format
+/// line (the SFU's own, or as a browser offered it).
+fn codec_parameters(codec: Codec, payload_type: u8, fmtp: &str) -> RTCRtpCodecParameters {
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: codec.mime().to_owned(),
+            clock_rate: codec.clock_rate(),
+            channels: codec.channels(),
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: if codec.is_video() {
+                vec![
+                    feedback("nack", ""),
+                    feedback("nack", "pli"),
+                    feedback("ccm", "fir"),
+                ]
+            } else {
+                vec![]
+            },
+        },
+        payload_type,
+    }
 }
 
 /// A track sending one SSRC of one codec, in media stream `stream`.
@@ -554,14 +634,4 @@ impl Interceptor for RtcpToApplication {
     fn unbind_local_stream(&mut self, _: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
-}
-
-/// Whether a VP8 RTP payload starts a keyframe: the start of partition 0 whose frame
-/// header's P bit is 0.
-pub(crate) fn vp8_keyframe(payload: &Bytes) -> bool {
-    let mut vp8 = Vp8Packet::default();
-    match vp8.depacketize(payload) {
-        Ok(frame) => vp8.s == 1 && vp8.pid == 0 && frame.first().is_some_and(|b| b & 0x01 == 0),
-        Err(_) => false,
-    }
 }

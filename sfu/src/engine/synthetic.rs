@@ -30,7 +30,7 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCSessionDescription,
 };
 
-use crate::engine::{Engine, EngineError, EngineEvent, peer_connection};
+use crate::engine::{ClientIce, Engine, EngineError, EngineEvent, peer_connection_with};
 
 /// What a synthetic participant publishes.
 #[derive(Debug, Clone, Copy)]
@@ -362,6 +362,18 @@ impl Participant {
         key: u128,
         publish: Option<Publish>,
     ) -> Result<Self, EngineError> {
+        Self::join_with(engine, ip, room, key, publish, ClientIce::default()).await
+    }
+
+    /// [`Self::join`] with an ICE agent that behaves as `ice` says.
+    pub async fn join_with(
+        engine: &Arc<Engine>,
+        ip: IpAddr,
+        room: u128,
+        key: u128,
+        publish: Option<Publish>,
+        ice: ClientIce,
+    ) -> Result<Self, EngineError> {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         engine.join(room, key, events_tx).await?;
         let (offers_tx, offers) = mpsc::unbounded_channel();
@@ -378,24 +390,36 @@ impl Participant {
             engine: engine.clone(),
             key,
         });
-        Self::connect(signal, offers, ip, key, publish).await
+        Self::connect_with(signal, offers, ip, key, publish, ice).await
     }
 
     /// Connects through `signal`: answers each subscriber offer that arrives on `offers`,
     /// and publishes if `publish` says so. `key` only names it.
     pub async fn connect(
         signal: Arc<dyn Signal>,
+        offers: mpsc::UnboundedReceiver<String>,
+        ip: IpAddr,
+        key: u128,
+        publish: Option<Publish>,
+    ) -> Result<Self, EngineError> {
+        Self::connect_with(signal, offers, ip, key, publish, ClientIce::default()).await
+    }
+
+    /// [`Self::connect`] with an ICE agent that behaves as `ice` says.
+    pub async fn connect_with(
+        signal: Arc<dyn Signal>,
         mut offers: mpsc::UnboundedReceiver<String>,
         ip: IpAddr,
         key: u128,
         publish: Option<Publish>,
+        ice: ClientIce,
     ) -> Result<Self, EngineError> {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
 
         let sub_gathered = Arc::new(Notify::new());
         let readers = Readers::default();
-        let subscriber = peer_connection(
+        let subscriber = peer_connection_with(
             ip,
             Arc::new(Handler {
                 _live: crate::engine::connection_guard(),
@@ -403,6 +427,7 @@ impl Participant {
                 stats: Some(stats.clone()),
                 readers: readers.clone(),
             }),
+            ice,
         )
         .await?;
         let (e, s) = (signal.clone(), subscriber.clone());
@@ -432,7 +457,7 @@ impl Participant {
         });
 
         let pub_gathered = Arc::new(Notify::new());
-        let publisher = peer_connection(
+        let publisher = peer_connection_with(
             ip,
             Arc::new(Handler {
                 _live: crate::engine::connection_guard(),
@@ -440,6 +465,7 @@ impl Participant {
                 stats: None,
                 readers: Readers::default(),
             }),
+            ice,
         )
         .await?;
         let me = Self {
@@ -725,13 +751,13 @@ mod tests {
         let key = vp8_frame(20_000, true, &mut index);
         assert_eq!(index, 7 + key.len() as u32);
         assert!(key.len() > 1 && key.iter().all(|p| p.len() <= VIDEO_PAYLOAD));
-        assert!(crate::engine::vp8_keyframe(&key[0]));
+        assert!(crate::codec::Codec::Vp8.is_keyframe(&key[0]));
         assert!(
-            !crate::engine::vp8_keyframe(&key[1]),
+            !crate::codec::Codec::Vp8.is_keyframe(&key[1]),
             "only the first packet starts it"
         );
         let delta = vp8_frame(3_000, false, &mut index);
-        assert!(!crate::engine::vp8_keyframe(&delta[0]));
+        assert!(!crate::codec::Codec::Vp8.is_keyframe(&delta[0]));
         let (_, first) = read_stamp(&delta[0]).unwrap();
         let (_, second) = read_stamp(&delta[1]).unwrap();
         assert_eq!(

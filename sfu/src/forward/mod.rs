@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::codec::{Codec, CodecSet};
 use crate::packet_cache::PacketCache;
 
 #[cfg(test)]
@@ -45,6 +46,10 @@ pub struct RtpMeta {
     pub timestamp: u32,
     /// The first packet of a keyframe (video); decoding can start here.
     pub keyframe: bool,
+    /// The codec of its payload type. A publisher may switch codecs mid-stream (when the
+    /// codecs its consultation can receive change); each subscriber then restarts at the
+    /// new codec's first keyframe, if it can decode it.
+    pub codec: Codec,
 }
 
 /// What the core needs of a cached packet. The engine caches its parsed packets behind a
@@ -63,7 +68,7 @@ impl CachedPacket for Bytes {
 }
 
 /// One packet to send to one subscriber: the cached packet with this header, by the route
-/// the engine gave when subscribing (its queue, its SSRC, its payload type).
+/// the engine gave when subscribing (its connection, its SSRC, its payload types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward<'a, P, R> {
     pub to: PeerId,
@@ -71,6 +76,8 @@ pub struct Forward<'a, P, R> {
     pub route: &'a R,
     pub seq: u16,
     pub timestamp: u32,
+    /// The payload's codec (the subscriber's payload type for it goes in the header).
+    pub codec: Codec,
     pub packet: &'a P,
 }
 
@@ -104,6 +111,12 @@ enum DownState {
     Paused,
 }
 
+/// What a subscriber's packets must be to be forwarded: the video waits for a keyframe
+/// in a codec the subscriber accepts.
+fn accepted(accepts: CodecSet, codec: Codec) -> bool {
+    accepts.contains(codec) || !codec.is_video()
+}
+
 /// One subscriber of one track.
 #[derive(Debug)]
 struct Down<R> {
@@ -117,6 +130,8 @@ struct Down<R> {
     /// The highest outgoing seq sent so far.
     highest: Option<u16>,
     forwarded: u64,
+    /// The video codecs the subscriber's browser accepted for this track.
+    accepts: CodecSet,
 }
 
 impl<R> Down<R> {
@@ -133,7 +148,10 @@ impl<R> Down<R> {
 struct Published<P, R> {
     publisher: PeerId,
     kind: MediaKind,
-    cache: PacketCache<P>,
+    /// The codec of the last packet received.
+    codec: Option<Codec>,
+    /// Packets by incoming seq, with their codec.
+    cache: PacketCache<(P, Codec)>,
     last_keyframe_request: Option<Instant>,
     subscribers: Vec<Down<R>>,
 }
@@ -185,6 +203,7 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             Published {
                 publisher,
                 kind,
+                codec: None,
                 cache: PacketCache::default(),
                 last_keyframe_request: None,
                 subscribers: Vec::new(),
@@ -218,7 +237,8 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         gone
     }
 
-    /// `peer` starts receiving `track` by `route`. Audio flows at once; video waits for a
+    /// `peer` starts receiving `track` by `route`, accepting every video codec until
+    /// [`Self::accept_codecs`] says otherwise. Audio flows at once; video waits for a
     /// keyframe, which is requested here.
     pub fn subscribe(
         &mut self,
@@ -243,8 +263,40 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             run_start: 0,
             highest: None,
             forwarded: 0,
+            accepts: CodecSet::all_video(),
         });
         t.request_keyframe(track, now)
+    }
+
+    /// The video codecs `peer`'s browser accepted for `track`. Packets in any other codec
+    /// are not sent to it, and no keyframe is asked for on its behalf while the publisher
+    /// sends one of those; when the publisher switches to one it accepts, it starts at the
+    /// next keyframe.
+    pub fn accept_codecs(
+        &mut self,
+        track: TrackId,
+        peer: PeerId,
+        accepts: CodecSet,
+        now: Instant,
+    ) -> Option<KeyframeRequest> {
+        let t = self.tracks.get_mut(&track)?;
+        let current = t.codec;
+        let d = t.down(peer)?;
+        let was = d.accepts;
+        d.accepts = accepts;
+        let codec = current?;
+        if accepted(was, codec) == accepted(accepts, codec) {
+            return None;
+        }
+        if d.state == DownState::Paused {
+            return None;
+        }
+        d.state = DownState::WaitingForKeyframe;
+        if accepted(accepts, codec) {
+            t.request_keyframe(track, now)
+        } else {
+            None
+        }
     }
 
     pub fn unsubscribe(&mut self, track: TrackId, peer: PeerId) {
@@ -289,8 +341,22 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
     ) -> Option<KeyframeRequest> {
         let t = self.tracks.get_mut(&track)?;
         let audio = t.kind == MediaKind::Audio;
+        if t.codec != Some(meta.codec) {
+            // A new codec decodes only from its own keyframe: everyone restarts there.
+            if t.codec.is_some() && !audio {
+                for d in &mut t.subscribers {
+                    if d.state == DownState::Forwarding {
+                        d.state = DownState::WaitingForKeyframe;
+                    }
+                }
+            }
+            t.codec = Some(meta.codec);
+        }
         let mut waiting = false;
         for d in &mut t.subscribers {
+            if !accepted(d.accepts, meta.codec) {
+                continue;
+            }
             match d.state {
                 DownState::Paused => continue,
                 DownState::WaitingForKeyframe if meta.keyframe || audio => d.start(meta.seq),
@@ -314,10 +380,11 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 route: &d.route,
                 seq: out,
                 timestamp: meta.timestamp,
+                codec: meta.codec,
                 packet: &packet,
             });
         }
-        t.cache.insert(meta.seq, packet);
+        t.cache.insert(meta.seq, (packet, meta.codec));
         if waiting {
             t.request_keyframe(track, now)
         } else {
@@ -352,7 +419,8 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             }
             let seq = out.wrapping_sub(d.offset);
             match t.cache.get(seq) {
-                Some(packet) => {
+                // Sent in this run, so in a codec the subscriber accepts.
+                Some((packet, codec)) => {
                     outcome.resent += 1;
                     sink(Forward {
                         to: d.peer,
@@ -360,6 +428,7 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                         route: &d.route,
                         seq: out,
                         timestamp: packet.rtp_timestamp(),
+                        codec: *codec,
                         packet,
                     });
                 }

@@ -4,6 +4,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::codec::{Codec, CodecSet};
 
 const PUB: PeerId = PeerId(1);
 const VIDEO: TrackId = TrackId(10);
@@ -19,11 +20,17 @@ fn packet(seq: u16, ts: u32) -> Bytes {
     Bytes::from(p)
 }
 
+/// A VP8 packet's meta (the codec matters only to video).
 fn meta(seq: u16, keyframe: bool) -> RtpMeta {
+    meta_in(Codec::Vp8, seq, keyframe)
+}
+
+fn meta_in(codec: Codec, seq: u16, keyframe: bool) -> RtpMeta {
     RtpMeta {
         seq,
         timestamp: u32::from(seq) * 3000,
         keyframe,
+        codec,
     }
 }
 
@@ -114,9 +121,15 @@ fn forwards_carry_the_subscribers_ssrc_and_the_cached_packet() {
     f.subscribe(AUDIO, PeerId(2), 0xDEAD, now);
     f.subscribe(AUDIO, PeerId(3), 0xBEEF, now);
     let mut seen = Vec::new();
-    f.on_rtp(AUDIO, meta(7, false), packet(7, 21_000), now, |fw| {
-        seen.push((fw.to, *fw.route, fw.seq, fw.timestamp, fw.packet.clone()));
-    });
+    f.on_rtp(
+        AUDIO,
+        meta_in(Codec::Opus, 7, false),
+        packet(7, 21_000),
+        now,
+        |fw| {
+            seen.push((fw.to, *fw.route, fw.seq, fw.timestamp, fw.packet.clone()));
+        },
+    );
     assert_eq!(
         seen,
         vec![
@@ -347,5 +360,129 @@ fn over_lossy_links_every_subscriber_ends_up_with_every_packet() {
     assert!(
         cache_repairs > upstream_nacks * 2,
         "cache repairs {cache_repairs}, upstream NACKs {upstream_nacks}"
+    );
+}
+
+/// Feeds one video packet in `codec`; returns (peer, out seq, codec) of every forward.
+fn feed_codec(
+    f: &mut TestForwarder,
+    codec: Codec,
+    seq: u16,
+    keyframe: bool,
+    now: Instant,
+) -> (Vec<(PeerId, u16, Codec)>, Option<KeyframeRequest>) {
+    let mut out = Vec::new();
+    let req = f.on_rtp(
+        VIDEO,
+        meta_in(codec, seq, keyframe),
+        packet(seq, u32::from(seq) * 3000),
+        now,
+        |fw| out.push((fw.to, fw.seq, fw.codec)),
+    );
+    (out, req)
+}
+
+#[test]
+fn a_codec_switch_restarts_every_subscriber_at_the_new_codecs_keyframe_without_a_gap() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 1, clock.at(0));
+    feed_codec(&mut f, Codec::H264, 10, true, clock.at(0));
+    assert_eq!(
+        feed_codec(&mut f, Codec::H264, 11, false, clock.at(1)).0,
+        [(sub, 11, Codec::H264)]
+    );
+    // The publisher renegotiated: VP8 from seq 12 on, its keyframe at 14.
+    let (out, req) = feed_codec(&mut f, Codec::Vp8, 12, false, clock.at(600));
+    assert!(out.is_empty(), "a VP8 delta frame cannot be decoded yet");
+    assert_eq!(
+        req,
+        Some(KeyframeRequest {
+            publisher: PUB,
+            track: VIDEO
+        })
+    );
+    assert!(
+        feed_codec(&mut f, Codec::Vp8, 13, false, clock.at(601))
+            .0
+            .is_empty()
+    );
+    assert_eq!(
+        feed_codec(&mut f, Codec::Vp8, 14, true, clock.at(602)).0,
+        [(sub, 12, Codec::Vp8)],
+        "the new run continues the subscriber's numbering"
+    );
+    assert_eq!(
+        feed_codec(&mut f, Codec::Vp8, 15, false, clock.at(603)).0,
+        [(sub, 13, Codec::Vp8)]
+    );
+}
+
+#[test]
+fn a_subscriber_gets_only_the_codecs_it_accepts_and_asks_no_keyframes_for_the_others() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let (both, vp8_only) = (PeerId(2), PeerId(3));
+    let vp8: CodecSet = [Codec::Vp8].into_iter().collect();
+    f.subscribe(VIDEO, both, 1, clock.at(0));
+    f.subscribe(VIDEO, vp8_only, 2, clock.at(0));
+    assert_eq!(f.accept_codecs(VIDEO, vp8_only, vp8, clock.at(0)), None);
+    // H264 flows to the one that accepts it only; once it is forwarding nobody waits.
+    assert_eq!(
+        feed_codec(&mut f, Codec::H264, 1, true, clock.at(0)).0,
+        [(both, 1, Codec::H264)]
+    );
+    let (out, req) = feed_codec(&mut f, Codec::H264, 2, false, clock.at(1000));
+    assert_eq!(out, [(both, 2, Codec::H264)]);
+    assert_eq!(
+        req, None,
+        "no keyframe for a subscriber that cannot decode H264"
+    );
+    // The publisher switches to VP8: both get it from its keyframe on.
+    let (out, _) = feed_codec(&mut f, Codec::Vp8, 3, true, clock.at(2000));
+    assert_eq!(out, [(both, 3, Codec::Vp8), (vp8_only, 3, Codec::Vp8)]);
+    // NACKs are answered in the codec the packet was sent in.
+    let mut resent = Vec::new();
+    let outcome = f.on_nack(VIDEO, vp8_only, &[3], |fw| resent.push((fw.seq, fw.codec)));
+    assert_eq!(outcome.resent, 1);
+    assert_eq!(resent, [(3, Codec::Vp8)]);
+}
+
+#[test]
+fn accepting_the_current_codec_later_starts_at_a_keyframe_asked_for_then() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    let vp8: CodecSet = [Codec::Vp8].into_iter().collect();
+    f.subscribe(VIDEO, sub, 1, clock.at(0));
+    f.accept_codecs(VIDEO, sub, vp8, clock.at(0));
+    assert!(
+        feed_codec(&mut f, Codec::H264, 1, true, clock.at(0))
+            .0
+            .is_empty()
+    );
+    assert_eq!(
+        f.accept_codecs(VIDEO, sub, CodecSet::all_video(), clock.at(1000)),
+        Some(KeyframeRequest {
+            publisher: PUB,
+            track: VIDEO
+        })
+    );
+    assert!(
+        feed_codec(&mut f, Codec::H264, 2, false, clock.at(1001))
+            .0
+            .is_empty()
+    );
+    assert_eq!(
+        feed_codec(&mut f, Codec::H264, 3, true, clock.at(1002)).0,
+        [(sub, 3, Codec::H264)]
+    );
+    // And taking it away stops it at once.
+    f.accept_codecs(VIDEO, sub, vp8, clock.at(1003));
+    assert!(
+        feed_codec(&mut f, Codec::H264, 4, false, clock.at(1004))
+            .0
+            .is_empty()
     );
 }

@@ -14,8 +14,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ConsultationId, ErrorCode, IceCandidate, MediaEndReason, MediaLeg, NodeId, ParticipantId,
-    Timestamp, VisitId,
+    ConsultationId, ErrorCode, IceCandidate, MediaEndReason, MediaLeg, MediaState, NodeId,
+    ParticipantId, Timestamp, VisitId,
 };
 
 /// The websocket path of a node's control channel.
@@ -72,6 +72,11 @@ pub enum ControlOp {
     },
     /// Removes everyone from a consultation that ended.
     EndConsultation { consultation: ConsultationId },
+    /// What a participant's browser sends now, for the others in its consultation.
+    MediaState {
+        participant: ParticipantId,
+        state: MediaState,
+    },
     /// A browser's pre-call check: a publisher connection of its own, answered like a
     /// `publish`, that the node removes after [`PROBE_LIFETIME_MS`].
     Probe {
@@ -105,6 +110,16 @@ pub enum NodeMsg {
         participant: ParticipantId,
         connected: bool,
     },
+    /// What another participant (`stream`: the id of the media stream their tracks arrive
+    /// in at this participant) sends now.
+    PeerState {
+        participant: ParticipantId,
+        stream: String,
+        state: MediaState,
+    },
+    /// The participant's browser should offer its publisher connection again (the codecs
+    /// its consultation can receive changed).
+    PublishRenegotiate { participant: ParticipantId },
     /// A participant was removed by the node (consultation ended, patient moved, failure).
     Left {
         participant: ParticipantId,

@@ -57,6 +57,32 @@ pub enum ClientMsg {
     },
     /// Leaves the media session; the visit itself goes on.
     LeaveMedia,
+    /// What this browser sends now (microphone on, a picture, a shared screen), for the
+    /// others in the consultation to see; sent after each `media_joined` and on every change.
+    MediaState(MediaState),
+}
+
+/// What a participant sends: `audio` the microphone is on (not muted); `video` a picture
+/// goes out (camera or screen); `screen` that picture is a shared screen. Someone who never
+/// said counts as audio and video on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaState {
+    pub audio: bool,
+    pub video: bool,
+    #[serde(default)]
+    pub screen: bool,
+}
+
+impl Default for MediaState {
+    /// Audio and video on, no screen: what a participant is assumed to send until it says.
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            screen: false,
+        }
+    }
 }
 
 /// Which of a participant's two peer connections: the one the browser publishes on, or
@@ -230,6 +256,18 @@ pub enum ServerMsg {
     MediaConnection { connected: bool },
     /// The media session is over; `reason` says whether to join again.
     MediaEnded { reason: MediaEndReason },
+    /// What another participant of the consultation sends now; their tracks arrive in the
+    /// `MediaStream` whose id is `stream`. Sent when it changes, and for everyone already
+    /// there when this browser joins (before or after their tracks).
+    PeerMediaState {
+        stream: String,
+        audio: bool,
+        video: bool,
+        screen: bool,
+    },
+    /// The SFU asks for a new `publish_offer` on the publisher connection: the video codecs
+    /// everyone in the consultation can receive changed, and its answer will pick another.
+    PublishRenegotiate,
 }
 
 /// Who a websocket or token belongs to.

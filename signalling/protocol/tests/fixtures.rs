@@ -432,6 +432,24 @@ fn media_fixtures() -> Vec<&'static str> {
         ),
         check("client_leave_media", &ClientMsg::LeaveMedia),
         check(
+            "client_media_state",
+            &ClientMsg::MediaState(MediaState {
+                audio: false,
+                video: true,
+                screen: false,
+            }),
+        ),
+        check(
+            "server_peer_media_state",
+            &ServerMsg::PeerMediaState {
+                stream: "p3".into(),
+                audio: true,
+                video: false,
+                screen: false,
+            },
+        ),
+        check("server_publish_renegotiate", &ServerMsg::PublishRenegotiate),
+        check(
             "server_media_joined",
             &ServerMsg::MediaJoined {
                 consultation: consultation(),
@@ -555,6 +573,38 @@ fn control_fixtures() -> Vec<&'static str> {
             ),
         ),
         check(
+            "control_media_state",
+            &req(
+                9,
+                ControlOp::MediaState {
+                    participant: participant(),
+                    state: MediaState {
+                        audio: true,
+                        video: true,
+                        screen: true,
+                    },
+                },
+            ),
+        ),
+        check(
+            "node_peer_state",
+            &NodeMsg::PeerState {
+                participant: participant(),
+                stream: "p3".into(),
+                state: MediaState {
+                    audio: false,
+                    video: false,
+                    screen: false,
+                },
+            },
+        ),
+        check(
+            "node_publish_renegotiate",
+            &NodeMsg::PublishRenegotiate {
+                participant: participant(),
+            },
+        ),
+        check(
             "node_reply_answer",
             &NodeMsg::Reply {
                 id: 2,
@@ -632,6 +682,9 @@ fn malformed_and_unknown_messages_are_refused() {
         r#"{"type":"launch_missiles"}"#,
         r#"{"type":"command","req":1,"command":{"type":"admit","clinic":"Bad Clinic","visit":"x"}}"#,
         r#"{"type":"command","req":-1,"command":{"type":"leave"}}"#,
+        r#"{"type":"media_state","audio":"yes","video":true}"#,
+        r#"{"type":"media_state","audio":true}"#,
+        r#"{"type":"media_state","audio":true,"video":true,"screen":false,"name":"x"}"#,
     ] {
         assert!(
             serde_json::from_str::<ClientMsg>(bad).is_err(),

@@ -488,6 +488,17 @@ impl Connection {
                 self.relay(op, |_| None);
                 None
             }
+            ClientMsg::MediaState(state) => {
+                let Some(s) = &self.media else {
+                    return not_joined();
+                };
+                let op = ControlOp::MediaState {
+                    participant: s.participant,
+                    state,
+                };
+                self.relay(op, |_| None);
+                None
+            }
             ClientMsg::IceCandidate { leg, candidate } => {
                 let Some(s) = &self.media else {
                     return not_joined();

@@ -9,12 +9,15 @@
 //   browser -> server: join_media, publish_offer, subscriber_answer, ice_candidate,
 //                      leave_media, media_state
 //   server -> browser: media_joined, publish_answer, subscriber_offer, ice_candidate,
-//                      media_connection, media_ended, peer_media_state
+//                      media_connection, media_ended, peer_media_state,
+//                      publish_renegotiate
 //
 // Each participant has two connections, so that each side only ever offers on its own:
 // the *publisher* (the browser offers; it sends camera and microphone) and the
 // *subscriber* (the SFU offers, again whenever someone joins or leaves; the browser
 // answers; it receives one MediaStream per other participant, named by its stream id).
+// The SFU may ask for a new publisher offer (`publish_renegotiate`) when the video codecs
+// everyone in the consultation can decode change: its answer then picks another codec.
 //
 // Media state: what this browser sends (microphone on, a picture, a shared screen) goes
 // to the others as `media_state` after every `media_joined` and whenever it changes
@@ -83,6 +86,7 @@ const MEDIA_MESSAGES = new Set([
   'media_connection',
   'media_ended',
   'peer_media_state',
+  'publish_renegotiate',
 ]);
 
 /** What someone who has never said sends: microphone and camera on. */
@@ -112,6 +116,7 @@ export class MediaSession {
   #localState = null; // {audio, video, screen}: what this page says it sends
   #sentState = null; // ... as last sent in this session (a new session sends it again)
   #peers = new Map(); // stream id -> {audio, video, screen} of the others, this session
+  #reofferWanted = false; // publish_renegotiate came while an offer was out: offer again after
 
   /**
    * @param {object} o
@@ -216,6 +221,9 @@ export class MediaSession {
       case 'publish_answer':
         if (this.#pcs) this.#applyPublishAnswer(msg.sdp);
         break;
+      case 'publish_renegotiate':
+        if (this.#pcs) this.#offerPublisher(this.#pcs);
+        break;
       case 'subscriber_offer':
         if (this.#pcs) {
           const pcs = this.#pcs;
@@ -287,7 +295,7 @@ export class MediaSession {
         framesReceived: 0, framesDecoded: 0, keyFramesDecoded: 0, pliCount: 0, nackCount: 0,
       },
       inboundAudio: { tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0 },
-      outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0 },
+      outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0, codec: null },
       outboundAudio: { tracks: 0, packetsSent: 0, bytesSent: 0 },
       // The browser's send-side bandwidth estimate towards the SFU (bit/s): it grows
       // only with the SFU's transport-wide congestion control feedback.
@@ -297,6 +305,9 @@ export class MediaSession {
       marks: { ...this.#marks },
       // The track each publisher sender sends now (null: nothing is sent).
       senders: { audio: null, video: null },
+      // Per other participant (by the id of the stream their tracks arrive in): video
+      // frames decoded and in which codec, audio packets received.
+      byStream: {},
     };
     if (!this.#pcs) return out;
     for (const t of this.#pcs.publisher.getTransceivers()) {
@@ -308,10 +319,21 @@ export class MediaSession {
       this.#pcs.subscriber.getStats(),
       this.#pcs.publisher.getStats(),
     ]);
+    const streamOf = new Map();
+    for (const [id, { stream }] of this.#remote) for (const t of stream.getTracks()) streamOf.set(t.id, id);
     sub.forEach((r) => {
       if (r.type !== 'inbound-rtp') return;
       const sum = r.kind === 'video' ? out.inboundVideo : r.kind === 'audio' ? out.inboundAudio : null;
       if (sum) addInto(sum, r);
+      const id = streamOf.get(r.trackIdentifier);
+      if (!id) return;
+      const s = (out.byStream[id] ??= { framesDecoded: 0, videoCodec: null, audioPacketsReceived: 0 });
+      if (r.kind === 'video') {
+        s.framesDecoded += r.framesDecoded || 0;
+        s.videoCodec = sub.get(r.codecId)?.mimeType ?? s.videoCodec;
+      } else if (r.kind === 'audio') {
+        s.audioPacketsReceived += r.packetsReceived || 0;
+      }
     });
     pub.forEach((r) => {
       if (r.type === 'candidate-pair' && r.nominated && r.availableOutgoingBitrate) {
@@ -320,6 +342,7 @@ export class MediaSession {
       if (r.type !== 'outbound-rtp') return;
       const sum = r.kind === 'video' ? out.outboundVideo : r.kind === 'audio' ? out.outboundAudio : null;
       if (sum) addInto(sum, r);
+      if (r.kind === 'video' && r.codecId) out.outboundVideo.codec = pub.get(r.codecId)?.mimeType ?? null;
     });
     return out;
   }
@@ -373,20 +396,40 @@ export class MediaSession {
       const track = this.localStream?.getTracks().find((t) => t.kind === kind);
       pcs.publisher.addTransceiver(track || kind, { direction: 'sendonly', streams });
     }
-    (async () => {
+    this.#reofferWanted = false;
+    this.#offerPublisher(pcs);
+  }
+
+  /**
+   * Offers the publisher connection (first, or again when the SFU asks): one offer at a
+   * time; a request while one is out is taken up once its answer is applied.
+   */
+  async #offerPublisher(pcs) {
+    if (pcs.publisher.signalingState !== 'stable') {
+      this.#reofferWanted = true;
+      return;
+    }
+    try {
       const offer = await pcs.publisher.createOffer();
       await pcs.publisher.setLocalDescription(offer);
       if (this.#pcs !== pcs) return;
       this.send({ type: 'publish_offer', sdp: pcs.publisher.localDescription.sdp });
-      this.#flushLocal('publisher');
-    })().catch((e) => this.#fail(pcs, 'publish offer', e));
+      if (!this.#sdpSent.publisher) this.#flushLocal('publisher');
+    } catch (e) {
+      this.#fail(pcs, 'publish offer', e);
+    }
   }
 
   async #applyPublishAnswer(sdp) {
     const pcs = this.#pcs;
     try {
       await pcs.publisher.setRemoteDescription({ type: 'answer', sdp });
-      if (this.#pcs === pcs) await this.#flushRemote('publisher');
+      if (this.#pcs !== pcs) return;
+      await this.#flushRemote('publisher');
+      if (this.#reofferWanted) {
+        this.#reofferWanted = false;
+        this.#offerPublisher(pcs);
+      }
     } catch (e) {
       this.#fail(pcs, 'publish answer', e);
     }

@@ -1,0 +1,182 @@
+use super::*;
+
+fn b(bytes: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(bytes)
+}
+
+#[test]
+fn h264_is_recognised_only_as_constrained_baseline_with_packetization_mode_1() {
+    let chrome = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+    let safari = "profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1";
+    assert_eq!(Codec::from_sdp("H264", chrome), Some(Codec::H264));
+    assert_eq!(Codec::from_sdp("h264", safari), Some(Codec::H264));
+    // Main profile with both constraint flags is constrained baseline too.
+    assert_eq!(
+        Codec::from_sdp("H264", "packetization-mode=1;profile-level-id=4de01f"),
+        Some(Codec::H264)
+    );
+    for (fmtp, why) in [
+        (
+            "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
+            "packetization-mode 0 has no FU-A",
+        ),
+        ("packetization-mode=1;profile-level-id=42001f", "baseline"),
+        ("packetization-mode=1;profile-level-id=640c1f", "high"),
+        ("packetization-mode=1;profile-level-id=4d001f", "main"),
+        ("packetization-mode=1", "no profile"),
+        (
+            "packetization-mode=1;profile-level-id=42e0",
+            "short profile",
+        ),
+        ("packetization-mode=1;profile-level-id=zze01f", "not hex"),
+        ("", "nothing"),
+    ] {
+        assert_eq!(Codec::from_sdp("H264", fmtp), None, "{why}: {fmtp}");
+    }
+    assert_eq!(Codec::from_sdp("VP8", ""), Some(Codec::Vp8));
+    assert_eq!(
+        Codec::from_sdp("opus", "minptime=10;useinbandfec=1"),
+        Some(Codec::Opus)
+    );
+    for other in ["VP9", "AV1", "rtx", "red", "ulpfec", "G722", "PCMU"] {
+        assert_eq!(Codec::from_sdp(other, ""), None, "{other}");
+    }
+}
+
+#[test]
+fn mime_types_round_trip() {
+    for c in [Codec::Opus, Codec::Vp8, Codec::H264] {
+        assert_eq!(Codec::from_mime(c.mime()), Some(c));
+        assert_eq!(Codec::from_mime(&c.mime().to_uppercase()), Some(c));
+    }
+    assert_eq!(Codec::from_mime("video/VP9"), None);
+}
+
+#[test]
+fn a_publisher_sends_its_own_first_choice_when_everyone_can_receive_it() {
+    let safari = [Codec::H264, Codec::Vp8];
+    assert_eq!(
+        publish_codecs(&safari, CodecSet::all_video()),
+        vec![Codec::H264, Codec::Vp8]
+    );
+    let chrome = [Codec::Vp8, Codec::H264];
+    assert_eq!(
+        publish_codecs(&chrome, CodecSet::all_video()),
+        vec![Codec::Vp8, Codec::H264]
+    );
+}
+
+#[test]
+fn a_publisher_falls_back_to_a_codec_every_other_participant_can_receive() {
+    let firefox_without_h264: CodecSet = [Codec::Vp8].into_iter().collect();
+    assert_eq!(
+        publish_codecs(&[Codec::H264, Codec::Vp8], firefox_without_h264),
+        vec![Codec::Vp8]
+    );
+    let h264_only: CodecSet = [Codec::H264].into_iter().collect();
+    assert_eq!(
+        publish_codecs(&[Codec::Vp8, Codec::H264], h264_only),
+        vec![Codec::H264]
+    );
+}
+
+#[test]
+fn with_nothing_in_common_a_publisher_still_publishes_what_it_offered() {
+    let vp8_only: CodecSet = [Codec::Vp8].into_iter().collect();
+    assert_eq!(publish_codecs(&[Codec::H264], vp8_only), vec![Codec::H264]);
+    assert_eq!(publish_codecs(&[], vp8_only), Vec::<Codec>::new());
+}
+
+#[test]
+fn codec_sets() {
+    let mut s = CodecSet::EMPTY;
+    assert!(s.is_empty());
+    s.insert(Codec::H264);
+    assert!(s.contains(Codec::H264) && !s.contains(Codec::Vp8));
+    assert_eq!(
+        CodecSet::all_video().intersect(s),
+        s,
+        "all video holds H264"
+    );
+    assert!(!CodecSet::all_video().contains(Codec::Opus));
+}
+
+// --- keyframes (handmade payloads; tests/codec_fixtures.rs checks recorded ones) ---------
+
+/// A VP8 payload descriptor with S=1, PID=0 and a one-byte picture id, then the frame's
+/// first byte (P bit = `inter`).
+fn vp8(start: bool, partition: u8, inter: bool) -> Bytes {
+    let first = 0x80 | if start { 0x10 } else { 0 } | partition;
+    b(&[first, 0x80, 0x05, u8::from(inter), 0x00, 0x9d])
+}
+
+#[test]
+fn vp8_keyframes_start_partition_0_with_the_p_bit_clear() {
+    assert!(Codec::Vp8.is_keyframe(&vp8(true, 0, false)));
+    assert!(!Codec::Vp8.is_keyframe(&vp8(true, 0, true)), "inter frame");
+    assert!(
+        !Codec::Vp8.is_keyframe(&vp8(false, 0, false)),
+        "not the start of a partition"
+    );
+    assert!(!Codec::Vp8.is_keyframe(&vp8(true, 1, false)), "partition 1");
+    assert!(!Codec::Vp8.is_keyframe(&b(&[])));
+    assert!(!Codec::Vp8.is_keyframe(&b(&[0x90])));
+}
+
+#[test]
+fn h264_keyframes_as_single_nal_units() {
+    assert!(Codec::H264.is_keyframe(&b(&[0x65, 0x88, 0x84])), "IDR");
+    assert!(
+        Codec::H264.is_keyframe(&b(&[0x67, 0x42, 0xc0, 0x1f])),
+        "SPS"
+    );
+    assert!(!Codec::H264.is_keyframe(&b(&[0x68, 0xce])), "PPS alone");
+    assert!(!Codec::H264.is_keyframe(&b(&[0x41, 0x9a])), "non-IDR slice");
+    assert!(!Codec::H264.is_keyframe(&b(&[0x06, 0x05])), "SEI");
+    assert!(!Codec::H264.is_keyframe(&b(&[])));
+}
+
+#[test]
+fn h264_keyframes_in_a_stap_a() {
+    // STAP-A: [SPS (4 bytes)] [PPS (2 bytes)] [IDR (3 bytes)], as Chrome sends them.
+    let stap = [
+        0x78, 0x00, 0x04, 0x67, 0x42, 0xc0, 0x1f, 0x00, 0x02, 0x68, 0xce, 0x00, 0x03, 0x65, 0x88,
+        0x84,
+    ];
+    assert!(Codec::H264.is_keyframe(&b(&stap)));
+    // SPS and PPS only: still the start of a keyframe.
+    assert!(Codec::H264.is_keyframe(&b(&stap[..11])));
+    // PPS then a non-IDR slice: not a keyframe.
+    assert!(!Codec::H264.is_keyframe(&b(&[0x78, 0x00, 0x02, 0x68, 0xce, 0x00, 0x02, 0x41, 0x9a])));
+    // A size that runs past the end is refused, whatever follows.
+    assert!(!Codec::H264.is_keyframe(&b(&[0x78, 0x00, 0x09, 0x67, 0x42])));
+    assert!(!Codec::H264.is_keyframe(&b(&[0x78])));
+    assert!(!Codec::H264.is_keyframe(&b(&[0x78, 0x00])));
+}
+
+#[test]
+fn h264_keyframes_as_fu_a_fragments_only_at_the_start() {
+    // FU indicator (NRI 3, type 28), FU header: S bit, type 5 (IDR).
+    assert!(
+        Codec::H264.is_keyframe(&b(&[0x7c, 0x85, 0xb8])),
+        "first fragment"
+    );
+    assert!(
+        !Codec::H264.is_keyframe(&b(&[0x7c, 0x05, 0xb8])),
+        "middle fragment"
+    );
+    assert!(
+        !Codec::H264.is_keyframe(&b(&[0x7c, 0x45, 0xb8])),
+        "last fragment"
+    );
+    assert!(
+        !Codec::H264.is_keyframe(&b(&[0x7c, 0x81, 0xb8])),
+        "non-IDR slice"
+    );
+    assert!(!Codec::H264.is_keyframe(&b(&[0x7c])), "no FU header");
+}
+
+#[test]
+fn audio_is_never_a_keyframe() {
+    assert!(!Codec::Opus.is_keyframe(&b(&[0x65, 0x88])));
+}
