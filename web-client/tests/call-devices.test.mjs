@@ -245,12 +245,15 @@ test('the camera is given back while the page is hidden and taken again when it 
     assert.deepEqual(await page.evaluate(() => window.__devices.capturing()), ['mic-builtin'], 'only the microphone still captures: the camera light is off');
     assert.equal(hidden.sent.video, false, 'the others are told: camera off');
     await p.waitPatientStats(page, (x) => x.senders.video === null && x.senders.audio?.readyState === 'live', 'nothing sent for the camera, the microphone goes on');
+    await h.waitForState(clinician, (x) => x.tiles[0]?.video === false, 'the clinician\'s tile says "Camera off"');
+    assert.ok(await clinician.locator('#remote .tile-off').getByText('Camera off').isVisible());
     await sleep(500); // what was in flight arrives
     assert.equal(await framesOver(clinician, 1500), 0, 'the clinician receives no more video frames');
 
     await page.evaluate(() => window.__setVisibility('visible'));
     const shown = await p.waitPatient(page, (x) => !x.local.hidden && x.local.tracks === 2 && x.selfView === 'camera', 'the camera taken again');
     assert.equal(shown.sent.video, true);
+    await h.waitForState(clinician, (x) => x.tiles[0]?.video === true, 'the clinician\'s tile shows the picture again');
     assert.ok((await framesOver(clinician, 1500)) > 0, 'the clinician decodes the patient again');
     const joins = await page.evaluate(() => window.consultPatient.messages().filter((m) => m.type === 'join_media').length);
     assert.equal(joins, 1, 'without leaving or joining the call again');
@@ -334,6 +337,7 @@ test('devices changing mid-call: unplugged ones replaced or said, a headset plug
     assert.match(await note(), /Your camera was disconnected, and there is no other\. The clinic cannot see you/);
     assert.equal(st.sent.video, false, 'the others are told: camera off');
     await p.waitPatientStats(page, (x) => x.senders.video === null, 'no video sent');
+    await h.waitForState(clinician, (x) => x.tiles[0]?.video === false, 'the clinician sees "Camera off"');
     await p.axeCheck(page, 'call: camera unplugged');
 
     // A headset is plugged in and becomes the default microphone: it is used.
@@ -354,11 +358,14 @@ test('devices changing mid-call: unplugged ones replaced or said, a headset plug
     st = await p.waitPatient(page, (x) => x.local.microphone === 'missing', 'no microphone left');
     assert.match(await note(), /Your microphone was disconnected, and there is no other\. The clinic cannot hear you/);
     assert.deepEqual(st.sent, { audio: false, video: false, screen: false });
+    await h.waitForState(clinician, (x) => x.tiles[0]?.audio === false, 'the clinician sees "Muted"');
+    await clinician.locator('#remote figure.tile').getByText('Muted', { exact: true }).waitFor();
 
     // A camera plugged in where there was none: it is used.
     await page.evaluate(() => window.__devices.plug({ deviceId: 'cam-usb', kind: 'videoinput', label: 'USB camera', color: [40, 40, 220] }));
     st = await p.waitPatient(page, (x) => x.local.cameraDevice === 'cam-usb' && x.selfView === 'camera', 'the new camera in use');
     assert.equal(st.sent.video, true);
+    await h.waitForState(clinician, (x) => x.tiles[0]?.video === true, 'the clinician\'s tile shows the picture again');
     await h.waitFor(clinician, (c) => c && c[2] > 150 && c[0] < 100, 'the clinician sees the new camera (blue)', 10_000, remoteColour);
     assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
   });

@@ -159,3 +159,65 @@ test("the clinician's own view: camera off, and sharing the screen", async () =>
     assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
   });
 });
+
+test('mute and camera off seen on the other side, a shared screen said, a page joining later told at once', async () => {
+  await s.withStaffEnv('the other side', async (env) => {
+    const { pf, doc, patient } = await clinicianAndPatient(env);
+    await callIn(doc, patient);
+    const tile = patient.locator('#remote figure.tile').first();
+    const placeholder = tile.locator('.tile-off');
+
+    // The clinician mutes: the patient's tile says so, in words and with an icon.
+    await button(doc, 'Mute').click();
+    await patient.getByRole('figure', { name: /Muted/ }).waitFor();
+    await tile.getByText('Muted', { exact: true }).waitFor();
+    assert.ok(await tile.locator('.flag-muted svg.icon-mic-off').isVisible(), 'an icon beside the word');
+    let st = await p.waitPatient(patient, (x) => x.tiles[0]?.audio === false && x.tiles[0]?.video === true, 'the tile knows');
+    assert.ok(st.announced.includes('The clinician has muted their microphone.'), 'and it is announced');
+    await p.record(patient, 'call-peer-muted');
+
+    // ... and turns the camera off: a calm "Camera off" instead of a black or frozen picture.
+    await button(doc, 'Camera off').click();
+    await placeholder.getByText('Camera off').waitFor();
+    const [box, video] = [await placeholder.boundingBox(), await tile.locator('video').boundingBox()];
+    assert.deepEqual([box.width, box.height].map(Math.round), [video.width, video.height].map(Math.round), 'the placeholder covers the picture');
+    st = await p.waitPatient(patient, (x) => x.tiles[0]?.video === false, 'camera off on the tile');
+    assert.ok(st.announced.includes('The clinician has turned their camera off.'));
+    await p.record(patient, 'call-peer-camera-off');
+
+    // Sharing the screen (camera still off): the patient is told, and sees the screen.
+    await button(doc, 'Share screen').click();
+    await tile.getByText('The clinician is sharing their screen').waitFor();
+    await placeholder.waitFor({ state: 'hidden' });
+    await p.record(patient, 'call-peer-sharing');
+    await button(doc, 'Share screen').click();
+    await placeholder.getByText('Camera off').waitFor();
+    await button(doc, 'Camera off').click();
+    await button(doc, 'Mute').click();
+    await p.waitPatient(patient, (x) => x.tiles[0]?.audio && x.tiles[0]?.video && !x.tiles[0]?.screen, 'all on again');
+    assert.ok(await placeholder.isHidden());
+    assert.ok(await tile.getByText('Muted', { exact: true }).isHidden());
+
+    // The patient mutes and turns the camera off: the clinician's tile says so, and the
+    // patient sees plainly that they are muted.
+    await button(patient, 'Mute').click();
+    await button(patient, 'Camera off').click();
+    const docTile = doc.locator('#remote figure.tile').first();
+    await doc.getByRole('figure', { name: /Pat Example.*Muted/ }).waitFor();
+    await docTile.locator('.tile-off').getByText('Camera off').waitFor();
+    await s.waitStaff(doc, (x) => /Pat Example has (muted their microphone|turned their camera off)/.test(x.status), 'said in the call status');
+    assert.ok(await patient.getByText('You are muted: the clinic cannot hear you.').isVisible(), 'the patient sees they are muted');
+    assert.ok(await patient.locator('#self-figure').getByText('You are muted').isVisible());
+    await p.record(patient, 'call-self-muted');
+    await s.check(doc, 'staff-clinician-call-peer-off');
+
+    // The clinician's page reloads (a page joining later): told at once, before or after
+    // the patient's tracks arrive.
+    await doc.reload();
+    await s.waitStaff(doc, (x) => x.remoteVideos === 1 && x.tiles[0]?.audio === false && x.tiles[0]?.video === false, 'told at once after joining again', 30_000);
+    await docTile.locator('.tile-off').getByText('Camera off').waitFor();
+    const relayed = await doc.evaluate(() => window.consultStaff.messages().filter((m) => m.type === 'peer_media_state').length);
+    assert.ok(relayed >= 1, 'the state came from the server (peer_media_state)');
+    assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
+  });
+});
