@@ -173,7 +173,7 @@ test('mute and camera off seen on the other side, a shared screen said, a page j
     await tile.getByText('Muted', { exact: true }).waitFor();
     assert.ok(await tile.locator('.flag-muted svg.icon-mic-off').isVisible(), 'an icon beside the word');
     let st = await p.waitPatient(patient, (x) => x.tiles[0]?.audio === false && x.tiles[0]?.video === true, 'the tile knows');
-    assert.ok(st.announced.includes('The clinician has muted their microphone.'), 'and it is announced');
+    assert.ok(st.announced.includes('The clinician has muted their microphone.'), `and it is announced: ${JSON.stringify(st.announced)}`);
     await p.record(patient, 'call-peer-muted');
 
     // ... and turns the camera off: a calm "Camera off" instead of a black or frozen picture.

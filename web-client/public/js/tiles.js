@@ -60,10 +60,14 @@ const ON = { audio: true, video: true, screen: false };
  *   words                overrides of TILE_WORDS; `screen` may be a function (stream, n)
  *                        (who shares the screen)
  *   onSoundBlocked()     the browser refused sound: a button now offers it
- *   onPeerChange(stream, state, was)   a shown tile's state changed
+ *   onPeerChange(stream, state, was, n)   a tile's state changed, or a tile appeared
+ *                        showing other than what was known of its stream (someone who
+ *                        was already muted): for announcing it
  */
 export class Tiles {
   #blocked = new Set(); // videos playing muted because sound was refused
+  #known = new Map(); // stream id -> the state last shown for it (kept while a tile is
+  // re-created: a renegotiation can take a stream away and give it back)
 
   constructor(container, { label, who, words = {}, onSoundBlocked, onPeerChange } = {}) {
     this.container = container;
@@ -107,7 +111,9 @@ export class Tiles {
     figure.dataset.stream = stream.id;
     this.container.append(figure);
     this.container.dataset.count = String(this.count);
+    const was = this.#known.get(stream.id) ?? ON;
     this.#render(figure, state);
+    this.#changed(figure, was);
     this.#play(figure, video);
     return figure;
   }
@@ -118,10 +124,7 @@ export class Tiles {
     if (!figure) return;
     const was = this.#state(figure);
     this.#render(figure, state);
-    const now = this.#state(figure);
-    if (was.audio !== now.audio || was.video !== now.video || was.screen !== now.screen) {
-      this.onPeerChange(figure.dataset.stream, now, was, this.#index(figure));
-    }
+    this.#changed(figure, was);
   }
 
   /** The state a tile shows, or null. */
@@ -130,8 +133,9 @@ export class Tiles {
     return figure ? this.#state(figure) : null;
   }
 
-  /** Removes the tile of `stream` (every tile if none is given). */
+  /** Removes the tile of `stream` (every tile, and what was known of them, if none is given). */
   remove(stream) {
+    if (!stream) this.#known.clear();
     for (const figure of [...this.container.querySelectorAll('figure.tile')]) {
       if (!stream || figure.dataset.stream === stream.id) {
         const v = figure.querySelector('video');
@@ -163,6 +167,15 @@ export class Tiles {
 
   #state(figure) {
     return { audio: figure.dataset.audio === 'on', video: figure.dataset.video === 'on', screen: figure.dataset.screen === 'on' };
+  }
+
+  /** Tells the page when what a tile shows differs from what was shown for its stream. */
+  #changed(figure, was) {
+    const now = this.#state(figure);
+    this.#known.set(figure.dataset.stream, now);
+    if (was.audio !== now.audio || was.video !== now.video || was.screen !== now.screen) {
+      this.onPeerChange(figure.dataset.stream, now, was, this.#index(figure));
+    }
   }
 
   #render(figure, { audio = true, video = true, screen = false } = ON) {
