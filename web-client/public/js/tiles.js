@@ -219,7 +219,7 @@ export class SelfView {
     this.texts = { caption, sharingCaption };
     this.off = el('div', 'self-off', icon('camera-off'), el('p', '', offText));
     this.off.hidden = true;
-    this.muted = el('p', 'self-muted', icon('mic-off'), mutedText);
+    this.muted = el('p', 'self-muted', icon('mic-off'), el('span', '', mutedText));
     this.muted.hidden = true;
     this.caption = figure.querySelector('figcaption') ?? el('figcaption');
     figure.append(this.off, this.muted, this.caption);
