@@ -193,7 +193,12 @@ function onDevicesChanged({ kind, track, reason, replaced }) {
 }
 
 function renderSelf() {
-  self.show({ track: devices.cameraTrack, mirrored: devices.facing !== 'environment', muted: devices.muted && !!devices.micTrack });
+  self.show({
+    track: devices.cameraTrack,
+    mirrored: devices.facing !== 'environment',
+    muted: devices.muted && !!devices.micTrack,
+    offText: devices.started ? undefined : 'Camera not turned on yet',
+  });
   ui.mute.disabled = !devices.micTrack;
   ui.camera.disabled = !(devices.cameraTrack || devices.cameraOff || devices.hidden);
   ui.mute.setAttribute('aria-pressed', String(devices.muted && !!devices.micTrack));

@@ -204,7 +204,12 @@ export function onDevicesChanged({ kind, track, reason, replaced }) {
 /** The self view, the line under the picture, and the controls, as the devices are now. */
 export function renderSelf() {
   const d = app.devices;
-  self.show({ track: d.cameraTrack, mirrored: d.facing !== 'environment', muted: d.muted && !!d.micTrack });
+  self.show({
+    track: d.cameraTrack,
+    mirrored: d.facing !== 'environment',
+    muted: d.muted && !!d.micTrack,
+    offText: d.started ? undefined : 'Camera not turned on yet',
+  });
   const lines = [];
   if (!d.started) lines.push(SELF.notStarted);
   else {

@@ -409,6 +409,7 @@ export class StaffCall {
       screen: !!this.screen,
       mirrored: d.facing !== 'environment',
       muted: d.muted && !!d.micTrack,
+      offText: d.started ? undefined : 'Camera not turned on yet',
     });
     mic.setAttribute('aria-pressed', String(d.muted));
     cam.setAttribute('aria-pressed', String(d.cameraOff));

@@ -216,8 +216,9 @@ export class SelfView {
     this.video.autoplay = true;
     this.video.muted = true;
     this.video.playsInline = true;
-    this.texts = { caption, sharingCaption };
-    this.off = el('div', 'self-off', icon('camera-off'), el('p', '', offText));
+    this.texts = { caption, sharingCaption, offText };
+    this.offWords = el('p', '', offText);
+    this.off = el('div', 'self-off', icon('camera-off'), this.offWords);
     this.off.hidden = true;
     this.muted = el('p', 'self-muted', icon('mic-off'), el('span', '', mutedText));
     this.muted.hidden = true;
@@ -227,9 +228,10 @@ export class SelfView {
 
   /**
    * track: the video track sent (camera or screen) or null; screen: it is a screen;
-   * mirrored: a front camera (shown as in a mirror); muted: the microphone is off.
+   * mirrored: a front camera (shown as in a mirror); muted: the microphone is off;
+   * offText: what the placeholder says instead of "Your camera is off".
    */
-  show({ track = null, screen = false, mirrored = true, muted = false } = {}) {
+  show({ track = null, screen = false, mirrored = true, muted = false, offText = this.texts.offText } = {}) {
     const live = track && track.readyState === 'live' && track.enabled ? track : null;
     if (live !== this.#track) {
       this.#track = live;
@@ -240,6 +242,7 @@ export class SelfView {
     }
     this.video.hidden = !live;
     this.off.hidden = !!live;
+    if (this.offWords.textContent !== offText) this.offWords.textContent = offText;
     this.figure.dataset.video = live ? (screen ? 'screen' : 'camera') : 'off';
     this.figure.classList.toggle('mirrored', !!live && !screen && mirrored);
     this.muted.hidden = !muted;
