@@ -1,0 +1,266 @@
+//! Media: a publisher's packets through the forwarding core to every subscriber's
+//! connection, subscribers' NACKs and keyframe requests back, tracks published and gone.
+
+use super::*;
+
+impl CachedPacket for Cached {
+    fn rtp_timestamp(&self) -> u32 {
+        self.0.header.timestamp
+    }
+}
+
+/// Writes one forwarded packet, with that subscriber's header, into its connection. The
+/// payload is shared with the cache; nothing waits.
+pub(super) fn send_forward(
+    conns: &mut HashMap<ConnId, Conn>,
+    touched: &mut Vec<ConnId>,
+    fw: Forward<'_, Cached, Route>,
+    now: Instant,
+) {
+    let Some(c) = conns.get_mut(&fw.route.conn) else {
+        return;
+    };
+    // The core forwards only codecs the subscriber accepted, whose payload types it has.
+    let Some(payload_type) = fw
+        .route
+        .payload_types
+        .iter()
+        .find(|(codec, _)| *codec == fw.codec)
+        .map(|(_, pt)| *pt)
+    else {
+        return;
+    };
+    let out = rtp::Packet {
+        header: rtp::Header {
+            version: 2,
+            marker: fw.packet.0.header.marker,
+            payload_type,
+            sequence_number: fw.seq,
+            timestamp: fw.timestamp,
+            ssrc: fw.route.ssrc,
+            ..Default::default()
+        },
+        payload: fw.packet.0.payload.clone(),
+    };
+    let Some(mut sender) = c.pc.rtp_sender(fw.route.sender) else {
+        return;
+    };
+    if sender.write_rtp(now, out).is_ok() && !c.queued {
+        c.queued = true;
+        touched.push(fw.route.conn);
+    }
+}
+
+/// Sends a PLI to the publisher of the requested track.
+pub(super) fn request_keyframe(
+    conns: &mut HashMap<ConnId, Conn>,
+    touched: &mut Vec<ConnId>,
+    room: &Room,
+    req: KeyframeRequest,
+    now: Instant,
+) {
+    let Some(t) = room.tracks.get(&req.track) else {
+        return;
+    };
+    let Some(c) = conns.get_mut(&t.conn) else {
+        return;
+    };
+    if let Some(mut receiver) = c.pc.rtp_receiver(t.receiver) {
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: t.media_ssrc,
+        };
+        let _ = receiver.write_rtcp(now, vec![Box::new(pli)]);
+    }
+    touch(conns, touched, t.conn);
+}
+
+impl MediaLoop {
+    /// One packet of a published track, to every subscriber the core routes it to.
+    pub(super) fn forward(
+        &mut self,
+        room: u128,
+        track: TrackId,
+        packet: rtp::Packet,
+        now: Instant,
+    ) {
+        let Self {
+            rooms,
+            conns,
+            touched,
+            ..
+        } = self;
+        let Some(r) = rooms.get_mut(&room) else {
+            return;
+        };
+        let Some(t) = r.tracks.get(&track) else {
+            return;
+        };
+        // A payload type its offer did not give (the core lets none through): nothing to
+        // forward it as.
+        let Some(codec) = t.codec_of(packet.header.payload_type) else {
+            return;
+        };
+        let meta = RtpMeta {
+            seq: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            keyframe: codec.is_keyframe(&packet.payload),
+            codec,
+        };
+        let request = r
+            .forwarder
+            .on_rtp(track, meta, Cached(Arc::new(packet)), now, |fw| {
+                send_forward(conns, touched, fw, now);
+            });
+        if let Some(req) = request {
+            request_keyframe(conns, touched, r, req, now);
+        }
+    }
+
+    /// A subscriber's NACKs (resent from the cache, or passed upstream for what the SFU
+    /// never got) and keyframe requests for one track.
+    pub(super) fn subscriber_rtcp(
+        &mut self,
+        key: u128,
+        track: TrackId,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) {
+        let Self {
+            rooms,
+            conns,
+            touched,
+            members,
+            nacks,
+            ..
+        } = self;
+        let Some(m) = members.get(&key) else {
+            return;
+        };
+        let Some(r) = rooms.get_mut(&m.room) else {
+            return;
+        };
+        let lost: Vec<u16> = packets
+            .iter()
+            .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+            .flat_map(|n| n.nacks.iter().flat_map(|pair| pair.packet_list()))
+            .collect();
+        if !lost.is_empty() {
+            let outcome = r.forwarder.on_nack(track, m.id, &lost, |fw| {
+                send_forward(conns, touched, fw, now);
+            });
+            nacks
+                .resent
+                .fetch_add(outcome.resent as u64, Ordering::Relaxed);
+            if !outcome.upstream.is_empty() {
+                nacks
+                    .upstream
+                    .fetch_add(outcome.upstream.len() as u64, Ordering::Relaxed);
+                if let Some(t) = r.tracks.get(&track) {
+                    if let Some(mut receiver) = conns
+                        .get_mut(&t.conn)
+                        .and_then(|c| c.pc.rtp_receiver(t.receiver))
+                    {
+                        let nack = TransportLayerNack {
+                            sender_ssrc: 0,
+                            media_ssrc: t.media_ssrc,
+                            nacks: nack_pairs_from_sequence_numbers(&outcome.upstream),
+                        };
+                        let _ = receiver.write_rtcp(now, vec![Box::new(nack)]);
+                    }
+                    touch(conns, touched, t.conn);
+                }
+            }
+        }
+        let wants_keyframe = packets.iter().any(|p| {
+            p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+        });
+        if wants_keyframe {
+            if let Some(req) = r.forwarder.on_keyframe_request(track, now) {
+                request_keyframe(conns, touched, r, req, now);
+            }
+        }
+    }
+
+    /// A track the publisher connection started receiving: the room's other participants
+    /// subscribe to it.
+    pub(super) fn publish_track(&mut self, id: ConnId, key: u128, init: RTCTrackEventInit) {
+        let Some(m) = self.members.get(&key) else {
+            return;
+        };
+        let (publisher, room) = (m.id, m.room);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(mut receiver) = c.pc.rtp_receiver(init.receiver_id) else {
+            return;
+        };
+        let media_ssrc = match init.ssrc {
+            0 => receiver.track().ssrcs().next().unwrap_or(0),
+            s => s,
+        };
+        let rtp_kind = receiver.track().kind();
+        let mime = match receiver.track().codec(media_ssrc) {
+            Some(codec) => codec.mime_type.clone(),
+            None => match receiver.get_parameters().rtp_parameters.codecs.first() {
+                Some(c) => c.rtp_codec.mime_type.clone(),
+                None => return,
+            },
+        };
+        // The core only negotiates the policy's codecs.
+        let Some(codec) = Codec::from_mime(&mime) else {
+            return;
+        };
+        let kind = match rtp_kind {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        let payload_types = m.codecs.payload_types.clone();
+        let track = TrackId(NEXT_TRACK.fetch_add(1, Ordering::Relaxed));
+        c.tracks.insert(init.track_id, track);
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        r.forwarder.add_track(track, publisher, kind);
+        r.tracks.insert(
+            track,
+            Published {
+                publisher,
+                kind,
+                codec,
+                payload_types,
+                conn: id,
+                receiver: init.receiver_id,
+                media_ssrc,
+            },
+        );
+        tracing::debug!(track = track.0, ?kind, "publishing");
+        let others: Vec<u128> = r.members.iter().copied().filter(|k| *k != key).collect();
+        for o in others {
+            self.mark_dirty(o);
+        }
+    }
+
+    /// A track the publisher stopped sending (renegotiated away).
+    pub(super) fn unpublish_track(&mut self, id: ConnId, key: u128, core_track: &str) {
+        let Some(track) = self
+            .conns
+            .get_mut(&id)
+            .and_then(|c| c.tracks.remove(core_track))
+        else {
+            return;
+        };
+        let Some(room) = self.members.get(&key).map(|m| m.room) else {
+            return;
+        };
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        r.forwarder.remove_track(track);
+        r.tracks.remove(&track);
+        let others: Vec<u128> = r.members.iter().copied().filter(|k| *k != key).collect();
+        for o in others {
+            self.mark_dirty(o);
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! Offers and answers: the publisher's offer answered with the codecs its room can
+//! receive, publishers asked to offer again when that changes, each subscriber
+//! connection reconciled with the room's tracks, and media state passed on.
+
+use super::*;
+
+/// Lets the video track of `sender` be sent in every video codec of the policy, `first`
+/// first: the browser's answer keeps those it can decode, and a publisher that switches
+/// codec (see [`crate::codec`]) reaches this subscriber without a new negotiation.
+pub(super) fn offer_every_video_codec(
+    pc: &mut RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    first: Codec,
+) -> Result<(), rtc::shared::error::Error> {
+    let mut order = vec![first];
+    order.extend(Codec::VIDEO.into_iter().filter(|c| *c != first));
+    let codecs = order
+        .into_iter()
+        .map(|c| codec_parameters(c, c.payload_types().0, c.fmtp()))
+        .collect();
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    for id in transceivers {
+        if let Some(mut t) = pc.rtp_transceiver(id) {
+            if t.sender() == Some(sender) {
+                return t.set_codec_preferences(codecs);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The media id (`mid`) of the transceiver that holds `sender`, once negotiated.
+pub(super) fn sender_mid(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<String> {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    transceivers.into_iter().find_map(|id| {
+        let t = pc.rtp_transceiver(id)?;
+        if t.sender() == Some(sender) {
+            t.mid().clone()
+        } else {
+            None
+        }
+    })
+}
+
+/// Sets the codecs (in order) the transceiver of media section `mid` answers with.
+pub(super) fn prefer_codecs(
+    pc: &mut RTCPeerConnection,
+    mid: &str,
+    codecs: Vec<RTCRtpCodecParameters>,
+) -> Result<(), rtc::shared::error::Error> {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    for id in transceivers {
+        if let Some(mut t) = pc.rtp_transceiver(id) {
+            if t.mid().as_deref() == Some(mid) {
+                return t.set_codec_preferences(codecs);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl MediaLoop {
+    pub(super) fn mark_dirty(&mut self, key: u128) {
+        if let Some(m) = self.members.get_mut(&key) {
+            m.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Reconciles a participant's subscriber connection with the room's tracks and
+    /// offers, unless an offer is already out (its answer brings the next round).
+    pub(super) fn negotiate(&mut self, key: u128, now: Instant) {
+        let Self {
+            members,
+            conns,
+            rooms,
+            touched,
+            announced,
+            ..
+        } = self;
+        let Some(m) = members.get_mut(&key) else {
+            return;
+        };
+        // An offer is out: its answer brings the next round.
+        if m.negotiation != Negotiation::Idle {
+            return;
+        }
+        m.dirty = false;
+        let (Some(r), Some(c)) = (rooms.get_mut(&m.room), conns.get_mut(&m.subscriber)) else {
+            return;
+        };
+        let mut changed = false;
+        let gone: Vec<TrackId> = m
+            .subscribed
+            .keys()
+            .filter(|t| !r.tracks.contains_key(t))
+            .copied()
+            .collect();
+        for t in gone {
+            if let Some(s) = m.subscribed.remove(&t) {
+                r.forwarder.unsubscribe(t, m.id);
+                let _ = c.pc.remove_track(s.sender);
+                changed = true;
+            }
+        }
+        for (t, p) in &r.tracks {
+            if p.publisher == m.id || m.subscribed.contains_key(t) {
+                continue;
+            }
+            let ssrc = NEXT_SSRC.fetch_add(1, Ordering::Relaxed);
+            let rtp_kind = match p.kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let (payload_type, _) = p.codec.payload_types();
+            let codec = RTCRtpCodec {
+                rtcp_feedback: vec![],
+                ..codec_parameters(p.codec, payload_type, p.codec.fmtp()).rtp_codec
+            };
+            let local = media_track(
+                stream_id(p.publisher),
+                format!("t{}", t.0),
+                rtp_kind,
+                ssrc,
+                codec,
+            );
+            // The core reuses the transceiver (m-line) of a track removed earlier, so a
+            // long consultation with many joins and leaves does not grow its SDP forever.
+            match c.pc.add_track(local).and_then(|sender| {
+                if p.kind == MediaKind::Video {
+                    offer_every_video_codec(&mut c.pc, sender, p.codec)?;
+                }
+                Ok(sender)
+            }) {
+                Ok(sender) => {
+                    m.subscribed.insert(
+                        *t,
+                        Subscribed {
+                            sender,
+                            ssrc,
+                            kind: p.kind,
+                            payload_types: Vec::new(),
+                            routed: false,
+                        },
+                    );
+                    changed = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not add a track for a subscriber"),
+            }
+        }
+        // Tracks added by a negotiation that failed are still unrouted: offer them again.
+        if !changed && m.subscribed.values().all(|s| s.routed) {
+            return;
+        }
+        let offered =
+            c.pc.create_offer(None)
+                .and_then(|offer| c.pc.set_local_description(now, offer))
+                .map_err(webrtc_err)
+                .and_then(|()| {
+                    c.pc.local_description()
+                        .map(|d| d.sdp)
+                        .ok_or_else(|| EngineError::WebRtc("no local description".into()))
+                });
+        match offered {
+            Ok(sdp) => {
+                let sdp = match announced {
+                    Some((private, public)) => crate::sdp::announce(&sdp, *private, *public),
+                    None => sdp,
+                };
+                tracing::debug!(
+                    participant = key,
+                    tracks = m.subscribed.len(),
+                    "subscriber offer"
+                );
+                let _ = m.events.send(EngineEvent::SubscriberOffer {
+                    participant: key,
+                    sdp,
+                });
+                m.negotiation = Negotiation::Offered(now);
+            }
+            Err(e) => {
+                tracing::info!(participant = key, error = %e, "subscriber offer failed; retrying");
+                m.negotiation = Negotiation::Retry(now + RETRY_AFTER);
+            }
+        }
+        touch(conns, touched, m.subscriber);
+    }
+
+    /// Routes a participant's newly negotiated tracks once its subscriber connection is
+    /// up and no offer is out, asking their publishers for a keyframe.
+    pub(super) fn route_new_tracks(&mut self, key: u128, now: Instant) {
+        let Self {
+            members,
+            conns,
+            rooms,
+            touched,
+            ..
+        } = self;
+        let Some(m) = members.get_mut(&key) else {
+            return;
+        };
+        if m.subscriber_state != RTCPeerConnectionState::Connected
+            || m.negotiation != Negotiation::Idle
+        {
+            return;
+        }
+        let (Some(r), Some(c)) = (rooms.get_mut(&m.room), conns.get_mut(&m.subscriber)) else {
+            return;
+        };
+        let _ = c;
+        let mut requests = Vec::new();
+        for (t, s) in m.subscribed.iter_mut().filter(|(_, s)| !s.routed) {
+            // The answer refused every codec of it (a browser that cannot decode any):
+            // nothing can be sent, so it stays unrouted.
+            if s.payload_types.is_empty() {
+                continue;
+            }
+            let route = Route {
+                conn: m.subscriber,
+                sender: s.sender,
+                ssrc: s.ssrc,
+                payload_types: s.payload_types.clone(),
+            };
+            s.routed = true;
+            tracing::debug!(participant = key, track = t.0, "routed");
+            let accepts: CodecSet = s.payload_types.iter().map(|(c, _)| *c).collect();
+            let subscribed = r.forwarder.subscribe(*t, m.id, route, now);
+            let accepted = match s.kind {
+                MediaKind::Video => r.forwarder.accept_codecs(*t, m.id, accepts, now),
+                MediaKind::Audio => None,
+            };
+            requests.extend(subscribed.or(accepted));
+        }
+        for req in requests {
+            request_keyframe(conns, touched, r, req, now);
+        }
+    }
+
+    pub(super) fn subscriber_answer(
+        &mut self,
+        key: u128,
+        answer: String,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let m = self
+            .members
+            .get_mut(&key)
+            .ok_or(EngineError::UnknownParticipant)?;
+        if !matches!(m.negotiation, Negotiation::Offered(_)) {
+            return Err(EngineError::NoOfferPending);
+        }
+        let id = m.subscriber;
+        let c = self
+            .conns
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownParticipant)?;
+        let sections = crate::sdp::media_codecs(&answer);
+        let applied = RTCSessionDescription::answer(answer)
+            .and_then(|desc| c.pc.set_remote_description(now, desc))
+            .map_err(|e| EngineError::BadSdp(e.to_string()))
+            .and_then(|()| sections.map_err(EngineError::BadSdp));
+        let sections = match applied {
+            Ok(sections) => sections,
+            Err(e) => {
+                m.negotiation = Negotiation::Retry(now + RETRY_AFTER);
+                return Err(e);
+            }
+        };
+        if !sections.is_empty() {
+            c.liveness.expect(now);
+        }
+        // What the browser accepted of each track: the codecs (and payload types) of its
+        // media section.
+        for s in m.subscribed.values_mut() {
+            let Some(mid) = sender_mid(&mut c.pc, s.sender) else {
+                continue;
+            };
+            if let Some(section) = sections.iter().find(|x| x.mid == mid) {
+                s.payload_types = section.codecs.iter().map(|(pt, c)| (*c, *pt)).collect();
+            }
+        }
+        add_early_candidates(key, c);
+        tracing::debug!(participant = key, "subscriber answer applied");
+        m.negotiation = Negotiation::Idle;
+        let again = m.dirty;
+        touch(&mut self.conns, &mut self.touched, id);
+        self.route_new_tracks(key, now);
+        if again {
+            self.mark_dirty(key);
+        }
+        Ok(())
+    }
+
+    /// The browser's (first or renewed) offer for its publisher connection. Its video is
+    /// answered with the codecs everyone else in the room can receive, in the browser's
+    /// order ([`publish_codecs`]); what it offered is what it can receive, which may make
+    /// other publishers switch ([`Self::reconcile_codecs`]).
+    pub(super) fn publish(
+        &mut self,
+        key: u128,
+        offer: String,
+        now: Instant,
+    ) -> Result<String, EngineError> {
+        let sections = crate::sdp::media_codecs(&offer).map_err(EngineError::BadSdp)?;
+        let room = self
+            .members
+            .get(&key)
+            .ok_or(EngineError::UnknownParticipant)?
+            .room;
+        let receivable = self.receivable_by_others(room, key);
+        let (id, c) = self.leg(key, MediaLeg::Publisher)?;
+        let desc =
+            RTCSessionDescription::offer(offer).map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        c.pc.set_remote_description(now, desc)
+            .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        add_early_candidates(key, c);
+        c.liveness.expect(now);
+        let mut offered: Option<Vec<Codec>> = None;
+        let mut receives = CodecSet::EMPTY;
+        let mut sends = None;
+        for section in sections.iter().filter(|s| s.video) {
+            let mut order = Vec::new();
+            for (_, codec) in &section.codecs {
+                receives.insert(*codec);
+                if !order.contains(codec) {
+                    order.push(*codec);
+                }
+            }
+            let chosen = publish_codecs(&order, receivable);
+            sends = sends.or(chosen.first().copied());
+            let params = chosen
+                .iter()
+                .filter_map(|codec| {
+                    let (pt, _) = section.codecs.iter().find(|(_, c)| c == codec)?;
+                    Some(codec_parameters(*codec, *pt, codec.fmtp()))
+                })
+                .collect();
+            if !order.is_empty() {
+                prefer_codecs(&mut c.pc, &section.mid, params).map_err(webrtc_err)?;
+            }
+            offered.get_or_insert(order);
+        }
+        let answer = c.pc.create_answer(None).map_err(webrtc_err)?;
+        c.pc.set_local_description(now, answer)
+            .map_err(webrtc_err)?;
+        let sdp =
+            c.pc.local_description()
+                .map(|d| d.sdp)
+                .ok_or_else(|| EngineError::WebRtc("no local description".into()))?;
+        touch(&mut self.conns, &mut self.touched, id);
+        let payload_types: Vec<(u8, Codec)> = sections
+            .iter()
+            .flat_map(|s| s.codecs.iter().copied())
+            .collect();
+        if let Some(m) = self.members.get_mut(&key) {
+            let codecs = &mut m.codecs;
+            if let Some(offered) = offered {
+                codecs.offered = offered;
+                codecs.receives = receives;
+            }
+            codecs.sends = sends;
+            codecs.asked = None;
+            codecs.payload_types = payload_types.clone();
+            if let Some(r) = self.rooms.get_mut(&room) {
+                for t in r.tracks.values_mut().filter(|t| t.publisher == m.id) {
+                    t.payload_types = payload_types.clone();
+                }
+            }
+        }
+        self.reconcile_codecs(room);
+        Ok(match self.announced {
+            Some((private, public)) => crate::sdp::announce(&sdp, private, public),
+            None => sdp,
+        })
+    }
+
+    /// The video codecs every participant of `room` but `key` can receive.
+    pub(super) fn receivable_by_others(&self, room: u128, key: u128) -> CodecSet {
+        let Some(r) = self.rooms.get(&room) else {
+            return CodecSet::all_video();
+        };
+        r.members
+            .iter()
+            .filter(|k| **k != key)
+            .filter_map(|k| self.members.get(k))
+            .fold(CodecSet::all_video(), |set, m| {
+                set.intersect(m.codecs.receives)
+            })
+    }
+
+    /// Asks each publisher of `room` whose video codec is no longer the one it should send
+    /// (someone joined who cannot decode it, or left and it can have its own choice back)
+    /// for a new offer; its answer then names the right one.
+    pub(super) fn reconcile_codecs(&mut self, room: u128) {
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let mut ask = Vec::new();
+        for key in &r.members {
+            let Some(m) = self.members.get(key) else {
+                continue;
+            };
+            if m.codecs.offered.is_empty() {
+                continue;
+            }
+            let receivable = self.receivable_by_others(room, *key);
+            let want = publish_codecs(&m.codecs.offered, receivable)
+                .first()
+                .copied();
+            if want != m.codecs.sends && want != m.codecs.asked {
+                ask.push((*key, want));
+            }
+        }
+        for (key, want) in ask {
+            if let Some(m) = self.members.get_mut(&key) {
+                tracing::debug!(participant = key, ?want, sends = ?m.codecs.sends, "publisher codec to change");
+                m.codecs.asked = want;
+                let _ = m
+                    .events
+                    .send(EngineEvent::PublishRenegotiate { participant: key });
+            }
+        }
+    }
+
+    /// A participant's browser says what it sends: everyone else in its room is told.
+    pub(super) fn media_state(&mut self, key: u128, state: MediaState) -> Result<(), EngineError> {
+        let m = self
+            .members
+            .get_mut(&key)
+            .ok_or(EngineError::UnknownParticipant)?;
+        m.state = state;
+        let (room, stream) = (m.room, stream_id(m.id));
+        let Some(r) = self.rooms.get(&room) else {
+            return Ok(());
+        };
+        for o in r.members.iter().filter(|k| **k != key) {
+            if let Some(other) = self.members.get(o) {
+                let _ = other.events.send(EngineEvent::PeerState {
+                    participant: *o,
+                    stream: stream.clone(),
+                    state,
+                });
+            }
+        }
+        Ok(())
+    }
+}
