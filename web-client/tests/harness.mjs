@@ -1,9 +1,10 @@
 // Helpers for the browser tests: start the platform's processes (Redis, `consult`, `sfu`)
-// on loopback, drive Debian's Chromium through playwright-core, talk to the REST API, and
-// make sure everything started is stopped again, on failure too.
+// on loopback, drive Debian's Chromium through playwright-core (and its firefox-esr
+// through puppeteer-core: firefox.mjs), talk to the REST API, and make sure everything
+// started is stopped again, on failure too.
 //
-// Run inside a private network namespace (scripts/browser-tests does), so that Chromium
-// and the SFU only ever see `lo`.
+// Run inside a private network namespace (scripts/browser-tests does), so that the
+// browsers and the SFU only ever see `lo`.
 
 import { spawn, execFile } from 'node:child_process';
 import { access, constants, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -12,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
+import { launchFirefox } from './firefox.mjs';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const WEB_ROOT = path.join(REPO_ROOT, 'web-client', 'public');
@@ -338,10 +340,21 @@ export async function startSfu(env, { redisUrl, nodeId = 'sfu-1' }) {
 
 // --- the pages ----------------------------------------------------------------------------------
 
-/** Debian's Chromium, headless, with fake camera and microphone. */
-export async function launchBrowser() {
+/** The browser engines the tests drive: Debian's `chromium` and `firefox-esr`. */
+export const ENGINES = ['chromium', 'firefox'];
+
+/**
+ * Debian's Chromium (or, with 'firefox', its firefox-esr), headless, with fake camera and
+ * microphone. Both give the same page API (see firefox.mjs for Firefox's part of it).
+ */
+export async function launchBrowser(engine = 'chromium') {
+  if (engine === 'firefox') return launchFirefox();
+  if (engine !== 'chromium') throw new Error(`unknown browser engine '${engine}' (one of ${ENGINES.join(', ')})`);
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
 }
+
+/** The engine of a page from launchBrowser's browsers. */
+export const engineOf = (page) => page.engine ?? 'chromium';
 
 /**
  * Opens call.html with `token` in the fragment, in a new browser context (a separate

@@ -6,8 +6,12 @@
 //               media, and answers the SFU's offer carrying the clinician's tracks
 //   ICE+DTLS    that answer sent -> the receiving connection is connected
 //   first frame connected -> the first video frame decoded (getStats polled every 5 ms)
-// By default 3 joins (the smoke run in scripts/test); JOINS=30 for the report:
+// The patient's browser is Chromium, or Firefox with PATIENT_BROWSER=firefox (the
+// clinician's is Chromium either way). By default 3 joins (the smoke run in scripts/test);
+// JOINS=30 for the report:
 //   CONSULT_BIN=target/release/consult JOINS=30 scripts/browser-tests tests/join-time.test.mjs
+//   CONSULT_BIN=target/release/consult JOINS=30 PATIENT_BROWSER=firefox \
+//     scripts/browser-tests tests/join-time.test.mjs
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -15,16 +19,21 @@ import * as h from './harness.mjs';
 import * as s from './staff-helpers.mjs';
 
 const JOINS = Number(process.env.JOINS || 3);
-h.watchdog(60 + JOINS * 10);
+const PATIENT_BROWSER = process.env.PATIENT_BROWSER || 'chromium';
+h.watchdog(90 + JOINS * 10);
 
 const CLINIC = 'cardiology';
 const CLINICIAN = 'dr.time';
 
-let browser;
+let browser; // the clinician's
+let patientBrowser;
 before(async () => {
   browser = await h.launchBrowser();
+  patientBrowser = PATIENT_BROWSER === 'chromium' ? browser : await h.launchBrowser(PATIENT_BROWSER);
+  console.log(`patient's browser: ${patientBrowser.version()}`);
 });
 after(async () => {
+  if (patientBrowser !== browser) await patientBrowser?.close();
   await browser?.close();
 });
 
@@ -35,7 +44,7 @@ const percentile = (values, p) => {
 
 /** Opens the admitted patient's link and times the phases to the first decoded frame. */
 async function timeOneJoin(env, origin, visitToken, label) {
-  const page = await h.openCall(browser, env, origin, visitToken, label);
+  const page = await h.openCall(patientBrowser, env, origin, visitToken, label);
   // In the page: poll until a video frame is decoded; then read its marks and messages.
   const seen = await page.evaluate(async () => {
     const end = performance.now() + 15_000;
@@ -67,7 +76,7 @@ async function timeOneJoin(env, origin, visitToken, label) {
   };
 }
 
-test(`join time: ${JOINS} patients, link opened to first decoded frame`, async () => {
+test(`join time: ${JOINS} ${PATIENT_BROWSER} patients, link opened to first decoded frame`, async () => {
   await h.withEnv('join time', async (env) => {
     const server = await s.platform(env, {
       clinics: [[CLINIC, 'Cardiology']],
@@ -105,7 +114,7 @@ test(`join time: ${JOINS} patients, link opened to first decoded frame`, async (
         return `${p}_p50_ms=${Math.round(percentile(v, 50))} ${p}_p95_ms=${Math.round(percentile(v, 95))}`;
       })
       .join(' ');
-    console.log(`join-time joins=${rows.length} ${summary}`);
+    console.log(`join-time patient=${PATIENT_BROWSER} joins=${rows.length} ${summary}`);
     for (const r of rows) {
       assert.ok(r.signalling > 0 && r.iceDtls >= 0 && r.firstFrame >= 0, `phases in order: ${JSON.stringify(r)}`);
       assert.ok(Math.abs(r.signalling + r.iceDtls + r.firstFrame - r.total) < 1, 'the phases add up');

@@ -86,10 +86,15 @@ export function watchPage(env, page, label) {
     env.pageErrors.push(`[${label}] ${e.message}`);
     env.log.push(`[${label}] PAGE ERROR: ${e.stack || e.message}`);
   });
+  page.assets = []; // [{url, type, body}] of every file the page downloads (not the API)
+  if (h.engineOf(page) !== 'chromium') {
+    // Not reported by puppeteer over BiDi: null, so that a test that reads them fails.
+    page.wsFrames = page.apiBodies = page.assets = null;
+    return;
+  }
   page.on('websocket', (ws) => {
     ws.on('framereceived', (f) => page.wsFrames.push(typeof f.payload === 'string' ? f.payload : f.payload.toString()));
   });
-  page.assets = []; // [{url, type, body}] of every file the page downloads (not the API)
   page.on('response', async (res) => {
     const url = res.url();
     if (url.startsWith('data:')) return;

@@ -133,22 +133,27 @@ export function withStaffEnv(name, fn) {
     try {
       return await fn(env);
     } catch (e) {
-      for (const [label, page] of env.staffPages ?? []) {
-        try {
-          const seen = await Promise.race([
-            page.evaluate(() => ({
-              staff: window.consultStaff?.state(),
-              admin: window.consultAdmin?.state(),
-              messages: window.consultStaff?.messages(),
-            })),
-            new Promise((_, reject) => setTimeout(() => reject(new Error('timed out')), 3000)),
-          ]);
-          console.error(`--- staff page ${label}: ${JSON.stringify(seen, null, 1)}`);
-        } catch (err) {
-          console.error(`--- staff page ${label}: cannot read its state: ${err.message}`);
-        }
-      }
+      await reportStaff(env);
       throw e;
     }
   });
+}
+
+/** Prints the state and websocket messages of the staff pages opened in `env`. */
+export async function reportStaff(env) {
+  for (const [label, page] of env.staffPages ?? []) {
+    try {
+      const seen = await Promise.race([
+        page.evaluate(() => ({
+          staff: window.consultStaff?.state(),
+          admin: window.consultAdmin?.state(),
+          messages: window.consultStaff?.messages(),
+        })),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('timed out')), 3000)),
+      ]);
+      console.error(`--- staff page ${label}: ${JSON.stringify(seen, null, 1)}`);
+    } catch (err) {
+      console.error(`--- staff page ${label}: cannot read its state: ${err.message}`);
+    }
+  }
 }
