@@ -92,7 +92,6 @@ window.consultCall = {
     sent: media.localState,
     status: ui.status.textContent,
   }),
-  devicesIdle: () => devices.idle().then(() => true),
   messages: () => app.messages.slice(),
 };
 
@@ -326,6 +325,7 @@ function onPatientStatus(status) {
       break;
     case 'ended':
       app.fatal = true; // the visit credential is spent
+      devices.stop(); // the camera light goes off
       endCall(
         status.reason === 'consultation_ended'
           ? 'The consultation has ended. Thank you; you can close this page.'

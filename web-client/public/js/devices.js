@@ -136,11 +136,6 @@ export class LocalDevices {
     };
   }
 
-  /** Whether a device operation is under way (for tests: settle before asserting). */
-  idle() {
-    return this.#queue;
-  }
-
   /**
    * Opens the camera and microphone: call it from a button press (browsers, iOS Safari
    * first, ask for them only after a gesture). Resolves with each device's state; what
@@ -165,12 +160,6 @@ export class LocalDevices {
       this.onChange({ kind: 'video', track: this.cameraTrack, reason: 'started' });
       return { camera: this.camera, microphone: this.microphone };
     });
-  }
-
-  /** Opens them again only if the person already did so in this page (no new prompt). */
-  resume() {
-    if (!this.started || (this.micTrack && (this.cameraTrack || this.cameraOff || this.hidden))) return this.idle();
-    return this.start({ cameraId: this.#cameraId ?? undefined, micId: this.#micId ?? undefined });
   }
 
   /** Uses the device `deviceId` for `kind` ('video' or 'audio'); resolves with its state. */
@@ -244,13 +233,6 @@ export class LocalDevices {
     this.onChange({ kind: 'audio', track: null, reason: 'stopped' });
   }
 
-  /** Stops and forgets everything, and no longer follows the page or the devices. */
-  dispose() {
-    this.#stopTracks();
-    document.removeEventListener('visibilitychange', this.#onVisibility);
-    navigator.mediaDevices?.removeEventListener?.('devicechange', this.#onDeviceChange);
-  }
-
   // --- internals ------------------------------------------------------------------------------
 
   #run(fn) {
@@ -301,7 +283,8 @@ export class LocalDevices {
   async #open(kind, deviceId, reason) {
     if (kind === 'video') {
       this.#dropCamera(); // a phone cannot open a second camera while one is open
-      const r = await openOne({ video: videoConstraints(deviceId) });
+      let r = await openOne({ video: videoConstraints(deviceId) });
+      if (!r.track && deviceId && r.state === 'missing') r = await openOne({ video: videoConstraints() }); // gone: any camera
       this.camera = r.state;
       if (r.track) this.#adoptCamera(r.track);
       this.onChange({ kind, track: r.track, reason });

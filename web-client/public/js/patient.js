@@ -72,8 +72,6 @@ window.consultPatient = {
   }),
   stats: () => media.stats(),
   messages: () => app.log.slice(),
-  /** Resolves once no device operation is under way. */
-  devicesIdle: () => app.devices.idle().then(() => true),
 };
 
 // --- errors and the link --------------------------------------------------------------------
