@@ -359,9 +359,11 @@ export const engineOf = (page) => page.engine ?? 'chromium';
 /**
  * Opens call.html with `token` in the fragment, in a new browser context (a separate
  * person); its console and errors go to the environment's log under `label`.
- * `initScript`, if given, runs in the page before its own scripts.
+ * `initScript`, if given, runs in the page before its own scripts. Then presses "Turn on
+ * camera and microphone", as a person would (the page asks for them only after a press),
+ * unless `devices` is false.
  */
-export async function openCall(browser, env, origin, token, label, { initScript } = {}) {
+export async function openCall(browser, env, origin, token, label, { initScript, devices = true } = {}) {
   const context = await browser.newContext();
   env.contexts.push(context);
   if (initScript) await context.addInitScript(initScript);
@@ -374,6 +376,7 @@ export async function openCall(browser, env, origin, token, label, { initScript 
   });
   await page.goto(`${origin}/call.html#token=${encodeURIComponent(token)}`);
   await page.waitForFunction(() => window.consultCall !== undefined, null, { timeout: 10_000 });
+  if (devices) await page.getByRole('button', { name: 'Turn on camera and microphone' }).click();
   return page;
 }
 

@@ -69,6 +69,9 @@ test('reception, a patient and a clinician: from the link to the end of the call
     await rec.getByLabel('Clinician', { exact: true }).selectOption('dr.jones');
     const admittedAt = performance.now();
     await inDialog(rec, 'Admit').click();
+    // The clinician's call starts by itself; their camera and microphone start with
+    // their press (the page asks for them only after one).
+    await button(doc, 'Turn on camera and microphone').click();
     const [c, pt] = await Promise.all([
       h.waitFor(doc, receiving, 'the clinician decodes the patient', 30_000, staffStats),
       h.waitFor(patient, receiving, 'the patient decodes the clinician', 30_000, patientStats),

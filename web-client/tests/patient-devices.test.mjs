@@ -42,10 +42,12 @@ test('camera blocked, camera and microphone blocked, no microphone, network bloc
       return route.fulfill({ response: res, json: body });
     });
     const netPage = await p.openPatient(browser, env, pf.origin, '/c/dermatology', 'network blocked', { context: blocked });
+    await p.startCheck(netPage);
     const t0 = Date.now(); // its check runs (and times out) while the others go on
 
     // The camera blocked (the microphone allowed): said plainly; the check still runs.
     let page = await p.openPatient(prompting, env, pf.origin, '/c/dermatology', 'camera blocked', { contextOptions: { permissions: ['microphone'] } });
+    await p.startCheck(page);
     let s = await p.waitPatient(page, (x) => x.check.camera !== 'pending' && x.check.network === 'ok', 'the check with the camera blocked', 20_000);
     assert.equal(s.check.camera, 'blocked');
     assert.equal(s.check.microphone, 'ok');
@@ -61,6 +63,7 @@ test('camera blocked, camera and microphone blocked, no microphone, network bloc
 
     // Both blocked: the check of the network still runs (with a silent track).
     page = await p.openPatient(prompting, env, pf.origin, '/c/dermatology', 'both blocked', { contextOptions: { permissions: [] } });
+    await p.startCheck(page);
     s = await p.waitPatient(page, (x) => x.check.microphone !== 'pending' && x.check.network === 'ok', 'the check with both blocked', 20_000);
     assert.deepEqual([s.check.camera, s.check.microphone], ['blocked', 'blocked']);
     alert = await page.getByRole('alert').innerText();
@@ -76,6 +79,7 @@ test('camera blocked, camera and microphone blocked, no microphone, network bloc
         c?.audio ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError')) : real(c);
     });
     page = await p.openPatient(browser, env, pf.origin, '/c/dermatology', 'no microphone', { context: noMic });
+    await p.startCheck(page);
     s = await p.waitPatient(page, (x) => x.check.microphone !== 'pending' && x.check.network === 'ok', 'the check without a microphone', 20_000);
     assert.deepEqual([s.check.camera, s.check.microphone], ['ok', 'missing']);
     assert.match(await page.getByRole('alert').innerText(), /We could not find a microphone\. Plug in a headset[\s\S]*Then press Check again\./);
@@ -104,7 +108,7 @@ test('the connection-quality indicator reads loss, frames and the upload estimat
     // The page's own QualityMonitor, fed made-up stats: per 50 ms, `got` packets arrive,
     // `lost` are lost and `frames` are decoded; `kbps` is the upload estimate.
     const levels = await page.evaluate(async () => {
-      const { QualityMonitor } = await import('/js/patient-call.js');
+      const { QualityMonitor } = await import('/js/patient-quality.js');
       const run = async ({ got, lost, frames, kbps = 2000, state = 'connected', remote = 1 }) => {
         let n = 0;
         const media = {

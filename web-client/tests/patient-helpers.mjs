@@ -155,6 +155,15 @@ export async function waitPatientStats(page, predicate, label, timeoutMs = 30_00
   return value;
 }
 
+/**
+ * Presses "Turn on camera and microphone" on the check screen: the page asks for them
+ * only after a press (never on load).
+ */
+export async function startCheck(page) {
+  await waitPatient(page, (s) => s.screen === 'check', 'the check screen');
+  await page.getByRole('button', { name: 'Turn on camera and microphone' }).click();
+}
+
 /** The check has finished with media able to flow. */
 export const checkPassed = (s) => s.screen === 'check' && s.check.network === 'ok' && s.check.camera === 'ok' && s.check.microphone === 'ok';
 
@@ -163,17 +172,21 @@ export const checkPassed = (s) => s.screen === 'check' && s.check.network === 'o
  * with `name`; resolves with the states at the check and in the waiting room.
  */
 export async function enterWaitingRoom(page, name, label, details, ready = checkPassed) {
+  if ((await page.evaluate(() => window.consultPatient.state().local)) === null) await startCheck(page);
   const checked = await waitPatient(page, ready, `${label}: the check passes`, 20_000);
   await page.getByRole('button', { name: 'Continue' }).click();
   await waitPatient(page, (s) => s.screen === 'details', `${label}: the name form`);
   await page.getByLabel('Your full name', { exact: true }).fill(name);
   if (details) await page.getByLabel(/Anything the clinic should know/).fill(details);
   await page.getByRole('button', { name: 'Join the waiting room' }).click();
-  const waiting = await waitPatient(
+  await waitPatient(
     page,
     (s) => s.screen === 'waiting' && s.socket === 'open' && s.patient === 'waiting' && s.visit,
     `${label}: in the waiting room`,
   );
+  // The server's own word on the visit (its waiting_since), not the page's first guess.
+  await h.waitFor(page, (m) => m.some((x) => x.dir === 'in' && x.type === 'patient_status'), `${label}: the server's status`, 10_000, () => window.consultPatient.messages());
+  const waiting = await page.evaluate(() => window.consultPatient.state());
   return { checked, waiting };
 }
 

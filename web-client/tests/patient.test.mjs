@@ -54,6 +54,13 @@ test('the journey: check, name, waiting with a message, admitted with no click, 
     const clinician = await clinicianPage(env, pf);
     const page = await p.openPatient(browser, env, pf.origin, `/c/${CLINIC}`, 'patient');
 
+    // Nothing is asked for on load: the check waits for a press.
+    const before = await p.waitPatient(page, (s) => s.screen === 'check', 'the check screen');
+    assert.equal(before.local, null, 'no camera or microphone before the press');
+    assert.equal(await page.locator('#camera-result').innerText(), 'Not started yet.');
+    await p.record(page, 'check-start');
+    await p.startCheck(page);
+
     // The check: camera, microphone, and media reaching the SFU.
     const checked = await p.waitPatient(page, (s) => p.checkPassed(s) && s.check.heard, 'the check passes and hears the microphone', 20_000);
     assert.equal(await page.locator('#mic-result').innerText(), 'We can hear you.');
@@ -137,18 +144,26 @@ test('the journey: check, name, waiting with a message, admitted with no click, 
     await page.waitForFunction(() => document.querySelector('#remote video')?.videoWidth > 0, null, { timeout: 10_000 });
     await p.record(page, 'call');
 
-    // Mute and camera off are toggle buttons that stop what the clinic gets.
+    // Mute and camera off are toggle buttons that stop what the clinic gets: the
+    // microphone sends silence, the camera is stopped (its light goes off) and nothing is
+    // sent in its place; the page says so in plain words, not only to screen readers.
     await page.getByRole('button', { name: 'Mute' }).click();
     await page.getByRole('button', { name: 'Camera off' }).click();
     assert.equal(await page.getByRole('button', { name: 'Mute' }).getAttribute('aria-pressed'), 'true');
     assert.equal(await page.getByRole('button', { name: 'Camera off' }).getAttribute('aria-pressed'), 'true');
-    assert.deepEqual(
-      await page.evaluate(() => document.getElementById('self-view').srcObject.getTracks().map((t) => `${t.kind}:${t.enabled}`).sort()),
-      ['audio:false', 'video:false'],
-    );
+    const off = await p.waitPatient(page, (s) => s.local.cameraOff && s.local.muted && s.selfView === 'off', 'muted, camera off');
+    assert.deepEqual(off.sent, { audio: false, video: false, screen: false }, 'what the page tells the others');
+    await p.waitPatientStats(page, (x) => x.senders.video === null && x.senders.audio?.enabled === false, 'nothing sent for the camera; silence for the microphone', 5000);
+    assert.equal(off.local.tracks, 1, 'the camera track is stopped and gone');
+    await page.locator('#self-state', { hasText: 'You are muted: the clinic cannot hear you. Your camera is off: the clinic cannot see you.' }).waitFor();
+    await page.locator('#self-figure').getByText('Your camera is off').waitFor();
+    await page.locator('#self-figure').getByText('You are muted').waitFor();
     await page.getByRole('button', { name: 'Mute' }).click();
     await page.getByRole('button', { name: 'Camera off' }).click();
     assert.equal(await page.getByRole('button', { name: 'Mute' }).getAttribute('aria-pressed'), 'false');
+    const on = await p.waitPatient(page, (s) => !s.local.cameraOff && s.local.tracks === 2 && s.selfView === 'camera', 'microphone and camera on again');
+    assert.deepEqual(on.sent, { audio: true, video: true, screen: false });
+    assert.ok(await page.locator('#self-state').isHidden(), 'nothing to say about the own devices');
 
     // The clinician ends the consultation: the page says so and how to rejoin.
     const { consultations } = await room(pf);
@@ -202,6 +217,9 @@ test('a reload while waiting keeps the visit and its place, then the patient is 
       'waiting again after the reload, with the message',
     );
     assert.equal(reloaded.visit, before.visit, 'the same visit');
+    // A reload asks for nothing by itself: the waiting room offers the button.
+    assert.equal(reloaded.local, null, 'no camera or microphone asked for on load');
+    await page.getByRole('button', { name: 'Turn on camera and microphone' }).waitFor();
     assert.equal(reloaded.waitingSince, before.waitingSince, 'the same waiting_since');
     assert.deepEqual(reloaded.messages, [text], 'the message is shown again');
     const stored = await page.evaluate(() => JSON.parse(sessionStorage.getItem('consult.patient.visit')).token);
@@ -236,6 +254,15 @@ test('a reload while waiting keeps the visit and its place, then the patient is 
     await pf.api['dr.jones'].post('/api/commands', { type: 'admit_next', clinic: CLINIC });
     const joining = await p.waitPatient(page, (s) => s.screen === 'call' && s.media === 'connected', 'connected, waiting for the clinician');
     assert.equal(joining.callStatus, 'The clinician is joining…');
+    // Reopened, the page has not asked for the camera and microphone: the call says so
+    // and offers the button; pressed, they are sent with no new join.
+    assert.equal(joining.local, null);
+    assert.match(joining.selfState, /not on, so the clinic cannot see or hear you/);
+    await p.record(page, 'call-devices-off');
+    await page.locator('#call-devices').getByRole('button', { name: 'Turn on camera and microphone' }).click();
+    await p.waitPatientStats(page, (x) => x.senders.audio?.readyState === 'live' && x.senders.video?.readyState === 'live', 'camera and microphone sent in the running call', 10_000);
+    const joinedOnce = await page.evaluate(() => window.consultPatient.messages().filter((m) => m.type === 'join_media').length);
+    assert.equal(joinedOnce, 1, 'turned on without joining again');
     await p.record(page, 'call-joining');
     const clinician = await clinicianPage(env, pf);
     await p.waitPatientStats(page, receiving, 'the reloaded patient receives the clinician');

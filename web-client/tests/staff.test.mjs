@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import * as h from './harness.mjs';
 import * as s from './staff-helpers.mjs';
 
-h.watchdog(110);
+h.watchdog(150);
 
 let browser;
 before(async () => {
@@ -100,7 +100,13 @@ test('reception admits a patient to a clinician, who runs the call and ends it',
     await inDialog(rec, 'Admit').click();
     await s.waitStaff(rec, (x) => x.feedback === 'Pat Example admitted to Dr Jones.', 'reception told');
 
-    // The clinician's page joins the call by itself; both decode video and get audio.
+    // The clinician's page joins the call by itself, receiving; their camera and
+    // microphone start with their press (never by themselves); then both decode video and
+    // get audio.
+    await s.waitStaff(doc, (x) => x.consultation && x.media !== 'idle' && !x.devices.started, 'the call joined, devices not asked for');
+    await doc.getByRole('heading', { name: 'Your call in Dermatology' }).waitFor();
+    await s.check(doc, 'staff-clinician-devices-off');
+    await button(doc, 'Turn on camera and microphone').click();
     const [c, pt] = await Promise.all([
       h.waitFor(doc, receiving, 'clinician receives the patient', 30_000, staffStats),
       h.waitFor(patient, receiving, 'patient receives the clinician', 30_000),
@@ -118,6 +124,7 @@ test('reception admits a patient to a clinician, who runs the call and ends it',
     assert.equal(await button(doc, 'Mute').getAttribute('aria-pressed'), 'true');
     await button(doc, 'Mute').click();
     await button(doc, 'Camera off').click();
+    await s.waitStaff(doc, (x) => !x.muted && !x.cameraOff && x.selfView === 'camera', 'microphone and camera on again');
     await s.check(doc, 'staff-clinician-call');
     const patientVideoWidth = () => document.querySelector('#remote video')?.videoWidth ?? 0;
     const camWidth = (await h.waitFor(patient, (w) => w > 0, 'patient video size', 10_000, patientVideoWidth)).value;
@@ -127,7 +134,9 @@ test('reception admits a patient to a clinician, who runs the call and ends it',
     console.log(`screen share: the patient's video went from ${camWidth} to ${screenWidth} px wide without renegotiation`);
     await s.check(doc, 'staff-clinician-sharing');
     await button(doc, 'Share screen').click();
-    await h.waitFor(patient, (w) => w === camWidth, 'patient sees the camera again', 15_000, patientVideoWidth);
+    // The camera again (its width may have been lowered meanwhile by the encoder's own
+    // adaptation on a busy machine, so: not the screen's).
+    await h.waitFor(patient, (w) => w > 0 && w !== screenWidth, 'patient sees the camera again', 15_000, patientVideoWidth);
     const afterShare = await doc.evaluate(() => window.consultStaff.messages());
     assert.equal(afterShare.filter((m) => m.type === 'join_media').length, 1, 'the share did not rejoin the media');
 

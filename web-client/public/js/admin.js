@@ -6,7 +6,7 @@
 // POST /api/admin/invites, GET /api/admin/audit?limit=N.
 
 import {
-  $, h, api, clearSession, clock, copyText, endSignIn, EXPIRED, keepFresh, loadSession, ROLE_NAMES,
+  $, h, api, clearLiveRegions, clearSession, clock, copyText, endSignIn, EXPIRED, keepFresh, loadSession, ROLE_NAMES,
   saveSession, showError, takeNote, wireSignIn,
 } from './staff-common.js';
 
@@ -32,7 +32,10 @@ window.consultAdmin = {
 // --- views -------------------------------------------------------------------------------------
 
 function show(view) {
-  for (const id of ['sign-in-view', 'forbidden-view', 'admin-view']) $(id).hidden = id !== view;
+  for (const id of ['sign-in-view', 'forbidden-view', 'admin-view']) {
+    $(id).hidden = id !== view;
+    if (id !== view) clearLiveRegions($(id));
+  }
   $('account').hidden = view === 'sign-in-view';
 }
 

@@ -3,23 +3,32 @@
 // The credential comes in the URL fragment (`call.html#token=...`), which browsers never
 // send to a server; the page moves it to sessionStorage (a reload resumes) and takes it
 // out of the address bar. Then:
-//   - it asks for the camera and microphone, opens the websocket and says hello;
+//   - it opens the websocket and says hello; the camera and microphone are asked for only
+//     when the person presses "Turn on camera and microphone" (devices.js), and until
+//     then a call receives but sends nothing;
 //   - a patient joins the call's media as soon as their status says `admitted`;
 //   - a clinician joins the media of the consultation they lead as soon as one appears
 //     in their clinic's snapshot or updates;
 //   - if the websocket closes it reconnects with backoff and says hello again (the
-//     server sends the current state again, and the call is joined anew).
+//     server sends the current state again, and the call is joined anew);
+//   - each other participant's tile says when they are muted, have their camera off or
+//     share a screen (tiles.js); the self view shows what is sent.
 //
 // `window.consultCall` exposes the state and the media figures to tests.
 
 import { Backoff, MediaSession } from './media.js';
+import { LocalDevices } from './devices.js';
+import { SelfView, Tiles } from './tiles.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   status: $('status'),
   who: $('who'),
   remote: $('remote'),
-  self: $('self-view'),
+  devicesOn: $('devices-on'),
+  mute: $('mute'),
+  camera: $('camera'),
+  switchCamera: $('switch-camera'),
   leave: $('leave'),
   rejoin: $('rejoin'),
 };
@@ -35,7 +44,6 @@ const app = {
   session: null, // the welcome's session: {kind: 'staff', username, ...} or {kind: 'patient', ...}
   patientStatus: null, // patient: the last patient_status's status
   consultations: new Map(), // staff: consultation id -> {clinic, view}
-  localStream: undefined, // undefined until getUserMedia has answered
   socket: 'closed', // closed | connecting | open
   fatal: false, // no more reconnecting (bad credential, visit over)
   noRejoin: null, // a consultation whose media ended for good (or that the user left)
@@ -45,13 +53,26 @@ const app = {
   messages: [], // a short log of message types, for tests and diagnostics (no SDP, no tokens)
 };
 
+const devices = new LocalDevices({ onChange: onDevicesChanged });
+
 const media = new MediaSession({
   send,
-  localStream: null,
+  localStream: devices.stream,
   onRemoteStream: addRemoteVideo,
   onRemoteStreamRemoved: removeRemoteVideo,
   onState: onMediaState,
+  onPeerState: (stream, state) => tiles.set(stream, state),
 });
+
+const tiles = new Tiles(ui.remote, {
+  label: () => 'Video of another participant',
+  onPeerChange: (_, now, was) => {
+    if (was.audio !== now.audio) say(now.audio ? 'The other person’s microphone is on again.' : 'The other person has muted their microphone.');
+    if (was.video !== now.video) say(now.video ? 'The other person’s camera is on again.' : 'The other person has turned their camera off.');
+    if (was.screen !== now.screen) say(now.screen ? 'A screen is being shared.' : 'The screen is no longer shared.');
+  },
+});
+const self = new SelfView($('self-figure'));
 
 window.consultCall = {
   stats: () => media.stats(),
@@ -64,6 +85,11 @@ window.consultCall = {
     mediaEndReason: app.mediaEndReason,
     callEnded: app.callEnded,
     remoteVideos: ui.remote.querySelectorAll('video').length,
+    tiles: [...ui.remote.querySelectorAll('figure.tile')].map((f) => ({ stream: f.dataset.stream, ...tiles.state(f.dataset.stream) })),
+    soundBlocked: tiles.soundBlocked,
+    devices: { started: devices.started, camera: devices.camera, microphone: devices.microphone, muted: devices.muted, cameraOff: devices.cameraOff, hidden: devices.hidden, tracks: devices.stream.getTracks().length, cameraDevice: devices.cameraTrack?.getSettings().deviceId ?? null, micDevice: devices.micTrack?.getSettings().deviceId ?? null, facing: devices.facing },
+    selfView: $('self-figure').dataset.video ?? 'off',
+    sent: media.localState,
     status: ui.status.textContent,
   }),
   messages: () => app.messages.slice(),
@@ -80,6 +106,20 @@ ui.rejoin.addEventListener('click', () => {
   app.noRejoin = null;
   ui.rejoin.hidden = true;
   reconcile();
+});
+ui.devicesOn.addEventListener('click', startDevices);
+ui.mute.addEventListener('click', () => {
+  devices.setMuted(!devices.muted);
+  say(devices.muted ? 'Your microphone is off.' : 'Your microphone is on.');
+});
+ui.camera.addEventListener('click', async () => {
+  const off = !devices.cameraOff;
+  await devices.setCameraOff(off);
+  say(off ? 'Your camera is off.' : 'Your camera is on.');
+});
+ui.switchCamera.addEventListener('click', async () => {
+  const ok = await devices.switchCamera();
+  say(ok ? 'Now using your other camera.' : 'The other camera could not be started.');
 });
 
 // --- credential, status, diagnostics ------------------------------------------------------
@@ -119,29 +159,50 @@ function note(dir, msg) {
 
 // --- camera and microphone ----------------------------------------------------------------
 
-async function startLocalMedia() {
-  const attempts = [
-    { audio: true, video: true },
-    { audio: true, video: false },
-    { audio: false, video: true },
-  ];
-  let stream = null;
-  for (const constraints of attempts) {
-    try {
-      stream = await navigator.mediaDevices.getUserMedia(constraints);
-      break;
-    } catch (e) {
-      console.warn('getUserMedia', constraints, e);
-    }
+/** "Turn on camera and microphone": the press lets the browser ask for them. */
+async function startDevices() {
+  ui.devicesOn.disabled = true;
+  const { camera, microphone } = await devices.start();
+  ui.devicesOn.disabled = false;
+  ui.devicesOn.hidden = true;
+  if (camera !== 'ok' || microphone !== 'ok') {
+    say(
+      camera !== 'ok' && microphone !== 'ok'
+        ? 'Your camera and microphone are not available. Check the browser’s permissions; others will not see or hear you.'
+        : camera !== 'ok'
+          ? 'Your camera is not available: others can hear you but not see you.'
+          : 'Your microphone is not available: others can see you but not hear you.',
+    );
+  } else if (media.state === 'connected') {
+    sayInCall();
   }
-  if (!stream) {
-    stream = new MediaStream();
-    say('Your camera and microphone are not available. Check the browser’s permissions; others will not see or hear you.');
+}
+
+/** The devices changed: what is sent follows (no renegotiation), the others are told. */
+function onDevicesChanged({ kind, track, reason, replaced }) {
+  media.replaceTrack(kind, track).catch((e) => console.warn('replaceTrack', e));
+  media.setLocalState({ ...devices.sending, screen: false });
+  renderSelf();
+  if (reason === 'lost') {
+    const what = kind === 'video' ? 'camera' : 'microphone';
+    say(replaced ? `Your ${what} was disconnected. Using another ${what}.` : `Your ${what} was disconnected, and there is no other.`);
+  } else if (reason === 'default') {
+    say('Now using the microphone you plugged in.');
   }
-  app.localStream = stream;
-  media.localStream = stream;
-  ui.self.srcObject = stream;
-  reconcile();
+}
+
+function renderSelf() {
+  self.show({
+    track: devices.cameraTrack,
+    mirrored: devices.facing !== 'environment',
+    muted: devices.muted && !!devices.micTrack,
+    offText: devices.started ? undefined : 'Camera not turned on yet',
+  });
+  ui.mute.disabled = !devices.micTrack;
+  ui.camera.disabled = !(devices.cameraTrack || devices.cameraOff || devices.hidden);
+  ui.mute.setAttribute('aria-pressed', String(devices.muted && !!devices.micTrack));
+  ui.camera.setAttribute('aria-pressed', String(devices.cameraOff));
+  if (devices.started) devices.canSwitch().then((can) => (ui.switchCamera.hidden = !can));
 }
 
 // --- websocket ------------------------------------------------------------------------------
@@ -264,6 +325,7 @@ function onPatientStatus(status) {
       break;
     case 'ended':
       app.fatal = true; // the visit credential is spent
+      devices.stop(); // the camera light goes off
       endCall(
         status.reason === 'consultation_ended'
           ? 'The consultation has ended. Thank you; you can close this page.'
@@ -301,11 +363,12 @@ function wantedConsultation() {
 function reconcile() {
   const want = wantedConsultation();
   if (media.active && media.consultation !== want) media.leave();
-  const blocked = app.localStream === undefined || app.socket !== 'open' || app.joinRetry.pending;
+  const blocked = app.socket !== 'open' || app.joinRetry.pending;
   if (want && want !== app.noRejoin && !media.active && !blocked) {
     app.callEnded = false;
     app.mediaEndReason = null;
     ui.rejoin.hidden = true;
+    media.setLocalState({ ...devices.sending, screen: false });
     media.join(want);
   }
   ui.leave.disabled = !media.active;
@@ -380,38 +443,12 @@ function sayInCall() {
 // --- videos ---------------------------------------------------------------------------------
 
 function addRemoteVideo(stream) {
-  const figure = document.createElement('figure');
-  figure.dataset.stream = stream.id;
-  const video = document.createElement('video');
-  video.autoplay = true;
-  video.playsInline = true;
-  video.setAttribute('aria-label', 'Video of another participant');
-  video.srcObject = stream;
-  figure.append(video);
-  ui.remote.append(figure);
-  video.play().catch(() => {
-    // Autoplay with sound refused: play muted and offer a button to turn the sound on.
-    video.muted = true;
-    video.play().catch(() => {});
-    const unmute = document.createElement('button');
-    unmute.type = 'button';
-    unmute.textContent = 'Turn on sound';
-    unmute.addEventListener('click', () => {
-      video.muted = false;
-      unmute.remove();
-    });
-    figure.append(unmute);
-  });
+  tiles.add(stream, media.peerState(stream.id));
   sayInCall();
 }
 
 function removeRemoteVideo(stream) {
-  for (const figure of ui.remote.querySelectorAll('figure')) {
-    if (figure.dataset.stream === stream.id) {
-      figure.querySelector('video').srcObject = null;
-      figure.remove();
-    }
-  }
+  tiles.remove(stream);
   sayInCall();
 }
 
@@ -420,6 +457,6 @@ function removeRemoteVideo(stream) {
 if (!app.token) {
   say('This page needs the personal link you were given. Please open that link again.');
 } else {
-  startLocalMedia();
+  renderSelf();
   connect();
 }

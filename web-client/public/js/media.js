@@ -7,9 +7,10 @@
 // signalling/protocol/fixtures/). In short:
 //
 //   browser -> server: join_media, publish_offer, subscriber_answer, ice_candidate,
-//                      leave_media
+//                      leave_media, media_state
 //   server -> browser: media_joined, publish_answer, subscriber_offer, ice_candidate,
-//                      media_connection, media_ended, publish_renegotiate
+//                      media_connection, media_ended, peer_media_state,
+//                      publish_renegotiate
 //
 // Each participant has two connections, so that each side only ever offers on its own:
 // the *publisher* (the browser offers; it sends camera and microphone) and the
@@ -18,9 +19,17 @@
 // The SFU may ask for a new publisher offer (`publish_renegotiate`) when the video codecs
 // everyone in the consultation can decode change: its answer then picks another codec.
 //
+// Media state: what this browser sends (microphone on, a picture, a shared screen) goes
+// to the others as `media_state` after every `media_joined` and whenever it changes
+// (`setLocalState`); what each other participant sends arrives as `peer_media_state`,
+// named by the id of the MediaStream their tracks arrive in. It may come before or after
+// that stream's tracks: it is kept by stream id (`peerState(id)`) for the page to show
+// when the tile appears, and reported to `onPeerState(id, state)`.
+//
 // Usage:
 //   const media = new MediaSession({ send, localStream, onRemoteStream,
-//                                    onRemoteStreamRemoved, onState });
+//                                    onRemoteStreamRemoved, onState, onPeerState });
+//   media.setLocalState({ audio: true, video: false, screen: false });
 //   ws.onmessage = (e) => { const msg = JSON.parse(e.data); if (media.handle(msg)) return; ... };
 //   media.join(consultationId);   // later: media.leave(), or media.close() if the socket dropped
 //   await media.stats();          // summed getStats() figures, for tests and diagnostics
@@ -76,8 +85,12 @@ const MEDIA_MESSAGES = new Set([
   'ice_candidate',
   'media_connection',
   'media_ended',
+  'peer_media_state',
   'publish_renegotiate',
 ]);
+
+/** What someone who has never said sends: microphone and camera on. */
+export const DEFAULT_PEER_STATE = Object.freeze({ audio: true, video: true, screen: false });
 
 const LEGS = ['publisher', 'subscriber'];
 
@@ -100,6 +113,9 @@ export class MediaSession {
   #remote = new Map(); // stream id -> {stream, tracks: Set<track id>}
   #serverConnected = false;
   #marks = {}; // when each leg first connected (performance.now(), ms since the page opened)
+  #localState = null; // {audio, video, screen}: what this page says it sends
+  #sentState = null; // ... as last sent in this session (a new session sends it again)
+  #peers = new Map(); // stream id -> {audio, video, screen} of the others, this session
   #reofferWanted = false; // publish_renegotiate came while an offer was out: offer again after
 
   /**
@@ -110,13 +126,36 @@ export class MediaSession {
    * @param {(stream: MediaStream) => void} [o.onRemoteStreamRemoved]  ... and went
    * @param {(s: {state: string, consultation: string|null, reason?: string,
    *              retryable?: boolean, error?: object}) => void} [o.onState]
+   * @param {(streamId: string, s: {audio: boolean, video: boolean, screen: boolean}) => void}
+   *        [o.onPeerState]  another participant's media state (new or changed)
    */
-  constructor({ send, localStream, onRemoteStream, onRemoteStreamRemoved, onState }) {
+  constructor({ send, localStream, onRemoteStream, onRemoteStreamRemoved, onState, onPeerState }) {
     this.send = send;
     this.localStream = localStream;
     this.onRemoteStream = onRemoteStream || (() => {});
     this.onRemoteStreamRemoved = onRemoteStreamRemoved || (() => {});
     this.onState = onState || (() => {});
+    this.onPeerState = onPeerState || (() => {});
+  }
+
+  /**
+   * What this page sends now: `audio` the microphone is on (not muted), `video` a picture
+   * goes out (camera or screen), `screen` that picture is a shared screen. Sent to the
+   * others now if a session exists (and changed), and after every media_joined.
+   */
+  setLocalState({ audio, video, screen = false }) {
+    this.#localState = { audio: !!audio, video: !!video, screen: !!video && !!screen };
+    this.#sendState();
+  }
+
+  /** The last state given to setLocalState, or null. */
+  get localState() {
+    return this.#localState ? { ...this.#localState } : null;
+  }
+
+  /** What the participant whose tracks arrive in stream `streamId` sends, as last told. */
+  peerState(streamId) {
+    return { ...(this.#peers.get(streamId) ?? DEFAULT_PEER_STATE) };
   }
 
   get state() {
@@ -202,6 +241,13 @@ export class MediaSession {
           this.#updateConnected();
         }
         break;
+      case 'peer_media_state':
+        if (this.#pcs && typeof msg.stream === 'string') {
+          const state = { audio: msg.audio !== false, video: msg.video !== false, screen: msg.screen === true };
+          this.#peers.set(msg.stream, state);
+          this.onPeerState(msg.stream, { ...state });
+        }
+        break;
       case 'media_ended':
         // `left` only ever answers our own leave_media, and that session is gone already
         // (a new one may be starting): nothing to do.
@@ -257,11 +303,18 @@ export class MediaSession {
       // When this session's media_joined arrived and each leg first connected, in ms
       // since the page opened: the join's phases, for diagnostics and the join-time test.
       marks: { ...this.#marks },
+      // The track each publisher sender sends now (null: nothing is sent).
+      senders: { audio: null, video: null },
       // Per other participant (by the id of the stream their tracks arrive in): video
       // frames decoded and in which codec, audio packets received.
       byStream: {},
     };
     if (!this.#pcs) return out;
+    for (const t of this.#pcs.publisher.getTransceivers()) {
+      const kind = t.receiver.track.kind;
+      const track = t.sender.track;
+      if (kind in out.senders && track) out.senders[kind] = { enabled: track.enabled, readyState: track.readyState };
+    }
     const [sub, pub] = await Promise.all([
       this.#pcs.subscriber.getStats(),
       this.#pcs.publisher.getStats(),
@@ -314,6 +367,9 @@ export class MediaSession {
     this.#serverConnected = false;
     this.#subscriberQueue = Promise.resolve();
     this.#marks = { joined: performance.now() };
+    this.#peers.clear();
+    this.#sentState = null;
+    this.#sendState(); // every (re)join: the others learn what this page sends
 
     for (const leg of LEGS) {
       pcs[leg].onicecandidate = (e) => {
@@ -420,6 +476,16 @@ export class MediaSession {
     for (const c of queued) await this.#addRemoteCandidate(leg, c);
   }
 
+  /** Sends the local state if a session exists and it differs from what was last sent. */
+  #sendState() {
+    const s = this.#localState;
+    if (!s || !this.#pcs) return;
+    const last = this.#sentState;
+    if (last && last.audio === s.audio && last.video === s.video && last.screen === s.screen) return;
+    this.#sentState = { ...s };
+    this.send({ type: 'media_state', ...s });
+  }
+
   #updateConnected() {
     if (!this.#pcs || !['connecting', 'connected'].includes(this.#state)) return;
     const connected = this.#serverConnected || this.#pcs.publisher.connectionState === 'connected';
@@ -483,6 +549,8 @@ export class MediaSession {
     }
     for (const { stream } of this.#remote.values()) this.onRemoteStreamRemoved(stream);
     this.#remote.clear();
+    this.#peers.clear();
+    this.#sentState = null;
     this.#serverConnected = false;
   }
 }

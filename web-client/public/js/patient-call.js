@@ -1,148 +1,257 @@
-// The patient's call screen: the clinic's video large (one tile per other participant,
-// e.g. the clinician and an interpreter), the self view, and the connection-quality
-// indicator, worked out from MediaSession.stats() every two seconds.
+// The patient's call screen and media: the MediaSession joined whenever the server says
+// the patient is admitted (no click), the clinic's tiles (saying when someone is muted,
+// has their camera off or shares a screen), the self view and a plain line saying when
+// the patient is muted or has their camera off, mute / camera / switch camera, the
+// camera and microphone following the page and the devices (devices.js), and the
+// connection-quality indicator.
+
+import { $, app, announce, note } from './patient-app.js';
+import { Backoff, MediaSession } from './media.js';
+import { SelfView, Tiles } from './tiles.js';
+import { QualityMonitor, QUALITY_TEXT } from './patient-quality.js';
+import { DEVICE_EVENTS, PEER_WORDS, SELF } from './patient-words.js';
+
+const RETRY_JOIN_CODES = new Set(['unavailable', 'conflict', 'internal', 'rate_limited']);
+
+export const media = new MediaSession({
+  send: (msg) => {
+    note('out', msg);
+    return app.sig?.send(msg);
+  },
+  localStream: null,
+  onRemoteStream,
+  onRemoteStreamRemoved,
+  onState: onMediaState,
+  onPeerState: (stream, state) => tiles.set(stream, state),
+});
+
+export const quality = new QualityMonitor(media, onQuality);
+
+const joinRetry = new Backoff(() => reconcile()); // joins the call again after a failure
+
+/** Who a tile is, in the words of a page that knows no names. */
+const whoIs = (n) => (n === 0 ? 'The clinician' : 'Another person in the call');
+
+const tiles = new Tiles($('remote'), {
+  label: (_, n) => (n === 0 ? 'Video from the clinic' : `Video from the clinic (person ${n + 1})`),
+  words: { screen: (_, n) => (n === 0 ? PEER_WORDS.screen : 'A screen is being shared') },
+  onSoundBlocked: () => announce('Press Tap to turn on sound to hear the clinic.'),
+  onPeerChange: (_, now, was, n) => {
+    const who = whoIs(n);
+    if (was.audio !== now.audio) announce(now.audio ? `${who}'s microphone is on again.` : `${who} has muted their microphone.`);
+    if (was.video !== now.video) announce(now.video ? `${who}'s camera is on again.` : `${who} has turned their camera off.`);
+    if (was.screen !== now.screen) announce(now.screen ? `${who} is sharing their screen.` : `${who} has stopped sharing their screen.`);
+  },
+});
+
+const self = new SelfView($('self-figure'));
+
+/** For tests and diagnostics. */
+export function callState() {
+  return {
+    remoteVideos: $('remote').querySelectorAll('video').length,
+    tiles: [...$('remote').querySelectorAll('figure.tile')].map((f) => ({ stream: f.dataset.stream, ...tiles.state(f.dataset.stream) })),
+    soundBlocked: tiles.soundBlocked,
+    callStatus: $('call-status').hidden ? '' : $('call-status').textContent,
+    selfState: $('self-state').hidden ? '' : $('self-state').textContent,
+    selfView: $('self-figure').dataset.video ?? 'off',
+    sent: media.localState,
+  };
+}
+
+// --- joining -------------------------------------------------------------------------------
+
+function wantedConsultation() {
+  return app.status?.state === 'admitted' ? app.status.consultation : null;
+}
+
+/** Joins or leaves media so that it matches what the server says (admission connects). */
+export function reconcile() {
+  const want = wantedConsultation();
+  if (media.active && media.consultation !== want) media.leave();
+  if (!want) quality.stop();
+  const blocked = app.socket !== 'open' || joinRetry.pending;
+  if (want && want !== app.noRejoin && !media.active && !blocked) {
+    // Whatever the devices hold now; what they get later is swapped in (replaceTrack).
+    media.localStream = app.devices.stream;
+    media.setLocalState({ ...app.devices.sending, screen: false });
+    media.join(want);
+  }
+}
+
+/** The call screen as admission shows it. */
+export function enterCall() {
+  app.joinedOnce = false;
+  tiles.remove();
+  setCallStatus('The clinician is joining…');
+  renderSelf();
+  updateSwitch();
+}
+
+/** Back to the waiting room: the tiles go (the server ends the media session itself). */
+export function leaveCallScreen() {
+  tiles.remove();
+  quality.stop();
+}
+
+/** Leaving the call for good (the end): nothing is kept or retried. */
+export function endCall() {
+  joinRetry.cancel();
+  quality.stop();
+  media.close();
+  tiles.remove();
+  self.clear();
+}
+
+/** The websocket dropped: the media goes with it (the server ends it too). */
+export function dropCall() {
+  media.close();
+  quality.stop();
+}
+
+function setCallStatus(text) {
+  const el = $('call-status');
+  el.textContent = text || '';
+  el.hidden = !text;
+}
+
+function onMediaState({ state, consultation, reason, retryable, error }) {
+  switch (state) {
+    case 'joining':
+    case 'connecting':
+      if (!tiles.count) setCallStatus(app.joinedOnce ? 'Reconnecting the call…' : 'The clinician is joining…');
+      break;
+    case 'connected':
+      joinRetry.succeeded();
+      quality.start();
+      if (!tiles.count) setCallStatus('The clinician is joining…');
+      break;
+    case 'ended':
+      quality.stop();
+      if (retryable) {
+        setCallStatus('The call connection was lost. Reconnecting…');
+        announce('The call connection was lost. Reconnecting.');
+        joinRetry.later();
+      } else if (reason === 'removed_from_consultation' || reason === 'consultation_ended') {
+        // patient_status says what comes next (back to waiting, or the end).
+      } else {
+        app.noRejoin = consultation;
+      }
+      break;
+    case 'failed':
+      if (RETRY_JOIN_CODES.has(error?.code)) {
+        setCallStatus('The call could not be connected yet. Trying again…');
+        joinRetry.later();
+      } else {
+        app.noRejoin = consultation;
+        setCallStatus('The call could not be connected. Please contact the clinic.');
+        announce('The call could not be connected. Please contact the clinic.');
+      }
+      break;
+  }
+}
+
+function onRemoteStream(stream) {
+  tiles.add(stream, media.peerState(stream.id));
+  setCallStatus('');
+  if (!app.joinedOnce) {
+    app.joinedOnce = true;
+    announce('The clinician has joined. You are in the call.');
+  } else if (tiles.count > 1) {
+    announce('Another person has joined the call.');
+  }
+}
+
+function onRemoteStreamRemoved(stream) {
+  tiles.remove(stream);
+  if (!tiles.count && app.screen === 'call' && media.active) {
+    setCallStatus('Waiting for the clinician…');
+  }
+}
+
+function onQuality(level, was) {
+  const el = $('quality');
+  el.dataset.level = level;
+  $('quality-text').textContent = QUALITY_TEXT[level];
+  if (level === 'poor' && was !== 'none') announce('Your connection is poor. The picture may freeze; sound should carry on.');
+  else if (level === 'good' && was === 'poor') announce('Your connection is good again.');
+}
+
+// --- the patient's own camera and microphone ------------------------------------------------
 
 /**
- * Adds a tile for a remote participant's stream to `container`. If the browser refuses
- * to play sound before the person has pressed anything (autoplay rules), the video plays
- * muted and a "Turn on sound" button appears on the tile.
+ * A change of the devices (devices.js onChange): what is sent follows (no renegotiation),
+ * the others are told, the self view and the controls are drawn again.
  */
-export function addRemoteVideo(container, stream, onSoundBlocked) {
-  const figure = document.createElement('figure');
-  figure.className = 'tile';
-  figure.dataset.stream = stream.id;
-  const video = document.createElement('video');
-  video.autoplay = true;
-  video.playsInline = true;
-  const n = container.children.length;
-  video.setAttribute('aria-label', n === 0 ? 'Video from the clinic' : `Video from the clinic (person ${n + 1})`);
-  video.srcObject = stream;
-  // The tile takes the shape of the picture (a phone held upright sends a tall one).
-  video.addEventListener('resize', () => {
-    if (video.videoWidth && video.videoHeight) video.style.setProperty('--ar', `${video.videoWidth} / ${video.videoHeight}`);
-  });
-  figure.append(video);
-  container.append(figure);
-  container.dataset.count = String(container.children.length);
-  video.play().catch(() => {
-    video.muted = true;
-    video.play().catch(() => {});
-    const unmute = document.createElement('button');
-    unmute.type = 'button';
-    unmute.className = 'primary unmute';
-    unmute.textContent = 'Turn on sound';
-    unmute.addEventListener('click', () => {
-      video.muted = false;
-      video.play().catch(() => {});
-      unmute.remove();
-    });
-    figure.append(unmute);
-    onSoundBlocked?.(unmute);
-  });
-}
-
-/** Removes the tile of `stream` (or every tile if no stream is given). */
-export function removeRemoteVideo(container, stream) {
-  for (const figure of [...container.querySelectorAll('figure')]) {
-    if (!stream || figure.dataset.stream === stream.id) {
-      const v = figure.querySelector('video');
-      if (v) v.srcObject = null;
-      figure.remove();
+export function onDevicesChanged({ kind, track, reason, replaced }) {
+  media.replaceTrack(kind, track).catch((e) => console.warn('replaceTrack', e));
+  media.setLocalState({ ...app.devices.sending, screen: false });
+  renderSelf();
+  if (['lost', 'default', 'found'].includes(reason)) {
+    const key = reason === 'lost' ? `${kind}-${replaced ? 'replaced' : 'missing'}` : `${kind}-${reason}`;
+    const text = DEVICE_EVENTS[key];
+    if (text) {
+      announce(text);
+      if (app.screen === 'call') {
+        $('device-note').textContent = text;
+        $('device-note').hidden = false;
+      }
     }
   }
-  container.dataset.count = String(container.children.length);
+  if (['started', 'lost', 'found', 'switched'].includes(reason)) updateSwitch();
 }
 
-/** What each quality level says, in plain English. */
-export const QUALITY_TEXT = {
-  none: 'Connection: checking',
-  good: 'Connection: good',
-  fair: 'Connection: fair. The picture may be less sharp.',
-  poor: 'Connection: poor. The picture may freeze; sound should carry on.',
-};
-
-/**
- * The connection-quality indicator: every 2 s, what arrived since the last look
- * (packets, losses, decoded frames) and what the browser thinks it can send.
- *   good: under 2 % loss and smooth video (or sound only);
- *   fair: under 8 % loss, or little upload bandwidth;
- *   poor: more loss, nothing arriving from the other side, or the media connection down.
- */
-export class QualityMonitor {
-  #media;
-  #onChange;
-  #timer = null;
-  #prev = null;
-  level = 'none';
-  figures = { lossPct: null, fps: null, sendKbps: null };
-
-  #intervalMs;
-
-  /** `media`: anything with MediaSession's stats(); `onChange(level, was)`. */
-  constructor(media, onChange, { intervalMs = 2000 } = {}) {
-    this.#media = media;
-    this.#onChange = onChange;
-    this.#intervalMs = intervalMs;
+/** The self view, the line under the picture, and the controls, as the devices are now. */
+export function renderSelf() {
+  const d = app.devices;
+  self.show({
+    track: d.cameraTrack,
+    mirrored: d.facing !== 'environment',
+    muted: d.muted && !!d.micTrack,
+    offText: d.started ? undefined : 'Camera not turned on yet',
+  });
+  const lines = [];
+  if (!d.started) lines.push(SELF.notStarted);
+  else {
+    if (!d.micTrack) lines.push(SELF.noMic);
+    else if (d.muted) lines.push(SELF.muted);
+    if (d.cameraOff) lines.push(SELF.cameraOff);
+    else if (!d.cameraTrack && !d.hidden) lines.push(SELF.noCamera);
   }
-
-  start() {
-    if (this.#timer) return;
-    this.#prev = null;
-    this.#timer = setInterval(() => this.#tick().catch(() => {}), this.#intervalMs);
-    this.#tick().catch(() => {}); // the first sample: figures follow at the next one
-  }
-
-  stop() {
-    clearInterval(this.#timer);
-    this.#timer = null;
-    this.#prev = null;
-    this.#set('none');
-  }
-
-  async #tick() {
-    const s = await this.#media.stats();
-    const now = performance.now();
-    const cur = {
-      at: now,
-      received: s.inboundVideo.packetsReceived + s.inboundAudio.packetsReceived,
-      lost: s.inboundVideo.packetsLost + s.inboundAudio.packetsLost,
-      frames: s.inboundVideo.framesDecoded,
-      videoTracks: s.inboundVideo.tracks,
-    };
-    const prev = this.#prev;
-    this.#prev = cur;
-    if (!this.#timer) return;
-    if (s.state !== 'connected') {
-      this.#set(this.level === 'none' ? 'none' : 'poor');
-      return;
-    }
-    const sendKbps = s.availableOutgoingBitrate ? Math.round(s.availableOutgoingBitrate / 1000) : null;
-    if (!prev) return;
-    const dt = (now - prev.at) / 1000;
-    const got = Math.max(0, cur.received - prev.received);
-    const lost = Math.max(0, cur.lost - prev.lost);
-    const lossPct = got + lost > 0 ? (100 * lost) / (got + lost) : null;
-    const fps = cur.videoTracks ? Math.max(0, cur.frames - prev.frames) / dt : null;
-    this.figures = {
-      lossPct: lossPct == null ? null : Math.round(lossPct * 10) / 10,
-      fps: fps == null ? null : Math.round(fps),
-      sendKbps,
-    };
-    let level;
-    if (s.remoteStreams > 0 && got === 0) level = 'poor';
-    else if (lossPct == null) level = 'good'; // nobody to receive from yet: our side is up
-    else if (lossPct < 2 && (fps == null || fps >= 8)) level = 'good';
-    else if (lossPct < 8) level = 'fair';
-    else level = 'poor';
-    if (sendKbps != null && sendKbps < 80) level = 'poor';
-    else if (sendKbps != null && sendKbps < 150 && level === 'good') level = 'fair';
-    this.#set(level);
-  }
-
-  #set(level) {
-    if (level === this.level) return;
-    const was = this.level;
-    this.level = level;
-    this.#onChange(level, was);
-  }
+  $('self-state').textContent = lines.join(' ');
+  $('self-state').hidden = !lines.length;
+  $('call-devices').hidden = d.started;
+  const mute = $('mute');
+  const camera = $('camera');
+  mute.disabled = !d.micTrack;
+  camera.disabled = !(d.cameraTrack || d.cameraOff || d.hidden);
+  mute.setAttribute('aria-pressed', String(d.muted && !!d.micTrack));
+  camera.setAttribute('aria-pressed', String(d.cameraOff));
 }
+
+/** "Switch camera" is offered only where there is more than one camera. */
+export async function updateSwitch() {
+  const can = app.devices.started && (await app.devices.canSwitch());
+  $('switch-camera').hidden = !can;
+}
+
+export function toggleMute() {
+  const d = app.devices;
+  if (!d.micTrack) return;
+  d.setMuted(!d.muted);
+  announce(d.muted ? 'Your microphone is off. The clinic cannot hear you.' : 'Your microphone is on.');
+}
+
+export async function toggleCamera() {
+  const d = app.devices;
+  const off = !d.cameraOff;
+  await d.setCameraOff(off);
+  announce(off ? 'Your camera is off. The clinic cannot see you.' : d.cameraTrack ? 'Your camera is on.' : SELF.noCamera);
+}
+
+export async function switchCamera() {
+  const ok = await app.devices.switchCamera();
+  const facing = app.devices.facing;
+  announce(!ok ? 'The other camera could not be started.' : facing === 'environment' ? 'Now using your back camera.' : facing === 'user' ? 'Now using your front camera.' : 'Now using your other camera.');
+}
+

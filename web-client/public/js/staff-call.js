@@ -1,18 +1,34 @@
-// A clinician's side of a call: camera and microphone, the MediaSession (media.js) for
-// the consultation staff.js says they are in, the remote videos, and the call controls
-// (mute, camera off, screen share, leave and rejoin the video). The page decides WHICH
-// consultation (`want`); this module joins it, keeps it joined across dropped
-// connections, and releases the camera when there is none.
+// A clinician's side of a call: the MediaSession (media.js) for the consultation staff.js
+// says they are in, the other people's tiles (tiles.js: muted, camera off, a shared
+// screen, said in words), the self view (the camera, "Your camera is off", or the shared
+// screen), and the call controls (mute, camera off, switch camera, screen share, leave
+// and rejoin the video). The page decides WHICH consultation (`want`); this module joins
+// it, keeps it joined across dropped connections, and releases the camera when there is
+// none.
+//
+// Camera and microphone (devices.js) are asked for only from a press: the press that
+// starts a call ("Call next patient", "Switch to this call", "Rejoin video": the page
+// calls `prepare()` in its click handler) or "Turn on camera and microphone" in the call
+// panel, shown while they are off (a patient admitted by reception starts the call with
+// no press of the clinician's: until then it receives and sends nothing). Once turned on
+// in this page, later calls take them again by themselves (no new prompt).
 //
 // Screen sharing swaps the camera track for the screen's on the publisher connection's
 // video sender (MediaSession.replaceTrack: no renegotiation, the patient's video simply
-// changes); before a session is connected, the next join sends the new video.
+// changes). The camera is given back while the page is hidden only on a touch device
+// (phone, tablet: the app went to the background); a clinician at a desk who switches to
+// the patient's record in another tab stays in view.
 
 import { Backoff, MediaSession } from './media.js';
-import { $, h } from './staff-common.js';
+import { LocalDevices } from './devices.js';
+import { SelfView, Tiles } from './tiles.js';
+import { $ } from './staff-common.js';
 
 /** Error codes of a refused join_media after which trying again later may work. */
 const RETRY_JOIN_CODES = new Set(['unavailable', 'conflict', 'internal', 'rate_limited']);
+
+/** A phone or tablet: no hover, a finger for a pointer. */
+const touchFirst = () => window.matchMedia?.('(hover: none) and (pointer: coarse)').matches ?? false;
 
 // --- the call ---------------------------------------------------------------------------------
 
@@ -21,44 +37,72 @@ export class StaffCall {
    * @param {object} o
    * @param {(msg: object) => boolean} o.send  sends a media message on the websocket
    * @param {(stream: MediaStream) => string} o.label  accessible name of a remote video
+   * @param {(stream: MediaStream) => string} [o.who]  the name shown on a remote tile
    * @param {() => void} o.onChange  the call's state changed (for the page's rendering)
    */
-  constructor({ send, label, onChange }) {
+  constructor({ send, label, who, onChange }) {
     this.label = label;
     this.onChange = onChange;
     this.wanted = null; // the consultation to be in, or null
     this.socketOpen = false;
     this.noRejoin = null; // a consultation left on purpose or refused for good
-    this.local = undefined; // {stream: sent, camera, mic} once getUserMedia has answered
-    this.starting = false;
     this.screen = null; // the screen's video track while sharing
-    this.muted = false;
-    this.cameraOff = false;
     this.retry = new Backoff(() => this.#reconcile()); // joins again after a failure
     this.status = '';
+    this.problem = null; // the devices' problem, in words
+    this.starting = null; // the devices being turned on
+    this.expecting = false; // a press asked for a call that has not arrived yet
     this.ui = {
       status: $('call-status'),
       remote: $('remote'),
       self: $('self-view'),
       mic: $('mic'),
       cam: $('cam'),
+      switchCam: $('switch-cam'),
       share: $('share'),
+      devicesOn: $('devices-on'),
       leave: $('leave-media'),
       rejoin: $('rejoin'),
     };
+    this.devices = new LocalDevices({
+      onChange: (c) => this.#devicesChanged(c),
+      releaseWhenHidden: () => !this.screen && touchFirst(),
+    });
+    this.tiles = new Tiles(this.ui.remote, {
+      label: (s) => this.label(s),
+      who: (s) => who?.(s) ?? '',
+      onPeerChange: (stream, now, was) => {
+        const name = who?.({ id: stream }) || 'The other person';
+        if (was.audio !== now.audio) this.say(now.audio ? `${name}’s microphone is on again.` : `${name} has muted their microphone.`);
+        if (was.video !== now.video) this.say(now.video ? `${name}’s camera is on again.` : `${name} has turned their camera off.`);
+        if (was.screen !== now.screen) this.say(now.screen ? `${name} is sharing their screen.` : `${name} has stopped sharing their screen.`);
+      },
+    });
+    this.self = new SelfView($('self-view').closest('figure'));
     this.media = new MediaSession({
       send,
-      localStream: null,
+      localStream: this.devices.stream,
       onRemoteStream: (s) => this.#addRemote(s),
       onRemoteStreamRemoved: (s) => this.#removeRemote(s),
       onState: (s) => this.#onMediaState(s),
+      onPeerState: (stream, state) => this.tiles.set(stream, state),
     });
-    this.ui.mic.addEventListener('click', () => this.setMuted(!this.muted));
-    this.ui.cam.addEventListener('click', () => this.setCameraOff(!this.cameraOff));
+    this.ui.mic.addEventListener('click', () => this.setMuted(!this.devices.muted));
+    this.ui.cam.addEventListener('click', () => this.setCameraOff(!this.devices.cameraOff));
+    this.ui.switchCam.addEventListener('click', () => this.switchCamera());
     this.ui.share.addEventListener('click', () => (this.screen ? this.stopShare() : this.share()));
+    this.ui.devicesOn.addEventListener('click', () => this.turnOnDevices());
     this.ui.leave.addEventListener('click', () => this.leave());
     this.ui.rejoin.addEventListener('click', () => this.rejoin());
     if (!navigator.mediaDevices?.getDisplayMedia) this.ui.share.hidden = true;
+  }
+
+  get muted() {
+    return this.devices.muted;
+  }
+
+  get cameraOff() {
+    return this.devices.cameraOff;
   }
 
   /** A media message from the server? Then it is consumed. */
@@ -68,12 +112,34 @@ export class StaffCall {
 
   /** Which consultation to be in (null: none). */
   want(consultation) {
+    if (consultation) this.expecting = false;
     if (consultation !== this.wanted) {
       this.wanted = consultation;
       this.noRejoin = null;
       this.retry.cancel();
     }
     this.#reconcile();
+  }
+
+  /**
+   * A press that will start a call (call someone in, switch calls, rejoin): the browser
+   * asks for the camera and microphone now, while the press counts as one.
+   */
+  prepare() {
+    this.expecting = true;
+    if (!this.devices.micTrack && !this.devices.cameraTrack) this.#startDevices();
+  }
+
+  /** The call that prepare() was for did not come (the command was refused). */
+  unprepare() {
+    this.expecting = false;
+    this.#reconcile();
+  }
+
+  /** "Turn on camera and microphone". */
+  async turnOnDevices() {
+    await this.#startDevices();
+    this.ui.mic.focus();
   }
 
   /** The websocket opened or dropped (the server ends the media of a closed socket). */
@@ -95,6 +161,7 @@ export class StaffCall {
   rejoin() {
     this.noRejoin = null;
     this.retry.cancel();
+    this.prepare();
     this.#reconcile();
     this.#render();
     this.ui.leave.focus();
@@ -109,17 +176,21 @@ export class StaffCall {
   }
 
   setMuted(on) {
-    this.muted = on;
-    for (const t of this.local?.stream.getAudioTracks() || []) t.enabled = !on;
+    this.devices.setMuted(on);
     this.say(on ? 'Your microphone is off.' : 'Your microphone is on.');
     this.#render();
   }
 
-  setCameraOff(on) {
-    this.cameraOff = on;
-    if (this.local?.camera) this.local.camera.enabled = !on;
-    this.say(on ? 'Your camera is off.' : 'Your camera is on.');
+  async setCameraOff(on) {
+    const done = this.devices.setCameraOff(on);
     this.#render();
+    await done;
+    this.say(on ? 'Your camera is off.' : 'Your camera is on.');
+  }
+
+  async switchCamera() {
+    const ok = await this.devices.switchCamera();
+    this.say(ok ? 'Now using your other camera.' : 'The other camera could not be started.');
   }
 
   async share() {
@@ -135,16 +206,15 @@ export class StaffCall {
       );
       return;
     }
-    if (!track || !this.local) {
+    if (!track || !this.media.active) {
       track?.stop();
       return;
     }
     track.contentHint = 'detail';
     track.addEventListener('ended', () => this.stopShare()); // the browser's own "Stop sharing"
     this.screen = track;
-    await this.#sendVideo(track);
+    await this.#sendVideo();
     this.say('You are sharing your screen. The patient sees it instead of your camera.');
-    this.#render();
   }
 
   async stopShare() {
@@ -152,9 +222,8 @@ export class StaffCall {
     const t = this.screen;
     this.screen = null;
     t.stop();
-    await this.#sendVideo(this.local?.camera || null);
+    await this.#sendVideo();
     this.say('Screen sharing stopped. The patient sees your camera again.');
-    this.#render();
   }
 
   /** For tests and diagnostics: the page's media figures. */
@@ -163,12 +232,18 @@ export class StaffCall {
   }
 
   state() {
+    const d = this.devices;
     return {
       consultation: this.wanted,
       media: this.media.state,
       remoteVideos: this.ui.remote.querySelectorAll('video').length,
-      muted: this.muted,
-      cameraOff: this.cameraOff,
+      tiles: [...this.ui.remote.querySelectorAll('figure.tile')].map((f) => ({ stream: f.dataset.stream, ...this.tiles.state(f.dataset.stream) })),
+      soundBlocked: this.tiles.soundBlocked,
+      muted: d.muted,
+      cameraOff: d.cameraOff,
+      devices: { started: d.started, camera: d.camera, microphone: d.microphone, hidden: d.hidden, tracks: d.stream.getTracks().length },
+      selfView: this.self.figure.dataset.video ?? 'off',
+      sent: this.media.localState,
       sharing: !!this.screen,
       left: this.noRejoin !== null && this.noRejoin === this.wanted,
       status: this.status,
@@ -186,7 +261,7 @@ export class StaffCall {
     const want = this.wanted;
     if (this.media.active && this.media.consultation !== want) this.media.leave();
     if (!want) {
-      this.#releaseDevices();
+      if (!this.expecting) this.#releaseDevices();
       this.#render();
       return;
     }
@@ -194,43 +269,29 @@ export class StaffCall {
       this.#render();
       return;
     }
-    if (this.local === undefined) {
-      this.#startDevices();
-      return;
-    }
-    this.media.localStream = this.local.stream;
+    // Turned on once in this page: taken again for this call (no prompt, no press).
+    if (this.devices.started && !this.devices.micTrack && !this.devices.cameraTrack) this.#startDevices();
+    this.media.localStream = this.devices.stream;
+    this.#sendState();
     this.media.join(want);
     this.#render();
   }
 
   async #startDevices() {
-    if (this.starting) return;
-    this.starting = true;
+    if (this.starting) return this.starting;
     this.say('Starting your camera and microphone…');
-    let stream = null;
-    let problem = null;
-    for (const c of [{ audio: true, video: true }, { audio: true, video: false }, { audio: false, video: true }]) {
-      try {
-        stream = await navigator.mediaDevices.getUserMedia(c);
-        break;
-      } catch (e) {
-        problem ??= e;
-      }
-    }
-    this.starting = false;
-    if (!this.wanted) {
-      for (const t of stream?.getTracks() || []) t.stop();
+    this.starting = this.devices.start().finally(() => {
+      this.starting = null;
+    });
+    const { camera, microphone } = await this.starting;
+    if (!this.wanted && !this.expecting) {
+      this.devices.stop();
       return;
     }
-    stream ||= new MediaStream();
-    const camera = stream.getVideoTracks()[0] || null;
-    const mic = stream.getAudioTracks()[0] || null;
-    if (camera) camera.enabled = !this.cameraOff;
-    if (mic) mic.enabled = !this.muted;
-    this.local = { stream, camera, mic };
-    this.ui.self.srcObject = stream;
-    if (!camera || !mic) this.say(deviceProblem(problem, !camera && !mic ? 'both' : camera ? 'mic' : 'camera'));
-    this.#reconcile();
+    this.problem = camera === 'ok' && microphone === 'ok' ? null : deviceProblem(camera, microphone);
+    if (this.problem) this.say(this.problem);
+    else if (this.media.state === 'connected') this.#sayInCall();
+    this.#render();
   }
 
   #releaseDevices() {
@@ -238,31 +299,50 @@ export class StaffCall {
       this.screen.stop();
       this.screen = null;
     }
-    for (const t of this.local?.stream.getTracks() || []) t.stop();
-    if (this.local?.camera) this.local.camera.stop();
-    this.local = undefined;
-    this.ui.self.srcObject = null;
+    if (this.devices.stream.getTracks().length) this.devices.stop();
+    this.self.clear();
   }
 
-  /** Sends `track` (screen or camera) as our video: in place if possible, else by rejoining. */
-  async #sendVideo(track) {
-    const stream = this.local.stream;
-    for (const t of stream.getVideoTracks()) stream.removeTrack(t);
-    if (track) stream.addTrack(track);
-    this.ui.self.srcObject = stream;
+  /** What is sent now, for the others: the microphone; the screen, else the camera. */
+  #sendState() {
+    const { audio, video } = this.devices.sending;
+    this.media.setLocalState({ audio, video: video || !!this.screen, screen: !!this.screen });
+  }
+
+  /** Sends the screen while sharing, else the camera (or nothing). */
+  async #sendVideo() {
     try {
-      if (await this.media.replaceTrack('video', track || null)) return;
+      await this.media.replaceTrack('video', this.screen || this.devices.cameraTrack || null);
     } catch (e) {
-      console.warn('replaceTrack failed; rejoining with the new video', e);
+      console.warn('replaceTrack failed', e);
     }
-    if (this.media.active) this.media.join(this.media.consultation);
+    this.#sendState();
+    this.#render();
+  }
+
+  #devicesChanged({ kind, track, reason, replaced }) {
+    if (kind === 'audio' || !this.screen) {
+      this.media.replaceTrack(kind, track).catch((e) => console.warn('replaceTrack failed', e));
+    }
+    this.#sendState();
+    this.#render();
+    const what = kind === 'video' ? 'camera' : 'microphone';
+    if (reason === 'lost') {
+      this.say(replaced ? `Your ${what} was disconnected. Using your other ${what}.` : `Your ${what} was disconnected, and there is no other: the patient cannot ${kind === 'video' ? 'see' : 'hear'} you.`);
+    } else if (reason === 'default') {
+      this.say('Now using the microphone you plugged in.');
+    }
   }
 
   #onMediaState({ state, consultation, reason, retryable, error }) {
     switch (state) {
       case 'joining':
+        this.say('Connecting the call…');
+        break;
       case 'connecting':
         this.say('Connecting the call…');
+        // A new session starts from `localStream` (the camera): a shared screen goes back in.
+        if (this.screen) this.#sendVideo();
         break;
       case 'connected':
         this.retry.succeeded();
@@ -296,7 +376,11 @@ export class StaffCall {
 
   #sayInCall() {
     if (this.media.state !== 'connected') return;
-    const n = this.ui.remote.querySelectorAll('figure').length;
+    if (this.problem) {
+      this.say(this.problem);
+      return;
+    }
+    const n = this.tiles.count;
     this.say(
       n === 0
         ? 'Connected. Waiting for the patient’s video…'
@@ -305,62 +389,58 @@ export class StaffCall {
   }
 
   #addRemote(stream) {
-    const video = h('video', { autoplay: true, playsinline: true, 'aria-label': this.label(stream) });
-    video.srcObject = stream;
-    const figure = h('figure', { 'data-stream': stream.id }, video);
-    this.ui.remote.append(figure);
-    video.play().catch(() => {
-      // Autoplay with sound refused: play muted and offer to turn the sound on.
-      video.muted = true;
-      video.play().catch(() => {});
-      const on = h('button', { type: 'button', onclick: () => { video.muted = false; on.remove(); } }, 'Turn on sound');
-      figure.append(on);
-    });
+    this.tiles.add(stream, this.media.peerState(stream.id));
     this.#sayInCall();
     this.onChange();
   }
 
   #removeRemote(stream) {
-    for (const f of this.ui.remote.querySelectorAll('figure')) {
-      if (f.dataset.stream === stream.id) {
-        f.querySelector('video').srcObject = null;
-        f.remove();
-      }
-    }
+    this.tiles.remove(stream);
     this.#sayInCall();
     this.onChange();
   }
 
-  /** The labels and states of the call's own controls. */
+  /** The labels and states of the call's own controls, and the self view. */
   #render() {
-    const { mic, cam, share, leave, rejoin } = this.ui;
-    const hasMic = !!this.local?.mic;
-    const hasCam = !!this.local?.camera;
-    mic.setAttribute('aria-pressed', String(this.muted));
-    cam.setAttribute('aria-pressed', String(this.cameraOff));
+    const { mic, cam, switchCam, share, devicesOn, leave, rejoin } = this.ui;
+    const d = this.devices;
+    this.self.show({
+      track: this.screen || d.cameraTrack,
+      screen: !!this.screen,
+      mirrored: d.facing !== 'environment',
+      muted: d.muted && !!d.micTrack,
+      offText: d.started ? undefined : 'Camera not turned on yet',
+    });
+    mic.setAttribute('aria-pressed', String(d.muted));
+    cam.setAttribute('aria-pressed', String(d.cameraOff));
     share.setAttribute('aria-pressed', String(!!this.screen));
-    mic.disabled = this.local !== undefined && !hasMic;
-    cam.disabled = this.local !== undefined && !hasCam;
-    share.disabled = !this.media.active;
+    mic.disabled = d.started && !d.micTrack;
+    cam.disabled = d.started && !d.cameraTrack && !d.cameraOff && !d.hidden;
+    share.disabled = !['connecting', 'connected'].includes(this.media.state);
+    devicesOn.hidden = d.started && !this.starting;
     const left = this.wanted !== null && this.noRejoin === this.wanted;
     leave.hidden = left;
     rejoin.hidden = !left;
     leave.disabled = !this.media.active;
+    if (d.started) d.canSwitch().then((can) => (switchCam.hidden = !can || !!this.screen));
+    else switchCam.hidden = true;
     this.onChange();
   }
 }
 
-function deviceProblem(e, missing) {
+function deviceProblem(camera, microphone) {
+  const missing = camera !== 'ok' && microphone !== 'ok' ? 'both' : camera !== 'ok' ? 'camera' : 'mic';
   const what = { both: 'camera and microphone', camera: 'camera', mic: 'microphone' }[missing];
   const effect = {
     both: 'The patient can neither see nor hear you.',
     camera: 'The patient can hear you but not see you.',
     mic: 'The patient can see you but not hear you.',
   }[missing];
-  if (e?.name === 'NotAllowedError') {
+  const states = [camera, microphone];
+  if (states.includes('blocked')) {
     return `The browser blocked your ${what}. ${effect} Allow them for this site (the camera icon in the address bar), then choose “Leave video” and “Rejoin video”.`;
   }
-  if (e?.name === 'NotReadableError') {
+  if (states.includes('busy')) {
     return `Your ${what} is in use by another program. ${effect} Close that program, then leave and rejoin the video.`;
   }
   return `No ${what} was found. ${effect}`;

@@ -23,6 +23,19 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/**
+ * Empties the live regions inside `root` (a view being hidden): screen readers would
+ * still reach their text, or say it again when the view comes back. Error boxes, shown
+ * only when they have something to say, are hidden again.
+ */
+export function clearLiveRegions(root) {
+  for (const el of root.querySelectorAll('[role="alert"], [role="status"], [aria-live]')) {
+    if (!el.textContent) continue;
+    el.replaceChildren();
+    if (el.classList.contains('error')) el.hidden = true;
+  }
+}
+
 /** A visually hidden span: extra words for screen readers ("Message" + " Pat Example"). */
 export const sr = (text) => h('span', { class: 'visually-hidden' }, text);
 

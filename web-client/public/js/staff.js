@@ -16,7 +16,8 @@ import { Signalling } from './signalling.js';
 import { StaffCall } from './staff-call.js';
 import { ask, invalid, isOpen, update } from './staff-dialog.js';
 import {
-  $, h, sr, api, clearSession, clock, copyText, duration, ENDED, endSignIn, EXPIRED, explain, INVALID,
+  $, h, sr, api, clearLiveRegions, clearSession, clock, copyText, duration, ENDED, endSignIn, EXPIRED, explain,
+  INVALID,
   keepFresh, loadSession, ROLE_NAMES, takeNote, wireSignIn,
 } from './staff-common.js';
 
@@ -56,6 +57,10 @@ const call = new StaffCall({
   label: () => {
     const people = activePeople();
     return people.length === 1 ? `Video of ${people[0].name}` : 'Video of a participant';
+  },
+  who: () => {
+    const people = activePeople();
+    return people.length === 1 ? people[0].name : '';
   },
   onChange: () => renderCallPanel(),
 });
@@ -113,6 +118,7 @@ $('invite').addEventListener('click', () => {
 
 function showSignIn(text, kind = 'warn') {
   $('board-view').hidden = true;
+  clearLiveRegions($('board-view'));
   $('account').hidden = true;
   $('sign-in-view').hidden = false;
   const n = $('sign-in-note');
@@ -125,8 +131,8 @@ function start(auth, interactive) {
   app.auth = auth;
   app.me = { ...auth.session, kind: 'staff' };
   $('sign-in-view').hidden = true;
+  clearLiveRegions($('sign-in-view'));
   $('board-view').hidden = false;
-  $('sign-in-note').textContent = '';
   renderAccount();
   renderBoard();
   connect();
@@ -355,6 +361,7 @@ function chooseCall(newId = null) {
 }
 
 function switchCall(id) {
+  call.prepare(); // the press: the browser may ask for the camera and microphone now
   app.active = id;
   app.activeClinic = myConsultations().find((m) => m.view.id === id)?.clinic ?? null;
   app.focusCall = true;
@@ -373,7 +380,11 @@ function renderCallPanel() {
   const panel = $('call');
   const show = !!(app.active && cl);
   if (panel.hidden === show) panel.hidden = !show;
-  if (!show) return;
+  if (!show) {
+    // Nothing of the last call stays behind in the hidden panel's live region.
+    call.say('');
+    return;
+  }
   $('call-h').textContent = `Your call in ${cl.name}`;
   const people = activePeople();
   const items = people.map((v) =>
@@ -648,14 +659,26 @@ async function sendCommand(cmd) {
   }
 }
 
-function admitNext(cl) {
+/** A call of mine is coming (I called someone in): the camera starts with the press. */
+function expectCall() {
   app.expectCall = true;
-  command({ type: 'admit_next', clinic: cl.id }, `Calling in the next patient from ${cl.name}…`).then((ok) => ok || (app.expectCall = false));
+  call.prepare();
+}
+
+/** ... or not: the command was refused. */
+function noCall() {
+  app.expectCall = false;
+  call.unprepare();
+}
+
+function admitNext(cl) {
+  expectCall();
+  command({ type: 'admit_next', clinic: cl.id }, `Calling in the next patient from ${cl.name}…`).then((ok) => ok || noCall());
 }
 
 function callIn(cl, v) {
-  app.expectCall = true;
-  command({ type: 'admit', clinic: cl.id, visit: v.id, clinician: app.me.username }, `Calling in ${v.name}…`).then((ok) => ok || (app.expectCall = false));
+  expectCall();
+  command({ type: 'admit', clinic: cl.id, visit: v.id, clinician: app.me.username }, `Calling in ${v.name}…`).then((ok) => ok || noCall());
 }
 
 function addToCall(cl, v) {
