@@ -65,6 +65,7 @@ pub(super) fn request_keyframe(
     let Some(c) = conns.get_mut(&t.conn) else {
         return;
     };
+    tracing::debug!(track = req.track.0, "keyframe requested");
     if let Some(mut receiver) = c.pc.rtp_receiver(t.receiver) {
         let pli = PictureLossIndication {
             sender_ssrc: 0,
@@ -107,6 +108,9 @@ impl MediaLoop {
             keyframe: codec.is_keyframe(&packet.payload),
             codec,
         };
+        if meta.keyframe {
+            tracing::debug!(track = track.0, ?codec, seq = meta.seq, "keyframe");
+        }
         let request = r
             .forwarder
             .on_rtp(track, meta, Cached(Arc::new(packet)), now, |fw| {
@@ -176,6 +180,11 @@ impl MediaLoop {
             p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
         });
         if wants_keyframe {
+            tracing::debug!(
+                participant = key,
+                track = track.0,
+                "subscriber asks for a keyframe"
+            );
             if let Some(req) = r.forwarder.on_keyframe_request(track, now) {
                 request_keyframe(conns, touched, r, req, now);
             }
