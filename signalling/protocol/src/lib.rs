@@ -60,6 +60,11 @@ pub enum ClientMsg {
     /// What this browser sends now (microphone on, a picture, a shared screen), for the
     /// others in the consultation to see; sent after each `media_joined` and on every change.
     MediaState(MediaState),
+    /// The browser's connection to the SFU failed or its network changed: the SFU offers
+    /// its subscriber connection again with new ICE credentials (a `subscriber_offer`).
+    /// The browser restarts its publisher connection itself, with a `publish_offer` made
+    /// with `iceRestart`. The media session and the consultation go on.
+    RestartIce,
 }
 
 /// What a participant sends: `audio` the microphone is on (not muted); `video` a picture
