@@ -232,6 +232,7 @@ function onMessage(msg) {
   switch (msg.type) {
     case 'welcome':
       app.me = msg.session;
+      call.resume();
       // Each clinic's snapshot follows and replaces what is shown; clinics no longer
       // assigned go now (admins are sent every clinic).
       if (app.me.role !== 'admin') {
