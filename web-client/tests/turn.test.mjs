@@ -113,7 +113,7 @@ async function relayedCall(env, { rules, dropped, path, screenshot }) {
   assert.equal(checked.check.via, path, 'the check names the way media flows');
   assert.equal(await page.locator('#net-detail').innerText(), VIA_TEXT[path]);
   assert.match(await page.locator('#net-result').innerText(), /connection works/);
-  if (screenshot) await p.record(page, screenshot);
+  if (screenshot) await p.record(page, `check-${screenshot}`);
   await p.enterWaitingRoom(page, 'Pat Relay', 'patient', undefined, p.checkPassed);
 
   // Called in: video and sound both ways, the patient's through the relay.
@@ -131,7 +131,8 @@ async function relayedCall(env, { rules, dropped, path, screenshot }) {
   await doc.locator('#call-people li.person', { hasText: 'You' }).getByText(`Video: ${PATH_LABEL.udp}`, { exact: true }).waitFor({ timeout: 10_000 });
   const board = await s.waitStaff(doc, (x) => s.clinic(x, 'derm').inConsultation[0]?.mediaPath === path, 'the board holds the path');
   assert.equal(s.clinic(board.value, 'derm').consultations[0].clinician_path, 'udp');
-  await s.axe(doc, `clinician's call, the patient relayed (${path})`);
+  if (screenshot) await s.check(doc, `staff-clinician-call-${screenshot}`);
+  else await s.axe(doc, `clinician's call, the patient relayed (${path})`);
 
   // The firewall did its part: what it refuses, the patient's browser tried and lost.
   const listing = await net.ruleset();
@@ -166,7 +167,7 @@ test('only TCP 443 gets out: the call connects through TURN over TLS on 443, and
         }`,
         dropped: 'counter',
         path: 'turn_tls',
-        screenshot: 'check-relayed',
+        screenshot: 'relayed',
       }),
   );
 });
