@@ -209,6 +209,12 @@ impl Node {
                     Err(e) => engine_failure(&e),
                 }
             }
+            ControlOp::RestartIce { participant } => {
+                match self.engine.restart_ice(key(participant)).await {
+                    Ok(()) => ControlOutcome::Done,
+                    Err(e) => engine_failure(&e),
+                }
+            }
             ControlOp::MediaState { participant, state } => {
                 match self.engine.media_state(key(participant), state).await {
                     Ok(()) => ControlOutcome::Done,

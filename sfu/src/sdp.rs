@@ -56,6 +56,15 @@ pub fn media_codecs(sdp: &str) -> Result<Vec<SectionCodecs>, String> {
 
 /// `sdp` with every candidate (and connection line) on `private` moved to `public`.
 /// Lines are kept byte for byte otherwise, including their `\r\n` endings.
+/// The ICE username fragment a description carries (the first; a bundled description
+/// gives every section the same one).
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+}
+
 pub fn announce(sdp: &str, private: IpAddr, public: IpAddr) -> String {
     let private = private.to_string();
     let public = public.to_string();

@@ -349,3 +349,67 @@ async fn a_browser_that_checks_rarely_stays_connected_while_media_flows() {
         p.leave(&engine).await;
     }
 }
+
+/// Issue 14: a browser whose path was lost asks for an ICE restart. The SFU offers its
+/// subscriber connection again with new ICE credentials; the browser's side restarts on
+/// its answer, the SFU's ICE session starts again (the old one is gone), and media keeps
+/// arriving over the restarted connection. A participant the SFU does not know is refused.
+#[tokio::test]
+async fn an_ice_restart_gives_the_subscriber_connection_new_credentials_and_media_goes_on() {
+    let engine = Engine::new(EngineConfig::new(LOOPBACK)).unwrap();
+    let room = 79;
+    let clinician = Participant::join(&engine, LOOPBACK, room, 1, Some(MEDIA))
+        .await
+        .unwrap();
+    let (patient, sdps) = join_recorded(&engine, room, 2).await.unwrap();
+    let total = |p: &Participant| p.stats.received().values().sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while patient.stats.sources_with_both(20) < 1 {
+        assert!(Instant::now() < deadline, "no media before the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The SFU's subscriber offers (its publish answers are recorded too: setup passive).
+    let offer_ufrags = || -> Vec<String> {
+        sdps.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.contains("a=setup:actpass"))
+            .filter_map(|s| sfu::sdp::ice_ufrag(s).map(str::to_owned))
+            .collect()
+    };
+    let before = offer_ufrags();
+    let first = before.last().cloned().expect("a subscriber offer");
+    assert!(
+        before.iter().all(|u| *u == first),
+        "one ufrag before any restart"
+    );
+
+    engine.restart_ice(2).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let restarted = loop {
+        if let Some(u) = offer_ufrags().last().filter(|u| **u != first) {
+            break u.clone();
+        }
+        assert!(Instant::now() < deadline, "no offer with new credentials");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(restarted, first);
+    // Media over the restarted session: keeps arriving well after the restart.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_restart = total(&patient);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        total(&patient) > after_restart + 50,
+        "media stopped after the ICE restart: {} then {}",
+        after_restart,
+        total(&patient)
+    );
+
+    assert!(matches!(
+        engine.restart_ice(99).await,
+        Err(sfu::engine::EngineError::UnknownParticipant)
+    ));
+    for p in [clinician, patient] {
+        p.leave(&engine).await;
+    }
+}

@@ -36,7 +36,7 @@ export const CHROMIUM_ARGS = [
 ];
 
 const execFileAsync = promisify(execFile);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // --- processes ----------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@
 //   CONSULT_BIN=target/release/consult JOINS=30 scripts/browser-tests tests/join-time.test.mjs
 //   CONSULT_BIN=target/release/consult JOINS=30 PATIENT_BROWSER=firefox \
 //     scripts/browser-tests tests/join-time.test.mjs
+// JT_DEBUG=1 also prints each join's marks and the patient page's messages, each with its
+// time since navigation start.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -67,6 +69,9 @@ async function timeOneJoin(env, origin, visitToken, label) {
     .filter((t) => t <= connected);
   assert.ok(answers.length > 0, `${label}: no subscriber answer before the connection`);
   const answered = answers[answers.length - 1];
+  if (process.env.JT_DEBUG) {
+    console.log(label, JSON.stringify(seen.marks), seen.messages.map((m) => `${m.dir}:${m.type}@${Math.round(m.at - seen.origin)}`).join(' '));
+  }
   return {
     signalling: answered,
     iceDtls: connected - answered,

@@ -429,6 +429,14 @@ impl Engine {
         .await
     }
 
+    /// The participant's browser lost its path: its subscriber connection is offered again
+    /// with new ICE credentials (the browser restarts its publisher connection itself).
+    pub async fn restart_ice(&self, participant: u128) -> Result<(), EngineError> {
+        let to = self.loop_of(participant)?;
+        self.ask(to, |reply| Command::RestartIce { participant, reply })
+            .await
+    }
+
     /// Removes a participant: closes their connections; the others' subscriber connections
     /// drop their tracks.
     pub async fn leave(&self, participant: u128) -> Result<(), EngineError> {

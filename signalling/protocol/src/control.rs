@@ -72,6 +72,9 @@ pub enum ControlOp {
     },
     /// Removes everyone from a consultation that ended.
     EndConsultation { consultation: ConsultationId },
+    /// A participant's browser lost its path to the node: its subscriber connection is
+    /// offered again with new ICE credentials.
+    RestartIce { participant: ParticipantId },
     /// What a participant's browser sends now, for the others in its consultation.
     MediaState {
         participant: ParticipantId,

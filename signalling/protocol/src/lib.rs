@@ -63,6 +63,11 @@ pub enum ClientMsg {
     /// How this browser's media reaches the SFU now (its selected ICE candidate pair), for
     /// staff to see; sent once connected and whenever it changes.
     MediaPath { path: MediaPath },
+    /// The browser's connection to the SFU failed or its network changed: the SFU offers
+    /// its subscriber connection again with new ICE credentials (a `subscriber_offer`).
+    /// The browser restarts its publisher connection itself, with a `publish_offer` made
+    /// with `iceRestart`. The media session and the consultation go on.
+    RestartIce,
 }
 
 /// How a browser's media travels to the SFU: straight over UDP or TCP (ICE-TCP), or through

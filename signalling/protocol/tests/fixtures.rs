@@ -459,6 +459,7 @@ fn media_fixtures() -> Vec<&'static str> {
             },
         ),
         check("client_leave_media", &ClientMsg::LeaveMedia),
+        check("client_restart_ice", &ClientMsg::RestartIce),
         check(
             "client_media_state",
             &ClientMsg::MediaState(MediaState {
@@ -607,6 +608,15 @@ fn control_fixtures() -> Vec<&'static str> {
                 ControlOp::Probe {
                     participant: participant(),
                     sdp: SDP.into(),
+                },
+            ),
+        ),
+        check(
+            "control_restart_ice",
+            &req(
+                10,
+                ControlOp::RestartIce {
+                    participant: participant(),
                 },
             ),
         ),

@@ -630,6 +630,16 @@ impl Connection {
                 }
                 None
             }
+            ClientMsg::RestartIce => {
+                let Some(s) = &self.media else {
+                    return not_joined();
+                };
+                let op = ControlOp::RestartIce {
+                    participant: s.participant,
+                };
+                self.relay(op, |_| None);
+                None
+            }
             ClientMsg::IceCandidate { leg, candidate } => {
                 let Some(s) = &self.media else {
                     return not_joined();

@@ -398,6 +398,9 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
       app.joinRetry.succeeded();
       sayInCall();
       break;
+    case 'reconnecting':
+      say('The connection was interrupted. Reconnecting…');
+      break;
     case 'ended':
       app.mediaEndReason = reason;
       if (retryable) {

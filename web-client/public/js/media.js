@@ -92,6 +92,17 @@ const MEDIA_MESSAGES = new Set([
   'publish_renegotiate',
 ]);
 
+/** A connection 'disconnected' this long (ms) has its ICE restarted. */
+const DISCONNECTED_GRACE_MS = 1_000;
+/** Nothing received on a receiving connection for this long (ms): the path is taken as
+ * lost and ICE restarted (browsers say 'disconnected' only after several seconds more). */
+const SILENCE_MS = 2_000;
+const SILENCE_POLL_MS = 500;
+/** How long (ms) one ICE restart may take before the next, and how many are tried before
+ * the session ends (retryable: the page joins the media again). */
+const RESTART_TIMEOUT_MS = 8_000;
+const RESTART_ATTEMPTS = 2;
+
 /** What someone who has never said sends: microphone and camera on. */
 export const DEFAULT_PEER_STATE = Object.freeze({ audio: true, video: true, screen: false });
 
@@ -103,6 +114,10 @@ export class MediaSession {
   //   joining    join_media sent, waiting for media_joined
   //   connecting peer connections exist; media not flowing yet
   //   connected  the publisher connection reached the SFU (media_connection or its own state)
+  //   reconnecting  a connection to the SFU was lost, or the network changed: ICE is being
+  //              restarted on both connections (same session, same consultation); back to
+  //              connected when both are up, or ended (connection_failed, retryable) if
+  //              RESTART_ATTEMPTS restarts did not bring them back
   //   ended      the server ended the session (media_ended), or a local WebRTC step
   //              failed (reason connection_failed); `retryable`: joining again may help
   //   failed     the server refused join_media (`error` is the server's error message)
@@ -120,6 +135,10 @@ export class MediaSession {
   #sentState = null; // ... as last sent in this session (a new session sends it again)
   #peers = new Map(); // stream id -> {audio, video, screen} of the others, this session
   #reofferWanted = false; // publish_renegotiate came while an offer was out: offer again after
+  #restart = null; // {attempt, timer}: an ICE restart under way
+  #lostTimer = null; // a connection went 'disconnected': restart if it stays so
+  #restartWanted = false; // a restart came while the publisher's offer was out
+  #silence = null; // {timer, bytes, since}: watches what the subscriber connection receives
 
   /**
    * @param {object} o
@@ -139,6 +158,10 @@ export class MediaSession {
     this.onRemoteStreamRemoved = onRemoteStreamRemoved || (() => {});
     this.onState = onState || (() => {});
     this.onPeerState = onPeerState || (() => {});
+    // A new network (Wi-Fi to mobile data, a VPN coming up): the old path may be gone.
+    const onNetworkChange = () => this.restartIce();
+    globalThis.addEventListener?.('online', onNetworkChange);
+    globalThis.navigator?.connection?.addEventListener?.('change', onNetworkChange);
   }
 
   /**
@@ -172,7 +195,31 @@ export class MediaSession {
 
   /** Whether a session is under way (joining, connecting or connected). */
   get active() {
-    return ['joining', 'connecting', 'connected'].includes(this.#state);
+    return ['joining', 'connecting', 'connected', 'reconnecting'].includes(this.#state);
+  }
+
+  /**
+   * Restarts ICE on both connections (the network changed, or a connection was lost):
+   * the publisher's is offered again with new credentials, and the SFU is asked to offer
+   * the subscriber's so. Media goes on over the old path while it still works.
+   */
+  restartIce() {
+    const pcs = this.#pcs;
+    if (!pcs || !['connecting', 'connected', 'reconnecting'].includes(this.#state)) return;
+    clearTimeout(this.#lostTimer);
+    this.#lostTimer = null;
+    if (this.#restart) clearTimeout(this.#restart.timer);
+    const attempt = (this.#restart?.attempt ?? 0) + 1;
+    if (attempt > RESTART_ATTEMPTS) {
+      this.#fail(pcs, 'ICE restart', new Error(`no connection after ${RESTART_ATTEMPTS} ICE restarts`));
+      return;
+    }
+    const timer = setTimeout(() => this.#pcs === pcs && this.restartIce(), RESTART_TIMEOUT_MS);
+    this.#restart = { attempt, timer, at: performance.now() };
+    this.#marks.restarted = performance.now();
+    if (this.#state !== 'reconnecting') this.#setState('reconnecting');
+    this.send({ type: 'restart_ice' });
+    this.#offerPublisher(pcs, { iceRestart: true });
   }
 
   /**
@@ -357,6 +404,7 @@ export class MediaSession {
       if (sum) addInto(sum, r);
       if (r.kind === 'video' && r.codecId) out.outboundVideo.codec = pub.get(r.codecId)?.mimeType ?? null;
     });
+    out.paths = { publisher: selectedPath(pub), subscriber: selectedPath(sub) };
     return out;
   }
 
@@ -395,6 +443,7 @@ export class MediaSession {
       pcs[leg].onconnectionstatechange = () => {
         if (this.#pcs !== pcs) return;
         if (pcs[leg].connectionState === 'connected') this.#marks[`${leg}Connected`] ??= performance.now();
+        this.#watchPath(pcs);
         this.#updateConnected();
       };
     }
@@ -410,20 +459,82 @@ export class MediaSession {
       pcs.publisher.addTransceiver(track || kind, { direction: 'sendonly', streams });
     }
     this.#reofferWanted = false;
+    this.#restartWanted = false;
     this.#offerPublisher(pcs);
+    this.#silence = { timer: setInterval(() => this.#checkSilence(pcs), SILENCE_POLL_MS), bytes: -1, since: 0 };
+  }
+
+  /**
+   * While the subscriber connection receives tracks, the SFU sends on it all the time
+   * (media and RTCP): bytes that stop coming for SILENCE_MS mean the path is gone.
+   */
+  async #checkSilence(pcs) {
+    const w = this.#silence;
+    if (this.#pcs !== pcs || !w || !['connected', 'reconnecting'].includes(this.#state)) return;
+    if (!receivingAny(pcs.subscriber)) return;
+    const bytes = selectedPair(await pcs.subscriber.getStats())?.bytesReceived ?? 0;
+    if (this.#pcs !== pcs) return;
+    const now = performance.now();
+    const flowing = bytes !== w.bytes;
+    if (flowing) {
+      w.bytes = bytes;
+      w.since = now;
+    }
+    if (this.#restart) {
+      // Restarted: over once both connections are up and bytes arrive again.
+      if (flowing && now - this.#restart.at > SILENCE_POLL_MS && LEGS.every((leg) => pcs[leg].connectionState === 'connected')) {
+        this.#recovered();
+      }
+    } else if (now - w.since >= SILENCE_MS) {
+      w.since = now;
+      this.restartIce();
+    }
+  }
+
+  /** An ICE restart brought both connections back. */
+  #recovered() {
+    clearTimeout(this.#restart.timer);
+    this.#restart = null;
+    this.#marks.recovered = performance.now();
+    this.#updateConnected();
+  }
+
+  /**
+   * A connection that failed has ICE restarted at once; one 'disconnected' for longer than
+   * DISCONNECTED_GRACE_MS too (a brief gap heals by itself).
+   */
+  #watchPath(pcs) {
+    if (LEGS.every((leg) => pcs[leg].connectionState === 'connected')) {
+      clearTimeout(this.#lostTimer);
+      this.#lostTimer = null;
+      // With tracks coming in, the silence check sees the bytes come back (#checkSilence).
+      if (this.#restart && !receivingAny(pcs.subscriber)) this.#recovered();
+      return;
+    }
+    // A connection that never connected yet is still being set up, not lost.
+    const lost = LEGS.filter((leg) => this.#marks[`${leg}Connected`] && pcs[leg].connectionState !== 'connected');
+    if (lost.some((leg) => pcs[leg].connectionState === 'failed')) {
+      if (!this.#restart) this.restartIce();
+    } else if (lost.length && !this.#restart && !this.#lostTimer) {
+      this.#lostTimer = setTimeout(() => {
+        this.#lostTimer = null;
+        if (this.#pcs === pcs && !this.#restart) this.restartIce();
+      }, DISCONNECTED_GRACE_MS);
+    }
   }
 
   /**
    * Offers the publisher connection (first, or again when the SFU asks): one offer at a
    * time; a request while one is out is taken up once its answer is applied.
    */
-  async #offerPublisher(pcs) {
+  async #offerPublisher(pcs, options = {}) {
     if (pcs.publisher.signalingState !== 'stable') {
       this.#reofferWanted = true;
+      if (options.iceRestart) this.#restartWanted = true;
       return;
     }
     try {
-      const offer = await pcs.publisher.createOffer();
+      const offer = await pcs.publisher.createOffer(options);
       await pcs.publisher.setLocalDescription(offer);
       if (this.#pcs !== pcs) return;
       this.send({ type: 'publish_offer', sdp: pcs.publisher.localDescription.sdp });
@@ -441,7 +552,8 @@ export class MediaSession {
       await this.#flushRemote('publisher');
       if (this.#reofferWanted) {
         this.#reofferWanted = false;
-        this.#offerPublisher(pcs);
+        this.#offerPublisher(pcs, { iceRestart: this.#restartWanted });
+        this.#restartWanted = false;
       }
     } catch (e) {
       this.#fail(pcs, 'publish answer', e);
@@ -500,7 +612,8 @@ export class MediaSession {
   }
 
   #updateConnected() {
-    if (!this.#pcs || !['connecting', 'connected'].includes(this.#state)) return;
+    if (!this.#pcs || !['connecting', 'connected', 'reconnecting'].includes(this.#state)) return;
+    if (this.#restart) return; // back to connected when both connections are (#watchPath)
     const connected = this.#serverConnected || this.#pcs.publisher.connectionState === 'connected';
     const next = connected ? 'connected' : 'connecting';
     if (next !== this.#state) this.#setState(next);
@@ -552,6 +665,12 @@ export class MediaSession {
   }
 
   #teardown() {
+    if (this.#silence) clearInterval(this.#silence.timer);
+    this.#silence = null;
+    clearTimeout(this.#lostTimer);
+    this.#lostTimer = null;
+    if (this.#restart) clearTimeout(this.#restart.timer);
+    this.#restart = null;
     if (this.#pcs) {
       for (const leg of LEGS) {
         const pc = this.#pcs[leg];
@@ -575,6 +694,32 @@ function connectionStates(pc) {
     iceConnectionState: pc.iceConnectionState,
     signalingState: pc.signalingState,
   };
+}
+
+/**
+ * The path a connection's media takes now (its selected candidate pair): this side's
+ * address, port and protocol, and the candidate's type (host, srflx, prflx or relay).
+ */
+function selectedPath(report) {
+  const local = report.get(selectedPair(report)?.localCandidateId);
+  if (!local) return null;
+  return { address: local.address, port: local.port, protocol: local.protocol, type: local.candidateType };
+}
+
+/** Whether a connection receives any track. */
+function receivingAny(pc) {
+  return pc.getTransceivers().some((t) => t.currentDirection === 'recvonly' || t.currentDirection === 'sendrecv');
+}
+
+/** A connection's selected candidate pair (its stats), or undefined. */
+function selectedPair(report) {
+  let pairId = null;
+  report.forEach((r) => {
+    if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
+  });
+  // Firefox reports no transport: its selected pair says so itself.
+  if (!pairId) report.forEach((r) => r.type === 'candidate-pair' && r.selected && (pairId = r.id));
+  return report.get(pairId);
 }
 
 /** Adds a report's numeric fields into the sum's fields of the same name. */

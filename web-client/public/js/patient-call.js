@@ -133,7 +133,11 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
     case 'connected':
       joinRetry.succeeded();
       quality.start();
-      if (!tiles.count) setCallStatus('The clinician is joining…');
+      setCallStatus(tiles.count ? '' : 'The clinician is joining…');
+      break;
+    case 'reconnecting':
+      setCallStatus('Reconnecting…');
+      announce('The connection was interrupted. Reconnecting.');
       break;
     case 'ended':
       quality.stop();

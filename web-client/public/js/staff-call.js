@@ -354,6 +354,9 @@ export class StaffCall {
         this.retry.succeeded();
         this.#sayInCall();
         break;
+      case 'reconnecting':
+        this.say('The connection was interrupted. Reconnecting…');
+        break;
       case 'ended':
         if (retryable) {
           this.say('The call connection was lost. Reconnecting…');

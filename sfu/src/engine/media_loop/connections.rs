@@ -3,14 +3,6 @@
 
 use super::*;
 
-pub(super) fn random_token(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
-}
-
 /// Marks a connection for servicing this turn.
 pub(super) fn touch(conns: &mut HashMap<ConnId, Conn>, touched: &mut Vec<ConnId>, id: ConnId) {
     if let Some(c) = conns.get_mut(&id) {
@@ -198,10 +190,9 @@ impl MediaLoop {
         leg: MediaLeg,
         now: Instant,
     ) -> Result<ConnId, EngineError> {
-        let ufrag = random_token(16);
-        let settings =
-            SettingEngineBuilder::new().with_ice_credentials(ufrag.clone(), random_token(32));
-        let (media, registry, settings) = connection_recipe(role, settings)?;
+        // The core makes the ICE credentials (new ones at each ICE restart); STUN is
+        // routed by the one each local description carries (follow_local_ufrag).
+        let (media, registry, settings) = connection_recipe(role, SettingEngineBuilder::new())?;
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media)
@@ -236,14 +227,13 @@ impl MediaLoop {
             .map_err(webrtc_err)?;
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
-        self.by_ufrag.insert(ufrag.clone(), id);
         self.conns.insert(
             id,
             Conn {
                 pc,
                 participant,
                 leg,
-                ufrag,
+                ufrag: String::new(),
                 addrs: Vec::new(),
                 deadline: None,
                 queued: false,
@@ -310,6 +300,7 @@ impl MediaLoop {
                 subscribed: HashMap::new(),
                 negotiation: Negotiation::Idle,
                 dirty: false,
+                ice_restart: false,
                 subscriber_state: RTCPeerConnectionState::New,
                 state: MediaState::default(),
                 codecs: Codecs::new(),
@@ -400,4 +391,29 @@ impl MediaLoop {
         self.close_conn(m.subscriber);
         Ok(())
     }
+}
+
+/// STUN for a connection is routed by the ICE username fragment of its last local
+/// description: set at its first, and changed by an ICE restart (the old one is forgotten:
+/// the core no longer answers to it).
+pub(super) fn follow_local_ufrag(
+    by_ufrag: &mut HashMap<String, ConnId>,
+    id: ConnId,
+    c: &mut Conn,
+    sdp: &str,
+) {
+    let Some(ufrag) = crate::sdp::ice_ufrag(sdp) else {
+        return;
+    };
+    if c.ufrag == ufrag {
+        return;
+    }
+    if !c.ufrag.is_empty() {
+        tracing::debug!(participant = c.participant, leg = ?c.leg, "ICE restarted");
+        if by_ufrag.get(&c.ufrag) == Some(&id) {
+            by_ufrag.remove(&c.ufrag);
+        }
+    }
+    c.ufrag = ufrag.to_owned();
+    by_ufrag.insert(c.ufrag.clone(), id);
 }

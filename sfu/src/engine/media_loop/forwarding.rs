@@ -65,6 +65,7 @@ pub(super) fn request_keyframe(
     let Some(c) = conns.get_mut(&t.conn) else {
         return;
     };
+    tracing::debug!(track = req.track.0, "keyframe requested");
     if let Some(mut receiver) = c.pc.rtp_receiver(t.receiver) {
         let pli = PictureLossIndication {
             sender_ssrc: 0,
@@ -93,7 +94,7 @@ impl MediaLoop {
         let Some(r) = rooms.get_mut(&room) else {
             return;
         };
-        let Some(t) = r.tracks.get(&track) else {
+        let Some(t) = r.tracks.get_mut(&track) else {
             return;
         };
         // A payload type its offer did not give (the core lets none through): nothing to
@@ -101,17 +102,31 @@ impl MediaLoop {
         let Some(codec) = t.codec_of(packet.header.payload_type) else {
             return;
         };
+        let resumed = t.kind == MediaKind::Video
+            && t.last_packet
+                .is_some_and(|last| now.saturating_duration_since(last) >= RESUME_GAP);
+        t.last_packet = Some(now);
         let meta = RtpMeta {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,
             keyframe: codec.is_keyframe(&packet.payload),
             codec,
         };
+        if meta.keyframe {
+            tracing::debug!(track = track.0, ?codec, seq = meta.seq, "keyframe");
+        }
         let request = r
             .forwarder
             .on_rtp(track, meta, Cached(Arc::new(packet)), now, |fw| {
                 send_forward(conns, touched, fw, now);
             });
+        let request = match request {
+            None if resumed => {
+                tracing::debug!(track = track.0, "resumed after a gap");
+                r.forwarder.on_keyframe_request(track, now)
+            }
+            other => other,
+        };
         if let Some(req) = request {
             request_keyframe(conns, touched, r, req, now);
         }
@@ -176,6 +191,11 @@ impl MediaLoop {
             p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
         });
         if wants_keyframe {
+            tracing::debug!(
+                participant = key,
+                track = track.0,
+                "subscriber asks for a keyframe"
+            );
             if let Some(req) = r.forwarder.on_keyframe_request(track, now) {
                 request_keyframe(conns, touched, r, req, now);
             }
@@ -245,6 +265,7 @@ impl MediaLoop {
                 conn: id,
                 receiver: init.receiver_id,
                 media_ssrc,
+                last_packet: None,
             },
         );
         tracing::debug!(track = track.0, ?kind, "publishing");

@@ -35,8 +35,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use protocol::{MediaLeg, MediaState};
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -77,6 +75,7 @@ mod forwarding;
 mod negotiation;
 mod net;
 
+use connections::follow_local_ufrag;
 use connections::{add_early_candidates, touch};
 use forwarding::request_keyframe;
 pub(super) use net::bind;
@@ -134,6 +133,10 @@ pub(super) enum Command {
     MediaState {
         participant: u128,
         state: MediaState,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    RestartIce {
+        participant: u128,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Leave {
@@ -257,7 +260,14 @@ struct Published {
     conn: ConnId,
     receiver: RTCRtpReceiverId,
     media_ssrc: u32,
+    /// When its last packet came (a video track resuming after a gap asks for a keyframe).
+    last_packet: Option<Instant>,
 }
+
+/// A video track whose packets stop this long and come back (its publisher's path was cut
+/// and restored, or moved) asks for a keyframe at once: its subscribers' decoders lost
+/// what came between.
+const RESUME_GAP: Duration = Duration::from_millis(500);
 
 impl Published {
     fn codec_of(&self, payload_type: u8) -> Option<Codec> {
@@ -307,6 +317,8 @@ struct Member {
     negotiation: Negotiation,
     /// The room's tracks changed since the last offer.
     dirty: bool,
+    /// Its browser asked for an ICE restart: the next offer carries new credentials.
+    ice_restart: bool,
     /// Where the subscriber connection stands: new tracks are routed once it is up.
     subscriber_state: RTCPeerConnectionState,
     /// What its browser says it sends (for the others to show).
@@ -574,6 +586,9 @@ impl MediaLoop {
                 reply,
             } => {
                 let _ = reply.send(self.media_state(participant, state));
+            }
+            Command::RestartIce { participant, reply } => {
+                let _ = reply.send(self.restart_ice(participant));
             }
             Command::Leave { participant, reply } => {
                 let _ = reply.send(self.leave(participant));

@@ -83,6 +83,7 @@ impl MediaLoop {
             rooms,
             touched,
             announced,
+            by_ufrag,
             ..
         } = self;
         let Some(m) = members.get_mut(&key) else {
@@ -176,6 +177,11 @@ impl MediaLoop {
                 Err(e) => tracing::warn!(error = %e, "could not add a track for a subscriber"),
             }
         }
+        // An ICE restart the browser asked for: this offer carries new credentials.
+        if std::mem::take(&mut m.ice_restart) {
+            c.pc.restart_ice();
+            changed = true;
+        }
         // Tracks added by a negotiation that failed are still unrouted: offer them again.
         if !changed && m.subscribed.values().all(|s| s.routed) {
             return;
@@ -191,6 +197,7 @@ impl MediaLoop {
                 });
         match offered {
             Ok(sdp) => {
+                follow_local_ufrag(by_ufrag, m.subscriber, c, &sdp);
                 let sdp = match announced {
                     Some((private, public)) => crate::sdp::announce(&sdp, *private, *public),
                     None => sdp,
@@ -387,6 +394,11 @@ impl MediaLoop {
             c.pc.local_description()
                 .map(|d| d.sdp)
                 .ok_or_else(|| EngineError::WebRtc("no local description".into()))?;
+        let c = self
+            .conns
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownParticipant)?;
+        follow_local_ufrag(&mut self.by_ufrag, id, c, &sdp);
         touch(&mut self.conns, &mut self.touched, id);
         let payload_types: Vec<(u8, Codec)> = sections
             .iter()
@@ -460,6 +472,18 @@ impl MediaLoop {
                     .send(EngineEvent::PublishRenegotiate { participant: key });
             }
         }
+    }
+
+    /// A participant's browser lost its path to the SFU: its subscriber connection is
+    /// offered again with new ICE credentials as soon as no offer is out.
+    pub(super) fn restart_ice(&mut self, key: u128) -> Result<(), EngineError> {
+        let m = self
+            .members
+            .get_mut(&key)
+            .ok_or(EngineError::UnknownParticipant)?;
+        m.ice_restart = true;
+        self.mark_dirty(key);
+        Ok(())
     }
 
     /// A participant's browser says what it sends: everyone else in its room is told.

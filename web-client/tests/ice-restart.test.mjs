@@ -1,0 +1,171 @@
+// Issue 14, part 3: a call that survives its network. A patient and a clinician are in a
+// call, each decoding the other; then the patient's media path is broken with nftables
+// (this test runs inside its own network namespace, scripts/browser-tests):
+//   - cut for 3 s and reopened: media resumes both ways, timed from the reopening;
+//   - cut for good (the ports it used are blocked from then on, as when a phone's address
+//     changes): the page restarts ICE on both its connections, which find a new path, and
+//     media resumes both ways, timed from the cut.
+// Neither page reloads or rejoins (no second join_media), and the patient's consultation is
+// the same. The cut is made 3 times (RUNS; 20 for the report, p50 / p95 in
+// load-tests/REPORT.md):
+//   RUNS=20 scripts/browser-tests tests/ice-restart.test.mjs
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { after, before, test } from 'node:test';
+import * as h from './harness.mjs';
+import * as s from './staff-helpers.mjs';
+
+const RUNS = Number(process.env.RUNS || 3);
+h.watchdog(120 + RUNS * 25);
+
+const CLINIC = 'cardiology';
+const CLINICIAN = 'dr.path';
+
+let browser;
+before(async () => {
+  browser = await h.launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+  nft('delete table inet icetest', { ignoreErrors: true });
+});
+
+function nft(script, { ignoreErrors = false } = {}) {
+  try {
+    execFileSync('nft', ['-f', '-'], { input: script, stdio: ['pipe', 'pipe', 'pipe'] });
+  } catch (e) {
+    if (!ignoreErrors) throw new Error(`nft failed: ${e.stderr?.toString() || e.message}\n${script}`);
+  }
+}
+
+/** Drops every UDP and TCP packet to or from these local ports (on `lo`, both ways). */
+function block(ports) {
+  const set = ports.join(', ');
+  nft(`table inet icetest {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    udp sport { ${set} } drop
+    udp dport { ${set} } drop
+    tcp sport { ${set} } drop
+    tcp dport { ${set} } drop
+  }
+}`);
+}
+const unblock = () => nft('delete table inet icetest');
+
+const stats = () => window.consultCall.stats();
+const messages = () => window.consultCall.messages();
+
+/** The local ports of a page's two connections' selected paths. */
+async function mediaPorts(page) {
+  const { value } = await h.waitFor(page, (x) => x.paths?.publisher && x.paths?.subscriber, 'both paths selected', 10_000, stats);
+  return [...new Set([value.paths.publisher.port, value.paths.subscriber.port])];
+}
+
+/** Resolves with the time (performance.now() of this process) both pages decode new frames. */
+async function bothResume(patient, clinician, label, timeoutMs) {
+  const [a, b] = await Promise.all([patient.evaluate(stats), clinician.evaluate(stats)]);
+  const more = (base) => (x) => x.inboundVideo.framesDecoded >= base + 5 && x.inboundAudio.packetsReceived >= 0;
+  const [p, c] = await Promise.all([
+    waitFast(patient, more(a.inboundVideo.framesDecoded), `${label}: the patient decodes the clinician again`, timeoutMs),
+    waitFast(clinician, more(b.inboundVideo.framesDecoded), `${label}: the clinician decodes the patient again`, timeoutMs),
+  ]);
+  return { at: Math.max(p, c), patient: p, clinician: c };
+}
+
+/** Like h.waitFor on the stats, polled every 50 ms. */
+async function waitFast(page, predicate, label, timeoutMs) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const x = await page.evaluate(stats);
+    if (predicate(x)) return performance.now();
+    if (Date.now() > end) throw new Error(`${label}: not within ${timeoutMs} ms; last ${JSON.stringify(x.inboundVideo)} ${JSON.stringify(x.connections ?? null)}`);
+    await h.sleep(50);
+  }
+}
+
+const percentile = (values, q) => {
+  const v = [...values].sort((x, y) => x - y);
+  return v[Math.min(v.length - 1, Math.round((q / 100) * (v.length - 1)))];
+};
+
+test('a cut path and a lost one: media resumes both ways, with no reload and no rejoin', async () => {
+  await h.withEnv('ice restart', async (env) => {
+    const server = await s.platform(env, {
+      clinics: [[CLINIC, 'Cardiology']],
+      staff: [[CLINICIAN, 'Dr Path', 'clinician', [CLINIC]]],
+    });
+    const { token } = await h.rest(server.url).post('/api/staff/sign-in', {
+      username: CLINICIAN,
+      password: server.passwords[CLINICIAN],
+    });
+    const staff = h.rest(server.url, token);
+    const clinician = await h.openCall(browser, env, server.url, token, 'clinician');
+    await h.waitForState(clinician, (x) => x.socket === 'open' && x.role === 'clinician', 'clinician page signed in');
+    const entered = await s.enter(server.url, CLINIC, 'Pat Path');
+    await staff.post('/api/commands', { type: 'admit_next', clinic: CLINIC });
+    const patient = await h.openCall(browser, env, server.url, entered.visit_token, 'patient');
+    const decoding = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
+    await h.waitFor(patient, decoding, 'the patient decodes the clinician', 30_000, stats);
+    await h.waitFor(clinician, decoding, 'the clinician decodes the patient', 30_000, stats);
+    const consultation = (await patient.evaluate(() => window.consultCall.state())).consultation;
+    assert.ok(consultation, 'the patient is in a consultation');
+
+    // 1. Cut for 3 s, then reopened.
+    const resumed = [];
+    for (let i = 0; i < RUNS; i++) {
+      const ports = await mediaPorts(patient);
+      block(ports);
+      await h.sleep(3_000);
+      unblock();
+      const reopened = performance.now();
+      const r = await bothResume(patient, clinician, `cut ${i + 1}`, 10_000);
+      resumed.push(r.at - reopened);
+      const marks = (await patient.evaluate(stats)).marks;
+      const restarts = (await patient.evaluate(messages)).filter((m) => m.dir === 'out' && m.type === 'restart_ice').length;
+      console.log(
+        `cut ${i + 1} (ports ${ports.join(', ')}): both decode again ${Math.round(r.at - reopened)} ms after the path ` +
+          `reopened (the patient ${Math.round(r.patient - reopened)} ms, the clinician ${Math.round(r.clinician - reopened)} ms)` +
+          `${marks.restarted ? `; ICE last restarted ${Math.round(marks.restarted - marks.joined)} ms after joining` : ''}` +
+          `, ${restarts} restarts so far`,
+      );
+      await h.sleep(1_000);
+    }
+
+    // 2. The path lost for good: the ports it used stay blocked.
+    const before = await patient.evaluate(stats);
+    const oldPorts = await mediaPorts(patient);
+    block(oldPorts);
+    const cut = performance.now();
+    const { at } = await bothResume(patient, clinician, 'path lost', 20_000);
+    const after = await patient.evaluate(stats);
+    const newPorts = [after.paths.publisher?.port, after.paths.subscriber?.port];
+    console.log(
+      `path lost (ports ${oldPorts.join(', ')} blocked): both decode again ${Math.round(at - cut)} ms after the cut, ` +
+        `over ports ${newPorts.join(', ')}; restarted at ${Math.round(after.marks.restarted - before.marks.joined)} ms ` +
+        `and recovered at ${Math.round(after.marks.recovered - before.marks.joined)} ms after joining`,
+    );
+    assert.ok(after.marks.restarted > 0, 'the page restarted ICE');
+    assert.ok(newPorts.every((p) => p && !oldPorts.includes(p)), `a new path: ${newPorts} (was ${oldPorts})`);
+    unblock();
+
+    // The same session all along: one join_media each, the same consultation.
+    for (const [label, page] of [['patient', patient], ['clinician', clinician]]) {
+      const sent = (await page.evaluate(messages)).filter((m) => m.dir === 'out');
+      assert.equal(sent.filter((m) => m.type === 'join_media').length, 1, `${label}: joined the media once`);
+    }
+    assert.equal((await patient.evaluate(() => window.consultCall.state())).consultation, consultation);
+    assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
+
+    const summary = `ice-restart runs=${RUNS} cut_resume_p50_ms=${Math.round(percentile(resumed, 50))} ` +
+      `cut_resume_p95_ms=${Math.round(percentile(resumed, 95))} lost_resume_ms=${Math.round(at - cut)}`;
+    console.log(summary);
+    // The issue's target, 3 s, for the median; a busy machine gives a tail of about 4 s
+    // (2 of 20 cuts in the report's run), which each cut is held under.
+    assert.ok(percentile(resumed, 50) < 3_000, `media resumed within 3 s of the path reopening: ${resumed.map(Math.round)}`);
+    for (const r of resumed) assert.ok(r < 8_000, `media resumed within 8 s of the path reopening (${Math.round(r)} ms)`);
+    // A path lost for good is noticed after 2 s of silence; the restart then takes < 1 s.
+    assert.ok(at - cut < 6_000, `media resumed within 6 s of losing its path (${Math.round(at - cut)} ms)`);
+  });
+});
