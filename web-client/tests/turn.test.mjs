@@ -15,7 +15,7 @@ import { chromium } from 'playwright-core';
 import * as h from './harness.mjs';
 import * as p from './patient-helpers.mjs';
 import * as s from './staff-helpers.mjs';
-import { startCoturn } from './coturn.mjs';
+import { startCoturn, startSniFrontEnd } from './coturn.mjs';
 import { childNetwork, counted, SERVER_IP, TURN_IP } from './netns.mjs';
 import { PATH_LABEL } from '../public/js/media-path.js';
 import { NET_SHORT, VIA_TEXT, networkFix } from '../public/js/patient-words.js';
@@ -50,11 +50,22 @@ function withEnv(name, fn) {
   });
 }
 
+/** A network that lets out web traffic only. */
+const ONLY_443 = `chain output {
+  type filter hook output priority 0; policy drop;
+  oifname "lo" accept
+  tcp dport 443 accept
+  counter drop
+}`;
+
 const staffStats = () => window.consultStaff?.stats();
 const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
 
-/** The platform: a clinic, a clinician, and `consult serve` handing out `turn`'s URLs. */
-async function platform(env, turn) {
+/**
+ * The platform: a clinic, a clinician, and `consult serve` handing out `turn`'s URLs;
+ * by default on port 443 of the servers' address, as a hospital's front end would be.
+ */
+async function platform(env, turn, { listen = `${SERVER_IP}:443`, publicUrl = ORIGIN } = {}) {
   const store = { dataDir: await env.tmpdir() };
   await h.consultCli(env, store, ['clinic', 'add', 'derm', '--name', 'Dermatology', '--open-link']);
   const password = s.password();
@@ -64,11 +75,11 @@ async function platform(env, turn) {
     ['staff', 'add', 'dr.jones', '--name', 'Dr Jones', '--role', 'clinician', '--clinic', 'derm', '--password-stdin'],
     `${password}\n`,
   );
-  await h.startConsult(env, {
+  const consult = await h.startConsult(env, {
     ...store,
     extraEnv: {
-      CONSULT_LISTEN: `${SERVER_IP}:443`,
-      CONSULT_PUBLIC_URL: ORIGIN,
+      CONSULT_LISTEN: listen,
+      CONSULT_PUBLIC_URL: publicUrl,
       // The SFU's media on the servers' address: reachable from the patient's network
       // unless its firewall says no.
       CONSULT_MEDIA_IP: SERVER_IP,
@@ -76,7 +87,7 @@ async function platform(env, turn) {
       CONSULT_TURN__URLS: JSON.stringify(turn.urls),
     },
   });
-  return { password };
+  return { password, url: consult.url };
 }
 
 /**
@@ -158,13 +169,7 @@ test('UDP blocked for the patient: the call connects through TURN over TCP, and 
 test('only TCP 443 gets out: the call connects through TURN over TLS on 443, and staff see it', async () => {
   await withEnv('turn over tls', (env) =>
     relayedCall(env, {
-        // A network that lets out web traffic only.
-        rules: `chain output {
-          type filter hook output priority 0; policy drop;
-          oifname "lo" accept
-          tcp dport 443 accept
-          counter drop
-        }`,
+        rules: ONLY_443,
         dropped: 'counter',
         path: 'turn_tls',
         screenshot: 'relayed',
@@ -196,6 +201,37 @@ test('nothing but the web page gets out: the check says so, and what to tell the
     );
     assert.match(problems, /even the way that looks like secure web traffic[\s\S]*ask the IT team to allow connections to 198\.18\.0\.3 port 443/);
     await p.record(page, 'check-turn-blocked');
+    assert.ok(counted(await net.ruleset(), 'counter') > 0, 'the browser tried the ways that were blocked');
+  });
+});
+
+test('443 shared with the HTTPS front end (nginx, by SNI): the check goes through TURN over TLS', async () => {
+  await withEnv('turn behind sni', async (env) => {
+    const net = await childNetwork(env);
+    await net.block(ONLY_443);
+    // One public address for everything: nginx on 443 (infra/coturn/nginx-turn-sni.conf),
+    // coturn's TLS on 5349 behind it, the web site behind it too, and the SFU's media.
+    const turn = await startCoturn(env, { ip: SERVER_IP, sfu: SERVER_IP, tlsPort: 5349, name: 'turn.test' });
+    turn.urls = turn.urls.map((u) => u.replace('turns:turn.test:5349', 'turns:turn.test:443'));
+    const pf = await platform(env, turn, { listen: '127.0.0.1:0', publicUrl: 'https://video.test' });
+    const front = await startSniFrontEnd(env, {
+      ip: SERVER_IP,
+      turnName: 'turn.test',
+      turn: `${SERVER_IP}:5349`,
+      siteName: 'video.test',
+      consult: new URL(pf.url).host,
+    });
+    const patientBrowser = await net.launchChromium([
+      `--host-resolver-rules=MAP video.test ${SERVER_IP}, MAP turn.test ${SERVER_IP}`,
+      `--ignore-certificate-errors-spki-list=${turn.spki},${front.spki}`,
+    ]);
+    env.servers.push({ close: () => patientBrowser.close().catch(() => {}) });
+
+    const page = await p.openPatient(patientBrowser, env, 'https://video.test', '/c/derm', 'patient');
+    await p.startCheck(page);
+    const checked = await p.waitPatient(page, p.checkPassed, 'the check passes through the shared 443', 40_000);
+    assert.equal(checked.check.via, 'turn_tls');
+    assert.equal(await page.locator('#net-detail').innerText(), VIA_TEXT.turn_tls);
     assert.ok(counted(await net.ruleset(), 'counter') > 0, 'the browser tried the ways that were blocked');
   });
 });
