@@ -119,8 +119,10 @@ async function relayedCall(env, { rules, dropped, path, screenshot }) {
 
   // The check: media flows through the relay, and the page says how, in plain English.
   const page = await p.openPatient(patientBrowser, env, ORIGIN, '/c/derm', 'patient');
+  const checkStart = performance.now();
   await p.startCheck(page);
   const checked = await p.waitPatient(page, p.checkPassed, 'the check passes through the relay', 40_000);
+  const checkMs = Math.round(performance.now() - checkStart);
   assert.equal(checked.check.via, path, 'the check names the way media flows');
   assert.equal(await page.locator('#net-detail').innerText(), VIA_TEXT[path]);
   assert.match(await page.locator('#net-result').innerText(), /connection works/);
@@ -129,9 +131,12 @@ async function relayedCall(env, { rules, dropped, path, screenshot }) {
 
   // Called in: video and sound both ways, the patient's through the relay.
   await s.waitStaff(doc, (x) => s.clinic(x, 'derm').waiting.some((v) => v.name === 'Pat Relay'), 'the clinician sees the patient');
+  const callStart = performance.now();
   await doc.getByRole('button', { name: 'Call next patient in Dermatology', exact: true }).click();
   await h.waitFor(doc, receiving, 'the clinician receives the patient', 40_000, staffStats);
   await p.waitPatientStats(page, receiving, 'the patient receives the clinician', 40_000);
+  const callMs = Math.round(performance.now() - callStart);
+  console.log(`TURN ${path}: check passed ${checkMs} ms after the press; both decoding ${callMs} ms after "Call next patient"`);
   await p.waitPatient(page, (x) => x.path === path, `the patient's page reports ${path}`, 10_000);
 
   // Staff see each person's path: the patient's in the call panel and on the board, and
@@ -190,8 +195,10 @@ test('nothing but the web page gets out: the check says so, and what to tell the
       }`,
     );
     const page = await p.openPatient(patientBrowser, env, ORIGIN, '/c/derm', 'patient');
+    const checkStart = performance.now();
     await p.startCheck(page);
     const checked = await p.waitPatient(page, (x) => x.check.network === 'failed', 'the check fails', 40_000);
+    console.log(`TURN blocked: the check said so ${Math.round(performance.now() - checkStart)} ms after the press`);
     assert.equal(checked.check.via, null);
     assert.equal(await page.locator('#net-result').innerText(), NET_SHORT.failed);
     const problems = await page.locator('#check-problems').innerText();
@@ -228,8 +235,10 @@ test('443 shared with the HTTPS front end (nginx, by SNI): the check goes throug
     env.servers.push({ close: () => patientBrowser.close().catch(() => {}) });
 
     const page = await p.openPatient(patientBrowser, env, 'https://video.test', '/c/derm', 'patient');
+    const checkStart = performance.now();
     await p.startCheck(page);
     const checked = await p.waitPatient(page, p.checkPassed, 'the check passes through the shared 443', 40_000);
+    console.log(`TURN turn_tls behind nginx (SNI): check passed ${Math.round(performance.now() - checkStart)} ms after the press`);
     assert.equal(checked.check.via, 'turn_tls');
     assert.equal(await page.locator('#net-detail').innerText(), VIA_TEXT.turn_tls);
     assert.ok(counted(await net.ruleset(), 'counter') > 0, 'the browser tried the ways that were blocked');

@@ -88,20 +88,32 @@ export function watchLevel(stream, onLevel) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Resolves when `pc` has gathered its candidates, or after `ms` (use what there is). */
-function gathered(pc, ms) {
+/**
+ * Resolves when `pc` has gathered its candidates, after `ms` (use what there is), or
+ * `afterRelayMs` after its first relay candidate: on a network that blocks UDP, gathering
+ * waits for a UDP TURN allocation that never answers, while the TCP and TLS relays are
+ * ready within a round trip.
+ */
+function gathered(pc, ms, afterRelayMs = 1000) {
   return new Promise((resolve) => {
     if (pc.iceGatheringState === 'complete') return resolve();
+    let relayTimer = null;
     const done = () => {
       if (pc.iceGatheringState === 'complete') finish();
     };
-    const timer = setTimeout(() => finish(), ms);
+    const candidate = (e) => {
+      if (e.candidate?.type === 'relay' && !relayTimer) relayTimer = setTimeout(finish, afterRelayMs);
+    };
+    const timer = setTimeout(finish, ms);
     function finish() {
       clearTimeout(timer);
+      clearTimeout(relayTimer);
       pc.removeEventListener('icegatheringstatechange', done);
+      pc.removeEventListener('icecandidate', candidate);
       resolve();
     }
     pc.addEventListener('icegatheringstatechange', done);
+    pc.addEventListener('icecandidate', candidate);
   });
 }
 
@@ -191,7 +203,8 @@ export async function checkConnection(stream, { signal } = {}) {
     for (const t of tracks) pc.addTransceiver(t, { direction: 'sendonly' });
     await pc.setLocalDescription(await pc.createOffer());
     // No trickle on this endpoint: the offer carries our candidates (a TURN server may
-    // take a while; after 5 s we send what we have).
+    // take a while; 1 s after the first relay candidate, or after 5 s, we send what we
+    // have).
     await gathered(pc, 5000);
     let res;
     try {
