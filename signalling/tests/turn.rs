@@ -141,7 +141,8 @@ fn coturn_refuses_a_credential_past_its_lifetime() {
 
 /// Through the real server: the pre-call check and every media join hand out the
 /// configured servers plus the TURN server with a credential minted there and then, each
-/// person's own, which coturn accepts; none of it reaches the audit log.
+/// person's own, which coturn accepts; the check's are rate-limited per address; none of
+/// it reaches a log or the audit log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_person_is_handed_a_turn_credential_of_their_own() {
     use common::server::{TestServer, directory, limits};
@@ -172,7 +173,12 @@ async fn each_person_is_handed_a_turn_credential_of_their_own() {
         node,
         ice,
     ));
-    let s = TestServer::start_with_media(store, limits(), Some(media)).await;
+    // Three checks a minute per address: a check's credentials are rate-limited with it.
+    let limits = signalling::server::Limits {
+        media_checks_per_minute: 3,
+        ..limits()
+    };
+    let s = TestServer::start_with_media(store, limits, Some(media)).await;
     directory(&s.service).await;
 
     // The pre-call check: a 5-minute credential.
@@ -195,6 +201,11 @@ async fn each_person_is_handed_a_turn_credential_of_their_own() {
     assert_eq!(who, "check");
     let lifetime = expiry.parse::<u64>().unwrap() - now_secs();
     assert!((295..=300).contains(&lifetime), "{lifetime}");
+
+    for expected in [200, 200, 429] {
+        let r = s.http.get(s.url("/api/media-check")).send().await.unwrap();
+        assert_eq!(r.status(), expected);
+    }
 
     // A patient's and the clinician's joins: each their own credential, for the
     // configured lifetime, and coturn takes them.
