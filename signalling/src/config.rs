@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::server::Limits;
 use crate::service::TokenLifetimes;
+use crate::turn::{Turn, TurnConfig};
 
 /// The documented sample, which is also the defaults.
 pub const DEFAULTS: &str = include_str!("../../infra/consult.toml");
@@ -51,6 +52,7 @@ pub struct Config {
     pub sfu_secret: String,
     pub ice_servers: Vec<IceServer>,
     pub web_root: PathBuf,
+    pub turn: TurnConfig,
 }
 
 /// Values given on the command line, which win over everything else.
@@ -87,7 +89,7 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         let config: Config = fig
-            .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]))
+            .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
@@ -132,7 +134,13 @@ impl Config {
         if self.ice_servers.iter().any(|s| s.urls.is_empty()) {
             return bad("every entry of ice_servers needs at least one URL");
         }
+        self.turn()?;
         self.engine_config().map(|_| ())
+    }
+
+    /// The platform's own TURN server (`[turn]`), if one is configured.
+    pub fn turn(&self) -> Result<Option<Turn>, ConfigError> {
+        Turn::from_config(&self.turn).map_err(ConfigError::Invalid)
     }
 
     /// How the in-process SFU binds and announces its media sockets.
@@ -194,6 +202,8 @@ mod tests {
     fn defaults_load_and_overrides_win() {
         let c = Config::load(None, &Overrides::default()).unwrap();
         assert_eq!(c.redis(), None);
+        // `serve --demo` needs no TURN server: none by default.
+        assert!(c.turn().unwrap().is_none());
         let c = Config::load(
             None,
             &Overrides {
@@ -203,6 +213,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.redis(), Some("redis://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn a_turn_server_is_configured_in_its_own_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let secret = "0123456789abcdef".repeat(2);
+        std::fs::write(
+            &f,
+            format!(
+                "[turn]\nsecret = \"{secret}\"\ncredential_minutes = 30\nurls = [\"turn:turn.example.org:3478?transport=udp\", \"turns:turn.example.org:443?transport=tcp\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        let turn = c.turn().unwrap().unwrap();
+        assert_eq!(turn.lifetime(), Duration::from_secs(30 * 60));
+        assert!(
+            !format!("{c:?}").contains(&secret),
+            "the secret is not in Debug output"
+        );
     }
 
     #[test]
@@ -218,6 +249,23 @@ mod tests {
         std::fs::write(&f, "media_ip = \"0.0.0.0\"\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("media_ip"), "{e}");
+        std::fs::write(
+            &f,
+            "[turn]\nsecret = \"short\"\nurls = [\"turn:t.example.org\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("turn.secret"), "{e}");
+        let secret = "s".repeat(32);
+        std::fs::write(
+            &f,
+            format!("[turn]\nsecret = \"{secret}\"\nurls = [\"https://t.example.org\"]\n"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("turn.urls"), "{e}");
+        std::fs::write(&f, "[turn]\nsecrets = \"typo\"\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
         std::fs::write(&f, "no_such_key = 1\n").unwrap();
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
         assert!(

@@ -9,6 +9,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod text;
+pub mod turn;
 
 use std::sync::Arc;
 
@@ -38,7 +39,10 @@ pub async fn open_media(
     config: &Config,
     store: Arc<dyn Store>,
 ) -> Result<Arc<media::Media>, StoreError> {
-    let ice = config.ice_servers.clone();
+    let own_turn = config
+        .turn()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let ice = turn::IceServers::new(config.ice_servers.clone(), own_turn);
     Ok(Arc::new(match config.redis() {
         None => {
             let engine_config = config

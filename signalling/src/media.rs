@@ -16,13 +16,14 @@ use futures::{SinkExt, StreamExt};
 use protocol::control::{
     ControlOp, ControlOutcome, ControlRequest, MAX_CONTROL_MESSAGE_BYTES, NodeMsg, NodeRecord,
 };
-use protocol::{IceServer, MediaEndReason, NodeId, ParticipantId, ServerMsg};
+use protocol::{MediaEndReason, NodeId, ParticipantId, ServerMsg};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AppError;
 use crate::store::Store;
+use crate::turn::IceServers;
 
 /// How long a control request may take (a publish waits for candidate gathering).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +41,7 @@ pub type MediaSender = mpsc::Sender<ServerMsg>;
 #[derive(Debug)]
 pub struct Media {
     nodes: Nodes,
-    ice_servers: Vec<IceServer>,
+    ice_servers: IceServers,
 }
 
 #[derive(Debug)]
@@ -58,11 +59,7 @@ enum Nodes {
 
 impl Media {
     /// The SFU runs in this process.
-    pub fn in_process(
-        id: NodeId,
-        node: Arc<sfu::control::Node>,
-        ice_servers: Vec<IceServer>,
-    ) -> Self {
+    pub fn in_process(id: NodeId, node: Arc<sfu::control::Node>, ice_servers: IceServers) -> Self {
         let (requests, requests_rx) = mpsc::channel(sfu::control::LINK_QUEUE);
         let (out, out_rx) = mpsc::channel(sfu::control::LINK_QUEUE);
         tokio::spawn(node.serve(requests_rx, out));
@@ -76,7 +73,7 @@ impl Media {
     }
 
     /// SFU nodes are separate processes registered in `store`.
-    pub fn registered(store: Arc<dyn Store>, secret: String, ice_servers: Vec<IceServer>) -> Self {
+    pub fn registered(store: Arc<dyn Store>, secret: String, ice_servers: IceServers) -> Self {
         Self {
             nodes: Nodes::Registered {
                 store,
@@ -87,7 +84,9 @@ impl Media {
         }
     }
 
-    pub fn ice_servers(&self) -> &[IceServer] {
+    /// The STUN and TURN servers browsers are given, with TURN credentials minted for
+    /// whoever asks.
+    pub fn ice_servers(&self) -> &IceServers {
         &self.ice_servers
     }
 

@@ -13,7 +13,7 @@ use protocol::control::ControlOp;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, Entry, InviteId, InviteResponse, InviteView, IssueInvite,
-    MAX_NAME_CHARS, MAX_TEXT_CHARS, Role, ServerMsg, Session, SessionId, SessionView,
+    MAX_NAME_CHARS, MAX_TEXT_CHARS, MediaPath, Role, ServerMsg, Session, SessionId, SessionView,
     SignInRequest, SignInResponse, StaffId, StaffSession, Timestamp, TransferTarget,
     VisitEndReason, VisitId,
 };
@@ -218,6 +218,8 @@ pub struct Service {
 pub struct MediaPlace {
     pub node: NodeId,
     pub link: Arc<Link>,
+    /// The clinic whose room holds the consultation.
+    pub clinic: ClinicId,
     /// Set for a patient: leaving the consultation removes their media.
     pub visit: Option<VisitId>,
 }
@@ -437,7 +439,14 @@ impl Service {
                 }
             };
             match media.link(&node).await {
-                Ok(link) => return Ok(MediaPlace { node, link, visit }),
+                Ok(link) => {
+                    return Ok(MediaPlace {
+                        node,
+                        link,
+                        clinic,
+                        visit,
+                    });
+                }
                 // Registered but not answering (it stopped within its record's lifetime):
                 // the consultation moves to the next live node.
                 Err(e) => {
@@ -885,6 +894,30 @@ impl Service {
             .ok_or(AppError::VisitEnded)?;
         self.transact("system", &[clinic], |rooms, _| {
             Ok(vec![rooms[0].presence(visit, connected)?])
+        })
+        .await
+    }
+
+    /// Records how `who`'s media reaches the SFU in `consultation` of `clinic` (where
+    /// their media session joined), for the clinic's staff to see: a patient's on their
+    /// visit, the clinician's on the consultation. Nothing is audited: it is not a decision.
+    pub async fn media_path(
+        &self,
+        who: &Principal,
+        clinic: &ClinicId,
+        consultation: ConsultationId,
+        path: MediaPath,
+    ) -> Result<(), AppError> {
+        self.transact("system", std::slice::from_ref(clinic), |rooms, _| {
+            let out = match who {
+                Principal::Patient(visit) => {
+                    rooms[0].visit_media_path(*visit, consultation, path)?
+                }
+                Principal::Staff(claims) => {
+                    rooms[0].clinician_media_path(consultation, &claims.sub, path)?
+                }
+            };
+            Ok(vec![out])
         })
         .await
     }

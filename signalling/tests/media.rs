@@ -14,8 +14,8 @@ use common::redis::RedisServer;
 use common::server::{TestServer, Ws, directory, limits};
 use protocol::control::NodeRecord;
 use protocol::{
-    ClientMsg, ClinicId, Command, ConsultationId, ErrorCode, MediaEndReason, MediaState, NodeId,
-    PatientState, ServerMsg, StaffId, VisitId,
+    ClientMsg, ClinicId, Command, ConsultationId, ErrorCode, MediaEndReason, MediaPath, MediaState,
+    NodeId, PatientState, ServerMsg, StaffId, VisitId,
 };
 use sfu::control::Node;
 use sfu::engine::{Engine, EngineConfig};
@@ -30,7 +30,11 @@ fn derm() -> ClinicId {
 
 fn in_process() -> (Arc<Node>, Arc<Media>) {
     let node = Node::new(Engine::new(EngineConfig::new(LOOPBACK)).unwrap());
-    let media = Media::in_process(NodeId::parse(LOCAL_NODE).unwrap(), node.clone(), vec![]);
+    let media = Media::in_process(
+        NodeId::parse(LOCAL_NODE).unwrap(),
+        node.clone(),
+        Default::default(),
+    );
     (node, Arc::new(media))
 }
 
@@ -388,10 +392,18 @@ async fn a_node_registered_in_redis_carries_a_consultation_joined_on_two_instanc
         .unwrap();
     let secret = sfu::registry::control_secret(&mut conn, "").await.unwrap();
 
-    let media_a = Arc::new(Media::registered(store().await, secret.clone(), vec![]));
+    let media_a = Arc::new(Media::registered(
+        store().await,
+        secret.clone(),
+        Default::default(),
+    ));
     let a = TestServer::start_with_media(store().await, limits(), Some(media_a)).await;
     directory(&a.service).await;
-    let media_b = Arc::new(Media::registered(store().await, secret.clone(), vec![]));
+    let media_b = Arc::new(Media::registered(
+        store().await,
+        secret.clone(),
+        Default::default(),
+    ));
     let b = TestServer::start_with_media(store().await, limits(), Some(media_b)).await;
     let (patient, _, consultation) = admitted_patient(&a, "Pat Distributed").await;
     let jones = b.sign_in("dr.jones").await;
@@ -506,7 +518,11 @@ async fn when_a_node_stops_its_consultations_move_to_another() {
         .unwrap();
     let secret = sfu::registry::control_secret(&mut conn, "").await.unwrap();
     let (first, stop_first) = start_node(&mut conn, &secret, "sfu-a").await;
-    let media = Arc::new(Media::registered(store.clone(), secret.clone(), vec![]));
+    let media = Arc::new(Media::registered(
+        store.clone(),
+        secret.clone(),
+        Default::default(),
+    ));
     let s = TestServer::start_with_media(store, limits(), Some(media)).await;
     directory(&s.service).await;
     let (patient, _, consultation) = admitted_patient(&s, "Pat Moved").await;
@@ -755,4 +771,96 @@ async fn a_lost_connection_media_session_is_taken_back_by_its_owner_only() {
     // Leaving ends it for good.
     again.send(&ClientMsg::LeaveMedia).await;
     until_empty(&node).await;
+}
+
+/// Each browser says how its media flows (`media_path`), and the clinic's staff see it:
+/// the patient's on their visit, the clinician's on the consultation. Before joining the
+/// media a report is refused; garbage is refused and changes nothing; the path goes with
+/// the call when the patient is sent back to waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_see_how_each_persons_media_flows() {
+    let (s, _node) = local_server().await;
+    let (mut patient, visit, consultation) = admitted_patient(&s, "Pat Path").await;
+    let alice = s.sign_in("alice").await;
+    let mut reception = s.ws(&alice.token).await;
+    reception
+        .until("snapshot", |m| {
+            matches!(m, ServerMsg::ClinicSnapshot { .. })
+        })
+        .await;
+    let path_of = |m: &ServerMsg, want: Option<MediaPath>| matches!(m, ServerMsg::VisitUpdated { visit: v, .. } if v.id == visit && v.media_path == want);
+
+    patient
+        .send(&ClientMsg::MediaPath {
+            path: MediaPath::TurnTls,
+        })
+        .await;
+    patient
+        .until("refused before joining", |m| {
+            matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::InvalidInput,
+                    ..
+                }
+            )
+        })
+        .await;
+
+    patient.send(&ClientMsg::JoinMedia { consultation }).await;
+    patient
+        .until("joined", |m| matches!(m, ServerMsg::MediaJoined { .. }))
+        .await;
+    patient
+        .send(&ClientMsg::MediaPath {
+            path: MediaPath::TurnTls,
+        })
+        .await;
+    reception
+        .until("the patient's path", |m| {
+            path_of(m, Some(MediaPath::TurnTls))
+        })
+        .await;
+
+    let jones = s.sign_in("dr.jones").await;
+    let mut clinician = s.ws(&jones.token).await;
+    clinician.send(&ClientMsg::JoinMedia { consultation }).await;
+    clinician
+        .until("joined", |m| matches!(m, ServerMsg::MediaJoined { .. }))
+        .await;
+    clinician
+        .send(&ClientMsg::MediaPath {
+            path: MediaPath::Udp,
+        })
+        .await;
+    reception
+        .until("the clinician's path", |m| {
+            matches!(m, ServerMsg::ConsultationUpdated { consultation: c, .. }
+                if c.id == consultation && c.clinician_path == Some(MediaPath::Udp))
+        })
+        .await;
+
+    // Garbage is refused; the snapshot still says what the browser last said.
+    patient
+        .send_raw(r#"{"type":"media_path","path":"carrier_pigeon"}"#)
+        .await;
+    let refused = patient
+        .until("garbage refused", |m| matches!(m, ServerMsg::Error { .. }))
+        .await;
+    assert!(matches!(refused, ServerMsg::Error { req: None, .. }));
+    let ServerMsg::ClinicSnapshot { visits, .. } = s.snapshot(&alice.token, "derm").await else {
+        unreachable!()
+    };
+    assert_eq!(visits[0].media_path, Some(MediaPath::TurnTls));
+
+    // Back to waiting: the path is gone with the call.
+    reception
+        .ok(Command::ReturnToWaiting {
+            clinic: derm(),
+            visit,
+        })
+        .await;
+    reception
+        .until("the path cleared", |m| path_of(m, None))
+        .await;
 }

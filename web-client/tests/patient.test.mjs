@@ -65,7 +65,7 @@ test('the journey: check, name, waiting with a message, admitted with no click, 
     const checked = await p.waitPatient(page, (s) => p.checkPassed(s) && s.check.heard, 'the check passes and hears the microphone', 20_000);
     assert.equal(await page.locator('#mic-result').innerText(), 'We can hear you.');
     assert.equal(checked.clinicName, CLINIC_NAME);
-    assert.ok(['udp', 'tcp', 'relay'].includes(checked.check.via), `a transport is named: ${checked.check.via}`);
+    assert.ok(['udp', 'tcp', 'turn_udp', 'turn_tcp', 'turn_tls'].includes(checked.check.via), `a transport is named: ${checked.check.via}`);
     assert.match(await page.locator('#net-result').innerText(), /connection works/);
     await page.getByRole('button', { name: 'Play a test sound' }).click();
     await page.locator('#tone-result', { hasText: 'Did you hear two short tones?' }).waitFor({ timeout: 5000 });

@@ -60,6 +60,9 @@ pub enum ClientMsg {
     /// What this browser sends now (microphone on, a picture, a shared screen), for the
     /// others in the consultation to see; sent after each `media_joined` and on every change.
     MediaState(MediaState),
+    /// How this browser's media reaches the SFU now (its selected ICE candidate pair), for
+    /// staff to see; sent once connected and whenever it changes.
+    MediaPath { path: MediaPath },
     /// The browser's connection to the SFU failed or its network changed: the SFU offers
     /// its subscriber connection again with new ICE credentials (a `subscriber_offer`).
     /// The browser restarts its publisher connection itself, with a `publish_offer` made
@@ -69,6 +72,18 @@ pub enum ClientMsg {
     /// back the media session the last connection left, if it is less than a few seconds
     /// old. Answered by `media_resumed` (then restart ICE), or an error (then join again).
     ResumeMedia { consultation: ConsultationId },
+}
+
+/// How a browser's media travels to the SFU: straight over UDP or TCP (ICE-TCP), or through
+/// the TURN relay, reached over UDP, TCP or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaPath {
+    Udp,
+    Tcp,
+    TurnUdp,
+    TurnTcp,
+    TurnTls,
 }
 
 /// What a participant sends: `audio` the microphone is on (not muted); `video` a picture
@@ -335,6 +350,10 @@ pub struct VisitView {
     /// Set when the visit was transferred to one clinician.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_clinician: Option<StaffId>,
+    /// How the patient's media reaches the SFU in their consultation, as their browser
+    /// last said; absent until it says, and when not in a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_path: Option<MediaPath>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +370,9 @@ pub struct ConsultationView {
     pub clinician: StaffId,
     pub started_at: Timestamp,
     pub visits: Vec<VisitId>,
+    /// How the clinician's media reaches the SFU, as their browser last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clinician_path: Option<MediaPath>,
 }
 
 /// What a patient is told about their own visit.

@@ -68,12 +68,14 @@ fn all_fixtures() -> Vec<&'static str> {
         status: VisitStatus::Waiting,
         online: true,
         for_clinician: None,
+        media_path: None,
     };
     let consultation_view = ConsultationView {
         id: consultation(),
         clinician: clinician(),
         started_at: Timestamp(1_700_000_060_000),
         visits: vec![visit()],
+        clinician_path: Some(MediaPath::Udp),
     };
     let mut names = Vec::new();
     let c = |command| ClientMsg::Command { req: 7, command };
@@ -201,6 +203,7 @@ fn all_fixtures() -> Vec<&'static str> {
                     consultation: consultation(),
                 },
                 for_clinician: Some(clinician()),
+                media_path: Some(MediaPath::TurnTls),
                 ..visit_view
             },
         },
@@ -478,6 +481,12 @@ fn media_fixtures() -> Vec<&'static str> {
             }),
         ),
         check(
+            "client_media_path",
+            &ClientMsg::MediaPath {
+                path: MediaPath::TurnTcp,
+            },
+        ),
+        check(
             "server_peer_media_state",
             &ServerMsg::PeerMediaState {
                 stream: "p3".into(),
@@ -492,9 +501,13 @@ fn media_fixtures() -> Vec<&'static str> {
             &ServerMsg::MediaJoined {
                 consultation: consultation(),
                 ice_servers: vec![IceServer {
-                    urls: vec!["turn:turn.example-hospital.org:3478?transport=udp".into()],
-                    username: Some("1700003600:consult".into()),
-                    credential: Some("c2VjcmV0".into()),
+                    urls: vec![
+                        "turn:turn.example-hospital.org:3478?transport=udp".into(),
+                        "turn:turn.example-hospital.org:3478?transport=tcp".into(),
+                        "turns:turn.example-hospital.org:443?transport=tcp".into(),
+                    ],
+                    username: Some("1700014400:visit-11111111-1111-4111-8111-111111111111".into()),
+                    credential: Some("0wQbbx1Ah2J0Pb3l0rTg5c5fqXY=".into()),
                 }],
             },
         ),

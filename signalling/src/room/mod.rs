@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use protocol::{
-    AuditEntry, ClinicId, ClinicView, ConsultationId, ConsultationView, NodeId, PatientState,
-    ServerMsg, StaffId, Timestamp, VisitEndReason, VisitId, VisitStatus, VisitView,
+    AuditEntry, ClinicId, ClinicView, ConsultationId, ConsultationView, MediaPath, NodeId,
+    PatientState, ServerMsg, StaffId, Timestamp, VisitEndReason, VisitId, VisitStatus, VisitView,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,10 @@ pub struct Visit {
     pub for_clinician: Option<StaffId>,
     /// The last [`KEPT_MESSAGES`] messages from staff, oldest first.
     pub messages: Vec<(Timestamp, String)>,
+    /// How the patient's media reaches the SFU, as their browser last said while in a
+    /// consultation; cleared when they leave it or their last page disconnects.
+    #[serde(default)]
+    pub media_path: Option<MediaPath>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +73,9 @@ pub struct Consultation {
     /// The SFU node carrying its media, once someone joined the media.
     #[serde(default)]
     pub media_node: Option<NodeId>,
+    /// How the clinician's media reaches the SFU, as their browser last said.
+    #[serde(default)]
+    pub clinician_path: Option<MediaPath>,
 }
 
 /// What a new visit is made of; the caller has validated the fields.
@@ -235,6 +242,7 @@ impl ClinicRoom {
             connections: 0,
             for_clinician: None,
             messages: Vec::new(),
+            media_path: None,
         };
         let mut out = Outcome::default();
         self.audit(&mut out, ctx, "arrive", Some(visit.id), None, None);
@@ -252,6 +260,10 @@ impl ClinicRoom {
         } else {
             v.connections.saturating_sub(1)
         };
+        if v.connections == 0 {
+            // No page, no media: what it said about its path no longer holds.
+            v.media_path = None;
+        }
         let mut out = Outcome::default();
         if was_online != (v.connections > 0) {
             self.push_staff(
@@ -261,6 +273,56 @@ impl ClinicRoom {
                     visit: self.visits[&id].view(),
                 },
             );
+        }
+        Ok(out)
+    }
+
+    /// A patient's browser says how its media reaches the SFU in consultation `cid`; staff
+    /// are told when it changes.
+    pub fn visit_media_path(
+        &mut self,
+        id: VisitId,
+        cid: ConsultationId,
+        path: MediaPath,
+    ) -> Result<Outcome, RoomError> {
+        let v = self.visits.get_mut(&id).ok_or(RoomError::VisitNotFound)?;
+        if v.state != VisitState::InConsultation(cid) {
+            return Err(RoomError::NotInConsultation);
+        }
+        let mut out = Outcome::default();
+        if v.media_path != Some(path) {
+            v.media_path = Some(path);
+            let visit = v.view();
+            self.push_staff(
+                &mut out,
+                ServerMsg::VisitUpdated {
+                    clinic: self.clinic.clone(),
+                    visit,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// The clinician of consultation `cid` says how their media reaches the SFU; staff
+    /// are told when it changes.
+    pub fn clinician_media_path(
+        &mut self,
+        cid: ConsultationId,
+        clinician: &StaffId,
+        path: MediaPath,
+    ) -> Result<Outcome, RoomError> {
+        let c = self
+            .consultations
+            .get_mut(&cid)
+            .ok_or(RoomError::ConsultationNotFound)?;
+        if c.clinician != *clinician {
+            return Err(RoomError::OtherClinician);
+        }
+        let mut out = Outcome::default();
+        if c.clinician_path != Some(path) {
+            c.clinician_path = Some(path);
+            self.notify_consultation(&mut out, cid);
         }
         Ok(out)
     }
@@ -320,6 +382,7 @@ impl ClinicRoom {
                         started_at: ctx.now,
                         visits: vec![id],
                         media_node: None,
+                        clinician_path: None,
                     },
                 );
                 new_consultation
@@ -352,6 +415,7 @@ impl ClinicRoom {
             return Err(RoomError::NotInConsultation);
         };
         v.state = VisitState::Waiting;
+        v.media_path = None;
         let mut out = Outcome::default();
         self.audit(
             &mut out,
@@ -379,6 +443,7 @@ impl ClinicRoom {
             VisitState::Waiting => None,
         };
         v.state = VisitState::Waiting;
+        v.media_path = None;
         let detail = format!("clinician {clinician}");
         v.for_clinician = Some(clinician);
         let mut out = Outcome::default();
@@ -414,6 +479,7 @@ impl ClinicRoom {
         }
         v.state = VisitState::Waiting;
         v.for_clinician = None;
+        v.media_path = None;
         self.push_staff(
             &mut out,
             ServerMsg::VisitClosed {
@@ -617,6 +683,7 @@ impl Visit {
             },
             online: self.connections > 0,
             for_clinician: self.for_clinician.clone(),
+            media_path: self.media_path,
         }
     }
 }
@@ -628,6 +695,7 @@ impl Consultation {
             clinician: self.clinician.clone(),
             started_at: self.started_at,
             visits: self.visits.clone(),
+            clinician_path: self.clinician_path,
         }
     }
 }

@@ -410,3 +410,84 @@ fn media_placement_keeps_a_live_node_and_moves_off_a_dead_one() {
         Err(RoomError::ConsultationNotFound)
     );
 }
+
+/// The staff events of an outcome.
+fn staff_events(out: &Outcome) -> Vec<&ServerMsg> {
+    out.events
+        .iter()
+        .filter(|e| matches!(e.to, Audience::ClinicStaff(_)))
+        .map(|e| &e.msg)
+        .collect()
+}
+
+#[test]
+fn staff_see_how_each_persons_media_flows_while_they_are_in_the_call() {
+    let mut r = room();
+    let a = arrive(&mut r, "A", 10);
+    let waiting = arrive(&mut r, "W", 11);
+    let cid = ConsultationId::random();
+    r.admit(a, staff("dr.jones"), None, cid, &at(20)).unwrap();
+    r.presence(a, true).unwrap();
+
+    let out = r.visit_media_path(a, cid, MediaPath::TurnTls).unwrap();
+    let [ServerMsg::VisitUpdated { visit, .. }] = staff_events(&out)[..] else {
+        panic!("staff are told: {out:?}");
+    };
+    assert_eq!(visit.media_path, Some(MediaPath::TurnTls));
+    assert!(patient_events(&out).is_empty(), "nothing for the patient");
+    // Said again unchanged: nobody is told anything.
+    let out = r.visit_media_path(a, cid, MediaPath::TurnTls).unwrap();
+    assert!(out.events.is_empty());
+
+    // Only a visit in that consultation has a path in it; a refusal changes nothing.
+    let before = r.clone();
+    assert_eq!(
+        r.visit_media_path(waiting, cid, MediaPath::Udp),
+        Err(RoomError::NotInConsultation)
+    );
+    assert_eq!(
+        r.visit_media_path(a, ConsultationId::random(), MediaPath::Udp),
+        Err(RoomError::NotInConsultation)
+    );
+    assert_eq!(r, before);
+
+    // The clinician's own, on the consultation; nobody else's word counts for it.
+    let out = r
+        .clinician_media_path(cid, &staff("dr.jones"), MediaPath::Udp)
+        .unwrap();
+    let [ServerMsg::ConsultationUpdated { consultation, .. }] = staff_events(&out)[..] else {
+        panic!("staff are told: {out:?}");
+    };
+    assert_eq!(consultation.clinician_path, Some(MediaPath::Udp));
+    assert_eq!(
+        r.clinician_media_path(cid, &staff("dr.smith"), MediaPath::TurnTcp),
+        Err(RoomError::OtherClinician)
+    );
+    assert_eq!(
+        r.consultation(cid).unwrap().clinician_path,
+        Some(MediaPath::Udp)
+    );
+
+    // Back to waiting: the path is gone with the call.
+    r.return_to_waiting(a, &at(30)).unwrap();
+    assert_eq!(r.visit(a).unwrap().media_path, None);
+}
+
+#[test]
+fn a_media_path_goes_when_the_patients_last_page_does() {
+    let mut r = room();
+    let a = arrive(&mut r, "A", 10);
+    let cid = ConsultationId::random();
+    r.admit(a, staff("dr.jones"), None, cid, &at(20)).unwrap();
+    r.presence(a, true).unwrap();
+    r.presence(a, true).unwrap();
+    r.visit_media_path(a, cid, MediaPath::TurnUdp).unwrap();
+    r.presence(a, false).unwrap();
+    assert_eq!(r.visit(a).unwrap().media_path, Some(MediaPath::TurnUdp));
+    let out = r.presence(a, false).unwrap();
+    let [ServerMsg::VisitUpdated { visit, .. }] = staff_events(&out)[..] else {
+        panic!("staff are told: {out:?}");
+    };
+    assert!(!visit.online);
+    assert_eq!(visit.media_path, None);
+}

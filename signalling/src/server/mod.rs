@@ -508,12 +508,20 @@ async fn clinicians(
     Ok(Json(state.service.clinicians(&claims, &clinic).await?))
 }
 
-async fn media_check_info(State(state): State<AppState>) -> ApiResult<MediaCheckInfo> {
+/// The ICE servers for one run of the pre-call check, with a TURN credential of its own
+/// (short-lived; counted against the address's media checks like the check itself).
+async fn media_check_info(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<MediaCheckInfo> {
+    check_rate(&state, Limit::MediaCheck, addr, &headers)?;
     let media = state.service.media().ok_or_else(|| {
         ApiError::from(AppError::Unavailable("this server carries no media".into()))
     })?;
+    let now_secs = crate::service::now().0 / 1000;
     Ok(Json(MediaCheckInfo {
-        ice_servers: media.ice_servers().to_vec(),
+        ice_servers: media.ice_servers().for_check(now_secs),
     }))
 }
 

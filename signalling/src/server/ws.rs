@@ -14,7 +14,7 @@ use std::sync::Arc;
 use protocol::control::{ControlOp, ControlOutcome};
 use protocol::{
     ClientMsg, ClinicId, ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES,
-    MediaEndReason, ParticipantId, ServerMsg, Session, VisitEndReason,
+    MediaEndReason, MediaPath, ParticipantId, ServerMsg, Session, VisitEndReason,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
@@ -24,6 +24,7 @@ use crate::auth::Principal;
 use crate::error::AppError;
 use crate::media::{Link, MEDIA_QUEUE, MediaSender};
 use crate::room::Audience;
+use crate::turn::Subject;
 
 /// The read buffer a connection starts with; it grows for a larger frame.
 const READ_BUFFER: usize = 4 * 1024;
@@ -154,10 +155,14 @@ async fn next_handover(rx: &mut Option<mpsc::Receiver<Handover>>) -> Option<Hand
 /// the browser already left can never reach the next one.
 pub(super) struct MediaSession {
     participant: ParticipantId,
-    consultation: ConsultationId,
     link: Arc<Link>,
     tx: MediaSender,
     rx: mpsc::Receiver<ServerMsg>,
+    /// Where the consultation is: the clinic whose room holds it, and its id.
+    clinic: ClinicId,
+    consultation: ConsultationId,
+    /// How the browser last said its media reaches the SFU (recorded only on a change).
+    path: Option<MediaPath>,
 }
 
 /// The next media message of the session, if there is one (otherwise never).
@@ -813,6 +818,31 @@ impl Connection {
                 self.relay(op, |_| None);
                 None
             }
+            ClientMsg::MediaPath { path } => {
+                let Some(s) = &self.media else {
+                    return not_joined();
+                };
+                if s.path == Some(path) {
+                    return None;
+                }
+                let (clinic, consultation) = (s.clinic.clone(), s.consultation);
+                // Best effort, and no answer: a report that crosses the person's leaving
+                // the consultation has nothing left to describe.
+                match self
+                    .state
+                    .service
+                    .media_path(principal, &clinic, consultation, path)
+                    .await
+                {
+                    Ok(()) => {
+                        if let Some(s) = &mut self.media {
+                            s.path = Some(path);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "media path not recorded"),
+                }
+                None
+            }
             ClientMsg::RestartIce => {
                 let Some(s) = &self.media else {
                     return not_joined();
@@ -869,18 +899,27 @@ impl Connection {
                 tracing::debug!(node = %place.node, %consultation, "media joined");
                 self.media = Some(MediaSession {
                     participant,
-                    consultation,
                     link: place.link,
                     tx,
                     rx,
+                    clinic: place.clinic,
+                    consultation,
+                    path: None,
                 });
+                // A TURN credential of this person's own, minted now: it travels in this
+                // message only, never in a log.
+                let subject = match principal {
+                    Principal::Patient(visit) => Subject::Visit(*visit),
+                    Principal::Staff(claims) => Subject::Staff(&claims.sub),
+                };
+                let now_secs = crate::service::now().0 / 1000;
                 ServerMsg::MediaJoined {
                     consultation,
                     ice_servers: self
                         .state
                         .service
                         .media()
-                        .map(|m| m.ice_servers().to_vec())
+                        .map(|m| m.ice_servers().for_call(subject, now_secs))
                         .unwrap_or_default(),
                 }
             }

@@ -17,6 +17,7 @@
 // `window.consultCall` exposes the state and the media figures to tests.
 
 import { Backoff, MediaSession } from './media.js';
+import { PathReporter } from './media-path.js';
 import { LocalDevices } from './devices.js';
 import { SelfView, Tiles } from './tiles.js';
 
@@ -63,6 +64,9 @@ const media = new MediaSession({
   onState: onMediaState,
   onPeerState: (stream, state) => tiles.set(stream, state),
 });
+// Tells the server how this page's media flows, for staff to see.
+const paths = new PathReporter(media, send);
+paths.start();
 
 const tiles = new Tiles(ui.remote, {
   label: () => 'Video of another participant',
@@ -90,6 +94,7 @@ window.consultCall = {
     devices: { started: devices.started, camera: devices.camera, microphone: devices.microphone, muted: devices.muted, cameraOff: devices.cameraOff, hidden: devices.hidden, tracks: devices.stream.getTracks().length, cameraDevice: devices.cameraTrack?.getSettings().deviceId ?? null, micDevice: devices.micTrack?.getSettings().deviceId ?? null, facing: devices.facing },
     selfView: $('self-figure').dataset.video ?? 'off',
     sent: media.localState,
+    path: paths.sent,
     status: ui.status.textContent,
   }),
   messages: () => app.messages.slice(),

@@ -33,6 +33,9 @@
 //   ws.onmessage = (e) => { const msg = JSON.parse(e.data); if (media.handle(msg)) return; ... };
 //   media.join(consultationId);   // later: media.leave(), or media.close() if the socket dropped
 //   await media.stats();          // summed getStats() figures, for tests and diagnostics
+//   await media.path();           // how media flows now: 'udp' ... 'turn_tls' (media-path.js)
+
+import { pathOf } from './media-path.js';
 
 /**
  * Runs an action again later after a failure (joining a call that could not be joined):
@@ -382,6 +385,16 @@ export class MediaSession {
     if (!sender) return false;
     await sender.replaceTrack(track);
     return true;
+  }
+
+  /**
+   * How this session's media reaches the SFU now, from the publisher connection's selected
+   * candidate pair (media-path.js): 'udp', 'tcp', 'turn_udp', 'turn_tcp', 'turn_tls', or
+   * null while none is selected.
+   */
+  async path() {
+    const pc = this.#pcs?.publisher;
+    return pc ? pathOf(await pc.getStats()) : null;
   }
 
   async stats() {

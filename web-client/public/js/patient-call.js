@@ -7,6 +7,7 @@
 
 import { $, app, announce, note } from './patient-app.js';
 import { Backoff, MediaSession } from './media.js';
+import { PathReporter } from './media-path.js';
 import { SelfView, Tiles } from './tiles.js';
 import { QualityMonitor, QUALITY_TEXT } from './patient-quality.js';
 import { DEVICE_EVENTS, PEER_WORDS, SELF } from './patient-words.js';
@@ -26,6 +27,13 @@ export const media = new MediaSession({
 });
 
 export const quality = new QualityMonitor(media, onQuality);
+
+/** Tells the server how the call's media flows, for the clinic's staff to see. */
+const paths = new PathReporter(media, (msg) => {
+  note('out', msg);
+  return app.sig?.send(msg);
+});
+paths.start();
 
 const joinRetry = new Backoff(() => reconcile()); // joins the call again after a failure
 
@@ -56,6 +64,7 @@ export function callState() {
     selfState: $('self-state').hidden ? '' : $('self-state').textContent,
     selfView: $('self-figure').dataset.video ?? 'off',
     sent: media.localState,
+    path: paths.sent,
   };
 }
 

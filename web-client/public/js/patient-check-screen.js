@@ -6,7 +6,7 @@
 import { $, app, announce, show } from './patient-app.js';
 import { listDevices } from './devices.js';
 import { checkConnection, resumeAudio, watchLevel } from './patient-check.js';
-import { CAMERA_SHORT, MIC_SHORT, NET_FIX, NET_SHORT, VIA_TEXT, deviceFixes } from './patient-words.js';
+import { CAMERA_SHORT, MIC_SHORT, NET_SHORT, VIA_TEXT, deviceFixes, networkFix } from './patient-words.js';
 
 const check = {
   stopLevel: () => {},
@@ -25,7 +25,7 @@ function setResult(id, state, text) {
 export function showCheck() {
   show('check');
   if (!app.devices.started) {
-    app.check = { camera: 'off', microphone: 'off', heard: false, network: 'pending', via: null, rttMs: null };
+    app.check = { camera: 'off', microphone: 'off', heard: false, network: 'pending', via: null, rttMs: null, webServer: null };
     $('check-start-box').hidden = false;
     setResult('camera-result', 'off', CAMERA_SHORT.off);
     setResult('mic-result', 'off', MIC_SHORT.off);
@@ -44,7 +44,7 @@ export async function runCheck() {
   check.abort?.abort();
   check.stopLevel();
   clearTimeout(check.quietTimer);
-  app.check = { camera: 'pending', microphone: 'pending', heard: false, network: 'pending', via: null, rttMs: null };
+  app.check = { camera: 'pending', microphone: 'pending', heard: false, network: 'pending', via: null, rttMs: null, webServer: null };
   setResult('camera-result', 'pending', 'Starting your camera…');
   setResult('mic-result', 'pending', 'Starting your microphone…');
   setResult('net-result', 'pending', NET_SHORT.pending);
@@ -170,7 +170,8 @@ async function runNetworkCheck() {
 function renderProblems() {
   const c = app.check;
   const problems = deviceFixes(c.camera, c.microphone, 'Then press Check again.');
-  if (NET_FIX[c.network]) problems.push(`${NET_FIX[c.network]} Then press Check again.`);
+  const netFix = networkFix(c.network, c.webServer);
+  if (netFix) problems.push(`${netFix} Then press Check again.`);
   const box = $('check-problems');
   // Unchanged problems are not written again (an alert is announced each time it is).
   const key = problems.join('\n');

@@ -1,9 +1,12 @@
 // The patient's pre-call check, the parts that are not the screen: a microphone level
 // meter, a speaker test tone, and a real connection to the platform's own media server
-// (`/api/media-check`) that says whether media can flow, and over what (UDP, TCP or a
-// TURN relay). Camera and microphone are devices.js's.
+// (`/api/media-check`) that says whether media can flow, and how (media-path.js: straight
+// over UDP or TCP, or through the TURN relay over UDP, TCP or TLS). Camera and microphone
+// are devices.js's.
 //
 // Nothing here touches the DOM; patient-check-screen.js renders what these report.
+
+import { pathOf, rttOf } from './media-path.js';
 
 // --- sound: one AudioContext for the page ------------------------------------------------
 
@@ -85,20 +88,32 @@ export function watchLevel(stream, onLevel) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Resolves when `pc` has gathered its candidates, or after `ms` (use what there is). */
-function gathered(pc, ms) {
+/**
+ * Resolves when `pc` has gathered its candidates, after `ms` (use what there is), or
+ * `afterRelayMs` after its first relay candidate: on a network that blocks UDP, gathering
+ * waits for a UDP TURN allocation that never answers, while the TCP and TLS relays are
+ * ready within a round trip.
+ */
+function gathered(pc, ms, afterRelayMs = 1000) {
   return new Promise((resolve) => {
     if (pc.iceGatheringState === 'complete') return resolve();
+    let relayTimer = null;
     const done = () => {
       if (pc.iceGatheringState === 'complete') finish();
     };
-    const timer = setTimeout(() => finish(), ms);
+    const candidate = (e) => {
+      if (e.candidate?.type === 'relay' && !relayTimer) relayTimer = setTimeout(finish, afterRelayMs);
+    };
+    const timer = setTimeout(finish, ms);
     function finish() {
       clearTimeout(timer);
+      clearTimeout(relayTimer);
       pc.removeEventListener('icegatheringstatechange', done);
+      pc.removeEventListener('icecandidate', candidate);
       resolve();
     }
     pc.addEventListener('icegatheringstatechange', done);
+    pc.addEventListener('icecandidate', candidate);
   });
 }
 
@@ -120,24 +135,6 @@ function connected(pc, ms) {
   });
 }
 
-/** The selected candidate pair's transport: 'udp', 'tcp' or 'relay'; and its RTT in ms. */
-function selectedPath(stats) {
-  let pair = null;
-  stats.forEach((r) => {
-    if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
-  });
-  if (!pair) {
-    stats.forEach((r) => {
-      if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r;
-    });
-  }
-  if (!pair) return { via: null, rttMs: null };
-  const local = stats.get(pair.localCandidateId);
-  const via = local?.candidateType === 'relay' ? 'relay' : local?.protocol === 'tcp' ? 'tcp' : 'udp';
-  const rtt = pair.currentRoundTripTime;
-  return { via, rttMs: typeof rtt === 'number' ? Math.round(rtt * 1000) : null };
-}
-
 /** A silent audio track, so that the check can run without camera or microphone. */
 function silentTrack() {
   const ctx = audioContext();
@@ -154,19 +151,36 @@ function silentTrack() {
 }
 
 /**
+ * The web-traffic way in, for a person's IT team: the host and port of the first TURN over
+ * TLS server (`turns:`) the check was given, e.g. 'turn.example.org port 443', or null.
+ */
+export function webTrafficServer(iceServers) {
+  for (const s of iceServers || []) {
+    for (const url of [].concat(s.urls || [])) {
+      const m = /^turns:(\[[^\]]+\]|[^:?]+)(?::(\d+))?/.exec(url);
+      if (m) return `${m[1]} port ${m[2] || '5349'}`;
+    }
+  }
+  return null;
+}
+
+/**
  * Sets up a real, short-lived publisher connection to the platform's media server and
  * sends the stream's tracks on it. Resolves (never rejects) with
  *   { network: 'ok'|'partial'|'failed'|'unreachable'|'unavailable'|'rate_limited',
- *     via: 'udp'|'tcp'|'relay'|null, rttMs }
+ *     via: 'udp'|'tcp'|'turn_udp'|'turn_tcp'|'turn_tls'|null, rttMs, webServer }
  * ok: connected and the server reports receiving our media (remote-inbound-rtp);
- * partial: connected, but no report of our media arrived in time.
+ * partial: connected, but no report of our media arrived in time. `webServer`: where
+ * the TURN server takes TLS (webTrafficServer), for what to tell an IT team.
  */
 export async function checkConnection(stream, { signal } = {}) {
   let info;
+  let webServer = null;
   try {
     const res = await fetch('/api/media-check', { signal });
     if (!res.ok) return { network: res.status === 429 ? 'rate_limited' : 'unavailable', via: null, rttMs: null };
     info = await res.json();
+    webServer = webTrafficServer(info.ice_servers);
   } catch (e) {
     if (signal?.aborted) throw e;
     return { network: 'unreachable', via: null, rttMs: null };
@@ -176,7 +190,7 @@ export async function checkConnection(stream, { signal } = {}) {
   try {
     pc = new RTCPeerConnection({ iceServers: info.ice_servers || [] });
   } catch {
-    return { network: 'failed', via: null, rttMs: null };
+    return { network: 'failed', via: null, rttMs: null, webServer };
   }
   const abort = () => pc.close();
   signal?.addEventListener('abort', abort);
@@ -189,7 +203,8 @@ export async function checkConnection(stream, { signal } = {}) {
     for (const t of tracks) pc.addTransceiver(t, { direction: 'sendonly' });
     await pc.setLocalDescription(await pc.createOffer());
     // No trickle on this endpoint: the offer carries our candidates (a TURN server may
-    // take a while; after 5 s we send what we have).
+    // take a while; 1 s after the first relay candidate, or after 5 s, we send what we
+    // have).
     await gathered(pc, 5000);
     let res;
     try {
@@ -206,26 +221,26 @@ export async function checkConnection(stream, { signal } = {}) {
     if (!res.ok) return { network: res.status === 429 ? 'rate_limited' : 'unavailable', via: null, rttMs: null };
     const { sdp } = await res.json();
     await pc.setRemoteDescription({ type: 'answer', sdp });
-    if (!(await connected(pc, 12_000))) return { network: 'failed', via: null, rttMs: null };
+    if (!(await connected(pc, 12_000))) return { network: 'failed', via: null, rttMs: null, webServer };
     // The media server's receiver reports are the proof that our media reached it.
     const end = Date.now() + 6000;
     let path = { via: null, rttMs: null };
     while (Date.now() < end && !signal?.aborted) {
       const stats = await pc.getStats();
-      path = selectedPath(stats);
+      path = { via: pathOf(stats), rttMs: rttOf(stats) };
       let reached = false;
       stats.forEach((r) => {
         if (r.type === 'remote-inbound-rtp') reached = true;
       });
-      if (reached) return { network: 'ok', ...path };
+      if (reached) return { network: 'ok', ...path, webServer };
       await sleep(250);
     }
     if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
-    return { network: 'partial', ...path };
+    return { network: 'partial', ...path, webServer };
   } catch (e) {
     if (signal?.aborted) throw e;
     console.warn('connection check:', e);
-    return { network: 'failed', via: null, rttMs: null };
+    return { network: 'failed', via: null, rttMs: null, webServer };
   } finally {
     signal?.removeEventListener('abort', abort);
     pc.close();

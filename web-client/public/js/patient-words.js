@@ -64,12 +64,25 @@ export const NET_SHORT = {
   unavailable: 'The video service is not available at the moment.',
   rate_limited: 'Too many checks from your network.',
 };
+const TRY_ANOTHER = 'Try another network: switch between Wi-Fi and mobile data, or turn off a VPN.';
 export const NET_FIX = {
-  failed: 'Your network seems to block video calls. Try another network: switch between Wi-Fi and mobile data, or turn off a VPN. On a work network, ask your IT team to allow video calls.',
+  failed: `Your network seems to block video calls. ${TRY_ANOTHER} On a work or hospital network, ask the IT team to allow video calls.`,
   unreachable: 'We could not reach the video service to test your connection. Check that you are connected to the internet.',
   unavailable: 'The video service is not available at the moment. Wait a few minutes.',
   rate_limited: 'Too many checks have come from your network. Wait a minute.',
 };
+
+/**
+ * What to do about the network's state, or null: for a network that blocks everything,
+ * the way in to name to an IT team when the check knows it (`webServer`, e.g.
+ * 'turn.example.org port 443').
+ */
+export function networkFix(network, webServer) {
+  if (network === 'failed' && webServer) {
+    return `Your network blocks video calls, even the way that looks like secure web traffic. ${TRY_ANOTHER} On a work or hospital network, ask the IT team to allow connections to ${webServer} (secure web traffic over TCP).`;
+  }
+  return NET_FIX[network] ?? null;
+}
 
 /** The problems with camera and microphone, each with how to fix it, ending with `last`. */
 export function deviceFixes(camera, microphone, last) {
@@ -81,10 +94,13 @@ export function deviceFixes(camera, microphone, last) {
   }
   return out.map((t) => (t.startsWith('This browser') ? t : `${t} ${last}`));
 }
+/** How media flows (media-path.js), as the check says it. */
 export const VIA_TEXT = {
   udp: 'Connected directly (UDP): the best kind of connection.',
-  tcp: 'Connected over TCP: this works, but the picture may be less smooth.',
-  relay: 'Connected through a relay server (TURN): this works, but may be a little slower.',
+  tcp: 'Connected directly over TCP, because your network blocks the faster way (UDP). This works, but the picture may be less smooth.',
+  turn_udp: 'Connected through our relay server (UDP). This works well.',
+  turn_tcp: 'Connected through our relay server over TCP, because your network blocks the faster way (UDP). This works, but the picture may be less smooth.',
+  turn_tls: 'Connected through our relay server as secure web traffic (TLS), because your network lets nothing else through. This works, but the picture may be less smooth and sound a little delayed.',
 };
 export const ENDED = {
   consultation_ended: ['Your appointment has ended', 'Thank you. The clinician has ended the call. You can close this page.'],

@@ -20,6 +20,7 @@
 // the patient's record in another tab stays in view.
 
 import { Backoff, MediaSession } from './media.js';
+import { PathReporter } from './media-path.js';
 import { LocalDevices } from './devices.js';
 import { SelfView, Tiles } from './tiles.js';
 import { $ } from './staff-common.js';
@@ -87,6 +88,10 @@ export class StaffCall {
       onState: (s) => this.#onMediaState(s),
       onPeerState: (stream, state) => this.tiles.set(stream, state),
     });
+    // Tells the server how this page's media flows: the board shows it to every member
+    // of staff of the clinic, this clinician included.
+    this.paths = new PathReporter(this.media, send);
+    this.paths.start();
     this.ui.mic.addEventListener('click', () => this.setMuted(!this.devices.muted));
     this.ui.cam.addEventListener('click', () => this.setCameraOff(!this.devices.cameraOff));
     this.ui.switchCam.addEventListener('click', () => this.switchCamera());
@@ -249,6 +254,7 @@ export class StaffCall {
       devices: { started: d.started, camera: d.camera, microphone: d.microphone, hidden: d.hidden, tracks: d.stream.getTracks().length },
       selfView: this.self.figure.dataset.video ?? 'off',
       sent: this.media.localState,
+      path: this.paths.sent,
       sharing: !!this.screen,
       left: this.noRejoin !== null && this.noRejoin === this.wanted,
       status: this.status,

@@ -8,10 +8,15 @@
 //              by a new link), send back, transfer, end;
 //   admin      sees every clinic and can do what reception does, and end any call.
 //
+// Everyone in a call has a badge saying how their video reaches the video service
+// (media-path.js: direct over UDP or TCP, or relayed over UDP, TCP or TLS), as their
+// browser reported it: on the board, and in the clinician's call panel ("You" included).
+//
 // State comes only from the server: the websocket (signalling.js) sends a snapshot of each
 // clinic on every (re)connection, then changes; the page re-renders from what it holds.
 // Commands go over the same websocket. `window.consultStaff` exposes state to tests.
 
+import { PATH_LABEL, PATH_MEANING } from './media-path.js';
 import { Signalling } from './signalling.js';
 import { StaffCall } from './staff-call.js';
 import { ask, invalid, isOpen, update } from './staff-dialog.js';
@@ -74,7 +79,7 @@ window.consultStaff = {
       id: c.id,
       name: c.name,
       waiting: visitsOf(c, 'waiting').map((v) => ({ id: v.id, name: v.name, online: v.online })),
-      inConsultation: visitsOf(c, 'in_consultation').map((v) => ({ id: v.id, name: v.name, consultation: v.status.consultation })),
+      inConsultation: visitsOf(c, 'in_consultation').map((v) => ({ id: v.id, name: v.name, consultation: v.status.consultation, mediaPath: v.media_path ?? null })),
       consultations: [...c.consultations.values()],
     })),
     ...call.state(),
@@ -388,13 +393,17 @@ function renderCallPanel() {
   }
   $('call-h').textContent = `Your call in ${cl.name}`;
   const people = activePeople();
+  const cons = cl.consultations.get(app.active);
   const items = people.map((v) =>
-    h('li', { class: 'person' },
-      h('p', { class: 'name' }, v.name, ' ', onlineBadge(v)),
+    h('li', { class: 'person', 'data-visit': v.id },
+      h('p', { class: 'name' }, v.name, ' ', onlineBadge(v), ' ', pathBadge(v.media_path)),
       h('div', { class: 'row' },
         button(cl, v, 'back', 'Send back to waiting', () => returnToWaiting(cl, v)),
         button(cl, v, 'transfer', 'Transfer…', () => transferDialog(cl, v)),
       )));
+  if (cons?.clinician_path) {
+    items.unshift(h('li', { class: 'person me' }, h('p', { class: 'name' }, 'You', ' ', pathBadge(cons.clinician_path))));
+  }
   items.push(h('li', { class: 'hint' }, 'To bring in someone who is waiting (an interpreter, a relative), choose “Add to call” next to their name below.'));
   $('call-people').replaceChildren(...items);
   if (app.focusCall && !isOpen()) {
@@ -483,6 +492,13 @@ function onlineBadge(v) {
   return h('span', { class: `badge ${v.online ? 'online' : 'offline'}` }, v.online ? 'Connected' : 'Not connected');
 }
 
+/** How someone's video reaches the video service, as their browser said (or nothing yet). */
+function pathBadge(path) {
+  if (!PATH_LABEL[path]) return null;
+  return h('span', { class: `badge path ${path.startsWith('turn') ? 'relayed' : 'direct'}`, 'data-path': path, title: PATH_MEANING[path] },
+    `Video: ${PATH_LABEL[path]}`);
+}
+
 function visitCard(cl, v) {
   const waiting = v.status.state === 'waiting';
   const cons = waiting ? null : cl.consultations.get(v.status.consultation);
@@ -518,6 +534,7 @@ function visitCard(cl, v) {
           ? h('span', { class: 'badge waiting' }, 'Waiting')
           : h('span', { class: 'badge in-call' }, mine ? 'In your call' : `In consultation with ${nameOf(cons?.clinician)}`),
         onlineBadge(v),
+        !waiting && pathBadge(v.media_path),
         h('span', {}, waiting ? 'Waited ' : 'For ', h('span', { 'data-since': since }, duration(Date.now() - since)),
           h('span', { class: 'muted' }, ` (${waiting ? 'arrived' : 'since'} ${clock(since)})`)),
         ...extra.map((t) => h('span', {}, t))),
