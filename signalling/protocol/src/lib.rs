@@ -68,6 +68,10 @@ pub enum ClientMsg {
     /// The browser restarts its publisher connection itself, with a `publish_offer` made
     /// with `iceRestart`. The media session and the consultation go on.
     RestartIce,
+    /// After the websocket dropped and was opened again (a new network, a lost link): takes
+    /// back the media session the last connection left, if it is less than a few seconds
+    /// old. Answered by `media_resumed` (then restart ICE), or an error (then join again).
+    ResumeMedia { consultation: ConsultationId },
 }
 
 /// How a browser's media travels to the SFU: straight over UDP or TCP (ICE-TCP), or through
@@ -262,6 +266,8 @@ pub enum ServerMsg {
         consultation: ConsultationId,
         ice_servers: Vec<IceServer>,
     },
+    /// `resume_media` took back the session: the peer connections go on (restart ICE).
+    MediaResumed { consultation: ConsultationId },
     /// The SFU's answer to `publish_offer`.
     PublishAnswer { sdp: String },
     /// The SFU offers what the browser receives (everyone else's tracks); answer with

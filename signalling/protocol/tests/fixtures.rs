@@ -461,6 +461,18 @@ fn media_fixtures() -> Vec<&'static str> {
         check("client_leave_media", &ClientMsg::LeaveMedia),
         check("client_restart_ice", &ClientMsg::RestartIce),
         check(
+            "client_resume_media",
+            &ClientMsg::ResumeMedia {
+                consultation: consultation(),
+            },
+        ),
+        check(
+            "server_media_resumed",
+            &ServerMsg::MediaResumed {
+                consultation: consultation(),
+            },
+        ),
+        check(
             "client_media_state",
             &ClientMsg::MediaState(MediaState {
                 audio: false,

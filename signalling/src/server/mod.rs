@@ -77,6 +77,8 @@ pub struct AppState {
     connection_ids: Arc<AtomicU64>,
     /// The browser client's files, served at `/`.
     web_root: Option<std::path::PathBuf>,
+    /// Media sessions of lost connections, waiting to be resumed.
+    parked: Arc<ws::Parked>,
 }
 
 impl AppState {
@@ -95,6 +97,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connection_ids: Arc::new(AtomicU64::new(0)),
+            parked: Arc::default(),
             web_root: None,
         }
     }

@@ -16,7 +16,7 @@ use protocol::{
     ClientMsg, ClinicId, ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES,
     MediaEndReason, MediaPath, ParticipantId, ServerMsg, Session, VisitEndReason,
 };
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 
 use super::AppState;
@@ -41,6 +41,7 @@ const CLOSE_RESTART: u16 = 1012;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 const CLOSE_UNAUTHENTICATED: u16 = 4001;
 const CLOSE_VISIT_ENDED: u16 = 4002;
+const CLOSE_REPLACED: u16 = 4003;
 
 /// Whether a browser page at `origin` may open a websocket: pages of the platform's own
 /// public URL only (and, while the public URL is a loopback address, as in development
@@ -111,7 +112,7 @@ pub async fn upgrade(
             let span = tracing::info_span!("ws", conn = id);
             let tracker = state.tasks.clone();
             tracker.track_future(
-                async move { Connection::serve(state, socket, permit).await }.instrument(span),
+                async move { Connection::serve(state, socket, permit, id).await }.instrument(span),
             )
         })
 }
@@ -127,19 +128,39 @@ struct Connection {
     seen: HashMap<ClinicId, u64>,
     /// This connection's media session, if it joined one.
     media: Option<MediaSession>,
+    /// Who this connection is (once it said hello), as the key its media session is kept
+    /// under if the connection is lost.
+    park_key: Option<String>,
+    id: u64,
+    /// A newer connection of the same person asking for this one's media session (the
+    /// page came back from a new network before this connection was seen to be lost).
+    handover: Option<mpsc::Receiver<Handover>>,
+}
+
+/// A request for a live connection's media session in `consultation`.
+pub(super) struct Handover {
+    consultation: ConsultationId,
+    reply: oneshot::Sender<MediaSession>,
+}
+
+async fn next_handover(rx: &mut Option<mpsc::Receiver<Handover>>) -> Option<Handover> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A connection's participant on an SFU node, and its own channel for what the node says
 /// and for the answers to requests that run on their own tasks: a message of a session
 /// the browser already left can never reach the next one.
-struct MediaSession {
+pub(super) struct MediaSession {
     participant: ParticipantId,
+    consultation: ConsultationId,
     link: Arc<Link>,
     tx: MediaSender,
     rx: mpsc::Receiver<ServerMsg>,
-    /// Where the consultation is: the clinic whose room holds it, and its id.
+    /// The clinic whose room holds the consultation.
     clinic: ClinicId,
-    consultation: ConsultationId,
     /// How the browser last said its media reaches the SFU (recorded only on a change).
     path: Option<MediaPath>,
 }
@@ -149,6 +170,136 @@ async fn next_media(media: &mut Option<MediaSession>) -> Option<ServerMsg> {
     match media {
         Some(s) => s.rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Whether a connection ended because it was lost (no close from the page, a failed read
+/// or write, no answer to pings) rather than closed on purpose by either side.
+fn lost(code: u16, reason: &str) -> bool {
+    matches!(
+        (code, reason),
+        (CLOSE_RESTART, "") | (CLOSE_POLICY, "") | (CLOSE_POLICY, NO_PONG)
+    )
+}
+
+const NO_PONG: &str = "no answer to ping";
+
+/// How long a lost connection's media session waits for `resume_media`.
+pub(super) const RESUME_GRACE: Duration = Duration::from_secs(15);
+
+/// Media sessions of lost connections, each kept for [`RESUME_GRACE`] under its owner's
+/// key (a patient's visit, a member of staff's sign-in) and then left. The SFU keeps the
+/// participant meanwhile, so a page back within the grace restarts ICE instead of joining
+/// again.
+#[derive(Default)]
+pub(super) struct Parked {
+    sessions: std::sync::Mutex<HashMap<String, (u64, MediaSession)>>,
+    tickets: std::sync::atomic::AtomicU64,
+    /// Live connections by key: a page back on a new connection before its old one was
+    /// seen to be lost takes the session from it.
+    live: std::sync::Mutex<HashMap<String, Vec<LiveConnection>>>,
+}
+
+/// A live connection (its id) and the way to ask it for its media session.
+type LiveConnection = (u64, mpsc::Sender<Handover>);
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("Parked")
+            .field("sessions", &self.lock().keys().collect::<Vec<_>>())
+            .field(
+                "live",
+                &live.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Parked {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, MediaSession)>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn park(self: &Arc<Self>, key: String, session: MediaSession) {
+        let ticket = self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((_, older)) = self.lock().insert(key.clone(), (ticket, session)) {
+            older.leave();
+        }
+        let parked = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESUME_GRACE).await;
+            let expired = {
+                let mut sessions = parked.lock();
+                match sessions.get(&key) {
+                    Some((t, _)) if *t == ticket => sessions.remove(&key),
+                    _ => None,
+                }
+            };
+            if let Some((_, session)) = expired {
+                session.leave();
+            }
+        });
+    }
+
+    fn register(&self, key: &str, id: u64, handover: mpsc::Sender<Handover>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.entry(key.to_owned()).or_default().push((id, handover));
+    }
+
+    fn unregister(&self, key: &str, id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = live.get_mut(key) {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                live.remove(key);
+            }
+        }
+    }
+
+    /// The session in `consultation` of another live connection of `key`, which hands it
+    /// over and closes.
+    async fn take_from_live(
+        &self,
+        key: &str,
+        consultation: ConsultationId,
+        except: u64,
+    ) -> Option<MediaSession> {
+        let others: Vec<mpsc::Sender<Handover>> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.get(key)?
+                .iter()
+                .filter(|(i, _)| *i != except)
+                .map(|(_, tx)| tx.clone())
+                .collect()
+        };
+        for tx in others {
+            let (reply, answer) = oneshot::channel();
+            if tx
+                .try_send(Handover {
+                    consultation,
+                    reply,
+                })
+                .is_err()
+            {
+                continue;
+            }
+            if let Ok(Ok(session)) = tokio::time::timeout(Duration::from_secs(1), answer).await {
+                return Some(session);
+            }
+        }
+        None
+    }
+
+    /// The session `key` left in `consultation`, if it is still kept.
+    fn take(&self, key: &str, consultation: ConsultationId) -> Option<MediaSession> {
+        let mut sessions = self.lock();
+        match sessions.get(key) {
+            Some((_, s)) if s.consultation == consultation => sessions.remove(key).map(|(_, s)| s),
+            _ => None,
+        }
     }
 }
 
@@ -205,7 +356,7 @@ fn parse_error(e: &serde_json::Error) -> ServerMsg {
 }
 
 impl Connection {
-    async fn serve(state: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+    async fn serve(state: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit, id: u64) {
         let limits = state.limits;
         let per_second = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.message_burst).unwrap_or(per_second);
@@ -218,10 +369,24 @@ impl Connection {
             )),
             seen: HashMap::new(),
             media: None,
+            park_key: None,
+            id,
+            handover: None,
         };
         let (code, reason) = conn.run().await;
+        if let Some(key) = &conn.park_key {
+            conn.state.parked.unregister(key, id);
+        }
         if let Some(session) = conn.media.take() {
-            session.leave();
+            // A connection lost (not closed by the page, not ended by the server): its media
+            // session waits a little for the page to come back on a new connection.
+            match conn.park_key.take() {
+                Some(key) if lost(code, reason) => {
+                    tracing::debug!(code, reason, "connection lost: its media session is kept");
+                    conn.state.parked.park(key, session)
+                }
+                _ => session.leave(),
+            }
         }
         let _ = conn
             .socket
@@ -242,6 +407,14 @@ impl Connection {
             Ok(p) => p,
             Err(close) => return close,
         };
+        let key = match &principal {
+            Principal::Patient(visit) => format!("visit:{visit}"),
+            Principal::Staff(claims) => format!("staff:{}:{}", claims.sub, claims.sid),
+        };
+        let (handover, requests) = mpsc::channel(1);
+        self.state.parked.register(&key, self.id, handover);
+        self.handover = Some(requests);
+        self.park_key = Some(key);
         let shutdown = self.state.shutdown.clone();
         let (subscription, expires) = match &principal {
             Principal::Staff(claims) => {
@@ -405,10 +578,20 @@ impl Connection {
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENCE_LIMIT {
-                        return (CLOSE_POLICY, "no answer to ping");
+                        return (CLOSE_POLICY, NO_PONG);
                     }
                     if self.socket.send(Message::Ping(Default::default())).await.is_err() {
                         return (CLOSE_RESTART, "");
+                    }
+                }
+                Some(h) = next_handover(&mut self.handover) => {
+                    if self.media.as_ref().is_some_and(|s| s.consultation == h.consultation) {
+                        if let Some(session) = self.media.take() {
+                            if let Err(session) = h.reply.send(session) {
+                                session.leave();
+                            }
+                        }
+                        return (CLOSE_REPLACED, "continued on a new connection");
                     }
                 }
                 Some(msg) = next_media(&mut self.media) => {
@@ -548,6 +731,36 @@ impl Connection {
                 }
                 Some(self.join_media(principal, consultation).await)
             }
+            ClientMsg::ResumeMedia { consultation } => {
+                if self.media.is_some() {
+                    return Some(error(
+                        None,
+                        ErrorCode::Conflict,
+                        "already in a media session",
+                    ));
+                }
+                let key = self.park_key.clone()?;
+                let parked = self.state.parked.clone();
+                let found = match parked.take(&key, consultation) {
+                    Some(s) => Some(s),
+                    None => parked.take_from_live(&key, consultation, self.id).await,
+                };
+                match found {
+                    Some(session) => {
+                        tracing::debug!(%consultation, "media resumed");
+                        self.media = Some(session);
+                        Some(ServerMsg::MediaResumed { consultation })
+                    }
+                    None => {
+                        tracing::debug!(%consultation, ?parked, "no media session to resume");
+                        Some(error(
+                            None,
+                            ErrorCode::NotFound,
+                            "no media session to resume: join again",
+                        ))
+                    }
+                }
+            }
             ClientMsg::LeaveMedia => {
                 let session = self.media.take()?;
                 session.leave();
@@ -686,11 +899,11 @@ impl Connection {
                 tracing::debug!(node = %place.node, %consultation, "media joined");
                 self.media = Some(MediaSession {
                     participant,
+                    consultation,
                     link: place.link,
                     tx,
                     rx,
                     clinic: place.clinic,
-                    consultation,
                     path: None,
                 });
                 // A TURN credential of this person's own, minted now: it travels in this

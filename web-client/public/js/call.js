@@ -237,7 +237,7 @@ function connect() {
   ws.onclose = () => {
     app.socket = 'closed';
     ws = null;
-    media.close();
+    media.suspend(); // kept while the socket comes back (resume() after welcome)
     if (app.fatal) return;
     // 0.5 s, 1 s, 2 s, ... up to 10 s, with jitter so a restarted server is not stormed.
     const delay = Math.min(10_000, 500 * 2 ** reconnectAttempt) * (0.8 + 0.4 * Math.random());
@@ -257,6 +257,7 @@ function onMessage(msg) {
   switch (msg.type) {
     case 'welcome':
       reconnectAttempt = 0;
+      media.resume();
       app.session = msg.session;
       app.patientStatus = null;
       app.consultations.clear();
@@ -367,7 +368,8 @@ function wantedConsultation() {
 /** Joins or leaves media so that it matches what the server says (admission connects). */
 function reconcile() {
   const want = wantedConsultation();
-  if (media.active && media.consultation !== want) media.leave();
+  // A suspended session waits for the server's word on resuming it.
+  if (media.active && !media.suspended && media.consultation !== want) media.leave();
   const blocked = app.socket !== 'open' || app.joinRetry.pending;
   if (want && want !== app.noRejoin && !media.active && !blocked) {
     app.callEnded = false;

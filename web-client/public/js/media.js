@@ -90,6 +90,7 @@ const MEDIA_MESSAGES = new Set([
   'media_ended',
   'peer_media_state',
   'publish_renegotiate',
+  'media_resumed',
 ]);
 
 /** A connection 'disconnected' this long (ms) has its ICE restarted. */
@@ -102,6 +103,9 @@ const SILENCE_POLL_MS = 500;
  * the session ends (retryable: the page joins the media again). */
 const RESTART_TIMEOUT_MS = 8_000;
 const RESTART_ATTEMPTS = 2;
+/** How long (ms) a session whose websocket dropped waits for it to come back (the server
+ * keeps it 15 s). */
+const RESUME_WAIT_MS = 12_000;
 
 /** What someone who has never said sends: microphone and camera on. */
 export const DEFAULT_PEER_STATE = Object.freeze({ audio: true, video: true, screen: false });
@@ -139,6 +143,8 @@ export class MediaSession {
   #lostTimer = null; // a connection went 'disconnected': restart if it stays so
   #restartWanted = false; // a restart came while the publisher's offer was out
   #silence = null; // {timer, bytes, since}: watches what the subscriber connection receives
+  #suspended = null; // the websocket dropped: {timer} until it is back (then resume())
+  #resuming = false; // resume_media sent, its answer awaited
 
   /**
    * @param {object} o
@@ -198,6 +204,39 @@ export class MediaSession {
     return ['joining', 'connecting', 'connected', 'reconnecting'].includes(this.#state);
   }
 
+  /** Whether the session waits for its websocket (suspend() until resume() is answered). */
+  get suspended() {
+    return !!this.#suspended || this.#resuming;
+  }
+
+  /**
+   * The websocket dropped (a new network, a lost link): the connections are kept while
+   * the page reconnects, and resume() takes the session back on the new websocket. A
+   * session not yet connecting has nothing to keep: it closes.
+   */
+  suspend() {
+    if (!this.#pcs || !['connecting', 'connected', 'reconnecting'].includes(this.#state)) {
+      this.close();
+      return;
+    }
+    if (this.#suspended) return;
+    const pcs = this.#pcs;
+    if (this.#restart) clearTimeout(this.#restart.timer);
+    this.#restart = null;
+    this.#resuming = false;
+    this.#suspended = {
+      timer: setTimeout(() => this.#fail(pcs, 'resume', new Error('the connection to the server did not come back')), RESUME_WAIT_MS),
+    };
+    if (this.#state !== 'reconnecting') this.#setState('reconnecting');
+  }
+
+  /** The websocket is back (after `welcome`): asks the server for the suspended session. */
+  resume() {
+    if (!this.#suspended) return;
+    this.#resuming = true;
+    this.send({ type: 'resume_media', consultation: this.#consultation });
+  }
+
   /**
    * Restarts ICE on both connections (the network changed, or a connection was lost):
    * the publisher's is offered again with new credentials, and the SFU is asked to offer
@@ -205,7 +244,7 @@ export class MediaSession {
    */
   restartIce() {
     const pcs = this.#pcs;
-    if (!pcs || !['connecting', 'connected', 'reconnecting'].includes(this.#state)) return;
+    if (!pcs || !['connecting', 'connected', 'reconnecting'].includes(this.#state) || this.suspended) return;
     clearTimeout(this.#lostTimer);
     this.#lostTimer = null;
     if (this.#restart) clearTimeout(this.#restart.timer);
@@ -254,6 +293,13 @@ export class MediaSession {
    * page should handle it.
    */
   handle(msg) {
+    if (msg.type === 'error' && this.#resuming && msg.req == null) {
+      // The server kept no session to resume (gone, or too late): join again.
+      const pcs = this.#pcs;
+      this.#resuming = false;
+      this.#fail(pcs, 'resume', new Error(msg.message || 'no media session to resume'));
+      return true;
+    }
     if (msg.type === 'error') {
       // An error without `req` while joining is the answer to join_media.
       if (this.#state !== 'joining' || msg.req != null) return false;
@@ -270,6 +316,14 @@ export class MediaSession {
         break;
       case 'publish_answer':
         if (this.#pcs) this.#applyPublishAnswer(msg.sdp);
+        break;
+      case 'media_resumed':
+        if (this.#resuming && msg.consultation === this.#consultation) {
+          this.#resuming = false;
+          clearTimeout(this.#suspended?.timer);
+          this.#suspended = null;
+          this.#afterResume();
+        }
         break;
       case 'publish_renegotiate':
         if (this.#pcs) this.#offerPublisher(this.#pcs);
@@ -491,6 +545,25 @@ export class MediaSession {
     }
   }
 
+  /**
+   * The session is back on a new websocket. An offer sent on the old one may never have
+   * arrived: it is taken back. Then both connections find their (perhaps new) path.
+   */
+  async #afterResume() {
+    const pcs = this.#pcs;
+    try {
+      if (pcs.publisher.signalingState === 'have-local-offer') {
+        await pcs.publisher.setLocalDescription({ type: 'rollback' });
+      }
+    } catch (e) {
+      console.warn('media: could not take back the publisher offer', e);
+    }
+    if (this.#pcs !== pcs) return;
+    this.#reofferWanted = false;
+    this.#restartWanted = false;
+    this.restartIce();
+  }
+
   /** An ICE restart brought both connections back. */
   #recovered() {
     clearTimeout(this.#restart.timer);
@@ -665,6 +738,9 @@ export class MediaSession {
   }
 
   #teardown() {
+    clearTimeout(this.#suspended?.timer);
+    this.#suspended = null;
+    this.#resuming = false;
     if (this.#silence) clearInterval(this.#silence.timer);
     this.#silence = null;
     clearTimeout(this.#lostTimer);

@@ -77,7 +77,8 @@ function wantedConsultation() {
 /** Joins or leaves media so that it matches what the server says (admission connects). */
 export function reconcile() {
   const want = wantedConsultation();
-  if (media.active && media.consultation !== want) media.leave();
+  // A suspended session waits for the server's word on resuming it.
+  if (media.active && !media.suspended && media.consultation !== want) media.leave();
   if (!want) quality.stop();
   const blocked = app.socket !== 'open' || joinRetry.pending;
   if (want && want !== app.noRejoin && !media.active && !blocked) {
@@ -112,9 +113,9 @@ export function endCall() {
   self.clear();
 }
 
-/** The websocket dropped: the media goes with it (the server ends it too). */
+/** The websocket dropped: the media session waits for it (resumed after `welcome`). */
 export function dropCall() {
-  media.close();
+  media.suspend();
   quality.stop();
 }
 

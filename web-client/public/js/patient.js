@@ -328,6 +328,7 @@ function onMessage(msg) {
   switch (msg.type) {
     case 'welcome':
       if (msg.session.kind !== 'patient') break;
+      media.resume();
       app.visit = msg.session.visit;
       setClinic({ id: msg.session.clinic, name: msg.session.clinic_name });
       // The server sends the status and every message again after this.

@@ -147,11 +147,16 @@ export class StaffCall {
     this.ui.mic.focus();
   }
 
-  /** The websocket opened or dropped (the server ends the media of a closed socket). */
+  /** The websocket opened or dropped (the media session waits for it: resume()). */
   socket(open) {
     this.socketOpen = open;
-    if (!open && this.media.state !== 'idle') this.media.close();
+    if (!open && this.media.state !== 'idle') this.media.suspend();
     this.#reconcile();
+  }
+
+  /** The websocket is back (after `welcome`): the suspended media session is asked for. */
+  resume() {
+    this.media.resume();
   }
 
   leave() {
@@ -265,7 +270,8 @@ export class StaffCall {
 
   #reconcile() {
     const want = this.wanted;
-    if (this.media.active && this.media.consultation !== want) this.media.leave();
+    // A suspended session waits for the server's word on resuming it.
+    if (this.media.active && !this.media.suspended && this.media.consultation !== want) this.media.leave();
     if (!want) {
       if (!this.expecting) this.#releaseDevices();
       this.#render();

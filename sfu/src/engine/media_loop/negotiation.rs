@@ -482,6 +482,12 @@ impl MediaLoop {
             .get_mut(&key)
             .ok_or(EngineError::UnknownParticipant)?;
         m.ice_restart = true;
+        // An offer still out went where the browser lost it (its path, or its websocket,
+        // was gone; messages on one websocket keep their order, so no answer is coming):
+        // the restarting offer replaces it.
+        if matches!(m.negotiation, Negotiation::Offered(_)) {
+            m.negotiation = Negotiation::Idle;
+        }
         self.mark_dirty(key);
         Ok(())
     }
