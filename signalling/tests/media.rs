@@ -689,6 +689,90 @@ async fn clinicians_and_admin_lists_are_for_those_allowed() {
     );
 }
 
+/// Issue 14: a page whose websocket was lost (a new network) takes its media session back
+/// on a new connection within the grace, so it restarts ICE instead of joining again; the
+/// node keeps the participant meanwhile. Nobody else can take it: not the clinician, not
+/// another patient; and a connection already in a session cannot take a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_media_session_is_taken_back_by_its_owner_only() {
+    let (s, node) = local_server().await;
+    let (mut patient, _, consultation, token) = admitted_patient_with_token(&s, "Pat Moving").await;
+    patient.send(&ClientMsg::JoinMedia { consultation }).await;
+    patient
+        .until("media joined", |m| {
+            matches!(m, ServerMsg::MediaJoined { .. })
+        })
+        .await;
+    assert_eq!(node.load().participants, 1);
+
+    // The connection is lost: no close frame, the TCP connection just goes.
+    drop(patient);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        node.load().participants,
+        1,
+        "the node keeps the participant"
+    );
+
+    // The clinician and another patient cannot take it.
+    let jones = s.sign_in("dr.jones").await;
+    let mut clinician = s.ws(&jones.token).await;
+    clinician
+        .send(&ClientMsg::ResumeMedia { consultation })
+        .await;
+    let refused = clinician
+        .until("refused", |m| matches!(m, ServerMsg::Error { .. }))
+        .await;
+    assert!(matches!(
+        refused,
+        ServerMsg::Error {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+    let other = s.enter("derm", "Pat Other").await;
+    let mut stranger = s.ws(&other.visit_token).await;
+    stranger
+        .send(&ClientMsg::ResumeMedia { consultation })
+        .await;
+    let refused = stranger
+        .until("refused", |m| matches!(m, ServerMsg::Error { .. }))
+        .await;
+    assert!(matches!(
+        refused,
+        ServerMsg::Error {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+
+    // Its owner, on a new connection, takes it back; once.
+    let mut again = s.ws(&token).await;
+    again.send(&ClientMsg::ResumeMedia { consultation }).await;
+    let resumed = again
+        .until("resumed", |m| {
+            matches!(m, ServerMsg::MediaResumed { .. } | ServerMsg::Error { .. })
+        })
+        .await;
+    assert_eq!(resumed, ServerMsg::MediaResumed { consultation });
+    again.send(&ClientMsg::ResumeMedia { consultation }).await;
+    let twice = again
+        .until("refused", |m| matches!(m, ServerMsg::Error { .. }))
+        .await;
+    assert!(matches!(
+        twice,
+        ServerMsg::Error {
+            code: ErrorCode::Conflict,
+            ..
+        }
+    ));
+    assert_eq!(node.load().participants, 1);
+
+    // Leaving ends it for good.
+    again.send(&ClientMsg::LeaveMedia).await;
+    until_empty(&node).await;
+}
+
 /// Each browser says how its media flows (`media_path`), and the clinic's staff see it:
 /// the patient's on their visit, the clinician's on the consultation. Before joining the
 /// media a report is refused; garbage is refused and changes nothing; the path goes with
@@ -779,88 +863,4 @@ async fn staff_see_how_each_persons_media_flows() {
     reception
         .until("the path cleared", |m| path_of(m, None))
         .await;
-}
-
-/// Issue 14: a page whose websocket was lost (a new network) takes its media session back
-/// on a new connection within the grace, so it restarts ICE instead of joining again; the
-/// node keeps the participant meanwhile. Nobody else can take it: not the clinician, not
-/// another patient; and a connection already in a session cannot take a second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_connection_media_session_is_taken_back_by_its_owner_only() {
-    let (s, node) = local_server().await;
-    let (mut patient, _, consultation, token) = admitted_patient_with_token(&s, "Pat Moving").await;
-    patient.send(&ClientMsg::JoinMedia { consultation }).await;
-    patient
-        .until("media joined", |m| {
-            matches!(m, ServerMsg::MediaJoined { .. })
-        })
-        .await;
-    assert_eq!(node.load().participants, 1);
-
-    // The connection is lost: no close frame, the TCP connection just goes.
-    drop(patient);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        node.load().participants,
-        1,
-        "the node keeps the participant"
-    );
-
-    // The clinician and another patient cannot take it.
-    let jones = s.sign_in("dr.jones").await;
-    let mut clinician = s.ws(&jones.token).await;
-    clinician
-        .send(&ClientMsg::ResumeMedia { consultation })
-        .await;
-    let refused = clinician
-        .until("refused", |m| matches!(m, ServerMsg::Error { .. }))
-        .await;
-    assert!(matches!(
-        refused,
-        ServerMsg::Error {
-            code: ErrorCode::NotFound,
-            ..
-        }
-    ));
-    let other = s.enter("derm", "Pat Other").await;
-    let mut stranger = s.ws(&other.visit_token).await;
-    stranger
-        .send(&ClientMsg::ResumeMedia { consultation })
-        .await;
-    let refused = stranger
-        .until("refused", |m| matches!(m, ServerMsg::Error { .. }))
-        .await;
-    assert!(matches!(
-        refused,
-        ServerMsg::Error {
-            code: ErrorCode::NotFound,
-            ..
-        }
-    ));
-
-    // Its owner, on a new connection, takes it back; once.
-    let mut again = s.ws(&token).await;
-    again.send(&ClientMsg::ResumeMedia { consultation }).await;
-    let resumed = again
-        .until("resumed", |m| {
-            matches!(m, ServerMsg::MediaResumed { .. } | ServerMsg::Error { .. })
-        })
-        .await;
-    assert_eq!(resumed, ServerMsg::MediaResumed { consultation });
-    again.send(&ClientMsg::ResumeMedia { consultation }).await;
-    let twice = again
-        .until("refused", |m| matches!(m, ServerMsg::Error { .. }))
-        .await;
-    assert!(matches!(
-        twice,
-        ServerMsg::Error {
-            code: ErrorCode::Conflict,
-            ..
-        }
-    ));
-    assert_eq!(node.load().participants, 1);
-
-    // Leaving ends it for good.
-    again.send(&ClientMsg::LeaveMedia).await;
-    until_empty(&node).await;
 }

@@ -155,12 +155,12 @@ async fn next_handover(rx: &mut Option<mpsc::Receiver<Handover>>) -> Option<Hand
 /// the browser already left can never reach the next one.
 pub(super) struct MediaSession {
     participant: ParticipantId,
-    consultation: ConsultationId,
     link: Arc<Link>,
     tx: MediaSender,
     rx: mpsc::Receiver<ServerMsg>,
-    /// The clinic whose room holds the consultation.
+    /// Where the consultation is: the clinic whose room holds it, and its id.
     clinic: ClinicId,
+    consultation: ConsultationId,
     /// How the browser last said its media reaches the SFU (recorded only on a change).
     path: Option<MediaPath>,
 }
@@ -899,11 +899,11 @@ impl Connection {
                 tracing::debug!(node = %place.node, %consultation, "media joined");
                 self.media = Some(MediaSession {
                     participant,
-                    consultation,
                     link: place.link,
                     tx,
                     rx,
                     clinic: place.clinic,
+                    consultation,
                     path: None,
                 });
                 // A TURN credential of this person's own, minted now: it travels in this
