@@ -53,7 +53,9 @@ pub struct Visit {
     /// The last [`KEPT_MESSAGES`] messages from staff, oldest first.
     pub messages: Vec<(Timestamp, String)>,
     /// How the patient's media reaches the SFU, as their browser last said while in a
-    /// consultation; cleared when they leave it or their last page disconnects.
+    /// consultation; cleared when they leave it. Kept while their page is away (a page
+    /// that comes back on a new connection resumes the same media session); staff pages
+    /// show it only while the patient is connected.
     #[serde(default)]
     pub media_path: Option<MediaPath>,
 }
@@ -260,10 +262,6 @@ impl ClinicRoom {
         } else {
             v.connections.saturating_sub(1)
         };
-        if v.connections == 0 {
-            // No page, no media: what it said about its path no longer holds.
-            v.media_path = None;
-        }
         let mut out = Outcome::default();
         if was_online != (v.connections > 0) {
             self.push_staff(

@@ -474,20 +474,22 @@ fn staff_see_how_each_persons_media_flows_while_they_are_in_the_call() {
 }
 
 #[test]
-fn a_media_path_goes_when_the_patients_last_page_does() {
+fn a_media_path_outlives_a_lost_connection_but_not_the_call() {
     let mut r = room();
     let a = arrive(&mut r, "A", 10);
     let cid = ConsultationId::random();
     r.admit(a, staff("dr.jones"), None, cid, &at(20)).unwrap();
     r.presence(a, true).unwrap();
-    r.presence(a, true).unwrap();
     r.visit_media_path(a, cid, MediaPath::TurnUdp).unwrap();
-    r.presence(a, false).unwrap();
-    assert_eq!(r.visit(a).unwrap().media_path, Some(MediaPath::TurnUdp));
+    // The page's connection is lost (its media session waits to be resumed): staff are
+    // told it is offline, the path stays for when it comes back.
     let out = r.presence(a, false).unwrap();
     let [ServerMsg::VisitUpdated { visit, .. }] = staff_events(&out)[..] else {
         panic!("staff are told: {out:?}");
     };
     assert!(!visit.online);
-    assert_eq!(visit.media_path, None);
+    assert_eq!(visit.media_path, Some(MediaPath::TurnUdp));
+    // Transferred to a colleague: the call, and its path, are over.
+    r.assign(a, staff("dr.smith"), &at(30)).unwrap();
+    assert_eq!(r.visit(a).unwrap().media_path, None);
 }

@@ -396,7 +396,7 @@ function renderCallPanel() {
   const cons = cl.consultations.get(app.active);
   const items = people.map((v) =>
     h('li', { class: 'person', 'data-visit': v.id },
-      h('p', { class: 'name' }, v.name, ' ', onlineBadge(v), ' ', pathBadge(v.media_path)),
+      h('p', { class: 'name' }, v.name, ' ', onlineBadge(v), ' ', pathBadge(v.media_path, v.online)),
       h('div', { class: 'row' },
         button(cl, v, 'back', 'Send back to waiting', () => returnToWaiting(cl, v)),
         button(cl, v, 'transfer', 'Transfer…', () => transferDialog(cl, v)),
@@ -492,9 +492,12 @@ function onlineBadge(v) {
   return h('span', { class: `badge ${v.online ? 'online' : 'offline'}` }, v.online ? 'Connected' : 'Not connected');
 }
 
-/** How someone's video reaches the video service, as their browser said (or nothing yet). */
-function pathBadge(path) {
-  if (!PATH_LABEL[path]) return null;
+/**
+ * How someone's video reaches the video service, as their browser said (nothing yet, or
+ * while they are not connected: what it last said may no longer hold).
+ */
+function pathBadge(path, online = true) {
+  if (!PATH_LABEL[path] || !online) return null;
   return h('span', { class: `badge path ${path.startsWith('turn') ? 'relayed' : 'direct'}`, 'data-path': path, title: PATH_MEANING[path] },
     `Video: ${PATH_LABEL[path]}`);
 }
@@ -534,7 +537,7 @@ function visitCard(cl, v) {
           ? h('span', { class: 'badge waiting' }, 'Waiting')
           : h('span', { class: 'badge in-call' }, mine ? 'In your call' : `In consultation with ${nameOf(cons?.clinician)}`),
         onlineBadge(v),
-        !waiting && pathBadge(v.media_path),
+        !waiting && pathBadge(v.media_path, v.online),
         h('span', {}, waiting ? 'Waited ' : 'For ', h('span', { 'data-since': since }, duration(Date.now() - since)),
           h('span', { class: 'muted' }, ` (${waiting ? 'arrived' : 'since'} ${clock(since)})`)),
         ...extra.map((t) => h('span', {}, t))),
