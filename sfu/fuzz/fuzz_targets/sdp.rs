@@ -82,11 +82,13 @@ fuzz_target!(|data: &[u8]| {
     }
     // Announcing to the same address changes nothing.
     assert_eq!(announce(sdp, private, private), sdp);
-    // One trickled candidate, as the engine announces its own.
+    // One trickled candidate, as the engine announces its own: only its fifth field
+    // (once its line ending is set aside) may change.
     if let Some(line) = sdp.lines().next() {
         let out = announce_candidate(line, "10.0.0.5", "203.0.113.9");
+        let body = line.trim_end_matches(['\r', '\n']);
         assert_eq!(out.split(' ').count(), line.split(' ').count());
-        if !line.split(' ').any(|f| f == "10.0.0.5") {
+        if body.split(' ').nth(4) != Some("10.0.0.5") {
             assert_eq!(out, line);
         }
     }
