@@ -135,6 +135,8 @@ impl PasswordPool {
                 .name(format!("password-{i}"))
                 .spawn(move || {
                     lower_priority();
+                    // This thread's argon2 memory, kept from one check to the next.
+                    let mut scratch = auth::Scratch::default();
                     loop {
                         let job = {
                             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,7 +147,8 @@ impl PasswordPool {
                             return;
                         };
                         let hash = hash.as_deref().unwrap_or(UNKNOWN_USER_HASH);
-                        let _ = answer.send(auth::verify_password(&password, hash));
+                        let _ =
+                            answer.send(auth::verify_password_in(&password, hash, &mut scratch));
                     }
                 });
             if let Err(e) = spawned {
