@@ -310,6 +310,10 @@ fn rtp_bytes(seq: u16, timestamp: u32, pt: u8, payload: &[u8]) -> Bytes {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
+    // Replaying a finding: `FUZZ_TRACE=1` prints the operations.
+    if std::env::var_os("FUZZ_TRACE").is_some() {
+        eprintln!("{ops:?}");
+    }
     let mut w = World {
         f: Forwarder::default(),
         now: Instant::now(),

@@ -486,3 +486,37 @@ fn accepting_the_current_codec_later_starts_at_a_keyframe_asked_for_then() {
             .is_empty()
     );
 }
+
+/// Found by the `forward_rtp_rtcp` fuzz target: a new audio subscriber was put straight
+/// into forwarding with its run starting at sequence number 0, so a publisher whose
+/// numbers were in the upper half (browsers start at a random one) sent it nothing until
+/// they wrapped, and a NACK could be answered from before its first packet.
+#[test]
+fn audio_reaches_a_new_subscriber_whatever_the_sequence_numbers() {
+    for first in [0u16, 1, 32_767, 32_768, 40_000, 65_535] {
+        let mut f: Forwarder<Bytes, u32> = Forwarder::default();
+        let now = Instant::now();
+        f.add_track(TrackId(1), PeerId(1), MediaKind::Audio);
+        f.subscribe(TrackId(1), PeerId(2), 2, now);
+        let mut sent = Vec::new();
+        for i in 0..3u16 {
+            let seq = first.wrapping_add(i);
+            let meta = RtpMeta {
+                seq,
+                timestamp: u32::from(i) * 960,
+                keyframe: false,
+                codec: Codec::Opus,
+            };
+            f.on_rtp(TrackId(1), meta, Bytes::from_static(b"opus"), now, |fw| {
+                sent.push(fw.seq)
+            });
+        }
+        assert_eq!(sent.len(), 3, "first seq {first}: {sent:?}");
+        // A NACK for a number before its first packet is not answered.
+        let before = sent[0].wrapping_sub(5);
+        let out = f.on_nack(TrackId(1), PeerId(2), &[before], |_| {
+            panic!("resent {before}")
+        });
+        assert_eq!(out.resent, 0);
+    }
+}
