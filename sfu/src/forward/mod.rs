@@ -418,7 +418,10 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             }
             let seq = out.wrapping_sub(d.offset);
             match t.cache.get(seq) {
-                // Sent in this run, so in a codec the subscriber accepts.
+                // A packet of this number in a codec the subscriber refused: it was not
+                // what it was sent (the publisher used the number again), so nothing to
+                // repair with.
+                Some((_, codec)) if !accepted(d.accepts, *codec) => {}
                 Some((packet, codec)) => {
                     outcome.resent += 1;
                     sink(Forward {
