@@ -79,7 +79,8 @@ pub fn announce(sdp: &str, private: IpAddr, public: IpAddr) -> String {
         }
         if let Some(rest) = line.strip_prefix("c=IN IP") {
             let (family, addr) = rest.split_at(rest.find(' ').unwrap_or(rest.len()));
-            if addr.trim() == private {
+            // Exactly " <address>" and the line ending: any other spacing stays as it is.
+            if addr.trim_end_matches(['\r', '\n']).strip_prefix(' ') == Some(private.as_str()) {
                 let family = if public.contains(':') { "6" } else { family };
                 out.push_str("c=IN IP");
                 out.push_str(family);
@@ -211,5 +212,22 @@ mod tests {
         );
         assert_eq!(out, SDP);
         assert_eq!(announce_candidate("candidate:x", "a", "b"), "candidate:x");
+    }
+
+    /// Found by the `sdp` fuzz target: a connection line whose address had other white
+    /// space around it (a vertical tab) was rewritten, and so lost that space, even when
+    /// announced to the same address.
+    #[test]
+    fn only_a_connection_line_of_exactly_the_private_address_is_rewritten() {
+        let private: IpAddr = "10.0.0.5".parse().unwrap();
+        let odd = "v=0\r\nc=IN IP4 \u{b}10.0.0.5\r\nc=IN IP4  10.0.0.5\r\n";
+        assert_eq!(announce(odd, private, private), odd);
+        assert_eq!(announce(odd, private, "203.0.113.9".parse().unwrap()), odd);
+        let plain = "c=IN IP4 10.0.0.5\n";
+        assert_eq!(announce(plain, private, private), plain);
+        assert_eq!(
+            announce(plain, private, "203.0.113.9".parse().unwrap()),
+            "c=IN IP4 203.0.113.9\n"
+        );
     }
 }

@@ -117,7 +117,9 @@ type PasswordJob = (String, Option<String>, tokio::sync::oneshot::Sender<bool>);
 /// Password checks run on threads of their own, as many as may run at once. Each thread
 /// keeps the ~19 MiB its last check used for the next one, so the memory they take stays
 /// bounded: on tokio's blocking pool, every new thread kept a heap of its own (measured:
-/// 1,000 sign-ins at once took 440 MiB with only two checks at a time).
+/// 1,000 sign-ins at once took 440 MiB with only two checks at a time). They run at a
+/// lower CPU priority ([`PASSWORD_NICE`]) than the runtime's workers, so a flood of
+/// sign-ins cannot slow the answers to everything else.
 #[derive(Debug)]
 struct PasswordPool {
     jobs: std::sync::mpsc::Sender<PasswordJob>,
@@ -132,6 +134,9 @@ impl PasswordPool {
             let spawned = std::thread::Builder::new()
                 .name(format!("password-{i}"))
                 .spawn(move || {
+                    lower_priority();
+                    // This thread's argon2 memory, kept from one check to the next.
+                    let mut scratch = auth::Scratch::default();
                     loop {
                         let job = {
                             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -142,7 +147,8 @@ impl PasswordPool {
                             return;
                         };
                         let hash = hash.as_deref().unwrap_or(UNKNOWN_USER_HASH);
-                        let _ = answer.send(auth::verify_password(&password, hash));
+                        let _ =
+                            answer.send(auth::verify_password_in(&password, hash, &mut scratch));
                     }
                 });
             if let Err(e) = spawned {
@@ -162,9 +168,42 @@ impl PasswordPool {
     }
 }
 
+/// The nice value of the password threads (0 is the runtime's; 19 the lowest priority):
+/// when the CPU is busy, hashing gets about a tenth of what a runtime worker gets.
+const PASSWORD_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`PASSWORD_NICE`] (Linux sets a nice value
+/// per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), PASSWORD_NICE)
+    {
+        tracing::warn!(error = %e, "could not lower a password thread's priority");
+    }
+}
+
+/// Sign-ins that may wait for a password check, per check that may run at once. More are
+/// refused at once (429), before anything is looked up or hashed: each would only wait
+/// `password_wait` and then be refused, holding its connection meanwhile.
+pub const WAITING_PER_CHECK: usize = 8;
+
+/// One sign-in being handled (waiting for, or holding, a password check).
+#[derive(Debug)]
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Sign-in defences shared by every clone of the service (one per instance).
 #[derive(Debug)]
 struct Guard {
+    /// Sign-ins waiting for or holding a password check; at most
+    /// `password_checks * (1 + WAITING_PER_CHECK)`.
+    in_flight: std::sync::atomic::AtomicUsize,
     /// Password checks at once (argon2 takes about 19 MiB each).
     password_slots: tokio::sync::Semaphore,
     passwords: PasswordPool,
@@ -184,6 +223,7 @@ impl Guard {
         let per_minute =
             std::num::NonZeroU32::new(audit_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
         Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             password_slots: tokio::sync::Semaphore::new(password_checks.max(1)),
             passwords: PasswordPool::new(password_checks),
             password_checks,
@@ -198,6 +238,29 @@ impl Guard {
     fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<StaffId, Failures>> {
         // The map is consistent after every statement: carry on after a panic elsewhere.
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place among the sign-ins being handled, unless they are all taken.
+    fn enter(&self) -> Option<InFlight<'_>> {
+        use std::sync::atomic::Ordering;
+        let max = self.password_checks.max(1) * (1 + WAITING_PER_CHECK);
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight(&self.in_flight))
+    }
+
+    /// How long a known account still waits after its run of wrong passwords, in ms.
+    fn locked_for(&self, id: &StaffId) -> Option<u64> {
+        let left = self
+            .failures()
+            .get(id)?
+            .locked_until
+            .0
+            .saturating_sub(now().0);
+        (left > 0).then_some(left)
     }
 }
 
@@ -467,34 +530,43 @@ impl Service {
     // --- identity ------------------------------------------------------------------------
 
     pub async fn sign_in(&self, req: SignInRequest) -> Result<SignInResponse, AppError> {
+        let busy =
+            || AppError::RateLimited("the server is busy; please try again in a moment".into());
+        let id = StaffId::parse(req.username.trim().to_lowercase()).ok();
+        // A run of wrong passwords for this account: wait, whatever the address. Only
+        // known accounts have runs, so this costs no lookup and no hashing. Looked at
+        // again once a check is free: others may have ended their turn wrongly meanwhile.
+        let locked = || {
+            let left = id.as_ref().and_then(|id| self.guard.locked_for(id))?;
+            Some(AppError::RateLimited(format!(
+                "too many wrong passwords for this account; try again in {} s",
+                left.div_ceil(1000)
+            )))
+        };
+        if let Some(e) = locked() {
+            return Err(e);
+        }
         // A bounded number of sign-ins at once, from the directory lookup to the password
-        // check (argon2, ~19 MiB each); the rest wait briefly, then are refused.
+        // check (argon2, ~19 MiB each); a few more wait briefly, the rest are refused at
+        // once.
+        let Some(_in_flight) = self.guard.enter() else {
+            return Err(busy());
+        };
         let Ok(Ok(permit)) = tokio::time::timeout(
             self.guard.password_wait,
             self.guard.password_slots.acquire(),
         )
         .await
         else {
-            return Err(AppError::RateLimited(
-                "the server is busy; please try again in a moment".into(),
-            ));
+            return Err(busy());
         };
-        let record = match StaffId::parse(req.username.trim().to_lowercase()) {
-            Ok(id) => self.store.staff(&id).await?,
-            Err(_) => None,
-        };
-        // A run of wrong passwords for this account: wait, whatever the address.
-        if let Some(r) = &record {
-            if let Some(f) = self.guard.failures().get(&r.username) {
-                let left = f.locked_until.0.saturating_sub(now().0);
-                if left > 0 {
-                    return Err(AppError::RateLimited(format!(
-                        "too many wrong passwords for this account; try again in {} s",
-                        left.div_ceil(1000)
-                    )));
-                }
-            }
+        if let Some(e) = locked() {
+            return Err(e);
         }
+        let record = match &id {
+            Some(id) => self.store.staff(id).await?,
+            None => None,
+        };
         // Verify against a real hash even for unknown users, so timing tells nothing.
         let hash = record.as_ref().map(|r| r.password_hash.clone());
         let ok = self.guard.passwords.verify(req.password, hash).await;

@@ -520,6 +520,52 @@ async fn sign_in_as(
     }
 }
 
+/// The sign-in flood's design: however many arrive, only `password_checks` are checked at
+/// once and `WAITING_PER_CHECK` more per check may wait; the rest are answered 429 at
+/// once, without a lookup or a hash (they would only have waited and been refused).
+#[tokio::test]
+async fn a_flood_of_sign_ins_beyond_the_queue_is_refused_at_once() {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(None).unwrap());
+    // A wait long enough that nobody admitted to the queue is turned away.
+    let service = common::server::service(store)
+        .await
+        .with_password_checks(1, Duration::from_secs(60));
+    let s = TestServer::start_custom(service, limits(), Vec::new()).await;
+    let queue = 1 + signalling::service::WAITING_PER_CHECK;
+    let n = queue + 20;
+    let started = std::time::Instant::now();
+    let attempts = (0..n).map(|i| {
+        let s = &s;
+        async move {
+            let r = sign_in_as(s, &format!("nobody{i}"), "a wrong password", None).await;
+            (r, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let busy: Vec<Duration> = results
+        .iter()
+        .filter(|(r, _)| *r == (429, Some(ErrorCode::RateLimited)))
+        .map(|(_, t)| *t)
+        .collect();
+    let checked: Vec<Duration> = results
+        .iter()
+        .filter(|(r, _)| *r == (401, Some(ErrorCode::WrongCredentials)))
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(busy.len() + checked.len(), n, "{results:?}");
+    // Those that came in while the queue was full (all but a few, however fast the
+    // checks ran) were refused before the slowest check was done.
+    assert!(checked.len() >= queue, "{results:?}");
+    assert!(busy.len() >= 10, "too few refused at once: {results:?}");
+    let last_check = checked.iter().max().unwrap();
+    let slowest_refusal = busy.iter().max().unwrap();
+    assert!(
+        slowest_refusal < last_check,
+        "a refusal ({slowest_refusal:?}) waited for the checks (last {last_check:?})"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn password_checks_are_bounded_and_the_excess_is_refused_quickly() {
     let s = server_with(limits(), false, 1).await;

@@ -251,14 +251,13 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         if t.publisher == peer || t.down(peer).is_some() {
             return None;
         }
-        let state = match t.kind {
-            MediaKind::Audio => DownState::Forwarding,
-            MediaKind::Video => DownState::WaitingForKeyframe,
-        };
+        // Audio starts at its next packet, video at a keyframe; either way the run starts
+        // there (an audio subscriber that began "forwarding" with a run start of 0 dropped
+        // every packet numbered 32768 and above, as late, until the numbers wrapped).
         t.subscribers.push(Down {
             peer,
             route,
-            state,
+            state: DownState::WaitingForKeyframe,
             offset: 0,
             run_start: 0,
             highest: None,
@@ -419,7 +418,10 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             }
             let seq = out.wrapping_sub(d.offset);
             match t.cache.get(seq) {
-                // Sent in this run, so in a codec the subscriber accepts.
+                // A packet of this number in a codec the subscriber refused: it was not
+                // what it was sent (the publisher used the number again), so nothing to
+                // repair with.
+                Some((_, codec)) if !accepted(d.accepts, *codec) => {}
                 Some((packet, codec)) => {
                     outcome.resent += 1;
                     sink(Forward {

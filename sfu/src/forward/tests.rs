@@ -486,3 +486,80 @@ fn accepting_the_current_codec_later_starts_at_a_keyframe_asked_for_then() {
             .is_empty()
     );
 }
+
+/// Found by the `forward_rtp_rtcp` fuzz target: a new audio subscriber was put straight
+/// into forwarding with its run starting at sequence number 0, so a publisher whose
+/// numbers were in the upper half (browsers start at a random one) sent it nothing until
+/// they wrapped, and a NACK could be answered from before its first packet.
+#[test]
+fn audio_reaches_a_new_subscriber_whatever_the_sequence_numbers() {
+    for first in [0u16, 1, 32_767, 32_768, 40_000, 65_535] {
+        let mut f: Forwarder<Bytes, u32> = Forwarder::default();
+        let now = Instant::now();
+        f.add_track(TrackId(1), PeerId(1), MediaKind::Audio);
+        f.subscribe(TrackId(1), PeerId(2), 2, now);
+        let mut sent = Vec::new();
+        for i in 0..3u16 {
+            let seq = first.wrapping_add(i);
+            let meta = RtpMeta {
+                seq,
+                timestamp: u32::from(i) * 960,
+                keyframe: false,
+                codec: Codec::Opus,
+            };
+            f.on_rtp(TrackId(1), meta, Bytes::from_static(b"opus"), now, |fw| {
+                sent.push(fw.seq)
+            });
+        }
+        assert_eq!(sent.len(), 3, "first seq {first}: {sent:?}");
+        // A NACK for a number before its first packet is not answered.
+        let before = sent[0].wrapping_sub(5);
+        let out = f.on_nack(TrackId(1), PeerId(2), &[before], |_| {
+            panic!("resent {before}")
+        });
+        assert_eq!(out.resent, 0);
+    }
+}
+
+/// Found by the `forward_rtp_rtcp` fuzz target: a publisher that used a sequence number
+/// again in another codec left that packet in the cache, and a NACK for the number was
+/// answered with it, in a codec the subscriber had refused.
+#[test]
+fn a_nack_is_never_answered_in_a_codec_the_subscriber_refused() {
+    let mut f: Forwarder<Bytes, u32> = Forwarder::default();
+    let now = Instant::now();
+    f.add_track(TrackId(1), PeerId(1), MediaKind::Video);
+    f.subscribe(TrackId(1), PeerId(2), 2, now);
+    f.accept_codecs(
+        TrackId(1),
+        PeerId(2),
+        [Codec::Vp8].into_iter().collect(),
+        now,
+    );
+    let meta = |seq, keyframe, codec| RtpMeta {
+        seq,
+        timestamp: 0,
+        keyframe,
+        codec,
+    };
+    let mut sent = Vec::new();
+    for (seq, key, codec) in [
+        (10, true, Codec::Vp8),
+        (11, false, Codec::Vp8),
+        (11, true, Codec::H264),
+    ] {
+        f.on_rtp(
+            TrackId(1),
+            meta(seq, key, codec),
+            Bytes::from_static(b"x"),
+            now,
+            |fw| sent.push((fw.seq, fw.codec)),
+        );
+    }
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let mut resent = Vec::new();
+    f.on_nack(TrackId(1), PeerId(2), &[sent[1].0], |fw| {
+        resent.push(fw.codec)
+    });
+    assert!(resent.iter().all(|c| *c == Codec::Vp8), "{resent:?}");
+}

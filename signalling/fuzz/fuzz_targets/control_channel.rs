@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             if let Ok(v) = serde_json::from_slice::<NodeMsg>(body) {
-                let back: NodeMsg = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+                let back: NodeMsg =
+                    serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
                 assert_eq!(back, v);
             }
         }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 mod password;
 mod policy;
 
-pub use password::{PasswordError, hash_password, verify_password};
+pub use password::{PasswordError, Scratch, hash_password, verify_password, verify_password_in};
 pub use policy::{Action, POLICY, Rule, Target, authorize, may_ever, role_allows};
 
 const AUD_STAFF: &str = "consult-staff";

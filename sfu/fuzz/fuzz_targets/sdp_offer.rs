@@ -1,0 +1,120 @@
+//! A browser's publisher offer and trickled candidates, through the SFU engine's real
+//! path (`Engine::join`, `add_candidate`, `publish`, `leave`): codec reading, the `rtc`
+//! core's SDP parsing and answer, the codec choice, candidate parsing. The engine runs one
+//! media loop on a loopback socket that no datagram reaches; everything else is what a
+//! node does with a browser's SDP.
+//!
+//! Input: UTF-8 text, `OFFER` [`\n--\n` CANDIDATES [`\n--\n` RENEWED OFFER]]. Each line
+//! of CANDIDATES is one trickled candidate for the publisher connection; a line starting
+//! with `!` is sent before the offer (the engine keeps it until the offer is applied).
+//!
+//! Whatever the text: no panic (a panic in a media loop would stop every consultation on
+//! it); an accepted offer's answer parses and offers, in each media section, only codecs
+//! the browser offered there; after `leave` the node holds no participant and no
+//! connection.
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use libfuzzer_sys::fuzz_target;
+use protocol::{IceCandidate, MediaLeg};
+use sfu::codec::Codec;
+use sfu::engine::{Engine, EngineConfig, live_objects};
+use sfu::sdp::media_codecs;
+
+struct Node {
+    rt: tokio::runtime::Runtime,
+    engine: Arc<Engine>,
+}
+
+static NODE: LazyLock<Node> = LazyLock::new(|| {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let config = EngineConfig::new("127.0.0.1".parse().expect("an address"));
+    let engine = rt
+        .block_on(async { Engine::with_loops(config, 1) })
+        .expect("an engine on loopback");
+    Node { rt, engine }
+});
+
+fn candidate(line: &str) -> IceCandidate {
+    IceCandidate {
+        candidate: line.to_owned(),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: None,
+    }
+}
+
+/// The answer's codecs in each section are among those the offer gave that section.
+fn answer_keeps_to_offer(offer: &str, answer: &str) {
+    let offered: HashMap<String, Vec<Codec>> = media_codecs(offer)
+        .expect("an applied offer parses")
+        .into_iter()
+        .map(|s| (s.mid, s.codecs.into_iter().map(|(_, c)| c).collect()))
+        .collect();
+    let answered = media_codecs(answer).expect("the SFU's answer parses");
+    for s in answered {
+        let Some(codecs) = offered.get(&s.mid) else {
+            panic!("the answer has a section {:?} the offer had not", s.mid);
+        };
+        for (_, c) in &s.codecs {
+            assert!(
+                codecs.contains(c),
+                "answered {c:?} in {:?}, not offered there",
+                s.mid
+            );
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut parts = text.splitn(3, "\n--\n");
+    let offer = parts.next().unwrap_or_default().to_owned();
+    let candidates: Vec<&str> = parts
+        .next()
+        .map(|c| c.lines().take(16).collect())
+        .unwrap_or_default();
+    let renewed = parts.next().map(str::to_owned);
+    let node = &*NODE;
+    node.rt.block_on(async {
+        let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
+        node.engine
+            .join(1, 1, tx)
+            .await
+            .expect("a participant joins");
+        for line in candidates.iter().filter_map(|l| l.strip_prefix('!')) {
+            let _ = node
+                .engine
+                .add_candidate(1, MediaLeg::Publisher, candidate(line))
+                .await;
+        }
+        if let Ok(answer) = node.engine.publish(1, offer.clone()).await {
+            answer_keeps_to_offer(&offer, &answer);
+        }
+        for line in candidates.iter().filter(|l| !l.starts_with('!')) {
+            let _ = node
+                .engine
+                .add_candidate(1, MediaLeg::Publisher, candidate(line))
+                .await;
+        }
+        if let Some(again) = renewed {
+            if let Ok(answer) = node.engine.publish(1, again.clone()).await {
+                answer_keeps_to_offer(&again, &answer);
+            }
+        }
+        node.engine.leave(1).await.expect("the participant leaves");
+    });
+    assert_eq!(node.engine.participant_count(), 0);
+    assert_eq!(
+        live_objects(),
+        (0, 0),
+        "a participant's connections outlived it"
+    );
+});
