@@ -51,6 +51,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::codec::Codec;
 
 mod client;
+pub mod endpoint;
 mod liveness;
 mod media_loop;
 pub mod synthetic;
@@ -58,7 +59,8 @@ mod tcp;
 
 pub(crate) use client::local_track;
 pub use client::{ClientIce, peer_connection, peer_connection_with};
-use media_loop::{Command, LoopHandle};
+use endpoint::{Answer, Command};
+use media_loop::{LoopHandle, Request};
 
 /// Peer connections alive (the SFU's, and the synthetic clients' whose event handler a
 /// connection frees when it is freed), and engine participants still allocated: both
@@ -203,6 +205,18 @@ pub enum EngineEvent {
     PublishRenegotiate { participant: u128 },
 }
 
+impl EngineEvent {
+    /// The participant it is for.
+    pub fn participant(&self) -> u128 {
+        match self {
+            EngineEvent::SubscriberOffer { participant, .. }
+            | EngineEvent::Connection { participant, .. }
+            | EngineEvent::PeerState { participant, .. }
+            | EngineEvent::PublishRenegotiate { participant } => *participant,
+        }
+    }
+}
+
 /// Where a room lives and who is in it.
 #[derive(Debug)]
 struct RoomEntry {
@@ -284,17 +298,28 @@ impl Engine {
             .ok_or(EngineError::UnknownParticipant)
     }
 
-    async fn ask<T>(
+    async fn ask(
         &self,
         to: &LoopHandle,
-        command: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Command,
-    ) -> Result<T, EngineError> {
-        let (tx, rx) = oneshot::channel();
+        command: Command,
+        events: Option<mpsc::UnboundedSender<EngineEvent>>,
+    ) -> Result<Answer, EngineError> {
+        let (reply, rx) = oneshot::channel();
         to.tx
-            .send(command(tx))
+            .send(Request {
+                command,
+                events,
+                reply,
+            })
             .map_err(|_| EngineError::WebRtc("the media loop has stopped".into()))?;
         rx.await
             .map_err(|_| EngineError::WebRtc("the media loop has stopped".into()))?
+    }
+
+    /// [`Self::ask`] for a command answered with nothing but success.
+    async fn ask_done(&self, participant: u128, command: Command) -> Result<(), EngineError> {
+        let to = self.loop_of(participant)?;
+        self.ask(to, command, None).await.map(|_| ())
     }
 
     /// Adds a participant to a room (placing the room on the least loaded media loop if
@@ -333,13 +358,13 @@ impl Engine {
             at
         };
         let joined = self
-            .ask(&self.loops[at], |reply| Command::Join {
-                room,
-                participant,
-                events,
-                reply,
-            })
-            .await;
+            .ask(
+                &self.loops[at],
+                Command::Join { room, participant },
+                Some(events),
+            )
+            .await
+            .map(|_| ());
         if joined.is_err() {
             self.forget(participant);
         }
@@ -365,12 +390,13 @@ impl Engine {
     /// its candidates).
     pub async fn publish(&self, participant: u128, offer: String) -> Result<String, EngineError> {
         let to = self.loop_of(participant)?;
-        self.ask(to, |reply| Command::Publish {
-            participant,
-            offer,
-            reply,
-        })
-        .await
+        match self
+            .ask(to, Command::Publish { participant, offer }, None)
+            .await?
+        {
+            Answer::Sdp(sdp) => Ok(sdp),
+            Answer::Done => Err(EngineError::WebRtc("no answer".into())),
+        }
     }
 
     /// A candidate the browser trickled for one of its connections; kept until that
@@ -382,7 +408,6 @@ impl Engine {
         leg: MediaLeg,
         candidate: IceCandidate,
     ) -> Result<(), EngineError> {
-        let to = self.loop_of(participant)?;
         let candidate = RTCIceCandidateInit {
             candidate: candidate.candidate,
             sdp_mid: candidate.sdp_mid,
@@ -390,12 +415,14 @@ impl Engine {
             username_fragment: candidate.username_fragment,
             ..Default::default()
         };
-        self.ask(to, |reply| Command::Candidate {
+        self.ask_done(
             participant,
-            leg,
-            candidate,
-            reply,
-        })
+            Command::Candidate {
+                participant,
+                leg,
+                candidate,
+            },
+        )
         .await
     }
 
@@ -405,12 +432,13 @@ impl Engine {
         participant: u128,
         answer: String,
     ) -> Result<(), EngineError> {
-        let to = self.loop_of(participant)?;
-        self.ask(to, |reply| Command::SubscriberAnswer {
+        self.ask_done(
             participant,
-            answer,
-            reply,
-        })
+            Command::SubscriberAnswer {
+                participant,
+                answer,
+            },
+        )
         .await
     }
 
@@ -420,20 +448,14 @@ impl Engine {
         participant: u128,
         state: MediaState,
     ) -> Result<(), EngineError> {
-        let to = self.loop_of(participant)?;
-        self.ask(to, |reply| Command::MediaState {
-            participant,
-            state,
-            reply,
-        })
-        .await
+        self.ask_done(participant, Command::MediaState { participant, state })
+            .await
     }
 
     /// The participant's browser lost its path: its subscriber connection is offered again
     /// with new ICE credentials (the browser restarts its publisher connection itself).
     pub async fn restart_ice(&self, participant: u128) -> Result<(), EngineError> {
-        let to = self.loop_of(participant)?;
-        self.ask(to, |reply| Command::RestartIce { participant, reply })
+        self.ask_done(participant, Command::RestartIce { participant })
             .await
     }
 
@@ -442,8 +464,9 @@ impl Engine {
     pub async fn leave(&self, participant: u128) -> Result<(), EngineError> {
         let to = self.loop_of(participant)?;
         self.forget(participant);
-        self.ask(to, |reply| Command::Leave { participant, reply })
+        self.ask(to, Command::Leave { participant }, None)
             .await
+            .map(|_| ())
     }
 }
 

@@ -1,7 +1,36 @@
-//! The loop's sockets: binding them, sending, and routing what arrives to its
-//! connection (by source address, or by the ICE username of a STUN check).
+//! The loop's sockets: binding them, and sending what the endpoint wrote.
 
-use super::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::shared::TransportProtocol;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::{EngineConfig, EngineError, Sockets, Transmit};
+
+/// The kernel buffers asked for on the shared UDP socket. Every connection of the loop
+/// shares them, so they must absorb a burst of the whole loop's traffic while the loop
+/// is busy (hundreds of DTLS handshakes at once, say): with the default ~200 KB, the
+/// buffer overflowed at 200 participants and handshake flights were lost. Capped by
+/// `net.core.rmem_max` / `wmem_max` (raise those for large nodes).
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// The loop's sockets.
+pub(super) struct Net {
+    pub udp: UdpSocket,
+    pub udp_addr: SocketAddr,
+    pub tcp_addr: Option<SocketAddr>,
+    /// Each accepted ICE-TCP stream's way out, by the peer's address.
+    pub tcp_out: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    /// Datagrams the socket refused (its buffer full), how many were last reported, and
+    /// when.
+    pub send_errors: u64,
+    pub reported_errors: u64,
+    pub reported_at: Option<Instant>,
+}
 
 /// Binds up to `wanted` loops' sockets as configured: ports of the range in turn (UDP,
 /// and TCP on the same port number with ICE-TCP), or any free port. At least one.
@@ -58,21 +87,38 @@ pub(in crate::engine) fn bind(
 }
 
 impl Net {
-    pub(super) fn send(&mut self, msg: TaggedBytesMut) {
-        let peer = msg.transport.peer_addr;
-        match msg.transport.transport_protocol {
+    pub(super) fn send(&mut self, t: Transmit) {
+        let peer = t.to;
+        match t.proto {
             // A full socket buffer drops the datagram, as a full link would; the receiver's
             // NACK or keyframe request recovers.
-            TransportProtocol::UDP if self.udp.try_send_to(&msg.message, peer).is_err() => {
+            TransportProtocol::UDP if self.udp.try_send_to(&t.bytes, peer).is_err() => {
                 self.send_errors += 1;
             }
             TransportProtocol::TCP => {
                 if let Some(out) = self.tcp_out.get(&peer) {
-                    let _ = out.try_send(msg.message.freeze());
+                    let _ = out.try_send(t.bytes.freeze());
                 }
             }
             _ => {}
         }
+    }
+
+    /// Warns of datagrams dropped since the last warning, at most once per `every`.
+    pub(super) fn report_errors(&mut self, now: Instant, every: Duration) {
+        if self.send_errors == self.reported_errors
+            || self
+                .reported_at
+                .is_some_and(|at| now.saturating_duration_since(at) < every)
+        {
+            return;
+        }
+        tracing::warn!(
+            dropped = self.send_errors - self.reported_errors,
+            "media datagrams dropped: the socket's send buffer was full"
+        );
+        self.reported_errors = self.send_errors;
+        self.reported_at = Some(now);
     }
 
     pub(super) fn local(&self, proto: TransportProtocol) -> SocketAddr {
@@ -80,107 +126,5 @@ impl Net {
             TransportProtocol::TCP => self.tcp_addr.unwrap_or(self.udp_addr),
             _ => self.udp_addr,
         }
-    }
-}
-
-/// The ICE username fragment a STUN request names as the receiver's (`ours:theirs`).
-pub(super) fn stun_local_ufrag(data: &[u8]) -> Option<String> {
-    let mut m = rtc::stun::message::Message::new();
-    m.unmarshal_binary(data).ok()?;
-    let username = m.get(rtc::stun::attributes::ATTR_USERNAME).ok()?;
-    let username = std::str::from_utf8(&username).ok()?;
-    Some(username.split(':').next()?.to_owned())
-}
-
-impl MediaLoop {
-    /// Reads what the UDP socket holds, up to one batch.
-    pub(super) fn read_udp(&mut self, buf: &mut [u8]) {
-        let now = Instant::now();
-        for _ in 0..RECV_BATCH {
-            match self.net.udp.try_recv_from(buf) {
-                Ok((n, peer)) => {
-                    self.datagram(TransportProtocol::UDP, peer, BytesMut::from(&buf[..n]), now);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // An ICMP error for an earlier send: nothing to read this time.
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Hands one datagram (or ICE-TCP frame) to its connection.
-    pub(super) fn datagram(
-        &mut self,
-        proto: TransportProtocol,
-        peer: SocketAddr,
-        data: BytesMut,
-        now: Instant,
-    ) {
-        let id = if rtc::stun::message::is_stun_message(&data) {
-            match self.stun_route(proto, peer, &data) {
-                Some(id) => id,
-                None => return,
-            }
-        } else {
-            match self.by_addr.get(&(proto, peer)) {
-                Some(id) => *id,
-                None => return,
-            }
-        };
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let msg = TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: self.net.local(proto),
-                peer_addr: peer,
-                ecn: None,
-                transport_protocol: proto,
-            },
-            message: data,
-        };
-        match c.pc.handle_read(msg) {
-            // Accepted, so authenticated (a STUN check with its credentials, DTLS, SRTP).
-            Ok(()) => {
-                if c.liveness.heard(now) == Some(liveness::Change::Heard) {
-                    tracing::debug!(participant = c.participant, leg = ?c.leg, "heard again");
-                }
-            }
-            Err(e) => tracing::trace!(error = %e, "datagram refused"),
-        }
-        touch(&mut self.conns, &mut self.touched, id);
-    }
-
-    /// The connection a STUN message is for: the one its username names (which then
-    /// owns the source address), else the one the address already belongs to.
-    pub(super) fn stun_route(
-        &mut self,
-        proto: TransportProtocol,
-        peer: SocketAddr,
-        data: &[u8],
-    ) -> Option<ConnId> {
-        let key = (proto, peer);
-        let named = stun_local_ufrag(data).and_then(|u| self.by_ufrag.get(&u).copied());
-        let Some(id) = named else {
-            return self.by_addr.get(&key).copied();
-        };
-        if self.by_addr.get(&key) != Some(&id) {
-            let c = self.conns.get_mut(&id)?;
-            // The oldest route gives way (a browser that moved networks, a closed stream).
-            if c.addrs.len() >= MAX_ADDRS_PER_CONN {
-                let oldest = c.addrs.remove(0);
-                if self.by_addr.get(&oldest) == Some(&id) {
-                    self.by_addr.remove(&oldest);
-                }
-            }
-            c.addrs.push(key);
-            if let Some(old) = self.by_addr.insert(key, id) {
-                if let Some(o) = self.conns.get_mut(&old) {
-                    o.addrs.retain(|a| *a != key);
-                }
-            }
-        }
-        Some(id)
     }
 }

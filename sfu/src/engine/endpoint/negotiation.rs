@@ -66,7 +66,7 @@ pub(super) fn prefer_codecs(
     Ok(())
 }
 
-impl MediaLoop {
+impl Endpoint {
     pub(super) fn mark_dirty(&mut self, key: u128) {
         if let Some(m) = self.members.get_mut(&key) {
             m.dirty = true;
@@ -84,6 +84,7 @@ impl MediaLoop {
             touched,
             announced,
             by_ufrag,
+            events_out,
             ..
         } = self;
         let Some(m) = members.get_mut(&key) else {
@@ -207,7 +208,7 @@ impl MediaLoop {
                     tracks = m.subscribed.len(),
                     "subscriber offer"
                 );
-                let _ = m.events.send(EngineEvent::SubscriberOffer {
+                events_out.push_back(EngineEvent::SubscriberOffer {
                     participant: key,
                     sdp,
                 });
@@ -467,9 +468,8 @@ impl MediaLoop {
             if let Some(m) = self.members.get_mut(&key) {
                 tracing::debug!(participant = key, ?want, sends = ?m.codecs.sends, "publisher codec to change");
                 m.codecs.asked = want;
-                let _ = m
-                    .events
-                    .send(EngineEvent::PublishRenegotiate { participant: key });
+                self.events_out
+                    .push_back(EngineEvent::PublishRenegotiate { participant: key });
             }
         }
     }
@@ -504,8 +504,8 @@ impl MediaLoop {
             return Ok(());
         };
         for o in r.members.iter().filter(|k| **k != key) {
-            if let Some(other) = self.members.get(o) {
-                let _ = other.events.send(EngineEvent::PeerState {
+            if self.members.contains_key(o) {
+                self.events_out.push_back(EngineEvent::PeerState {
                     participant: *o,
                     stream: stream.clone(),
                     state,

@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// A datagram the core wrote, as the endpoint's output.
+pub(super) fn transmit(msg: TaggedBytesMut) -> Transmit {
+    Transmit {
+        proto: msg.transport.transport_protocol,
+        from: msg.transport.local_addr,
+        to: msg.transport.peer_addr,
+        bytes: msg.message,
+    }
+}
+
 /// Marks a connection for servicing this turn.
 pub(super) fn touch(conns: &mut HashMap<ConnId, Conn>, touched: &mut Vec<ConnId>, id: ConnId) {
     if let Some(c) = conns.get_mut(&id) {
@@ -24,7 +34,7 @@ pub(super) fn add_early_candidates(key: u128, c: &mut Conn) {
     }
 }
 
-impl MediaLoop {
+impl Endpoint {
     /// Handles the timers that are due.
     pub(super) fn timeouts(&mut self, now: Instant) {
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
@@ -56,7 +66,7 @@ impl MediaLoop {
         let mut reads = std::mem::take(&mut self.reads);
         c.queued = false;
         while let Some(msg) = c.pc.poll_write() {
-            self.net.send(msg);
+            self.transmits.push_back(transmit(msg));
         }
         while let Some(e) = c.pc.poll_event() {
             events.push(e);
@@ -129,8 +139,8 @@ impl MediaLoop {
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => false,
                     _ => return,
                 };
-                if let Some(m) = self.members.get(&key) {
-                    let _ = m.events.send(EngineEvent::Connection {
+                if self.members.contains_key(&key) {
+                    self.events_out.push_back(EngineEvent::Connection {
                         participant: key,
                         connected,
                     });
@@ -200,8 +210,8 @@ impl MediaLoop {
             .with_interceptor_registry(registry)
             .build(now)
             .map_err(webrtc_err)?;
-        let mut hosts = vec![("udp", self.net.udp_addr, Default::default())];
-        if let Some(tcp) = self.net.tcp_addr {
+        let mut hosts = vec![("udp", self.udp_addr, Default::default())];
+        if let Some(tcp) = self.tcp_addr {
             hosts.push(("tcp", tcp, rtc::ice::tcp_type::TcpType::Passive));
         }
         for (network, addr, tcp_type) in hosts {
@@ -255,26 +265,20 @@ impl MediaLoop {
         };
         let _ = c.pc.close();
         while let Some(msg) = c.pc.poll_write() {
-            self.net.send(msg);
+            self.transmits.push_back(transmit(msg));
         }
         self.by_ufrag.remove(&c.ufrag);
         for a in c.addrs {
             if self.by_addr.get(&a) == Some(&id) {
                 self.by_addr.remove(&a);
                 if a.0 == TransportProtocol::TCP {
-                    self.net.tcp_out.remove(&a.1);
+                    self.closed_paths.push_back(a.1);
                 }
             }
         }
     }
 
-    pub(super) fn join(
-        &mut self,
-        room: u128,
-        key: u128,
-        events: mpsc::UnboundedSender<EngineEvent>,
-        now: Instant,
-    ) -> Result<(), EngineError> {
+    pub(super) fn join(&mut self, room: u128, key: u128, now: Instant) -> Result<(), EngineError> {
         if self.members.contains_key(&key) {
             return Err(EngineError::AlreadyJoined);
         }
@@ -296,7 +300,6 @@ impl MediaLoop {
                 room,
                 publisher,
                 subscriber,
-                events,
                 subscribed: HashMap::new(),
                 negotiation: Negotiation::Idle,
                 dirty: false,
@@ -308,10 +311,10 @@ impl MediaLoop {
             },
         );
         // What everyone already here sends, for the newcomer's tiles.
-        if let (Some(r), Some(m)) = (self.rooms.get(&room), self.members.get(&key)) {
+        if let Some(r) = self.rooms.get(&room) {
             for other in r.members.iter().filter(|k| **k != key) {
                 if let Some(o) = self.members.get(other) {
-                    let _ = m.events.send(EngineEvent::PeerState {
+                    self.events_out.push_back(EngineEvent::PeerState {
                         participant: key,
                         stream: stream_id(o.id),
                         state: o.state,

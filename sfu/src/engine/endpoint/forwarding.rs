@@ -76,7 +76,7 @@ pub(super) fn request_keyframe(
     touch(conns, touched, t.conn);
 }
 
-impl MediaLoop {
+impl Endpoint {
     /// One packet of a published track, to every subscriber the core routes it to.
     pub(super) fn forward(
         &mut self,

@@ -1,0 +1,592 @@
+//! The SFU's media endpoint, sans-IO: it owns whole rooms and every one of their peer
+//! connections (the `rtc` crate's sans-IO core), and does no IO and reads no clock.
+//!
+//! Inputs: [`Endpoint::handle_datagram`] (a UDP datagram or an ICE-TCP frame, with the
+//! local and remote address), [`Endpoint::handle_command`] (join, publish, candidate,
+//! subscriber answer, media state, ICE restart, leave; the answer is returned) and
+//! [`Endpoint::handle_timeout`], each with the time `now`. Outputs, polled after each
+//! input: [`Endpoint::poll_transmit`] (datagrams to send), [`Endpoint::poll_event`] (what
+//! to tell a participant's owner), [`Endpoint::poll_timeout`] (when to call
+//! `handle_timeout` next) and [`Endpoint::poll_closed_path`] (ICE-TCP streams no
+//! connection uses any more). The same shape as the `rtc` core itself, str0m's `Rtc` and
+//! quinn-proto's `Endpoint`; the media loop ([`super::media_loop`]) moves datagrams,
+//! commands and time in and out, and the tests drive it over a simulated network
+//! ([`sim`]).
+//!
+//! After an input, every connection it touched is *serviced* (lazily, at the first poll
+//! or the next command): its datagrams are queued, its events handled (connection
+//! states, published tracks), and what it read handled. A publisher's RTP is handed to
+//! the forwarding core, which writes each subscriber's copy straight into that
+//! subscriber's connection, so one received packet becomes its N copies within the same
+//! call, with no allocation, channel, lock or timer per copy; the copies' datagrams wait
+//! in one queue reused across calls.
+//!
+//! Datagrams reach their connection by source address; an unknown address opens a route
+//! only with a STUN check naming the connection's ICE username fragment (which the core
+//! then authenticates with the password only the browser was given).
+//!
+//! Subscriber negotiation is a small state machine per participant ([`Negotiation`]):
+//! when the room's tracks change, the subscriber connection's tracks are reconciled and
+//! one offer goes out; new tracks are routed once the answer is applied and the
+//! connection is up (packets written before DTLS-SRTP is ready would be dropped, the
+//! first keyframe among them).
+//!
+//! This file holds the state and the inputs and outputs; the rest is by job: [`routing`]
+//! (datagrams to their connection), [`connections`] (connections and participants, and
+//! servicing what the core did), [`forwarding`] (media through the forwarding core),
+//! [`negotiation`] (offers, answers, codecs, media state).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use protocol::{MediaLeg, MediaState};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    TransportLayerNack, nack_pairs_from_sequence_numbers,
+};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::liveness::{self, Liveness};
+use super::{
+    EngineError, EngineEvent, LIVE_PARTICIPANTS, LiveGuard, NackCounters, Role, codec_parameters,
+    connection_guard, connection_recipe, media_track, webrtc_err,
+};
+use crate::codec::{Codec, CodecSet, publish_codecs};
+use crate::forward::{
+    CachedPacket, Forward, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
+};
+
+mod connections;
+mod forwarding;
+mod negotiation;
+mod routing;
+#[cfg(test)]
+pub(crate) mod sim;
+#[cfg(test)]
+mod tests;
+
+use connections::follow_local_ufrag;
+use connections::{add_early_candidates, touch};
+use forwarding::request_keyframe;
+
+/// How long the SFU waits for a browser to answer its offer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long after a failed negotiation the SFU offers again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Candidates kept per leg before its remote description (a browser sends a handful).
+const MAX_EARLY_CANDIDATES: usize = 32;
+/// Remote addresses one connection may be reached from (one per candidate pair tried).
+const MAX_ADDRS_PER_CONN: usize = 8;
+/// The soonest a connection's timer fires again after it was serviced.
+const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
+/// How often negotiation deadlines and liveness are checked (a deadline of
+/// [`Endpoint::poll_timeout`] while any connection is open).
+const TICK: Duration = Duration::from_millis(250);
+
+/// A request from the engine (signalling's way in), for [`Endpoint::handle_command`].
+#[derive(Debug)]
+pub enum Command {
+    /// Adds a participant to a room (made on this endpoint if new): its two connections.
+    Join { room: u128, participant: u128 },
+    /// The browser's offer for its publisher connection; answered with [`Answer::Sdp`].
+    Publish { participant: u128, offer: String },
+    /// A candidate the browser trickled for one of its connections.
+    Candidate {
+        participant: u128,
+        leg: MediaLeg,
+        candidate: RTCIceCandidateInit,
+    },
+    /// The browser's answer to the last [`EngineEvent::SubscriberOffer`].
+    SubscriberAnswer { participant: u128, answer: String },
+    /// What the participant's browser sends now.
+    MediaState {
+        participant: u128,
+        state: MediaState,
+    },
+    /// The browser lost its path: its subscriber connection is offered again with new ICE
+    /// credentials.
+    RestartIce { participant: u128 },
+    /// Removes a participant and closes its connections.
+    Leave { participant: u128 },
+}
+
+/// What a command that succeeded answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Done,
+    /// The SFU's SDP answer (to [`Command::Publish`]).
+    Sdp(String),
+}
+
+/// One datagram (or ICE-TCP frame) to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub proto: TransportProtocol,
+    /// The local address it goes out of (the UDP socket's, or the ICE-TCP listener's).
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub bytes: BytesMut,
+}
+
+/// Where an endpoint is reached: the addresses its host candidates name.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The UDP address it receives on.
+    pub udp: SocketAddr,
+    /// The ICE-TCP listener's address, with ICE-TCP.
+    pub tcp: Option<SocketAddr>,
+    /// (private, public): candidates in its SDP carry `public` instead of `private`.
+    pub announced: Option<(IpAddr, IpAddr)>,
+    pub nacks: Arc<NackCounters>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct ConnId(u64);
+
+/// A parsed packet kept in a track's cache, shared by every subscriber's copy.
+#[derive(Debug, Clone)]
+struct Cached(Arc<rtp::Packet>);
+
+/// How a packet reaches one subscriber: its connection and sender, its SSRC and the
+/// payload type of each codec its browser accepted.
+#[derive(Debug, Clone)]
+struct Route {
+    conn: ConnId,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    payload_types: Vec<(Codec, u8)>,
+}
+
+/// One peer connection and what the loop knows about it.
+struct Conn {
+    pc: RTCPeerConnection,
+    participant: u128,
+    leg: MediaLeg,
+    ufrag: String,
+    /// Remote addresses routed to it.
+    addrs: Vec<(TransportProtocol, SocketAddr)>,
+    /// The deadline last asked of the core (a timer entry exists for it).
+    deadline: Option<Instant>,
+    /// In the list of connections to service this turn.
+    queued: bool,
+    /// Whether a remote description is set; candidates wait in `early` until it is.
+    described: bool,
+    early: Vec<RTCIceCandidateInit>,
+    /// Publisher leg: the core's track ids of the tracks it receives → the room's ids.
+    tracks: HashMap<String, TrackId>,
+    /// Whether the browser is still there (see [`liveness`]).
+    liveness: Liveness,
+    _live: LiveGuard,
+}
+
+/// A published track: what subscribers need to create theirs, its publisher's payload
+/// types, and the way back to the publisher for keyframe requests and NACKs.
+#[derive(Debug, Clone)]
+struct Published {
+    publisher: PeerId,
+    kind: MediaKind,
+    /// The codec it was published in (subscribers' tracks start with it; the packets'
+    /// payload types say what follows).
+    codec: Codec,
+    /// The publisher's payload types (of its last offer) and their codecs.
+    payload_types: Vec<(u8, Codec)>,
+    conn: ConnId,
+    receiver: RTCRtpReceiverId,
+    media_ssrc: u32,
+    /// When its last packet came (a video track resuming after a gap asks for a keyframe).
+    last_packet: Option<Instant>,
+}
+
+/// A video track whose packets stop this long and come back (its publisher's path was cut
+/// and restored, or moved) asks for a keyframe at once: its subscribers' decoders lost
+/// what came between.
+const RESUME_GAP: Duration = Duration::from_millis(500);
+
+impl Published {
+    fn codec_of(&self, payload_type: u8) -> Option<Codec> {
+        self.payload_types
+            .iter()
+            .find(|(pt, _)| *pt == payload_type)
+            .map(|(_, c)| *c)
+    }
+}
+
+/// One consultation on this loop.
+#[derive(Default)]
+struct Room {
+    forwarder: Forwarder<Cached, Route>,
+    tracks: HashMap<TrackId, Published>,
+    members: Vec<u128>,
+}
+
+/// Where a participant's subscriber negotiation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negotiation {
+    Idle,
+    /// An offer went out at this time; its answer is awaited.
+    Offered(Instant),
+    /// The last attempt failed; offer again from this time.
+    Retry(Instant),
+}
+
+/// What a participant's subscriber connection sends now.
+struct Subscribed {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    kind: MediaKind,
+    /// The codecs (and their payload types) the browser's last answer accepted for it.
+    payload_types: Vec<(Codec, u8)>,
+    routed: bool,
+}
+
+/// One participant: its two connections and its subscriber negotiation.
+struct Member {
+    id: PeerId,
+    room: u128,
+    publisher: ConnId,
+    subscriber: ConnId,
+    subscribed: HashMap<TrackId, Subscribed>,
+    negotiation: Negotiation,
+    /// The room's tracks changed since the last offer.
+    dirty: bool,
+    /// Its browser asked for an ICE restart: the next offer carries new credentials.
+    ice_restart: bool,
+    /// Where the subscriber connection stands: new tracks are routed once it is up.
+    subscriber_state: RTCPeerConnectionState,
+    /// What its browser says it sends (for the others to show).
+    state: MediaState,
+    /// Codecs: see [`Codecs`].
+    codecs: Codecs,
+    _live: LiveGuard,
+}
+
+/// What the SFU knows of a participant's video codecs, from its publisher offers.
+#[derive(Debug, Clone)]
+struct Codecs {
+    /// The video codecs of its last offer, in its browser's order (empty before the first).
+    offered: Vec<Codec>,
+    /// What its browser can receive: what it offered (every policy codec until it has).
+    receives: CodecSet,
+    /// The video codecs its subscriber connection's first answer with video accepted: the
+    /// `rtc` core keeps that connection to them.
+    accepts: Option<CodecSet>,
+    /// Every payload type of its last offer that the policy holds, and its codec.
+    payload_types: Vec<(u8, Codec)>,
+    /// The video codec the last answer told it to send.
+    sends: Option<Codec>,
+    /// The codec a renegotiation was asked for (not asked again until it offers).
+    asked: Option<Codec>,
+}
+
+impl Codecs {
+    fn new() -> Self {
+        Self {
+            offered: Vec::new(),
+            receives: CodecSet::all_video(),
+            accepts: None,
+            payload_types: Vec::new(),
+            sends: None,
+            asked: None,
+        }
+    }
+}
+
+/// The id of the media stream a participant's tracks arrive in at the others.
+fn stream_id(peer: PeerId) -> String {
+    format!("p{}", peer.0)
+}
+
+/// See the module's documentation.
+pub struct Endpoint {
+    udp_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    announced: Option<(IpAddr, IpAddr)>,
+    nacks: Arc<NackCounters>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: u64,
+    by_ufrag: HashMap<String, ConnId>,
+    by_addr: HashMap<(TransportProtocol, SocketAddr), ConnId>,
+    members: HashMap<u128, Member>,
+    rooms: HashMap<u128, Room>,
+    next_peer: u32,
+    /// (deadline, connection); entries whose deadline the connection no longer has are
+    /// skipped when they come up.
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// The next check of negotiation deadlines and liveness ([`TICK`]), while any
+    /// connection is open.
+    next_tick: Option<Instant>,
+    /// The time of the last input (outputs are computed as of then).
+    now: Instant,
+    /// Connections to service before the next output.
+    touched: Vec<ConnId>,
+    /// Participants whose subscriber connection should be reconciled.
+    dirty: Vec<u128>,
+    /// Outputs, reused across calls.
+    transmits: VecDeque<Transmit>,
+    events_out: VecDeque<EngineEvent>,
+    closed_paths: VecDeque<SocketAddr>,
+    /// Scratch space for one connection's events and reads, kept to reuse.
+    events: Vec<RTCPeerConnectionEvent>,
+    reads: Vec<RTCMessage>,
+}
+
+static NEXT_SSRC: AtomicU32 = AtomicU32::new(0x5F00_0000);
+static NEXT_TRACK: AtomicU32 = AtomicU32::new(1);
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("udp", &self.udp_addr)
+            .field("tcp", &self.tcp_addr)
+            .field("connections", &self.conns.len())
+            .field("participants", &self.members.len())
+            .field("rooms", &self.rooms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint with no rooms; `now` is the time of its first input at the latest.
+    pub fn new(config: EndpointConfig, now: Instant) -> Self {
+        Self {
+            udp_addr: config.udp,
+            tcp_addr: config.tcp,
+            announced: config.announced,
+            nacks: config.nacks,
+            conns: HashMap::new(),
+            next_conn: 0,
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            members: HashMap::new(),
+            rooms: HashMap::new(),
+            next_peer: 1,
+            timers: BinaryHeap::new(),
+            next_tick: None,
+            now,
+            touched: Vec::new(),
+            dirty: Vec::new(),
+            transmits: VecDeque::new(),
+            events_out: VecDeque::new(),
+            closed_paths: VecDeque::new(),
+            events: Vec::new(),
+            reads: Vec::new(),
+        }
+    }
+
+    /// One datagram (UDP) or frame (ICE-TCP) that arrived at `local` from `remote`.
+    /// Anything that is not for a known connection, or that the core refuses, changes
+    /// nothing.
+    pub fn handle_datagram(
+        &mut self,
+        proto: TransportProtocol,
+        local: SocketAddr,
+        remote: SocketAddr,
+        bytes: BytesMut,
+        now: Instant,
+    ) {
+        self.advance(now);
+        self.datagram(proto, local, remote, bytes, now);
+    }
+
+    /// Carries out a command; its answer is returned, its consequences (offers to send,
+    /// datagrams) are polled.
+    pub fn handle_command(
+        &mut self,
+        command: Command,
+        now: Instant,
+    ) -> Result<Answer, EngineError> {
+        self.advance(now);
+        self.flush(now);
+        let done = |r: Result<(), EngineError>| r.map(|()| Answer::Done);
+        match command {
+            Command::Join { room, participant } => done(self.join(room, participant, now)),
+            Command::Publish { participant, offer } => {
+                self.publish(participant, offer, now).map(Answer::Sdp)
+            }
+            Command::Candidate {
+                participant,
+                leg,
+                candidate,
+            } => done(self.candidate(participant, leg, candidate)),
+            Command::SubscriberAnswer {
+                participant,
+                answer,
+            } => done(self.subscriber_answer(participant, answer, now)),
+            Command::MediaState { participant, state } => {
+                done(self.media_state(participant, state))
+            }
+            Command::RestartIce { participant } => done(self.restart_ice(participant)),
+            Command::Leave { participant } => done(self.leave(participant)),
+        }
+    }
+
+    /// Handles the timers due by `now`: the connections', and (every [`TICK`]) answers
+    /// not given in time, failed negotiations due to be tried again and connections gone
+    /// silent.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        self.flush(now);
+        self.timeouts(now);
+        if self.next_tick.is_some_and(|at| at <= now) {
+            self.next_tick = Some(now + TICK);
+            self.tick(now);
+        }
+    }
+
+    /// An ICE-TCP stream from `remote` ended: its route is forgotten.
+    pub fn handle_path_closed(&mut self, proto: TransportProtocol, remote: SocketAddr) {
+        let key = (proto, remote);
+        if let Some(id) = self.by_addr.remove(&key) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.addrs.retain(|a| *a != key);
+            }
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.flush_pending();
+        self.transmits.pop_front()
+    }
+
+    /// The next event for a participant's owner (each names its participant).
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.flush_pending();
+        self.events_out.pop_front()
+    }
+
+    /// The ICE-TCP streams (by remote address) that no connection uses any more: the
+    /// owner closes them.
+    pub fn poll_closed_path(&mut self) -> Option<SocketAddr> {
+        self.closed_paths.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] should be called next: the earliest of the
+    /// connections' timers and the next [`TICK`]. `None`: nothing to wait for.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.flush_pending();
+        // Skip entries that are stale (the connection's deadline moved, or it is gone).
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if self.conns.get(&id).is_some_and(|c| c.deadline == Some(at)) {
+                break;
+            }
+            self.timers.pop();
+        }
+        let conn = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (conn, self.next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Participants on this endpoint.
+    pub fn participants(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Everyone leaves (the endpoint is shutting down); their last datagrams are queued.
+    pub fn close(&mut self) {
+        let everyone: Vec<u128> = self.members.keys().copied().collect();
+        for key in everyone {
+            let _ = self.leave(key);
+        }
+        self.next_tick = None;
+    }
+
+    fn advance(&mut self, now: Instant) {
+        // Time never goes back for the connections, whatever the caller passes.
+        self.now = self.now.max(now);
+    }
+
+    fn flush_pending(&mut self) {
+        if !self.touched.is_empty() || !self.dirty.is_empty() {
+            self.flush(self.now);
+        }
+        if self.conns.is_empty() {
+            self.next_tick = None;
+        } else if self.next_tick.is_none() {
+            self.next_tick = Some(self.now + TICK);
+        }
+    }
+
+    /// Services every touched connection, and reconciles the subscriber connections
+    /// whose room changed, until nothing is left to do.
+    fn flush(&mut self, now: Instant) {
+        loop {
+            while let Some(id) = self.touched.pop() {
+                self.service(id, now);
+            }
+            if self.dirty.is_empty() {
+                return;
+            }
+            for key in std::mem::take(&mut self.dirty) {
+                self.negotiate(key, now);
+            }
+        }
+    }
+
+    /// Answers not given in time, failed negotiations due to be tried again, connections
+    /// gone silent.
+    fn tick(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for c in self.conns.values_mut() {
+            match c.liveness.check(now) {
+                Some(liveness::Change::Silent) => {
+                    tracing::debug!(participant = c.participant, leg = ?c.leg, "silent");
+                }
+                Some(liveness::Change::Failed) => failed.push(c.participant),
+                _ => {}
+            }
+        }
+        for key in failed {
+            tracing::info!(participant = key, "media connection failed: nothing heard");
+            if self.members.contains_key(&key) {
+                self.events_out.push_back(EngineEvent::Connection {
+                    participant: key,
+                    connected: false,
+                });
+            }
+        }
+        let mut again = Vec::new();
+        for (key, m) in &mut self.members {
+            match m.negotiation {
+                Negotiation::Offered(at) if now.duration_since(at) >= ANSWER_TIMEOUT => {
+                    tracing::info!(
+                        participant = key,
+                        "no answer to the subscriber offer in time; retrying"
+                    );
+                    m.negotiation = Negotiation::Retry(now + RETRY_AFTER);
+                }
+                Negotiation::Retry(at) if now >= at => {
+                    m.negotiation = Negotiation::Idle;
+                    again.push(*key);
+                }
+                _ => {}
+            }
+        }
+        for key in again {
+            self.mark_dirty(key);
+        }
+    }
+}

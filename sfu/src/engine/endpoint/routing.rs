@@ -1,0 +1,92 @@
+//! Routing what arrives to its connection: by source address, or by the ICE username of
+//! a STUN check.
+
+use super::*;
+
+/// The ICE username fragment a STUN request names as the receiver's (`ours:theirs`).
+pub(super) fn stun_local_ufrag(data: &[u8]) -> Option<String> {
+    let mut m = rtc::stun::message::Message::new();
+    m.unmarshal_binary(data).ok()?;
+    let username = m.get(rtc::stun::attributes::ATTR_USERNAME).ok()?;
+    let username = std::str::from_utf8(&username).ok()?;
+    Some(username.split(':').next()?.to_owned())
+}
+
+impl Endpoint {
+    /// Hands one datagram (or ICE-TCP frame) to its connection.
+    pub(super) fn datagram(
+        &mut self,
+        proto: TransportProtocol,
+        local: SocketAddr,
+        peer: SocketAddr,
+        data: BytesMut,
+        now: Instant,
+    ) {
+        let id = if rtc::stun::message::is_stun_message(&data) {
+            match self.stun_route(proto, peer, &data) {
+                Some(id) => id,
+                None => return,
+            }
+        } else {
+            match self.by_addr.get(&(proto, peer)) {
+                Some(id) => *id,
+                None => return,
+            }
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: peer,
+                ecn: None,
+                transport_protocol: proto,
+            },
+            message: data,
+        };
+        match c.pc.handle_read(msg) {
+            // Accepted, so authenticated (a STUN check with its credentials, DTLS, SRTP).
+            Ok(()) => {
+                if c.liveness.heard(now) == Some(liveness::Change::Heard) {
+                    tracing::debug!(participant = c.participant, leg = ?c.leg, "heard again");
+                }
+            }
+            Err(e) => tracing::trace!(error = %e, "datagram refused"),
+        }
+        touch(&mut self.conns, &mut self.touched, id);
+    }
+
+    /// The connection a STUN message is for: the one its username names (which then
+    /// owns the source address), else the one the address already belongs to.
+    pub(super) fn stun_route(
+        &mut self,
+        proto: TransportProtocol,
+        peer: SocketAddr,
+        data: &[u8],
+    ) -> Option<ConnId> {
+        let key = (proto, peer);
+        let named = stun_local_ufrag(data).and_then(|u| self.by_ufrag.get(&u).copied());
+        let Some(id) = named else {
+            return self.by_addr.get(&key).copied();
+        };
+        if self.by_addr.get(&key) != Some(&id) {
+            let c = self.conns.get_mut(&id)?;
+            // The oldest route gives way (a browser that moved networks, a closed stream).
+            if c.addrs.len() >= MAX_ADDRS_PER_CONN {
+                let oldest = c.addrs.remove(0);
+                if self.by_addr.get(&oldest) == Some(&id) {
+                    self.by_addr.remove(&oldest);
+                }
+            }
+            c.addrs.push(key);
+            if let Some(old) = self.by_addr.insert(key, id) {
+                if let Some(o) = self.conns.get_mut(&old) {
+                    o.addrs.retain(|a| *a != key);
+                }
+            }
+        }
+        Some(id)
+    }
+}
