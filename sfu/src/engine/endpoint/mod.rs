@@ -405,7 +405,7 @@ impl Endpoint {
         bytes: BytesMut,
         now: Instant,
     ) {
-        self.advance(now);
+        let now = self.advance(now);
         self.datagram(proto, local, remote, bytes, now);
     }
 
@@ -416,7 +416,7 @@ impl Endpoint {
         command: Command,
         now: Instant,
     ) -> Result<Answer, EngineError> {
-        self.advance(now);
+        let now = self.advance(now);
         self.flush(now);
         let done = |r: Result<(), EngineError>| r.map(|()| Answer::Done);
         match command {
@@ -445,7 +445,7 @@ impl Endpoint {
     /// not given in time, failed negotiations due to be tried again and connections gone
     /// silent.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.advance(now);
+        let now = self.advance(now);
         self.flush(now);
         self.timeouts(now);
         if self.next_tick.is_some_and(|at| at <= now) {
@@ -514,9 +514,10 @@ impl Endpoint {
         self.next_tick = None;
     }
 
-    fn advance(&mut self, now: Instant) {
-        // Time never goes back for the connections, whatever the caller passes.
+    /// The time of an input: never before the last one's, whatever the caller passes.
+    fn advance(&mut self, now: Instant) -> Instant {
         self.now = self.now.max(now);
+        self.now
     }
 
     fn flush_pending(&mut self) {

@@ -19,7 +19,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -74,6 +74,8 @@ struct Leg {
     pc: RTCPeerConnection,
     addr: SocketAddr,
     state: RTCPeerConnectionState,
+    /// Its ICE agent's states, in order.
+    ice: Vec<RTCIceConnectionState>,
 }
 
 impl Leg {
@@ -105,6 +107,7 @@ impl Leg {
             pc,
             addr,
             state: RTCPeerConnectionState::New,
+            ice: Vec::new(),
         }
     }
 
@@ -243,6 +246,7 @@ impl Browser {
             while let Some(e) = leg.pc.poll_event() {
                 match e {
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => leg.state = s,
+                    RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(s) => leg.ice.push(s),
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                         let kind =
                             leg.pc
@@ -643,6 +647,31 @@ fn two_browsers_receive_each_others_audio_and_video_intact() {
 }
 
 #[test]
+fn three_browsers_each_receive_the_other_two() {
+    let mut w = World::new(9);
+    for _ in 0..3 {
+        w.join(300);
+    }
+    let all = w.run_until(Duration::from_secs(5), |w| {
+        w.browsers
+            .iter()
+            .all(|b| b.received.len() == 4 && b.received.values().all(|r| r.indexes.len() > 10))
+    });
+    assert!(all, "each should receive two audio and two video tracks");
+    w.run_for(Duration::from_secs(2));
+    for b in &w.browsers {
+        let kinds: Vec<_> = b.received.values().filter_map(|r| r.kind).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == MediaKind::Audio).count(), 2);
+        assert_eq!(kinds.iter().filter(|k| **k == MediaKind::Video).count(), 2);
+        for r in b.received.values() {
+            // 2 s of audio (100 packets) or of 300 kbit/s video (60 frames).
+            assert!(r.indexes.len() > 90, "{:?}: {}", r.kind, r.indexes.len());
+            assert_eq!(r.corrupt, 0);
+        }
+    }
+}
+
+#[test]
 fn nacks_from_a_lossy_downlink_are_answered_from_the_cache() {
     let mut w = call(2, 1000);
     // 5 % loss on the second browser's downlink (everything the SFU sends it).
@@ -707,6 +736,7 @@ fn an_ice_restart_gives_the_subscriber_leg_new_credentials_and_media_goes_on() {
     let key = w.browsers[1].key;
     let offers = w.browsers[1].offer_ufrags.len();
     let first = w.browsers[1].offer_ufrags[0].clone();
+    let ice = w.browsers[1].subscriber.ice.len();
     let restarted = w
         .sfu
         .handle_command(Command::RestartIce { participant: key }, w.now);
@@ -714,15 +744,24 @@ fn an_ice_restart_gives_the_subscriber_leg_new_credentials_and_media_goes_on() {
     w.run_for(ms(100));
     let b = &w.browsers[1];
     assert_eq!(b.offer_ufrags.len(), offers + 1, "one new offer");
-    let new = b.offer_ufrags.last().unwrap();
+    let new = b.offer_ufrags.last().unwrap().clone();
     assert!(
-        !new.is_empty() && *new != first,
+        !new.is_empty() && new != first,
         "new credentials: {first} → {new}"
     );
     let (audio, video) = (b.got(MediaKind::Audio).1, b.got(MediaKind::Video).1);
     w.run_for(Duration::from_secs(2));
     let b = &w.browsers[1];
     assert_eq!(b.subscriber.state, RTCPeerConnectionState::Connected);
+    // The browser's agent checked again, with the new credentials, and connected.
+    let again = &b.subscriber.ice[ice..];
+    assert!(
+        again.contains(&RTCIceConnectionState::Checking)
+            && again.last() == Some(&RTCIceConnectionState::Connected),
+        "ICE states after the restart: {again:?}"
+    );
+    // The SFU routes checks by the new username fragment only.
+    assert!(w.sfu.by_ufrag.contains_key(&new) && !w.sfu.by_ufrag.contains_key(&first));
     assert!(b.got(MediaKind::Audio).1 >= audio + 90, "audio goes on");
     assert!(b.got(MediaKind::Video).1 >= video + 100, "video goes on");
     let sfu_events_failed = w.events.iter().any(|(_, e)| {
@@ -781,6 +820,7 @@ fn a_rate_capped_downlink_drops_on_the_link_and_audio_still_arrives() {
         LinkConfig::clean(DELAY).with_rate(300_000, ms(200)),
     );
     let audio_start = w.browsers[0].sent.0;
+    let video_start = w.browsers[0].sent.1;
     let got_audio = w.browsers[1].got(MediaKind::Audio).1;
     w.run_for(Duration::from_secs(5));
     let link = w.downlink(1);
@@ -793,7 +833,13 @@ fn a_rate_capped_downlink_drops_on_the_link_and_audio_still_arrives() {
         link.delivered_bytes * 8 <= 300_000 * 5 + 300_000 / 5 + 300_000,
         "{link:?}"
     );
-    eprintln!("audio {audio_got} of {audio_sent}; link {link:?}");
+    let published = w.browsers[0].sent.1 - video_start + audio_sent;
+    let resent = w.nacks.resent.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "capped: audio {audio_got} of {audio_sent}; {published} packets published, \
+         {} sent on the link ({resent} resent for NACKs); {link:?}",
+        link.sent
+    );
     assert!(audio_got > 0);
     // The first browser, on a clean link, still gets everything.
     assert_eq!(w.browsers[0].got(MediaKind::Video).2, 0);
