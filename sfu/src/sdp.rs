@@ -23,7 +23,8 @@ pub struct SectionCodecs {
 }
 
 /// The codecs of each media section of `sdp`. Formats the policy does not hold (VP9, AV1,
-/// H264 of another profile, RTX, RED, FEC) are left out.
+/// H264 of another profile, RTX, RED, FEC) are left out, and so is a codec of the other
+/// kind than its section's (a video codec in an audio section).
 pub fn media_codecs(sdp: &str) -> Result<Vec<SectionCodecs>, String> {
     let parsed = rtc::sdp::SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp))
         .map_err(|e| e.to_string())?;
@@ -32,6 +33,7 @@ pub fn media_codecs(sdp: &str) -> Result<Vec<SectionCodecs>, String> {
         .iter()
         .map(|m| {
             let formats = m.codecs();
+            let video = m.media_name.media == "video";
             let codecs = if m.media_name.port.value == 0 {
                 Vec::new()
             } else {
@@ -43,19 +45,18 @@ pub fn media_codecs(sdp: &str) -> Result<Vec<SectionCodecs>, String> {
                         let f = formats.get(&pt)?;
                         Some((pt, Codec::from_sdp(&f.name, &f.fmtp)?))
                     })
+                    .filter(|(_, c)| c.is_video() == video)
                     .collect()
             };
             SectionCodecs {
                 mid: m.attribute("mid").flatten().unwrap_or_default().to_owned(),
-                video: m.media_name.media == "video",
+                video,
                 codecs,
             }
         })
         .collect())
 }
 
-/// `sdp` with every candidate (and connection line) on `private` moved to `public`.
-/// Lines are kept byte for byte otherwise, including their `\r\n` endings.
 /// The ICE username fragment a description carries (the first; a bundled description
 /// gives every section the same one).
 pub fn ice_ufrag(sdp: &str) -> Option<&str> {
@@ -65,6 +66,8 @@ pub fn ice_ufrag(sdp: &str) -> Option<&str> {
         .filter(|u| !u.is_empty())
 }
 
+/// `sdp` with every candidate (and connection line) on `private` moved to `public`.
+/// Lines are kept byte for byte otherwise, including their `\r\n` endings.
 pub fn announce(sdp: &str, private: IpAddr, public: IpAddr) -> String {
     let private = private.to_string();
     let public = public.to_string();
@@ -196,6 +199,28 @@ mod tests {
             "only constrained baseline, packetization-mode 1"
         );
         assert!(sections[3].codecs.is_empty(), "a rejected section");
+    }
+
+    /// Found by the `sdp` fuzz target: a video codec's rtpmap in an audio section was
+    /// listed as that section's codec (and an audio codec in a video section would be).
+    #[test]
+    fn a_codec_of_the_other_kind_than_its_section_is_left_out() {
+        let mixed = "v=0\r\n\
+            o=- 1 2 IN IP4 0.0.0.0\r\n\
+            s=-\r\n\
+            t=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111 102\r\n\
+            a=mid:0\r\n\
+            a=rtpmap:111 opus/48000/2\r\n\
+            a=rtpmap:102 H264/90000\r\n\
+            a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 111\r\n\
+            a=mid:1\r\n\
+            a=rtpmap:96 VP8/90000\r\n\
+            a=rtpmap:111 opus/48000/2\r\n";
+        let sections = media_codecs(mixed).unwrap();
+        assert_eq!(sections[0].codecs, [(111, Codec::Opus)]);
+        assert_eq!(sections[1].codecs, [(96, Codec::Vp8)]);
     }
 
     #[test]

@@ -281,6 +281,27 @@ async fn each_person_is_handed_a_turn_credential_of_their_own() {
             .unwrap_or_else(|e| panic!("coturn takes {user}: {e}\n{}", coturn.log()));
     }
 
+    // An ICE restart is answered with a credential minted for it (the call's first may
+    // have expired by then): the person's own, for the configured lifetime from now.
+    patient.send(&ClientMsg::RestartIce).await;
+    let ServerMsg::IceServers { ice_servers } = patient
+        .until("ice_servers", |m| matches!(m, ServerMsg::IceServers { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(ice_servers[0], stun);
+    let restart = ice_servers[1].clone();
+    let user = restart.username.clone().unwrap();
+    let (expiry, who) = user.split_once(':').unwrap();
+    assert_eq!(who, format!("visit-{}", entered.visit));
+    let lifetime = expiry.parse::<u64>().unwrap() - now_secs();
+    assert!((30 * 60 - 5..=30 * 60).contains(&lifetime), "{lifetime}");
+    TurnClient::new(coturn.addr, &user, restart.credential.as_deref().unwrap())
+        .allocate()
+        .unwrap_or_else(|e| panic!("coturn takes {user}: {e}\n{}", coturn.log()));
+    handed.push(restart);
+
     // Never in the audit log, nor in any log line down to debug.
     let audit = s.service.store().audit_tail(1000).await.unwrap();
     let audit = serde_json::to_string(&audit).unwrap();

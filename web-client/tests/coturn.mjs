@@ -92,6 +92,8 @@ export async function startCoturn(env, { ip, sfu, port = 3478, tlsPort = 443, na
     `pkey=${key}`,
     'log-file=stdout',
     'simple-log',
+    // Each allocation logged with its user name (never its password): tests read them.
+    'verbose',
     `pidfile=${path.join(dir, 'turnserver.pid')}`,
   ]);
   const file = path.join(dir, 'turnserver.conf');

@@ -103,7 +103,7 @@ async function blockedPatient(env, rules) {
   // a TURN server's certificate as it checks a web site's).
   const patientBrowser = await net.launchChromium([SECURE_ORIGIN, `--ignore-certificate-errors-spki-list=${turn.spki}`]);
   env.servers.push({ close: () => patientBrowser.close().catch(() => {}) });
-  return { net, pf, patientBrowser };
+  return { net, pf, patientBrowser, turn };
 }
 
 /**
@@ -111,7 +111,7 @@ async function blockedPatient(env, rules) {
  * an open network; the check and the clinician's page must say `path`.
  */
 async function relayedCall(env, { rules, dropped, path, screenshot }) {
-  const { net, pf, patientBrowser } = await blockedPatient(env, rules);
+  const { net, pf, patientBrowser, turn } = await blockedPatient(env, rules);
 
   const doc = await s.openPage(staffBrowser, env, ORIGIN, 'clinician');
   await s.signIn(doc, 'dr.jones', pf.password);
@@ -153,12 +153,51 @@ async function relayedCall(env, { rules, dropped, path, screenshot }) {
   // The firewall did its part: what it refuses, the patient's browser tried and lost.
   const listing = await net.ruleset();
   assert.ok(counted(listing, dropped) > 0, `the rule "${dropped}" dropped packets:\n${listing}`);
-  return { page, doc };
+  return { page, doc, turn };
 }
 
-test('UDP blocked for the patient: the call connects through TURN over TCP, and staff see it', async () => {
-  await withEnv('turn over tcp', (env) =>
-    relayedCall(env, {
+const patientStats = () => window.consultPatient?.stats();
+/** The TURN user names coturn allocated a relay for (`EXPIRY:ID`). */
+const allocatedUsers = (turn) =>
+  new Set([...turn.proc.stdout.matchAll(/user <([^>]+)>: incoming packet ALLOCATE processed, success/g)].map((m) => m[1]));
+
+/**
+ * The patient's network changes mid-call (the page hears `online`): ICE restarts on both
+ * connections with a TURN credential minted for the restart (coturn checks a credential's
+ * expiry when it allocates, so the one of a long call's start would be refused), coturn
+ * allocates with that new credential, and media flows both ways again through the relay.
+ */
+async function restartThroughRelay({ page, doc, turn }, path) {
+  const before = await p.waitPatientStats(page, (x) => x.credentialExpires.publisher && x.credentialExpires.subscriber, 'both connections gather with a TURN credential');
+  const first = Math.max(before.credentialExpires.publisher, before.credentialExpires.subscriber);
+  const allocatedBefore = allocatedUsers(turn);
+  assert.ok([...allocatedBefore].some((u) => u.startsWith(`${first}:`)), `coturn allocated with the call's credential: ${[...allocatedBefore]}`);
+  await h.sleep(1_100); // a credential minted from now expires later than the first
+  const staffFrames = (await doc.evaluate(staffStats)).inboundVideo.framesDecoded;
+  const restartedAt = performance.now();
+  await page.evaluate(() => window.dispatchEvent(new Event('online')));
+  const after = await p.waitPatientStats(
+    page,
+    (x) => x.state === 'connected' && x.credentialExpires.publisher > first && x.credentialExpires.subscriber > first,
+    'both connections restarted with the new credential',
+    20_000,
+  );
+  const fresh = after.credentialExpires.publisher;
+  await h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > staffFrames + 30, 'the clinician decodes the patient after the restart', 20_000, staffStats);
+  await p.waitPatientStats(page, (x) => x.inboundVideo.framesDecoded > after.inboundVideo.framesDecoded + 30, 'the patient decodes the clinician after the restart', 20_000);
+  console.log(`TURN ${path}: ICE restart with a fresh credential, media both ways ${Math.round(performance.now() - restartedAt)} ms after the network change`);
+  const sent = (await page.evaluate(() => window.consultPatient.messages())).map((m) => `${m.dir}:${m.type}`);
+  const asked = sent.lastIndexOf('out:restart_ice');
+  assert.ok(asked >= 0 && sent.indexOf('in:ice_servers', asked) > asked, `restart_ice answered by ice_servers: ${sent.slice(-20)}`);
+  assert.ok(sent.indexOf('out:publish_offer', sent.indexOf('in:ice_servers', asked)) > 0, 'the publisher re-offered after the new servers');
+  const allocated = [...allocatedUsers(turn)].filter((u) => !allocatedBefore.has(u));
+  assert.ok(allocated.some((u) => u.startsWith(`${fresh}:`)), `coturn allocated with the new credential: ${allocated}`);
+  await p.waitPatient(page, (x) => x.path === path, `the patient's media still goes ${path}`, 10_000);
+}
+
+test('UDP blocked for the patient: the call connects through TURN over TCP, staff see it, and ICE restarts with a fresh credential', async () => {
+  await withEnv('turn over tcp', async (env) =>
+    restartThroughRelay(await relayedCall(env, {
         // Everything but UDP leaves the patient's network.
         rules: `chain output {
           type filter hook output priority 0; policy accept;
@@ -167,7 +206,7 @@ test('UDP blocked for the patient: the call connects through TURN over TCP, and 
         }`,
         dropped: 'udp',
         path: 'turn_tcp',
-      }),
+      }), 'turn_tcp'),
   );
 });
 

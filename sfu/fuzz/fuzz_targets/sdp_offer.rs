@@ -9,8 +9,9 @@
 //! with `!` is sent before the offer (the engine keeps it until the offer is applied).
 //!
 //! Whatever the text: no panic (a panic in a media loop would stop every consultation on
-//! it); an accepted offer's answer parses and offers, in each media section, only codecs
-//! the browser offered there; after `leave` the node holds no participant and no
+//! it); an accepted offer's answer parses and uses, in each media section, only payload
+//! types the browser offered there, as the codecs it offered (see
+//! [`answer_keeps_to_offer`]); after `leave` the node holds no participant and no
 //! connection.
 #![no_main]
 
@@ -49,24 +50,44 @@ fn candidate(line: &str) -> IceCandidate {
     }
 }
 
-/// The answer's codecs in each section are among those the offer gave that section.
+/// The answer's codecs in each section use payload types the offer listed on that
+/// section's `m=` line, and are of the section's kind; a payload type the SFU reads as a
+/// codec in the offer is answered as that codec. (The `rtc` core may answer a payload
+/// type whose `rtpmap` the offer garbled with the codec negotiated for it before, which
+/// the SFU then does not read as a codec of the offer: packets in it are not forwarded.)
 fn answer_keeps_to_offer(offer: &str, answer: &str) {
-    let offered: HashMap<String, Vec<Codec>> = media_codecs(offer)
+    let parsed = rtc::sdp::SessionDescription::unmarshal(&mut std::io::Cursor::new(offer))
+        .expect("an applied offer parses");
+    let listed: HashMap<String, Vec<u8>> = parsed
+        .media_descriptions
+        .iter()
+        .map(|m| {
+            let mid = m.attribute("mid").flatten().unwrap_or_default().to_owned();
+            let pts = m.media_name.formats.iter().filter_map(|f| f.parse().ok());
+            (mid, pts.collect())
+        })
+        .collect();
+    let offered: HashMap<String, Vec<(u8, Codec)>> = media_codecs(offer)
         .expect("an applied offer parses")
         .into_iter()
-        .map(|s| (s.mid, s.codecs.into_iter().map(|(_, c)| c).collect()))
+        .map(|s| (s.mid, s.codecs))
         .collect();
     let answered = media_codecs(answer).expect("the SFU's answer parses");
     for s in answered {
-        let Some(codecs) = offered.get(&s.mid) else {
+        let Some(pts) = listed.get(&s.mid) else {
             panic!("the answer has a section {:?} the offer had not", s.mid);
         };
-        for (_, c) in &s.codecs {
+        for (pt, c) in &s.codecs {
             assert!(
-                codecs.contains(c),
-                "answered {c:?} in {:?}, not offered there",
+                pts.contains(pt),
+                "answered {c:?} at {pt} in {:?}, not listed there",
                 s.mid
             );
+            assert_eq!(c.is_video(), s.video, "{c:?} in section {:?}", s.mid);
+            let read = offered.get(&s.mid).into_iter().flatten();
+            if let Some((_, read)) = read.clone().find(|(p, _)| p == pt) {
+                assert_eq!(read, c, "{pt} offered as {read:?}, answered as {c:?}");
+            }
         }
     }
 }

@@ -25,6 +25,11 @@ mod tests;
 /// for keyframes too often spends its bandwidth on them.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
+/// A video track whose packets stop this long and come back with some missing (its
+/// publisher's path was cut and restored, or moved) restarts its subscribers at the next
+/// keyframe, asked for at once: their decoders lost frames that nobody can resend.
+pub const RESUME_GAP: Duration = Duration::from_millis(500);
+
 /// A participant's connection, as the engine numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u32);
@@ -153,6 +158,8 @@ struct Published<P, R> {
     /// Packets by incoming seq, with their codec.
     cache: PacketCache<(P, Codec)>,
     last_keyframe_request: Option<Instant>,
+    /// When the newest packet came, and its sequence number.
+    newest: Option<(Instant, u16)>,
     subscribers: Vec<Down<R>>,
 }
 
@@ -206,6 +213,7 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 codec: None,
                 cache: PacketCache::default(),
                 last_keyframe_request: None,
+                newest: None,
                 subscribers: Vec::new(),
             },
         );
@@ -350,6 +358,25 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 }
             }
             t.codec = Some(meta.codec);
+        }
+        // A late packet says nothing of a gap.
+        if t.newest
+            .is_none_or(|(_, newest)| seq_after(meta.seq, newest))
+        {
+            if let Some((at, newest)) = t.newest {
+                let lost = meta.seq != newest.wrapping_add(1);
+                if lost && !audio && now.saturating_duration_since(at) >= RESUME_GAP {
+                    // Back after a gap that lost packets: the subscribers' decoders cannot
+                    // go on from here. They restart at a keyframe (asked for below), with
+                    // their numbering continued, so there is no hole for them to NACK.
+                    for d in &mut t.subscribers {
+                        if d.state == DownState::Forwarding {
+                            d.state = DownState::WaitingForKeyframe;
+                        }
+                    }
+                }
+            }
+            t.newest = Some((now, meta.seq));
         }
         let mut waiting = false;
         for d in &mut t.subscribers {

@@ -563,3 +563,74 @@ fn a_nack_is_never_answered_in_a_codec_the_subscriber_refused() {
     });
     assert!(resent.iter().all(|c| *c == Codec::Vp8), "{resent:?}");
 }
+
+/// A publisher's path cut for a while: its packets come back with some missing. Video
+/// subscribers wait for a keyframe, asked for at once and again while they wait, and go
+/// on with no hole in their numbering; audio goes on at once.
+#[test]
+fn video_back_after_a_gap_with_losses_restarts_at_a_keyframe_asked_for_at_once() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, clock.at(0));
+    f.subscribe(AUDIO, sub, 3, clock.at(0));
+    feed(&mut f, VIDEO, 100, true, clock.at(0));
+    feed(&mut f, VIDEO, 101, false, clock.at(30));
+    feed(&mut f, AUDIO, 7, false, clock.at(30));
+    // 3 s later: 102..=199 never arrived.
+    let (out, req) = feed(&mut f, VIDEO, 200, false, clock.at(3_030));
+    assert!(out.is_empty(), "an undecodable delta frame is held back");
+    assert_eq!(
+        req.map(|r| r.track),
+        Some(VIDEO),
+        "a keyframe is asked for at once"
+    );
+    let (out, req) = feed(&mut f, VIDEO, 201, false, clock.at(3_100));
+    assert!(out.is_empty() && req.is_none(), "one request per interval");
+    let (_, req) = feed(&mut f, VIDEO, 202, false, clock.at(3_540));
+    assert!(req.is_some(), "asked again while waiting");
+    assert_eq!(
+        feed(&mut f, AUDIO, 150, false, clock.at(3_030)).0,
+        vec![(sub, 150)],
+        "audio goes on"
+    );
+    assert_eq!(
+        feed(&mut f, VIDEO, 203, true, clock.at(3_600)).0,
+        vec![(sub, 102)],
+        "the keyframe follows 101 with no hole"
+    );
+    assert_eq!(
+        feed(&mut f, VIDEO, 204, false, clock.at(3_630)).0,
+        vec![(sub, 103)]
+    );
+}
+
+/// A gap with nothing lost (the publisher sent nothing: a paused encoder, a still screen)
+/// and a gap that comes back with a keyframe both go on at once, with no request.
+#[test]
+fn a_gap_without_losses_or_ending_at_a_keyframe_goes_on_at_once() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, clock.at(0));
+    feed(&mut f, VIDEO, 100, true, clock.at(0));
+    assert_eq!(
+        feed(&mut f, VIDEO, 101, false, clock.at(2_000)),
+        (vec![(sub, 101)], None),
+        "nothing lost in 2 s of silence"
+    );
+    assert_eq!(
+        feed(&mut f, VIDEO, 150, true, clock.at(4_000)),
+        (vec![(sub, 102)], None),
+        "back with a keyframe after losses"
+    );
+    // A late packet after a gap restarts nothing.
+    assert_eq!(
+        feed(&mut f, VIDEO, 120, false, clock.at(6_000)),
+        (vec![], None)
+    );
+    assert_eq!(
+        feed(&mut f, VIDEO, 151, false, clock.at(6_010)),
+        (vec![(sub, 103)], None)
+    );
+}

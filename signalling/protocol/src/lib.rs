@@ -63,10 +63,12 @@ pub enum ClientMsg {
     /// How this browser's media reaches the SFU now (its selected ICE candidate pair), for
     /// staff to see; sent once connected and whenever it changes.
     MediaPath { path: MediaPath },
-    /// The browser's connection to the SFU failed or its network changed: the SFU offers
-    /// its subscriber connection again with new ICE credentials (a `subscriber_offer`).
-    /// The browser restarts its publisher connection itself, with a `publish_offer` made
-    /// with `iceRestart`. The media session and the consultation go on.
+    /// The browser's connection to the SFU failed or its network changed: answered by
+    /// `ice_servers` (fresh TURN credentials), then the SFU offers its subscriber
+    /// connection again with new ICE credentials (a `subscriber_offer`). The browser
+    /// restarts its publisher connection itself, with a `publish_offer` made with
+    /// `iceRestart` once it has the new servers. The media session and the consultation
+    /// go on.
     RestartIce,
     /// After the websocket dropped and was opened again (a new network, a lost link): takes
     /// back the media session the last connection left, if it is less than a few seconds
@@ -268,6 +270,9 @@ pub enum ServerMsg {
     },
     /// `resume_media` took back the session: the peer connections go on (restart ICE).
     MediaResumed { consultation: ConsultationId },
+    /// The answer to `restart_ice`: the ICE servers to gather with from now on, with a
+    /// TURN credential minted now (the one given at `media_joined` may have expired).
+    IceServers { ice_servers: Vec<IceServer> },
     /// The SFU's answer to `publish_offer`.
     PublishAnswer { sdp: String },
     /// The SFU offers what the browser receives (everyone else's tracks); answer with

@@ -512,6 +512,16 @@ fn media_fixtures() -> Vec<&'static str> {
             },
         ),
         check(
+            "server_ice_servers",
+            &ServerMsg::IceServers {
+                ice_servers: vec![IceServer {
+                    urls: vec!["turns:turn.example-hospital.org:443?transport=tcp".into()],
+                    username: Some("1700028800:staff-5f0e".into()),
+                    credential: Some("p1X4m3R6oK0bTq2dWc9sZy8uVn4=".into()),
+                }],
+            },
+        ),
+        check(
             "server_publish_answer",
             &ServerMsg::PublishAnswer { sdp: SDP.into() },
         ),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use protocol::control::{ControlOp, ControlOutcome};
 use protocol::{
-    ClientMsg, ClinicId, ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES,
+    ClientMsg, ClinicId, ConsultationId, ErrorCode, IceServer, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES,
     MediaEndReason, MediaPath, ParticipantId, ServerMsg, Session, VisitEndReason,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -851,7 +851,12 @@ impl Connection {
                     participant: s.participant,
                 };
                 self.relay(op, |_| None);
-                None
+                // Fresh credentials for the connections' new gathering: coturn checks a
+                // credential's expiry when an allocation is made, so one from the start of
+                // a long call would be refused now. Sent before the node's new offer.
+                Some(ServerMsg::IceServers {
+                    ice_servers: self.ice_servers(principal),
+                })
             }
             ClientMsg::IceCandidate { leg, candidate } => {
                 let Some(s) = &self.media else {
@@ -906,21 +911,9 @@ impl Connection {
                     consultation,
                     path: None,
                 });
-                // A TURN credential of this person's own, minted now: it travels in this
-                // message only, never in a log.
-                let subject = match principal {
-                    Principal::Patient(visit) => Subject::Visit(*visit),
-                    Principal::Staff(claims) => Subject::Staff(&claims.sub),
-                };
-                let now_secs = crate::service::now().0 / 1000;
                 ServerMsg::MediaJoined {
                     consultation,
-                    ice_servers: self
-                        .state
-                        .service
-                        .media()
-                        .map(|m| m.ice_servers().for_call(subject, now_secs))
-                        .unwrap_or_default(),
+                    ice_servers: self.ice_servers(principal),
                 }
             }
             Err(e) => {
@@ -928,6 +921,21 @@ impl Connection {
                 app_error(None, &e)
             }
         }
+    }
+
+    /// The ICE servers for this person's media, with a TURN credential of their own minted
+    /// now: it travels in the message it is put in only, never in a log.
+    fn ice_servers(&self, principal: &Principal) -> Vec<IceServer> {
+        let subject = match principal {
+            Principal::Patient(visit) => Subject::Visit(*visit),
+            Principal::Staff(claims) => Subject::Staff(&claims.sub),
+        };
+        let now_secs = crate::service::now().0 / 1000;
+        self.state
+            .service
+            .media()
+            .map(|m| m.ice_servers().for_call(subject, now_secs))
+            .unwrap_or_default()
     }
 
     /// Sends `op` to this connection's node on its own task; what `answer` makes of the

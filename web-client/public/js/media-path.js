@@ -34,7 +34,7 @@ export const PATH_MEANING = {
  * The selected candidate pair of an RTCStatsReport, or null. Chromium and Safari name it
  * on the transport; Firefox marks the pair itself (`selected`).
  */
-function selectedPair(stats) {
+export function selectedPair(stats) {
   let pair = null;
   stats.forEach((r) => {
     if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId) ?? pair;

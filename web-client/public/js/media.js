@@ -35,7 +35,7 @@
 //   await media.stats();          // summed getStats() figures, for tests and diagnostics
 //   await media.path();           // how media flows now: 'udp' ... 'turn_tls' (media-path.js)
 
-import { pathOf } from './media-path.js';
+import { pathOf, selectedPair } from './media-path.js';
 
 /**
  * Runs an action again later after a failure (joining a call that could not be joined):
@@ -91,7 +91,21 @@ const MEDIA_MESSAGES = new Set([
   'peer_media_state',
   'publish_renegotiate',
   'media_resumed',
+  'ice_servers',
 ]);
+
+/**
+ * When the earliest TURN credential a connection gathers with expires, in seconds since
+ * the epoch (a TURN REST user name is `EXPIRY:ID`), or null if it has none.
+ */
+function credentialExpiry(pc) {
+  let earliest = null;
+  for (const server of pc.getConfiguration().iceServers || []) {
+    const expiry = Number(/^(\d+):/.exec(server.username || '')?.[1]);
+    if (expiry && (earliest === null || expiry < earliest)) earliest = expiry;
+  }
+  return earliest;
+}
 
 /** A connection 'disconnected' this long (ms) has its ICE restarted. */
 const DISCONNECTED_GRACE_MS = 1_000;
@@ -257,7 +271,24 @@ export class MediaSession {
     this.#restart = { attempt, timer, at: performance.now() };
     this.#marks.restarted = performance.now();
     if (this.#state !== 'reconnecting') this.#setState('reconnecting');
+    // The server answers with fresh ICE servers (a TURN credential minted now: the first
+    // one may have expired in a long call); the publisher is offered again once they are
+    // set, so that its new gathering uses them. A lost answer is covered by the timer.
     this.send({ type: 'restart_ice' });
+  }
+
+  /** ice_servers (the answer to restart_ice): gather with them from now on, then offer. */
+  #restartWith(iceServers) {
+    const pcs = this.#pcs;
+    if (!pcs || !this.#restart) return;
+    for (const leg of LEGS) {
+      try {
+        pcs[leg].setConfiguration({ ...pcs[leg].getConfiguration(), iceServers });
+      } catch (e) {
+        // Refused servers leave the old ones in place; the restart goes on with them.
+        console.warn(`new ICE servers refused (${leg})`, e);
+      }
+    }
     this.#offerPublisher(pcs, { iceRestart: true });
   }
 
@@ -324,6 +355,9 @@ export class MediaSession {
           this.#suspended = null;
           this.#afterResume();
         }
+        break;
+      case 'ice_servers':
+        this.#restartWith(msg.ice_servers || []);
         break;
       case 'publish_renegotiate':
         if (this.#pcs) this.#offerPublisher(this.#pcs);
@@ -422,8 +456,11 @@ export class MediaSession {
       // Per other participant (by the id of the stream their tracks arrive in): video
       // frames decoded and in which codec, audio packets received.
       byStream: {},
+      // Per connection, when its TURN credential expires (s since the epoch; null: none).
+      credentialExpires: { publisher: null, subscriber: null },
     };
     if (!this.#pcs) return out;
+    for (const leg of LEGS) out.credentialExpires[leg] = credentialExpiry(this.#pcs[leg]);
     for (const t of this.#pcs.publisher.getTransceivers()) {
       const kind = t.receiver.track.kind;
       const track = t.sender.track;
@@ -519,15 +556,20 @@ export class MediaSession {
   }
 
   /**
-   * While the subscriber connection receives tracks, the SFU sends on it all the time
-   * (media and RTCP): bytes that stop coming for SILENCE_MS mean the path is gone.
+   * While the subscriber connection receives tracks, the SFU sends to this page all the
+   * time (media and RTCP on it, RTCP feedback on the publisher's while this page sends):
+   * bytes that stop coming on both for SILENCE_MS mean the path is gone.
    */
   async #checkSilence(pcs) {
     const w = this.#silence;
     if (this.#pcs !== pcs || !w || !['connected', 'reconnecting'].includes(this.#state)) return;
     if (!receivingAny(pcs.subscriber)) return;
-    const bytes = selectedPair(await pcs.subscriber.getStats())?.bytesReceived ?? 0;
+    // Whatever the SFU sends on either connection: the publisher's gets its feedback
+    // (RTCP) while this page sends, so the path is known alive even when the others'
+    // media stops (their own path was cut): restarting here would not bring it back.
+    const reports = await Promise.all(LEGS.map((leg) => pcs[leg].getStats()));
     if (this.#pcs !== pcs) return;
+    const bytes = reports.reduce((sum, r) => sum + (selectedPair(r)?.bytesReceived ?? 0), 0);
     const now = performance.now();
     const flowing = bytes !== w.bytes;
     if (flowing) {
@@ -785,17 +827,6 @@ function selectedPath(report) {
 /** Whether a connection receives any track. */
 function receivingAny(pc) {
   return pc.getTransceivers().some((t) => t.currentDirection === 'recvonly' || t.currentDirection === 'sendrecv');
-}
-
-/** A connection's selected candidate pair (its stats), or undefined. */
-function selectedPair(report) {
-  let pairId = null;
-  report.forEach((r) => {
-    if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
-  });
-  // Firefox reports no transport: its selected pair says so itself.
-  if (!pairId) report.forEach((r) => r.type === 'candidate-pair' && r.selected && (pairId = r.id));
-  return report.get(pairId);
 }
 
 /** Adds a report's numeric fields into the sum's fields of the same name. */
