@@ -102,10 +102,6 @@ impl Endpoint {
         let Some(codec) = t.codec_of(packet.header.payload_type) else {
             return;
         };
-        let resumed = t.kind == MediaKind::Video
-            && t.last_packet
-                .is_some_and(|last| now.saturating_duration_since(last) >= RESUME_GAP);
-        t.last_packet = Some(now);
         let meta = RtpMeta {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,
@@ -120,13 +116,6 @@ impl Endpoint {
             .on_rtp(track, meta, Cached(Arc::new(packet)), now, |fw| {
                 send_forward(conns, touched, fw, now);
             });
-        let request = match request {
-            None if resumed => {
-                tracing::debug!(track = track.0, "resumed after a gap");
-                r.forwarder.on_keyframe_request(track, now)
-            }
-            other => other,
-        };
         if let Some(req) = request {
             request_keyframe(conns, touched, r, req, now);
         }
@@ -265,7 +254,6 @@ impl Endpoint {
                 conn: id,
                 receiver: init.receiver_id,
                 media_ssrc,
-                last_packet: None,
             },
         );
         tracing::debug!(track = track.0, ?kind, "publishing");

@@ -214,14 +214,7 @@ struct Published {
     conn: ConnId,
     receiver: RTCRtpReceiverId,
     media_ssrc: u32,
-    /// When its last packet came (a video track resuming after a gap asks for a keyframe).
-    last_packet: Option<Instant>,
 }
-
-/// A video track whose packets stop this long and come back (its publisher's path was cut
-/// and restored, or moved) asks for a keyframe at once: its subscribers' decoders lost
-/// what came between.
-const RESUME_GAP: Duration = Duration::from_millis(500);
 
 impl Published {
     fn codec_of(&self, payload_type: u8) -> Option<Codec> {
