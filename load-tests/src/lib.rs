@@ -3,6 +3,7 @@
 //! chart.
 
 pub mod chart;
+pub mod impair;
 pub mod janus;
 pub mod procfs;
 

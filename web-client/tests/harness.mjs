@@ -19,6 +19,8 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 export const WEB_ROOT = path.join(REPO_ROOT, 'web-client', 'public');
 export const CONSULT_BIN = path.resolve(REPO_ROOT, process.env.CONSULT_BIN || 'target/debug/consult');
 export const SFU_BIN = path.resolve(REPO_ROOT, process.env.SFU_BIN || 'target/debug/sfu');
+/** The impaired link (load-tests), for tests/netns.mjs's impairedNetwork. */
+export const IMPAIR_BIN = path.resolve(REPO_ROOT, process.env.IMPAIR_BIN || 'target/debug/impair');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 export const CHROMIUM_ARGS = [
@@ -61,7 +63,7 @@ function childEnv(extra = {}) {
 
 /** A child process whose output is kept (its tail) for diagnostics. */
 export class Proc {
-  constructor(name, cmd, args, { env = {}, cwd = REPO_ROOT, input } = {}) {
+  constructor(name, cmd, args, { env = {}, cwd = REPO_ROOT, input, keepStdin = false } = {}) {
     this.name = name;
     this.command = [cmd, ...args].join(' ');
     this.stdout = '';
@@ -90,7 +92,8 @@ export class Proc {
     });
     this.child.stdin.on('error', () => {}); // a child that never reads its input
     if (input !== undefined) this.child.stdin.write(input);
-    this.child.stdin.end();
+    // Closed unless the caller talks to the process (`keepStdin`: `this.child.stdin`).
+    if (!keepStdin) this.child.stdin.end();
   }
 
   /** Waits for a line of stdout matching `re`; fails if the process ends first. */
@@ -251,7 +254,7 @@ function formatMessages(messages = []) {
 
 // --- the platform's processes -----------------------------------------------------------------
 
-async function requireExecutable(file, what) {
+export async function requireExecutable(file, what) {
   try {
     await access(file, constants.X_OK);
   } catch {

@@ -1,5 +1,6 @@
 // A network of its own for one browser, so that a test can block what that browser may
-// send with nftables while everything else (servers, the other browsers) is untouched.
+// send with nftables (childNetwork), or carry it over an impaired link (impairedNetwork),
+// while everything else (servers, the other browsers) is untouched.
 //
 // Inside the test's namespace (scripts/browser-tests: `unshare --net`, only `lo`), this
 // makes a child namespace joined to it by a veth pair, and a Chromium launcher that runs
@@ -32,6 +33,99 @@ let made = 0;
  * Everything is removed with the environment (the namespace ends with its holder).
  */
 export async function childNetwork(env) {
+  const ns = await childNamespace(env);
+  made += 1;
+  const host = `tb${process.pid % 10000}h${made}`; // interface names: 15 characters at most
+  const peer = `tb${process.pid % 10000}c${made}`;
+  await run('ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', peer, 'netns', String(ns.pid)]);
+  env.servers.push({ close: () => run('ip', ['link', 'del', host]).catch(() => {}) });
+  for (const ip of [SERVER_IP, TURN_IP]) await run('ip', ['addr', 'add', `${ip}/24`, 'dev', host]);
+  await run('ip', ['link', 'set', host, 'up']);
+  await ns.exec('ip', ['addr', 'add', `${BROWSER_IP}/24`, 'dev', peer]);
+  await ns.exec('ip', ['link', 'set', peer, 'up']);
+  await waitUp(ns, peer);
+  return ns;
+}
+
+/**
+ * Like childNetwork, but joined to this namespace by `impair` (load-tests/src/bin/impair.rs,
+ * $IMPAIR_BIN): a userspace link over two TUN devices, one moved into the child, with
+ * loss, delay, jitter and a rate cap per direction, changeable while it runs. Resolves
+ * with childNetwork's fields plus
+ *   set(direction, {loss, delay, jitter, rate, queue}) — 'up' (from the child), 'down'
+ *     (toward it) or 'both'; loss in %, delay, jitter and queue in ms, rate in kbit/s
+ *     or 'off'; only the settings named change;
+ *   clear() — a perfect link both ways;
+ *   counters() — {up, down}: packets, bytes, sent_packets, sent_bytes, lost, queue_dropped.
+ * The relay stops with the environment, and by itself after `maxSeconds`.
+ */
+export async function impairedNetwork(env, { seed = 1, maxSeconds = 900 } = {}) {
+  const ns = await childNamespace(env);
+  made += 1;
+  const client = `ti${process.pid % 10000}c${made}`;
+  const server = `ti${process.pid % 10000}s${made}`;
+  await h.requireExecutable(h.IMPAIR_BIN, 'impair binary (cargo build -p load-tests --bin impair)');
+  const relay = env.spawn(
+    'impair',
+    h.IMPAIR_BIN,
+    ['--client-tun', client, '--server-tun', server, '--seed', String(seed), '--max-seconds', String(maxSeconds)],
+    { keepStdin: true },
+  );
+  await relay.waitForLine(/^ready /m, 10_000);
+  await run('ip', ['link', 'set', client, 'netns', String(ns.pid)]);
+  for (const ip of [SERVER_IP, TURN_IP]) await run('ip', ['addr', 'add', `${ip}/24`, 'dev', server]);
+  await run('ip', ['link', 'set', server, 'up']);
+  await ns.exec('ip', ['addr', 'add', `${BROWSER_IP}/24`, 'dev', client]);
+  await ns.exec('ip', ['link', 'set', client, 'up']);
+  await ns.exec('ip', ['route', 'add', 'default', 'dev', client]);
+  await waitUp(ns, client);
+
+  // One command at a time: its answer is the next lines of the relay's output.
+  let seen = relay.stdout.length;
+  let queue = Promise.resolve();
+  const ask = (line, lines = 1) => {
+    const answer = queue.then(async () => {
+      const from = seen;
+      relay.child.stdin.write(`${line}\n`);
+      for (let i = 0; ; i++) {
+        const got = relay.stdout.slice(from).split('\n');
+        if (got.length > lines) {
+          const out = got.slice(0, lines);
+          seen = from + out.join('\n').length + 1;
+          if (out[0].startsWith('error: ')) throw new Error(`impair refused \`${line}\`: ${out[0]}`);
+          return out;
+        }
+        if (relay.exitCode !== undefined) throw new Error(`impair exited before answering \`${line}\`\n${relay.tail()}`);
+        if (i > 500) throw new Error(`impair did not answer \`${line}\`\n${relay.tail()}`);
+        await sleep(10);
+      }
+    });
+    queue = answer.catch(() => {});
+    return answer;
+  };
+  const parse = (line) => Object.fromEntries(line.split(' ').slice(2).map((kv) => kv.split('=')).map(([k, v]) => [k, Number(v)]));
+  return {
+    ...ns,
+    relay,
+    async set(direction, settings) {
+      const pairs = Object.entries(settings).map(([k, v]) => `${k}=${v}`);
+      await ask(`${direction} ${pairs.join(' ')}`);
+    },
+    async clear() {
+      await ask('clear');
+    },
+    async counters() {
+      const [up, down] = await ask('counters', 2);
+      return { up: parse(up), down: parse(down) };
+    },
+  };
+}
+
+/**
+ * A child network namespace (only `lo`, up) and a Chromium launcher for it, with the
+ * nft helpers; the caller joins it to this one.
+ */
+async function childNamespace(env) {
   const dir = await env.tmpdir();
   // The namespace lives as long as this process, which does nothing else.
   const holder = env.spawn('netns holder', 'unshare', ['--net', '--', 'sleep', '3600']);
@@ -51,23 +145,7 @@ export async function childNetwork(env) {
     }
     return p;
   };
-  made += 1;
-  const host = `tb${process.pid % 10000}h${made}`; // interface names: 15 characters at most
-  const peer = `tb${process.pid % 10000}c${made}`;
-  await run('ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', peer, 'netns', String(holder.child.pid)]);
-  env.servers.push({ close: () => run('ip', ['link', 'del', host]).catch(() => {}) });
-  for (const ip of [SERVER_IP, TURN_IP]) await run('ip', ['addr', 'add', `${ip}/24`, 'dev', host]);
-  await run('ip', ['link', 'set', host, 'up']);
   await exec('ip', ['link', 'set', 'lo', 'up']);
-  await exec('ip', ['addr', 'add', `${BROWSER_IP}/24`, 'dev', peer]);
-  await exec('ip', ['link', 'set', peer, 'up']);
-  // The veth needs a moment before it carries packets (its carrier comes up).
-  for (let i = 0; ; i++) {
-    const { stdout } = await exec('ip', ['-o', 'link', 'show', peer]);
-    if (/state UP|LOWER_UP/.test(stdout)) break;
-    if (i > 200) throw new Error(`veth ${peer} did not come up: ${stdout}`);
-    await sleep(10);
-  }
 
   // Debian's Chromium, started inside the child namespace.
   const launcher = path.join(dir, 'chromium-in-netns');
@@ -95,6 +173,16 @@ export async function childNetwork(env) {
       return chromium.launch({ executablePath: launcher, headless: true, args: [...h.CHROMIUM_ARGS, ...extraArgs] });
     },
   };
+}
+
+/** Waits for a link in the child to come up (a veth's carrier takes a moment). */
+async function waitUp(ns, link) {
+  for (let i = 0; ; i++) {
+    const { stdout } = await ns.exec('ip', ['-o', 'link', 'show', link]);
+    if (/state UP|LOWER_UP/.test(stdout)) break;
+    if (i > 200) throw new Error(`${link} did not come up: ${stdout}`);
+    await sleep(10);
+  }
 }
 
 /** The packets an nft rule listing says its `counter` rules counted, summed. */

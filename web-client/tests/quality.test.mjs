@@ -1,0 +1,363 @@
+// Issue 15: call quality on impaired links, our SFU side by side with a direct call. The
+// patient's browser runs in a network of its own joined to the servers' by `impair`
+// (netns.mjs's impairedNetwork: loss, delay, jitter and a rate cap per direction); the
+// clinician's browser is on the clean side. Two kinds of call over the same link:
+//   ours    the real pages in a consultation through consult and our SFU;
+//   direct  two plain pages of this test's own (the app's camera constraints, fake
+//           devices) with one RTCPeerConnection between them, Chrome's own congestion
+//           control end to end.
+// Per run, from getStats over a fixed window, on the patient's page (it receives over the
+// impaired link): freezes, fps, frame height, audio concealment, packets lost, NACKs; and
+// the available outgoing bitrate of the side sending toward the patient (the clinician's
+// page: toward the SFU for ours, toward the patient for direct).
+//
+// Short tier (scripts/browser-tests): 5 % loss both ways for 8 s, ours and direct; asserts
+// the figures come out, the call holds, and audio concealment stays under 15 %.
+// Full matrix (load-tests/measure-all, or by hand):
+//   QUALITY=full RUNS=3 scripts/browser-tests tests/quality.test.mjs
+// prints one `quality …` line per run, `quality-median …` per condition and kind, and
+// (full) `quality-samples …` (each second's fps, height and estimate) for the chart.
+
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { chromium } from 'playwright-core';
+import * as h from './harness.mjs';
+import * as p from './patient-helpers.mjs';
+import * as s from './staff-helpers.mjs';
+import { impairedNetwork, SERVER_IP } from './netns.mjs';
+
+const FULL = process.env.QUALITY === 'full';
+const RUNS = Number(process.env.RUNS || (FULL ? 3 : 1));
+const WINDOW_S = Number(process.env.QUALITY_WINDOW || (FULL ? 60 : 8));
+
+/** The conditions on the patient's side (the issue's table). */
+const CONDITIONS = {
+  clean: { steps: [] },
+  'loss5-rtt150': { steps: [['both', { loss: 5, delay: 75 }]] },
+  loss20: { steps: [['both', { loss: 20 }]] },
+  cap350: { steps: [['down', { rate: 350 }]] },
+  // The cap for the window, then lifted: a second window says how quality comes back.
+  'cap350-lifted': { steps: [['down', { rate: 350 }]], lift: ['down', { rate: 'off' }] },
+};
+const SHORT = ['loss5'];
+CONDITIONS.loss5 = { steps: [['both', { loss: 5 }]] };
+const MATRIX = FULL ? ['clean', 'loss5-rtt150', 'loss20', 'cap350', 'cap350-lifted'] : SHORT;
+const KINDS = ['ours', 'direct'];
+
+// A watchdog for the whole file: each run is two windows at most plus ~30 s of setup.
+h.watchdog(FULL ? MATRIX.length * KINDS.length * RUNS * (2 * WINDOW_S + 60) + 60 : 120);
+
+const ORIGIN = `http://${SERVER_IP}:443`;
+/** Browsers offer a camera only to secure pages; plain HTTP on this address counts here. */
+const SECURE_ORIGIN = `--unsafely-treat-insecure-origin-as-secure=${ORIGIN}`;
+
+/** Every RTCPeerConnection a page makes, kept where the measurement can find it. */
+const KEEP_PCS = () => {
+  const Original = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends Original {
+    constructor(...args) {
+      super(...args);
+      window.__pcs.push(this);
+    }
+  };
+};
+
+/** The figures of one moment, summed over the page's open peer connections. */
+async function snapshot(page) {
+  return page.evaluate(async () => {
+    const out = {
+      at: performance.now(),
+      freezes: 0,
+      freezeS: 0,
+      framesDecoded: 0,
+      fps: 0,
+      height: 0,
+      videoLost: 0,
+      videoReceived: 0,
+      nacks: 0,
+      concealed: 0,
+      samples: 0,
+      audioLost: 0,
+      audioReceived: 0,
+      bytesReceived: 0,
+      aob: 0,
+      rtt: 0,
+    };
+    for (const pc of window.__pcs || []) {
+      if (pc.connectionState === 'closed') continue;
+      let report;
+      try {
+        report = await pc.getStats();
+      } catch {
+        continue;
+      }
+      const byId = new Map();
+      report.forEach((r) => byId.set(r.id, r));
+      for (const r of byId.values()) {
+        if (r.type === 'inbound-rtp' && r.kind === 'video') {
+          out.freezes += r.freezeCount || 0;
+          out.freezeS += r.totalFreezesDuration || 0;
+          out.framesDecoded += r.framesDecoded || 0;
+          out.fps = Math.max(out.fps, r.framesPerSecond || 0);
+          out.height = Math.max(out.height, r.frameHeight || 0);
+          out.videoLost += r.packetsLost || 0;
+          out.videoReceived += r.packetsReceived || 0;
+          out.nacks += r.nackCount || 0;
+          out.bytesReceived += r.bytesReceived || 0;
+        } else if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+          out.concealed += r.concealedSamples || 0;
+          out.samples += r.totalSamplesReceived || 0;
+          out.audioLost += r.packetsLost || 0;
+          out.audioReceived += r.packetsReceived || 0;
+          out.bytesReceived += r.bytesReceived || 0;
+        } else if (r.type === 'transport' && r.selectedCandidatePairId) {
+          const pair = byId.get(r.selectedCandidatePairId);
+          out.aob += pair?.availableOutgoingBitrate || 0;
+          out.rtt = Math.max(out.rtt, pair?.currentRoundTripTime || 0);
+        }
+      }
+    }
+    return out;
+  });
+}
+
+/** Sums over `seconds`: start and end snapshots, and a sample of each page every second. */
+async function measure(receiver, sender, seconds) {
+  const a = await snapshot(receiver);
+  const samples = [];
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    await h.sleep(Math.min(1000, Math.max(0, end - Date.now())));
+    const [r, x] = await Promise.all([snapshot(receiver), snapshot(sender)]);
+    samples.push({ t: round((r.at - a.at) / 1000, 1), fps: r.fps, height: r.height, aob: Math.round(x.aob / 1000) });
+  }
+  const b = await snapshot(receiver);
+  const d = (k) => b[k] - a[k];
+  const mean = (xs) => (xs.length ? xs.reduce((x, y) => x + y, 0) / xs.length : 0);
+  const heights = samples.map((x) => x.height).sort((x, y) => x - y);
+  const windowS = (b.at - a.at) / 1000;
+  const lost = d('videoLost') + d('audioLost');
+  const received = d('videoReceived') + d('audioReceived');
+  return {
+    window_s: round(windowS, 1),
+    freezes: d('freezes'),
+    freezes_per_min: round((d('freezes') * 60) / windowS, 2),
+    freeze_s: round(d('freezeS'), 2),
+    fps: round(mean(samples.map((x) => x.fps)), 1),
+    decoded_fps: round(d('framesDecoded') / windowS, 1),
+    height: heights[Math.floor(heights.length / 2)] ?? 0,
+    conceal_pct: round(d('samples') > 0 ? (100 * d('concealed')) / d('samples') : NaN, 2),
+    lost_pct: round(received + lost > 0 ? (100 * lost) / (received + lost) : 0, 2),
+    lost,
+    nacks: d('nacks'),
+    recv_kbps: Math.round((d('bytesReceived') * 8) / windowS / 1000),
+    aob_kbps: Math.round(mean(samples.map((x) => x.aob))),
+    rtt_ms: Math.round(b.rtt * 1000),
+    frames: d('framesDecoded'),
+    samples,
+  };
+}
+
+const round = (x, n) => Math.round(x * 10 ** n) / 10 ** n;
+
+let staffBrowser;
+before(async () => {
+  staffBrowser = await chromium.launch({ executablePath: h.CHROMIUM, headless: true, args: [...h.CHROMIUM_ARGS, SECURE_ORIGIN] });
+});
+after(async () => {
+  await staffBrowser?.close();
+});
+
+/** consult on the servers' side of the link (in-process SFU, media on the same address). */
+async function platform(env) {
+  const store = { dataDir: await env.tmpdir() };
+  await h.consultCli(env, store, ['clinic', 'add', 'derm', '--name', 'Dermatology', '--open-link']);
+  const password = s.password();
+  await h.consultCli(
+    env,
+    store,
+    ['staff', 'add', 'dr.jones', '--name', 'Dr Jones', '--role', 'clinician', '--clinic', 'derm', '--password-stdin'],
+    `${password}\n`,
+  );
+  await h.startConsult(env, {
+    ...store,
+    extraEnv: { CONSULT_LISTEN: `${SERVER_IP}:443`, CONSULT_PUBLIC_URL: ORIGIN, CONSULT_MEDIA_IP: SERVER_IP },
+  });
+  return { password };
+}
+
+const staffStats = () => window.consultStaff?.stats();
+const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
+
+/** A consultation through our SFU: resolves with {patient, clinician} pages, both decoding. */
+async function oursCall(env, patientBrowser) {
+  const pf = await platform(env);
+  const doc = await s.openPage(staffBrowser, env, ORIGIN, 'clinician');
+  await doc.addInitScript(KEEP_PCS);
+  await doc.reload();
+  await s.signIn(doc, 'dr.jones', pf.password);
+  await s.waitStaff(doc, (x) => x.socket === 'open' && x.clinics.length === 1, 'clinician board');
+  const context = await patientBrowser.newContext({ viewport: p.DESKTOP });
+  env.contexts.push(context);
+  await context.addInitScript(KEEP_PCS);
+  const page = await p.openPatient(patientBrowser, env, ORIGIN, '/c/derm', 'patient', { context });
+  await p.startCheck(page);
+  await p.waitPatient(page, p.checkPassed, 'the check passes', 30_000);
+  await p.enterWaitingRoom(page, 'Pat Impaired', 'patient', undefined, p.checkPassed);
+  await s.waitStaff(doc, (x) => s.clinic(x, 'derm').waiting.some((v) => v.name === 'Pat Impaired'), 'the clinician sees the patient');
+  await doc.getByRole('button', { name: 'Call next patient in Dermatology', exact: true }).click();
+  await h.waitFor(doc, receiving, 'the clinician receives the patient', 30_000, staffStats);
+  await p.waitPatientStats(page, receiving, 'the patient receives the clinician', 30_000);
+  return { patient: page, clinician: doc };
+}
+
+/** The direct call's page: the app's camera constraints, one peer connection, no trickle. */
+const DIRECT_PAGE = `<!doctype html><meta charset="utf-8"><title>direct call</title>
+<video id="remote" autoplay playsinline muted></video>
+<script type="module">
+import { VIDEO } from '/js/devices.js';
+const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: VIDEO });
+const pc = new RTCPeerConnection();
+for (const t of stream.getTracks()) pc.addTrack(t, stream);
+pc.ontrack = (e) => { document.getElementById('remote').srcObject = e.streams[0]; };
+const gathered = () => new Promise((resolve) => {
+  if (pc.iceGatheringState === 'complete') return resolve();
+  pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
+});
+window.direct = {
+  async offer() { await pc.setLocalDescription(); await gathered(); return pc.localDescription.toJSON(); },
+  async answer(offer) { await pc.setRemoteDescription(offer); await pc.setLocalDescription(); await gathered(); return pc.localDescription.toJSON(); },
+  async accept(answer) { await pc.setRemoteDescription(answer); },
+  state: () => pc.connectionState,
+};
+</script>`;
+
+async function directPage(browser, env, label) {
+  const context = await browser.newContext();
+  env.contexts.push(context);
+  await context.addInitScript(KEEP_PCS);
+  const page = await context.newPage();
+  page.on('console', (m) => env.log.push(`[${label}] ${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => env.log.push(`[${label}] PAGE ERROR: ${e.stack || e.message}`));
+  // The page is this test's own, served by the browser driver at the servers' origin (a
+  // secure origin here), with the app's /js/devices.js for the same camera constraints.
+  await page.route(`${ORIGIN}/direct-call`, (route) => route.fulfill({ contentType: 'text/html', body: DIRECT_PAGE }));
+  await page.route(`${ORIGIN}/js/devices.js`, (route) => route.fulfill({ contentType: 'text/javascript', path: path.join(h.WEB_ROOT, 'js', 'devices.js') }));
+  await page.goto(`${ORIGIN}/direct-call`);
+  await page.waitForFunction(() => window.direct !== undefined, null, { timeout: 15_000 });
+  return page;
+}
+
+/** A direct call between two plain pages: resolves with {patient, clinician}, both decoding. */
+async function directCall(env, patientBrowser) {
+  const clinician = await directPage(staffBrowser, env, 'clinician');
+  const patient = await directPage(patientBrowser, env, 'patient');
+  const offer = await clinician.evaluate(() => window.direct.offer());
+  const answer = await patient.evaluate((o) => window.direct.answer(o), offer);
+  await clinician.evaluate((a) => window.direct.accept(a), answer);
+  for (const [page, label] of [
+    [patient, 'the patient receives the clinician'],
+    [clinician, 'the clinician receives the patient'],
+  ]) {
+    await h.waitFor(page, (x) => x.frames > 0 && x.audio > 0, label, 30_000, async () => {
+      const r = await window.__pcs[0].getStats();
+      let frames = 0;
+      let audio = 0;
+      r.forEach((x) => {
+        if (x.type === 'inbound-rtp' && x.kind === 'video') frames += x.framesDecoded || 0;
+        if (x.type === 'inbound-rtp' && x.kind === 'audio') audio += x.packetsReceived || 0;
+      });
+      return { frames, audio };
+    });
+  }
+  return { patient, clinician };
+}
+
+/** Whether the call still holds: the patient's page decodes and its link is connected. */
+async function holds(page) {
+  return page.evaluate(() => (window.__pcs || []).some((pc) => pc.connectionState === 'connected'));
+}
+
+/** One run: a call of `kind` over a link with `condition`; its figures. */
+async function runOnce(kind, condition, run) {
+  return p.withPatientEnv(`quality ${kind} ${condition} ${run}`, async (env) => {
+    const net = await impairedNetwork(env, { seed: run, maxSeconds: 4 * WINDOW_S + 300 });
+    const patientBrowser = await net.launchChromium([SECURE_ORIGIN]);
+    env.servers.push({ close: () => patientBrowser.close().catch(() => {}) });
+    const call = kind === 'ours' ? await oursCall(env, patientBrowser) : await directCall(env, patientBrowser);
+    // Settle on the clean link (the sender's estimate ramps up), note the clean figures,
+    // then set the condition and let it bite for 3 s.
+    await h.sleep(FULL ? 5000 : 2000);
+    const clean = await snapshot(call.patient);
+    const cond = CONDITIONS[condition];
+    for (const [dir, settings] of cond.steps) await net.set(dir, settings);
+    await h.sleep(FULL ? 3000 : 2000);
+    const before = await net.counters();
+    const figures = await measure(call.patient, call.clinician, WINDOW_S);
+    const afterCounters = await net.counters();
+    const result = { kind, condition, run, clean_fps: clean.fps, clean_height: clean.height, ...figures };
+    if (cond.lift) {
+      await net.set(...cond.lift);
+      const lifted = await measure(call.patient, call.clinician, WINDOW_S);
+      // Back to full quality: the first second from which fps holds at 90 % of the clean
+      // link's, and the height at the clean link's, for 3 samples in a row.
+      const ok = lifted.samples.map((x) => x.fps >= 0.9 * clean.fps && x.height >= clean.height);
+      const i = ok.findIndex((_, j) => ok[j] && ok[j + 1] && ok[j + 2]);
+      result.recovered_s = i < 0 ? null : lifted.samples[i].t;
+      result.lifted_fps = lifted.fps;
+      result.lifted_height = lifted.height;
+      result.lifted_freezes = lifted.freezes;
+      // One timeline for the chart: the capped window, then the lifted one.
+      figures.samples.push(...lifted.samples.map((x) => ({ ...x, t: round(x.t + figures.window_s, 1) })));
+    }
+    result.holds = await holds(call.patient);
+    const down = afterCounters.down;
+    result.link_down_lost = down.lost - before.down.lost;
+    result.link_down_queue_dropped = down.queue_dropped - before.down.queue_dropped;
+    result.link_down_kbps = Math.round(((down.sent_bytes - before.down.sent_bytes) * 8) / figures.window_s / 1000);
+    const { samples, ...line } = result;
+    console.log(`quality ${Object.entries(line).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+    if (FULL) console.log(`quality-samples kind=${kind} condition=${condition} run=${run} ${JSON.stringify(samples)}`);
+    return result;
+  });
+}
+
+const median = (xs) => {
+  const v = xs.filter((x) => typeof x === 'number' && !Number.isNaN(x)).sort((a, b) => a - b);
+  return v.length ? v[Math.floor(v.length / 2)] : null;
+};
+
+for (const condition of MATRIX) {
+  test(`${condition}: ours and a direct call over the same impaired link`, async () => {
+    const results = { ours: [], direct: [] };
+    for (let run = 1; run <= RUNS; run++) {
+      // Alternate which kind goes first, so neither always has the quieter machine.
+      const order = run % 2 ? KINDS : [...KINDS].reverse();
+      for (const kind of order) results[kind].push(await runOnce(kind, condition, run));
+    }
+    for (const kind of KINDS) {
+      const rs = results[kind];
+      const keys = ['freezes_per_min', 'freeze_s', 'fps', 'height', 'conceal_pct', 'lost_pct', 'nacks', 'recv_kbps', 'aob_kbps', 'rtt_ms', 'recovered_s', 'lifted_fps', 'lifted_height'];
+      const med = keys.filter((k) => rs.some((r) => k in r)).map((k) => `${k}=${median(rs.map((r) => r[k]))}`);
+      console.log(`quality-median kind=${kind} condition=${condition} runs=${rs.length} ${med.join(' ')}`);
+      for (const r of rs) {
+        // The figures came out, and the call held through the window.
+        assert.ok(r.holds, `${kind} ${condition} run ${r.run}: the call dropped`);
+        assert.ok(r.frames > 0, `${kind} ${condition} run ${r.run}: no video decoded in the window`);
+        assert.ok(Number.isFinite(r.conceal_pct), `${kind} ${condition} run ${r.run}: no audio received`);
+        for (const k of ['freezes', 'fps', 'height', 'lost_pct', 'nacks', 'aob_kbps']) {
+          assert.ok(Number.isFinite(r[k]), `${kind} ${condition} run ${r.run}: ${k} is ${r[k]}`);
+        }
+        if (!FULL) {
+          // 5 % loss both ways: the link dropped about that, the receiver saw loss and
+          // asked for retransmissions, and audio was concealed well under 15 %.
+          assert.ok(r.link_down_lost > 0, `${kind}: the link lost nothing`);
+          assert.ok(r.lost_pct > 0 || r.nacks > 0, `${kind}: no loss seen by the receiver`);
+          assert.ok(r.conceal_pct < 15, `${kind}: audio concealment ${r.conceal_pct} %`);
+        }
+      }
+    }
+  });
+}
