@@ -172,20 +172,12 @@ after(async () => {
 
 /** consult on the servers' side of the link (in-process SFU, media on the same address). */
 async function platform(env) {
-  const store = { dataDir: await env.tmpdir() };
-  await h.consultCli(env, store, ['clinic', 'add', 'derm', '--name', 'Dermatology', '--open-link']);
-  const password = s.password();
-  await h.consultCli(
-    env,
-    store,
-    ['staff', 'add', 'dr.jones', '--name', 'Dr Jones', '--role', 'clinician', '--clinic', 'derm', '--password-stdin'],
-    `${password}\n`,
-  );
-  await h.startConsult(env, {
-    ...store,
+  const pf = await s.platform(env, {
+    clinics: [['derm', 'Dermatology']],
+    staff: [['dr.jones', 'Dr Jones', 'clinician', ['derm']]],
     extraEnv: { CONSULT_LISTEN: `${SERVER_IP}:443`, CONSULT_PUBLIC_URL: ORIGIN, CONSULT_MEDIA_IP: SERVER_IP },
   });
-  return { password };
+  return { password: pf.passwords['dr.jones'], url: pf.url };
 }
 
 const staffStats = () => window.consultStaff?.stats();

@@ -23,7 +23,7 @@ export const password = () => randomBytes(9).toString('hex'); // 18 characters
  * A `consult serve` with the given clinics ([id, name]) and staff ([username, name, role,
  * [clinics]]), made with the command line. Resolves with {url, store, passwords}.
  */
-export async function platform(env, { clinics = [], staff = [] }) {
+export async function platform(env, { clinics = [], staff = [], extraEnv = {} }) {
   const store = { dataDir: await env.tmpdir() };
   for (const [id, name, open = true] of clinics) {
     await h.consultCli(env, store, ['clinic', 'add', id, '--name', name, ...(open ? ['--open-link'] : [])]);
@@ -38,7 +38,7 @@ export async function platform(env, { clinics = [], staff = [] }) {
       `${passwords[username]}\n`,
     );
   }
-  const server = await h.startConsult(env, store);
+  const server = await h.startConsult(env, { ...store, extraEnv });
   return { url: server.url, proc: server.proc, store, passwords };
 }
 

@@ -66,17 +66,9 @@ const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio
  * by default on port 443 of the servers' address, as a hospital's front end would be.
  */
 async function platform(env, turn, { listen = `${SERVER_IP}:443`, publicUrl = ORIGIN } = {}) {
-  const store = { dataDir: await env.tmpdir() };
-  await h.consultCli(env, store, ['clinic', 'add', 'derm', '--name', 'Dermatology', '--open-link']);
-  const password = s.password();
-  await h.consultCli(
-    env,
-    store,
-    ['staff', 'add', 'dr.jones', '--name', 'Dr Jones', '--role', 'clinician', '--clinic', 'derm', '--password-stdin'],
-    `${password}\n`,
-  );
-  const consult = await h.startConsult(env, {
-    ...store,
+  const pf = await s.platform(env, {
+    clinics: [['derm', 'Dermatology']],
+    staff: [['dr.jones', 'Dr Jones', 'clinician', ['derm']]],
     extraEnv: {
       CONSULT_LISTEN: listen,
       CONSULT_PUBLIC_URL: publicUrl,
@@ -87,7 +79,7 @@ async function platform(env, turn, { listen = `${SERVER_IP}:443`, publicUrl = OR
       CONSULT_TURN__URLS: JSON.stringify(turn.urls),
     },
   });
-  return { password, url: consult.url };
+  return { password: pf.passwords['dr.jones'], url: pf.url };
 }
 
 /**
