@@ -46,7 +46,13 @@ pub fn media_codecs(sdp: &str) -> Result<Vec<SectionCodecs>, String> {
                         Some((pt, Codec::from_sdp(&f.name, &f.fmtp)?))
                     })
                     .filter(|(_, c)| c.is_video() == video)
-                    .collect()
+                    .fold(Vec::new(), |mut codecs: Vec<(u8, Codec)>, (pt, c)| {
+                        // A payload type the m= line lists twice is one format.
+                        if !codecs.iter().any(|(seen, _)| *seen == pt) {
+                            codecs.push((pt, c));
+                        }
+                        codecs
+                    })
             };
             SectionCodecs {
                 mid: m.attribute("mid").flatten().unwrap_or_default().to_owned(),
@@ -221,6 +227,23 @@ mod tests {
         let sections = media_codecs(mixed).unwrap();
         assert_eq!(sections[0].codecs, [(111, Codec::Opus)]);
         assert_eq!(sections[1].codecs, [(96, Codec::Vp8)]);
+    }
+
+    /// Found by the `sdp` fuzz target in CI: an `m=` line listing a payload type twice
+    /// had its codec listed twice.
+    #[test]
+    fn a_payload_type_listed_twice_is_one_codec() {
+        let twice = "v=0\r\n\
+            o=- 1 2 IN IP4 0.0.0.0\r\n\
+            s=-\r\n\
+            t=0 0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 102 96\r\n\
+            a=mid:1\r\n\
+            a=rtpmap:96 VP8/90000\r\n\
+            a=rtpmap:102 H264/90000\r\n\
+            a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
+        let sections = media_codecs(twice).unwrap();
+        assert_eq!(sections[0].codecs, [(96, Codec::Vp8), (102, Codec::H264)]);
     }
 
     #[test]
