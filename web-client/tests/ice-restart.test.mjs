@@ -9,7 +9,7 @@
 //     patient's websocket reset: the page reconnects, takes its media session back
 //     (`resume_media`) and restarts ICE; timed from the change.
 // Neither page reloads or rejoins (no second join_media), and the patient's consultation is
-// the same. The cut is made 3 times (RUNS; 20 for the report, p50 / p95 in
+// the same. Each is done 3 times (RUNS; 20 for the report, p50 / p95 in
 // load-tests/REPORT.md):
 //   RUNS=20 scripts/browser-tests tests/ice-restart.test.mjs
 
@@ -20,7 +20,7 @@ import * as h from './harness.mjs';
 import * as s from './staff-helpers.mjs';
 
 const RUNS = Number(process.env.RUNS || 3);
-h.watchdog(120 + RUNS * 25);
+h.watchdog(120 + RUNS * 45);
 
 const CLINIC = 'cardiology';
 const CLINICIAN = 'dr.path';
@@ -145,9 +145,7 @@ test('a cut path and a lost one: media resumes both ways, with no reload and no 
     const others = wsPorts(serverPort);
     const patient = await h.openCall(browser, env, server.url, entered.visit_token, 'patient');
     await h.waitForState(patient, (x) => x.socket === 'open', 'the patient page is connected');
-    // Its websocket, and the connections that loaded the page (reset with it: harmless).
-    const patientTcp = [...wsPorts(serverPort)].filter((p) => !others.has(p));
-    assert.ok(patientTcp.length > 0, 'the patient page has its connections');
+    assert.ok([...wsPorts(serverPort)].some((p) => !others.has(p)), 'the patient page has its connections');
     const decoding = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
     await h.waitFor(patient, decoding, 'the patient decodes the clinician', 30_000, stats);
     await h.waitFor(clinician, decoding, 'the clinician decodes the patient', 30_000, stats);
@@ -175,41 +173,62 @@ test('a cut path and a lost one: media resumes both ways, with no reload and no 
       await h.sleep(1_000);
     }
 
-    // 2. The path lost for good: the ports it used stay blocked.
-    const before = await patient.evaluate(stats);
-    const oldPorts = await mediaPorts(patient);
-    block(oldPorts);
-    const cut = performance.now();
-    await stalled(patient, clinician, 'path lost');
-    const { at } = await bothResume(patient, clinician, 'path lost', 20_000);
-    const after = await patient.evaluate(stats);
-    const newPorts = [after.paths.publisher?.port, after.paths.subscriber?.port];
-    console.log(
-      `path lost (ports ${oldPorts.join(', ')} blocked): both decode again ${Math.round(at - cut)} ms after the cut, ` +
-        `over ports ${newPorts.join(', ')}; restarted at ${Math.round(after.marks.restarted - before.marks.joined)} ms ` +
-        `and recovered at ${Math.round(after.marks.recovered - before.marks.joined)} ms after joining`,
-    );
-    assert.ok(after.marks.restarted > 0, 'the page restarted ICE');
-    assert.ok(newPorts.every((p) => p && !oldPorts.includes(p)), `a new path: ${newPorts} (was ${oldPorts})`);
-    unblock();
-    await h.sleep(1_000);
+    // 2. The path lost for good: the ports it used stay blocked (RUNS times, each time
+    //    the ports of the path found the time before).
+    const lost = [];
+    for (let i = 0; i < RUNS; i++) {
+      const oldPorts = await mediaPorts(patient);
+      block(oldPorts);
+      const cut = performance.now();
+      const cutInPage = await patient.evaluate(() => performance.now());
+      await stalled(patient, clinician, 'path lost');
+      const r = await bothResume(patient, clinician, 'path lost', 20_000);
+      const after = await patient.evaluate(stats);
+      const newPorts = [after.paths.publisher?.port, after.paths.subscriber?.port];
+      lost.push(r.at - cut);
+      console.log(
+        `path lost ${i + 1} (ports ${oldPorts.join(', ')} blocked): both decode again ${Math.round(r.at - cut)} ms after the cut, ` +
+          `over ports ${newPorts.join(', ')}; from the cut: ICE restarted at ${Math.round(after.marks.restarted - cutInPage)} ms, ` +
+          `both connections back at ${Math.round(after.marks.recovered - cutInPage)} ms, the patient decodes at ` +
+          `${Math.round(r.patient - cut)} ms, the clinician at ${Math.round(r.clinician - cut)} ms`,
+      );
+      assert.ok(after.marks.restarted > cutInPage, 'the page restarted ICE');
+      assert.ok(newPorts.every((p) => p && !oldPorts.includes(p)), `a new path: ${newPorts} (was ${oldPorts})`);
+      unblock();
+      await h.sleep(1_000);
+    }
 
     // 3. A new network, websocket included: the old media path and the patient's websocket
-    //    are gone (the page notices the silence; its restart_ice meets a reset).
-    const lastPorts = await mediaPorts(patient);
-    block(lastPorts, patientTcp);
-    const back = performance.now();
-    await stalled(patient, clinician, 'new network');
-    const moved = await bothResume(patient, clinician, 'new network', 20_000);
-    const resumedSession = (await patient.evaluate(messages)).some((m) => m.dir === 'in' && m.type === 'media_resumed');
-    console.log(
-      `new network (the patient's websocket reset, ports ${lastPorts.join(', ')} blocked): both decode again ` +
-        `${Math.round(moved.at - back)} ms after the change; the patient's session ` +
-        `${resumedSession ? 'was resumed' : 'was NOT resumed'}`,
-    );
-    if (!resumedSession) console.log((await patient.evaluate(messages)).slice(-40).map((m) => `${m.dir}:${m.type}${m.code ? `(${m.code})` : ''}@${m.at % 100000}`).join(' '));
-    assert.ok(resumedSession, 'the patient page took its media session back (media_resumed)');
-    unblock();
+    //    are gone (the page notices the silence; its restart_ice meets a reset), RUNS times.
+    const moved = [];
+    for (let i = 0; i < RUNS; i++) {
+      const lastPorts = await mediaPorts(patient);
+      // The patient's websocket now (a new one after each round), and whatever else the
+      // page has open to the server (reset with it: harmless).
+      const patientTcp = [...wsPorts(serverPort)].filter((p) => !others.has(p));
+      block(lastPorts, patientTcp);
+      const back = performance.now();
+      const changedAt = Date.now();
+      const resumedBefore = (await patient.evaluate(messages)).filter((m) => m.dir === 'in' && m.type === 'media_resumed').length;
+      await stalled(patient, clinician, 'new network');
+      const r = await bothResume(patient, clinician, 'new network', 20_000);
+      moved.push(r.at - back);
+      const log = await patient.evaluate(messages);
+      const resumedSession = log.filter((m) => m.dir === 'in' && m.type === 'media_resumed').length > resumedBefore;
+      console.log(
+        `new network ${i + 1} (the patient's websocket reset, ports ${lastPorts.join(', ')} blocked): both decode again ` +
+          `${Math.round(r.at - back)} ms after the change (the patient at ${Math.round(r.patient - back)} ms, the clinician ` +
+          `at ${Math.round(r.clinician - back)} ms); the patient's session ${resumedSession ? 'was resumed' : 'was NOT resumed'}; ` +
+          'its messages since the change: ' +
+          log
+            .filter((m) => m.at >= changedAt)
+            .map((m) => `${m.dir === 'out' ? '>' : '<'}${m.type}${m.code ? `(${m.code})` : ''}@${m.at - changedAt}`)
+            .join(' '),
+      );
+      assert.ok(resumedSession, 'the patient page took its media session back (media_resumed)');
+      unblock();
+      await h.sleep(1_000);
+    }
 
     // The same session all along: one join_media each, the same consultation.
     for (const [label, page] of [['patient', patient], ['clinician', clinician]]) {
@@ -219,15 +238,21 @@ test('a cut path and a lost one: media resumes both ways, with no reload and no 
     assert.equal((await patient.evaluate(() => window.consultCall.state())).consultation, consultation);
     assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
 
-    const summary = `ice-restart runs=${RUNS} cut_resume_p50_ms=${Math.round(percentile(resumed, 50))} ` +
-      `cut_resume_p95_ms=${Math.round(percentile(resumed, 95))} lost_resume_ms=${Math.round(at - cut)} ` +
-      `new_network_resume_ms=${Math.round(moved.at - back)}`;
+    const p = (values, q) => Math.round(percentile(values, q));
+    const summary =
+      `ice-restart runs=${RUNS} cut_resume_p50_ms=${p(resumed, 50)} cut_resume_p95_ms=${p(resumed, 95)} ` +
+      `lost_resume_p50_ms=${p(lost, 50)} lost_resume_p95_ms=${p(lost, 95)} ` +
+      `new_network_resume_p50_ms=${p(moved, 50)} new_network_resume_p95_ms=${p(moved, 95)}`;
     console.log(summary);
-    // The issue's target, 3 s, for the median; a busy machine gives a tail of about 4 s
-    // (2 of 20 cuts in the report's run), which each cut is held under.
-    assert.ok(percentile(resumed, 50) < 3_000, `media resumed within 3 s of the path reopening: ${resumed.map(Math.round)}`);
-    for (const r of resumed) assert.ok(r < 8_000, `media resumed within 8 s of the path reopening (${Math.round(r)} ms)`);
-    // A path lost for good is noticed after 2 s of silence; the restart then takes < 1 s.
-    assert.ok(at - cut < 6_000, `media resumed within 6 s of losing its path (${Math.round(at - cut)} ms)`);
+    // The issue's target, 3 s, for the median; a busy machine gives a tail of about 4 s,
+    // which each run is held under 8 s.
+    for (const [what, values] of [
+      ['the path reopening', resumed],
+      ['losing its path', lost],
+      ['the new network', moved],
+    ]) {
+      assert.ok(percentile(values, 50) < 3_000, `media resumed within 3 s of ${what}: ${values.map(Math.round)}`);
+      for (const r of values) assert.ok(r < 8_000, `media resumed within 8 s of ${what} (${Math.round(r)} ms)`);
+    }
   });
 });

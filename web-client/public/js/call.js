@@ -9,8 +9,8 @@
 //   - a patient joins the call's media as soon as their status says `admitted`;
 //   - a clinician joins the media of the consultation they lead as soon as one appears
 //     in their clinic's snapshot or updates;
-//   - if the websocket closes it reconnects with backoff and says hello again (the
-//     server sends the current state again, and the call is joined anew);
+//   - if the websocket closes it reconnects (signalling.js, as every page) and says hello
+//     again (the server sends the current state again, and the call is joined anew);
 //   - each other participant's tile says when they are muted, have their camera off or
 //     share a screen (tiles.js); the self view shows what is sent.
 //
@@ -18,6 +18,7 @@
 
 import { Backoff, MediaSession } from './media.js';
 import { PathReporter } from './media-path.js';
+import { Signalling } from './signalling.js';
 import { LocalDevices } from './devices.js';
 import { SelfView, Tiles } from './tiles.js';
 
@@ -212,51 +213,33 @@ function renderSelf() {
 
 // --- websocket ------------------------------------------------------------------------------
 
-let ws = null;
-let reconnectAttempt = 0;
-
-function connect() {
-  app.socket = 'connecting';
-  const url = new URL('/ws', location.href);
-  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  ws = new WebSocket(url);
-  ws.onopen = () => {
-    app.socket = 'open';
-    send({ type: 'hello', token: app.token });
-  };
-  ws.onmessage = (e) => {
-    let msg;
-    try {
-      msg = JSON.parse(e.data);
-    } catch {
-      return;
-    }
+// The product's websocket client (signalling.js): hello, reconnection with backoff.
+const sig = new Signalling({
+  token: app.token,
+  onMessage: (msg) => {
     note('in', msg);
     if (!media.handle(msg)) onMessage(msg);
-  };
-  ws.onclose = () => {
-    app.socket = 'closed';
-    ws = null;
+  },
+  onState: onSocketState,
+});
+
+function onSocketState({ state, fatal }) {
+  const was = app.socket;
+  app.socket = state === 'open' ? 'open' : state === 'connecting' ? 'connecting' : 'closed';
+  if (was === 'open' && app.socket !== 'open') {
     media.suspend(); // kept while the socket comes back (resume() after welcome)
-    if (app.fatal) return;
-    // 0.5 s, 1 s, 2 s, ... up to 10 s, with jitter so a restarted server is not stormed.
-    const delay = Math.min(10_000, 500 * 2 ** reconnectAttempt) * (0.8 + 0.4 * Math.random());
-    reconnectAttempt += 1;
-    say('The connection was interrupted. Reconnecting…');
-    setTimeout(connect, delay);
-  };
+  }
+  if (fatal) onFatal(fatal.code);
+  else if (state === 'reconnecting' && !app.fatal) say('The connection was interrupted. Reconnecting…');
 }
 
 function send(msg) {
-  if (ws?.readyState !== WebSocket.OPEN) return;
-  note('out', msg);
-  ws.send(JSON.stringify(msg));
+  if (sig.send(msg)) note('out', msg);
 }
 
 function onMessage(msg) {
   switch (msg.type) {
     case 'welcome':
-      reconnectAttempt = 0;
       media.resume();
       app.session = msg.session;
       app.patientStatus = null;
@@ -302,20 +285,27 @@ function onMessage(msg) {
 
 function onError(msg) {
   console.warn('server error', msg.code, msg.message);
-  if (!app.session && FATAL_CODES.has(msg.code)) {
-    app.fatal = true;
+  if (!app.session && FATAL_CODES.has(msg.code)) onFatal(msg.code);
+}
+
+/** The credential or the visit is over: no more reconnecting. */
+function onFatal(code) {
+  if (app.fatal) return;
+  app.fatal = true;
+  // A call that ended keeps saying so when the server then closes the visit's socket.
+  if (!app.callEnded) {
     say(
-      msg.code === 'token_expired' || msg.code === 'visit_ended'
+      code === 'token_expired' || code === 'visit_ended'
         ? 'This link has expired or the visit is over. Please contact the clinic.'
         : 'This link is not valid. Please open the link you were given again.',
     );
-    try {
-      sessionStorage.removeItem(TOKEN_KEY);
-    } catch {
-      // nothing stored
-    }
-    ws?.close();
   }
+  try {
+    sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // nothing stored
+  }
+  sig.close();
 }
 
 function onPatientStatus(status) {
@@ -468,5 +458,5 @@ if (!app.token) {
   say('This page needs the personal link you were given. Please open that link again.');
 } else {
   renderSelf();
-  connect();
+  sig.connect();
 }

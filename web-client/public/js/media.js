@@ -109,10 +109,14 @@ function credentialExpiry(pc) {
 
 /** A connection 'disconnected' this long (ms) has its ICE restarted. */
 const DISCONNECTED_GRACE_MS = 1_000;
-/** Nothing received on a receiving connection for this long (ms): the path is taken as
- * lost and ICE restarted (browsers say 'disconnected' only after several seconds more). */
-const SILENCE_MS = 2_000;
-const SILENCE_POLL_MS = 500;
+/** Nothing received from the SFU on either connection for this long (ms): the path is
+ * taken as lost and ICE restarted (browsers say 'disconnected' only after several seconds
+ * more). While this page sends, the SFU's congestion control feedback comes about every
+ * 100 ms, so a shorter silence says as much; otherwise its sender reports come once a
+ * second per stream. */
+const SILENCE_MS = 1_500;
+const SILENCE_WHILE_SENDING_MS = 1_000;
+const SILENCE_POLL_MS = 250;
 /** How long (ms) one ICE restart may take before the next, and how many are tried before
  * the session ends (retryable: the page joins the media again). */
 const RESTART_TIMEOUT_MS = 8_000;
@@ -156,7 +160,7 @@ export class MediaSession {
   #restart = null; // {attempt, timer}: an ICE restart under way
   #lostTimer = null; // a connection went 'disconnected': restart if it stays so
   #restartWanted = false; // a restart came while the publisher's offer was out
-  #silence = null; // {timer, bytes, since}: watches what the subscriber connection receives
+  #silence = null; // {timer, bytes, since, sent, sentAt}: watches what comes from the SFU
   #suspended = null; // the websocket dropped: {timer} until it is back (then resume())
   #resuming = false; // resume_media sent, its answer awaited
 
@@ -552,13 +556,14 @@ export class MediaSession {
     this.#reofferWanted = false;
     this.#restartWanted = false;
     this.#offerPublisher(pcs);
-    this.#silence = { timer: setInterval(() => this.#checkSilence(pcs), SILENCE_POLL_MS), bytes: -1, since: 0 };
+    this.#silence = { timer: setInterval(() => this.#checkSilence(pcs), SILENCE_POLL_MS), bytes: -1, since: 0, sent: -1, sentAt: -Infinity };
   }
 
   /**
    * While the subscriber connection receives tracks, the SFU sends to this page all the
    * time (media and RTCP on it, RTCP feedback on the publisher's while this page sends):
-   * bytes that stop coming on both for SILENCE_MS mean the path is gone.
+   * bytes that stop coming on both for SILENCE_MS (SILENCE_WHILE_SENDING_MS while this
+   * page sends) mean the path is gone.
    */
   async #checkSilence(pcs) {
     const w = this.#silence;
@@ -570,18 +575,24 @@ export class MediaSession {
     const reports = await Promise.all(LEGS.map((leg) => pcs[leg].getStats()));
     if (this.#pcs !== pcs) return;
     const bytes = reports.reduce((sum, r) => sum + (selectedPair(r)?.bytesReceived ?? 0), 0);
+    const sent = selectedPair(reports[0])?.bytesSent ?? 0;
     const now = performance.now();
     const flowing = bytes !== w.bytes;
     if (flowing) {
       w.bytes = bytes;
       w.since = now;
     }
+    if (sent !== w.sent) {
+      w.sent = sent;
+      w.sentAt = now;
+    }
+    const limit = now - w.sentAt < SILENCE_MS ? SILENCE_WHILE_SENDING_MS : SILENCE_MS;
     if (this.#restart) {
       // Restarted: over once both connections are up and bytes arrive again.
       if (flowing && now - this.#restart.at > SILENCE_POLL_MS && LEGS.every((leg) => pcs[leg].connectionState === 'connected')) {
         this.#recovered();
       }
-    } else if (now - w.since >= SILENCE_MS) {
+    } else if (now - w.since >= limit) {
       w.since = now;
       this.restartIce();
     }

@@ -134,9 +134,14 @@ export class Signalling {
         this.#setState('closed', { fatal: fatal || { code: e.code === 4002 ? 'visit_ended' : 'unauthenticated' } });
         return;
       }
-      // 0.5 s, 1 s, 2 s ... at most 10 s, with jitter so a restarted server is not
-      // hit by every browser at once.
-      const delay = Math.min(10_000, 500 * 2 ** this.#retry) * (0.75 + Math.random() / 2);
+      // A connection that dropped (a new network, a lost link) is tried again at once,
+      // within 250 ms; a server restarting (1012) is given 0.5 s. Then 1 s, 2 s ... at
+      // most 10 s. Always with jitter, so a restarted server is not hit by every browser
+      // at the same instant.
+      const delay =
+        this.#retry === 0 && e.code !== 1012
+          ? Math.random() * 250
+          : Math.min(10_000, 500 * 2 ** this.#retry) * (0.75 + Math.random() / 2);
       this.#retry += 1;
       this.#setState('reconnecting');
       this.#timer = setTimeout(() => this.#open(), delay);
