@@ -31,8 +31,14 @@ impl<P: Clone> PacketCache<P> {
         }
     }
 
-    fn slot(&self, seq: u16) -> usize {
+    /// Where `seq` is kept (what a parallel table of the same capacity indexes by).
+    pub fn slot(&self, seq: u16) -> usize {
         usize::from(seq) & (self.slots.len() - 1)
+    }
+
+    /// How many packets it keeps.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
     /// Keeps `packet`, replacing the packet that

@@ -11,7 +11,8 @@
 //!   switch or a change of what it accepts), and its outgoing sequence numbers continue
 //!   where the last run ended (no jump);
 //! - a NACK is answered only to the subscriber who sent it, only with sequence numbers it
-//!   named, never more packets than it named;
+//!   named, never more packets than it named, and one packet at most once per
+//!   `RESEND_INTERVAL`;
 //! - the core's idea of each track's codec is the codec of its last packet.
 #![no_main]
 
@@ -26,7 +27,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use sfu::codec::{Codec, CodecSet};
-use sfu::forward::{Forwarder, MediaKind, PeerId, RtpMeta, TrackId, seq_after};
+use sfu::forward::{Forwarder, MediaKind, PeerId, RESEND_INTERVAL, RtpMeta, TrackId, seq_after};
 
 /// Few tracks and peers, so that operations meet each other.
 const TRACKS: u8 = 4;
@@ -153,6 +154,8 @@ struct Sub {
     highest: Option<u16>,
     /// The first outgoing sequence number of the current run.
     run_start: Option<u16>,
+    /// When each outgoing sequence number was last resent.
+    resent_at: HashMap<u16, Instant>,
 }
 
 impl Sub {
@@ -256,7 +259,7 @@ impl World {
         let mut resent = Vec::new();
         let out = self
             .f
-            .on_nack(TrackId(track.into()), PeerId(peer.into()), lost, |fw| {
+            .on_nack(TrackId(track.into()), PeerId(peer.into()), lost, self.now, |fw| {
                 resent.push((
                     u8::try_from(fw.to.0).expect("a peer of ours"),
                     fw.seq,
@@ -265,14 +268,21 @@ impl World {
             });
         assert_eq!(out.resent, resent.len());
         assert!(
-            out.resent + out.upstream.len() <= lost.len(),
-            "more repaired than lost"
+            out.resent + out.upstream.len() + out.refused <= lost.len(),
+            "more repaired or refused than lost"
         );
-        let sub = self.tracks.get(&track).and_then(|t| t.subs.get(&peer));
+        let now = self.now;
+        let mut sub = self.tracks.get_mut(&track).and_then(|t| t.subs.get_mut(&peer));
         for (to, seq, codec) in resent {
             assert_eq!(to, peer, "a retransmission went to someone who did not ask");
             assert!(lost.contains(&seq), "resent {seq}, which was not asked for");
-            let s = sub.expect("a retransmission for a non-subscriber");
+            let s = sub.as_deref_mut().expect("a retransmission for a non-subscriber");
+            if let Some(at) = s.resent_at.insert(seq, now) {
+                assert!(
+                    now.duration_since(at) >= RESEND_INTERVAL,
+                    "{seq} resent twice within {RESEND_INTERVAL:?}"
+                );
+            }
             assert!(
                 s.accepts(codec),
                 "resent {seq} in {codec:?}, which it refused"

@@ -119,6 +119,9 @@ pub struct NackCounters {
     pub resent: std::sync::atomic::AtomicU64,
     /// Packets the SFU never received, NACKed to their publisher.
     pub upstream: std::sync::atomic::AtomicU64,
+    /// Packets held but not resent (asked again too soon, too old, over the subscriber's
+    /// retransmission budget: `forward::RESEND_*`).
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 /// Where and how the engine binds its media sockets.

@@ -30,6 +30,22 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// keyframe, asked for at once: their decoders lost frames that nobody can resend.
 pub const RESUME_GAP: Duration = Duration::from_millis(500);
 
+/// A packet is resent to one subscriber at most once in this interval: the browser asks
+/// again every round trip until the packet arrives, and a NACK repeated before the first
+/// retransmission could have arrived is not answered twice. (A fixed interval until the
+/// SFU measures each subscriber's round-trip time.)
+pub const RESEND_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A packet that came this long ago is not resent: the subscriber's jitter buffer has
+/// moved past it, and sending it only takes bandwidth from what comes next.
+pub const RESEND_MAX_AGE: Duration = Duration::from_millis(1_000);
+
+/// Retransmissions to one subscriber of one track are at most half of the packets
+/// forwarded to it, after a first burst of this many: on a link that drops because it is
+/// full, answering every NACK adds to what overflows it (measured: 13 times the stream
+/// in the simulated 300 kbit/s link before this limit).
+pub const RESEND_BURST: u16 = 32;
+
 /// A participant's connection, as the engine numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u32);
@@ -100,6 +116,9 @@ pub struct NackOutcome {
     pub resent: usize,
     /// Publisher sequence numbers the SFU never received: NACK them upstream.
     pub upstream: Vec<u16>,
+    /// Packets held but not resent: resent less than [`RESEND_INTERVAL`] ago, older than
+    /// [`RESEND_MAX_AGE`], or over the subscriber's budget ([`RESEND_BURST`]).
+    pub refused: usize,
 }
 
 /// `a` comes after `b` in RTP sequence order (modulo 2^16).
@@ -137,7 +156,17 @@ struct Down<R> {
     forwarded: u64,
     /// The video codecs the subscriber's browser accepted for this track.
     accepts: CodecSet,
+    /// Retransmissions it may still have, in halves: one per packet forwarded, two per
+    /// packet resent, at most 2 x [`RESEND_BURST`].
+    resend_budget: u16,
+    /// When each cached packet was last resent to it: by the cache's slot, the incoming
+    /// seq and the milliseconds after the packet's arrival. Allocated at its first NACK.
+    resent: Option<Box<[(u16, u16)]>>,
 }
+
+/// No retransmission yet (a time after arrival no resend can have, being past
+/// [`RESEND_MAX_AGE`]).
+const NEVER_RESENT: u16 = u16::MAX;
 
 impl<R> Down<R> {
     /// Starts (or restarts) forwarding at incoming `seq`, continuing the outgoing numbering.
@@ -155,8 +184,8 @@ struct Published<P, R> {
     kind: MediaKind,
     /// The codec of the last packet received.
     codec: Option<Codec>,
-    /// Packets by incoming seq, with their codec.
-    cache: PacketCache<(P, Codec)>,
+    /// Packets by incoming seq, with their codec and when they came.
+    cache: PacketCache<(P, Codec, Instant)>,
     last_keyframe_request: Option<Instant>,
     /// When the newest packet came, and its sequence number.
     newest: Option<(Instant, u16)>,
@@ -271,6 +300,8 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             highest: None,
             forwarded: 0,
             accepts: CodecSet::all_video(),
+            resend_budget: RESEND_BURST * 2,
+            resent: None,
         });
         t.request_keyframe(track, now)
     }
@@ -400,6 +431,7 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 d.highest = Some(out);
             }
             d.forwarded += 1;
+            d.resend_budget = (d.resend_budget + 1).min(RESEND_BURST * 2);
             sink(Forward {
                 to: d.peer,
                 track,
@@ -410,7 +442,7 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 packet: &packet,
             });
         }
-        t.cache.insert(meta.seq, (packet, meta.codec));
+        t.cache.insert(meta.seq, (packet, meta.codec, now));
         if waiting {
             t.request_keyframe(track, now)
         } else {
@@ -418,20 +450,25 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         }
     }
 
-    /// A subscriber lost these outgoing sequence numbers: resend what the cache holds;
+    /// A subscriber lost these outgoing sequence numbers: resend what the cache holds,
+    /// within the limits ([`RESEND_INTERVAL`], [`RESEND_MAX_AGE`], [`RESEND_BURST`]);
     /// report what the SFU itself never received so it can be NACKed upstream.
     pub fn on_nack(
         &mut self,
         track: TrackId,
         peer: PeerId,
         lost: &[u16],
+        now: Instant,
         mut sink: impl FnMut(Forward<'_, P, R>),
     ) -> NackOutcome {
         let mut outcome = NackOutcome::default();
         let Some(t) = self.tracks.get_mut(&track) else {
             return outcome;
         };
-        let Some(d) = t.subscribers.iter().find(|d| d.peer == peer) else {
+        let Published {
+            cache, subscribers, ..
+        } = t;
+        let Some(d) = subscribers.iter_mut().find(|d| d.peer == peer) else {
             return outcome;
         };
         let Some(highest) = d.highest else {
@@ -444,12 +481,32 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 continue; // Before this run, or never sent: nothing to repair.
             }
             let seq = out.wrapping_sub(d.offset);
-            match t.cache.get(seq) {
+            match cache.get(seq) {
                 // A packet of this number in a codec the subscriber refused: it was not
                 // what it was sent (the publisher used the number again), so nothing to
                 // repair with.
-                Some((_, codec)) if !accepted(d.accepts, *codec) => {}
-                Some((packet, codec)) => {
+                Some((_, codec, _)) if !accepted(d.accepts, *codec) => {}
+                Some((packet, codec, arrived)) => {
+                    let age = now.saturating_duration_since(*arrived);
+                    if age > RESEND_MAX_AGE {
+                        outcome.refused += 1;
+                        continue;
+                    }
+                    // Below RESEND_MAX_AGE, so below NEVER_RESENT.
+                    let age_ms = u16::try_from(age.as_millis()).unwrap_or(NEVER_RESENT - 1);
+                    let slots = d.resent.get_or_insert_with(|| {
+                        vec![(0, NEVER_RESENT); cache.capacity()].into_boxed_slice()
+                    });
+                    let slot = &mut slots[cache.slot(seq)];
+                    let again = slot.0 == seq
+                        && slot.1 != NEVER_RESENT
+                        && u128::from(age_ms.saturating_sub(slot.1)) < RESEND_INTERVAL.as_millis();
+                    if again || d.resend_budget < 2 {
+                        outcome.refused += 1;
+                        continue;
+                    }
+                    d.resend_budget -= 2;
+                    *slot = (seq, age_ms);
                     outcome.resent += 1;
                     sink(Forward {
                         to: d.peer,

@@ -187,7 +187,7 @@ fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
         }
     }
     let mut resent = Vec::new();
-    let outcome = f.on_nack(VIDEO, sub, &[1003, 1005, 999, 1020], |fw| {
+    let outcome = f.on_nack(VIDEO, sub, &[1003, 1005, 999, 1020], now, |fw| {
         resent.push((fw.seq, fw.packet.clone(), fw.timestamp))
     });
     assert_eq!(resent, vec![(1003, packet(1003, 3_009_000), 3_009_000)]);
@@ -195,15 +195,94 @@ fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
         outcome,
         NackOutcome {
             resent: 1,
-            upstream: vec![1005]
+            upstream: vec![1005],
+            refused: 0,
         },
         "999 predates the subscription, 1020 was never sent"
     );
     assert_eq!(
-        f.on_nack(VIDEO, PeerId(9), &[1003], |_| {}),
+        f.on_nack(VIDEO, PeerId(9), &[1003], now, |_| {}),
         NackOutcome::default(),
         "not a subscriber"
     );
+}
+
+/// A browser NACKs a missing packet again every round trip until it comes: the SFU
+/// resends it at most once per RESEND_INTERVAL, and not at all once it is older than
+/// RESEND_MAX_AGE (too late to be played).
+#[test]
+fn a_packet_is_resent_once_per_interval_and_not_when_too_old() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, clock.at(0));
+    for seq in 0..10 {
+        feed(&mut f, VIDEO, seq, seq == 0, clock.at(u64::from(seq)));
+    }
+    let nack = |f: &mut TestForwarder, at: u64| f.on_nack(VIDEO, sub, &[5], clock.at(at), |_| {});
+    assert_eq!((nack(&mut f, 20).resent, nack(&mut f, 20).refused), (1, 1));
+    assert_eq!(
+        nack(&mut f, 60).refused,
+        1,
+        "40 ms after the resend: asked too soon"
+    );
+    assert_eq!(nack(&mut f, 125).resent, 1, "105 ms after: resent again");
+    assert_eq!(nack(&mut f, 226).resent, 1);
+    // Packet 5 came at 5 ms: a NACK 1 s later is refused, however long since the last.
+    assert_eq!(
+        f.on_nack(VIDEO, sub, &[5], clock.at(1_006), |_| {}),
+        NackOutcome {
+            resent: 0,
+            upstream: vec![],
+            refused: 1
+        }
+    );
+    // Each subscriber has its own: another one gets its first resend of 5 now.
+    let other = PeerId(3);
+    f.subscribe(VIDEO, other, 3, clock.at(0));
+    feed(&mut f, VIDEO, 10, true, clock.at(300));
+    feed(&mut f, VIDEO, 11, false, clock.at(301));
+    assert_eq!(
+        f.on_nack(VIDEO, other, &[10], clock.at(310), |_| {}).resent,
+        1
+    );
+    assert_eq!(
+        f.on_nack(VIDEO, sub, &[10], clock.at(310), |_| {}).resent,
+        1
+    );
+}
+
+/// A subscriber whose link drops most packets (full) NACKs nearly everything: the SFU
+/// resends at most half of what it forwards to it, after a first burst, instead of
+/// adding every NACK to what overflows the link.
+#[test]
+fn retransmissions_are_at_most_half_of_what_is_forwarded_after_a_burst() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, clock.at(0));
+    let mut resent = 0usize;
+    let mut refused = 0usize;
+    // 2 s of 200 packets a second; every 10 ms the subscriber NACKs the last 20.
+    for i in 0..400u16 {
+        let now = clock.at(u64::from(i) * 5);
+        feed(&mut f, VIDEO, i, i == 0, now);
+        if i % 2 == 1 && i >= 20 {
+            let lost: Vec<u16> = (i - 19..=i).collect();
+            let o = f.on_nack(VIDEO, sub, &lost, now, |_| {});
+            resent += o.resent;
+            refused += o.refused;
+        }
+    }
+    assert!(
+        resent <= 400 / 2 + usize::from(RESEND_BURST),
+        "{resent} resent for 400 forwarded"
+    );
+    assert!(
+        resent >= 400 / 2 - 10,
+        "the budget is used: {resent} resent"
+    );
+    assert!(refused > resent, "{refused} refused, {resent} resent");
 }
 
 #[test]
@@ -231,7 +310,7 @@ fn a_paused_video_resumes_at_a_keyframe_without_a_gap_in_numbering() {
     assert_eq!(feed(&mut f, VIDEO, 42, false, now).0, vec![(sub, 13)]);
     // A NACK of 12 is packet 41; of 11 (before the pause) is stale.
     let mut resent = Vec::new();
-    let o = f.on_nack(VIDEO, sub, &[12, 11], |fw| {
+    let o = f.on_nack(VIDEO, sub, &[12, 11], now, |fw| {
         resent.push((fw.seq, fw.packet[12]))
     });
     assert_eq!((o.resent, resent), (1, vec![(12, 41)]));
@@ -256,7 +335,7 @@ fn numbering_survives_the_wrap_at_65535() {
         );
     }
     assert_eq!(out, seqs);
-    let o = f.on_nack(VIDEO, sub, &[65_535, 2], |_| {});
+    let o = f.on_nack(VIDEO, sub, &[65_535, 2], now, |_| {});
     assert_eq!(o.resent, 2);
 }
 
@@ -333,7 +412,7 @@ fn over_lossy_links_every_subscriber_ends_up_with_every_packet() {
                     .map(|k| first.wrapping_add(k))
                     .filter(|seq| !have.contains(seq))
                     .collect();
-                let outcome = f.on_nack(VIDEO, s, &lost, |fw| {
+                let outcome = f.on_nack(VIDEO, s, &lost, now, |fw| {
                     if !rng.random_bool(DOWNLINK_LOSS) {
                         received.get_mut(&fw.to).unwrap().insert(fw.seq);
                     }
@@ -444,7 +523,9 @@ fn a_subscriber_gets_only_the_codecs_it_accepts_and_asks_no_keyframes_for_the_ot
     assert_eq!(out, [(both, 3, Codec::Vp8), (vp8_only, 3, Codec::Vp8)]);
     // NACKs are answered in the codec the packet was sent in.
     let mut resent = Vec::new();
-    let outcome = f.on_nack(VIDEO, vp8_only, &[3], |fw| resent.push((fw.seq, fw.codec)));
+    let outcome = f.on_nack(VIDEO, vp8_only, &[3], clock.at(2000), |fw| {
+        resent.push((fw.seq, fw.codec))
+    });
     assert_eq!(outcome.resent, 1);
     assert_eq!(resent, [(3, Codec::Vp8)]);
 }
@@ -514,7 +595,7 @@ fn audio_reaches_a_new_subscriber_whatever_the_sequence_numbers() {
         assert_eq!(sent.len(), 3, "first seq {first}: {sent:?}");
         // A NACK for a number before its first packet is not answered.
         let before = sent[0].wrapping_sub(5);
-        let out = f.on_nack(TrackId(1), PeerId(2), &[before], |_| {
+        let out = f.on_nack(TrackId(1), PeerId(2), &[before], now, |_| {
             panic!("resent {before}")
         });
         assert_eq!(out.resent, 0);
@@ -558,7 +639,7 @@ fn a_nack_is_never_answered_in_a_codec_the_subscriber_refused() {
     }
     assert_eq!(sent.len(), 2, "{sent:?}");
     let mut resent = Vec::new();
-    f.on_nack(TrackId(1), PeerId(2), &[sent[1].0], |fw| {
+    f.on_nack(TrackId(1), PeerId(2), &[sent[1].0], now, |fw| {
         resent.push(fw.codec)
     });
     assert!(resent.iter().all(|c| *c == Codec::Vp8), "{resent:?}");

@@ -150,12 +150,15 @@ impl Endpoint {
             .flat_map(|n| n.nacks.iter().flat_map(|pair| pair.packet_list()))
             .collect();
         if !lost.is_empty() {
-            let outcome = r.forwarder.on_nack(track, m.id, &lost, |fw| {
+            let outcome = r.forwarder.on_nack(track, m.id, &lost, now, |fw| {
                 send_forward(conns, touched, fw, now);
             });
             nacks
                 .resent
                 .fetch_add(outcome.resent as u64, Ordering::Relaxed);
+            nacks
+                .refused
+                .fetch_add(outcome.refused as u64, Ordering::Relaxed);
             if !outcome.upstream.is_empty() {
                 nacks
                     .upstream
