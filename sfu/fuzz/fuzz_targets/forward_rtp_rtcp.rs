@@ -257,26 +257,35 @@ impl World {
 
     fn nack(&mut self, track: u8, peer: u8, lost: &[u16]) {
         let mut resent = Vec::new();
-        let out = self
-            .f
-            .on_nack(TrackId(track.into()), PeerId(peer.into()), lost, self.now, |fw| {
+        let out = self.f.on_nack(
+            TrackId(track.into()),
+            PeerId(peer.into()),
+            lost,
+            self.now,
+            |fw| {
                 resent.push((
                     u8::try_from(fw.to.0).expect("a peer of ours"),
                     fw.seq,
                     fw.codec,
                 ));
-            });
+            },
+        );
         assert_eq!(out.resent, resent.len());
         assert!(
             out.resent + out.upstream.len() + out.refused <= lost.len(),
             "more repaired or refused than lost"
         );
         let now = self.now;
-        let mut sub = self.tracks.get_mut(&track).and_then(|t| t.subs.get_mut(&peer));
+        let mut sub = self
+            .tracks
+            .get_mut(&track)
+            .and_then(|t| t.subs.get_mut(&peer));
         for (to, seq, codec) in resent {
             assert_eq!(to, peer, "a retransmission went to someone who did not ask");
             assert!(lost.contains(&seq), "resent {seq}, which was not asked for");
-            let s = sub.as_deref_mut().expect("a retransmission for a non-subscriber");
+            let s = sub
+                .as_deref_mut()
+                .expect("a retransmission for a non-subscriber");
             if let Some(at) = s.resent_at.insert(seq, now) {
                 assert!(
                     now.duration_since(at) >= RESEND_INTERVAL,
