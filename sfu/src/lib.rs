@@ -16,6 +16,7 @@
 //! - [`sdp`]: candidate address rewriting for servers behind 1:1 NAT, and reading the
 //!   codecs a browser's offer or answer holds.
 
+pub mod bwe;
 pub mod codec;
 pub mod control;
 pub mod engine;

@@ -46,7 +46,12 @@ pub async fn peer_connection_with(
         ),
         None => SettingEngineBuilder::new(),
     };
-    let (media, registry, settings) = connection_recipe(Role::Client, settings)?;
+    let super::Recipe {
+        media,
+        registry,
+        settings,
+        ..
+    } = connection_recipe(Role::Client, settings)?;
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)

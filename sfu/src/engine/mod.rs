@@ -16,30 +16,34 @@
 //! ([`media_loop`]). Each leg's interceptor chain holds only what that direction needs,
 //! because every interceptor handles every packet: the publisher leg (the SFU receives)
 //! generates NACKs, receiver reports and transport-wide congestion feedback for the
-//! browser's estimator; the subscriber leg (the SFU sends) generates sender reports (lip
-//! sync) and surfaces the browser's NACKs and keyframe requests.
+//! browser's estimator, and takes REMB (the most the SFU tells it to send); the subscriber
+//! leg (the SFU sends) numbers its packets for transport-wide congestion feedback and
+//! estimates the browser's downlink from that feedback (Google Congestion Control, the
+//! `rtc` crate's), generates sender reports (lip sync) and surfaces the browser's NACKs and
+//! keyframe requests.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::{IceCandidate, MediaLeg, MediaState};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry,
-    SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+    Attribute, CongestionControlBuilder, Gcc, Interceptor, NackGeneratorBuilder, Packet,
+    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only, configure_twcc_sender_only,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::{SettingEngine, SettingEngineBuilder};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -486,12 +490,30 @@ enum Role {
     Client,
 }
 
+/// Where a subscriber leg's downlink estimate starts, in bits per second: above what a
+/// browser's camera sends, so that the estimate falls only on evidence (delay growing,
+/// packets lost) and never limits a publisher merely because it started low.
+pub const ESTIMATE_INITIAL: f64 = 2_500_000.0;
+/// Its floor and ceiling.
+pub const ESTIMATE_MIN: f64 = 30_000.0;
+pub const ESTIMATE_MAX: f64 = 20_000_000.0;
+
+/// A connection's downlink estimate in bits per second (0 until the first feedback), as
+/// the subscriber leg's congestion controller last said.
+pub type Estimate = Arc<AtomicU64>;
+
+/// What a connection in some role is made of.
+pub(crate) struct Recipe {
+    pub media: MediaEngine,
+    pub registry: Registry,
+    pub settings: SettingEngine,
+    /// The subscriber leg's downlink estimate (the SFU's sending role only).
+    pub estimate: Option<Estimate>,
+}
+
 /// The codecs, interceptors and settings of a connection in `role`, shared by the SFU's
 /// connections and the synthetic clients so that both speak exactly the same.
-fn connection_recipe(
-    role: Role,
-    settings: SettingEngineBuilder,
-) -> Result<(MediaEngine, Registry, SettingEngine), EngineError> {
+fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recipe, EngineError> {
     let mut media = MediaEngine::default();
     register_codecs(&mut media)?;
     configure_simulcast_extension_headers(&mut media).map_err(webrtc_err)?;
@@ -502,16 +524,53 @@ fn connection_recipe(
     let receiving = matches!(role, Role::ServerReceiving | Role::Client);
     let sending = matches!(role, Role::ServerSending | Role::Client);
     let mut registry = Registry::new();
+    let mut estimate = None;
     if receiving {
         registry = configure_twcc_receiver_only(registry, &mut media)
             .map_err(webrtc_err)?
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     }
+    if matches!(role, Role::ServerReceiving | Role::Client) {
+        // The publisher's browser takes the SFU's REMB as the most it may send (its own
+        // estimate from the SFU's congestion feedback still applies below it); clients
+        // offer it as browsers do.
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "goog-remb".to_owned(),
+                parameter: String::new(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    if role == Role::ServerSending {
+        // Each packet to the browser numbered for its congestion feedback, and that
+        // feedback turned into an estimate of its downlink (no pacer: the SFU forwards as
+        // packets come, and adapts what it forwards instead; see `crate::bwe`).
+        let cell = Estimate::default();
+        registry = configure_twcc_sender_only(registry, &mut media)
+            .map_err(webrtc_err)?
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(Gcc::new(
+                    ESTIMATE_INITIAL,
+                    ESTIMATE_MIN,
+                    ESTIMATE_MAX,
+                ))
+                .build(),
+            );
+        estimate = Some(cell);
+    }
     if sending {
         registry = registry
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::from(14_000), RtcpToApplication::default());
+            .with(
+                Slot::from(14_000),
+                RtcpToApplication {
+                    estimate: estimate.clone(),
+                    ..Default::default()
+                },
+            );
     }
     let settings = settings
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -524,7 +583,12 @@ fn connection_recipe(
         settings.with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
     }
     .build();
-    Ok((media, registry, settings))
+    Ok(Recipe {
+        media,
+        registry,
+        settings,
+        estimate,
+    })
 }
 
 /// Registers the codec policy ([`crate::codec`]): Opus; VP8 and H264 (constrained
@@ -609,12 +673,15 @@ fn media_track(
     )
 }
 
-/// Marks keyframe requests and NACKs from the far end for delivery to the application
-/// (otherwise the interceptor chain ends them); other RTCP is left to the chain.
+/// Marks keyframe requests, NACKs and REMB from the far end for delivery to the application
+/// (otherwise the interceptor chain ends them); other RTCP is left to the chain. On the
+/// SFU's sending leg it also keeps the congestion controller's estimate, which rides on
+/// the feedback that changed it, where the endpoint reads it.
 #[derive(Default)]
 struct RtcpToApplication {
     read: std::collections::VecDeque<TaggedPacket>,
     write: std::collections::VecDeque<TaggedPacket>,
+    estimate: Option<Estimate>,
 }
 
 impl std::fmt::Debug for RtcpToApplication {
@@ -631,6 +698,14 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let (Some(cell), Some(Attribute::TargetBitrateChanged { bits_per_second })) = (
+            &self.estimate,
+            msg.message.get(&Attribute::TargetBitrateChanged {
+                bits_per_second: 0.0,
+            }),
+        ) {
+            cell.store(*bits_per_second as u64, Ordering::Relaxed);
+        }
         if let Packet::Rtcp(pkts) = &msg.message.packet {
             let wanted: Vec<_> = pkts
                 .iter()
@@ -639,6 +714,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
                     p.is::<PictureLossIndication>()
                         || p.is::<FullIntraRequest>()
                         || p.is::<TransportLayerNack>()
+                        || p.is::<ReceiverEstimatedMaximumBitrate>()
                 })
                 .cloned()
                 .collect();

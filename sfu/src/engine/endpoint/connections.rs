@@ -202,7 +202,12 @@ impl Endpoint {
     ) -> Result<ConnId, EngineError> {
         // The core makes the ICE credentials (new ones at each ICE restart); STUN is
         // routed by the one each local description carries (follow_local_ufrag).
-        let (media, registry, settings) = connection_recipe(role, SettingEngineBuilder::new())?;
+        let Recipe {
+            media,
+            registry,
+            settings,
+            estimate,
+        } = connection_recipe(role, SettingEngineBuilder::new())?;
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media)
@@ -251,6 +256,8 @@ impl Endpoint {
                 early: Vec::new(),
                 tracks: HashMap::new(),
                 liveness: Liveness::default(),
+                estimate,
+                received_bytes: 0,
                 _live: connection_guard(),
             },
         );
@@ -307,6 +314,7 @@ impl Endpoint {
                 subscriber_state: RTCPeerConnectionState::New,
                 state: MediaState::default(),
                 codecs: Codecs::new(),
+                uplink: Uplink::default(),
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );

@@ -69,14 +69,16 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::liveness::{self, Liveness};
 use super::{
-    EngineError, EngineEvent, LIVE_PARTICIPANTS, LiveGuard, NackCounters, Role, codec_parameters,
-    connection_guard, connection_recipe, media_track, webrtc_err,
+    EngineError, EngineEvent, Estimate, LIVE_PARTICIPANTS, LiveGuard, NackCounters, Recipe, Role,
+    codec_parameters, connection_guard, connection_recipe, media_track, webrtc_err,
 };
 use crate::codec::{Codec, CodecSet, publish_codecs};
 use crate::forward::{
     CachedPacket, Forward, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
 };
+use bandwidth::Uplink;
 
+mod bandwidth;
 mod connections;
 mod forwarding;
 mod negotiation;
@@ -197,6 +199,10 @@ struct Conn {
     tracks: HashMap<String, TrackId>,
     /// Whether the browser is still there (see [`liveness`]).
     liveness: Liveness,
+    /// Subscriber leg: its browser's downlink estimate ([`crate::bwe`]).
+    estimate: Option<Estimate>,
+    /// Bytes received on it (a publisher leg: what its browser sends).
+    received_bytes: u64,
     _live: LiveGuard,
 }
 
@@ -271,6 +277,8 @@ struct Member {
     state: MediaState,
     /// Codecs: see [`Codecs`].
     codecs: Codecs,
+    /// What its browser sends, and the limit the others' downlinks set it ([`bandwidth`]).
+    uplink: Uplink,
     _live: LiveGuard,
 }
 
@@ -582,5 +590,6 @@ impl Endpoint {
         for key in again {
             self.mark_dirty(key);
         }
+        self.limit_uplinks(now);
     }
 }

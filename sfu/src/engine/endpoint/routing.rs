@@ -36,6 +36,7 @@ impl Endpoint {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        c.received_bytes += data.len() as u64;
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {

@@ -23,6 +23,7 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -43,6 +44,8 @@ const ROOM: u128 = 1;
 const DELAY: Duration = Duration::from_millis(10);
 const AUDIO_EVERY: Duration = Duration::from_millis(20);
 const FRAME_EVERY: Duration = Duration::from_millis(33);
+/// What a simulated browser's audio takes (80-byte payloads every 20 ms, with headers).
+const AUDIO_BPS: u32 = 40_000;
 /// The largest video payload, as a browser packetizes.
 const MAX_PAYLOAD: usize = 1100;
 
@@ -80,8 +83,12 @@ struct Leg {
 
 impl Leg {
     fn new(addr: SocketAddr, now: Instant) -> Self {
-        let (media, registry, settings) =
-            connection_recipe(Role::Client, SettingEngineBuilder::new()).unwrap();
+        let crate::engine::Recipe {
+            media,
+            registry,
+            settings,
+            ..
+        } = connection_recipe(Role::Client, SettingEngineBuilder::new()).unwrap();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media)
@@ -147,6 +154,9 @@ struct Browser {
     want_keyframe: bool,
     /// Keyframe requests (PLI or FIR) its publisher connection received.
     keyframe_requests: u32,
+    /// The last REMB its publisher connection received (bits per second): like a
+    /// browser, it sends no more (audio and video) than that.
+    remb: Option<u32>,
     /// Tracks its subscriber connection receives, by the core's track id.
     received: HashMap<String, Received>,
     /// The ICE username fragment of each subscriber offer it answered.
@@ -195,6 +205,7 @@ impl Browser {
             next_audio: None,
             next_frame: None,
             video_kbps,
+            remb: None,
             video_paused_until: None,
             want_keyframe: true,
             keyframe_requests: 0,
@@ -270,6 +281,11 @@ impl Browser {
                     self.keyframe_requests += 1;
                     self.want_keyframe = true;
                 }
+                for p in &packets {
+                    if let Some(r) = p.as_any().downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                        self.remb = Some(r.bitrate as u32);
+                    }
+                }
             }
         }
         while let Some(m) = self.subscriber.pc.poll_read() {
@@ -325,7 +341,12 @@ impl Browser {
             }
             self.frames += 1;
             let key = std::mem::take(&mut self.want_keyframe);
-            let mean = (self.video_kbps as usize * 1000 / 8) * 33 / 1000;
+            let kbps = match self.remb {
+                Some(bps) => self.video_kbps.min(bps.saturating_sub(AUDIO_BPS) / 1000),
+                None => self.video_kbps,
+            }
+            .max(30);
+            let mean = (kbps as usize * 1000 / 8) * 33 / 1000;
             let size = if key { mean * 3 } else { mean };
             let per_packet = MAX_PAYLOAD - 4 - 10;
             let packets = size.div_ceil(per_packet).max(1);
@@ -816,47 +837,77 @@ fn a_browser_that_goes_silent_is_reported_failed_after_the_liveness_limit() {
         EngineEvent::Connection { participant, connected: false } if *participant == other)));
 }
 
+/// A subscriber whose downlink is capped at 300 kbit/s while the other publishes 1.5
+/// Mbit/s: at first the link overflows (and the NACKs for what it drops are answered
+/// within the budget); the subscriber's estimate falls, the SFU tells the publisher the
+/// most it may send (REMB), and the publisher (as a browser does) sends no more: the link
+/// stops overflowing and audio arrives whole.
 #[test]
-fn a_rate_capped_downlink_drops_on_the_link_and_audio_still_arrives() {
+fn a_rate_capped_downlink_brings_its_publisher_down_to_what_it_can_take() {
     let mut w = call(6, 1500);
-    // 300 kbit/s to the second browser, a queue of 200 ms; the first publishes 1.5 Mbit/s.
     let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
     w.net.set_link(
         sfu,
         b1,
         LinkConfig::clean(DELAY).with_rate(300_000, ms(200)),
     );
-    let audio_start = w.browsers[0].sent.0;
     let video_start = w.browsers[0].sent.1;
-    let got_audio = w.browsers[1].got(MediaKind::Audio).1;
-    w.run_for(Duration::from_secs(5));
+    w.run_for(Duration::from_secs(2));
     let link = w.downlink(1);
-    let audio_sent = w.browsers[0].sent.0 - audio_start;
-    let audio_got = w.browsers[1].got(MediaKind::Audio).1 - got_audio;
-    // Nothing adapts the stream to the link yet: most of what the SFU sends is dropped.
-    assert!(link.overflowed * 2 > link.sent, "{link:?}");
-    // At most the link's rate arrives (5 s at 300 kbit/s, plus what the queue held).
-    assert!(
-        link.delivered_bytes * 8 <= 300_000 * 5 + 300_000 / 5 + 300_000,
-        "{link:?}"
-    );
     let video_published = w.browsers[0].sent.1 - video_start;
-    let published = video_published + audio_sent;
     let resent = w.nacks.resent.load(std::sync::atomic::Ordering::Relaxed);
     let refused = w.nacks.refused.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "capped: audio {audio_got} of {audio_sent}; {published} packets published, \
-         {} sent on the link ({resent} resent for NACKs, {refused} refused); {link:?}",
-        link.sent
+        "capped, first 2 s: {video_published} video packets published, {} sent on the link \
+         ({resent} resent for NACKs, {refused} refused); {link:?}; remb {:?}",
+        link.sent, w.browsers[0].remb
     );
-    assert!(audio_got > 0);
+    // Before anything adapts, most of what the SFU sends is dropped by the link.
+    assert!(link.overflowed * 2 > link.sent, "{link:?}");
     // NACKs for what the full link dropped are answered within the budget: at most half
-    // of what is forwarded (before the limits, 13,528 resends for 1,162 packets).
+    // of what is forwarded (before the limits, 13,528 resends for 1,162 packets in 5 s).
     assert!(
         resent <= u64::from(video_published) / 2 + u64::from(crate::forward::RESEND_BURST),
         "{resent} resent for {video_published} video packets"
     );
     assert!(refused > resent, "{refused} refused, {resent} resent");
+
+    // Adapted: the publisher was told to send no more than the link carries, and follows
+    // the estimate as it probes upwards and backs off.
+    w.run_for(Duration::from_secs(8));
+    let remb = w.browsers[0].remb.expect("the publisher was sent a REMB");
+    assert!(remb <= 600_000, "REMB {remb} for a 300 kbit/s downlink");
+    // Over the next 10 s most of what is sent arrives, and audio nearly all (before
+    // adapting, 72 % was dropped and a third of the audio).
+    let before = w.downlink(1);
+    let audio_sent = w.browsers[0].sent.0;
+    let audio_got = w.browsers[1].got(MediaKind::Audio).1;
+    let mut rembs = Vec::new();
+    for _ in 0..10 {
+        w.run_for(Duration::from_secs(1));
+        rembs.push(w.browsers[0].remb.unwrap_or(0) / 1000);
+    }
+    let after = w.downlink(1);
+    let sent = after.sent - before.sent;
+    let overflowed = after.overflowed - before.overflowed;
+    let audio_sent = w.browsers[0].sent.0 - audio_sent;
+    let audio_got = w.browsers[1].got(MediaKind::Audio).1 - audio_got;
+    eprintln!(
+        "capped, 10-20 s: {overflowed} of {sent} dropped by the link; audio {audio_got} of \
+         {audio_sent}; REMB each second (kbit/s) {rembs:?}"
+    );
+    assert!(
+        overflowed * 100 <= sent * 15,
+        "{overflowed} of {sent} dropped"
+    );
+    assert!(
+        audio_got as u64 * 100 >= u64::from(audio_sent) * 90,
+        "audio {audio_got} of {audio_sent}"
+    );
+    assert!(
+        rembs.iter().all(|r| *r < 1_000),
+        "limited throughout: {rembs:?}"
+    );
     // The first browser, on a clean link, still gets everything.
     assert_eq!(w.browsers[0].got(MediaKind::Video).2, 0);
 }
