@@ -11,7 +11,19 @@
 //!
 //! Sans-IO: estimates, rates and the time in; the REMB to send out. No allocation.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
+
+/// Where a downlink estimate starts, in bits per second: above what a browser's camera
+/// sends, so that it falls only on evidence (delay growing, packets lost) and never limits
+/// a publisher merely because it started low.
+pub const ESTIMATE_INITIAL: f64 = 2_500_000.0;
+/// Its floor and ceiling.
+pub const ESTIMATE_MIN: f64 = 30_000.0;
+pub const ESTIMATE_MAX: f64 = 20_000_000.0;
 
 /// What an audio track is allowed for in a subscriber's estimate (Opus at its usual
 /// rate, with headers and some margin), in bits per second.
@@ -115,12 +127,114 @@ impl UplinkLimit {
     }
 }
 
+/// A subscriber leg's downlink estimator: the `rtc` crate's Google Congestion Control,
+/// its estimate kept where the endpoint reads it (a cell per connection, written at each
+/// feedback, read every tick).
+pub struct DownlinkEstimator {
+    gcc: Gcc,
+    cell: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for DownlinkEstimator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownlinkEstimator")
+            .field("estimate", &self.gcc.target_bitrate())
+            .finish()
+    }
+}
+
+impl DownlinkEstimator {
+    /// An estimator whose estimate (bits per second, 0 until the first feedback) is kept
+    /// in `cell`.
+    pub fn new(cell: Arc<AtomicU64>) -> Self {
+        Self {
+            gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
+            cell,
+        }
+    }
+}
+
+impl BandwidthEstimator for DownlinkEstimator {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        if reports.is_empty() {
+            return;
+        }
+        self.gcc.on_reports(now, reports);
+        self.cell
+            .store(self.gcc.target_bitrate() as u64, Ordering::Relaxed);
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.gcc.target_bitrate()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.gcc.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.gcc.poll_timeout()
+    }
+
+    fn stats(&self) -> EstimatorStats {
+        self.gcc.stats()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+
     use super::*;
 
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
+    }
+
+    /// A report of packet `id` (1,200 bytes) sent at `sent` ms, arrived `delay` ms later or
+    /// lost.
+    fn report(start: Instant, id: u64, sent: u64, delay: Option<u64>) -> PacketReport {
+        PacketReport {
+            ssrc: 1,
+            id,
+            rtp_sequence_number: id as u16,
+            is_twcc: true,
+            twcc_sequence_number: id as u16,
+            size: 1_200,
+            arrived: delay.is_some(),
+            departure: at(start, sent),
+            arrival: delay.map(|d| Duration::from_millis(sent + d)),
+            ecn: Ecn::default(),
+        }
+    }
+
+    /// The cell says what the estimator says: nothing before feedback, the starting
+    /// estimate on a clean path, much less once most packets are lost.
+    #[test]
+    fn the_estimate_is_kept_in_the_cell_and_falls_with_loss() {
+        let t = Instant::now();
+        let cell = Arc::new(AtomicU64::new(0));
+        let mut e = DownlinkEstimator::new(cell.clone());
+        e.on_reports(t, &[]);
+        assert_eq!(cell.load(Ordering::Relaxed), 0, "no feedback yet");
+        let mut batch = Vec::new();
+        for (id, ms) in (0..6_000u64).step_by(10).enumerate() {
+            let id = id as u64;
+            // Clean for 2 s, then 60 % of packets lost.
+            let lost = ms >= 2_000 && id % 5 < 3;
+            batch.push(report(t, id, ms, (!lost).then_some(20)));
+            if ms % 100 == 90 {
+                e.on_reports(at(t, ms + 30), &batch);
+                batch.clear();
+            }
+            if ms == 1_990 {
+                let clean = cell.load(Ordering::Relaxed);
+                assert!(clean as f64 >= ESTIMATE_INITIAL, "clean: {clean}");
+            }
+        }
+        let lossy = cell.load(Ordering::Relaxed);
+        assert_eq!(lossy, e.target_bitrate() as u64);
+        assert!(lossy < 1_000_000, "60 % loss for 4 s: {lossy}");
     }
 
     #[test]

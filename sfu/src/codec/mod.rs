@@ -38,8 +38,11 @@ pub enum Codec {
 /// fragments and STAP-A aggregates), as every browser offers it.
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
-/// Opus with in-band FEC, as browsers offer it.
-pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+/// Opus with in-band FEC (a lost packet is rebuilt from the next one's low-rate copy), as
+/// browsers offer it, and DTX (in silence a packet every 400 ms instead of 50 a second,
+/// leaving the bandwidth to video on a weak link). In the SFU's answers, this is what
+/// publishers are asked to send; in its offers, what subscribers are told they get.
+pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1;usedtx=1";
 
 impl Codec {
     /// The video codecs of the policy, in the order the SFU prefers when nothing else

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use protocol::{IceCandidate, MediaLeg, MediaState};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
-    Attribute, CongestionControlBuilder, Gcc, Interceptor, NackGeneratorBuilder, Packet,
+    Attribute, CongestionControlBuilder, Interceptor, NackGeneratorBuilder, Packet,
     ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
@@ -490,16 +490,8 @@ enum Role {
     Client,
 }
 
-/// Where a subscriber leg's downlink estimate starts, in bits per second: above what a
-/// browser's camera sends, so that the estimate falls only on evidence (delay growing,
-/// packets lost) and never limits a publisher merely because it started low.
-pub const ESTIMATE_INITIAL: f64 = 2_500_000.0;
-/// Its floor and ceiling.
-pub const ESTIMATE_MIN: f64 = 30_000.0;
-pub const ESTIMATE_MAX: f64 = 20_000_000.0;
-
 /// A connection's downlink estimate in bits per second (0 until the first feedback), as
-/// the subscriber leg's congestion controller last said.
+/// the subscriber leg's estimator ([`crate::bwe::DownlinkEstimator`]) last said.
 pub type Estimate = Arc<AtomicU64>;
 
 /// What a connection in some role is made of.
@@ -552,25 +544,15 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
             .map_err(webrtc_err)?
             .with(
                 Slot::CongestionControl,
-                CongestionControlBuilder::new(Gcc::new(
-                    ESTIMATE_INITIAL,
-                    ESTIMATE_MIN,
-                    ESTIMATE_MAX,
-                ))
-                .build(),
+                CongestionControlBuilder::new(crate::bwe::DownlinkEstimator::new(cell.clone()))
+                    .build(),
             );
         estimate = Some(cell);
     }
     if sending {
         registry = registry
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(
-                Slot::from(14_000),
-                RtcpToApplication {
-                    estimate: estimate.clone(),
-                    ..Default::default()
-                },
-            );
+            .with(Slot::from(14_000), RtcpToApplication::default());
     }
     let settings = settings
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -674,14 +656,11 @@ fn media_track(
 }
 
 /// Marks keyframe requests, NACKs and REMB from the far end for delivery to the application
-/// (otherwise the interceptor chain ends them); other RTCP is left to the chain. On the
-/// SFU's sending leg it also keeps the congestion controller's estimate, which rides on
-/// the feedback that changed it, where the endpoint reads it.
+/// (otherwise the interceptor chain ends them); other RTCP is left to the chain.
 #[derive(Default)]
 struct RtcpToApplication {
     read: std::collections::VecDeque<TaggedPacket>,
     write: std::collections::VecDeque<TaggedPacket>,
-    estimate: Option<Estimate>,
 }
 
 impl std::fmt::Debug for RtcpToApplication {
@@ -698,14 +677,6 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let (Some(cell), Some(Attribute::TargetBitrateChanged { bits_per_second })) = (
-            &self.estimate,
-            msg.message.get(&Attribute::TargetBitrateChanged {
-                bits_per_second: 0.0,
-            }),
-        ) {
-            cell.store(*bits_per_second as u64, Ordering::Relaxed);
-        }
         if let Packet::Rtcp(pkts) = &msg.message.packet {
             let wanted: Vec<_> = pkts
                 .iter()

@@ -524,6 +524,51 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         outcome
     }
 
+    /// `peer`'s path was interrupted (its browser was not heard for a while) and is back:
+    /// what was sent to it meanwhile is lost and older than anything worth resending, so
+    /// each video it receives restarts at the next keyframe, asked for here, with its
+    /// numbering continued (the hole is before the new run: its NACKs for it are not
+    /// answered, and the keyframe lets its decoder go on).
+    pub fn restart_peer(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        mut request: impl FnMut(KeyframeRequest),
+    ) {
+        for (id, t) in &mut self.tracks {
+            if t.kind != MediaKind::Video {
+                continue;
+            }
+            let Some(d) = t.subscribers.iter_mut().find(|d| d.peer == peer) else {
+                continue;
+            };
+            if d.state != DownState::Forwarding {
+                continue;
+            }
+            d.state = DownState::WaitingForKeyframe;
+            if let Some(r) = t.request_keyframe(*id, now) {
+                request(r);
+            }
+        }
+    }
+
+    /// The publisher of video `track` is back after an outage (its browser was not heard
+    /// for a while): its subscribers restart at its next keyframe, asked for here, whether
+    /// or not its numbering shows a gap (a browser may hold back what it could not send,
+    /// and its subscribers' decoders still lost their place).
+    pub fn restart_track(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {
+        let t = self.tracks.get_mut(&track)?;
+        if t.kind != MediaKind::Video {
+            return None;
+        }
+        for d in &mut t.subscribers {
+            if d.state == DownState::Forwarding {
+                d.state = DownState::WaitingForKeyframe;
+            }
+        }
+        t.request_keyframe(track, now)
+    }
+
     /// A subscriber asked for a keyframe (PLI or FIR): pass it on, at most once per
     /// [`KEYFRAME_REQUEST_INTERVAL`] per track however many ask.
     pub fn on_keyframe_request(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {

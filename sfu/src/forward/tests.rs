@@ -285,6 +285,77 @@ fn retransmissions_are_at_most_half_of_what_is_forwarded_after_a_burst() {
     assert!(refused > resent, "{refused} refused, {resent} resent");
 }
 
+/// A subscriber back after an outage: its video waits for a keyframe (asked for once,
+/// however many videos), its numbering continues after what was sent, its audio and the
+/// other subscribers are untouched.
+#[test]
+fn a_peer_back_after_an_outage_restarts_its_video_at_a_keyframe() {
+    let now = Instant::now();
+    let mut f = forwarder();
+    let (sub, other) = (PeerId(2), PeerId(3));
+    for p in [sub, other] {
+        f.subscribe(VIDEO, p, p.0, now);
+        f.subscribe(AUDIO, p, 10 + p.0, now);
+    }
+    feed(&mut f, VIDEO, 100, true, now);
+    feed(&mut f, VIDEO, 101, false, now);
+    let later = now + Duration::from_secs(2);
+    let mut asked = Vec::new();
+    f.restart_peer(sub, later, |r| asked.push(r));
+    assert_eq!(
+        asked,
+        [KeyframeRequest {
+            publisher: PUB,
+            track: VIDEO
+        }]
+    );
+    // A delta frame goes to the other subscriber only; the keyframe to both, continuing
+    // the restarted one's numbering (101 was its last).
+    assert_eq!(feed(&mut f, VIDEO, 102, false, later).0, [(other, 102)]);
+    assert_eq!(
+        feed(&mut f, VIDEO, 103, true, later).0,
+        [(sub, 102), (other, 103)]
+    );
+    assert_eq!(
+        feed(&mut f, AUDIO, 7, false, later).0.len(),
+        2,
+        "audio untouched"
+    );
+    // Not forwarding yet (it never got a keyframe): nothing to restart, nothing asked.
+    let late = PeerId(4);
+    f.subscribe(VIDEO, late, 4, later);
+    let mut none = Vec::new();
+    f.restart_peer(late, later + Duration::from_secs(1), |r| none.push(r));
+    assert!(none.is_empty());
+}
+
+/// A publisher back after an outage with no gap in its numbering (its browser held what
+/// it could not send): its subscribers still restart at a keyframe, asked for once.
+#[test]
+fn a_track_back_after_an_outage_restarts_its_subscribers_at_a_keyframe() {
+    let now = Instant::now();
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, now);
+    f.subscribe(AUDIO, sub, 12, now);
+    feed(&mut f, VIDEO, 10, true, now);
+    let later = now + Duration::from_secs(2);
+    assert_eq!(
+        f.restart_track(VIDEO, later),
+        Some(KeyframeRequest {
+            publisher: PUB,
+            track: VIDEO
+        })
+    );
+    assert_eq!(
+        f.restart_track(AUDIO, later),
+        None,
+        "audio needs no keyframe"
+    );
+    assert!(feed(&mut f, VIDEO, 11, false, later).0.is_empty());
+    assert_eq!(feed(&mut f, VIDEO, 12, true, later).0, [(sub, 11)]);
+}
+
 #[test]
 fn a_paused_video_resumes_at_a_keyframe_without_a_gap_in_numbering() {
     let now = Instant::now();

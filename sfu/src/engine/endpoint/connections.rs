@@ -258,6 +258,7 @@ impl Endpoint {
                 liveness: Liveness::default(),
                 estimate,
                 received_bytes: 0,
+                last_heard: None,
                 _live: connection_guard(),
             },
         );

@@ -121,6 +121,43 @@ impl Endpoint {
         }
     }
 
+    /// A participant's connection is heard again after an outage: the videos it receives
+    /// (subscriber leg) or sends (publisher leg) restart at keyframes, asked for now.
+    pub(super) fn back_after_outage(&mut self, key: u128, leg: MediaLeg, now: Instant) {
+        let Self {
+            rooms,
+            conns,
+            touched,
+            members,
+            ..
+        } = self;
+        let Some(m) = members.get(&key) else {
+            return;
+        };
+        let Some(r) = rooms.get_mut(&m.room) else {
+            return;
+        };
+        tracing::debug!(participant = key, ?leg, "back after an outage");
+        let mut requests = Vec::new();
+        match leg {
+            MediaLeg::Subscriber => r
+                .forwarder
+                .restart_peer(m.id, now, |req| requests.push(req)),
+            MediaLeg::Publisher => {
+                let videos = r
+                    .tracks
+                    .iter()
+                    .filter(|(_, t)| t.publisher == m.id && t.kind == MediaKind::Video);
+                for (id, _) in videos {
+                    requests.extend(r.forwarder.restart_track(*id, now));
+                }
+            }
+        }
+        for req in requests {
+            request_keyframe(conns, touched, r, req, now);
+        }
+    }
+
     /// A subscriber's NACKs (resent from the cache, or passed upstream for what the SFU
     /// never got) and keyframe requests for one track.
     pub(super) fn subscriber_rtcp(

@@ -106,6 +106,13 @@ const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 /// [`Endpoint::poll_timeout`] while any connection is open).
 const TICK: Duration = Duration::from_millis(250);
 
+/// A connection not heard for this long (a browser's feedback comes every 100 ms or so
+/// while it receives video, its media 50 times a second while it sends) had its path
+/// interrupted: when it is heard again, the videos it receives, or those it sends, restart
+/// at keyframes asked for at once ([`Forwarder::restart_peer`],
+/// [`Forwarder::restart_track`]).
+const OUTAGE: Duration = Duration::from_millis(1_000);
+
 /// A request from the engine (signalling's way in), for [`Endpoint::handle_command`].
 #[derive(Debug)]
 pub enum Command {
@@ -203,6 +210,8 @@ struct Conn {
     estimate: Option<Estimate>,
     /// Bytes received on it (a publisher leg: what its browser sends).
     received_bytes: u64,
+    /// When its browser was last heard (anything the core accepted).
+    last_heard: Option<Instant>,
     _live: LiveGuard,
 }
 

@@ -47,16 +47,27 @@ impl Endpoint {
             },
             message: data,
         };
+        let mut back = None;
         match c.pc.handle_read(msg) {
             // Accepted, so authenticated (a STUN check with its credentials, DTLS, SRTP).
             Ok(()) => {
                 if c.liveness.heard(now) == Some(liveness::Change::Heard) {
                     tracing::debug!(participant = c.participant, leg = ?c.leg, "heard again");
                 }
+                let gap = c
+                    .last_heard
+                    .is_some_and(|at| now.saturating_duration_since(at) >= OUTAGE);
+                if gap {
+                    back = Some((c.participant, c.leg));
+                }
+                c.last_heard = Some(now);
             }
             Err(e) => tracing::trace!(error = %e, "datagram refused"),
         }
         touch(&mut self.conns, &mut self.touched, id);
+        if let Some((key, leg)) = back {
+            self.back_after_outage(key, leg, now);
+        }
     }
 
     /// The connection a STUN message is for: the one its username names (which then

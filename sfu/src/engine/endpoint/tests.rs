@@ -161,6 +161,8 @@ struct Browser {
     received: HashMap<String, Received>,
     /// The ICE username fragment of each subscriber offer it answered.
     offer_ufrags: Vec<String>,
+    /// The SFU's answer to its publisher offer.
+    publish_answer: String,
 }
 
 impl Browser {
@@ -211,6 +213,7 @@ impl Browser {
             keyframe_requests: 0,
             received: HashMap::new(),
             offer_ufrags: Vec::new(),
+            publish_answer: String::new(),
         }
     }
 
@@ -491,6 +494,7 @@ impl World {
         let Ok(Answer::Sdp(answer)) = answer else {
             panic!("publish: {answer:?}");
         };
+        b.publish_answer.clone_from(&answer);
         b.publisher
             .pc
             .set_remote_description(self.now, RTCSessionDescription::answer(answer).unwrap())
@@ -667,6 +671,24 @@ fn two_browsers_receive_each_others_audio_and_video_intact() {
     assert!(w.now >= t_connected + Duration::from_secs(3));
 }
 
+/// What publishers are asked for: Opus with in-band FEC and DTX, video with NACK, PLI,
+/// FIR, transport-wide congestion feedback and REMB (the limit `crate::bwe` sets).
+#[test]
+fn a_publisher_is_answered_with_fec_dtx_and_the_feedback_the_sfu_uses() {
+    let w = call(9, 300);
+    let answer = &w.browsers[0].publish_answer;
+    assert!(
+        answer.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1"),
+        "{answer}"
+    );
+    for fb in ["nack", "nack pli", "ccm fir", "transport-cc", "goog-remb"] {
+        assert!(
+            answer.contains(&format!("a=rtcp-fb:96 {fb}\r\n")),
+            "no {fb}: {answer}"
+        );
+    }
+}
+
 #[test]
 fn three_browsers_each_receive_the_other_two() {
     let mut w = World::new(9);
@@ -755,6 +777,31 @@ fn video_back_after_a_cut_uplink_makes_the_sfu_ask_its_publisher_for_a_keyframe(
         w.browsers[0].keyframe_requests, before,
         "a stall without losses asks nothing"
     );
+}
+
+/// A subscriber's path cut both ways for 1.5 s and restored: what was sent to it
+/// meanwhile is gone, so when it is heard again the SFU asks the publisher for a keyframe
+/// at once (its video restarts there) rather than leaving its browser to NACK a hole of
+/// 1.5 s and ask for a keyframe itself.
+#[test]
+fn a_subscriber_back_after_an_outage_gets_a_keyframe_asked_for_at_once() {
+    let mut w = call(10, 300);
+    w.run_for(Duration::from_secs(2));
+    let before = w.browsers[0].keyframe_requests;
+    let (b1, sfu) = (w.browsers[1].ip, SFU.ip());
+    let cut = LinkConfig::clean(DELAY).with_loss(1.0);
+    w.net.set_link(b1, sfu, cut);
+    w.net.set_link(sfu, b1, cut);
+    w.run_for(ms(1_500));
+    let video = w.browsers[1].got(MediaKind::Video).0;
+    w.net.set_link(b1, sfu, LinkConfig::clean(DELAY));
+    w.net.set_link(sfu, b1, LinkConfig::clean(DELAY));
+    let asked = w.run_until(ms(300), |w| w.browsers[0].keyframe_requests > before);
+    assert!(asked, "no keyframe asked for when the subscriber came back");
+    let flowing = w.run_until(Duration::from_secs(1), |w| {
+        w.browsers[1].got(MediaKind::Video).0 > video + 20
+    });
+    assert!(flowing, "its video did not come back");
 }
 
 #[test]
