@@ -160,7 +160,7 @@ function note(dir, msg) {
   }
   if (msg.status?.state) entry.state = msg.status.state;
   app.messages.push(entry);
-  if (app.messages.length > 300) app.messages.shift();
+  if (app.messages.length > 2000) app.messages.shift();
 }
 
 // --- camera and microphone ----------------------------------------------------------------
