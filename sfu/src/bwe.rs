@@ -45,6 +45,18 @@ pub const REFRESH: Duration = Duration::from_millis(1_000);
 /// A drop of the share by this fraction since the last REMB is sent at once.
 pub const RESEND_DROP: f64 = 0.03;
 
+/// After a limit falls it is held this long before it may rise with the estimate again (a
+/// probe of the link); a fall within this long of a rise (the probe failed) makes the next
+/// hold half as long again, up to [`PROBE_WAIT_MAX`]; a later fall starts again from
+/// here. The `rtc` crate's estimator grows its estimate until the link queues or loses,
+/// well past what the link carries (a 350 kbit/s link's rose to 590 kbit/s before it fell
+/// to 210), and a publisher told each step overshoots and freezes its viewers each time;
+/// held, the publisher spends most of the call just under the link's rate. LiveKit's
+/// stream allocator does the same with its probes (5 s, 1.5 times, at most 30 s).
+pub const PROBE_WAIT: Duration = Duration::from_secs(5);
+pub const PROBE_WAIT_MAX: Duration = Duration::from_secs(30);
+pub const PROBE_BACKOFF: f64 = 1.5;
+
 /// A share above this means no subscriber constrains the publisher: the limit is lifted.
 pub const RELEASE_ABOVE: u64 = 4_000_000;
 
@@ -70,6 +82,12 @@ pub struct UplinkLimit {
     low_since: Option<Instant>,
     /// The last REMB sent while limited, and when.
     sent: Option<(Instant, u64)>,
+    /// The limit may not rise before this (see [`PROBE_WAIT`]).
+    hold_until: Option<Instant>,
+    /// The current hold ([`PROBE_WAIT`] until a probe fails).
+    wait: Option<Duration>,
+    /// When the limit began to rise after its last hold.
+    rose_at: Option<Instant>,
 }
 
 impl UplinkLimit {
@@ -98,27 +116,50 @@ impl UplinkLimit {
                 return None;
             }
             self.low_since = None;
-            self.sent = Some((now, share));
-            return Some(share);
+            return Some(self.fall(now, share));
         }
         if share > RELEASE_ABOVE {
             return self.release(now);
         }
         let (at, last) = self.sent.unwrap_or((now, share));
-        let dropped = (share as f64) < last as f64 * (1.0 - RESEND_DROP);
-        // The estimator ramps up by itself (and backs off when the link queues or loses):
-        // the limit follows it. (Holding the limit's rise to 8 % a second on top left
-        // the simulated 300 kbit/s link's publisher at 48-76 kbit/s for 8 s after the
-        // first overflow.)
-        if dropped || now.saturating_duration_since(at) >= REFRESH {
-            self.sent = Some((now, share));
-            return Some(share);
+        if (share as f64) < last as f64 * (1.0 - RESEND_DROP) {
+            return Some(self.fall(now, share));
+        }
+        let held = self.hold_until.is_some_and(|until| now < until);
+        let limit = if held { share.min(last) } else { share };
+        if limit > last && self.rose_at.is_none() {
+            self.rose_at = Some(now);
+        }
+        if now.saturating_duration_since(at) >= REFRESH {
+            self.sent = Some((now, limit));
+            return Some(limit);
         }
         None
     }
 
+    /// The limit falls to `share`, and is held there.
+    fn fall(&mut self, now: Instant, share: u64) -> u64 {
+        let wait = self.wait.unwrap_or(PROBE_WAIT);
+        let probe_failed = self
+            .rose_at
+            .is_some_and(|rose| now.saturating_duration_since(rose) < PROBE_WAIT);
+        let wait = if probe_failed {
+            wait.mul_f64(PROBE_BACKOFF).min(PROBE_WAIT_MAX)
+        } else {
+            PROBE_WAIT
+        };
+        self.wait = Some(wait);
+        self.hold_until = Some(now + wait);
+        self.rose_at = None;
+        self.sent = Some((now, share));
+        share
+    }
+
     fn release(&mut self, now: Instant) -> Option<u64> {
         if self.limited() {
+            self.hold_until = None;
+            self.wait = None;
+            self.rose_at = None;
             self.sent = Some((now, NO_LIMIT));
             Some(NO_LIMIT)
         } else {
@@ -265,25 +306,80 @@ mod tests {
         assert!(u.limited());
         // Told again every second while it lasts, and at once when the share falls.
         assert_eq!(u.update(at(t, 1_500), Some(330_000), 330_000), None);
+        // (Held at the first limit: a higher estimate does not raise it yet.)
         assert_eq!(
             u.update(at(t, 2_100), Some(340_000), 330_000),
-            Some(340_000)
+            Some(320_000)
         );
         assert_eq!(
             u.update(at(t, 2_200), Some(250_000), 330_000),
             Some(250_000)
         );
-        // The subscriber's link recovers: the limit follows, then is lifted.
+        // The estimate rises again: held at the fallen limit for 5 s after the fall (at
+        // 2,200), then it follows.
         assert_eq!(
             u.update(at(t, 3_200), Some(1_000_000), 250_000),
-            Some(1_000_000)
+            Some(250_000)
         );
         assert_eq!(
-            u.update(at(t, 4_200), Some(5_000_000), 1_000_000),
+            u.update(at(t, 6_300), Some(1_000_000), 250_000),
+            Some(250_000)
+        );
+        assert_eq!(
+            u.update(at(t, 7_300), Some(1_000_000), 250_000),
+            Some(1_000_000)
+        );
+        // And is lifted once no subscriber constrains it.
+        assert_eq!(
+            u.update(at(t, 8_300), Some(5_000_000), 1_000_000),
             Some(NO_LIMIT)
         );
         assert!(!u.limited());
-        assert_eq!(u.update(at(t, 6_200), Some(5_000_000), 1_000_000), None);
+        assert_eq!(u.update(at(t, 9_300), Some(5_000_000), 1_000_000), None);
+    }
+
+    /// A rise that fails within 5 s holds the next fall half as long again (7.5 s, then
+    /// 11.25 s ...); a fall long after a rise holds 5 s again.
+    #[test]
+    fn a_failed_probe_lengthens_the_next_hold() {
+        let t = Instant::now();
+        let mut u = UplinkLimit::default();
+        u.update(at(t, 0), Some(300_000), 1_000_000);
+        assert_eq!(
+            u.update(at(t, 1_000), Some(300_000), 1_000_000),
+            Some(300_000)
+        );
+        // Held until 6,000; it rises at 6,000 and falls at 8,000: the probe failed.
+        assert_eq!(
+            u.update(at(t, 6_000), Some(400_000), 300_000),
+            Some(400_000)
+        );
+        assert_eq!(
+            u.update(at(t, 8_000), Some(280_000), 400_000),
+            Some(280_000)
+        );
+        // Held 7.5 s: still 280,000 at 15,000, free at 16,000.
+        assert_eq!(
+            u.update(at(t, 15_000), Some(500_000), 280_000),
+            Some(280_000)
+        );
+        assert_eq!(
+            u.update(at(t, 16_000), Some(500_000), 280_000),
+            Some(500_000)
+        );
+        // A fall 10 s after that rise: back to 5 s.
+        assert_eq!(
+            u.update(at(t, 26_000), Some(300_000), 500_000),
+            Some(300_000)
+        );
+        assert_eq!(
+            u.update(at(t, 30_500), Some(600_000), 300_000),
+            Some(300_000)
+        );
+        assert_eq!(
+            u.update(at(t, 31_500), Some(600_000), 300_000),
+            Some(600_000)
+        );
     }
 
     #[test]

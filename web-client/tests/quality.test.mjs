@@ -52,7 +52,7 @@ const MATRIX = process.env.QUALITY_CASES
 const KINDS = ['ours', 'direct'];
 
 // A watchdog for the whole file: each run is two windows at most plus ~30 s of setup.
-h.watchdog(FULL ? MATRIX.length * KINDS.length * RUNS * (2 * WINDOW_S + 60) + 60 : 120);
+h.watchdog(MATRIX.length * KINDS.length * RUNS * (2 * WINDOW_S + 60) + 60);
 
 const ORIGIN = `http://${SERVER_IP}:443`;
 /** Browsers offer a camera only to secure pages; plain HTTP on this address counts here. */
