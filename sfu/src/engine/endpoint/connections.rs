@@ -106,12 +106,19 @@ impl Endpoint {
         match event {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 tracing::debug!(participant = key, ?leg, %state, "connection state");
+                let mut back = false;
                 if state == RTCPeerConnectionState::Connected {
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.liveness.connected(now);
+                        back = std::mem::take(&mut c.ice_restarted);
                     }
                 }
                 self.connection_state(key, leg, state, now);
+                // A subscriber leg connected again after an ICE restart: its path was lost
+                // or moved (its browser restarts only then).
+                if back && leg == MediaLeg::Subscriber {
+                    self.back_after_outage(key, leg, now);
+                }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if leg == MediaLeg::Publisher =>
@@ -259,6 +266,7 @@ impl Endpoint {
                 estimate,
                 received_bytes: 0,
                 last_heard: None,
+                ice_restarted: false,
                 _live: connection_guard(),
             },
         );
@@ -422,6 +430,7 @@ pub(super) fn follow_local_ufrag(
     }
     if !c.ufrag.is_empty() {
         tracing::debug!(participant = c.participant, leg = ?c.leg, "ICE restarted");
+        c.ice_restarted = true;
         if by_ufrag.get(&c.ufrag) == Some(&id) {
             by_ufrag.remove(&c.ufrag);
         }

@@ -106,11 +106,13 @@ const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 /// [`Endpoint::poll_timeout`] while any connection is open).
 const TICK: Duration = Duration::from_millis(250);
 
-/// A connection not heard for this long (a browser's feedback comes every 100 ms or so
-/// while it receives video, its media 50 times a second while it sends) had its path
-/// interrupted: when it is heard again, the videos it receives, or those it sends, restart
-/// at keyframes asked for at once ([`Forwarder::restart_peer`],
-/// [`Forwarder::restart_track`]).
+/// A publisher connection not heard for this long (its browser sends audio 50 times a
+/// second, or every 400 ms in silence with DTX, and sender reports every second) had its
+/// path interrupted: when it is heard again, the subscribers of its videos restart at
+/// keyframes asked for at once ([`Forwarder::restart_track`]). A subscriber connection is
+/// judged by its ICE restarts instead: its browser's feedback is not regular enough (a
+/// Firefox receiver's reports came more than 1 s apart, and each "outage" restarted its
+/// videos; [`Forwarder::restart_peer`] once it connects after a restart).
 const OUTAGE: Duration = Duration::from_millis(1_000);
 
 /// A request from the engine (signalling's way in), for [`Endpoint::handle_command`].
@@ -212,6 +214,8 @@ struct Conn {
     received_bytes: u64,
     /// When its browser was last heard (anything the core accepted).
     last_heard: Option<Instant>,
+    /// Its ICE restarted and it has not connected since.
+    ice_restarted: bool,
     _live: LiveGuard,
 }
 

@@ -57,7 +57,7 @@ impl Endpoint {
                 let gap = c
                     .last_heard
                     .is_some_and(|at| now.saturating_duration_since(at) >= OUTAGE);
-                if gap {
+                if gap && c.leg == MediaLeg::Publisher {
                     back = Some((c.participant, c.leg));
                 }
                 c.last_heard = Some(now);
