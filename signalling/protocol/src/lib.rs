@@ -239,6 +239,14 @@ pub enum ServerMsg {
     },
     /// A visit arrived or changed (idempotent: carries the whole visit).
     VisitUpdated { clinic: ClinicId, visit: VisitView },
+    /// A waiting patient's page came online (one or more open) or went offline (none
+    /// open, or its server stopped renewing its presence). Changes only `online`; the
+    /// `online` of a later `visit_updated` is as current.
+    VisitPresence {
+        clinic: ClinicId,
+        visit: VisitId,
+        online: bool,
+    },
     /// A visit left this clinic's room.
     VisitClosed {
         clinic: ClinicId,

@@ -209,6 +209,14 @@ fn all_fixtures() -> Vec<&'static str> {
         },
     ));
     names.push(check(
+        "server_visit_presence",
+        &ServerMsg::VisitPresence {
+            clinic: clinic(),
+            visit: visit(),
+            online: false,
+        },
+    ));
+    names.push(check(
         "server_visit_closed",
         &ServerMsg::VisitClosed {
             clinic: clinic(),

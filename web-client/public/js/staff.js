@@ -273,6 +273,14 @@ function onMessage(msg) {
       renderBoard();
       break;
     }
+    case 'visit_presence': {
+      // Presence lives outside the room: only `online` changes.
+      const v = app.clinics.get(msg.clinic)?.visits.get(msg.visit);
+      if (!v || v.online === msg.online) break;
+      v.online = msg.online;
+      renderBoard();
+      break;
+    }
     case 'visit_closed': {
       const cl = app.clinics.get(msg.clinic);
       const v = cl?.visits.get(msg.visit);
