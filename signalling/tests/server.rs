@@ -82,7 +82,7 @@ async fn journey(s: &TestServer) {
     // Their page is connected: reception sees them online (presence, outside the room).
     reception
         .until("online", |m| {
-            matches!(m, ServerMsg::VisitPresence { visit, online: true, .. } if *visit == entered.visit)
+            matches!(m, ServerMsg::VisitPresence { online, .. } if online.contains(&entered.visit))
         })
         .await;
 
@@ -756,18 +756,30 @@ async fn two_instances_share_one_redis() {
     b.stop().await;
 }
 
+/// What a `visit_presence` says of `visit`: online, offline, or nothing.
+fn presence_in(m: &ServerMsg, visit: VisitId) -> Option<bool> {
+    match m {
+        ServerMsg::VisitPresence {
+            online, offline, ..
+        } => {
+            if online.contains(&visit) {
+                Some(true)
+            } else if offline.contains(&visit) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 /// The next `visit_presence` about `visit`: whether it says online.
 async fn presence_of(ws: &mut Ws, visit: VisitId) -> bool {
-    let ServerMsg::VisitPresence { online, .. } = ws
-        .until(
-            "presence",
-            |m| matches!(m, ServerMsg::VisitPresence { visit: v, .. } if *v == visit),
-        )
-        .await
-    else {
-        unreachable!()
-    };
-    online
+    let m = ws
+        .until("presence", |m| presence_in(m, visit).is_some())
+        .await;
+    presence_in(&m, visit).unwrap_or_else(|| unreachable!())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -810,12 +822,7 @@ async fn presence_is_leases_across_instances_and_writes_no_room_state() {
     let told: Vec<bool> = reception_on_b
         .raw
         .iter()
-        .filter_map(|t| match serde_json::from_str(t) {
-            Ok(ServerMsg::VisitPresence { visit, online, .. }) if visit == entered.visit => {
-                Some(online)
-            }
-            _ => None,
-        })
+        .filter_map(|t| presence_in(&serde_json::from_str(t).ok()?, entered.visit))
         .collect();
     assert_eq!(told, vec![true, false]);
     a.stop().await;

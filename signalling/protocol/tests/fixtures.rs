@@ -212,8 +212,10 @@ fn all_fixtures() -> Vec<&'static str> {
         "server_visit_presence",
         &ServerMsg::VisitPresence {
             clinic: clinic(),
-            visit: visit(),
-            online: false,
+            online: vec![visit()],
+            offline: vec![VisitId(Uuid::from_u128(
+                0x3333_3333_3333_4333_8333_3333_3333_3333,
+            ))],
         },
     ));
     names.push(check(

@@ -222,29 +222,29 @@ impl Hub {
             };
             let mut online = self.online.write().unwrap_or_else(|p| p.into_inner());
             let known = online.entry(clinic.clone()).or_default();
-            let changes: Vec<(VisitId, bool)> = known
-                .symmetric_difference(&now_online)
-                .map(|v| (*v, now_online.contains(v)))
-                .collect();
+            let online: Vec<VisitId> = now_online.difference(known).copied().collect();
+            let offline: Vec<VisitId> = known.difference(&now_online).copied().collect();
             *known = now_online;
-            let to = Audience::ClinicStaff(clinic.clone());
-            for (visit, is_online) in changes {
-                let msg = ServerMsg::VisitPresence {
-                    clinic: clinic.clone(),
-                    visit,
-                    online: is_online,
-                };
-                let Ok(text) = serde_json::to_string(&msg) else {
-                    continue;
-                };
-                let delivery = Arc::new(Delivery {
-                    clinic: clinic.clone(),
-                    version: NOT_A_ROOM_EVENT,
-                    text: Utf8Bytes::from(text),
-                    ends_visit: None,
-                });
-                self.send(&to, &delivery);
+            if online.is_empty() && offline.is_empty() {
+                continue;
             }
+            // One message however many changed (a whole instance's patients may): a staff
+            // connection's queue holds messages, not visits.
+            let msg = ServerMsg::VisitPresence {
+                clinic: clinic.clone(),
+                online,
+                offline,
+            };
+            let Ok(text) = serde_json::to_string(&msg) else {
+                continue;
+            };
+            let delivery = Arc::new(Delivery {
+                clinic: clinic.clone(),
+                version: NOT_A_ROOM_EVENT,
+                text: Utf8Bytes::from(text),
+                ends_visit: None,
+            });
+            self.send(&Audience::ClinicStaff(clinic), &delivery);
         }
     }
 

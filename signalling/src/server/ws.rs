@@ -36,6 +36,8 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Close codes (4000-4999 are the application's own).
+/// The largest message the server itself sends (a staff snapshot of a very full clinic).
+const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_RESTART: u16 = 1012;
@@ -107,7 +109,9 @@ pub async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(max * 4)
+        // A staff snapshot of a full clinic is one message of about 250 bytes a visit
+        // (1.2 MB for 5,000): it must fit, or staff of a large clinic could never load it.
+        .max_write_buffer_size((max * 4).max(MAX_SNAPSHOT_BYTES))
         .on_upgrade(move |socket| {
             let id = state.next_connection_id();
             let span = tracing::info_span!("ws", conn = id);

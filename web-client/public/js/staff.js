@@ -274,10 +274,15 @@ function onMessage(msg) {
       break;
     }
     case 'visit_presence': {
-      // Presence lives outside the room: only `online` changes.
-      const v = app.clinics.get(msg.clinic)?.visits.get(msg.visit);
-      if (!v || v.online === msg.online) break;
-      v.online = msg.online;
+      // Presence lives outside the room: only `online` changes, for many visits at once.
+      const cl = app.clinics.get(msg.clinic);
+      if (!cl) break;
+      for (const [ids, online] of [[msg.online, true], [msg.offline, false]]) {
+        for (const id of ids) {
+          const v = cl.visits.get(id);
+          if (v) v.online = online;
+        }
+      }
       renderBoard();
       break;
     }
