@@ -131,6 +131,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 /// Timeouts for commands and for (re)connecting.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// Backoff between attempts to re-establish the event subscription.
 const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(5);
@@ -498,7 +499,10 @@ impl RedisStore {
         let client = Client::open(url).map_err(redis_err)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT));
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            // Reconnection attempts at most this far apart, so commands work again soon
+            // after Redis is back (the default backoff grows to 3.2 s between attempts).
+            .set_max_delay(RECONNECT_MAX_DELAY);
         let con = client
             .get_connection_manager_with_config(config)
             .await
