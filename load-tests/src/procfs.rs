@@ -45,6 +45,13 @@ pub fn rss_mib(proc: &str) -> anyhow::Result<f64> {
     Ok(pages as f64 * 4096.0 / (1024.0 * 1024.0))
 }
 
+/// The machine's one-minute load average (runnable tasks), for reports on a shared machine.
+pub fn loadavg() -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg")?;
+    let first = text.split_whitespace().next().unwrap_or("");
+    Ok(first.parse()?)
+}
+
 /// This machine, for reports: CPU model, cores, kernel.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -75,6 +82,7 @@ mod tests {
         assert!(rss_mib("self").unwrap() > 1.0);
         assert!(thread_cpu_seconds("").unwrap() >= 0.0);
         assert!(machine().contains("cores"));
+        assert!(loadavg().unwrap() >= 0.0);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub public_url: String,
     pub redis_url: String,
+    pub redis_wait_ms: u64,
     pub data_dir: PathBuf,
     pub token_secret: String,
     pub staff_token_minutes: u64,
@@ -125,6 +126,9 @@ impl Config {
         {
             return bad("rate limits must be positive");
         }
+        if !(50..=60_000).contains(&self.redis_wait_ms) {
+            return bad("redis_wait_ms must be 50..=60000");
+        }
         if self.password_checks == 0 {
             return bad("password_checks must be at least 1");
         }
@@ -164,6 +168,12 @@ impl Config {
             ports,
             ice_tcp: self.media_ice_tcp,
         })
+    }
+
+    /// How long a Redis command may wait, reconnecting included, before it fails as
+    /// unavailable.
+    pub fn redis_wait(&self) -> Duration {
+        Duration::from_millis(self.redis_wait_ms)
     }
 
     /// `None` means single node (no Redis).

@@ -21,7 +21,9 @@ use store::{Store, StoreError};
 /// Redis store, shared by every signalling instance.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config.redis() {
-        Some(url) => Arc::new(store::redis::RedisStore::connect(url).await?),
+        Some(url) => {
+            Arc::new(store::redis::RedisStore::connect_with(url, config.redis_wait()).await?)
+        }
         None => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", config.data_dir.display()))

@@ -25,8 +25,8 @@ use crate::error::AppError;
 use crate::media::{Link, Media};
 use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
 use crate::store::{
-    Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, SessionRecord, StaffRecord, Store,
-    StoreError,
+    Appended, Arrival, Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, SessionRecord,
+    StaffRecord, Store, StoreError,
 };
 
 /// How often a conflicting change is retried before the caller is told to try again.
@@ -786,7 +786,7 @@ impl Service {
                     details,
                     appointment: None,
                 };
-                return self.arrive(clinic, new, None).await;
+                return self.arrive(&c, new, None).await;
             }
             Entry::Invite { token, previous } => (token, previous),
         };
@@ -798,12 +798,21 @@ impl Service {
         let holder = previous
             .as_deref()
             .and_then(|p| self.keys.check_visit(p).ok());
+        let mut clinic: Option<Clinic> = None;
         for _ in 0..MAX_ATTEMPTS {
             let invite = self
                 .store
                 .invite(claims.jti)
                 .await?
                 .ok_or(AppError::InviteInvalid)?;
+            let c = match clinic.take() {
+                Some(c) if c.id == invite.record.clinic => c,
+                _ => self
+                    .store
+                    .clinic(&invite.record.clinic)
+                    .await?
+                    .ok_or(AppError::NotFound("no such clinic"))?,
+            };
             if invite.revoked {
                 return Err(AppError::InviteRevoked);
             }
@@ -833,31 +842,50 @@ impl Service {
                 expected,
                 visit: id,
             };
-            match self.arrive(invite.record.clinic, new, Some(claim)).await {
+            match self.arrive(&c, new, Some(claim)).await {
                 // Claimed or revoked meanwhile: look again.
-                Err(AppError::Store(StoreError::InviteTaken)) => continue,
+                Err(AppError::Store(StoreError::InviteTaken)) => clinic = Some(c),
                 other => return other,
             }
         }
         Err(AppError::Conflict)
     }
 
-    /// A new visit in `clinic`'s waiting room, with the invite it claims.
+    /// A new visit in `clinic`'s waiting room, with the invite it claims: appended to the
+    /// room (no version check, so a rush of arrivals never conflicts), or, for the first
+    /// visit a clinic ever has, a commit that creates its room.
     async fn arrive(
         &self,
-        clinic: ClinicId,
+        clinic: &Clinic,
         new: NewVisit,
         claim: Option<InviteClaim>,
     ) -> Result<EnterResponse, AppError> {
         let id = new.id;
         let actor = format!("patient:{id}");
-        self.transact_claim(
-            &actor,
-            std::slice::from_ref(&clinic),
-            claim,
-            |rooms, ctx| Ok((vec![rooms[0].arrive(new.clone(), ctx)], ())),
-        )
-        .await?;
+        let ctx = Ctx {
+            actor: actor.clone(),
+            now: now(),
+        };
+        let (visit, out) = ClinicRoom::arrival(&clinic.id, &clinic.name, new.clone(), &ctx);
+        let appended = self
+            .store
+            .append_arrival(Arrival {
+                clinic: clinic.id.clone(),
+                visit,
+                events: out.events,
+                audit: out.audit,
+                claim: claim.clone(),
+            })
+            .await?;
+        if appended == Appended::NoRoom {
+            self.transact_claim(
+                &actor,
+                std::slice::from_ref(&clinic.id),
+                claim,
+                |rooms, ctx| Ok((vec![rooms[0].arrive(new.clone(), ctx)], ())),
+            )
+            .await?;
+        }
         Ok(self.visit_credential(id))
     }
 
@@ -895,13 +923,19 @@ impl Service {
         let mut out = Vec::with_capacity(clinics.len());
         for clinic in clinics {
             authorize(claims, Action::ViewRoom, Some(&clinic), Target::Clinic)?;
-            let Ok((room, version)) = self.load(&clinic).await else {
-                continue; // An assignment to a clinic deleted since sign-in.
+            let (room, version) = match self.load(&clinic).await {
+                Ok(r) => r,
+                // An assignment to a clinic deleted since sign-in.
+                Err(AppError::NotFound(_)) => continue,
+                // Never a board with a clinic silently missing: the page is told the
+                // store is away, and comes back.
+                Err(e) => return Err(e),
             };
             out.push(RoomSnapshot {
                 clinic,
                 version,
-                msg: room.snapshot(),
+                // Presence is filled in by the caller, from what its hub tells staff.
+                msg: room.snapshot(&BTreeSet::new()),
             });
         }
         Ok(out)
@@ -913,7 +947,9 @@ impl Service {
         clinic: &ClinicId,
     ) -> Result<ServerMsg, AppError> {
         authorize(claims, Action::ViewRoom, Some(clinic), Target::Clinic)?;
-        Ok(self.load(clinic).await?.0.snapshot())
+        let room = self.load(clinic).await?.0;
+        let online = self.store.online(clinic, now()).await?;
+        Ok(room.snapshot(&online))
     }
 
     /// The clinicians of a clinic, for staff of that clinic (whom to admit a patient to).
@@ -955,19 +991,6 @@ impl Service {
             version,
             msgs,
         })
-    }
-
-    /// A patient's browser connected or went away; staff see them online or offline.
-    pub async fn presence(&self, visit: VisitId, connected: bool) -> Result<(), AppError> {
-        let clinic = self
-            .store
-            .locate(visit)
-            .await?
-            .ok_or(AppError::VisitEnded)?;
-        self.transact("system", &[clinic], |rooms, _| {
-            Ok(vec![rooms[0].presence(visit, connected)?])
-        })
-        .await
     }
 
     /// Records how `who`'s media reaches the SFU in `consultation` of `clinic` (where

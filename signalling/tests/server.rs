@@ -79,10 +79,10 @@ async fn journey(s: &TestServer) {
     };
     assert_eq!(visit.name, "Pat Journey");
     assert_eq!(visit.status, VisitStatus::Waiting);
-    // Their page is connected: reception sees them online.
+    // Their page is connected: reception sees them online (presence, outside the room).
     reception
         .until("online", |m| {
-            matches!(m, ServerMsg::VisitUpdated { visit, .. } if visit.id == entered.visit && visit.online)
+            matches!(m, ServerMsg::VisitPresence { online, .. } if online.contains(&entered.visit))
         })
         .await;
 
@@ -752,6 +752,79 @@ async fn two_instances_share_one_redis() {
             |m| matches!(m, ServerMsg::StaffMessage { text, .. } if text == "from B"),
         )
         .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// What a `visit_presence` says of `visit`: online, offline, or nothing.
+fn presence_in(m: &ServerMsg, visit: VisitId) -> Option<bool> {
+    match m {
+        ServerMsg::VisitPresence {
+            online, offline, ..
+        } => {
+            if online.contains(&visit) {
+                Some(true)
+            } else if offline.contains(&visit) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The next `visit_presence` about `visit`: whether it says online.
+async fn presence_of(ws: &mut Ws, visit: VisitId) -> bool {
+    let m = ws
+        .until("presence", |m| presence_in(m, visit).is_some())
+        .await;
+    presence_in(&m, visit).unwrap_or_else(|| unreachable!())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_leases_across_instances_and_writes_no_room_state() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis).await;
+    let a = TestServer::start(store.clone(), limits()).await;
+    let b = TestServer::start(redis_store(&redis).await, limits()).await;
+    directory(&a.service).await;
+    let alice = b.sign_in("alice").await;
+    let mut reception_on_b = b.ws(&alice.token).await;
+    reception_on_b.recv().await; // snapshot
+    let entered = a.enter("derm", "Pat Present").await;
+    reception_on_b
+        .until("arrival", |m| is_visit_update(m, entered.visit))
+        .await;
+    let version = store.room(&derm()).await.unwrap().unwrap().version;
+
+    // A tab on A: reception on B sees the patient online; the room was not written.
+    let mut tab_a = a.ws(&entered.visit_token).await;
+    tab_a.recv().await; // status
+    assert!(presence_of(&mut reception_on_b, entered.visit).await);
+    // A second tab, on B, then the first closes: still online (B's lease holds).
+    let mut tab_b = b.ws(&entered.visit_token).await;
+    tab_b.recv().await;
+    drop(tab_a);
+    tokio::time::sleep(signalling::server::presence::POLL_EVERY * 3).await;
+    // A staff page opened now is told the patient is online in its snapshot.
+    let mut late = a.ws(&alice.token).await;
+    let ServerMsg::ClinicSnapshot { visits, .. } = late.recv().await else {
+        panic!("a snapshot")
+    };
+    assert!(visits.iter().any(|v| v.id == entered.visit && v.online));
+    // Every tab closed: offline, to both staff pages.
+    drop(tab_b);
+    assert!(!presence_of(&mut reception_on_b, entered.visit).await);
+    assert!(!presence_of(&mut late, entered.visit).await);
+    // None of this wrote the room, and reception on B was told exactly online, offline.
+    assert_eq!(store.room(&derm()).await.unwrap().unwrap().version, version);
+    let told: Vec<bool> = reception_on_b
+        .raw
+        .iter()
+        .filter_map(|t| presence_in(&serde_json::from_str(t).ok()?, entered.visit))
+        .collect();
+    assert_eq!(told, vec![true, false]);
     a.stop().await;
     b.stop().await;
 }

@@ -13,8 +13,8 @@ use signalling::room::{Audience, ClinicRoom, Ctx, Event, NewVisit};
 use signalling::store::local::LocalStore;
 use signalling::store::redis::RedisStore;
 use signalling::store::{
-    Clinic, Commit, Feed, InviteClaim, InviteRecord, RoomWrite, SessionRecord, StaffRecord, Store,
-    StoreError,
+    Appended, Arrival, Clinic, Commit, Feed, InviteClaim, InviteRecord, Lease, RoomWrite,
+    SessionRecord, StaffRecord, Store, StoreError,
 };
 
 use common::redis::RedisServer;
@@ -73,6 +73,211 @@ fn arrival(room: &ClinicRoom, expected: u64, t: u64) -> (VisitId, Commit) {
             claim: None,
         },
     )
+}
+
+/// An arrival as the service appends it: decided without the room.
+fn appended(clinic: &ClinicId, t: u64) -> (VisitId, Arrival) {
+    let id = VisitId::random();
+    let (visit, out) = ClinicRoom::arrival(
+        clinic,
+        "Derm",
+        NewVisit {
+            id,
+            name: format!("Patient {t}"),
+            details: None,
+            appointment: None,
+        },
+        &Ctx {
+            actor: format!("patient:{id}"),
+            now: Timestamp(t),
+        },
+    );
+    (
+        id,
+        Arrival {
+            clinic: clinic.clone(),
+            visit,
+            events: out.events,
+            audit: out.audit,
+            claim: None,
+        },
+    )
+}
+
+async fn arrivals_append_without_conflicting(store: Arc<dyn Store>) {
+    let derm = clinic_id("derm");
+    let (_, first) = appended(&derm, 1);
+    // No room yet: nothing is written; the caller creates the room with a commit.
+    assert_eq!(
+        store.append_arrival(first.clone()).await.unwrap(),
+        Appended::NoRoom
+    );
+    assert_eq!(store.locate(first.visit.id).await.unwrap(), None);
+    assert!(store.audit_tail(10).await.unwrap().is_empty());
+    let (v0, commit) = arrival(&ClinicRoom::new(derm.clone(), "Derm".into()), 0, 1);
+    store.commit(commit).await.unwrap();
+    let before = store.room(&derm).await.unwrap().unwrap();
+
+    // A staff action decided on the room as it is now...
+    let (_, stale) = arrival(&before.value, before.version, 2);
+    let mut events = store.subscribe();
+    // ...then 40 arrivals at once, all in the same millisecond: every one is appended.
+    let mut tasks = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let (id, a) = appended(&derm, 5);
+        ids.push(id);
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.append_arrival(a).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Appended::Appended);
+    }
+    let read = store.room(&derm).await.unwrap().unwrap();
+    assert_eq!(read.version, before.version + 40);
+    let queue: Vec<VisitId> = read.value.queue().iter().map(|v| v.id).collect();
+    assert_eq!(queue.len(), 41);
+    assert_eq!(queue[0], v0);
+    for id in &ids {
+        assert_eq!(store.locate(*id).await.unwrap(), Some(derm.clone()));
+    }
+    // Same-millisecond arrivals are ordered, each once, and the order is stable.
+    let seqs: Vec<u64> = queue
+        .iter()
+        .map(|id| read.value.visit(*id).unwrap().seq)
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(store.room(&derm).await.unwrap().unwrap(), read);
+    // Each arrival's events carry the version it made, one version per arrival.
+    let mut versions = Vec::new();
+    while versions.len() < 40 {
+        let feed = tokio::time::timeout(Duration::from_secs(2), events.recv())
+            .await
+            .expect("event in time")
+            .unwrap();
+        let Feed::Event(p) = feed else {
+            panic!("unexpected resync");
+        };
+        if let Audience::ClinicStaff(_) = p.event.to {
+            versions.push(p.version);
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (before.version + 1..=before.version + 40).collect::<Vec<_>>()
+    );
+    // The staff action decided before the arrivals conflicts (it never saw them)...
+    assert!(matches!(
+        store.commit(stale).await,
+        Err(StoreError::Conflict)
+    ));
+    // ...and decided again on the fresh room it keeps them all, as does the next read.
+    let (v2, commit) = arrival(&read.value, read.version, 6);
+    store.commit(commit).await.unwrap();
+    let after = store.room(&derm).await.unwrap().unwrap();
+    assert_eq!(after.version, read.version + 1);
+    let mut expected = queue.clone();
+    expected.push(v2);
+    assert_eq!(
+        after.value.queue().iter().map(|v| v.id).collect::<Vec<_>>(),
+        expected
+    );
+    // One more arrival after that commit lands after everyone.
+    let (v3, a) = appended(&derm, 7);
+    store.append_arrival(a).await.unwrap();
+    let last = store.room(&derm).await.unwrap().unwrap();
+    assert_eq!(last.value.queue().last().unwrap().id, v3);
+    assert_eq!(last.value.queue().len(), 43);
+    assert_eq!(
+        store
+            .audit_tail(100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "arrive")
+            .count(),
+        43
+    );
+}
+
+fn lease(clinic: &str, visit: VisitId, holder: &str) -> Lease {
+    Lease {
+        clinic: clinic_id(clinic),
+        visit,
+        holder: holder.into(),
+    }
+}
+
+async fn presence_is_leases_that_expire(store: &dyn Store) {
+    // Real time: Redis compares with what it is given, the local store with the clock.
+    let now = signalling::service::now().0;
+    let (a, b, c) = (VisitId::random(), VisitId::random(), VisitId::random());
+    let derm = clinic_id("derm");
+    assert!(
+        store
+            .online(&derm, Timestamp(now))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // a has two tabs (on two instances), b one, c one in another clinic.
+    let a1 = lease("derm", a, "i1:1");
+    let a2 = lease("derm", a, "i2:7");
+    let b1 = lease("derm", b, "i1:2");
+    let c1 = lease("cardio", c, "i1:3");
+    store
+        .hold_presence(
+            &[a1.clone(), a2.clone(), b1.clone(), c1.clone()],
+            Timestamp(now + 60_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.online(&derm, Timestamp(now)).await.unwrap(),
+        [a, b].into_iter().collect()
+    );
+    assert_eq!(
+        store
+            .online(&clinic_id("cardio"), Timestamp(now))
+            .await
+            .unwrap(),
+        [c].into_iter().collect()
+    );
+    // One tab of a closes: a stays online; b's closes: b goes.
+    store
+        .release_presence(&[a1.clone(), b1.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.online(&derm, Timestamp(now)).await.unwrap(),
+        [a].into_iter().collect()
+    );
+    // A lease not renewed is gone once its time passes (its instance died)...
+    assert!(
+        store
+            .online(&derm, Timestamp(now + 60_001))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ...and renewing moves its end.
+    store
+        .hold_presence(std::slice::from_ref(&a2), Timestamp(now + 120_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.online(&derm, Timestamp(now + 60_001)).await.unwrap(),
+        [a].into_iter().collect()
+    );
+    // Releasing what is not held, or nothing, is harmless.
+    store.release_presence(&[a1, b1]).await.unwrap();
+    store.release_presence(&[]).await.unwrap();
+    store.hold_presence(&[], Timestamp(now)).await.unwrap();
+    assert_eq!(
+        store.online(&derm, Timestamp(now)).await.unwrap(),
+        [a].into_iter().collect()
+    );
 }
 
 async fn directory_round_trips(store: &dyn Store) {
@@ -469,6 +674,16 @@ macro_rules! conformance {
                 let (store, _guard) = $make;
                 super::sessions_end_one_by_one_or_all_of_a_person(&*store).await;
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn arrivals_append_without_conflicting() {
+                let (store, _guard) = $make;
+                super::arrivals_append_without_conflicting(store).await;
+            }
+            #[tokio::test]
+            async fn presence_is_leases_that_expire() {
+                let (store, _guard) = $make;
+                super::presence_is_leases_that_expire(&*store).await;
+            }
             #[tokio::test]
             async fn audit_keeps_order_and_tail() {
                 let (store, _guard) = $make;
@@ -518,4 +733,52 @@ async fn redis_feed_asks_for_a_resync_after_a_lost_connection() {
         .expect("an event in time")
         .unwrap();
     assert!(matches!(got, Feed::Event(_)), "{got:?}");
+}
+
+/// Each Redis store keeps a copy of the rooms it read and then reads only new arrivals:
+/// what another instance commits or appends in between must show all the same.
+#[tokio::test]
+async fn redis_room_copies_stay_current_across_instances() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(&server.url()).await.unwrap();
+    let b = RedisStore::connect(&server.url()).await.unwrap();
+    let derm = clinic_id("derm");
+    let (_, create) = arrival(&ClinicRoom::new(derm.clone(), "Derm".into()), 0, 1);
+    a.commit(create).await.unwrap();
+    for t in 2..5 {
+        let (_, x) = appended(&derm, t);
+        b.append_arrival(x).await.unwrap();
+        // A reads after each: its copy grows by the arrival.
+        assert_eq!(a.room(&derm).await.unwrap(), b.room(&derm).await.unwrap());
+    }
+    // B commits (absorbing the arrivals), then one more arrives: A's copy is stale.
+    let current = b.room(&derm).await.unwrap().unwrap();
+    let (_, commit) = arrival(&current.value, current.version, 6);
+    b.commit(commit).await.unwrap();
+    let (_, x) = appended(&derm, 7);
+    b.append_arrival(x).await.unwrap();
+    let seen_by_a = a.room(&derm).await.unwrap().unwrap();
+    assert_eq!(Some(&seen_by_a), b.room(&derm).await.unwrap().as_ref());
+    assert_eq!(seen_by_a.version, current.version + 2);
+    assert_eq!(seen_by_a.value.queue().len(), 6);
+    // Redis lost everything and the room was made again: A's copy is not used for it.
+    let mut server = server;
+    server.restart();
+    let other = ClinicRoom::new(derm.clone(), "Dermatology, renamed".into());
+    let (_, again) = arrival(&other, 0, 8);
+    let mut attempts = 0;
+    while let Err(e) = b.commit(again.clone()).await {
+        attempts += 1;
+        assert!(attempts < 10, "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut read = a.room(&derm).await;
+    while read.is_err() && attempts < 20 {
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        read = a.room(&derm).await;
+    }
+    let read = read.unwrap().unwrap();
+    assert_eq!(read.value.name, "Dermatology, renamed");
+    assert_eq!(read.value.queue().len(), 1);
 }

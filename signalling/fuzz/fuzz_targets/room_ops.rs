@@ -29,9 +29,9 @@ enum Op {
     Arrive {
         name_len: u8,
     },
-    Presence {
-        visit: u8,
-        connected: bool,
+    /// An arrival as the store appends it (decided without the room, then appended).
+    AppendArrival {
+        name_len: u8,
     },
     Message {
         visit: u8,
@@ -147,7 +147,7 @@ fn check_room(room: &ClinicRoom) {
         clinic,
         visits,
         consultations,
-    } = room.snapshot()
+    } = room.snapshot(&Default::default())
     else {
         panic!("a snapshot that is not one");
     };
@@ -264,10 +264,25 @@ fuzz_target!(|steps: Vec<Step>| {
                     &ctx,
                 ))
             }
-            Op::Presence { visit, connected } => match pick(&w.visits, visit) {
-                Some(v) => w.rooms[i].presence(v, connected),
-                None => continue,
-            },
+            Op::AppendArrival { name_len } => {
+                let id = VisitId::random();
+                w.visits.push(id);
+                w.arrived.insert(id, ctx.now);
+                let room = &mut w.rooms[i];
+                let (visit, out) = ClinicRoom::arrival(
+                    &room.clinic,
+                    &room.name,
+                    NewVisit {
+                        id,
+                        name: "P".repeat(usize::from(name_len) % 100 + 1),
+                        details: None,
+                        appointment: None,
+                    },
+                    &ctx,
+                );
+                room.append(visit);
+                Ok(out)
+            }
             Op::Message { visit } => match pick(&w.visits, visit) {
                 Some(v) => w.rooms[i].message(v, "hello".into(), &ctx),
                 None => continue,

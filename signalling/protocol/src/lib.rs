@@ -239,6 +239,15 @@ pub enum ServerMsg {
     },
     /// A visit arrived or changed (idempotent: carries the whole visit).
     VisitUpdated { clinic: ClinicId, visit: VisitView },
+    /// Patients' pages came online (one or more open) or went offline (none open, or
+    /// their server stopped renewing their presence), all at once: a whole instance's
+    /// patients may change together. Changes only `online`; the `online` of a later
+    /// `visit_updated` is as current.
+    VisitPresence {
+        clinic: ClinicId,
+        online: Vec<VisitId>,
+        offline: Vec<VisitId>,
+    },
     /// A visit left this clinic's room.
     VisitClosed {
         clinic: ClinicId,

@@ -209,6 +209,16 @@ fn all_fixtures() -> Vec<&'static str> {
         },
     ));
     names.push(check(
+        "server_visit_presence",
+        &ServerMsg::VisitPresence {
+            clinic: clinic(),
+            online: vec![visit()],
+            offline: vec![VisitId(Uuid::from_u128(
+                0x3333_3333_3333_4333_8333_3333_3333_3333,
+            ))],
+        },
+    ));
+    names.push(check(
         "server_visit_closed",
         &ServerMsg::VisitClosed {
             clinic: clinic(),

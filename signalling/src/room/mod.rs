@@ -47,8 +47,6 @@ pub struct Visit {
     /// Breaks ties between visits that arrived in the same millisecond.
     pub seq: u64,
     pub state: VisitState,
-    /// Open patient connections (tabs) on any signalling instance.
-    pub connections: u32,
     pub for_clinician: Option<StaffId>,
     /// The last [`KEPT_MESSAGES`] messages from staff, oldest first.
     pub messages: Vec<(Timestamp, String)>,
@@ -201,8 +199,10 @@ impl ClinicRoom {
         waiting
     }
 
-    /// What a member of staff sees on connecting: every visit (queue order) and consultation.
-    pub fn snapshot(&self) -> ServerMsg {
+    /// What a member of staff sees on connecting: every visit (queue order) and
+    /// consultation, each visit online if it is in `online` (presence lives outside the
+    /// room, in the store's leases).
+    pub fn snapshot(&self, online: &std::collections::BTreeSet<VisitId>) -> ServerMsg {
         let mut visits: Vec<&Visit> = self.visits.values().collect();
         visits.sort_by_key(|v| (v.arrived_at, v.seq));
         ServerMsg::ClinicSnapshot {
@@ -210,7 +210,14 @@ impl ClinicRoom {
                 id: self.clinic.clone(),
                 name: self.name.clone(),
             },
-            visits: visits.into_iter().map(Visit::view).collect(),
+            visits: visits
+                .into_iter()
+                .map(|v| {
+                    let mut view = v.view();
+                    view.online = online.contains(&v.id);
+                    view
+                })
+                .collect(),
             consultations: self
                 .consultations
                 .values()
@@ -233,46 +240,66 @@ impl ClinicRoom {
 
     /// A patient arrives: a visit is created at the back of the queue.
     pub fn arrive(&mut self, new: NewVisit, ctx: &Ctx) -> Outcome {
+        let (visit, out) = Self::arrival(&self.clinic, &self.name, new, ctx);
+        self.append(visit);
+        out
+    }
+
+    /// A new visit for clinic `clinic` (named `name`) and what its arrival tells staff, the
+    /// patient and the audit log, decided without the room: an arrival depends on nothing
+    /// else in it, so the store can append it ([`crate::store::Store::append_arrival`])
+    /// instead of rewriting the room. [`ClinicRoom::append`] gives it its place.
+    pub fn arrival(clinic: &ClinicId, name: &str, new: NewVisit, ctx: &Ctx) -> (Visit, Outcome) {
         let visit = Visit {
             id: new.id,
             name: new.name,
             details: new.details,
             appointment: new.appointment,
             arrived_at: ctx.now,
-            seq: self.take_seq(),
+            seq: 0,
             state: VisitState::Waiting,
-            connections: 0,
             for_clinician: None,
             messages: Vec::new(),
             media_path: None,
         };
         let mut out = Outcome::default();
-        self.audit(&mut out, ctx, "arrive", Some(visit.id), None, None);
-        self.visits.insert(visit.id, visit);
-        self.notify_visit(&mut out, new.id);
-        out
+        out.audit.push(AuditEntry {
+            at: ctx.now,
+            actor: ctx.actor.clone(),
+            action: "arrive".to_owned(),
+            clinic: Some(clinic.clone()),
+            visit: Some(visit.id),
+            consultation: None,
+            detail: None,
+        });
+        out.events.push(Event {
+            to: Audience::ClinicStaff(clinic.clone()),
+            msg: ServerMsg::VisitUpdated {
+                clinic: clinic.clone(),
+                visit: visit.view(),
+            },
+        });
+        out.events.push(Event {
+            to: Audience::Visit(visit.id),
+            msg: ServerMsg::PatientStatus {
+                status: PatientState::Waiting {
+                    clinic_name: name.to_owned(),
+                    waiting_since: visit.arrived_at,
+                },
+            },
+        });
+        (visit, out)
     }
 
-    /// A patient's browser connected (`true`) or disconnected (`false`).
-    pub fn presence(&mut self, id: VisitId, connected: bool) -> Result<Outcome, RoomError> {
-        let v = self.visits.get_mut(&id).ok_or(RoomError::VisitNotFound)?;
-        let was_online = v.connections > 0;
-        v.connections = if connected {
-            v.connections.saturating_add(1)
-        } else {
-            v.connections.saturating_sub(1)
-        };
-        let mut out = Outcome::default();
-        if was_online != (v.connections > 0) {
-            self.push_staff(
-                &mut out,
-                ServerMsg::VisitUpdated {
-                    clinic: self.clinic.clone(),
-                    visit: self.visits[&id].view(),
-                },
-            );
+    /// Puts an arrived visit into the room, after every visit appended before it (its
+    /// `seq` orders it among arrivals of the same millisecond). A visit already here is
+    /// left as it is.
+    pub fn append(&mut self, mut visit: Visit) {
+        if self.visits.contains_key(&visit.id) {
+            return;
         }
-        Ok(out)
+        visit.seq = self.take_seq();
+        self.visits.insert(visit.id, visit);
     }
 
     /// A patient's browser says how its media reaches the SFU in consultation `cid`; staff
@@ -679,7 +706,9 @@ impl Visit {
                     VisitStatus::InConsultation { consultation }
                 }
             },
-            online: self.connections > 0,
+            // Presence is not room state: the hub (and the snapshot) fill this in from the
+            // store's leases.
+            online: false,
             for_clinician: self.for_clinician.clone(),
             media_path: self.media_path,
         }

@@ -302,21 +302,44 @@ fn transfer_to_another_clinic_keeps_the_arrival_time() {
 }
 
 #[test]
-fn presence_is_counted_across_tabs() {
+fn an_arrival_decided_without_the_room_is_the_same_as_one_in_it() {
+    // The store appends arrivals (`ClinicRoom::arrival` + `append`) instead of rewriting
+    // the room: the outcome and the queue must be those of `arrive`.
+    let mut direct = room();
+    let mut appended = room();
+    let first = arrive(&mut direct, "A", 10);
+    appended.append(direct.visit(first).unwrap().clone());
+    let id = VisitId::random();
+    let new = NewVisit {
+        id,
+        name: "B".into(),
+        details: None,
+        appointment: None,
+    };
+    let out_direct = direct.arrive(new.clone(), &at(10));
+    let (visit, out) = ClinicRoom::arrival(&appended.clinic, &appended.name, new, &at(10));
+    appended.append(visit.clone());
+    assert_eq!(out, out_direct);
+    assert_eq!(appended, direct);
+    // Appending the same visit again changes nothing.
+    appended.append(visit);
+    assert_eq!(appended, direct);
+    assert_eq!(
+        direct.queue().iter().map(|v| v.id).collect::<Vec<_>>(),
+        vec![first, id]
+    );
+}
+
+#[test]
+fn the_snapshot_shows_online_whom_presence_says() {
     let mut r = room();
     let a = arrive(&mut r, "A", 10);
-    assert_eq!(r.presence(a, true).unwrap().events.len(), 1);
-    assert!(
-        r.presence(a, true).unwrap().events.is_empty(),
-        "second tab changes nothing visible"
-    );
-    assert!(r.presence(a, false).unwrap().events.is_empty());
-    let out = r.presence(a, false).unwrap();
-    assert!(matches!(&out.events[0].msg, ServerMsg::VisitUpdated { visit, .. } if !visit.online));
-    assert_eq!(
-        r.presence(VisitId::random(), true).unwrap_err(),
-        RoomError::VisitNotFound
-    );
+    let b = arrive(&mut r, "B", 11);
+    let ServerMsg::ClinicSnapshot { visits, .. } = r.snapshot(&[b].into_iter().collect()) else {
+        panic!("a snapshot");
+    };
+    let online: Vec<(VisitId, bool)> = visits.iter().map(|v| (v.id, v.online)).collect();
+    assert_eq!(online, vec![(a, false), (b, true)]);
 }
 
 #[test]
@@ -358,7 +381,6 @@ fn patient_events_never_mention_another_visit() {
         r.end_visit(ids[2], VisitEndReason::Removed, &at(15))
             .unwrap(),
     );
-    outs.push(r.presence(ids[3], true).unwrap());
     outs.push(r.end_consultation(cid, &at(16)).unwrap());
     for out in &outs {
         for (to, msg) in patient_events(out) {
@@ -427,7 +449,6 @@ fn staff_see_how_each_persons_media_flows_while_they_are_in_the_call() {
     let waiting = arrive(&mut r, "W", 11);
     let cid = ConsultationId::random();
     r.admit(a, staff("dr.jones"), None, cid, &at(20)).unwrap();
-    r.presence(a, true).unwrap();
 
     let out = r.visit_media_path(a, cid, MediaPath::TurnTls).unwrap();
     let [ServerMsg::VisitUpdated { visit, .. }] = staff_events(&out)[..] else {
@@ -479,16 +500,14 @@ fn a_media_path_outlives_a_lost_connection_but_not_the_call() {
     let a = arrive(&mut r, "A", 10);
     let cid = ConsultationId::random();
     r.admit(a, staff("dr.jones"), None, cid, &at(20)).unwrap();
-    r.presence(a, true).unwrap();
     r.visit_media_path(a, cid, MediaPath::TurnUdp).unwrap();
-    // The page's connection is lost (its media session waits to be resumed): staff are
-    // told it is offline, the path stays for when it comes back.
-    let out = r.presence(a, false).unwrap();
-    let [ServerMsg::VisitUpdated { visit, .. }] = staff_events(&out)[..] else {
-        panic!("staff are told: {out:?}");
+    // The page's connection is lost (its media session waits to be resumed): presence is
+    // not room state, so the path stays for when it comes back.
+    let ServerMsg::ClinicSnapshot { visits, .. } = r.snapshot(&Default::default()) else {
+        panic!("a snapshot");
     };
-    assert!(!visit.online);
-    assert_eq!(visit.media_path, Some(MediaPath::TurnUdp));
+    assert!(!visits[0].online);
+    assert_eq!(visits[0].media_path, Some(MediaPath::TurnUdp));
     // Transferred to a colleague: the call, and its path, are over.
     r.assign(a, staff("dr.smith"), &at(30)).unwrap();
     assert_eq!(r.visit(a).unwrap().media_path, None);

@@ -2,7 +2,7 @@
 //!
 //! `run(listener, state, shutdown)` serves until the injected shutdown future resolves,
 //! then stops accepting, tells every websocket to reconnect elsewhere (close code 1012),
-//! and waits (bounded) for connections to finish so presence is recorded.
+//! and waits (bounded) for connections to finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use crate::service::Service;
 
 pub mod hub;
 pub mod limits;
+pub mod presence;
 mod ws;
 
 use hub::Hub;
@@ -67,6 +68,8 @@ pub struct Limits {
 pub struct AppState {
     pub service: Service,
     pub hub: Arc<Hub>,
+    /// The presence leases of this instance's patient connections.
+    pub presence: Arc<presence::Presence>,
     pub limits: Limits,
     connection_slots: Arc<Semaphore>,
     addresses: Arc<limits::AddressLimiters>,
@@ -86,6 +89,7 @@ impl AppState {
         Self {
             service,
             hub: Arc::new(Hub::default()),
+            presence: Arc::default(),
             limits,
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             addresses: Arc::new(limits::AddressLimiters::new(limits::PerMinute {
@@ -138,6 +142,18 @@ pub async fn run(
             .hub
             .clone()
             .run(state.service.store().subscribe(), state.shutdown.clone()),
+    );
+    tokio::spawn(
+        state
+            .presence
+            .clone()
+            .renew(state.service.store().clone(), state.shutdown.clone()),
+    );
+    tokio::spawn(
+        state
+            .hub
+            .clone()
+            .watch_presence(state.service.store().clone(), state.shutdown.clone()),
     );
     // The rate limiters forget clients whose limits have recovered, every minute.
     let addresses = state.addresses.clone();

@@ -24,6 +24,7 @@ use crate::auth::Principal;
 use crate::error::AppError;
 use crate::media::{Link, MEDIA_QUEUE, MediaSender};
 use crate::room::Audience;
+use crate::store::StoreError;
 use crate::turn::Subject;
 
 /// The read buffer a connection starts with; it grows for a larger frame.
@@ -35,6 +36,8 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Close codes (4000-4999 are the application's own).
+/// The largest message the server itself sends (a staff snapshot of a very full clinic).
+const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_RESTART: u16 = 1012;
@@ -106,7 +109,9 @@ pub async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(max * 4)
+        // A staff snapshot of a full clinic is one message of about 250 bytes a visit
+        // (1.2 MB for 5,000): it must fit, or staff of a large clinic could never load it.
+        .max_write_buffer_size((max * 4).max(MAX_SNAPSHOT_BYTES))
         .on_upgrade(move |socket| {
             let id = state.next_connection_id();
             let span = tracing::info_span!("ws", conn = id);
@@ -447,7 +452,17 @@ impl Connection {
                 if !self.send(&ServerMsg::Welcome { session }).await {
                     return (CLOSE_RESTART, "");
                 }
-                for r in rooms {
+                for mut r in rooms {
+                    let online = self
+                        .state
+                        .hub
+                        .online_in(&**self.state.service.store(), &r.clinic)
+                        .await;
+                    if let ServerMsg::ClinicSnapshot { visits, .. } = &mut r.msg {
+                        for v in visits {
+                            v.online = online.contains(&v.id);
+                        }
+                    }
                     self.seen.insert(r.clinic, r.version);
                     if !self.send(&r.msg).await {
                         return (CLOSE_RESTART, "");
@@ -457,18 +472,30 @@ impl Connection {
             }
             Principal::Patient(visit) => {
                 let sub = self.state.hub.subscribe(vec![Audience::Visit(*visit)]);
-                // Staff see the patient online from now until this connection ends (an
-                // ended visit has nobody to mark: the start below says so).
-                if let Err(e) = self.state.service.presence(*visit, true).await {
-                    e.log();
-                }
                 let start = match self.state.service.patient_start(*visit).await {
                     Ok(s) => s,
-                    Err(e) => {
+                    Err(e @ AppError::VisitEnded) => {
                         self.send(&app_error(None, &e)).await;
                         return (CLOSE_VISIT_ENDED, "visit ended");
                     }
+                    // Only the store's word ends a visit: anything else (the store away)
+                    // is a reason to come back.
+                    Err(e) => {
+                        self.send(&app_error(None, &e)).await;
+                        return (CLOSE_TRY_AGAIN, "could not load the visit");
+                    }
                 };
+                // Staff see the patient online from now until this connection ends: a
+                // lease of this instance's, outside the room.
+                self.state
+                    .presence
+                    .open(
+                        &**self.state.service.store(),
+                        self.id,
+                        start.clinic.clone(),
+                        *visit,
+                    )
+                    .await;
                 self.seen.insert(start.clinic, start.version);
                 if !self
                     .send(&ServerMsg::Welcome {
@@ -489,12 +516,10 @@ impl Connection {
         let close = self
             .live(&principal, subscription, expires, &shutdown)
             .await;
-        if let Principal::Patient(visit) = principal {
-            // Ended visits are gone from the room; nothing to mark offline then.
-            if let Err(e) = self.state.service.presence(visit, false).await {
-                e.log();
-            }
-        }
+        self.state
+            .presence
+            .close(&**self.state.service.store(), self.id)
+            .await;
         close
     }
 
@@ -536,6 +561,11 @@ impl Connection {
             Ok(p) => {
                 let expires = self.state.service.visit_expiry(&token).unwrap_or(u64::MAX);
                 Ok((p, expires))
+            }
+            // The store away is no verdict on the credential: come back.
+            Err(e @ AppError::Store(StoreError::Unavailable(_))) => {
+                self.send(&app_error(None, &e)).await;
+                Err((CLOSE_TRY_AGAIN, "could not check the sign-in"))
             }
             Err(e) => {
                 self.send(&app_error(None, &e)).await;

@@ -4,7 +4,7 @@
 //! versions, appends its audit entries to SQLite, swaps the rooms in, and publishes its
 //! events before releasing the lock, so events leave in commit order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,8 +14,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use super::{
-    Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteClaim, InviteRecord,
-    InviteState, Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
+    Appended, Arrival, Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteClaim,
+    InviteRecord, InviteState, Lease, Published, SessionRecord, StaffRecord, Store, StoreError,
+    Versioned,
 };
 use crate::room::ClinicRoom;
 
@@ -29,6 +30,8 @@ pub struct LocalStore {
 struct Inner {
     db: Mutex<Connection>,
     rooms: Mutex<Rooms>,
+    /// Presence leases: each held until its expiry (ms).
+    presence: Mutex<HashMap<Lease, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +86,7 @@ impl LocalStore {
             inner: Arc::new(Inner {
                 db: Mutex::new(db),
                 rooms: Mutex::new(Rooms::default()),
+                presence: Mutex::new(HashMap::new()),
             }),
             events,
         })
@@ -299,6 +303,68 @@ impl Store for LocalStore {
             Ok(())
         })
         .await
+    }
+
+    async fn append_arrival(&self, arrival: Arrival) -> Result<Appended, StoreError> {
+        let events = self.events.clone();
+        self.blocking(move |i| {
+            let mut rooms = lock(&i.rooms);
+            let Some((version, _)) = rooms.rooms.get(&arrival.clinic) else {
+                return Ok(Appended::NoRoom);
+            };
+            let version = *version + 1;
+            {
+                let db = lock(&i.db);
+                if let Some(claim) = &arrival.claim {
+                    claim_invite(&db, claim)?;
+                }
+                append_audit(&db, &arrival.audit)?;
+            }
+            let id = arrival.visit.id;
+            rooms.index.insert(id, arrival.clinic.clone());
+            if let Some((v, room)) = rooms.rooms.get_mut(&arrival.clinic) {
+                *v = version;
+                room.append(arrival.visit);
+            }
+            for event in arrival.events {
+                let _ = events.send(Feed::Event(std::sync::Arc::new(Published {
+                    clinic: arrival.clinic.clone(),
+                    version,
+                    event,
+                })));
+            }
+            Ok(Appended::Appended)
+        })
+        .await
+    }
+
+    async fn hold_presence(&self, leases: &[Lease], until: Timestamp) -> Result<(), StoreError> {
+        let mut held = lock(&self.inner.presence);
+        held.retain(|_, expiry| *expiry > crate::service::now().0);
+        for l in leases {
+            held.insert(l.clone(), until.0);
+        }
+        Ok(())
+    }
+
+    async fn release_presence(&self, leases: &[Lease]) -> Result<(), StoreError> {
+        let mut held = lock(&self.inner.presence);
+        for l in leases {
+            held.remove(l);
+        }
+        Ok(())
+    }
+
+    async fn online(
+        &self,
+        clinic: &ClinicId,
+        now: Timestamp,
+    ) -> Result<BTreeSet<VisitId>, StoreError> {
+        Ok(lock(&self.inner.presence)
+            .iter()
+            .filter(|(l, expiry)| l.clinic == *clinic && **expiry > now.0)
+            .map(|(l, _)| l.visit)
+            .collect())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Feed> {

@@ -18,7 +18,7 @@ use protocol::{AuditEntry, ClinicId, InviteId, Role, SessionId, StaffId, Timesta
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::room::{ClinicRoom, Event};
+use crate::room::{ClinicRoom, Event, Visit};
 
 pub mod local;
 pub mod redis;
@@ -137,6 +137,40 @@ pub struct Commit {
     pub claim: Option<InviteClaim>,
 }
 
+/// A new visit appended to a room that exists: written with its index entry, audit
+/// entries and events (published with the room's new version), without rewriting the room
+/// and without a version check, so arrivals never conflict with each other or with any
+/// other change. The store gives the visit its place (`seq`) among same-millisecond
+/// arrivals, in append order.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub clinic: ClinicId,
+    pub visit: Visit,
+    pub events: Vec<Event>,
+    pub audit: Vec<AuditEntry>,
+    /// The invite this new visit entered with, bound as in [`Commit::claim`].
+    pub claim: Option<InviteClaim>,
+}
+
+/// What [`Store::append_arrival`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Appended,
+    /// The clinic's room has never been written: nothing was written; the caller creates
+    /// it with a [`Commit`] instead.
+    NoRoom,
+}
+
+/// One open connection's presence: a patient's page is online while at least one of
+/// these is held for its visit and not expired. `holder` names the instance and the
+/// connection, so two tabs of one patient, or one on each instance, hold two leases.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub clinic: ClinicId,
+    pub visit: VisitId,
+    pub holder: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A room changed since it was read; re-read and decide again.
@@ -175,6 +209,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Writes every room of the commit if none changed since read, with its index changes,
     /// audit entries and events, atomically; else [`StoreError::Conflict`] and nothing.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// Appends a new visit to an existing room; see [`Arrival`]. Fails with
+    /// [`StoreError::InviteTaken`] (writing nothing) as [`Store::commit`] does.
+    async fn append_arrival(&self, arrival: Arrival) -> Result<Appended, StoreError>;
+
+    // Presence.
+    /// Holds (or renews) each lease until `until`; a lease not renewed by then expires,
+    /// as those of a crashed instance do.
+    async fn hold_presence(&self, leases: &[Lease], until: Timestamp) -> Result<(), StoreError>;
+    /// Lets go of leases (their connections closed).
+    async fn release_presence(&self, leases: &[Lease]) -> Result<(), StoreError>;
+    /// The visits of `clinic` with a lease held beyond `now`.
+    async fn online(
+        &self,
+        clinic: &ClinicId,
+        now: Timestamp,
+    ) -> Result<std::collections::BTreeSet<VisitId>, StoreError>;
 
     /// The events of every commit (from any instance, in Redis mode), in commit order per
     /// room. A receiver that lags, or is sent [`Feed::Resync`], must resynchronise its

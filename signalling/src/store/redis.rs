@@ -10,6 +10,8 @@
 //! | `consult:clinics`        | hash    | clinic id -> JSON [`Clinic`]                          |
 //! | `consult:staff`          | hash    | user name -> JSON [`StaffRecord`]                     |
 //! | `consult:room:{clinic}`  | hash    | `v` -> version (decimal), `state` -> JSON [`ClinicRoom`] |
+//! | `consult:arrivals:{clinic}` | list | JSON [`Visit`]s appended since the room was last written, in arrival order |
+//! | `consult:presence:{clinic}` | sorted set | `{visit}/{holder}` by expiry (ms): one lease per open patient connection |
 //! | `consult:visits`         | hash    | visit id -> clinic id (the visit index)               |
 //! | `consult:audit`          | stream  | one entry per audit record, field `entry` = JSON [`AuditEntry`]; never trimmed |
 //! | `consult:token_secret`   | string  | the secret that signs tokens (raw bytes), set once     |
@@ -30,6 +32,24 @@
 //! conflicting commit writes nothing at all. (`WATCH`/`MULTI` would also work but needs a
 //! dedicated connection per commit and a retry loop; the script needs neither.) Everything
 //! is serialised in Rust beforehand: the script only compares and writes.
+//!
+//! # Arrivals are appended
+//!
+//! A new visit depends on nothing else in its room, so it is not a read-modify-write of
+//! the room: `ARRIVAL_SCRIPT` pushes the visit's JSON onto the clinic's arrivals list and
+//! bumps the room's version (no compare), with its index entry, audit entries and events.
+//! Arrivals never conflict with each other or with anything else, and cost the same
+//! however full the room is. Reading a room reads its hash and its arrivals list in one
+//! transaction and appends each arrival in list order (which gives same-millisecond
+//! arrivals their order); a commit, whose version check proves it saw every arrival,
+//! writes the merged room and empties the list.
+//!
+//! # Presence is leases
+//!
+//! Each open patient connection holds a member of its clinic's presence sorted set, scored
+//! by when it expires; its instance renews it while the connection is open and removes it
+//! when it closes. A crashed instance's leases simply expire. Nothing of this touches the
+//! room.
 //!
 //! A script may only touch keys of one node. On a single Redis (or one primary with
 //! replicas) that always holds. Redis Cluster would need every key a commit touches in one
@@ -58,10 +78,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteRecord, InviteState,
-    Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
+    Appended, Arrival, Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteRecord,
+    InviteState, Lease, Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
 };
-use crate::room::{ClinicRoom, Event};
+use crate::room::{ClinicRoom, Event, Visit};
 
 /// The prefix of every key and of the channel below.
 pub const PREFIX: &str = "consult:";
@@ -69,8 +89,14 @@ pub const PREFIX: &str = "consult:";
 pub const KEY_CLINICS: &str = "consult:clinics";
 /// Hash: user name -> JSON [`StaffRecord`].
 pub const KEY_STAFF: &str = "consult:staff";
-/// Followed by the clinic id: a hash with [`FIELD_VERSION`] and [`FIELD_STATE`].
+/// Followed by the clinic id: a hash with `v` (the version) and `state` (JSON [`ClinicRoom`]).
 pub const KEY_ROOM_PREFIX: &str = "consult:room:";
+/// Followed by the clinic id: a list of JSON [`Visit`]s appended since the room's last
+/// commit.
+pub const KEY_ARRIVALS_PREFIX: &str = "consult:arrivals:";
+/// Followed by the clinic id: a sorted set of presence leases (`{visit}/{holder}`) by
+/// expiry (ms).
+pub const KEY_PRESENCE_PREFIX: &str = "consult:presence:";
 /// Hash: visit id -> clinic id.
 pub const KEY_VISITS: &str = "consult:visits";
 /// Stream of audit entries, field [`FIELD_ENTRY`]; never trimmed.
@@ -90,10 +116,8 @@ pub const KEY_CLINIC_INVITES_PREFIX: &str = "consult:invites:";
 /// Pub/sub channel carrying JSON [`Published`].
 pub const CHANNEL_EVENTS: &str = "consult:events";
 
-/// Room hash field: the version, decimal; a missing room is version 0.
-const FIELD_VERSION: &str = "v";
-/// Room hash field: JSON [`ClinicRoom`].
-const FIELD_STATE: &str = "state";
+// The room hash's fields, `v` (the version, decimal; a missing room is version 0) and
+// `state` (JSON [`ClinicRoom`]), are read and written only by the scripts above.
 /// Audit stream field: JSON [`AuditEntry`].
 const FIELD_ENTRY: &str = "entry";
 /// Invite hash fields: the JSON record, the visit it admitted, and whether it is revoked.
@@ -101,14 +125,21 @@ const FIELD_RECORD: &str = "record";
 const FIELD_VISIT: &str = "visit";
 const FIELD_REVOKED: &str = "revoked";
 
+/// How long a command may wait for Redis by default, reconnecting included, before it
+/// fails as unavailable (`redis_timeout_ms` in the configuration).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 /// Timeouts for commands and for (re)connecting.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// Backoff between attempts to re-establish the event subscription.
 const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(5);
 /// How often the event connection is pinged, so a silently dead one is noticed.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long after expiring a lease is removed (expired ones already count for nothing).
+const PRESENCE_PRUNE_MS: u64 = 60_000;
 
 /// What the commit script answers.
 const COMMITTED: i64 = 1;
@@ -119,7 +150,8 @@ const INVITE_TAKEN: i64 = 2;
 /// the invite it claims, if any, is still unclaimed by anyone else and not revoked).
 ///
 /// KEYS: [1] the visit index, [2] the audit stream, [3] the claimed invite's hash (any
-/// key when there is no claim), [4..] the rooms written.
+/// key when there is no claim), [4..] for each room written, its hash then its arrivals
+/// list (emptied: a matching version means the commit's room holds every arrival).
 /// ARGV: [1] the events channel, [2] number of index changes, [3] number of audit entries,
 /// [4] `1` if an invite is claimed, [5] the visit it must still be bound to (empty: none),
 /// [6] the visit that claims it; then for each room (in KEYS order): expected version, new
@@ -127,10 +159,10 @@ const INVITE_TAKEN: i64 = 2;
 /// index change: visit id and clinic id (empty: the visit ended, remove it); then the
 /// audit entry JSONs.
 const COMMIT_SCRIPT: &str = r"
-local rooms = #KEYS - 3
+local rooms = (#KEYS - 3) / 2
 local a = 7
 for i = 1, rooms do
-  local current = redis.call('HGET', KEYS[i + 3], 'v') or '0'
+  local current = redis.call('HGET', KEYS[2 * i + 2], 'v') or '0'
   if current ~= ARGV[a] then
     return 0
   end
@@ -147,7 +179,8 @@ if ARGV[4] == '1' then
 end
 a = 7
 for i = 1, rooms do
-  redis.call('HSET', KEYS[i + 3], 'v', ARGV[a + 1], 'state', ARGV[a + 2])
+  redis.call('HSET', KEYS[2 * i + 2], 'v', ARGV[a + 1], 'state', ARGV[a + 2])
+  redis.call('DEL', KEYS[2 * i + 3])
   a = a + 4 + tonumber(ARGV[a + 3])
 end
 for i = 1, tonumber(ARGV[2]) do
@@ -173,10 +206,122 @@ end
 return 1
 ";
 
+/// An arrival, appended: no version compare (see the module's documentation).
+///
+/// KEYS: [1] the room's hash, [2] its arrivals list, [3] the visit index, [4] the audit
+/// stream, [5] the claimed invite's hash (any key when there is no claim).
+/// ARGV: [1] the events channel, [2] the visit id, [3] the clinic id, [4] the visit's
+/// JSON, [5] `1` if an invite is claimed, [6] the visit it must still be bound to, [7] the
+/// visit that claims it, [8] the JSON of each published event up to its version
+/// (`{"clinic":...,"version":`), [9] number of events, then the events' JSONs, then the
+/// audit entries' JSONs.
+/// Answers 1 (appended), 0 (no such room: nothing written) or 2 (invite taken).
+const ARRIVAL_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if ARGV[5] == '1' then
+  if redis.call('HEXISTS', KEYS[5], 'record') == 0 or redis.call('HEXISTS', KEYS[5], 'revoked') == 1 then
+    return 2
+  end
+  if (redis.call('HGET', KEYS[5], 'visit') or '') ~= ARGV[6] then
+    return 2
+  end
+  redis.call('HSET', KEYS[5], 'visit', ARGV[7])
+end
+local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+local n = tonumber(ARGV[9])
+for i = 1, n do
+  redis.call('PUBLISH', ARGV[1], ARGV[8] .. v .. ',"event":' .. ARGV[9 + i] .. '}')
+end
+for i = 10 + n, #ARGV do
+  redis.call('XADD', KEYS[4], '*', 'entry', ARGV[i])
+end
+return 1
+"#;
+
+/// The command connection, with every command's wait bounded: the connection manager
+/// holds commands while it reconnects (six attempts with backoff, about 10 s when Redis is
+/// away), so the bound is put around each whole command instead.
+#[derive(Clone)]
+struct Bounded {
+    con: ConnectionManager,
+    wait: Duration,
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from((ErrorKind::Io, "no answer from redis in time"))
+}
+
+impl redis::aio::ConnectionLike for Bounded {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        let wait = self.wait;
+        Box::pin(async move {
+            tokio::time::timeout(wait, self.con.req_packed_command(cmd))
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        let wait = self.wait;
+        Box::pin(async move {
+            tokio::time::timeout(wait, self.con.req_packed_commands(cmd, offset, count))
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.con.get_db()
+    }
+}
+
+/// Reads a room: its version, the arrivals appended since its last commit, and its
+/// document, unless the caller's copy of that document is still the current one (same
+/// document version, the room's version less its arrivals, and the same length), in which
+/// case only the arrivals it has not read yet.
+///
+/// KEYS: [1] the room's hash, [2] its arrivals list. ARGV: [1] the document version of the
+/// caller's copy (`-1`: none), [2] that document's length in bytes, [3] how many arrivals
+/// the caller's copy holds.
+/// Answers `{}` (no room), `{v, arrivals}` or `{v, arrivals, state}`.
+const READ_SCRIPT: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then
+  return {}
+end
+local n = redis.call('LLEN', KEYS[2])
+local len = redis.call('HSTRLEN', KEYS[1], 'state')
+if tonumber(v) - n == tonumber(ARGV[1]) and len == tonumber(ARGV[2]) and n >= tonumber(ARGV[3]) then
+  return {v, redis.call('LRANGE', KEYS[2], tonumber(ARGV[3]), -1)}
+end
+return {v, redis.call('LRANGE', KEYS[2], 0, -1), redis.call('HGET', KEYS[1], 'state')}
+";
+
+/// This instance's copy of a room's document with the arrivals it has read, so that a
+/// storm of reconnections reads and parses each room once, then only what was appended.
+struct CachedRoom {
+    doc_version: u64,
+    doc_len: usize,
+    applied: usize,
+    room: ClinicRoom,
+}
+
 /// The store on Redis. Dropping it stops its event subscription.
 pub struct RedisStore {
-    con: ConnectionManager,
+    con: Bounded,
     commit_script: Script,
+    arrival_script: Script,
+    read_script: Script,
+    rooms: std::sync::Mutex<std::collections::HashMap<ClinicId, CachedRoom>>,
     events: broadcast::Sender<Feed>,
     /// Cancels the pub/sub task when the store is dropped.
     _subscription: DropGuard,
@@ -228,6 +373,18 @@ fn invite_key(id: InviteId) -> String {
 
 fn clinic_invites_key(clinic: &ClinicId) -> String {
     format!("{KEY_CLINIC_INVITES_PREFIX}{clinic}")
+}
+
+fn arrivals_key(clinic: &ClinicId) -> String {
+    format!("{KEY_ARRIVALS_PREFIX}{clinic}")
+}
+
+fn presence_key(clinic: &ClinicId) -> String {
+    format!("{KEY_PRESENCE_PREFIX}{clinic}")
+}
+
+fn lease_member(lease: &Lease) -> String {
+    format!("{}/{}", lease.visit, lease.holder)
 }
 
 fn room_key(clinic: &ClinicId) -> String {
@@ -330,20 +487,45 @@ async fn forward_events(
 
 impl RedisStore {
     /// Connects to `url` (`redis://host:port`, `redis+unix:///path/to/socket`, ...) and
-    /// returns once the event subscription is active.
+    /// returns once the event subscription is active. Commands wait at most
+    /// [`DEFAULT_WAIT`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, DEFAULT_WAIT).await
+    }
+
+    /// [`RedisStore::connect`], with commands that wait at most `wait` for Redis
+    /// (reconnecting included) before failing as unavailable.
+    pub async fn connect_with(url: &str, wait: Duration) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(redis_err)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT));
-        let mut con = client
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            // Reconnection attempts at most this far apart, so commands work again soon
+            // after Redis is back (the default backoff grows to 3.2 s between attempts).
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let con = client
             .get_connection_manager_with_config(config)
             .await
             .map_err(redis_err)?;
+        let mut con = Bounded { con, wait };
         let commit_script = Script::new(COMMIT_SCRIPT);
         // Loaded now so commits go straight to EVALSHA; `invoke_async` reloads it if the
         // server lost it (a restart).
         commit_script
+            .prepare_invoke()
+            .load_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+
+        let arrival_script = Script::new(ARRIVAL_SCRIPT);
+        arrival_script
+            .prepare_invoke()
+            .load_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+
+        let read_script = Script::new(READ_SCRIPT);
+        read_script
             .prepare_invoke()
             .load_async(&mut con)
             .await
@@ -356,9 +538,17 @@ impl RedisStore {
         Ok(Self {
             con,
             commit_script,
+            arrival_script,
+            read_script,
+            rooms: std::sync::Mutex::default(),
             events,
             _subscription: stop.drop_guard(),
         })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ClinicId, CachedRoom>> {
+        // Nothing under this lock can panic half-way.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn hget_json<T: serde::de::DeserializeOwned>(
@@ -437,26 +627,87 @@ impl Store for RedisStore {
     }
 
     async fn room(&self, clinic: &ClinicId) -> Result<Option<Versioned<ClinicRoom>>, StoreError> {
-        let (version, state): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
-            .arg(room_key(clinic))
-            .arg(FIELD_VERSION)
-            .arg(FIELD_STATE)
-            .query_async(&mut self.con.clone())
+        let known = self
+            .cache()
+            .get(clinic)
+            .map(|c| (c.doc_version, c.doc_len, c.applied));
+        let (cached_version, cached_len, applied) = match known {
+            Some((v, len, applied)) => (v.to_string(), len.to_string(), applied),
+            None => ("-1".to_owned(), "-1".to_owned(), 0),
+        };
+        // The room and the arrivals appended since its last commit, read together; only
+        // the arrivals this instance has not read yet when its copy is still current.
+        let reply: Value = self
+            .read_script
+            .key(room_key(clinic))
+            .key(arrivals_key(clinic))
+            .arg(&cached_version)
+            .arg(&cached_len)
+            .arg(applied)
+            .invoke_async(&mut self.con.clone())
             .await
             .map_err(redis_err)?;
-        match (version, state) {
-            (None, None) => Ok(None),
-            (Some(version), Some(state)) => {
-                let version = version.parse().map_err(|e| {
-                    StoreError::Corrupt(format!("room {clinic}: version {version:?}: {e}"))
-                })?;
-                let value = serde_json::from_slice(&state).map_err(corrupt)?;
-                Ok(Some(Versioned { version, value }))
+        let bad = |what: &str| StoreError::Corrupt(format!("room {clinic}: {what}"));
+        let Value::Array(items) = reply else {
+            return Err(bad("unexpected answer from the read script"));
+        };
+        let mut items = items.into_iter();
+        let version: u64 = match items.next() {
+            None => return Ok(None),
+            Some(Value::BulkString(v)) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("version is not a number"))?,
+            Some(_) => return Err(bad("version is not a string")),
+        };
+        let arrivals = match items.next() {
+            Some(Value::Array(a)) => a,
+            _ => return Err(bad("arrivals are not a list")),
+        };
+        let parse_arrival = |v: Value| match v {
+            Value::BulkString(json) => serde_json::from_slice::<Visit>(&json).map_err(corrupt),
+            _ => Err(bad("an arrival is not a string")),
+        };
+        let (mut value, doc_len, applied_before) = match items.next() {
+            // A fresh copy of the room's document.
+            Some(Value::BulkString(state)) => {
+                let room: ClinicRoom = serde_json::from_slice(&state).map_err(corrupt)?;
+                (room, state.len(), 0)
             }
-            _ => Err(StoreError::Corrupt(format!(
-                "room {clinic}: needs both a version and a state"
-            ))),
+            Some(Value::Nil) => return Err(bad("needs both a version and a state")),
+            Some(_) => return Err(bad("state is not a string")),
+            // Ours is current: only the new arrivals came.
+            None => {
+                let cache = self.cache();
+                let c = cache
+                    .get(clinic)
+                    .ok_or_else(|| bad("the cached copy vanished"))?;
+                (c.room.clone(), c.doc_len, c.applied)
+            }
+        };
+        let applied = applied_before + arrivals.len();
+        let doc_version = version
+            .checked_sub(applied as u64)
+            .ok_or_else(|| bad("more arrivals than versions"))?;
+        for a in arrivals {
+            value.append(parse_arrival(a)?);
         }
+        let mut cache = self.cache();
+        let newer = cache
+            .get(clinic)
+            .is_none_or(|c| (c.doc_version, c.applied) < (doc_version, applied));
+        if newer {
+            cache.insert(
+                clinic.clone(),
+                CachedRoom {
+                    doc_version,
+                    doc_len,
+                    applied,
+                    room: value.clone(),
+                },
+            );
+        }
+        Ok(Some(Versioned { version, value }))
     }
 
     async fn locate(&self, visit: VisitId) -> Result<Option<ClinicId>, StoreError> {
@@ -505,7 +756,9 @@ impl Store for RedisStore {
             let version = w.expected.checked_add(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("room {}: version overflow", w.room.clinic))
             })?;
-            invocation.key(room_key(&w.room.clinic));
+            invocation
+                .key(room_key(&w.room.clinic))
+                .key(arrivals_key(&w.room.clinic));
             json.clear();
             serde_json::to_writer(&mut json, &w.room).map_err(corrupt)?;
             invocation
@@ -546,6 +799,132 @@ impl Store for RedisStore {
                 "commit script answered {other}"
             ))),
         }
+    }
+
+    async fn append_arrival(&self, arrival: Arrival) -> Result<Appended, StoreError> {
+        let (claim_key, claimed, expected, visit) = match &arrival.claim {
+            Some(c) => (
+                invite_key(c.invite),
+                "1",
+                c.expected.map(|v| v.to_string()).unwrap_or_default(),
+                c.visit.to_string(),
+            ),
+            None => (
+                KEY_INVITE_PREFIX.to_owned(),
+                "0",
+                String::new(),
+                String::new(),
+            ),
+        };
+        let clinic_json = serde_json::to_string(&arrival.clinic).map_err(corrupt)?;
+        let mut invocation = self.arrival_script.prepare_invoke();
+        invocation
+            .key(room_key(&arrival.clinic))
+            .key(arrivals_key(&arrival.clinic))
+            .key(KEY_VISITS)
+            .key(KEY_AUDIT)
+            .key(claim_key)
+            .arg(CHANNEL_EVENTS)
+            .arg(arrival.visit.id.to_string())
+            .arg(arrival.clinic.as_str())
+            .arg(serde_json::to_vec(&arrival.visit).map_err(corrupt)?)
+            .arg(claimed)
+            .arg(expected)
+            .arg(visit)
+            .arg(format!("{{\"clinic\":{clinic_json},\"version\":"))
+            .arg(arrival.events.len());
+        for event in &arrival.events {
+            invocation.arg(serde_json::to_vec(event).map_err(corrupt)?);
+        }
+        for entry in &arrival.audit {
+            invocation.arg(serde_json::to_vec(entry).map_err(corrupt)?);
+        }
+        let answer: i64 = invocation
+            .invoke_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        match answer {
+            1 => Ok(Appended::Appended),
+            0 => Ok(Appended::NoRoom),
+            2 => Err(StoreError::InviteTaken),
+            other => Err(StoreError::Corrupt(format!(
+                "arrival script answered {other}"
+            ))),
+        }
+    }
+
+    async fn hold_presence(&self, leases: &[Lease], until: Timestamp) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut by_clinic: BTreeMap<&ClinicId, Vec<String>> = BTreeMap::new();
+        for l in leases {
+            by_clinic
+                .entry(&l.clinic)
+                .or_default()
+                .push(lease_member(l));
+        }
+        let mut pipe = redis::pipe();
+        for (clinic, members) in by_clinic {
+            let key = presence_key(clinic);
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&key);
+            for m in members {
+                zadd.arg(until.0).arg(m);
+            }
+            pipe.add_command(zadd).ignore();
+            // Leases of connections whose instance died, long expired: pruned here.
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(format!(
+                    "({}",
+                    crate::service::now().0.saturating_sub(PRESENCE_PRUNE_MS)
+                ))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn release_presence(&self, leases: &[Lease]) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for l in leases {
+            pipe.cmd("ZREM")
+                .arg(presence_key(&l.clinic))
+                .arg(lease_member(l))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn online(
+        &self,
+        clinic: &ClinicId,
+        now: Timestamp,
+    ) -> Result<std::collections::BTreeSet<VisitId>, StoreError> {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(presence_key(clinic))
+            .arg(format!("({}", now.0))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        members
+            .iter()
+            .map(|m| {
+                m.split_once('/')
+                    .and_then(|(v, _)| v.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("presence lease {m:?}")))
+            })
+            .collect()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Feed> {
@@ -844,6 +1223,8 @@ mod tests {
             KEY_CLINICS,
             KEY_STAFF,
             KEY_ROOM_PREFIX,
+            KEY_ARRIVALS_PREFIX,
+            KEY_PRESENCE_PREFIX,
             KEY_VISITS,
             KEY_AUDIT,
             KEY_TOKEN_SECRET,

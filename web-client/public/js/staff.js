@@ -273,6 +273,19 @@ function onMessage(msg) {
       renderBoard();
       break;
     }
+    case 'visit_presence': {
+      // Presence lives outside the room: only `online` changes, for many visits at once.
+      const cl = app.clinics.get(msg.clinic);
+      if (!cl) break;
+      for (const [ids, online] of [[msg.online, true], [msg.offline, false]]) {
+        for (const id of ids) {
+          const v = cl.visits.get(id);
+          if (v) v.online = online;
+        }
+      }
+      renderBoard();
+      break;
+    }
     case 'visit_closed': {
       const cl = app.clinics.get(msg.clinic);
       const v = cl?.visits.get(msg.visit);
