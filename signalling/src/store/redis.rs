@@ -509,27 +509,17 @@ impl RedisStore {
             .map_err(redis_err)?;
         let mut con = Bounded { con, wait };
         let commit_script = Script::new(COMMIT_SCRIPT);
-        // Loaded now so commits go straight to EVALSHA; `invoke_async` reloads it if the
-        // server lost it (a restart).
-        commit_script
-            .prepare_invoke()
-            .load_async(&mut con)
-            .await
-            .map_err(redis_err)?;
-
         let arrival_script = Script::new(ARRIVAL_SCRIPT);
-        arrival_script
-            .prepare_invoke()
-            .load_async(&mut con)
-            .await
-            .map_err(redis_err)?;
-
         let read_script = Script::new(READ_SCRIPT);
-        read_script
-            .prepare_invoke()
-            .load_async(&mut con)
-            .await
-            .map_err(redis_err)?;
+        // Loaded now so calls go straight to EVALSHA; `invoke_async` reloads a script if
+        // the server lost it (a restart).
+        for script in [&commit_script, &arrival_script, &read_script] {
+            script
+                .prepare_invoke()
+                .load_async(&mut con)
+                .await
+                .map_err(redis_err)?;
+        }
 
         let pubsub = subscribe_events(&client).await?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);

@@ -209,19 +209,7 @@ impl Endpoint {
     ) -> Result<ConnId, EngineError> {
         // The core makes the ICE credentials (new ones at each ICE restart); STUN is
         // routed by the one each local description carries (follow_local_ufrag).
-        let Recipe {
-            media,
-            registry,
-            settings,
-            estimate,
-        } = connection_recipe(role, SettingEngineBuilder::new())?;
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media)
-            .with_setting_engine(settings)
-            .with_interceptor_registry(registry)
-            .build(now)
-            .map_err(webrtc_err)?;
+        let (mut pc, estimate) = sansio_connection(role, now)?;
         let mut hosts = vec![("udp", self.udp_addr, Default::default())];
         if let Some(tcp) = self.tcp_addr {
             hosts.push(("tcp", tcp, rtc::ice::tcp_type::TcpType::Passive));

@@ -80,6 +80,29 @@ use bandwidth::Uplink;
 
 mod bandwidth;
 mod connections;
+
+/// A sans-IO peer connection in `role` ([`connection_recipe`]), as the endpoint's
+/// connections and its tests' browsers are made, with the downlink estimate of a
+/// subscriber leg.
+fn sansio_connection(
+    role: Role,
+    now: Instant,
+) -> Result<(RTCPeerConnection, Option<Estimate>), EngineError> {
+    let Recipe {
+        media,
+        registry,
+        settings,
+        estimate,
+    } = connection_recipe(role, SettingEngineBuilder::new())?;
+    let pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_setting_engine(settings)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(webrtc_err)?;
+    Ok((pc, estimate))
+}
 mod forwarding;
 mod negotiation;
 mod routing;

@@ -13,9 +13,6 @@ use protocol::MediaLeg;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -33,9 +30,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::sim::{LinkConfig, LinkStats, Network};
 use super::{Answer, Command, Endpoint, EndpointConfig};
 use crate::codec::Codec;
-use crate::engine::{
-    EngineEvent, NackCounters, Role, codec_parameters, connection_recipe, media_track,
-};
+use crate::engine::{EngineEvent, NackCounters, Role, codec_parameters, media_track};
 use crate::forward::MediaKind;
 
 const SFU: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 3478);
@@ -83,19 +78,7 @@ struct Leg {
 
 impl Leg {
     fn new(addr: SocketAddr, now: Instant) -> Self {
-        let crate::engine::Recipe {
-            media,
-            registry,
-            settings,
-            ..
-        } = connection_recipe(Role::Client, SettingEngineBuilder::new()).unwrap();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media)
-            .with_setting_engine(settings)
-            .with_interceptor_registry(registry)
-            .build(now)
-            .unwrap();
+        let (mut pc, _) = super::sansio_connection(Role::Client, now).unwrap();
         let host = CandidateHostConfig {
             base_config: CandidateConfig {
                 network: "udp".to_owned(),
