@@ -6,6 +6,7 @@ pub mod chart;
 pub mod impair;
 pub mod janus;
 pub mod procfs;
+pub mod sentinel;
 
 use std::path::PathBuf;
 

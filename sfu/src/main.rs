@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "sfu", about = "A separate SFU node for the consult platform")]
 struct Args {
-    /// The Redis that signalling uses (the node registers there). Without it the node
-    /// registers nowhere and needs --secret: for benchmarks that drive it directly.
+    /// The Redis that signalling uses (the node registers there): `redis://…`, or
+    /// `redis-sentinel://host:port,host:port#primary` to follow the primary that Redis
+    /// Sentinel names. Without it the node registers nowhere and needs --secret: for
+    /// benchmarks that drive it directly.
     #[arg(long, env = "CONSULT_REDIS_URL")]
     redis_url: Option<String>,
     /// This node's name, unique among nodes.
@@ -76,9 +78,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut conn = match &args.redis_url {
         Some(url) => {
-            let client = redis::Client::open(url.as_str()).context("the Redis URL")?;
+            // One server, or the primary that Redis Sentinel names (and follows).
+            let target = redis_link::Target::parse(url)
+                .map_err(|e| anyhow::anyhow!("the Redis URL: {e}"))?;
+            // A heartbeat that fails is retried a second later: no command waits long,
+            // and a lost connection is tried again at least every half second.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+                .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+                .set_max_delay(std::time::Duration::from_millis(500));
             Some(
-                redis::aio::ConnectionManager::new(client)
+                redis_link::Link::connect(&target, config)
                     .await
                     .context("connecting to Redis")?,
             )

@@ -4,7 +4,7 @@
 use protocol::control::{CONTROL_SECRET_KEY, HEARTBEAT_MS, NODE_TTL_MS, NODES_KEY, NodeRecord};
 use protocol::{NodeId, Timestamp};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::Load;
@@ -32,7 +32,10 @@ pub fn record(id: &NodeId, control_url: &str, load: Load, draining: bool) -> Nod
 }
 
 /// Writes the node's record once.
-pub async fn announce(conn: &mut ConnectionManager, record: &NodeRecord) -> redis::RedisResult<()> {
+pub async fn announce(
+    conn: &mut (impl ConnectionLike + Send + Sync),
+    record: &NodeRecord,
+) -> redis::RedisResult<()> {
     let json = serde_json::to_string(record).unwrap_or_default();
     conn.hset::<_, _, _, ()>(NODES_KEY, record.id.as_str(), json)
         .await
@@ -41,7 +44,7 @@ pub async fn announce(conn: &mut ConnectionManager, record: &NodeRecord) -> redi
 /// Refreshes the node's record every [`HEARTBEAT_MS`] until `stop`, then removes it so
 /// that no new consultation is placed here.
 pub async fn heartbeat(
-    mut conn: ConnectionManager,
+    mut conn: impl ConnectionLike + Send + Sync,
     mut current: impl FnMut() -> NodeRecord,
     stop: CancellationToken,
 ) {
@@ -67,7 +70,7 @@ pub async fn heartbeat(
 /// The control secret: the configured one, or the one kept in Redis (created now if no
 /// process has yet).
 pub async fn control_secret(
-    conn: &mut ConnectionManager,
+    conn: &mut (impl ConnectionLike + Send + Sync),
     configured: &str,
 ) -> redis::RedisResult<String> {
     if !configured.is_empty() {

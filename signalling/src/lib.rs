@@ -59,10 +59,12 @@ pub async fn open_media(
         }
         Some(url) => {
             let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
-            let client = redis::Client::open(url).map_err(unavailable)?;
-            let mut conn = redis::aio::ConnectionManager::new(client)
-                .await
-                .map_err(unavailable)?;
+            let target = redis_link::Target::parse(url)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let mut conn =
+                redis_link::Link::connect(&target, redis::aio::ConnectionManagerConfig::new())
+                    .await
+                    .map_err(unavailable)?;
             let secret = sfu::registry::control_secret(&mut conn, &config.sfu_secret)
                 .await
                 .map_err(unavailable)?;

@@ -18,6 +18,9 @@
 //! - `redis-down`: Redis stopped (SIGTERM, its append-only file written) for
 //!   `--redis-down-secs`, then started again from that file; meanwhile a tenth of the
 //!   patients reload their page and a prober tries to enter every 250 ms, every answer timed.
+//! - `failover`: Redis behind Sentinel (a primary, one replica, three sentinels, from
+//!   `infra/redis/`); the primary is killed (`kill -9`) and the sentinels promote the
+//!   replica; the instances follow by themselves. Reloads and prober as for `redis-down`.
 //!
 //! Prints one line per phase (`key=value`); with `--check` fails unless the issue's
 //! bounds hold. Everything runs on 127.0.0.1 and a unix socket, bounded in time.
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use futures::{SinkExt, StreamExt};
+use load_tests::sentinel::SentinelGroup;
 use load_tests::{ScratchDir, percentile};
 use protocol::{
     ClientMsg, ClinicId, EnterRequest, EnterResponse, Entry, PatientState, ServerMsg,
@@ -46,6 +50,7 @@ enum Case {
     Kill,
     Term,
     RedisDown,
+    Failover,
 }
 
 #[derive(Debug, Parser)]
@@ -622,8 +627,16 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     });
     let dir = ScratchDir::new("rush")?;
-    let mut redis = start_redis(&dir.0)?;
-    let url = format!("redis+unix://{}", dir.0.join("redis.sock").display());
+    // One Redis, or (failover) a primary, its replica and three sentinels.
+    let (mut redis, mut group, url) = if args.case == Case::Failover {
+        let group = SentinelGroup::start(&dir.0)?;
+        let url = group.url();
+        (None, Some(group), url)
+    } else {
+        let redis = start_redis(&dir.0)?;
+        let url = format!("redis+unix://{}", dir.0.join("redis.sock").display());
+        (Some(redis), None, url)
+    };
     let mut clinic_args = Vec::new();
     for c in 0..args.clinics {
         let id = format!("c{c}");
@@ -910,15 +923,36 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Case::RedisDown => {
+        Case::RedisDown | Case::Failover => {
             // A tenth of the patients reload during the outage; a prober enters every 250 ms.
             let reloaders: Vec<Arc<Patient>> = patients.iter().step_by(10).cloned().collect();
             for p in &reloaders {
                 log(p).answers_ms.clear();
             }
             let t0 = Instant::now();
-            redis.signal("TERM")?;
-            let _ = redis.child.wait();
+            // When the sentinels named the new primary.
+            let promoted = Arc::new(Mutex::new(None::<Instant>));
+            if let Some(group) = group.as_mut() {
+                let old = group.kill_primary()?;
+                let urls = group.url();
+                let promoted = promoted.clone();
+                let ports = group.sentinel_ports();
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + PHASE_LIMIT;
+                    while Instant::now() < deadline {
+                        if load_tests::sentinel::primary_port_at(&ports).is_some_and(|p| p != old) {
+                            *promoted.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(Instant::now());
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    eprintln!("rush: the sentinels of {urls} named no new primary");
+                });
+            } else if let Some(redis) = redis.as_mut() {
+                redis.signal("TERM")?;
+                let _ = redis.child.wait();
+            }
             let probe_ms = Arc::new(Mutex::new(Vec::<(f64, bool)>::new()));
             let probing = Arc::new(AtomicBool::new(true));
             let prober = {
@@ -955,13 +989,23 @@ async fn main() -> anyhow::Result<()> {
             for p in &reloaders {
                 p.reload.notify_one();
             }
-            tokio::time::sleep(
-                Duration::from_secs(args.redis_down_secs).saturating_sub(t0.elapsed()),
-            )
-            .await;
-            redis = start_redis(&dir.0)?;
-            let back_at = Instant::now();
-            let probes_before = probe_ms.lock().map(|p| p.len()).unwrap_or(0);
+            // Redis away: back when started again. A failover: nobody restarts anything,
+            // so recovery counts from the loss of the primary.
+            let back_at = if args.case == Case::RedisDown {
+                tokio::time::sleep(
+                    Duration::from_secs(args.redis_down_secs).saturating_sub(t0.elapsed()),
+                )
+                .await;
+                redis = Some(start_redis(&dir.0)?);
+                Instant::now()
+            } else {
+                t0
+            };
+            let probes_before = if args.case == Case::RedisDown {
+                probe_ms.lock().map(|p| p.len()).unwrap_or(0)
+            } else {
+                0
+            };
             let entry_ok = until(back_at, PHASE_LIMIT, || {
                 probe_ms
                     .lock()
@@ -988,10 +1032,14 @@ async fn main() -> anyhow::Result<()> {
             let during: Vec<f64> = probe_ms
                 .lock()
                 .map(|p| {
-                    p[..probes_before.min(p.len())]
-                        .iter()
-                        .map(|(ms, _)| *ms)
-                        .collect()
+                    // Redis away: the probes until it was back. A failover: every probe
+                    // until recovery (each must be answered within the bound).
+                    let cut = if args.case == Case::RedisDown {
+                        probes_before.min(p.len())
+                    } else {
+                        p.len()
+                    };
+                    p[..cut].iter().map(|(ms, _)| *ms).collect()
                 })
                 .unwrap_or_default();
             let ws_answers: Vec<f64> = reloaders
@@ -1009,9 +1057,19 @@ async fn main() -> anyhow::Result<()> {
                 .iter()
                 .filter(|id| !order_after.contains(id))
                 .count();
+            let (name, away, bound) = if args.case == Case::RedisDown {
+                (
+                    "redis_down",
+                    format!("seconds={}", args.redis_down_secs),
+                    5.0,
+                )
+            } else {
+                let promoted = *promoted.lock().unwrap_or_else(|e| e.into_inner());
+                let promoted_s = secs(promoted.map(|at| at - t0));
+                ("failover", format!("promoted_s={promoted_s}"), 10.0)
+            };
             println!(
-                "redis_down seconds={} reloaders={} {} {} slowest_answer_ms={slowest:.0} recovery_s={} entry_ok_after_s={} reloaded_back_s={} staff_all_online_s={} lost={lost} told_ended={ended}",
-                args.redis_down_secs,
+                "{name} {away} reloaders={} {} {} slowest_answer_ms={slowest:.0} recovery_s={} entry_ok_after_s={} reloaded_back_s={} staff_all_online_s={} lost={lost} told_ended={ended}",
                 reloaders.len(),
                 summary("probe_during", during),
                 summary("ws_answer", ws_answers),
@@ -1029,8 +1087,8 @@ async fn main() -> anyhow::Result<()> {
                 format!("an answer took {slowest:.0} ms (bound 3 s)"),
             );
             verdict.require(
-                recovery.is_some_and(|r| r < 5.0),
-                "no full recovery within 5 s",
+                recovery.is_some_and(|r| r < bound),
+                format!("no full recovery within {bound} s"),
             );
             verdict.require(lost == 0, format!("{lost} visits lost"));
         }

@@ -71,9 +71,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use protocol::{AuditEntry, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::aio::{ConnectionManagerConfig, PubSub};
 use redis::streams::StreamRangeReply;
 use redis::{Client, ErrorKind, RedisError, Script, Value};
+use redis_link::{Link, Target};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -133,6 +134,8 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+/// Behind Sentinel, how long a change waits for a replica to have it.
+const REPLICA_WAIT: Duration = Duration::from_millis(500);
 /// Backoff between attempts to re-establish the event subscription: at most as far apart
 /// as the command connection's attempts, so staff boards hear events again within about
 /// half a second of Redis returning (a 5 s cap left them deaf for up to 5 s).
@@ -250,7 +253,7 @@ return 1
 /// away), so the bound is put around each whole command instead.
 #[derive(Clone)]
 struct Bounded {
-    con: ConnectionManager,
+    con: Link,
     wait: Duration,
 }
 
@@ -321,6 +324,9 @@ struct CachedRoom {
 /// The store on Redis. Dropping it stops its event subscription.
 pub struct RedisStore {
     con: Bounded,
+    /// Behind Sentinel: a change is acknowledged once a replica has it too (see
+    /// [`RedisStore::replicate`]).
+    replicated: bool,
     commit_script: Script,
     arrival_script: Script,
     read_script: Script,
@@ -413,7 +419,7 @@ async fn subscribe_events(client: &Client) -> Result<PubSub, StoreError> {
 
 /// Forwards the events channel to `events` until `stop`, reconnecting when needed.
 async fn forward_events(
-    client: Client,
+    link: Link,
     first: PubSub,
     events: broadcast::Sender<Feed>,
     stop: CancellationToken,
@@ -428,6 +434,8 @@ async fn forward_events(
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
+                // The primary's, which may have changed (Sentinel).
+                let client = link.client();
                 let attempt = tokio::select! {
                     () = stop.cancelled() => return,
                     attempt = subscribe_events(&client) => attempt,
@@ -489,9 +497,10 @@ async fn forward_events(
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port`, `redis+unix:///path/to/socket`, ...) and
-    /// returns once the event subscription is active. Commands wait at most
-    /// [`DEFAULT_WAIT`].
+    /// Connects to `url` (`redis://host:port`, `redis+unix:///path/to/socket`, ...,
+    /// or `redis-sentinel://host:port,host:port#primary` to follow the primary that Redis
+    /// Sentinel names) and returns once the event subscription is active. Commands wait
+    /// at most [`DEFAULT_WAIT`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, DEFAULT_WAIT).await
     }
@@ -499,18 +508,20 @@ impl RedisStore {
     /// [`RedisStore::connect`], with commands that wait at most `wait` for Redis
     /// (reconnecting included) before failing as unavailable.
     pub async fn connect_with(url: &str, wait: Duration) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(redis_err)?;
+        let target =
+            Target::parse(url).map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+        let replicated = matches!(target, Target::Sentinel { .. });
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             // Reconnection attempts at most this far apart, so commands work again soon
             // after Redis is back (the default backoff grows to 3.2 s between attempts).
             .set_max_delay(RECONNECT_MAX_DELAY);
-        let con = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(redis_err)?;
-        let mut con = Bounded { con, wait };
+        let link = Link::connect(&target, config).await.map_err(redis_err)?;
+        let mut con = Bounded {
+            con: link.clone(),
+            wait,
+        };
         let commit_script = Script::new(COMMIT_SCRIPT);
         let arrival_script = Script::new(ARRIVAL_SCRIPT);
         let read_script = Script::new(READ_SCRIPT);
@@ -524,12 +535,13 @@ impl RedisStore {
                 .map_err(redis_err)?;
         }
 
-        let pubsub = subscribe_events(&client).await?;
+        let pubsub = subscribe_events(&link.client()).await?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let stop = CancellationToken::new();
-        tokio::spawn(forward_events(client, pubsub, events.clone(), stop.clone()));
+        tokio::spawn(forward_events(link, pubsub, events.clone(), stop.clone()));
         Ok(Self {
             con,
+            replicated,
             commit_script,
             arrival_script,
             read_script,
@@ -537,6 +549,27 @@ impl RedisStore {
             events,
             _subscription: stop.drop_guard(),
         })
+    }
+
+    /// Behind Sentinel, waits (at most [`REPLICA_WAIT`]) until a replica has every write
+    /// made so far on this connection: a patient told they are in the waiting room is
+    /// still there after a failover to that replica. Replication is asynchronous, so an
+    /// answer sent before a replica had the write could be lost with the primary. If no
+    /// replica answers in time the change stands (on the primary alone), and is said.
+    async fn replicate(&self) {
+        if !self.replicated {
+            return;
+        }
+        let acked: Result<i64, _> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(REPLICA_WAIT.as_millis() as u64)
+            .query_async(&mut self.con.clone())
+            .await;
+        match acked {
+            Ok(n) if n >= 1 => {}
+            Ok(_) => tracing::warn!("redis: no replica confirmed a change in time"),
+            Err(e) => tracing::warn!(error = %e, "redis: could not wait for a replica"),
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ClinicId, CachedRoom>> {
@@ -791,6 +824,9 @@ impl Store for RedisStore {
             .invoke_async(&mut self.con.clone())
             .await
             .map_err(redis_err)?;
+        if answer == COMMITTED {
+            self.replicate().await;
+        }
         match answer {
             COMMITTED => Ok(()),
             CONFLICT => Err(StoreError::Conflict),
@@ -843,6 +879,9 @@ impl Store for RedisStore {
             .invoke_async(&mut self.con.clone())
             .await
             .map_err(redis_err)?;
+        if answer == 1 {
+            self.replicate().await;
+        }
         match answer {
             1 => Ok(Appended::Appended),
             0 => Ok(Appended::NoRoom),
