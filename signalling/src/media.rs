@@ -94,10 +94,16 @@ impl Media {
     pub async fn live_nodes(&self) -> Result<Vec<NodeId>, AppError> {
         match &self.nodes {
             Nodes::InProcess { id, .. } => Ok(vec![id.clone()]),
-            Nodes::Registered { store, .. } => {
+            Nodes::Registered { store, links, .. } => {
                 let now = crate::service::now();
                 let records = store.media_nodes().await?;
-                Ok(least_loaded(records, now))
+                let lost: HashMap<NodeId, protocol::Timestamp> = links
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter_map(|(id, l)| l.lost_at.get().map(|at| (id.clone(), *at)))
+                    .collect();
+                Ok(least_loaded(records, now, &lost))
             }
         }
     }
@@ -185,8 +191,19 @@ impl Media {
 }
 
 /// Live, not draining, fewest participants first (ties by name, so every instance agrees).
-fn least_loaded(mut records: Vec<NodeRecord>, now: protocol::Timestamp) -> Vec<NodeId> {
-    records.retain(|r| r.expires_at > now && !r.draining);
+/// The live nodes of `records`, least loaded first. A node whose control link this
+/// instance lost (`lost`: when) is out until it has beaten again since: its record outlives
+/// it by up to its lifetime, and the calls it carried are placed again at once, not on it.
+fn least_loaded(
+    mut records: Vec<NodeRecord>,
+    now: protocol::Timestamp,
+    lost: &HashMap<NodeId, protocol::Timestamp>,
+) -> Vec<NodeId> {
+    records.retain(|r| {
+        r.expires_at > now
+            && !r.draining
+            && lost.get(&r.id).is_none_or(|at| r.heartbeat_at > *at)
+    });
     records.sort_by(|a, b| (a.participants, &a.id).cmp(&(b.participants, &b.id)));
     records.into_iter().map(|r| r.id).collect()
 }
@@ -201,6 +218,8 @@ pub struct Link {
     next_id: AtomicU64,
     /// Cancelled when the link is gone (the node stopped, or its websocket dropped).
     closed: CancellationToken,
+    /// When the node went away (its link dropped; not set for a link closed as a spare).
+    lost_at: std::sync::OnceLock<protocol::Timestamp>,
 }
 
 impl Link {
@@ -214,6 +233,7 @@ impl Link {
             routes: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: CancellationToken::new(),
+            lost_at: std::sync::OnceLock::new(),
         });
         tokio::spawn(link.clone().dispatch(incoming));
         link
@@ -334,6 +354,9 @@ impl Link {
             }
         }
         // The node is gone: everyone it carried for this instance must join again.
+        if !self.closed.is_cancelled() {
+            let _ = self.lost_at.set(crate::service::now());
+        }
         self.closed.cancel();
         let routes: Vec<MediaSender> = self
             .routes
@@ -432,7 +455,7 @@ mod tests {
             participants,
             consultations: 0,
             draining,
-            heartbeat_at: Timestamp(0),
+            heartbeat_at: Timestamp(expires_at.saturating_sub(500)),
             expires_at: Timestamp(expires_at),
         }
     }
@@ -449,9 +472,24 @@ mod tests {
                 record("draining", 0, 2_000, true),
             ],
             now,
+            &HashMap::new(),
         );
         let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
         assert_eq!(names, ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn a_node_whose_link_dropped_is_out_until_it_beats_again() {
+        let now = Timestamp(1_000);
+        // Both last beat at 1,500; "c" was lost at 1,600 (its record lives on to 2,000).
+        let records = || vec![record("c", 0, 2_000, false), record("a", 3, 2_000, false)];
+        let lost: HashMap<NodeId, Timestamp> =
+            [(NodeId::parse("c").unwrap(), Timestamp(1_600))].into();
+        let names = |nodes: Vec<NodeId>| nodes.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(names(least_loaded(records(), now, &lost)), ["a"]);
+        // Back (restarted): a beat after the loss.
+        let back = vec![record("c", 0, 2_200, false), record("a", 3, 2_000, false)];
+        assert_eq!(names(least_loaded(back, now, &lost)), ["c", "a"]);
     }
 
     #[test]

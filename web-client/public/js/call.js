@@ -397,7 +397,9 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
       app.mediaEndReason = reason;
       if (retryable) {
         say('The call connection was lost. Reconnecting…');
-        app.joinRetry.later();
+        // A media server that stopped: the call moves to another at once.
+        if (reason === 'node_lost') app.joinRetry.soon();
+        else app.joinRetry.later();
       } else {
         app.noRejoin = consultation;
         if (reason === 'consultation_ended') {

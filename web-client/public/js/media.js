@@ -66,6 +66,21 @@ export class Backoff {
     }, delay);
   }
 
+  /**
+   * Runs within `spread` ms (at random, so that the many pages a lost media server
+   * carried do not all ask at once), then backs off as `later` does if that fails too:
+   * for a failure whose cause is already gone (the server carrying the call stopped; the
+   * next join goes to another).
+   */
+  soon(spread = 200) {
+    clearTimeout(this.#timer);
+    this.#attempt += 1;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.run();
+    }, Math.random() * spread);
+  }
+
   succeeded() {
     this.#attempt = 0;
   }

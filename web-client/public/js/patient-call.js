@@ -145,7 +145,9 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
       if (retryable) {
         setCallStatus('The call connection was lost. Reconnecting…');
         announce('The call connection was lost. Reconnecting.');
-        joinRetry.later();
+        // A media server that stopped: the call moves to another at once.
+        if (reason === 'node_lost') joinRetry.soon();
+        else joinRetry.later();
       } else if (reason === 'removed_from_consultation' || reason === 'consultation_ended') {
         // patient_status says what comes next (back to waiting, or the end).
       } else {
