@@ -215,7 +215,13 @@ test('an SFU node killed mid-call: both pages are back on the other node, decodi
           const ms = Math.round(Math.max(c.at, p.at) - killedAt);
           resumed.push(ms);
           console.log(`node ${carrying} killed: both decoding again on ${other} after ${ms} ms (clinician ${Math.round(c.at - killedAt)}, patient ${Math.round(p.at - killedAt)})`);
-          const records = await nodeRecords(redis);
+          // The other node says so at its next heartbeat (every second).
+          let records;
+          for (let i = 0; i < 30; i++) {
+            records = await nodeRecords(redis);
+            if (records[other]?.participants === 2) break;
+            await h.sleep(100);
+          }
           assert.equal(records[other]?.participants, 2, `the call is on ${other} now: ${JSON.stringify(records)}`);
           for (const page of [clinician, patient]) {
             const state = await page.evaluate(() => window.consultCall.state());
