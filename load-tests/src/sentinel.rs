@@ -51,8 +51,12 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> anyh
 
 fn spawn_server(dir: &Path, port: u16, replica_of: Option<u16>) -> anyhow::Result<Child> {
     std::fs::create_dir_all(dir)?;
+    // A copy: Sentinel has the servers rewrite their configuration file (CONFIG REWRITE)
+    // when it reconfigures them, and the repository's must stay as it is.
+    let conf = dir.join("redis.conf");
+    std::fs::copy(infra("redis.conf")?, &conf)?;
     let mut c = Command::new("redis-server");
-    c.arg(infra("redis.conf")?)
+    c.arg(&conf)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
         .arg(dir);
     if let Some(p) = replica_of {
