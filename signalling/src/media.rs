@@ -200,9 +200,7 @@ fn least_loaded(
     lost: &HashMap<NodeId, protocol::Timestamp>,
 ) -> Vec<NodeId> {
     records.retain(|r| {
-        r.expires_at > now
-            && !r.draining
-            && lost.get(&r.id).is_none_or(|at| r.heartbeat_at > *at)
+        r.expires_at > now && !r.draining && lost.get(&r.id).is_none_or(|at| r.heartbeat_at > *at)
     });
     records.sort_by(|a, b| (a.participants, &a.id).cmp(&(b.participants, &b.id)));
     records.into_iter().map(|r| r.id).collect()
@@ -485,7 +483,12 @@ mod tests {
         let records = || vec![record("c", 0, 2_000, false), record("a", 3, 2_000, false)];
         let lost: HashMap<NodeId, Timestamp> =
             [(NodeId::parse("c").unwrap(), Timestamp(1_600))].into();
-        let names = |nodes: Vec<NodeId>| nodes.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>();
+        let names = |nodes: Vec<NodeId>| {
+            nodes
+                .iter()
+                .map(|n| n.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(least_loaded(records(), now, &lost)), ["a"]);
         // Back (restarted): a beat after the loss.
         let back = vec![record("c", 0, 2_200, false), record("a", 3, 2_000, false)];
