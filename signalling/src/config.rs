@@ -54,6 +54,9 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
     pub web_root: PathBuf,
     pub turn: TurnConfig,
+    /// Whether `public_url` was left empty and is derived from the listening address.
+    #[serde(skip)]
+    pub public_url_derived: bool,
 }
 
 /// Values given on the command line, which win over everything else.
@@ -89,13 +92,41 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        let config: Config = fig
+        let mut config: Config = fig
             .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
+        if config.public_url.is_empty() {
+            config.public_url_derived = true;
+            config.public_url = config.url_of(config.listen);
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Says where the server really listens (the port it was given for port 0): a
+    /// derived `public_url` follows it.
+    pub fn listening_on(&mut self, addr: SocketAddr) {
+        if self.public_url_derived {
+            self.public_url = self.url_of(addr);
+        }
+    }
+
+    /// The URL a browser on this machine reaches `addr` at (loopback for an
+    /// unspecified address).
+    fn url_of(&self, addr: SocketAddr) -> String {
+        let ip = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, addr.port()))
+    }
+
+    /// The directory to serve the browser client from instead of the embedded copy.
+    pub fn web_root(&self) -> Option<&Path> {
+        (!self.web_root.as_os_str().is_empty()).then_some(self.web_root.as_path())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

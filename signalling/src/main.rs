@@ -144,12 +144,25 @@ async fn main() -> anyhow::Result<()> {
         data_dir: cli.data_dir.clone(),
         public_url,
     };
-    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    let mut config = Config::load(cli.config.as_deref(), &overrides)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+
+    // The server listens before anything else, so that the links it prints (and a
+    // derived public_url) carry the port it really has.
+    let listener = match &cli.command {
+        Cmd::Serve { .. } => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listening on {}", config.listen))?;
+            config.listening_on(listener.local_addr()?);
+            Some(listener)
+        }
+        _ => None,
+    };
 
     let store = signalling::open_store(&config)
         .await
@@ -167,7 +180,8 @@ async fn main() -> anyhow::Result<()> {
             let media = signalling::open_media(&config, service.store().clone())
                 .await
                 .context("starting the media service")?;
-            serve(config, service.with_media(media)).await?;
+            let listener = listener.context("serve binds its listener first")?;
+            serve(config, listener, service.with_media(media)).await?;
         }
         Cmd::Clinic(ClinicCmd::Add {
             id,
@@ -285,17 +299,18 @@ fn join(clinics: &[ClinicId]) -> String {
         .join(", ")
 }
 
-async fn serve(config: Config, service: Service) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
+async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    service: Service,
+) -> anyhow::Result<()> {
     let mode = if config.redis().is_some() {
         "redis"
     } else {
         "single node"
     };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, mode, "serving");
+    tracing::info!(%addr, mode, public_url = %config.public_url, "serving");
     // For scripts and tests that start the server on port 0.
     println!("consult: listening on {addr}");
     let service = service
@@ -304,9 +319,18 @@ async fn serve(config: Config, service: Service) -> anyhow::Result<()> {
             std::time::Duration::from_millis(config.password_wait_ms),
         )
         .with_anonymous_audit_per_minute(config.anonymous_audit_per_minute);
-    let state = AppState::new(service, config.limits())
-        .with_web_root(config.web_root.clone())
+    let mut state = AppState::new(service, config.limits())
         .with_trusted_proxies(config.trusted_proxies.clone());
+    if let Some(dir) = config.web_root() {
+        if !dir.is_dir() {
+            bail!(
+                "web_root {} is not a directory (leave it empty to serve the pages built into the binary)",
+                dir.display()
+            );
+        }
+        tracing::info!(web_root = %dir.display(), "serving the pages from disk");
+        state = state.with_web_root(dir.to_owned());
+    }
     server::run(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -78,7 +78,8 @@ pub struct AppState {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     connection_ids: Arc<AtomicU64>,
-    /// The browser client's files, served at `/`.
+    /// Where the browser client's files are served from at `/`: the copy embedded in the
+    /// binary, or (for development) this directory.
     web_root: Option<std::path::PathBuf>,
     /// Media sessions of lost connections, waiting to be resumed.
     parked: Arc<ws::Parked>,
@@ -117,7 +118,7 @@ impl AppState {
         self.addresses.len()
     }
 
-    /// Serves the browser client's files from `dir` at `/`.
+    /// Serves the browser client's files from `dir` at `/` instead of the embedded copy.
     pub fn with_web_root(mut self, dir: std::path::PathBuf) -> Self {
         self.web_root = Some(dir);
         self
@@ -238,24 +239,11 @@ pub fn router(state: AppState) -> Router {
     let hsts = state.service.public_url().starts_with("https://");
     let web_root = state.web_root.clone();
     let api = api.with_state(state);
-    let Some(dir) = web_root else {
-        return with_hsts(api.fallback(not_found), hsts);
+    let pages = match web_root {
+        Some(dir) => pages_from_disk(&dir, not_found),
+        None => embedded_pages().fallback(not_found),
     };
-    // The pages behind the links people are given: a clinic's open link, a personal
-    // invite, staff and administration. Each is one HTML file; the rest is static.
-    let page = |name: &str| tower_http::services::ServeFile::new(dir.join(name));
-    let pages = Router::new()
-        .route_service("/", page("index.html"))
-        .route_service("/c/{clinic}", page("patient.html"))
-        // The invite travels in the fragment (`/i#...`), which never reaches a server.
-        .route_service("/i", page("patient.html"))
-        .route_service("/staff", page("staff.html"))
-        .route_service("/admin", page("admin.html"))
-        .fallback_service(
-            tower_http::services::ServeDir::new(dir).fallback(axum::routing::any(not_found)),
-        )
-        // A patient on a poor connection downloads a third of the bytes.
-        .layer(tower_http::compression::CompressionLayer::new());
+    // Every page response: revalidated before use, and the platform's own scripts only.
     let pages = PAGE_HEADERS.iter().fold(pages, |pages, (name, value)| {
         pages.layer(SetResponseHeaderLayer::overriding(
             name.clone(),
@@ -263,6 +251,53 @@ pub fn router(state: AppState) -> Router {
         ))
     });
     with_hsts(api.merge(pages), hsts)
+}
+
+/// The pages behind the links people are given (a clinic's open link, a personal invite,
+/// staff and administration: each one HTML file) and every other file of the browser
+/// client, all embedded in the binary at build time (`build.rs`): compressed (brotli or
+/// gzip, as the browser accepts), with their content types and an ETag each, so a
+/// revalidation of an unchanged file costs a 304. Built once per process.
+fn embedded_pages() -> Router {
+    static PAGES: std::sync::OnceLock<Router> = std::sync::OnceLock::new();
+    PAGES
+        .get_or_init(|| {
+            memory_serve::load!()
+                .index_file(Some("/index.html"))
+                .add_alias("/c/{clinic}", "/patient.html")
+                // The invite travels in the fragment (`/i#...`), which never reaches a server.
+                .add_alias("/i", "/patient.html")
+                .add_alias("/staff", "/staff.html")
+                .add_alias("/admin", "/admin.html")
+                .enable_brotli(true)
+                .enable_gzip(true)
+                // A deployment's new files are seen at once (PAGE_HEADERS says so too).
+                .html_cache_control(memory_serve::CacheControl::NoCache)
+                .cache_control(memory_serve::CacheControl::NoCache)
+                .into_router()
+        })
+        .clone()
+}
+
+/// The same pages read from `dir` at each request (`web_root`, for development: an edit
+/// shows on the next reload without a rebuild), compressed as they go.
+fn pages_from_disk<H, T>(dir: &std::path::Path, not_found: H) -> Router
+where
+    H: axum::handler::Handler<T, ()> + Clone,
+    T: 'static,
+{
+    let page = |name: &str| tower_http::services::ServeFile::new(dir.join(name));
+    Router::new()
+        .route_service("/", page("index.html"))
+        .route_service("/c/{clinic}", page("patient.html"))
+        .route_service("/i", page("patient.html"))
+        .route_service("/staff", page("staff.html"))
+        .route_service("/admin", page("admin.html"))
+        .fallback_service(
+            tower_http::services::ServeDir::new(dir).fallback(axum::routing::any(not_found)),
+        )
+        // A patient on a poor connection downloads a third of the bytes.
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 /// Browsers keep to HTTPS for a year once they have seen the platform over it.
