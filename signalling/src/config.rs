@@ -25,6 +25,8 @@ pub const ENV_PREFIX: &str = "CONSULT_";
 pub struct Config {
     pub listen: SocketAddr,
     pub public_url: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
     pub redis_url: String,
     pub redis_wait_ms: u64,
     pub data_dir: PathBuf,
@@ -121,7 +123,18 @@ impl Config {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("http://{}", SocketAddr::new(ip, addr.port()))
+        let scheme = if self.tls().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
+    }
+
+    /// The certificate and key files, when consult serves HTTPS itself.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.tls_cert.as_os_str().is_empty())
+            .then_some((self.tls_cert.as_path(), self.tls_key.as_path()))
     }
 
     /// The directory to serve the browser client from instead of the embedded copy.
@@ -133,6 +146,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             return bad("public_url must start with http:// or https://");
+        }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            return bad("tls_cert and tls_key go together: set both (HTTPS) or neither");
         }
         if !self.token_secret.is_empty() && self.token_secret.len() < crate::auth::MIN_SECRET_BYTES
         {

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use axum_server::tls_rustls::RustlsConfig;
 use clap::{Parser, Subcommand};
 use protocol::{ClinicId, CreateClinic, CreateStaff, IssueInvite, Role, StaffId};
 use rand::distr::{Alphanumeric, SampleString};
@@ -311,8 +312,6 @@ async fn serve(
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mode, public_url = %config.public_url, "serving");
-    // For scripts and tests that start the server on port 0.
-    println!("consult: listening on {addr}");
     let service = service
         .with_password_checks(
             config.password_checks,
@@ -331,9 +330,60 @@ async fn serve(
         tracing::info!(web_root = %dir.display(), "serving the pages from disk");
         state = state.with_web_root(dir.to_owned());
     }
-    server::run(listener, state, shutdown_signal()).await?;
+    match config.tls() {
+        None => {
+            // For scripts and tests that start the server on port 0.
+            println!("consult: listening on {addr}");
+            server::run(listener, state, shutdown_signal()).await?;
+        }
+        Some((cert, key)) => {
+            let tls = RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading the certificate and key (tls_cert {}, tls_key {})",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            tokio::spawn(reload_on_sighup(
+                tls.clone(),
+                cert.to_owned(),
+                key.to_owned(),
+            ));
+            println!("consult: listening on {addr} (https)");
+            server::run_tls(listener, state, tls, shutdown_signal()).await?;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the certificate and key again on every SIGHUP: new connections get the new
+/// certificate, open ones go on. A pair that does not load is refused, and the
+/// certificate in use kept.
+async fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: the certificate will not be reloaded");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload_from_pem_file(&cert, &key).await {
+            Ok(()) => {
+                tracing::info!(cert = %cert.display(), "SIGHUP: certificate reloaded");
+                println!("consult: certificate reloaded");
+            }
+            Err(e) => tracing::error!(
+                cert = %cert.display(),
+                key = %key.display(),
+                error = %e,
+                "SIGHUP: the certificate and key did not load; still serving the previous one"
+            ),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView, IssueInvite,
@@ -83,6 +84,8 @@ pub struct AppState {
     web_root: Option<std::path::PathBuf>,
     /// Media sessions of lost connections, waiting to be resumed.
     parked: Arc<ws::Parked>,
+    /// Whether this server terminates TLS itself (then HSTS, whatever `public_url` says).
+    https: bool,
 }
 
 impl AppState {
@@ -104,6 +107,7 @@ impl AppState {
             connection_ids: Arc::new(AtomicU64::new(0)),
             parked: Arc::default(),
             web_root: None,
+            https: false,
         }
     }
 
@@ -132,12 +136,34 @@ impl AppState {
 /// How long shutdown waits for websockets to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves plain HTTP until `shutdown` resolves, then drains.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_on(listener, state, None, shutdown).await
+}
+
+/// Serves HTTPS with `tls` until `shutdown` resolves, then drains. Reloading `tls`
+/// (`RustlsConfig::reload_from_pem_file`) changes the certificate of new connections;
+/// open ones, websockets among them, go on.
+pub async fn run_tls(
+    listener: TcpListener,
+    state: AppState,
+    tls: RustlsConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_on(listener, state, Some(tls), shutdown).await
+}
+
+async fn run_on(
+    listener: TcpListener,
+    mut state: AppState,
+    tls: Option<RustlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state.https = tls.is_some();
     let hub_task = tokio::spawn(
         state
             .hub
@@ -170,24 +196,42 @@ pub async fn run(
     });
     let stop = state.shutdown.clone();
     let tasks = state.tasks.clone();
-    let app = router(state);
-    // Small websocket frames must not wait for Nagle's algorithm (a 40 ms stall against
-    // delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        None => {
+            // Small websocket frames must not wait for Nagle's algorithm (a 40 ms stall
+            // against delayed ACKs).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: closing connections");
+                    stop.cancel();
+                })
+                .await
         }
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: closing connections");
-        stop.cancel();
-    })
-    .await;
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing connections");
+                stop.cancel();
+                stopping.graceful_shutdown(Some(DRAIN_TIMEOUT));
+            });
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            axum_server::from_tcp(listener.into_std()?)?
+                .acceptor(acceptor)
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+    };
     tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
         .await
@@ -236,7 +280,8 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static(value),
         ))
     });
-    let hsts = state.service.public_url().starts_with("https://");
+    // HSTS over HTTPS, served here or by a proxy in front of a public_url of https.
+    let hsts = state.https || state.service.public_url().starts_with("https://");
     let web_root = state.web_root.clone();
     let api = api.with_state(state);
     let pages = match web_root {
