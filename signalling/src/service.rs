@@ -1182,7 +1182,7 @@ impl Service {
     }
 
     /// Loads a room, or a new empty one for a clinic in the directory.
-    async fn load(&self, clinic: &ClinicId) -> Result<(ClinicRoom, u64), AppError> {
+    async fn load(&self, clinic: &ClinicId) -> Result<(Arc<ClinicRoom>, u64), AppError> {
         if let Some(v) = self.store.room(clinic).await? {
             return Ok((v.value, v.version));
         }
@@ -1191,7 +1191,7 @@ impl Service {
             .clinic(clinic)
             .await?
             .ok_or(AppError::NotFound("no such clinic"))?;
-        Ok((ClinicRoom::new(c.id, c.name), 0))
+        Ok((Arc::new(ClinicRoom::new(c.id, c.name)), 0))
     }
 
     /// Reads `clinics`' rooms, applies `f`, and commits; retries on conflict. `f` returns
@@ -1236,7 +1236,8 @@ impl Service {
             let mut versions = Vec::with_capacity(clinics.len());
             for c in clinics {
                 let (room, version) = self.load(c).await?;
-                rooms.push(room);
+                // This change's own copy.
+                rooms.push(Arc::unwrap_or_clone(room));
                 versions.push(version);
             }
             let before: Vec<BTreeSet<VisitId>> =

@@ -119,7 +119,7 @@ async fn consultation_of(s: &TestServer, admin: &str, c: &str, visit: VisitId) -
 /// can lead a call in a clinic they are no longer assigned to (they were moved since).
 async fn admit_directly(store: &Arc<dyn Store>, c: &str, visit: VisitId, clinician: &str) {
     let current = store.room(&clinic(c)).await.unwrap().unwrap();
-    let mut room = current.value;
+    let mut room = Arc::unwrap_or_clone(current.value);
     let ctx = Ctx {
         actor: "test".into(),
         now: signalling::service::now(),

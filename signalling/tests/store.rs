@@ -326,7 +326,7 @@ async fn rooms_are_versioned_and_indexed(store: &dyn Store) {
     store.commit(commit).await.unwrap();
     let read = store.room(&derm).await.unwrap().unwrap();
     assert_eq!(read.version, 1);
-    assert_eq!(read.value, written);
+    assert_eq!(*read.value, written);
     assert_eq!(store.locate(v1).await.unwrap(), Some(derm.clone()));
     assert_eq!(store.locate(VisitId::random()).await.unwrap(), None);
 

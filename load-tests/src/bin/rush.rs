@@ -316,15 +316,26 @@ async fn patient(
                     continue;
                 }
                 // The page's backoff starts again after a connection that was welcomed.
-                End::Lost { welcomed: true } => retry = 0,
+                End::Lost { welcomed: true, .. } => retry = 0,
                 _ => {}
             }
-            // The page's backoff: 0.5 s, 1 s, 2 s ... at most 10 s, with jitter.
-            let base_ms = (500u64 << retry.min(5)).min(10_000) as f64;
-            let jitter = 0.75 + rand::random::<f64>() / 2.0;
+            // The page's backoff (`reconnectDelay` in signalling.js): a dropped connection
+            // is tried again within 250 ms, a restarting server (1012) after 0.5 s; then
+            // 1 s, 2 s ... at most 10 s (2 s while the store is away: 1013), with jitter.
+            let code = match end {
+                End::Lost { code, .. } => code,
+                _ => 1006,
+            };
+            let delay_ms = if retry == 0 && code != 1012 {
+                rand::random::<f64>() * 250.0
+            } else {
+                let cap = if code == 1013 { 2_000 } else { 10_000 };
+                let jitter = 0.75 + rand::random::<f64>() / 2.0;
+                (500u64 << retry.min(5)).min(cap) as f64 * jitter
+            };
             retry += 1;
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs_f64(base_ms * jitter / 1000.0)) => {}
+                () = tokio::time::sleep(Duration::from_secs_f64(delay_ms / 1000.0)) => {}
                 () = me.close.notified() => return,
             }
         }
@@ -340,8 +351,9 @@ enum End {
     Reloaded,
     /// The credential or the visit is over (4001, 4002): the page stops.
     Fatal,
-    /// Anything else: the page comes back after its backoff.
-    Lost { welcomed: bool },
+    /// Anything else (`code`: its close code, 1006 for none): the page comes back after
+    /// its backoff.
+    Lost { welcomed: bool, code: u16 },
 }
 
 fn pick_index(lb: &Balancer, home: usize, attempt: usize) -> usize {
@@ -363,7 +375,10 @@ async fn connection(base: &str, instance: usize, token: &str, me: &Patient) -> E
     .await
     else {
         answered(me);
-        return End::Lost { welcomed: false };
+        return End::Lost {
+            welcomed: false,
+            code: 1006,
+        };
     };
     let hello = serde_json::to_string(&ClientMsg::Hello {
         token: token.to_owned(),
@@ -371,7 +386,10 @@ async fn connection(base: &str, instance: usize, token: &str, me: &Patient) -> E
     .unwrap_or_default();
     if ws.send(Message::text(hello)).await.is_err() {
         answered(me);
-        return End::Lost { welcomed: false };
+        return End::Lost {
+            welcomed: false,
+            code: 1006,
+        };
     }
     let mut welcomed = false;
     let mut first = true;
@@ -405,7 +423,7 @@ async fn connection(base: &str, instance: usize, token: &str, me: &Patient) -> E
                 return if matches!(code, 4001 | 4002) {
                     End::Fatal
                 } else {
-                    End::Lost { welcomed }
+                    End::Lost { welcomed, code }
                 };
             }
             Some(Ok(_)) => continue,
@@ -416,7 +434,10 @@ async fn connection(base: &str, instance: usize, token: &str, me: &Patient) -> E
                 let mut l = log(me);
                 l.closes.push((1006, Instant::now()));
                 l.instance = None;
-                return End::Lost { welcomed };
+                return End::Lost {
+                    welcomed,
+                    code: 1006,
+                };
             }
         };
         let Ok(msg) = serde_json::from_str::<ServerMsg>(&text) else {
@@ -544,12 +565,17 @@ fn summary(name: &str, mut ms: Vec<f64>) -> String {
     )
 }
 
-/// Waits until `done` holds (checked every 20 ms) or `limit`; how long it took.
-async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
+/// Waits until `done` holds (checked every 20 ms) or `limit` after `since`; how long
+/// after `since` it held. Phases measured one after another from one moment (a kill,
+/// Redis back) each pass that moment.
+async fn until(
+    since: Instant,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Option<Duration> {
+    while since.elapsed() < limit {
         if done() {
-            return Some(t0.elapsed());
+            return Some(since.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -661,7 +687,7 @@ async fn main() -> anyhow::Result<()> {
         view.clone(),
         stop_staff.clone(),
     ));
-    until(Duration::from_secs(10), || {
+    until(Instant::now(), Duration::from_secs(10), || {
         view.lock()
             .map(|v| v.snapshots >= args.clinics)
             .unwrap_or(false)
@@ -713,7 +739,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let entered = entry_ms.len();
-    let all_waiting = until(PHASE_LIMIT, || {
+    let all_waiting = until(Instant::now(), PHASE_LIMIT, || {
         patients
             .iter()
             .filter(|p| log(p).status_at.is_some())
@@ -722,7 +748,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     let rush_seconds = start.elapsed().as_secs_f64();
-    let staff_online = until(Duration::from_secs(10), || {
+    let staff_online = until(Instant::now(), Duration::from_secs(10), || {
         view.lock().map(|v| v.online() == entered).unwrap_or(false)
     })
     .await;
@@ -785,14 +811,14 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 proc.proc.signal("TERM")?;
                 let mut proc = proc;
-                let exited = until(Duration::from_secs(30), || {
+                let exited = until(t0, Duration::from_secs(30), || {
                     matches!(proc.proc.child.try_wait(), Ok(Some(_)))
                 })
                 .await;
                 drained = Some(exited);
             }
             let back_n = back.len();
-            let resumed = until(PHASE_LIMIT, || {
+            let resumed = until(t0, PHASE_LIMIT, || {
                 back.iter()
                     .filter(|p| {
                         let l = log(p);
@@ -807,8 +833,15 @@ async fn main() -> anyhow::Result<()> {
                 .filter_map(|p| log(p).status_at.filter(|s| *s > t0))
                 .map(|s| (s - t0).as_secs_f64() * 1000.0)
                 .collect();
+            // When each page saw its connection drop: the part of coming back that is the
+            // network's and the killed process's, not the survivor's.
+            let dropped_ms: Vec<f64> = back
+                .iter()
+                .filter_map(|p| log(p).closes.iter().map(|(_, at)| *at).find(|at| *at > t0))
+                .map(|at| (at - t0).as_secs_f64() * 1000.0)
+                .collect();
             let gone_ids: BTreeSet<VisitId> = gone.iter().filter_map(|p| log(p).visit).collect();
-            let presence_right = until(Duration::from_secs(30), || {
+            let presence_right = until(t0, Duration::from_secs(30), || {
                 view.lock()
                     .map(|v| {
                         v.visits
@@ -818,7 +851,6 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or(false)
             })
             .await;
-            let presence_right_s = presence_right.map(|_| t0.elapsed());
             let closes_1012 = on_victim
                 .iter()
                 .filter(|p| log(p).closes.iter().any(|(c, at)| *c == 1012 && *at > t0))
@@ -835,12 +867,13 @@ async fn main() -> anyhow::Result<()> {
                 "term"
             };
             println!(
-                "{name} on_victim={} gone={} {} all_back_s={} staff_presence_right_s={} closed_1012={closes_1012}/{} drain_s={} lost={lost} order_kept={} told_ended={ended}",
+                "{name} on_victim={} gone={} {} {} all_back_s={} staff_presence_right_s={} closed_1012={closes_1012}/{} drain_s={} lost={lost} order_kept={} told_ended={ended}",
                 on_victim.len(),
                 gone.len(),
+                summary("dropped", dropped_ms),
                 summary("back", resume_ms.clone()),
                 secs(resumed),
-                secs(presence_right_s),
+                secs(presence_right),
                 on_victim.len(),
                 drained.map_or_else(|| "-".to_owned(), secs),
                 order_before == order_after,
@@ -861,7 +894,7 @@ async fn main() -> anyhow::Result<()> {
             );
             if args.case == Case::Kill {
                 verdict.require(
-                    presence_right_s.is_some_and(|d| d < Duration::from_secs(10)),
+                    presence_right.is_some_and(|d| d < Duration::from_secs(10)),
                     "staff presence not right within 10 s",
                 );
             } else {
@@ -927,21 +960,22 @@ async fn main() -> anyhow::Result<()> {
             )
             .await;
             redis = start_redis(&dir.0)?;
+            let back_at = Instant::now();
             let probes_before = probe_ms.lock().map(|p| p.len()).unwrap_or(0);
-            let entry_ok = until(PHASE_LIMIT, || {
+            let entry_ok = until(back_at, PHASE_LIMIT, || {
                 probe_ms
                     .lock()
                     .map(|p| p[probes_before.min(p.len())..].iter().any(|(_, ok)| *ok))
                     .unwrap_or(false)
             })
             .await;
-            let reloaded_back = until(PHASE_LIMIT, || {
+            let reloaded_back = until(back_at, PHASE_LIMIT, || {
                 reloaders
                     .iter()
                     .all(|p| log(p).status_at.is_some_and(|s| s > t0))
             })
             .await;
-            let staff_back = until(PHASE_LIMIT, || {
+            let staff_back = until(back_at, PHASE_LIMIT, || {
                 view.lock().map(|v| v.online() == entered).unwrap_or(false)
             })
             .await;
@@ -1008,7 +1042,7 @@ async fn main() -> anyhow::Result<()> {
         p.closed.store(true, Ordering::Relaxed);
         p.close.notify_one();
     }
-    let nobody = until(Duration::from_secs(30), || {
+    let nobody = until(t0, Duration::from_secs(30), || {
         view.lock().map(|v| v.online() == 0).unwrap_or(false)
     })
     .await;
@@ -1016,7 +1050,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "presence_after_close pages={} online_after={still} nobody_online_s={}",
         patients.len(),
-        secs(nobody.map(|_| t0.elapsed())),
+        secs(nobody),
     );
     verdict.require(
         nobody.is_some(),

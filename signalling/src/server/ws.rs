@@ -421,7 +421,7 @@ impl Connection {
         self.handover = Some(requests);
         self.park_key = Some(key);
         let shutdown = self.state.shutdown.clone();
-        let (subscription, expires) = match &principal {
+        let (subscription, expires, held) = match &principal {
             Principal::Staff(claims) => {
                 let clinics = match self.state.service.staff_clinics(claims).await {
                     Ok(c) => c,
@@ -468,7 +468,7 @@ impl Connection {
                         return (CLOSE_RESTART, "");
                     }
                 }
-                (sub, claims.exp)
+                (sub, claims.exp, None)
             }
             Principal::Patient(visit) => {
                 let sub = self.state.hub.subscribe(vec![Audience::Visit(*visit)]);
@@ -486,8 +486,10 @@ impl Connection {
                     }
                 };
                 // Staff see the patient online from now until this connection ends: a
-                // lease of this instance's, outside the room.
-                self.state
+                // lease of this instance's, outside the room, owned by this function
+                // whichever way it returns.
+                let held = self
+                    .state
                     .presence
                     .open(
                         &**self.state.service.store(),
@@ -510,16 +512,18 @@ impl Connection {
                         return (CLOSE_RESTART, "");
                     }
                 }
-                (sub, visit_expires)
+                (sub, visit_expires, Some(held))
             }
         };
         let close = self
             .live(&principal, subscription, expires, &shutdown)
             .await;
-        self.state
-            .presence
-            .close(&**self.state.service.store(), self.id)
-            .await;
+        if let Some(held) = held {
+            self.state
+                .presence
+                .close(&**self.state.service.store(), held)
+                .await;
+        }
         close
     }
 

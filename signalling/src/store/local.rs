@@ -36,7 +36,7 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Rooms {
-    rooms: HashMap<ClinicId, (u64, ClinicRoom)>,
+    rooms: HashMap<ClinicId, (u64, Arc<ClinicRoom>)>,
     index: HashMap<VisitId, ClinicId>,
 }
 
@@ -249,12 +249,15 @@ impl Store for LocalStore {
             .await
     }
 
-    async fn room(&self, clinic: &ClinicId) -> Result<Option<Versioned<ClinicRoom>>, StoreError> {
+    async fn room(
+        &self,
+        clinic: &ClinicId,
+    ) -> Result<Option<Versioned<Arc<ClinicRoom>>>, StoreError> {
         // In memory: no need for the blocking pool.
         let rooms = lock(&self.inner.rooms);
         Ok(rooms.rooms.get(clinic).map(|(version, room)| Versioned {
             version: *version,
-            value: room.clone(),
+            value: Arc::clone(room),
         }))
     }
 
@@ -292,13 +295,13 @@ impl Store for LocalStore {
                 let clinic = w.room.clinic.clone();
                 for event in w.events {
                     // No subscriber is not an error: nobody is connected.
-                    let _ = events.send(Feed::Event(std::sync::Arc::new(Published {
+                    let _ = events.send(Feed::Event(Arc::new(Published {
                         clinic: clinic.clone(),
                         version,
                         event,
                     })));
                 }
-                rooms.rooms.insert(clinic, (version, w.room));
+                rooms.rooms.insert(clinic, (version, Arc::new(w.room)));
             }
             Ok(())
         })
@@ -324,10 +327,11 @@ impl Store for LocalStore {
             rooms.index.insert(id, arrival.clinic.clone());
             if let Some((v, room)) = rooms.rooms.get_mut(&arrival.clinic) {
                 *v = version;
-                room.append(arrival.visit);
+                // A copy only while a reader still holds the room.
+                Arc::make_mut(room).append(arrival.visit);
             }
             for event in arrival.events {
-                let _ = events.send(Feed::Event(std::sync::Arc::new(Published {
+                let _ = events.send(Feed::Event(Arc::new(Published {
                     clinic: arrival.clinic.clone(),
                     version,
                     event,

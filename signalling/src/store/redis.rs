@@ -65,6 +65,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -132,9 +133,11 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-/// Backoff between attempts to re-establish the event subscription.
+/// Backoff between attempts to re-establish the event subscription: at most as far apart
+/// as the command connection's attempts, so staff boards hear events again within about
+/// half a second of Redis returning (a 5 s cap left them deaf for up to 5 s).
 const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(100);
-const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(5);
+const RESUBSCRIBE_MAX_DELAY: Duration = RECONNECT_MAX_DELAY;
 /// How often the event connection is pinged, so a silently dead one is noticed.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -312,7 +315,7 @@ struct CachedRoom {
     doc_version: u64,
     doc_len: usize,
     applied: usize,
-    room: ClinicRoom,
+    room: Arc<ClinicRoom>,
 }
 
 /// The store on Redis. Dropping it stops its event subscription.
@@ -461,7 +464,7 @@ async fn forward_events(
                     match serde_json::from_slice::<Published>(msg.get_payload_bytes()) {
                         // No receiver is not an error: nobody is connected.
                         Ok(p) => {
-                            let _ = events.send(Feed::Event(std::sync::Arc::new(p)));
+                            let _ = events.send(Feed::Event(Arc::new(p)));
                         }
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed event from redis"),
                     }
@@ -616,7 +619,10 @@ impl Store for RedisStore {
         self.hvals_sorted(KEY_STAFF).await
     }
 
-    async fn room(&self, clinic: &ClinicId) -> Result<Option<Versioned<ClinicRoom>>, StoreError> {
+    async fn room(
+        &self,
+        clinic: &ClinicId,
+    ) -> Result<Option<Versioned<Arc<ClinicRoom>>>, StoreError> {
         let known = self
             .cache()
             .get(clinic)
@@ -662,7 +668,7 @@ impl Store for RedisStore {
             // A fresh copy of the room's document.
             Some(Value::BulkString(state)) => {
                 let room: ClinicRoom = serde_json::from_slice(&state).map_err(corrupt)?;
-                (room, state.len(), 0)
+                (Arc::new(room), state.len(), 0)
             }
             Some(Value::Nil) => return Err(bad("needs both a version and a state")),
             Some(_) => return Err(bad("state is not a string")),
@@ -672,15 +678,19 @@ impl Store for RedisStore {
                 let c = cache
                     .get(clinic)
                     .ok_or_else(|| bad("the cached copy vanished"))?;
-                (c.room.clone(), c.doc_len, c.applied)
+                (Arc::clone(&c.room), c.doc_len, c.applied)
             }
         };
         let applied = applied_before + arrivals.len();
         let doc_version = version
             .checked_sub(applied as u64)
             .ok_or_else(|| bad("more arrivals than versions"))?;
-        for a in arrivals {
-            value.append(parse_arrival(a)?);
+        if !arrivals.is_empty() {
+            // Copied (from the cache's) only when there is something to add.
+            let room = Arc::make_mut(&mut value);
+            for a in arrivals {
+                room.append(parse_arrival(a)?);
+            }
         }
         let mut cache = self.cache();
         let newer = cache
@@ -693,7 +703,7 @@ impl Store for RedisStore {
                     doc_version,
                     doc_len,
                     applied,
-                    room: value.clone(),
+                    room: Arc::clone(&value),
                 },
             );
         }

@@ -18,6 +18,22 @@ export const FATAL_CODES = new Set(['unauthenticated', 'token_expired', 'visit_e
 /** Websocket close codes the server uses for a credential or visit that is over. */
 const FATAL_CLOSES = new Set([4001, 4002]);
 
+/**
+ * How long a page waits before trying again, after `retry` tries since it was last
+ * welcomed, its last connection having closed with `code`. A connection that dropped (a
+ * new network, a lost link) is tried again at once, within 250 ms; a server restarting
+ * (1012) is given 0.5 s. Then 1 s, 2 s ... at most 10 s; but at most 2 s while the server
+ * says its store is away (1013, "try again later"), so that pages are back within
+ * seconds of the store's return (each try costs the server a refusal, not a wait).
+ * Always with jitter, so a restarted server is not hit by every browser at once.
+ * The load tests' rush (load-tests/src/bin/rush.rs) behaves the same.
+ */
+export function reconnectDelay(retry, code, random = Math.random) {
+  if (retry === 0 && code !== 1012) return random() * 250;
+  const cap = code === 1013 ? 2_000 : 10_000;
+  return Math.min(cap, 500 * 2 ** retry) * (0.75 + random() / 2);
+}
+
 /** A refused command: `code` is the server's stable error code, `message` plain English. */
 export class CommandError extends Error {
   constructor(code, message) {
@@ -134,14 +150,7 @@ export class Signalling {
         this.#setState('closed', { fatal: fatal || { code: e.code === 4002 ? 'visit_ended' : 'unauthenticated' } });
         return;
       }
-      // A connection that dropped (a new network, a lost link) is tried again at once,
-      // within 250 ms; a server restarting (1012) is given 0.5 s. Then 1 s, 2 s ... at
-      // most 10 s. Always with jitter, so a restarted server is not hit by every browser
-      // at the same instant.
-      const delay =
-        this.#retry === 0 && e.code !== 1012
-          ? Math.random() * 250
-          : Math.min(10_000, 500 * 2 ** this.#retry) * (0.75 + Math.random() / 2);
+      const delay = reconnectDelay(this.#retry, e.code);
       this.#retry += 1;
       this.#setState('reconnecting');
       this.#timer = setTimeout(() => this.#open(), delay);
