@@ -329,6 +329,8 @@ async fn serve(
         }
         tracing::info!(web_root = %dir.display(), "serving the pages from disk");
         state = state.with_web_root(dir.to_owned());
+    } else {
+        server::prepare_pages();
     }
     match config.tls() {
         None => {

@@ -298,6 +298,13 @@ pub fn router(state: AppState) -> Router {
     with_hsts(api.merge(pages), hsts)
 }
 
+/// Prepares the embedded pages now (each file decompressed and compressed again: tens
+/// of milliseconds in a release build, most of a second in a debug one), so that the
+/// first requests after the server says it listens do not wait for it.
+pub fn prepare_pages() {
+    let _ = embedded_pages();
+}
+
 /// The pages behind the links people are given (a clinic's open link, a personal invite,
 /// staff and administration: each one HTML file) and every other file of the browser
 /// client, all embedded in the binary at build time (`build.rs`): compressed (brotli or
