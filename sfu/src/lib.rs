@@ -7,9 +7,9 @@
 //!   a per-track [`packet_cache`], keyframe requests. Tested with simulated time.
 //! - [`engine`]: the one module that speaks WebRTC: media loops (one per core) that drive
 //!   the `rtc` crate's sans-IO peer connections over one shared port each, negotiation;
-//!   it carries out the core's decisions. Its submodule [`engine::synthetic`] is a
-//!   synthetic participant for tests and load tests, on the `webrtc` crate with the same
-//!   connection recipe.
+//!   it carries out the core's decisions. The synthetic participant of tests and load
+//!   tests is a crate of its own (`sfu/synthetic/`, on the `webrtc` crate) built from
+//!   [`engine::client_recipe`], so the SFU's binary never links it.
 //! - [`control`]: the node's side of the control channel from signalling
 //!   (`protocol::control`), over in-process channels or, in a separate process, the
 //!   websocket of [`server`]; [`registry`] announces a separate node in Redis.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use sfu::engine::synthetic::{Participant, Publish};
 use sfu::engine::{Engine, EngineConfig};
+use sfu_synthetic::{Participant, Publish};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const MEDIA: Publish = Publish {
@@ -111,7 +111,7 @@ struct Recorded {
 }
 
 #[async_trait::async_trait]
-impl sfu::engine::synthetic::Signal for Recorded {
+impl sfu_synthetic::Signal for Recorded {
     async fn publish(&self, offer: String) -> Result<String, sfu::engine::EngineError> {
         let answer = self.engine.publish(self.key, offer).await?;
         self.sdps.lock().unwrap().push(answer.clone());
@@ -285,7 +285,7 @@ async fn candidates_carry_the_announced_address() {
 async fn a_browser_that_checks_rarely_stays_connected_while_media_flows() {
     let engine = Engine::new(EngineConfig::new(LOOPBACK)).unwrap();
     let room = 77;
-    let rare = sfu::engine::ClientIce {
+    let rare = sfu_synthetic::ClientIce {
         keepalive: Some(Duration::from_secs(25)),
     };
     let clinician = Participant::join(&engine, LOOPBACK, room, 1, Some(MEDIA))

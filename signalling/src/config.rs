@@ -25,6 +25,8 @@ pub const ENV_PREFIX: &str = "CONSULT_";
 pub struct Config {
     pub listen: SocketAddr,
     pub public_url: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
     pub redis_url: String,
     pub redis_wait_ms: u64,
     pub data_dir: PathBuf,
@@ -54,6 +56,9 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
     pub web_root: PathBuf,
     pub turn: TurnConfig,
+    /// Whether `public_url` was left empty and is derived from the listening address.
+    #[serde(skip)]
+    pub public_url_derived: bool,
 }
 
 /// Values given on the command line, which win over everything else.
@@ -89,19 +94,61 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        let config: Config = fig
+        let mut config: Config = fig
             .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
+        if config.public_url.is_empty() {
+            config.public_url_derived = true;
+            config.public_url = config.url_of(config.listen);
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Says where the server really listens (the port it was given for port 0): a
+    /// derived `public_url` follows it.
+    pub fn listening_on(&mut self, addr: SocketAddr) {
+        if self.public_url_derived {
+            self.public_url = self.url_of(addr);
+        }
+    }
+
+    /// The URL a browser on this machine reaches `addr` at (loopback for an
+    /// unspecified address).
+    fn url_of(&self, addr: SocketAddr) -> String {
+        let ip = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let scheme = if self.tls().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
+    }
+
+    /// The certificate and key files, when consult serves HTTPS itself.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.tls_cert.as_os_str().is_empty())
+            .then_some((self.tls_cert.as_path(), self.tls_key.as_path()))
+    }
+
+    /// The directory to serve the browser client from instead of the embedded copy.
+    pub fn web_root(&self) -> Option<&Path> {
+        (!self.web_root.as_os_str().is_empty()).then_some(self.web_root.as_path())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             return bad("public_url must start with http:// or https://");
+        }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            return bad("tls_cert and tls_key go together: set both (HTTPS) or neither");
         }
         if !self.token_secret.is_empty() && self.token_secret.len() < crate::auth::MIN_SECRET_BYTES
         {

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use axum_server::tls_rustls::RustlsConfig;
 use clap::{Parser, Subcommand};
 use protocol::{ClinicId, CreateClinic, CreateStaff, IssueInvite, Role, StaffId};
 use rand::distr::{Alphanumeric, SampleString};
@@ -144,12 +145,25 @@ async fn main() -> anyhow::Result<()> {
         data_dir: cli.data_dir.clone(),
         public_url,
     };
-    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    let mut config = Config::load(cli.config.as_deref(), &overrides)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+
+    // The server listens before anything else, so that the links it prints (and a
+    // derived public_url) carry the port it really has.
+    let listener = match &cli.command {
+        Cmd::Serve { .. } => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listening on {}", config.listen))?;
+            config.listening_on(listener.local_addr()?);
+            Some(listener)
+        }
+        _ => None,
+    };
 
     let store = signalling::open_store(&config)
         .await
@@ -167,7 +181,8 @@ async fn main() -> anyhow::Result<()> {
             let media = signalling::open_media(&config, service.store().clone())
                 .await
                 .context("starting the media service")?;
-            serve(config, service.with_media(media)).await?;
+            let listener = listener.context("serve binds its listener first")?;
+            serve(config, listener, service.with_media(media)).await?;
         }
         Cmd::Clinic(ClinicCmd::Add {
             id,
@@ -285,31 +300,92 @@ fn join(clinics: &[ClinicId]) -> String {
         .join(", ")
 }
 
-async fn serve(config: Config, service: Service) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
+async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    service: Service,
+) -> anyhow::Result<()> {
     let mode = if config.redis().is_some() {
         "redis"
     } else {
         "single node"
     };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, mode, "serving");
-    // For scripts and tests that start the server on port 0.
-    println!("consult: listening on {addr}");
+    tracing::info!(%addr, mode, public_url = %config.public_url, "serving");
     let service = service
         .with_password_checks(
             config.password_checks,
             std::time::Duration::from_millis(config.password_wait_ms),
         )
         .with_anonymous_audit_per_minute(config.anonymous_audit_per_minute);
-    let state = AppState::new(service, config.limits())
-        .with_web_root(config.web_root.clone())
+    let mut state = AppState::new(service, config.limits())
         .with_trusted_proxies(config.trusted_proxies.clone());
-    server::run(listener, state, shutdown_signal()).await?;
+    if let Some(dir) = config.web_root() {
+        if !dir.is_dir() {
+            bail!(
+                "web_root {} is not a directory (leave it empty to serve the pages built into the binary)",
+                dir.display()
+            );
+        }
+        tracing::info!(web_root = %dir.display(), "serving the pages from disk");
+        state = state.with_web_root(dir.to_owned());
+    } else {
+        server::prepare_pages();
+    }
+    match config.tls() {
+        None => {
+            // For scripts and tests that start the server on port 0.
+            println!("consult: listening on {addr}");
+            server::run(listener, state, shutdown_signal()).await?;
+        }
+        Some((cert, key)) => {
+            let tls = RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading the certificate and key (tls_cert {}, tls_key {})",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            tokio::spawn(reload_on_sighup(
+                tls.clone(),
+                cert.to_owned(),
+                key.to_owned(),
+            ));
+            println!("consult: listening on {addr} (https)");
+            server::run_tls(listener, state, tls, shutdown_signal()).await?;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the certificate and key again on every SIGHUP: new connections get the new
+/// certificate, open ones go on. A pair that does not load is refused, and the
+/// certificate in use kept.
+async fn reload_on_sighup(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: the certificate will not be reloaded");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload_from_pem_file(&cert, &key).await {
+            Ok(()) => {
+                tracing::info!(cert = %cert.display(), "SIGHUP: certificate reloaded");
+                println!("consult: certificate reloaded");
+            }
+            Err(e) => tracing::error!(
+                cert = %cert.display(),
+                key = %key.display(),
+                error = %e,
+                "SIGHUP: the certificate and key did not load; still serving the previous one"
+            ),
+        }
+    }
 }
 
 async fn shutdown_signal() {

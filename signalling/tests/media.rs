@@ -569,7 +569,7 @@ struct CheckSignal {
 }
 
 #[async_trait::async_trait]
-impl sfu::engine::synthetic::Signal for CheckSignal {
+impl sfu_synthetic::Signal for CheckSignal {
     async fn publish(&self, offer: String) -> Result<String, sfu::engine::EngineError> {
         let r = self
             .http
@@ -617,12 +617,12 @@ async fn the_pre_call_check_connects_to_a_node_and_refuses_garbage() {
         http: s.http.clone(),
         url: s.url("/api/media-check"),
     });
-    let check = sfu::engine::synthetic::Participant::connect(
+    let check = sfu_synthetic::Participant::connect(
         signal,
         offers,
         LOOPBACK,
         0,
-        Some(sfu::engine::synthetic::Publish {
+        Some(sfu_synthetic::Publish {
             video_kbps: 100,
             audio: true,
         }),

@@ -305,7 +305,7 @@ export async function consultCli(env, store, args, input) {
 
 /**
  * `consult serve` on a free loopback port, serving web-client/public; resolves with its
- * base URL once it listens and serves call.html.
+ * base URL once it listens and (over plain HTTP) serves call.html.
  */
 export async function startConsult(env, { dataDir, redisUrl, extraEnv = {} }) {
   await requireExecutable(CONSULT_BIN, 'consult binary');
@@ -317,7 +317,9 @@ export async function startConsult(env, { dataDir, redisUrl, extraEnv = {} }) {
       ...extraEnv,
     },
   });
-  const [, addr] = await proc.waitForLine(/consult: listening on (\S+)/);
+  const [, addr, https] = await proc.waitForLine(/consult: listening on (\S+)( \(https\))?/);
+  // Serving HTTPS itself (CONSULT_TLS_*): its test certificate is the browsers' to trust.
+  if (https) return { proc, url: `https://${addr}` };
   const url = `http://${addr}`;
   const page = await fetch(`${url}/call.html`);
   const type = page.headers.get('content-type') || '';

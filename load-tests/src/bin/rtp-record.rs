@@ -161,7 +161,7 @@ try {
 "#;
 
 async fn offer(State(app): State<Arc<App>>, sdp: String) -> Result<String, String> {
-    let pc = sfu::engine::peer_connection(
+    let pc = sfu_synthetic::peer_connection(
         "127.0.0.1".parse().map_err(|e| format!("{e}"))?,
         Arc::new(Handler {
             recording: app.recording.clone(),

@@ -1,7 +1,7 @@
 //! SFU benchmarks on loopback: ours, and Janus's VideoRoom under the same load from the
 //! same client.
 //!
-//! The load is synthetic participants on the `webrtc` crate (`sfu::engine::synthetic`):
+//! The load is synthetic participants on the `webrtc` crate (`sfu_synthetic`):
 //! VP8-shaped video at `--video-kbps` (30 frames/s, keyframes every 3 s and on request,
 //! packets of at most 1,100 bytes) and 32 kbit/s of Opus-sized audio, every payload
 //! stamped with its send time and index, so each receiver measures latency and loss.
@@ -39,8 +39,8 @@ use load_tests::{chart, median, procfs};
 use protocol::control::{ControlOp, ControlOutcome};
 use protocol::{ConsultationId, ParticipantId, ServerMsg};
 use serde_json::json;
-use sfu::engine::synthetic::{Delivery, Participant, Publish, Signal};
 use sfu::engine::{Engine, EngineConfig, EngineError};
+use sfu_synthetic::{Delivery, Participant, Publish, Signal};
 use tokio::sync::mpsc;
 
 /// The address the load's sockets (and our SFU's) bind to: 127.0.0.1, or 127.0.0.2 when
@@ -1146,7 +1146,7 @@ async fn churn(sfu: &Target, joins: u32, joiner_publishes: bool) -> anyhow::Resu
                 "churn join={i} sfu_rss_mib={:.1} bench_rss_mib={:.1} live_connections={connections} live_engine_participants={participants} live_track_tasks={}",
                 sfu.rss_mib()?,
                 procfs::rss_mib("self")?,
-                sfu::engine::live_track_tasks()
+                sfu_synthetic::live_track_tasks()
             );
         }
     }

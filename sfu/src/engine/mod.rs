@@ -1,6 +1,7 @@
-//! The engine: the one module tree that speaks WebRTC (the `rtc` crate's sans-IO core on
-//! the SFU's side; the `webrtc` crate for the synthetic clients of tests and load tests).
-//! It owns the peer connections and carries out what the forwarding core decides.
+//! The engine: the one module tree that speaks WebRTC (the `rtc` crate's sans-IO core). It
+//! owns the peer connections and carries out what the forwarding core decides. The
+//! synthetic clients of tests and load tests (the `sfu-synthetic` crate, on the `webrtc`
+//! crate) build their connections from [`client_recipe`], so both sides speak alike.
 //!
 //! Each participant has two peer connections, as LiveKit does: a *publisher* connection
 //! the browser offers on (it sends its camera and microphone), and a *subscriber*
@@ -54,15 +55,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::Codec;
 
-mod client;
 pub mod endpoint;
 mod liveness;
 mod media_loop;
-pub mod synthetic;
 mod tcp;
 
-pub(crate) use client::local_track;
-pub use client::{ClientIce, peer_connection, peer_connection_with};
 use endpoint::{Answer, Command};
 use media_loop::{LoopHandle, Request};
 
@@ -72,25 +69,14 @@ use media_loop::{LoopHandle, Request};
 /// benchmark.
 static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 static LIVE_PARTICIPANTS: AtomicUsize = AtomicUsize::new(0);
-/// Per-track tasks alive (the synthetic participants' remote track readers).
-static LIVE_TRACK_TASKS: AtomicUsize = AtomicUsize::new(0);
-
-/// A guard that counts one live per-track task.
-pub fn track_task_guard() -> LiveGuard {
-    LiveGuard::new(&LIVE_TRACK_TASKS)
-}
-
-/// Per-track tasks alive in this process (see [`track_task_guard`]).
-pub fn live_track_tasks() -> usize {
-    LIVE_TRACK_TASKS.load(Ordering::Relaxed)
-}
 
 /// Counts one live object of a kind for as long as it exists.
 #[derive(Debug)]
 pub struct LiveGuard(&'static AtomicUsize);
 
 impl LiveGuard {
-    fn new(counter: &'static AtomicUsize) -> Self {
+    /// Counts one more in `counter` until dropped.
+    pub fn new(counter: &'static AtomicUsize) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         Self(counter)
     }
@@ -503,6 +489,33 @@ pub(crate) struct Recipe {
     pub estimate: Option<Estimate>,
 }
 
+/// What a client connection (the synthetic participants', full ICE, both directions'
+/// interceptors) is made of; see [`client_recipe`].
+#[allow(missing_debug_implementations)] // the `rtc` crate's engines have no Debug
+pub struct ClientRecipe {
+    pub media: MediaEngine,
+    pub registry: Registry,
+    pub settings: SettingEngine,
+}
+
+/// The codecs, interceptors and settings of a client connection: what the synthetic
+/// participants of tests and load tests (the `sfu-synthetic` crate) are built from, so
+/// that they speak exactly as the SFU's own connections expect a browser to. `settings`
+/// may set the client's ICE timers.
+pub fn client_recipe(settings: SettingEngineBuilder) -> Result<ClientRecipe, EngineError> {
+    let Recipe {
+        media,
+        registry,
+        settings,
+        ..
+    } = connection_recipe(Role::Client, settings)?;
+    Ok(ClientRecipe {
+        media,
+        registry,
+        settings,
+    })
+}
+
 /// The codecs, interceptors and settings of a connection in `role`, shared by the SFU's
 /// connections and the synthetic clients so that both speak exactly the same.
 fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recipe, EngineError> {
@@ -632,7 +645,7 @@ fn codec_parameters(codec: Codec, payload_type: u8, fmtp: &str) -> RTCRtpCodecPa
 }
 
 /// A track sending one SSRC of one codec, in media stream `stream`.
-fn media_track(
+pub fn media_track(
     stream: String,
     id: String,
     kind: RtpCodecKind,

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView, IssueInvite,
@@ -78,10 +79,13 @@ pub struct AppState {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     connection_ids: Arc<AtomicU64>,
-    /// The browser client's files, served at `/`.
+    /// Where the browser client's files are served from at `/`: the copy embedded in the
+    /// binary, or (for development) this directory.
     web_root: Option<std::path::PathBuf>,
     /// Media sessions of lost connections, waiting to be resumed.
     parked: Arc<ws::Parked>,
+    /// Whether this server terminates TLS itself (then HSTS, whatever `public_url` says).
+    https: bool,
 }
 
 impl AppState {
@@ -103,6 +107,7 @@ impl AppState {
             connection_ids: Arc::new(AtomicU64::new(0)),
             parked: Arc::default(),
             web_root: None,
+            https: false,
         }
     }
 
@@ -117,7 +122,7 @@ impl AppState {
         self.addresses.len()
     }
 
-    /// Serves the browser client's files from `dir` at `/`.
+    /// Serves the browser client's files from `dir` at `/` instead of the embedded copy.
     pub fn with_web_root(mut self, dir: std::path::PathBuf) -> Self {
         self.web_root = Some(dir);
         self
@@ -131,12 +136,34 @@ impl AppState {
 /// How long shutdown waits for websockets to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves plain HTTP until `shutdown` resolves, then drains.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_on(listener, state, None, shutdown).await
+}
+
+/// Serves HTTPS with `tls` until `shutdown` resolves, then drains. Reloading `tls`
+/// (`RustlsConfig::reload_from_pem_file`) changes the certificate of new connections;
+/// open ones, websockets among them, go on.
+pub async fn run_tls(
+    listener: TcpListener,
+    state: AppState,
+    tls: RustlsConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_on(listener, state, Some(tls), shutdown).await
+}
+
+async fn run_on(
+    listener: TcpListener,
+    mut state: AppState,
+    tls: Option<RustlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state.https = tls.is_some();
     let hub_task = tokio::spawn(
         state
             .hub
@@ -169,24 +196,42 @@ pub async fn run(
     });
     let stop = state.shutdown.clone();
     let tasks = state.tasks.clone();
-    let app = router(state);
-    // Small websocket frames must not wait for Nagle's algorithm (a 40 ms stall against
-    // delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        None => {
+            // Small websocket frames must not wait for Nagle's algorithm (a 40 ms stall
+            // against delayed ACKs).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: closing connections");
+                    stop.cancel();
+                })
+                .await
         }
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: closing connections");
-        stop.cancel();
-    })
-    .await;
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing connections");
+                stop.cancel();
+                stopping.graceful_shutdown(Some(DRAIN_TIMEOUT));
+            });
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            axum_server::from_tcp(listener.into_std()?)?
+                .acceptor(acceptor)
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+    };
     tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
         .await
@@ -235,27 +280,15 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static(value),
         ))
     });
-    let hsts = state.service.public_url().starts_with("https://");
+    // HSTS over HTTPS, served here or by a proxy in front of a public_url of https.
+    let hsts = state.https || state.service.public_url().starts_with("https://");
     let web_root = state.web_root.clone();
     let api = api.with_state(state);
-    let Some(dir) = web_root else {
-        return with_hsts(api.fallback(not_found), hsts);
+    let pages = match web_root {
+        Some(dir) => pages_from_disk(&dir, not_found),
+        None => embedded_pages().fallback(not_found),
     };
-    // The pages behind the links people are given: a clinic's open link, a personal
-    // invite, staff and administration. Each is one HTML file; the rest is static.
-    let page = |name: &str| tower_http::services::ServeFile::new(dir.join(name));
-    let pages = Router::new()
-        .route_service("/", page("index.html"))
-        .route_service("/c/{clinic}", page("patient.html"))
-        // The invite travels in the fragment (`/i#...`), which never reaches a server.
-        .route_service("/i", page("patient.html"))
-        .route_service("/staff", page("staff.html"))
-        .route_service("/admin", page("admin.html"))
-        .fallback_service(
-            tower_http::services::ServeDir::new(dir).fallback(axum::routing::any(not_found)),
-        )
-        // A patient on a poor connection downloads a third of the bytes.
-        .layer(tower_http::compression::CompressionLayer::new());
+    // Every page response: revalidated before use, and the platform's own scripts only.
     let pages = PAGE_HEADERS.iter().fold(pages, |pages, (name, value)| {
         pages.layer(SetResponseHeaderLayer::overriding(
             name.clone(),
@@ -263,6 +296,60 @@ pub fn router(state: AppState) -> Router {
         ))
     });
     with_hsts(api.merge(pages), hsts)
+}
+
+/// Prepares the embedded pages now (each file decompressed and compressed again: tens
+/// of milliseconds in a release build, most of a second in a debug one), so that the
+/// first requests after the server says it listens do not wait for it.
+pub fn prepare_pages() {
+    let _ = embedded_pages();
+}
+
+/// The pages behind the links people are given (a clinic's open link, a personal invite,
+/// staff and administration: each one HTML file) and every other file of the browser
+/// client, all embedded in the binary at build time (`build.rs`): compressed (brotli or
+/// gzip, as the browser accepts), with their content types and an ETag each, so a
+/// revalidation of an unchanged file costs a 304. Built once per process.
+fn embedded_pages() -> Router {
+    static PAGES: std::sync::OnceLock<Router> = std::sync::OnceLock::new();
+    PAGES
+        .get_or_init(|| {
+            memory_serve::load!()
+                .index_file(Some("/index.html"))
+                .add_alias("/c/{clinic}", "/patient.html")
+                // The invite travels in the fragment (`/i#...`), which never reaches a server.
+                .add_alias("/i", "/patient.html")
+                .add_alias("/staff", "/staff.html")
+                .add_alias("/admin", "/admin.html")
+                .enable_brotli(true)
+                .enable_gzip(true)
+                // A deployment's new files are seen at once (PAGE_HEADERS says so too).
+                .html_cache_control(memory_serve::CacheControl::NoCache)
+                .cache_control(memory_serve::CacheControl::NoCache)
+                .into_router()
+        })
+        .clone()
+}
+
+/// The same pages read from `dir` at each request (`web_root`, for development: an edit
+/// shows on the next reload without a rebuild), compressed as they go.
+fn pages_from_disk<H, T>(dir: &std::path::Path, not_found: H) -> Router
+where
+    H: axum::handler::Handler<T, ()> + Clone,
+    T: 'static,
+{
+    let page = |name: &str| tower_http::services::ServeFile::new(dir.join(name));
+    Router::new()
+        .route_service("/", page("index.html"))
+        .route_service("/c/{clinic}", page("patient.html"))
+        .route_service("/i", page("patient.html"))
+        .route_service("/staff", page("staff.html"))
+        .route_service("/admin", page("admin.html"))
+        .fallback_service(
+            tower_http::services::ServeDir::new(dir).fallback(axum::routing::any(not_found)),
+        )
+        // A patient on a poor connection downloads a third of the bytes.
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 /// Browsers keep to HTTPS for a year once they have seen the platform over it.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use protocol::{ClientMsg, ConsultationId, ServerMsg};
 use sfu::engine::EngineError;
-use sfu::engine::synthetic::{Participant, Publish, Signal};
+use sfu_synthetic::{Participant, Publish, Signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 

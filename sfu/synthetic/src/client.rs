@@ -1,6 +1,6 @@
 //! The client side, on the `webrtc` crate's async wrapper: the synthetic participants of
 //! tests and load tests make their connections here, with the same codecs and
-//! interceptors as the SFU's (see [`super::connection_recipe`]).
+//! interceptors as the SFU expects of a browser ([`sfu::engine::client_recipe`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +12,11 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
 };
 
-use super::{EngineError, Role, connection_recipe, webrtc_err};
+use sfu::engine::{ClientRecipe, EngineError, client_recipe};
+
+fn webrtc_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::WebRtc(e.to_string())
+}
 
 /// How a synthetic client's ICE agent behaves.
 #[derive(Debug, Clone, Copy, Default)]
@@ -46,12 +50,11 @@ pub async fn peer_connection_with(
         ),
         None => SettingEngineBuilder::new(),
     };
-    let super::Recipe {
+    let ClientRecipe {
         media,
         registry,
         settings,
-        ..
-    } = connection_recipe(Role::Client, settings)?;
+    } = client_recipe(settings)?;
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
@@ -73,7 +76,7 @@ pub(crate) fn local_track(
     ssrc: u32,
     codec: RTCRtpCodec,
 ) -> Arc<TrackLocalStaticRTP> {
-    Arc::new(TrackLocalStaticRTP::new(super::media_track(
+    Arc::new(TrackLocalStaticRTP::new(sfu::engine::media_track(
         stream, id, kind, ssrc, codec,
     )))
 }

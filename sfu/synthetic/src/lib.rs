@@ -6,10 +6,19 @@
 //! headers an SFU reads; the last [`STAMP_LEN`] bytes of every payload carry the
 //! publisher's send time and the packet's index in its stream, so a receiver measures
 //! forwarding latency and loss without trusting the relay's sequence numbers.
+//!
+//! A crate of its own, beside the SFU, so that `consult` and `sfu` never link the
+//! `webrtc` crate or this code: only tests and the load tests depend on it. Its
+//! connections are built from the SFU's [`sfu::engine::client_recipe`], so they offer and
+//! answer as the SFU expects a browser to ([`client`]).
+
+mod client;
+
+pub use client::{ClientIce, peer_connection, peer_connection_with};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +39,7 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCSessionDescription,
 };
 
-use crate::engine::{ClientIce, Engine, EngineError, EngineEvent, peer_connection_with};
+use sfu::engine::{Engine, EngineError, EngineEvent, LiveGuard};
 
 /// What a synthetic participant publishes.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +56,15 @@ pub const VIDEO_PAYLOAD: usize = 1100;
 /// Bytes at the end of each payload: send time (µs since [`epoch`], u64 BE) and index in
 /// the stream (u32 BE).
 pub const STAMP_LEN: usize = 12;
+
+/// Per-track tasks alive (the synthetic participants' remote track readers): back to zero
+/// after everyone leaves unless something leaks. Read by the churn benchmark.
+static LIVE_TRACK_TASKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Per-track tasks alive in this process.
+pub fn live_track_tasks() -> usize {
+    LIVE_TRACK_TASKS.load(Ordering::Relaxed)
+}
 
 /// The clock every synthetic participant of this process stamps and reads.
 fn epoch() -> Instant {
@@ -176,7 +194,7 @@ fn read_stamp(payload: &[u8]) -> Option<(u64, u32)> {
 type Readers = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
 struct Handler {
-    _live: crate::engine::LiveGuard,
+    _live: LiveGuard,
     gathered: Arc<Notify>,
     stats: Option<Arc<Stats>>,
     readers: Readers,
@@ -204,7 +222,7 @@ impl PeerConnectionEventHandler for Handler {
             old.cancel();
         }
         tokio::spawn(async move {
-            let _live = crate::engine::track_task_guard();
+            let _live = LiveGuard::new(&LIVE_TRACK_TASKS);
             let key = (
                 track.stream_id().await.to_string(),
                 track.kind().await == RtpCodecKind::Video,
@@ -267,7 +285,7 @@ impl std::fmt::Debug for Participant {
 }
 
 fn track(kind: RtpCodecKind, ssrc: u32, codec: RTCRtpCodec) -> Arc<TrackLocalStaticRTP> {
-    crate::engine::local_track(
+    client::local_track(
         format!("synthetic-{ssrc}"),
         format!("{kind}-{ssrc}"),
         kind,
@@ -422,7 +440,7 @@ impl Participant {
         let subscriber = peer_connection_with(
             ip,
             Arc::new(Handler {
-                _live: crate::engine::connection_guard(),
+                _live: sfu::engine::connection_guard(),
                 gathered: sub_gathered.clone(),
                 stats: Some(stats.clone()),
                 readers: readers.clone(),
@@ -460,7 +478,7 @@ impl Participant {
         let publisher = peer_connection_with(
             ip,
             Arc::new(Handler {
-                _live: crate::engine::connection_guard(),
+                _live: sfu::engine::connection_guard(),
                 gathered: pub_gathered.clone(),
                 stats: None,
                 readers: Readers::default(),
@@ -751,13 +769,13 @@ mod tests {
         let key = vp8_frame(20_000, true, &mut index);
         assert_eq!(index, 7 + key.len() as u32);
         assert!(key.len() > 1 && key.iter().all(|p| p.len() <= VIDEO_PAYLOAD));
-        assert!(crate::codec::Codec::Vp8.is_keyframe(&key[0]));
+        assert!(sfu::codec::Codec::Vp8.is_keyframe(&key[0]));
         assert!(
-            !crate::codec::Codec::Vp8.is_keyframe(&key[1]),
+            !sfu::codec::Codec::Vp8.is_keyframe(&key[1]),
             "only the first packet starts it"
         );
         let delta = vp8_frame(3_000, false, &mut index);
-        assert!(!crate::codec::Codec::Vp8.is_keyframe(&delta[0]));
+        assert!(!sfu::codec::Codec::Vp8.is_keyframe(&delta[0]));
         let (_, first) = read_stamp(&delta[0]).unwrap();
         let (_, second) = read_stamp(&delta[1]).unwrap();
         assert_eq!(
