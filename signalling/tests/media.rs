@@ -418,7 +418,12 @@ async fn a_node_registered_in_redis_carries_a_consultation_joined_on_two_instanc
     // Two nodes register; the busier one must not be chosen (it would not answer).
     let (node, _stop) = start_node(&mut conn, &secret, "sfu-a").await;
     let id = NodeId::parse("sfu-a").unwrap();
-    let record = sfu::registry::record(&id, "ws://127.0.0.1:9/control", node.load(), false);
+    let record = sfu::registry::record(
+        &id,
+        "ws://127.0.0.1:9/control",
+        node.load(),
+        sfu::control::Service::Serving,
+    );
     let busy = NodeRecord {
         id: NodeId::parse("sfu-busy").unwrap(),
         control_url: "ws://127.0.0.1:9/control".into(),
@@ -494,7 +499,12 @@ async fn start_node(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let app = sfu::server::router(node.clone(), secret, stop.clone());
+    let app = sfu::server::router(
+        node.clone(),
+        secret,
+        stop.clone(),
+        sfu::metrics::Access::default(),
+    );
     let stopped = stop.clone();
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -502,7 +512,12 @@ async fn start_node(
             .await
     });
     let id = NodeId::parse(id).unwrap();
-    let record = sfu::registry::record(&id, &format!("ws://{addr}/control"), node.load(), false);
+    let record = sfu::registry::record(
+        &id,
+        &format!("ws://{addr}/control"),
+        node.load(),
+        sfu::control::Service::Serving,
+    );
     sfu::registry::announce(conn, &record).await.unwrap();
     (node, stop)
 }
