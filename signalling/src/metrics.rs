@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use protocol::ErrorCode;
+use protocol::{Command, ErrorCode};
 
 use crate::room::VisitState;
 use crate::store::Store;
@@ -98,6 +98,23 @@ impl Default for Metrics {
             conflicts: Counter::default(),
             node: std::sync::OnceLock::new(),
         };
+        // Series that exist from the start, at zero, for rates and alerts to see (the
+        // error codes the alert rules watch among them); per-clinic ones appear at the
+        // first scrape after the clinic does.
+        for kind in ["patient", "staff"] {
+            drop(m.connections.get_or_create(&KindLabel { kind }));
+        }
+        for command in Command::KINDS {
+            drop(m.commands.get_or_create(&CommandLabel { command }));
+        }
+        for code in [ErrorCode::Internal, ErrorCode::Unavailable] {
+            drop(m.errors.get_or_create(&CodeLabel {
+                code: code_name(code),
+            }));
+        }
+        for op in ["load", "commit"] {
+            drop(m.store.get_or_create(&OpLabel { op }));
+        }
         {
             let mut registry = m.registry.write().unwrap_or_else(|e| e.into_inner());
             let r = registry.sub_registry_with_prefix("consult");
@@ -172,11 +189,11 @@ impl Metrics {
     pub fn command(&self, command: &'static str, error: Option<ErrorCode>) {
         self.commands.get_or_create(&CommandLabel { command }).inc();
         if let Some(code) = error {
-            let code = serde_json::to_value(code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            self.errors.get_or_create(&CodeLabel { code }).inc();
+            self.errors
+                .get_or_create(&CodeLabel {
+                    code: code_name(code),
+                })
+                .inc();
         }
     }
 
@@ -228,6 +245,8 @@ impl Metrics {
                 };
                 self.waiting.get_or_create(&label).set(waiting);
                 self.in_consultation.get_or_create(&label).set(consulting);
+                drop(self.admissions.get_or_create(&label));
+                drop(self.wait.get_or_create(&label));
             }
         }
         if let Some(node) = self.node.get() {
@@ -236,6 +255,14 @@ impl Metrics {
         let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
         sfu::metrics::render(&registry)
     }
+}
+
+/// An error code as on the wire (`not_found`).
+fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Counts one open websocket connection while it lives.

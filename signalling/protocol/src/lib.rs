@@ -205,6 +205,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command's `type`.
+    pub const KINDS: [&'static str; 8] = [
+        "send_message",
+        "admit",
+        "admit_next",
+        "return_to_waiting",
+        "transfer",
+        "remove",
+        "end_consultation",
+        "leave",
+    ];
+
     /// The command's `type`, as on the wire.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -795,6 +795,7 @@ fn a_commands_kind_is_its_wire_type() {
         };
         let wire: serde_json::Value = serde_json::to_value(&command).expect("serialises");
         assert_eq!(wire["type"], command.kind(), "{command:?}");
+        assert!(Command::KINDS.contains(&command.kind()), "{command:?}");
         seen += 1;
     }
     assert!(seen >= 8, "only {seen} command fixtures");
