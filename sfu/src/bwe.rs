@@ -168,12 +168,37 @@ impl UplinkLimit {
     }
 }
 
+/// What a subscriber leg's estimator last said, where the endpoint reads it: written at
+/// each feedback, read every tick.
+#[derive(Debug)]
+pub struct Downlink {
+    /// The estimate, in bits per second (0 until the first feedback).
+    pub bitrate: AtomicU64,
+    /// The round trip the last feedback implied, in microseconds (0: none yet).
+    pub rtt_us: AtomicU64,
+    /// The fraction of packets lost over the estimator's window, in millionths
+    /// ([`NO_LOSS_FIGURE`] until it has one).
+    pub loss_ppm: AtomicU64,
+}
+
+/// [`Downlink::loss_ppm`] before the estimator has a figure.
+pub const NO_LOSS_FIGURE: u64 = u64::MAX;
+
+impl Default for Downlink {
+    fn default() -> Self {
+        Self {
+            bitrate: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(0),
+            loss_ppm: AtomicU64::new(NO_LOSS_FIGURE),
+        }
+    }
+}
+
 /// A subscriber leg's downlink estimator: the `rtc` crate's Google Congestion Control,
-/// its estimate kept where the endpoint reads it (a cell per connection, written at each
-/// feedback, read every tick).
+/// its estimate, loss and round trip kept in a [`Downlink`] per connection.
 pub struct DownlinkEstimator {
     gcc: Gcc,
-    cell: Arc<AtomicU64>,
+    cell: Arc<Downlink>,
 }
 
 impl std::fmt::Debug for DownlinkEstimator {
@@ -185,9 +210,8 @@ impl std::fmt::Debug for DownlinkEstimator {
 }
 
 impl DownlinkEstimator {
-    /// An estimator whose estimate (bits per second, 0 until the first feedback) is kept
-    /// in `cell`.
-    pub fn new(cell: Arc<AtomicU64>) -> Self {
+    /// An estimator whose figures are kept in `cell`.
+    pub fn new(cell: Arc<Downlink>) -> Self {
         Self {
             gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
             cell,
@@ -202,7 +226,26 @@ impl BandwidthEstimator for DownlinkEstimator {
         }
         self.gcc.on_reports(now, reports);
         self.cell
+            .bitrate
             .store(self.gcc.target_bitrate() as u64, Ordering::Relaxed);
+        let stats = self.gcc.stats();
+        // The round trip: from the departure of the latest packet this feedback says
+        // arrived, to the feedback (so it includes the browser's wait before sending
+        // feedback, tens of milliseconds). The estimator itself gives none.
+        let latest = reports
+            .iter()
+            .filter(|r| r.arrived)
+            .map(|r| r.departure)
+            .max();
+        if let Some(departure) = latest {
+            let rtt = now.saturating_duration_since(departure);
+            let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+            self.cell.rtt_us.store(us.max(1), Ordering::Relaxed);
+        }
+        if let Some(loss) = stats.packet_loss {
+            let ppm = (loss.clamp(0.0, 1.0) * 1e6) as u64;
+            self.cell.loss_ppm.store(ppm, Ordering::Relaxed);
+        }
     }
 
     fn target_bitrate(&self) -> f64 {
@@ -254,10 +297,11 @@ mod tests {
     #[test]
     fn the_estimate_is_kept_in_the_cell_and_falls_with_loss() {
         let t = Instant::now();
-        let cell = Arc::new(AtomicU64::new(0));
+        let cell = Arc::new(Downlink::default());
         let mut e = DownlinkEstimator::new(cell.clone());
         e.on_reports(t, &[]);
-        assert_eq!(cell.load(Ordering::Relaxed), 0, "no feedback yet");
+        assert_eq!(cell.bitrate.load(Ordering::Relaxed), 0, "no feedback yet");
+        assert_eq!(cell.loss_ppm.load(Ordering::Relaxed), NO_LOSS_FIGURE);
         let mut batch = Vec::new();
         for (id, ms) in (0..6_000u64).step_by(10).enumerate() {
             let id = id as u64;
@@ -269,13 +313,20 @@ mod tests {
                 batch.clear();
             }
             if ms == 1_990 {
-                let clean = cell.load(Ordering::Relaxed);
+                let clean = cell.bitrate.load(Ordering::Relaxed);
                 assert!(clean as f64 >= ESTIMATE_INITIAL, "clean: {clean}");
+                let loss = cell.loss_ppm.load(Ordering::Relaxed);
+                assert!(loss < 10_000, "clean: {loss} ppm lost");
+                // Feedback comes 30 ms after the batch's last packet departs.
+                let rtt = cell.rtt_us.load(Ordering::Relaxed);
+                assert_eq!(rtt, 30_000, "the round trip the feedback implies");
             }
         }
-        let lossy = cell.load(Ordering::Relaxed);
+        let lossy = cell.bitrate.load(Ordering::Relaxed);
         assert_eq!(lossy, e.target_bitrate() as u64);
         assert!(lossy < 1_000_000, "60 % loss for 4 s: {lossy}");
+        let loss = cell.loss_ppm.load(Ordering::Relaxed);
+        assert!(loss > 300_000, "60 % loss for 4 s reads as {loss} ppm");
     }
 
     #[test]

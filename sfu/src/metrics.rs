@@ -1,6 +1,6 @@
 //! The node's Prometheus metrics: what it carries (participants, consultations), what its
 //! media loops forward and how busy they are, how subscribers' links fare (loss and round
-//! trip, sampled from their receiver reports), and what it does about loss (NACKs,
+//! trip, sampled every 5 s from their browsers' congestion control feedback), and what it does about loss (NACKs,
 //! keyframe requests).
 //!
 //! Each media loop holds its own [`LoopCounters`] (handles into the families below,
@@ -55,7 +55,7 @@ pub struct LoopCounters {
     pub keyframe_requests: Counter,
     /// Seconds the loop spent working (not waiting for its sockets or timer).
     pub busy: Counter<f64, AtomicU64>,
-    /// Fraction lost, as each subscriber's browser reports it.
+    /// Fraction lost towards each subscriber, from its browser's feedback.
     pub loss: Histogram,
     /// Round trip to each subscriber's browser, in seconds.
     pub rtt: Histogram,
@@ -189,12 +189,12 @@ impl NodeMetrics {
         );
         r.register(
             "subscriber_loss_ratio",
-            "Fraction of packets lost towards subscribers, from their receiver reports (sampled every 5 s per connection)",
+            "Fraction of packets lost towards subscribers, from their browsers' congestion control feedback (sampled every 5 s per connection)",
             self.loss.clone(),
         );
         r.register_with_unit(
             "subscriber_rtt",
-            "Round trip to subscribers, from their receiver reports (sampled every 5 s per connection)",
+            "Round trip to subscribers: a packet's departure to the feedback that acknowledges it, so including the browser's feedback interval (sampled every 5 s per connection)",
             Unit::Seconds,
             self.rtt.clone(),
         );

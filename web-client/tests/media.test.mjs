@@ -195,6 +195,15 @@ test('two browsers in one consultation through the in-process SFU, seen in /metr
         // Two people each sending audio (50 packets/s) and video: well over 100 a second.
         assert.ok(forwarded > 100, `packets forwarded in a second: ${forwarded}`);
         assert.ok(received > 100, `packets received in a second: ${received}`);
+        // Each subscriber's link is sampled every 5 s from its browser's receiver reports.
+        let links;
+        for (let i = 0; i < 40; i++) {
+          links = await scrape(`${origin}/metrics`);
+          if (links.get('sfu_subscriber_rtt_seconds_count') > 0) break;
+          await h.sleep(250);
+        }
+        console.log(`  /metrics: ${links.get('sfu_subscriber_rtt_seconds_count')} RTT samples (sum ${links.get('sfu_subscriber_rtt_seconds_sum')} s), ${links.get('sfu_subscriber_loss_ratio_count')} loss samples (sum ${links.get('sfu_subscriber_loss_ratio_sum')})`);
+        assert.ok(links.get('sfu_subscriber_rtt_seconds_count') > 0, 'subscribers\' links sampled');
         // Through a proxy on this host (X-Forwarded-For), the metrics are not served.
         const proxied = await fetch(`${origin}/metrics`, { headers: { 'x-forwarded-for': '203.0.113.7' } });
         assert.equal(proxied.status, 403);

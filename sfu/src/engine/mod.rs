@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -467,9 +467,9 @@ enum Role {
     Client,
 }
 
-/// A connection's downlink estimate in bits per second (0 until the first feedback), as
-/// the subscriber leg's estimator ([`crate::bwe::DownlinkEstimator`]) last said.
-pub type Estimate = Arc<AtomicU64>;
+/// A connection's downlink estimate, loss and round trip, as the subscriber leg's
+/// estimator ([`crate::bwe::DownlinkEstimator`]) last said.
+pub type Estimate = Arc<crate::bwe::Downlink>;
 
 /// What a connection in some role is made of.
 pub(crate) struct Recipe {

@@ -50,7 +50,7 @@ impl Endpoint {
                     let estimate = conns
                         .get(&o.subscriber)
                         .and_then(|c| c.estimate.as_ref())
-                        .map_or(0, |e| e.load(Ordering::Relaxed));
+                        .map_or(0, |e| e.bitrate.load(Ordering::Relaxed));
                     if !receives_its_video || estimate == 0 {
                         continue;
                     }

@@ -252,6 +252,7 @@ impl Endpoint {
                 tracks: HashMap::new(),
                 liveness: Liveness::default(),
                 estimate,
+                next_link_sample: now,
                 received_bytes: 0,
                 last_heard: None,
                 ice_restarted: false,

@@ -128,8 +128,8 @@ const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 /// How often negotiation deadlines and liveness are checked (a deadline of
 /// [`Endpoint::poll_timeout`] while any connection is open).
 const TICK: Duration = Duration::from_millis(250);
-/// How often each subscriber connection's loss and round trip are sampled for the
-/// node's metrics.
+/// How often each subscriber connection's loss and round trip (from its browser's
+/// congestion control feedback) go into the node's metrics.
 const SAMPLE_LINKS: Duration = Duration::from_secs(5);
 
 /// A publisher connection not heard for this long (its browser sends audio 50 times a
@@ -237,6 +237,8 @@ struct Conn {
     liveness: Liveness,
     /// Subscriber leg: its browser's downlink estimate ([`crate::bwe`]).
     estimate: Option<Estimate>,
+    /// Subscriber leg: when its link next goes into the metrics ([`SAMPLE_LINKS`]).
+    next_link_sample: Instant,
     /// Bytes received on it (a publisher leg: what its browser sends).
     received_bytes: u64,
     /// When its browser was last heard (anything the core accepted).
@@ -358,6 +360,25 @@ fn stream_id(peer: PeerId) -> String {
     format!("p{}", peer.0)
 }
 
+/// A subscriber leg's loss and round trip, as its estimator last had them from the
+/// browser's feedback, into the node's histograms every [`SAMPLE_LINKS`].
+fn sample_link(c: &mut Conn, counters: &LoopCounters, now: Instant) {
+    let Some(e) = c.estimate.as_ref().filter(|_| now >= c.next_link_sample) else {
+        return;
+    };
+    c.next_link_sample = now + SAMPLE_LINKS;
+    let loss = e.loss_ppm.load(Ordering::Relaxed);
+    if loss != crate::bwe::NO_LOSS_FIGURE {
+        #[allow(clippy::cast_precision_loss)]
+        counters.loss.observe(loss as f64 / 1e6);
+    }
+    let rtt = e.rtt_us.load(Ordering::Relaxed);
+    if rtt > 0 {
+        #[allow(clippy::cast_precision_loss)]
+        counters.rtt.observe(rtt as f64 / 1e6);
+    }
+}
+
 /// See the module's documentation.
 pub struct Endpoint {
     udp_addr: SocketAddr,
@@ -377,8 +398,6 @@ pub struct Endpoint {
     /// The next check of negotiation deadlines and liveness ([`TICK`]), while any
     /// connection is open.
     next_tick: Option<Instant>,
-    /// When subscribers' links are next sampled for the metrics ([`SAMPLE_LINKS`]).
-    next_sample: Instant,
     /// The time of the last input (outputs are computed as of then).
     now: Instant,
     /// Connections to service before the next output.
@@ -426,7 +445,6 @@ impl Endpoint {
             next_peer: 1,
             timers: BinaryHeap::new(),
             next_tick: None,
-            next_sample: now + SAMPLE_LINKS,
             now,
             touched: Vec::new(),
             dirty: Vec::new(),
@@ -596,6 +614,7 @@ impl Endpoint {
     fn tick(&mut self, now: Instant) {
         let mut failed = Vec::new();
         for c in self.conns.values_mut() {
+            sample_link(c, &self.counters, now);
             match c.liveness.check(now) {
                 Some(liveness::Change::Silent) => {
                     tracing::debug!(participant = c.participant, leg = ?c.leg, "silent");
@@ -634,30 +653,5 @@ impl Endpoint {
             self.mark_dirty(key);
         }
         self.limit_uplinks(now);
-        if now >= self.next_sample {
-            self.next_sample = now + SAMPLE_LINKS;
-            self.sample_links(now);
-        }
-    }
-
-    /// Loss and round trip towards each subscriber, as its browser's receiver reports
-    /// last gave them, into the node's histograms (a stream with no report yet adds
-    /// nothing).
-    fn sample_links(&mut self, now: Instant) {
-        use rtc::statistics::report::RTCStatsReportEntry;
-        for c in self.conns.values_mut() {
-            if c.leg != MediaLeg::Subscriber {
-                continue;
-            }
-            let report = c.pc.get_stats(now, rtc::statistics::StatsSelector::None);
-            for entry in report.iter() {
-                if let RTCStatsReportEntry::RemoteInboundRtp(s) = entry {
-                    if s.round_trip_time_measurements > 0 {
-                        self.counters.rtt.observe(s.round_trip_time);
-                        self.counters.loss.observe(s.fraction_lost);
-                    }
-                }
-            }
-        }
     }
 }
