@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use protocol::IceServer;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::oidc::{Oidc, OidcConfig};
 use crate::server::Limits;
 use crate::service::TokenLifetimes;
 use crate::turn::{Turn, TurnConfig};
@@ -56,6 +57,7 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
     pub web_root: PathBuf,
     pub turn: TurnConfig,
+    pub oidc: OidcConfig,
     /// Whether `public_url` was left empty and is derived from the listening address.
     #[serde(skip)]
     pub public_url_derived: bool,
@@ -186,7 +188,13 @@ impl Config {
             return bad("every entry of ice_servers needs at least one URL");
         }
         self.turn()?;
+        self.oidc()?;
         self.engine_config().map(|_| ())
+    }
+
+    /// Sign-in through the hospital's identity provider (`[oidc]`), if configured.
+    pub fn oidc(&self) -> Result<Option<Oidc>, ConfigError> {
+        Oidc::from_config(&self.oidc, &self.public_url).map_err(ConfigError::Invalid)
     }
 
     /// The platform's own TURN server (`[turn]`), if one is configured.

@@ -31,7 +31,7 @@ use crate::store::{
 mod identity;
 
 use identity::Guard;
-pub use identity::{FREE_FAILURES, MAX_BACKOFF_SECS, WAITING_PER_CHECK, backoff_secs};
+pub use identity::{FREE_FAILURES, MAX_BACKOFF_SECS, OidcRefusal, WAITING_PER_CHECK, backoff_secs};
 
 /// How often a conflicting change is retried before the caller is told to try again.
 const MAX_ATTEMPTS: usize = 32;
@@ -100,6 +100,8 @@ pub struct Service {
     public_url: String,
     /// The SFU nodes; `None` where no media is served (the command line).
     media: Option<Arc<Media>>,
+    /// The hospital's identity provider, when staff may sign in there.
+    oidc: Option<Arc<crate::auth::oidc::Oidc>>,
 }
 
 /// Where a connection's media session goes: the node's link and who the participant is.
@@ -237,6 +239,7 @@ impl Service {
             lifetimes,
             public_url: public_url.trim_end_matches('/').to_owned(),
             media: None,
+            oidc: None,
         }
     }
 
@@ -258,6 +261,16 @@ impl Service {
     pub fn with_media(mut self, media: Arc<Media>) -> Self {
         self.media = Some(media);
         self
+    }
+
+    /// Lets staff sign in through `oidc`, the hospital's identity provider.
+    pub fn with_oidc(mut self, oidc: Arc<crate::auth::oidc::Oidc>) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    pub fn oidc(&self) -> Option<&Arc<crate::auth::oidc::Oidc>> {
+        self.oidc.as_ref()
     }
 
     pub fn media(&self) -> Option<&Arc<Media>> {
@@ -949,6 +962,7 @@ impl Service {
             role: req.role,
             clinics: req.clinics,
             password_hash,
+            idp_subject: None,
         };
         self.store.put_staff(&record).await?;
         // A replaced record is a new password, role or set of clinics: the old sign-ins

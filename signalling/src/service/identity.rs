@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{
-    AuditEntry, SessionId, SessionView, SignInRequest, SignInResponse, StaffId, StaffSession,
-    Timestamp,
+    AuditEntry, ClinicId, MAX_NAME_CHARS, SessionId, SessionView, SignInRequest, SignInResponse,
+    StaffId, StaffSession, Timestamp,
 };
 
-use super::{Service, later, now};
+use super::{Service, later, now, required_text};
+use crate::auth::oidc::{Identity, OidcError};
 use crate::auth::{self, AuthError, Principal, StaffClaims};
 use crate::error::AppError;
-use crate::store::{SessionRecord, StaffRecord};
+use crate::store::{IdpGrant, SessionRecord, StaffRecord};
 
 /// A member of staff's run of wrong passwords.
 #[derive(Debug, Clone, Copy)]
@@ -238,7 +239,12 @@ impl Service {
             None => None,
         };
         // Verify against a real hash even for unknown users, so timing tells nothing.
-        let hash = record.as_ref().map(|r| r.password_hash.clone());
+        // Someone the identity provider keeps has no password here: checked against the
+        // unknown user's hash, which nothing matches, so it takes as long.
+        let hash = record
+            .as_ref()
+            .filter(|r| r.idp_subject.is_none())
+            .map(|r| r.password_hash.clone());
         let ok = self.guard.passwords.verify(req.password, hash).await;
         drop(permit);
         let (Some(record), true) = (&record, ok) else {
@@ -253,6 +259,7 @@ impl Service {
             staff: record.username.clone(),
             started_at,
             ends_at: later(self.lifetimes.session),
+            idp: None,
         };
         self.store.put_session(&session).await?;
         self.record(AuditEntry {
@@ -309,6 +316,9 @@ impl Service {
     /// later than the end of their session.
     pub async fn refresh(&self, claims: &StaffClaims) -> Result<SignInResponse, AppError> {
         let session = self.live_session(claims).await?;
+        if let Some(grant) = session.idp.clone() {
+            return self.refresh_at_provider(session, grant).await;
+        }
         let record = self
             .store
             .staff(&claims.sub)
@@ -415,6 +425,265 @@ impl Service {
             .await;
         }
         Ok(n)
+    }
+
+    // --- sign-in through the identity provider (OpenID Connect) ---------------------------
+
+    /// Signs in someone the identity provider has vouched for (its ID token verified):
+    /// their groups must map to a role, and their user name must be free or already
+    /// theirs. Their directory record follows the provider (role, clinics, name; no
+    /// password), and their session keeps the provider's refresh token.
+    pub async fn oidc_sign_in(&self, who: Identity) -> Result<SignInResponse, OidcRefusal> {
+        let oidc = self.oidc.clone().ok_or(OidcRefusal::NotConfigured)?;
+        let typed = who.username.clone().unwrap_or_default();
+        let Ok(username) = StaffId::parse(typed.trim().to_lowercase()) else {
+            self.refused(&format!(
+                "via oidc: subject {} has no usable user name",
+                who.subject
+            ))
+            .await;
+            return Err(OidcRefusal::NoUserName);
+        };
+        let Some((role, clinics)) = oidc.map(&who.groups) else {
+            self.refused(&format!(
+                "via oidc: user {username}: no group maps to a role ({} groups)",
+                who.groups.len()
+            ))
+            .await;
+            return Err(OidcRefusal::NoAccess);
+        };
+        let existing = self.store.staff(&username).await?;
+        if let Some(e) = &existing {
+            if e.idp_subject.as_deref() != Some(who.subject.as_str()) {
+                self.refused(&format!(
+                    "via oidc: user {username} exists here and is not this person's"
+                ))
+                .await;
+                return Err(OidcRefusal::NameTaken);
+            }
+        }
+        let display_name = who
+            .display_name
+            .as_deref()
+            .and_then(|n| required_text("name", n, MAX_NAME_CHARS).ok())
+            .unwrap_or_else(|| username.to_string());
+        let record = StaffRecord {
+            username: username.clone(),
+            display_name,
+            role,
+            clinics,
+            password_hash: String::new(),
+            idp_subject: Some(who.subject.clone()),
+        };
+        self.follow_provider(existing.as_ref(), &record).await?;
+        let session = SessionRecord {
+            id: SessionId::random(),
+            staff: username.clone(),
+            started_at: now(),
+            ends_at: later(self.lifetimes.session),
+            idp: Some(IdpGrant {
+                subject: who.subject,
+                refresh_token: who.refresh_token,
+                checked_at: now(),
+            }),
+        };
+        self.store.put_session(&session).await?;
+        self.record(AuditEntry {
+            detail: Some(format!("session {} via oidc", session.id)),
+            ..self.audit_entry(&format!("staff:{username}"), "sign_in")
+        })
+        .await;
+        Ok(self.issue_staff_token(record, &session))
+    }
+
+    /// Writes what the provider says of someone into the directory when it changed; a
+    /// change of role or clinics ends their sign-ins (their tokens carry the old rights),
+    /// as an administrator's change does. Whether it did.
+    async fn follow_provider(
+        &self,
+        before: Option<&StaffRecord>,
+        now_is: &StaffRecord,
+    ) -> Result<bool, AppError> {
+        if before == Some(now_is) {
+            return Ok(false);
+        }
+        self.store.put_staff(now_is).await?;
+        let clinics: Vec<&str> = now_is.clinics.iter().map(ClinicId::as_str).collect();
+        self.record(AuditEntry {
+            detail: Some(format!(
+                "user {} role {:?} clinics [{}] via oidc",
+                now_is.username,
+                now_is.role,
+                clinics.join(",")
+            )),
+            ..self.audit_entry("system", "put_staff")
+        })
+        .await;
+        let rights_changed =
+            before.is_some_and(|b| b.role != now_is.role || b.clinics != now_is.clinics);
+        if rights_changed {
+            self.end_sessions_of("system", &now_is.username).await?;
+        }
+        Ok(rights_changed)
+    }
+
+    /// A refresh of a sign-in through the provider: the provider is asked again, with
+    /// the refresh token kept with the session, and the person's groups read again.
+    /// Refused there, or in no mapped group any more: the sign-in ends. The provider
+    /// unreachable: the sign-in goes on as it was for up to the grace period after the
+    /// provider last confirmed it.
+    async fn refresh_at_provider(
+        &self,
+        session: SessionRecord,
+        grant: IdpGrant,
+    ) -> Result<SignInResponse, AppError> {
+        let Some(oidc) = self.oidc.clone() else {
+            return self
+                .end_idp_session(&session, "sign-in through an identity provider is off")
+                .await;
+        };
+        let Some(token) = grant.refresh_token.clone() else {
+            return self
+                .end_idp_session(&session, "the identity provider gave no refresh token")
+                .await;
+        };
+        let record = self
+            .store
+            .staff(&session.staff)
+            .await?
+            .ok_or(AppError::SessionEnded)?;
+        let refreshed = match oidc.refresh(&token, &grant.subject).await {
+            Ok(r) => r,
+            Err(OidcError::Refused(e)) => {
+                return self
+                    .end_idp_session(
+                        &session,
+                        &format!("the identity provider refused the refresh ({e})"),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                let since = now().0.saturating_sub(grant.checked_at.0);
+                let grace = u64::try_from(oidc.grace().as_millis()).unwrap_or(u64::MAX);
+                if since > grace {
+                    return self
+                        .end_idp_session(
+                            &session,
+                            &format!(
+                                "the identity provider has not confirmed it for {} min",
+                                since / 60_000
+                            ),
+                        )
+                        .await;
+                }
+                tracing::warn!(error = %e, session = %session.id, "identity provider unavailable at a refresh; the sign-in goes on");
+                return Ok(self.issue_staff_token(record, &session));
+            }
+        };
+        let Some((role, clinics)) = oidc.map(&refreshed.groups) else {
+            return self
+                .end_idp_session(&session, "no group maps to a role any more")
+                .await;
+        };
+        let display_name = refreshed
+            .display_name
+            .as_deref()
+            .and_then(|n| required_text("name", n, MAX_NAME_CHARS).ok())
+            .unwrap_or_else(|| record.display_name.clone());
+        let now_is = StaffRecord {
+            role,
+            clinics,
+            display_name,
+            ..record.clone()
+        };
+        if self.follow_provider(Some(&record), &now_is).await? {
+            // Its rights changed: this sign-in ended with the others.
+            return Err(AppError::SessionEnded);
+        }
+        // Ended meanwhile (signed out, or by an administrator): not brought back.
+        if self.store.session(session.id).await?.is_none() {
+            return Err(AppError::SessionEnded);
+        }
+        let session = SessionRecord {
+            idp: Some(IdpGrant {
+                refresh_token: refreshed.refresh_token.or(grant.refresh_token),
+                checked_at: now(),
+                subject: grant.subject,
+            }),
+            ..session
+        };
+        self.store.put_session(&session).await?;
+        Ok(self.issue_staff_token(now_is, &session))
+    }
+
+    /// Ends a sign-in the provider no longer vouches for, and says why in the audit log.
+    async fn end_idp_session(
+        &self,
+        session: &SessionRecord,
+        why: &str,
+    ) -> Result<SignInResponse, AppError> {
+        self.store.end_session(session.id).await?;
+        self.record(AuditEntry {
+            detail: Some(format!("session {} via oidc: {why}", session.id)),
+            ..self.audit_entry(&format!("staff:{}", session.staff), "sign_in_ended")
+        })
+        .await;
+        Err(AppError::SessionEnded)
+    }
+
+    /// The browser's proof of an OpenID Connect sign-in under way (see `server/oidc.rs`).
+    pub fn oidc_pending_token(&self, p: &crate::auth::oidc::Pending, lasts: Duration) -> String {
+        self.keys.oidc_pending_token(p, later(lasts))
+    }
+
+    pub fn check_oidc_pending(&self, token: &str) -> Result<crate::auth::oidc::Pending, AuthError> {
+        self.keys.check_oidc_pending(token)
+    }
+
+    /// The sign-in a staff token carries, as sign-in answers it: for the page that lands
+    /// after a sign-in at the provider, which takes its token over from a cookie.
+    pub async fn staff_sign_in_of(&self, token: &str) -> Result<SignInResponse, AppError> {
+        let c = self.authenticate_staff(token).await?;
+        Ok(SignInResponse {
+            token: token.to_owned(),
+            expires_at: Timestamp(c.exp.saturating_mul(1000)),
+            session: StaffSession {
+                username: c.sub,
+                display_name: c.name,
+                role: c.role,
+                clinics: c.clinics,
+            },
+        })
+    }
+
+    /// Records a refused sign-in through the provider.
+    async fn refused(&self, detail: &str) {
+        self.record(AuditEntry {
+            detail: Some(detail.to_owned()),
+            ..self.audit_entry("system", "sign_in_refused")
+        })
+        .await;
+    }
+}
+
+/// Why someone the identity provider vouched for is not signed in.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcRefusal {
+    #[error("sign-in through an identity provider is not configured")]
+    NotConfigured,
+    #[error("your account at the identity provider gives you no access here")]
+    NoAccess,
+    #[error("your account at the identity provider has no user name this service can use")]
+    NoUserName,
+    #[error("a different account of that user name exists here")]
+    NameTaken,
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+impl From<crate::store::StoreError> for OidcRefusal {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::App(e.into())
     }
 }
 
