@@ -5,7 +5,10 @@
 // clinics the person's group maps to; then the person is taken out of that group at the
 // provider and, at the page's next token refresh (staff tokens last a minute here, so
 // the page refreshes every few seconds), the page loses access: back on sign-in, its
-// websocket closed. A person in no mapped group is refused with a plain page.
+// websocket closed. A person in no mapped group is refused with a plain page. The
+// refusals: a callback with another state, without or with a forged start cookie, and a
+// replayed callback (the provider refuses the used code); and the provider down at a
+// refresh: the sign-in goes on within unreachable_grace_minutes, and ends with none.
 //
 // Run by scripts/browser-tests (inside a private network namespace), or directly:
 //   cd web-client && node --test tests/oidc.test.mjs
@@ -54,7 +57,7 @@ async function startProvider(env, redirectUri, accounts) {
 }
 
 /** consult with clinics derm, eye and ent, and sign-in through the provider. */
-async function platform(env) {
+async function platform(env, { grace = 60 } = {}) {
   const port = await freePort();
   const origin = `http://127.0.0.1:${port}`;
   const provider = await startProvider(env, `${origin}/api/staff/oidc/callback`, {
@@ -71,6 +74,7 @@ async function platform(env) {
     'client_id = "consult"',
     `client_secret = "${SECRET}"`,
     'provider_name = "Test Hospital"',
+    `unreachable_grace_minutes = ${grace}`,
     'scopes = ["profile", "groups", "offline_access"]',
     '[oidc.groups.derm-eye-reception]',
     'role = "reception"',
@@ -161,6 +165,90 @@ test('OIDC: someone whose groups map to nothing is refused with a plain page, an
     const audit = await h.consultCli(env, p.store, ['audit', '--limit', '20']);
     assert.match(audit, /sign_in_refused.*via oidc: user pat: no group maps to a role/);
     // Nobody is signed in, and no record was made for her.
-    assert.doesNotMatch(audit, /staff:pat.*sign_in\b/);
+    assert.doesNotMatch(audit, /"actor":"staff:pat"/);
   });
+});
+
+/** GET with a cookie, without following redirects. */
+const get = (url, cookie) => fetch(url, { redirect: 'manual', headers: cookie ? { cookie } : {} });
+
+test('OIDC refusals: a callback with a bad state or no start, a replayed callback', async () => {
+  await s.withStaffEnv('oidc refusals', async (env) => {
+    const p = await platform(env);
+    // A start hands the browser a signed cookie and sends it to the provider with PKCE.
+    const start = await get(`${p.url}/api/staff/oidc/start`);
+    assert.equal(start.status, 303);
+    const to = new URL(start.headers.get('location'));
+    assert.equal(to.origin, p.provider.issuer);
+    assert.equal(to.searchParams.get('code_challenge_method'), 'S256');
+    assert.ok(to.searchParams.get('nonce'));
+    const setCookie = start.headers.get('set-cookie');
+    assert.match(setCookie, /HttpOnly/i);
+    assert.match(setCookie, /SameSite=Lax/i);
+    const cookie = setCookie.split(';')[0];
+    const state = to.searchParams.get('state');
+    // Another state than the one started: refused, nobody signed in.
+    let r = await get(`${p.url}/api/staff/oidc/callback?code=abc&state=not-${state}`, cookie);
+    assert.equal(r.status, 400);
+    assert.match(await r.text(), /expired or was not started here/);
+    // The right state without the browser's cookie: refused.
+    r = await get(`${p.url}/api/staff/oidc/callback?code=abc&state=${state}`);
+    assert.equal(r.status, 400);
+    // A forged cookie: refused.
+    r = await get(`${p.url}/api/staff/oidc/callback?code=abc&state=${state}`, 'consult_oidc=eyJhbGciOiJIUzI1NiJ9.e30.x');
+    assert.equal(r.status, 400);
+
+    // A real sign-in in Chromium; its callback is kept and replayed.
+    const page = await s.openPage(browser, env, p.url, 'olivia');
+    let callback = null;
+    page.on('request', async (req) => {
+      if (req.url().includes('/api/staff/oidc/callback')) callback = { url: req.url(), cookie: (await req.allHeaders()).cookie };
+    });
+    await page.getByRole('link', { name: 'Sign in with Test Hospital' }).click();
+    await page.waitForURL((u) => u.origin === p.provider.issuer);
+    await signInAtProvider(page, 'olivia');
+    await s.waitStaff(page, (x) => x.view === 'board' && x.socket === 'open', 'signed in');
+    assert.ok(callback?.cookie, 'the callback carried the pending cookie');
+    // The same browser again: its pending cookie is gone.
+    r = await get(callback.url);
+    assert.equal(r.status, 400);
+    // Code and cookie both replayed (someone who copied them): the provider refuses the
+    // used code, so nobody is signed in.
+    r = await get(callback.url, callback.cookie);
+    assert.equal(r.status, 400);
+    assert.match(await r.text(), /Sign-in did not work/);
+    assert.equal(r.headers.get('location'), null);
+    // Only the one sign-in happened.
+    const audit = await h.consultCli(env, p.store, ['audit', '--limit', '50']);
+    assert.equal((audit.match(/"action":"sign_in","detail":"[^"]*via oidc"/g) || []).length, 1, audit);
+  });
+});
+
+test('OIDC: the provider down at a refresh keeps the sign-in within the grace period; with no grace it ends', async () => {
+  for (const grace of [60, 0]) {
+    await s.withStaffEnv(`oidc provider down, grace ${grace}`, async (env) => {
+      const p = await platform(env, { grace });
+      const page = await s.openPage(browser, env, p.url, 'olivia');
+      await page.getByRole('link', { name: 'Sign in with Test Hospital' }).click();
+      await page.waitForURL((u) => u.origin === p.provider.issuer);
+      await signInAtProvider(page, 'olivia');
+      await s.waitStaff(page, (x) => x.view === 'board' && x.socket === 'open', 'signed in');
+      await p.provider.proc.stop();
+      const first = await page.evaluate(() => JSON.parse(sessionStorage.getItem('consult.staff')).token);
+      if (grace > 0) {
+        // Several refreshes (every ~2 s) while the provider is away: still on the board.
+        await h.waitFor(page, (t) => t && t !== first, 'a token refreshed without the provider', 15_000, () =>
+          JSON.parse(sessionStorage.getItem('consult.staff'))?.token);
+        await h.sleep(5000);
+        const st = await page.evaluate(s.staffState);
+        assert.equal(st.view, 'board');
+        const audit = await h.consultCli(env, p.store, ['audit', '--limit', '50']);
+        assert.doesNotMatch(audit, /sign_in_ended/);
+      } else {
+        await s.waitStaff(page, (x) => x.view === 'sign-in' && x.socket === 'closed', 'signed out', 20_000);
+        const audit = await h.consultCli(env, p.store, ['audit', '--limit', '50']);
+        assert.match(audit, /sign_in_ended.*has not confirmed it/);
+      }
+    });
+  }
 });
