@@ -302,6 +302,60 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_provider_is_configured_in_its_own_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let secret = "an-oidc-client-secret-0123456789";
+        let section = "[oidc]\nissuer = \"https://login.example.org/realms/staff\"\nclient_id = \"consult\"\n";
+        std::fs::write(
+            &f,
+            format!(
+                "public_url = \"https://video.example.org\"\n{section}client_secret = \"{secret}\"\n[oidc.groups.derm]\nrole = \"reception\"\nclinics = [\"derm\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert!(c.oidc().unwrap().is_some());
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "the client secret is not in Debug output"
+        );
+        // Off by default; refused without a secret, a group or an https issuer.
+        assert!(
+            Config::load(None, &Overrides::default())
+                .unwrap()
+                .oidc()
+                .unwrap()
+                .is_none()
+        );
+        std::fs::write(
+            &f,
+            format!("{section}[oidc.groups.derm]\nrole = \"reception\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("client_secret"), "{e}");
+        std::fs::write(&f, format!("{section}client_secret = \"{secret}\"\n")).unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("oidc.groups"), "{e}");
+        std::fs::write(
+            &f,
+            format!("[oidc]\nissuer = \"http://login.example.org\"\nclient_id = \"c\"\nclient_secret = \"{secret}\"\n[oidc.groups.derm]\nrole = \"reception\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
+        std::fs::write(
+            &f,
+            format!(
+                "{section}client_secret = \"{secret}\"\n[oidc.groups.derm]\nrole = \"porter\"\n"
+            ),
+        )
+        .unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+
+    #[test]
     fn bad_values_are_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
