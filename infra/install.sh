@@ -12,7 +12,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 dest="${DESTDIR:-}"
 install -d "$dest/usr/local/bin" "$dest/etc/systemd/system" \
   "$dest/usr/lib/sysusers.d" "$dest/etc/consult" "$dest/etc/sysctl.d" \
-  "$dest/usr/local/share/doc/consult/examples"
+  "$dest/usr/local/share/doc/consult/examples" "$dest/usr/local/share/doc/consult/monitoring"
 install -m 0755 "$here/bin/consult" "$here/bin/sfu" "$dest/usr/local/bin/"
 install -m 0644 "$here/systemd/consult.service" "$here/systemd/sfu.service" "$dest/etc/systemd/system/"
 install -m 0644 "$here/systemd/consult.sysusers" "$dest/usr/lib/sysusers.d/consult.conf"
@@ -20,6 +20,7 @@ install -m 0644 "$here/systemd/consult.sysusers" "$dest/usr/lib/sysusers.d/consu
 install -m 0644 "$here/systemd/coturn.service" "$here/systemd/consult.service.d/https-443.conf" \
   "$here/etc/"* "$dest/usr/local/share/doc/consult/examples/"
 install -m 0644 "$here/doc/"* "$dest/usr/local/share/doc/consult/"
+install -m 0644 "$here/monitoring/"* "$dest/usr/local/share/doc/consult/monitoring/"
 for f in consult.toml sfu.env; do
   [ -e "$dest/etc/consult/$f" ] || install -m 0640 "$here/etc/$f" "$dest/etc/consult/$f"
 done

@@ -18,7 +18,7 @@ use protocol::{
     ConsultationId, ErrorCode, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES, MediaEndReason, ParticipantId,
     VisitId,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::engine::{Engine, EngineError, EngineEvent};
@@ -26,12 +26,34 @@ use crate::engine::{Engine, EngineError, EngineEvent};
 /// Messages that may wait for a slow link before its requests are back-pressured.
 pub const LINK_QUEUE: usize = 1024;
 
+/// How long a node that starts moving its calls waits for its record to say so (for
+/// signalling to place them elsewhere) before it tells them to move anyway.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
+/// How often a draining node looks whether its calls have all ended.
+const DRAIN_POLL: Duration = Duration::from_millis(250);
+
+/// Whether a node takes consultations (see [`Node::drain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Takes new consultations.
+    Serving,
+    /// Takes no new consultation; the ones it carries go on until `until`.
+    Draining { until: tokio::time::Instant },
+    /// Moving the calls it carries to other nodes; nobody may join.
+    Moving,
+}
+
 /// The SFU node: its engine and who joined through which link.
 #[derive(Debug)]
 pub struct Node {
     engine: Arc<Engine>,
     members: Mutex<HashMap<u128, Member>>,
     next_link: AtomicU64,
+    /// Whether it takes consultations; watched by the heartbeat, which writes a change
+    /// into the node's record at once.
+    service: watch::Sender<Service>,
+    /// The service the node's record says, as last written (by the heartbeat).
+    announced: watch::Sender<Service>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,7 +105,88 @@ impl Node {
             engine,
             members: Mutex::new(HashMap::new()),
             next_link: AtomicU64::new(1),
+            service: watch::Sender::new(Service::Serving),
+            announced: watch::Sender::new(Service::Serving),
         })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Whether the node takes consultations now.
+    pub fn service(&self) -> Service {
+        *self.service.borrow()
+    }
+
+    /// Wakes when [`Self::service`] changes.
+    pub fn watch_service(&self) -> watch::Receiver<Service> {
+        self.service.subscribe()
+    }
+
+    /// The heartbeat wrote a record saying `service`.
+    pub fn announced(&self, service: Service) {
+        self.announced.send_replace(service);
+    }
+
+    /// Takes the node out of service: no new consultation from now; the calls it carries
+    /// go on until they end or `deadline` passes, then whoever is left is moved to another
+    /// node ([`MediaEndReason::NodeMoved`]: their browsers join again, and signalling
+    /// places them elsewhere, since the node's record says it is moving). Returns once the
+    /// node carries nobody, or it was put back into service ([`Self::resume`]). Calling it
+    /// again while draining sets a new deadline (a deadline of zero moves the calls now).
+    pub async fn drain(self: &Arc<Self>, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        self.service.send_modify(|s| {
+            if *s != Service::Moving {
+                *s = Service::Draining { until };
+            }
+        });
+        tracing::info!(
+            deadline_s = deadline.as_secs(),
+            "draining: no new consultations"
+        );
+        loop {
+            match self.service() {
+                Service::Serving => return,
+                Service::Moving => break,
+                Service::Draining { until } => {
+                    if self.load().participants == 0 {
+                        tracing::info!("drained: every call here ended");
+                        return;
+                    }
+                    if tokio::time::Instant::now() >= until {
+                        self.service.send_replace(Service::Moving);
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        self.move_calls().await;
+    }
+
+    /// Puts a draining node back into service (calls it already moved stay where they went).
+    pub fn resume(&self) {
+        let before = self.service.send_replace(Service::Serving);
+        if before != Service::Serving {
+            tracing::info!("back in service");
+        }
+    }
+
+    /// Tells everyone here to join again elsewhere, once the node's record says it is
+    /// moving (or after [`ANNOUNCE_WAIT`], for a node that keeps no record).
+    async fn move_calls(&self) {
+        let mut announced = self.announced.subscribe();
+        let _ = tokio::time::timeout(ANNOUNCE_WAIT, announced.wait_for(|s| *s == Service::Moving))
+            .await;
+        let load = self.load();
+        tracing::info!(
+            participants = load.participants,
+            consultations = load.consultations,
+            "deadline passed: moving the calls left to other nodes"
+        );
+        self.remove_where(|_| true, MediaEndReason::NodeMoved).await;
     }
 
     pub fn load(&self) -> Load {
@@ -156,6 +259,9 @@ impl Node {
                 participant,
                 visit,
             } => {
+                if let Err(refused) = self.open_to(consultation) {
+                    return refused;
+                }
                 let k = key(participant);
                 let member = Member {
                     consultation,
@@ -252,8 +358,50 @@ impl Node {
                 if sdp.len() > MAX_SDP_BYTES {
                     return failed(ErrorCode::InvalidInput, "the SDP is too long");
                 }
+                if self.service() != Service::Serving {
+                    return failed(ErrorCode::Unavailable, "this media server is draining");
+                }
                 self.probe(link, participant, sdp, out, events).await
             }
+            ControlOp::Drain { deadline_ms } => {
+                let node = self.clone();
+                tokio::spawn(async move {
+                    node.drain(Duration::from_millis(deadline_ms)).await;
+                });
+                ControlOutcome::Done
+            }
+            ControlOp::Resume => {
+                self.resume();
+                ControlOutcome::Done
+            }
+        }
+    }
+
+    /// Whether a participant of `consultation` may join here now: always while serving;
+    /// while draining, only into a consultation the node carries; never while moving.
+    fn open_to(&self, consultation: ConsultationId) -> Result<(), ControlOutcome> {
+        match self.service() {
+            Service::Serving => Ok(()),
+            Service::Draining { .. } => {
+                let carried = self
+                    .members
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .any(|m| m.consultation == consultation);
+                if carried {
+                    Ok(())
+                } else {
+                    Err(failed(
+                        ErrorCode::Unavailable,
+                        "this media server is draining and takes no new consultation",
+                    ))
+                }
+            }
+            Service::Moving => Err(failed(
+                ErrorCode::Unavailable,
+                "this media server is moving its calls elsewhere",
+            )),
         }
     }
 
@@ -430,5 +578,140 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .get(&k)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    fn join(id: u64, consultation: ConsultationId, participant: ParticipantId) -> ControlRequest {
+        ControlRequest {
+            id,
+            op: ControlOp::Join {
+                consultation,
+                participant,
+                visit: None,
+            },
+        }
+    }
+
+    /// The reply to request `id`, skipping other messages (kept in `others`).
+    async fn reply(
+        out: &mut mpsc::Receiver<NodeMsg>,
+        id: u64,
+        others: &mut Vec<NodeMsg>,
+    ) -> ControlOutcome {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), out.recv()).await {
+                Ok(Some(NodeMsg::Reply { id: got, outcome })) if got == id => return outcome,
+                Ok(Some(other)) => others.push(other),
+                other => panic!("no reply to {id}: {other:?}"),
+            }
+        }
+    }
+
+    fn refused(o: &ControlOutcome) -> bool {
+        matches!(
+            o,
+            ControlOutcome::Failed {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        )
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_keeps_its_calls_until_the_deadline_then_moves_them() {
+        let engine =
+            Engine::with_loops(EngineConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST)), 1).unwrap();
+        let node = Node::new(engine);
+        let (requests, requests_rx) = mpsc::channel(16);
+        let (out_tx, mut out) = mpsc::channel(16);
+        tokio::spawn(node.clone().serve(requests_rx, out_tx));
+        let mut others = Vec::new();
+        let carried = ConsultationId(Uuid::new_v4());
+        let (a, b) = (ParticipantId(Uuid::new_v4()), ParticipantId(Uuid::new_v4()));
+
+        requests.send(join(1, carried, a)).await.unwrap();
+        assert_eq!(reply(&mut out, 1, &mut others).await, ControlOutcome::Done);
+
+        let draining = tokio::spawn({
+            let node = node.clone();
+            async move { node.drain(Duration::from_millis(600)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(node.service(), Service::Draining { .. }));
+        // The consultation it carries may still be joined; a new one may not.
+        requests.send(join(2, carried, b)).await.unwrap();
+        assert_eq!(reply(&mut out, 2, &mut others).await, ControlOutcome::Done);
+        let new = ConsultationId(Uuid::new_v4());
+        requests
+            .send(join(3, new, ParticipantId(Uuid::new_v4())))
+            .await
+            .unwrap();
+        assert!(refused(&reply(&mut out, 3, &mut others).await));
+
+        // The deadline passes (the node keeps no record: it waits its announce time):
+        // both are told to move, and the drain ends with nobody left.
+        tokio::time::timeout(Duration::from_secs(5), draining)
+            .await
+            .expect("the drain ends")
+            .unwrap();
+        assert_eq!(node.service(), Service::Moving);
+        assert_eq!(node.load().participants, 0);
+        while let Ok(m) = out.try_recv() {
+            others.push(m);
+        }
+        let mut moved: Vec<ParticipantId> = others
+            .iter()
+            .filter_map(|m| match m {
+                NodeMsg::Left {
+                    participant,
+                    reason: MediaEndReason::NodeMoved,
+                } => Some(*participant),
+                _ => None,
+            })
+            .collect();
+        moved.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(moved, both);
+        // Moving: not even the carried consultation may be joined.
+        requests
+            .send(join(4, carried, ParticipantId(Uuid::new_v4())))
+            .await
+            .unwrap();
+        assert!(refused(&reply(&mut out, 4, &mut others).await));
+
+        // Back in service: anything may be joined again.
+        requests
+            .send(ControlRequest {
+                id: 5,
+                op: ControlOp::Resume,
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply(&mut out, 5, &mut others).await, ControlOutcome::Done);
+        requests
+            .send(join(6, new, ParticipantId(Uuid::new_v4())))
+            .await
+            .unwrap();
+        assert_eq!(reply(&mut out, 6, &mut others).await, ControlOutcome::Done);
+    }
+
+    #[tokio::test]
+    async fn a_drain_ends_at_once_when_the_calls_end() {
+        let engine =
+            Engine::with_loops(EngineConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST)), 1).unwrap();
+        let node = Node::new(engine);
+        // Nobody here: drained as soon as it looks.
+        tokio::time::timeout(Duration::from_secs(2), node.drain(Duration::from_secs(600)))
+            .await
+            .expect("an empty node drains at once");
+        assert!(matches!(node.service(), Service::Draining { .. }));
     }
 }

@@ -13,6 +13,7 @@
 //! - [`control`]: the node's side of the control channel from signalling
 //!   (`protocol::control`), over in-process channels or, in a separate process, the
 //!   websocket of [`server`]; [`registry`] announces a separate node in Redis.
+//! - [`metrics`]: the node's Prometheus metrics, counted per media loop without locks.
 //! - [`sdp`]: candidate address rewriting for servers behind 1:1 NAT, and reading the
 //!   codecs a browser's offer or answer holds.
 
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod control;
 pub mod engine;
 pub mod forward;
+pub mod metrics;
 pub mod packet_cache;
 pub mod registry;
 pub mod sdp;

@@ -54,6 +54,21 @@ struct Args {
         hide_env_values = true
     )]
     secret: String,
+    /// On SIGTERM the node drains: it takes no new consultation, lets the ones it carries
+    /// go on for up to this many seconds, then moves whoever is left to another node
+    /// (their browsers rejoin there by themselves) and stops. A second SIGTERM moves
+    /// them at once.
+    #[arg(long, env = "CONSULT_SFU_DRAIN_SECONDS", default_value_t = 120)]
+    drain_seconds: u64,
+    /// The bearer token Prometheus sends for `/metrics`; empty: only this host may read
+    /// them, directly.
+    #[arg(
+        long,
+        env = "CONSULT_METRICS_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    metrics_token: String,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(
         long,
@@ -127,18 +142,15 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut heartbeat = None;
     if let Some(mut conn) = conn {
-        let first = sfu::registry::record(&args.node_id, &control_url, node.load(), false);
+        let first = sfu::registry::record(&args.node_id, &control_url, node.load(), node.service());
         sfu::registry::announce(&mut conn, &first)
             .await
             .context("registering in Redis")?;
         heartbeat = Some(tokio::spawn(sfu::registry::heartbeat(
             conn,
-            {
-                let node = node.clone();
-                let id = args.node_id.clone();
-                let url = control_url.clone();
-                move || sfu::registry::record(&id, &url, node.load(), false)
-            },
+            node.clone(),
+            args.node_id.clone(),
+            control_url.clone(),
             stop.clone(),
         )));
     }
@@ -146,17 +158,29 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(node = %args.node_id, %addr, media_ip = %args.media_ip, "serving");
 
     let links = CancellationToken::new();
-    let app = sfu::server::router(Arc::clone(&node), &secret, links.clone());
+    let access = sfu::metrics::Access::new(&args.metrics_token);
+    let app = sfu::server::router(Arc::clone(&node), &secret, links.clone(), access);
     let stopping = stop.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: ending control links");
-            // Unregister first, so that nobody places a consultation here meanwhile.
-            stopping.cancel();
-            links.cancel();
-        })
-        .await?;
+    let drain = std::time::Duration::from_secs(args.drain_seconds);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tokio::select! {
+            () = node.drain(drain) => {}
+            () = shutdown_signal() => {
+                tracing::info!("asked again: moving the calls now");
+                node.drain(std::time::Duration::ZERO).await;
+            }
+        }
+        tracing::info!("shutting down: ending control links");
+        // Unregister first, so that nobody places a consultation here meanwhile.
+        stopping.cancel();
+        links.cancel();
+    })
+    .await?;
     if let Some(h) = heartbeat {
         let _ = h.await;
     }

@@ -7,7 +7,9 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::Load;
+use std::sync::Arc;
+
+use crate::control::{Load, Node, Service};
 
 fn now() -> Timestamp {
     let ms = std::time::SystemTime::now()
@@ -18,14 +20,15 @@ fn now() -> Timestamp {
 }
 
 /// The node's record as of now.
-pub fn record(id: &NodeId, control_url: &str, load: Load, draining: bool) -> NodeRecord {
+pub fn record(id: &NodeId, control_url: &str, load: Load, service: Service) -> NodeRecord {
     let at = now();
     NodeRecord {
         id: id.clone(),
         control_url: control_url.to_owned(),
         participants: load.participants,
         consultations: load.consultations,
-        draining,
+        draining: service != Service::Serving,
+        moving: service == Service::Moving,
         heartbeat_at: at,
         expires_at: at.saturating_add_ms(NODE_TTL_MS),
     }
@@ -41,30 +44,35 @@ pub async fn announce(
         .await
 }
 
-/// Refreshes the node's record every [`HEARTBEAT_MS`] until `stop`, then removes it so
-/// that no new consultation is placed here.
+/// Refreshes `node`'s record every [`HEARTBEAT_MS`], and at once when it starts or stops
+/// draining, until `stop`; then removes it so that no new consultation is placed here.
 pub async fn heartbeat(
     mut conn: impl ConnectionLike + Send + Sync,
-    mut current: impl FnMut() -> NodeRecord,
+    node: Arc<Node>,
+    id: NodeId,
+    control_url: String,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(HEARTBEAT_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut id = None;
+    let mut service = node.watch_service();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             _ = tick.tick() => {}
+            changed = service.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
         }
-        let record = current();
-        id = Some(record.id.clone());
-        if let Err(e) = announce(&mut conn, &record).await {
-            tracing::warn!(error = %e, "heartbeat not written");
+        let now = node.service();
+        match announce(&mut conn, &record(&id, &control_url, node.load(), now)).await {
+            Ok(()) => node.announced(now),
+            Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
         }
     }
-    if let Some(id) = id {
-        let _: redis::RedisResult<()> = conn.hdel(NODES_KEY, id.as_str()).await;
-    }
+    let _: redis::RedisResult<()> = conn.hdel(NODES_KEY, id.as_str()).await;
 }
 
 /// The control secret: the configured one, or the one kept in Redis (created now if no

@@ -1,12 +1,14 @@
 //! A separate node's HTTP side: the control websocket at `protocol::control::CONTROL_PATH`
-//! (JSON text frames; `Authorization: Bearer <control secret>`) and `/healthz`.
+//! (JSON text frames; `Authorization: Bearer <control secret>`), `/healthz`, and
+//! `/metrics` (Prometheus; see [`crate::metrics::Access`] for who may read it). Serve it
+//! with `into_make_service_with_connect_info::<SocketAddr>()`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,7 +17,9 @@ use protocol::control::{CONTROL_PATH, ControlRequest, MAX_CONTROL_MESSAGE_BYTES}
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{LINK_QUEUE, Node};
+use crate::control::{LINK_QUEUE, Node, Service};
+use crate::metrics::{Access, CONTENT_TYPE, NodeMetrics, render, same_secret};
+use prometheus_client::registry::Registry;
 
 const PING_EVERY: Duration = Duration::from_secs(10);
 
@@ -24,30 +28,53 @@ struct AppState {
     node: Arc<Node>,
     secret: Arc<str>,
     stop: CancellationToken,
+    metrics: Arc<Registry>,
+    access: Access,
 }
 
 /// The node's routes. Cancelling `stop` ends every control link (signalling learns at
 /// once that this node is gone and tells the browsers it carried to join again), which
 /// lets a graceful shutdown finish.
-pub fn router(node: Arc<Node>, secret: &str, stop: CancellationToken) -> Router {
+pub fn router(node: Arc<Node>, secret: &str, stop: CancellationToken, access: Access) -> Router {
+    let mut registry = Registry::default();
+    node.engine().metrics().register(&mut registry);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route(CONTROL_PATH, get(control))
         .with_state(AppState {
             node,
             secret: secret.into(),
             stop,
+            metrics: Arc::new(registry),
+            access,
         })
 }
 
-/// Compares in time independent of where the inputs differ.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+/// Sets the node's gauges from what it carries now.
+pub fn update_gauges(node: &Node, metrics: &NodeMetrics) {
+    let load = node.load();
+    metrics.participants.set(i64::from(load.participants));
+    metrics.consultations.set(i64::from(load.consultations));
+    metrics
+        .draining
+        .set(i64::from(node.service() != Service::Serving));
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.access.allows(peer, &headers) {
+        return (StatusCode::FORBIDDEN, "metrics are not open to you").into_response();
+    }
+    update_gauges(&state.node, state.node.engine().metrics());
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(&state.metrics),
+    )
+        .into_response()
 }
 
 async fn control(
@@ -77,6 +104,13 @@ async fn bridge(node: Arc<Node>, socket: WebSocket, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => {
+                // What the node already said (calls told to move) goes out first.
+                while let Ok(msg) = out_rx.try_recv() {
+                    let text = serde_json::to_string(&msg).unwrap_or_default();
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
                 let _ = sink.send(Message::Close(None)).await;
                 break;
             }
@@ -116,17 +150,4 @@ async fn bridge(node: Arc<Node>, socket: WebSocket, stop: CancellationToken) {
     }
     drop(requests);
     let _ = served.await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_secret;
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abd", b"abc"));
-        assert!(!same_secret(b"ab", b"abc"));
-        assert!(!same_secret(b"", b"abc"));
-    }
 }

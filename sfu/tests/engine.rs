@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sfu::engine::{Engine, EngineConfig};
+use sfu::metrics::Which;
 use sfu_synthetic::{Participant, Publish};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -59,16 +60,16 @@ async fn three_peers_each_receive_the_other_two_and_joins_ask_for_keyframes() {
     let asked = second.nack_recent_video(5).await;
     assert_eq!(asked, 5);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while engine.nacks().resent.load(Ordering::Relaxed) < 5 {
+    while engine.metrics().total(Which::NacksResent) < 5 {
         assert!(
             Instant::now() < deadline,
-            "NACKed packets were not resent: {:?}",
-            engine.nacks()
+            "NACKed packets were not resent: {} of 5",
+            engine.metrics().total(Which::NacksResent)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        engine.nacks().upstream.load(Ordering::Relaxed),
+        engine.metrics().total(Which::NacksUpstream),
         0,
         "everything asked for was in the cache"
     );

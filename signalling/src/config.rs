@@ -54,6 +54,7 @@ pub struct Config {
     pub media_ports: String,
     pub media_ice_tcp: bool,
     pub sfu_secret: String,
+    pub metrics_token: String,
     pub ice_servers: Vec<IceServer>,
     pub web_root: PathBuf,
     pub turn: TurnConfig,

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod media;
+pub mod metrics;
 pub mod room;
 pub mod server;
 pub mod service;

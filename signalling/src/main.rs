@@ -336,7 +336,8 @@ async fn serve(
         None => service,
     };
     let mut state = AppState::new(service, config.limits())
-        .with_trusted_proxies(config.trusted_proxies.clone());
+        .with_trusted_proxies(config.trusted_proxies.clone())
+        .with_metrics_token(&config.metrics_token);
     if let Some(dir) = config.web_root() {
         if !dir.is_dir() {
             bail!(

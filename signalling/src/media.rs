@@ -49,6 +49,7 @@ enum Nodes {
     InProcess {
         id: NodeId,
         link: Arc<Link>,
+        node: Arc<sfu::control::Node>,
     },
     Registered {
         store: Arc<dyn Store>,
@@ -62,11 +63,12 @@ impl Media {
     pub fn in_process(id: NodeId, node: Arc<sfu::control::Node>, ice_servers: IceServers) -> Self {
         let (requests, requests_rx) = mpsc::channel(sfu::control::LINK_QUEUE);
         let (out, out_rx) = mpsc::channel(sfu::control::LINK_QUEUE);
-        tokio::spawn(node.serve(requests_rx, out));
+        tokio::spawn(node.clone().serve(requests_rx, out));
         Self {
             nodes: Nodes::InProcess {
                 id,
                 link: Link::start(requests, out_rx),
+                node,
             },
             ice_servers,
         }
@@ -90,10 +92,13 @@ impl Media {
         &self.ice_servers
     }
 
-    /// The nodes that may take a new consultation now, least loaded first.
-    pub async fn live_nodes(&self) -> Result<Vec<NodeId>, AppError> {
+    /// Where consultations may go now.
+    pub async fn placement(&self) -> Result<Placement, AppError> {
         match &self.nodes {
-            Nodes::InProcess { id, .. } => Ok(vec![id.clone()]),
+            Nodes::InProcess { id, .. } => Ok(Placement {
+                open: vec![id.clone()],
+                carrying: vec![id.clone()],
+            }),
             Nodes::Registered { store, links, .. } => {
                 let now = crate::service::now();
                 let records = store.media_nodes().await?;
@@ -103,15 +108,40 @@ impl Media {
                     .iter()
                     .filter_map(|(id, l)| l.lost_at.get().map(|at| (id.clone(), *at)))
                     .collect();
-                Ok(least_loaded(records, now, &lost))
+                Ok(placement(records, now, &lost))
             }
         }
+    }
+
+    /// Every node's record, for administrators (none in a single node).
+    pub async fn records(&self) -> Result<Vec<NodeRecord>, AppError> {
+        match &self.nodes {
+            Nodes::InProcess { .. } => Ok(Vec::new()),
+            Nodes::Registered { store, .. } => {
+                let mut records = store.media_nodes().await?;
+                records.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(records)
+            }
+        }
+    }
+
+    /// The SFU running in this process, if it does.
+    pub fn local_node(&self) -> Option<&Arc<sfu::control::Node>> {
+        match &self.nodes {
+            Nodes::InProcess { node, .. } => Some(node),
+            Nodes::Registered { .. } => None,
+        }
+    }
+
+    /// Whether the nodes are separate processes (which can be drained).
+    pub fn separate(&self) -> bool {
+        matches!(self.nodes, Nodes::Registered { .. })
     }
 
     /// The control link to `node`, opened now if this instance has none.
     pub async fn link(&self, node: &NodeId) -> Result<Arc<Link>, AppError> {
         match &self.nodes {
-            Nodes::InProcess { id, link } if id == node => Ok(link.clone()),
+            Nodes::InProcess { id, link, .. } if id == node => Ok(link.clone()),
             Nodes::InProcess { .. } => Err(AppError::Unavailable(format!(
                 "no media node {node} in this single-node server"
             ))),
@@ -159,8 +189,9 @@ impl Media {
     /// loaded node; returns the node's answer.
     pub async fn probe(&self, sdp: String) -> Result<String, AppError> {
         let node = self
-            .live_nodes()
+            .placement()
             .await?
+            .open
             .into_iter()
             .next()
             .ok_or_else(|| AppError::Unavailable("no media server is available".into()))?;
@@ -190,20 +221,45 @@ impl Media {
     }
 }
 
-/// Live, not draining, fewest participants first (ties by name, so every instance agrees).
-/// The live nodes of `records`, least loaded first. A node whose control link this
-/// instance lost (`lost`: when) is out until it has beaten again since: its record outlives
-/// it by up to its lifetime, and the calls it carried are placed again at once, not on it.
-fn least_loaded(
+/// Where consultations may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The nodes that take a new consultation: live, not draining, least loaded first.
+    pub open: Vec<NodeId>,
+    /// The nodes a consultation already placed on one stays on: live, and not moving
+    /// their calls away (a draining node keeps the ones it carries until its deadline).
+    pub carrying: Vec<NodeId>,
+}
+
+impl Placement {
+    /// `node` does not answer: out of both.
+    pub fn without(&mut self, node: &NodeId) {
+        self.open.retain(|n| n != node);
+        self.carrying.retain(|n| n != node);
+    }
+}
+
+/// The placement `records` allow: fewest participants first (ties by name, so every
+/// instance agrees). A node whose control link this instance lost (`lost`: when) is out
+/// until it has beaten again since: its record outlives it by up to its lifetime, and the
+/// calls it carried are placed again at once, not on it.
+fn placement(
     mut records: Vec<NodeRecord>,
     now: protocol::Timestamp,
     lost: &HashMap<NodeId, protocol::Timestamp>,
-) -> Vec<NodeId> {
+) -> Placement {
     records.retain(|r| {
-        r.expires_at > now && !r.draining && lost.get(&r.id).is_none_or(|at| r.heartbeat_at > *at)
+        r.expires_at > now && !r.moving && lost.get(&r.id).is_none_or(|at| r.heartbeat_at > *at)
     });
     records.sort_by(|a, b| (a.participants, &a.id).cmp(&(b.participants, &b.id)));
-    records.into_iter().map(|r| r.id).collect()
+    Placement {
+        open: records
+            .iter()
+            .filter(|r| !r.draining)
+            .map(|r| r.id.clone())
+            .collect(),
+        carrying: records.into_iter().map(|r| r.id).collect(),
+    }
 }
 
 /// One control link: requests out, replies matched by id, node messages routed to the
@@ -453,27 +509,38 @@ mod tests {
             participants,
             consultations: 0,
             draining,
+            moving: false,
             heartbeat_at: Timestamp(expires_at.saturating_sub(500)),
             expires_at: Timestamp(expires_at),
         }
     }
 
+    fn names(nodes: &[NodeId]) -> Vec<&str> {
+        nodes.iter().map(NodeId::as_str).collect()
+    }
+
     #[test]
     fn placement_prefers_the_least_loaded_live_node() {
         let now = Timestamp(1_000);
-        let nodes = least_loaded(
+        let moving = NodeRecord {
+            moving: true,
+            ..record("moving", 0, 2_000, true)
+        };
+        let p = placement(
             vec![
                 record("b", 4, 2_000, false),
                 record("a", 4, 2_000, false),
                 record("c", 1, 2_000, false),
                 record("dead", 0, 999, false),
                 record("draining", 0, 2_000, true),
+                moving,
             ],
             now,
             &HashMap::new(),
         );
-        let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
-        assert_eq!(names, ["c", "a", "b"]);
+        assert_eq!(names(&p.open), ["c", "a", "b"]);
+        // A draining node keeps what it carries; a moving one keeps nothing.
+        assert_eq!(names(&p.carrying), ["draining", "c", "a", "b"]);
     }
 
     #[test]
@@ -483,16 +550,12 @@ mod tests {
         let records = || vec![record("c", 0, 2_000, false), record("a", 3, 2_000, false)];
         let lost: HashMap<NodeId, Timestamp> =
             [(NodeId::parse("c").unwrap(), Timestamp(1_600))].into();
-        let names = |nodes: Vec<NodeId>| {
-            nodes
-                .iter()
-                .map(|n| n.as_str().to_owned())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(names(least_loaded(records(), now, &lost)), ["a"]);
+        let p = placement(records(), now, &lost);
+        assert_eq!(names(&p.open), ["a"]);
+        assert_eq!(names(&p.carrying), ["a"]);
         // Back (restarted): a beat after the loss.
         let back = vec![record("c", 0, 2_200, false), record("a", 3, 2_000, false)];
-        assert_eq!(names(least_loaded(back, now, &lost)), ["c", "a"]);
+        assert_eq!(names(&placement(back, now, &lost).open), ["c", "a"]);
     }
 
     #[test]

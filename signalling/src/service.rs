@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protocol::NodeId;
 use protocol::control::ControlOp;
@@ -22,11 +22,15 @@ use crate::auth::{
 };
 use crate::error::AppError;
 use crate::media::{Link, Media};
+use crate::metrics::{Metrics, StoreOp};
+
+mod nodes;
 use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
 use crate::store::{
     Appended, Arrival, Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, StaffRecord, Store,
     StoreError,
 };
+pub use nodes::MAX_DRAIN;
 
 mod identity;
 
@@ -102,6 +106,7 @@ pub struct Service {
     media: Option<Arc<Media>>,
     /// The hospital's identity provider, when staff may sign in there.
     oidc: Option<Arc<crate::auth::oidc::Oidc>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Where a connection's media session goes: the node's link and who the participant is.
@@ -113,6 +118,22 @@ pub struct MediaPlace {
     pub clinic: ClinicId,
     /// Set for a patient: leaving the consultation removes their media.
     pub visit: Option<VisitId>,
+}
+
+/// The patients a commit admits to a consultation, with how long each waited (from their
+/// arrival; read from the commit's audit entries).
+fn admissions(commit: &Commit, now: Timestamp) -> Vec<(ClinicId, u64)> {
+    commit
+        .audit
+        .iter()
+        .filter(|e| e.action == "admit")
+        .filter_map(|e| {
+            let (clinic, visit) = (e.clinic.as_ref()?, e.visit?);
+            let room = commit.rooms.iter().find(|w| &w.room.clinic == clinic)?;
+            let arrived = room.room.visit(visit)?.arrived_at;
+            Some((clinic.clone(), now.0.saturating_sub(arrived.0)))
+        })
+        .collect()
 }
 
 /// What the media nodes must be told after a change: for each consultation that had a
@@ -240,7 +261,12 @@ impl Service {
             public_url: public_url.trim_end_matches('/').to_owned(),
             media: None,
             oidc: None,
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// At most `checks` password checks at once; a sign-in waits up to `wait` for a turn.
@@ -259,6 +285,9 @@ impl Service {
 
     /// Serves media through `media`'s nodes.
     pub fn with_media(mut self, media: Arc<Media>) -> Self {
+        if let Some(node) = media.local_node() {
+            self.metrics.add_node(node.clone());
+        }
         self.media = Some(media);
         self
     }
@@ -322,19 +351,19 @@ impl Service {
                 found.ok_or(AppError::NotFound("no such consultation"))?
             }
         };
-        let mut live = media.live_nodes().await?;
+        let mut placement = media.placement().await?;
         let mut recorded = recorded;
         loop {
-            let node = match recorded.take().filter(|n| live.contains(n)) {
+            let node = match recorded.take().filter(|n| placement.carrying.contains(n)) {
                 Some(n) => n,
                 None => {
-                    let chosen = live.first().cloned().ok_or_else(|| {
+                    let chosen = placement.open.first().cloned().ok_or_else(|| {
                         AppError::Unavailable("no media server is available".into())
                     })?;
-                    let live = live.clone();
+                    let carrying = placement.carrying.clone();
                     self.transact_value("system", std::slice::from_ref(&clinic), |rooms, ctx| {
                         let (node, out) =
-                            rooms[0].place_media(consultation, &chosen, &live, ctx)?;
+                            rooms[0].place_media(consultation, &chosen, &carrying, ctx)?;
                         Ok((vec![out], node))
                     })
                     .await?
@@ -353,8 +382,8 @@ impl Service {
                 // the consultation moves to the next live node.
                 Err(e) => {
                     tracing::warn!(%node, error = %e, "media node unreachable; placing elsewhere");
-                    live.retain(|n| n != &node);
-                    if live.is_empty() {
+                    placement.without(&node);
+                    if placement.open.is_empty() {
                         return Err(e);
                     }
                 }
@@ -640,6 +669,14 @@ impl Service {
 
     /// Carries out one command for `who`, or says why not; nothing changes on error.
     pub async fn execute(&self, who: &Principal, command: Command) -> Result<(), AppError> {
+        let kind = command.kind();
+        let result = self.run_command(who, command).await;
+        self.metrics
+            .command(kind, result.as_ref().err().map(AppError::code));
+        result
+    }
+
+    async fn run_command(&self, who: &Principal, command: Command) -> Result<(), AppError> {
         let actor = who.audit_label();
         let staff = match who {
             Principal::Staff(s) => s,
@@ -802,7 +839,10 @@ impl Service {
 
     /// Loads a room, or a new empty one for a clinic in the directory.
     async fn load(&self, clinic: &ClinicId) -> Result<(Arc<ClinicRoom>, u64), AppError> {
-        if let Some(v) = self.store.room(clinic).await? {
+        let started = Instant::now();
+        let room = self.store.room(clinic).await;
+        self.metrics.store_op(StoreOp::Load, started);
+        if let Some(v) = room? {
             return Ok((v.value, v.version));
         }
         let c = self
@@ -898,8 +938,15 @@ impl Service {
                 });
             }
             commit.index.extend(added);
-            match self.store.commit(commit).await {
+            let admitted = admissions(&commit, ctx.now);
+            let started = Instant::now();
+            let committed = self.store.commit(commit).await;
+            self.metrics.store_op(StoreOp::Commit, started);
+            match committed {
                 Ok(()) => {
+                    for (clinic, waited_ms) in admitted {
+                        self.metrics.admitted(clinic.as_str(), waited_ms);
+                    }
                     if let (Some(media), false) = (&self.media, media_changes.is_empty()) {
                         let media = media.clone();
                         tokio::spawn(async move {
@@ -910,7 +957,10 @@ impl Service {
                     }
                     return Ok(value);
                 }
-                Err(StoreError::Conflict) => tokio::task::yield_now().await,
+                Err(StoreError::Conflict) => {
+                    self.metrics.conflict();
+                    tokio::task::yield_now().await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -418,7 +418,12 @@ async fn a_node_registered_in_redis_carries_a_consultation_joined_on_two_instanc
     // Two nodes register; the busier one must not be chosen (it would not answer).
     let (node, _stop) = start_node(&mut conn, &secret, "sfu-a").await;
     let id = NodeId::parse("sfu-a").unwrap();
-    let record = sfu::registry::record(&id, "ws://127.0.0.1:9/control", node.load(), false);
+    let record = sfu::registry::record(
+        &id,
+        "ws://127.0.0.1:9/control",
+        node.load(),
+        sfu::control::Service::Serving,
+    );
     let busy = NodeRecord {
         id: NodeId::parse("sfu-busy").unwrap(),
         control_url: "ws://127.0.0.1:9/control".into(),
@@ -494,7 +499,12 @@ async fn start_node(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let app = sfu::server::router(node.clone(), secret, stop.clone());
+    let app = sfu::server::router(
+        node.clone(),
+        secret,
+        stop.clone(),
+        sfu::metrics::Access::default(),
+    );
     let stopped = stop.clone();
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -502,9 +512,148 @@ async fn start_node(
             .await
     });
     let id = NodeId::parse(id).unwrap();
-    let record = sfu::registry::record(&id, &format!("ws://{addr}/control"), node.load(), false);
+    let url = format!("ws://{addr}/control");
+    let record = sfu::registry::record(&id, &url, node.load(), sfu::control::Service::Serving);
     sfu::registry::announce(conn, &record).await.unwrap();
+    // Its heartbeat, as the `sfu` command runs it: a drain shows in the record at once.
+    tokio::spawn(sfu::registry::heartbeat(
+        conn.clone(),
+        node.clone(),
+        id,
+        url,
+        stop.clone(),
+    ));
     (node, stop)
+}
+
+/// An administrator drains the node carrying a call: no new consultation goes there, the
+/// call goes on until the deadline, then both are told `node_moved` and joining again
+/// puts them on the other node. Only an administrator may; bad requests change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_drains_a_node_and_its_calls_move_at_the_deadline() {
+    let redis = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
+    let mut conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+        .await
+        .unwrap();
+    let secret = sfu::registry::control_secret(&mut conn, "").await.unwrap();
+    let (first, _stop_first) = start_node(&mut conn, &secret, "sfu-a").await;
+    let (second, _stop_second) = start_node(&mut conn, &secret, "sfu-b").await;
+    let media = Arc::new(Media::registered(
+        store.clone(),
+        secret.clone(),
+        Default::default(),
+    ));
+    let s = TestServer::start_with_media(store, limits(), Some(media)).await;
+    directory(&s.service).await;
+    let (patient, _, consultation) = admitted_patient(&s, "Pat Drained").await;
+    let jones = s.sign_in("dr.jones").await;
+    let (mut patient, p) = join(patient, consultation).await;
+    let (mut clinician, c) = join(s.ws(&jones.token).await, consultation).await;
+    receives_from(&p, 1).await;
+    receives_from(&c, 1).await;
+    assert_eq!(first.load().participants, 2, "placed on the first by name");
+
+    let admin = s.sign_in("admin").await;
+    let drain = serde_json::json!({ "deadline_seconds": 1 });
+    // Not an administrator; no such node; too long a deadline; a malformed body.
+    assert_eq!(
+        s.post(
+            "/api/admin/media-nodes/sfu-a/drain",
+            Some(&jones.token),
+            &drain
+        )
+        .await,
+        (403, Some(ErrorCode::Forbidden))
+    );
+    assert_eq!(
+        s.post(
+            "/api/admin/media-nodes/sfu-zz/drain",
+            Some(&admin.token),
+            &drain
+        )
+        .await,
+        (404, Some(ErrorCode::NotFound))
+    );
+    let forever = serde_json::json!({ "deadline_seconds": 100 * 24 * 3600 });
+    assert_eq!(
+        s.post(
+            "/api/admin/media-nodes/sfu-a/drain",
+            Some(&admin.token),
+            &forever
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        s.post_raw(
+            "/api/admin/media-nodes/sfu-a/drain",
+            Some(&admin.token),
+            "{\"deadline_seconds\": -1}".into()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        first.service(),
+        sfu::control::Service::Serving,
+        "nothing changed"
+    );
+
+    assert_eq!(
+        s.post(
+            "/api/admin/media-nodes/sfu-a/drain",
+            Some(&admin.token),
+            &drain
+        )
+        .await,
+        (204, None)
+    );
+    let nodes: Vec<NodeRecord> = s
+        .http
+        .get(s.url("/api/admin/media-nodes"))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = nodes.iter().find(|n| n.id.as_str() == "sfu-a").unwrap();
+    assert!(a.draining && !a.moving, "draining, not moving yet: {a:?}");
+    // Before the deadline the call is still where it was.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(first.load().participants, 2);
+    for ws in [&mut patient, &mut clinician] {
+        ws.until(5, |m| ended(m, MediaEndReason::NodeMoved)).await;
+    }
+    p.close().await;
+    c.close().await;
+    let p = join_media(&mut patient, consultation, 300).await;
+    let c = join_media(&mut clinician, consultation, 300).await;
+    receives_from(&p, 1).await;
+    receives_from(&c, 1).await;
+    assert_eq!(second.load().participants, 2, "both on the other node");
+    assert_eq!(first.load().participants, 0);
+
+    // Back into service.
+    assert_eq!(
+        s.post(
+            "/api/admin/media-nodes/sfu-a/resume",
+            Some(&admin.token),
+            &serde_json::json!({})
+        )
+        .await,
+        (204, None)
+    );
+    assert_eq!(first.service(), sfu::control::Service::Serving);
+    let audit = s.service.store().audit_tail(10).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "node_drain"), "{audit:?}");
+    assert!(audit.iter().any(|e| e.action == "node_resume"), "{audit:?}");
+    p.close().await;
+    c.close().await;
 }
 
 /// A node that stops: the browsers it carried are told at once, and joining again moves

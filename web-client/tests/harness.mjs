@@ -331,13 +331,14 @@ export async function startConsult(env, { dataDir, redisUrl, extraEnv = {} }) {
 }
 
 /** A separate `sfu` process; resolves once it says it has registered in Redis. */
-export async function startSfu(env, { redisUrl, nodeId = 'sfu-1' }) {
+export async function startSfu(env, { redisUrl, nodeId = 'sfu-1', args = [] }) {
   await requireExecutable(SFU_BIN, 'sfu binary');
   const proc = env.spawn(`sfu ${nodeId}`, SFU_BIN, [
     '--redis-url', redisUrl,
     '--node-id', nodeId,
     '--listen', '127.0.0.1:0',
     '--media-ip', '127.0.0.1',
+    ...args,
   ]);
   const [, addr] = await proc.waitForLine(/sfu: listening on (\S+)/);
   return { proc, addr };

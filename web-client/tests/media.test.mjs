@@ -4,7 +4,10 @@
 // (single node), once with the SFU as a separate process registered through Redis, and
 // once over ICE-TCP only, as behind a firewall that blocks UDP. And with two SFU nodes,
 // the one carrying the call killed (`kill -9`) mid-call: both pages are back on the other
-// node, decoding, with no click (issue 16; RUNS=n repeats it and prints p50/p95).
+// node, decoding, with no click (issue 16; RUNS=n repeats it and prints p50/p95); and
+// drained (SIGTERM): the call goes on there until the drain deadline, then moves to the
+// other node (issue 17). During the calls, `/metrics` of consult and of the nodes show
+// the participants and the packets forwarded.
 //
 // Run by scripts/browser-tests (inside a private network namespace), or directly:
 //   cd web-client && node --test tests/
@@ -16,7 +19,7 @@ import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import * as h from './harness.mjs';
 
-h.watchdog(150 + 60 * Number(process.env.RUNS || 1));
+h.watchdog(240 + 90 * Number(process.env.RUNS || 1));
 
 const CLINIC = 'dermatology';
 const CLINICIAN = 'dr.jones';
@@ -45,7 +48,7 @@ const callEnded = (s) =>
  * runs in both pages first; `whileConnected(page, who)` checks each before the end, then
  * `duringCall({clinician, patient})` once.
  */
-async function consultation(env, store, { extraEnv, initScript, whileConnected, duringCall } = {}) {
+async function consultation(env, store, { extraEnv, initScript, whileConnected, duringCall, started } = {}) {
   const password = randomBytes(12).toString('hex');
   await h.consultCli(env, store, ['clinic', 'add', CLINIC, '--name', 'Dermatology', '--open-link']);
   await h.consultCli(
@@ -56,6 +59,7 @@ async function consultation(env, store, { extraEnv, initScript, whileConnected, 
   );
   const server = await h.startConsult(env, { ...store, extraEnv });
   const origin = server.url;
+  started?.(server);
 
   const { token } = await h.rest(server.url).post('/api/staff/sign-in', { username: CLINICIAN, password });
   const staff = h.rest(server.url, token);
@@ -148,10 +152,54 @@ async function timeline(page, t0) {
   return steps.map(([name, m]) => `${name} ${m ? m.at - t0 : '-'}`).join(', ');
 }
 
-test('two browsers in one consultation through the in-process SFU', async () => {
+/** Prometheus text from `url` (this host, directly), as name{labels} → value. */
+async function scrape(url, headers = {}) {
+  const res = await fetch(url, { headers });
+  assert.equal(res.status, 200, `GET ${url}: ${res.status}`);
+  const samples = new Map();
+  for (const line of (await res.text()).split('\n')) {
+    const m = line.match(/^([a-z_]+(?:\{[^}]*\})?) (\S+)$/);
+    if (m) samples.set(m[1], Number(m[2]));
+  }
+  return samples;
+}
+
+/** The sum of every series of `name` (any labels). */
+const total = (samples, name) =>
+  [...samples].filter(([k]) => k === name || k.startsWith(`${name}{`)).reduce((a, [, v]) => a + v, 0);
+
+test('two browsers in one consultation through the in-process SFU, seen in /metrics', async () => {
   await h.withEnv('in-process SFU', async (env) => {
     const dataDir = await env.tmpdir();
-    await consultation(env, { dataDir });
+    let origin;
+    await consultation(env, { dataDir }, {
+      started: (server) => {
+        origin = server.url;
+      },
+      duringCall: async () => {
+        const first = await scrape(`${origin}/metrics`);
+        assert.equal(first.get('sfu_participants'), 2, 'the call\'s two participants');
+        assert.equal(first.get('sfu_consultations'), 1);
+        assert.equal(first.get(`consult_patients_in_consultation{clinic="${CLINIC}"}`), 1);
+        assert.equal(first.get(`consult_patients_waiting{clinic="${CLINIC}"}`), 0);
+        assert.equal(first.get(`consult_admissions_total{clinic="${CLINIC}"}`), 1);
+        assert.equal(first.get(`consult_wait_seconds_count{clinic="${CLINIC}"}`), 1);
+        assert.equal(first.get('consult_websocket_connections{kind="patient"}'), 1);
+        assert.equal(first.get('consult_websocket_connections{kind="staff"}'), 1);
+        assert.ok(total(first, 'consult_store_operation_seconds_count') > 0, 'store operations timed');
+        await h.sleep(1_000);
+        const later = await scrape(`${origin}/metrics`);
+        const forwarded = total(later, 'sfu_forwarded_packets_total') - total(first, 'sfu_forwarded_packets_total');
+        const received = total(later, 'sfu_received_packets_total') - total(first, 'sfu_received_packets_total');
+        console.log(`  /metrics: ${forwarded} packets forwarded and ${received} received in 1 s; busy ${total(later, 'sfu_media_loop_busy_seconds_total').toFixed(3)} s`);
+        // Two people each sending audio (50 packets/s) and video: well over 100 a second.
+        assert.ok(forwarded > 100, `packets forwarded in a second: ${forwarded}`);
+        assert.ok(received > 100, `packets received in a second: ${received}`);
+        // Through a proxy on this host (X-Forwarded-For), the metrics are not served.
+        const proxied = await fetch(`${origin}/metrics`, { headers: { 'x-forwarded-for': '203.0.113.7' } });
+        assert.equal(proxied.status, 403);
+      },
+    });
   });
 });
 
@@ -288,4 +336,105 @@ test('with UDP blocked, two browsers connect over ICE-TCP through the in-process
       },
     });
   });
+});
+
+/** The node that carries the call: the one whose record counts its two participants. */
+async function carryingNode(redis) {
+  for (let i = 0; i < 50; i++) {
+    const records = await nodeRecords(redis);
+    const carrying = Object.keys(records).find((id) => records[id].participants === 2);
+    if (carrying) return carrying;
+    await h.sleep(100);
+  }
+  assert.fail('a node reports the call');
+}
+
+const DRAIN_SECONDS = 2;
+
+test('an SFU node drained (SIGTERM) mid-call: the call goes on until its deadline, then both pages are on the other node, decoding, with no click', async () => {
+  const moved = [];
+  for (let run = 1; run <= RUNS; run++) {
+    await h.withEnv(`SFU node drained (run ${run})`, async (env) => {
+      const dir = await env.tmpdir();
+      const redis = await h.startRedis(env, dir);
+      const args = ['--drain-seconds', String(DRAIN_SECONDS)];
+      const nodes = {
+        'sfu-1': await h.startSfu(env, { redisUrl: redis.url, nodeId: 'sfu-1', args }),
+        'sfu-2': await h.startSfu(env, { redisUrl: redis.url, nodeId: 'sfu-2', args }),
+      };
+      await consultation(env, { dataDir: dir, redisUrl: redis.url }, {
+        duringCall: async ({ clinician, patient }) => {
+          const carrying = await carryingNode(redis);
+          const other = carrying === 'sfu-1' ? 'sfu-2' : 'sfu-1';
+          // The carrying node's own /metrics show the call and what it forwards.
+          const metrics = await scrape(`http://${nodes[carrying].addr}/metrics`);
+          assert.equal(metrics.get('sfu_participants'), 2, 'the node counts the call');
+          assert.ok(total(metrics, 'sfu_forwarded_packets_total') > 0, 'the node forwards packets');
+          const before = await Promise.all([clinician, patient].map((p) => p.evaluate(() => window.consultCall.stats())));
+          const termAtWall = Date.now();
+          nodes[carrying].proc.child.kill('SIGTERM');
+          // It says at once that it takes no new consultation.
+          let records;
+          for (let i = 0; i < 20; i++) {
+            records = await nodeRecords(redis);
+            if (records[carrying]?.draining) break;
+            await h.sleep(50);
+          }
+          assert.equal(records[carrying]?.draining, true, `${carrying} is draining: ${JSON.stringify(records)}`);
+          assert.equal(records[carrying]?.moving, false, 'and not moving its calls yet');
+          // Until the deadline the call goes on where it is: still decoding, never ended.
+          await h.sleep(DRAIN_SECONDS * 1000 - 700);
+          for (const [k, page] of [clinician, patient].entries()) {
+            const s = await page.evaluate(() => window.consultCall.stats());
+            assert.ok(s.inboundVideo.framesDecoded > before[k].inboundVideo.framesDecoded, 'still decoding during the drain');
+            const msgs = await page.evaluate(() => window.consultCall.messages());
+            assert.ok(!msgs.some((m) => m.type === 'media_ended' && m.at >= termAtWall), 'no media_ended before the deadline');
+          }
+          // Then: told node_moved, joined again on the other node, decoding both ways.
+          const [c, p] = await Promise.all(
+            [clinician, patient].map(async (page, k) => {
+              const told = await h.waitFor(
+                page,
+                (msgs) => msgs.find((m) => m.type === 'media_ended' && m.reason === 'node_moved'),
+                `${k ? 'patient' : 'clinician'} told the call moves`,
+                DRAIN_SECONDS * 1000 + 5_000,
+                () => window.consultCall.messages(),
+              );
+              const movedAt = told.value.find((m) => m.type === 'media_ended' && m.reason === 'node_moved').at;
+              const movedAtPage = await page.evaluate((at) => performance.now() - (Date.now() - at), movedAt);
+              await h.waitFor(
+                page,
+                (s) => s.marks.joined > movedAtPage && s.inboundVideo.framesDecoded > 0 && s.inboundAudio.packetsReceived > 0,
+                `${k ? 'patient' : 'clinician'} decodes again after the move`,
+                15_000,
+              );
+              return { movedAt, backAt: Date.now() };
+            }),
+          );
+          const ms = Math.max(c.backAt - c.movedAt, p.backAt - p.movedAt);
+          moved.push(ms);
+          console.log(
+            `node ${carrying} drained: told to move ${Math.round(c.movedAt - termAtWall)} ms after SIGTERM; ` +
+              `both decoding again on ${other} ${ms} ms after being told`,
+          );
+          for (let i = 0; i < 30; i++) {
+            records = await nodeRecords(redis);
+            if (records[other]?.participants === 2) break;
+            await h.sleep(100);
+          }
+          assert.equal(records[other]?.participants, 2, `the call is on ${other} now: ${JSON.stringify(records)}`);
+          // The drained node, carrying nobody, stopped and took its record with it.
+          await Promise.race([nodes[carrying].proc.exited, h.sleep(5_000)]);
+          assert.notEqual(nodes[carrying].proc.exitCode, undefined, `${carrying} stopped after its drain`);
+          assert.equal((await nodeRecords(redis))[carrying], undefined, 'its record is gone');
+          for (const page of [clinician, patient]) {
+            const state = await page.evaluate(() => window.consultCall.state());
+            assert.ok(!state.callEnded, 'the call goes on');
+          }
+        },
+      });
+    });
+  }
+  console.log(`SFU node drained: media back in both pages p50 ${pct(moved, 50)} ms, p95 ${pct(moved, 95)} ms after the move, over ${moved.length} runs`);
+  assert.ok(pct(moved, 50) < 3_000, `media back on the other node within 3 s of the move: ${moved}`);
 });

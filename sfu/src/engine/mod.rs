@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::{IceCandidate, MediaLeg, MediaState};
+
+use crate::metrics::{LoopCounters, NodeMetrics};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
     Attribute, CongestionControlBuilder, Interceptor, NackGeneratorBuilder, Packet,
@@ -100,18 +102,6 @@ pub fn live_objects() -> (usize, usize) {
 /// A guard that counts one live peer connection (held by its event handler).
 pub fn connection_guard() -> LiveGuard {
     LiveGuard::new(&LIVE_CONNECTIONS)
-}
-
-/// What the engine did about NACKs since it started.
-#[derive(Debug, Default)]
-pub struct NackCounters {
-    /// Packets sent again from the core's cache.
-    pub resent: std::sync::atomic::AtomicU64,
-    /// Packets the SFU never received, NACKed to their publisher.
-    pub upstream: std::sync::atomic::AtomicU64,
-    /// Packets held but not resent (asked again too soon, too old, over the subscriber's
-    /// retransmission budget: `forward::RESEND_*`).
-    pub refused: std::sync::atomic::AtomicU64,
 }
 
 /// Where and how the engine binds its media sockets.
@@ -225,7 +215,7 @@ pub struct Engine {
     /// Room → its loop and participants; participant → its room. One lock, taken per
     /// request (never per packet).
     placement: Mutex<Placement>,
-    nacks: Arc<NackCounters>,
+    metrics: NodeMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -245,17 +235,18 @@ impl Engine {
 
     /// As [`Engine::new`] with `loops` media loops.
     pub fn with_loops(config: EngineConfig, loops: usize) -> Result<Arc<Self>, EngineError> {
-        let nacks = Arc::new(NackCounters::default());
+        let metrics = NodeMetrics::default();
         let sockets = media_loop::bind(&config, loops.max(1))?;
         let announced = config.announced_ip.map(|a| (config.bind_ip, a));
         let loops = sockets
             .into_iter()
-            .map(|s| media_loop::spawn(s, announced, nacks.clone()))
+            .enumerate()
+            .map(|(i, s)| media_loop::spawn(s, announced, metrics.media_loop(i)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Self {
             loops,
             placement: Mutex::default(),
-            nacks,
+            metrics,
         }))
     }
 
@@ -264,9 +255,9 @@ impl Engine {
         self.loops.iter().map(|l| l.udp).collect()
     }
 
-    /// What the engine did about NACKs so far.
-    pub fn nacks(&self) -> &NackCounters {
-        &self.nacks
+    /// What the engine counted so far (forwarded packets, NACKs, …).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
     }
 
     /// Participants connected now, on every room of this node (its load).

@@ -86,6 +86,13 @@ pub enum ControlOp {
         participant: ParticipantId,
         sdp: String,
     },
+    /// Takes the node out of service: it takes no new consultation at once, lets the
+    /// ones it carries go on for up to `deadline_ms`, then moves whoever is left to
+    /// another node (each told [`MediaEndReason::NodeMoved`]). Draining a draining node
+    /// sets the deadline again.
+    Drain { deadline_ms: u64 },
+    /// Puts a draining node back into service (before it moved its calls, they stay).
+    Resume,
 }
 
 /// How long a pre-call check's connection lives on a node.
@@ -157,6 +164,10 @@ pub struct NodeRecord {
     /// Set when the node is draining: it keeps its consultations but takes no new ones.
     #[serde(default)]
     pub draining: bool,
+    /// Set once a draining node's deadline passed: it is moving its calls to other nodes,
+    /// and nobody may join it, not even a consultation it carried.
+    #[serde(default)]
+    pub moving: bool,
     pub heartbeat_at: Timestamp,
     pub expires_at: Timestamp,
 }

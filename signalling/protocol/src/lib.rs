@@ -157,6 +157,9 @@ pub enum MediaEndReason {
     ConsultationEnded,
     /// The SFU node stopped answering; joining again places the consultation anew.
     NodeLost,
+    /// The SFU node is being taken out of service and moved this call off: joining again
+    /// places the consultation on another node.
+    NodeMoved,
     /// The media connection failed (ICE or DTLS); joining again may work.
     ConnectionFailed,
 }
@@ -199,6 +202,34 @@ pub enum Command {
     },
     /// Patient: leave the waiting room or the call; the visit ends.
     Leave,
+}
+
+impl Command {
+    /// Every command's `type`.
+    pub const KINDS: [&'static str; 8] = [
+        "send_message",
+        "admit",
+        "admit_next",
+        "return_to_waiting",
+        "transfer",
+        "remove",
+        "end_consultation",
+        "leave",
+    ];
+
+    /// The command's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::SendMessage { .. } => "send_message",
+            Command::Admit { .. } => "admit",
+            Command::AdmitNext { .. } => "admit_next",
+            Command::ReturnToWaiting { .. } => "return_to_waiting",
+            Command::Transfer { .. } => "transfer",
+            Command::Remove { .. } => "remove",
+            Command::EndConsultation { .. } => "end_consultation",
+            Command::Leave => "leave",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -653,6 +653,16 @@ fn control_fixtures() -> Vec<&'static str> {
             ),
         ),
         check(
+            "control_drain",
+            &req(
+                11,
+                ControlOp::Drain {
+                    deadline_ms: 120_000,
+                },
+            ),
+        ),
+        check("control_resume", &req(12, ControlOp::Resume)),
+        check(
             "control_media_state",
             &req(
                 9,
@@ -722,7 +732,8 @@ fn control_fixtures() -> Vec<&'static str> {
                 control_url: "ws://10.0.0.5:7100/control".into(),
                 participants: 12,
                 consultations: 5,
-                draining: false,
+                draining: true,
+                moving: false,
                 heartbeat_at: Timestamp(1_700_000_000_000),
                 expires_at: Timestamp(1_700_000_005_000),
             },
@@ -771,4 +782,21 @@ fn malformed_and_unknown_messages_are_refused() {
             "{bad:?} accepted"
         );
     }
+}
+
+/// A command's `kind()` (the name metrics count it by) is its `type` on the wire.
+#[test]
+fn a_commands_kind_is_its_wire_type() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir()).expect("fixtures") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        let Ok(protocol::ClientMsg::Command { command, .. }) = serde_json::from_str(&text) else {
+            continue;
+        };
+        let wire: serde_json::Value = serde_json::to_value(&command).expect("serialises");
+        assert_eq!(wire["type"], command.kind(), "{command:?}");
+        assert!(Command::KINDS.contains(&command.kind()), "{command:?}");
+        seen += 1;
+    }
+    assert!(seen >= 8, "only {seen} command fixtures");
 }

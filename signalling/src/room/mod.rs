@@ -161,12 +161,18 @@ impl ClinicRoom {
         self.visits.keys().copied()
     }
 
+    /// Each visit's state (waiting or in a consultation), in no order.
+    pub fn visit_states(&self) -> impl Iterator<Item = VisitState> + '_ {
+        self.visits.values().map(|v| v.state)
+    }
+
     pub fn consultations(&self) -> impl Iterator<Item = &Consultation> + '_ {
         self.consultations.values()
     }
 
     /// Records which SFU node carries a consultation's media: the one already recorded
-    /// while it is among the `live` nodes, otherwise `chosen`. Returns the node to use.
+    /// while it is among the nodes that may carry it (`live`: running, not moving its
+    /// calls away), otherwise `chosen`. Returns the node to use.
     pub fn place_media(
         &mut self,
         cid: ConsultationId,

@@ -87,6 +87,8 @@ pub struct AppState {
     parked: Arc<ws::Parked>,
     /// Whether this server terminates TLS itself (then HSTS, whatever `public_url` says).
     https: bool,
+    /// Who may read `/metrics`.
+    metrics_access: sfu::metrics::Access,
 }
 
 impl AppState {
@@ -109,7 +111,14 @@ impl AppState {
             parked: Arc::default(),
             web_root: None,
             https: false,
+            metrics_access: sfu::metrics::Access::default(),
         }
+    }
+
+    /// `/metrics` answers whoever sends `token` as a bearer token (empty: this host only).
+    pub fn with_metrics_token(mut self, token: &str) -> Self {
+        self.metrics_access = sfu::metrics::Access::new(token);
+        self
     }
 
     /// Believes `X-Forwarded-For` from these proxies (the TLS proxy in front).
@@ -250,6 +259,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/ws", get(ws::upgrade))
         .route("/api/staff/sign-in", post(sign_in))
         .route("/api/staff/refresh", post(refresh))
@@ -276,6 +286,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clinics/{clinic}/invites", get(list_invites))
         .route("/api/invites/{invite}/revoke", post(revoke_invite))
         .route("/api/admin/audit", get(audit))
+        .route("/api/admin/media-nodes", get(media_nodes))
+        .route("/api/admin/media-nodes/{node}/drain", post(drain_node))
+        .route("/api/admin/media-nodes/{node}/resume", post(resume_node))
         .route("/api/{*rest}", any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit));
     // Answers carry patient data: never stored by a browser or a proxy, never sniffed.
@@ -517,6 +530,78 @@ async fn readyz(State(state): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
         }
     }
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.metrics_access.allows(peer, &headers) {
+        return (StatusCode::FORBIDDEN, "metrics are not open to you").into_response();
+    }
+    let text = state
+        .service
+        .metrics()
+        .render(state.service.store().as_ref())
+        .await;
+    ([(header::CONTENT_TYPE, sfu::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+async fn media_nodes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<protocol::control::NodeRecord>> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    Ok(Json(state.service.media_nodes().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    /// How long the node's calls may go on before they move.
+    deadline_seconds: u64,
+}
+
+fn node_id(node: String) -> Result<protocol::NodeId, ApiError> {
+    protocol::NodeId::parse(node)
+        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such media node"))
+}
+
+async fn drain_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    Body(req): Body<DrainRequest>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let node = node_id(node)?;
+    state
+        .service
+        .drain_node(
+            &format!("staff:{}", claims.sub),
+            &node,
+            Duration::from_secs(req.deadline_seconds),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let claims = staff(&state, &headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let node = node_id(node)?;
+    state
+        .service
+        .resume_node(&format!("staff:{}", claims.sub), &node)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn sign_in(

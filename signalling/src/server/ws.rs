@@ -412,6 +412,11 @@ impl Connection {
             Ok(p) => p,
             Err(close) => return close,
         };
+        // Counted in the metrics while it is open.
+        let _open = self.state.service.metrics().connection(match &principal {
+            Principal::Patient(_) => "patient",
+            Principal::Staff(_) => "staff",
+        });
         let key = match &principal {
             Principal::Patient(visit) => format!("visit:{visit}"),
             Principal::Staff(claims) => format!("staff:{}:{}", claims.sub, claims.sid),

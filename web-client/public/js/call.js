@@ -16,7 +16,7 @@
 //
 // `window.consultCall` exposes the state and the media figures to tests.
 
-import { Backoff, MediaSession } from './media.js';
+import { Backoff, MOVED_END_REASONS, MediaSession } from './media.js';
 import { PathReporter } from './media-path.js';
 import { Signalling } from './signalling.js';
 import { LocalDevices } from './devices.js';
@@ -396,9 +396,14 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
     case 'ended':
       app.mediaEndReason = reason;
       if (retryable) {
-        say('The call connection was lost. Reconnecting…');
-        // A media server that stopped: the call moves to another at once.
-        if (reason === 'node_lost') app.joinRetry.soon();
+        say(
+          reason === 'node_moved'
+            ? 'Moving the call to another server…'
+            : 'The call connection was lost. Reconnecting…',
+        );
+        // A media server that stopped or is being taken out of service: the call
+        // moves to another at once.
+        if (MOVED_END_REASONS.has(reason)) app.joinRetry.soon();
         else app.joinRetry.later();
       } else {
         app.noRejoin = consultation;

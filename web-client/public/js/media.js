@@ -93,7 +93,10 @@ export class Backoff {
 }
 
 /** Reasons of `media_ended` after which joining again may work. */
-export const RETRYABLE_END_REASONS = new Set(['node_lost', 'connection_failed']);
+export const RETRYABLE_END_REASONS = new Set(['node_lost', 'node_moved', 'connection_failed']);
+
+/** Reasons after which the call moves to another media server at once. */
+export const MOVED_END_REASONS = new Set(['node_lost', 'node_moved']);
 
 /** The server messages this module consumes. */
 const MEDIA_MESSAGES = new Set([

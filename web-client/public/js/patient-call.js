@@ -6,7 +6,7 @@
 // connection-quality indicator.
 
 import { $, app, announce, note } from './patient-app.js';
-import { Backoff, MediaSession } from './media.js';
+import { Backoff, MOVED_END_REASONS, MediaSession } from './media.js';
 import { PathReporter } from './media-path.js';
 import { SelfView, Tiles } from './tiles.js';
 import { QualityMonitor, QUALITY_TEXT } from './patient-quality.js';
@@ -143,10 +143,16 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
     case 'ended':
       quality.stop();
       if (retryable) {
-        setCallStatus('The call connection was lost. Reconnecting…');
-        announce('The call connection was lost. Reconnecting.');
-        // A media server that stopped: the call moves to another at once.
-        if (reason === 'node_lost') joinRetry.soon();
+        if (reason === 'node_moved') {
+          setCallStatus('Moving your call to another server…');
+          announce('Moving your call to another server. Please wait.');
+        } else {
+          setCallStatus('The call connection was lost. Reconnecting…');
+          announce('The call connection was lost. Reconnecting.');
+        }
+        // A media server that stopped or is being taken out of service: the call
+        // moves to another at once.
+        if (MOVED_END_REASONS.has(reason)) joinRetry.soon();
         else joinRetry.later();
       } else if (reason === 'removed_from_consultation' || reason === 'consultation_ended') {
         // patient_status says what comes next (back to waiting, or the end).

@@ -14,6 +14,7 @@ impl CachedPacket for Cached {
 pub(super) fn send_forward(
     conns: &mut HashMap<ConnId, Conn>,
     touched: &mut Vec<ConnId>,
+    counters: &LoopCounters,
     fw: Forward<'_, Cached, Route>,
     now: Instant,
 ) {
@@ -45,9 +46,14 @@ pub(super) fn send_forward(
     let Some(mut sender) = c.pc.rtp_sender(fw.route.sender) else {
         return;
     };
-    if sender.write_rtp(now, out).is_ok() && !c.queued {
-        c.queued = true;
-        touched.push(fw.route.conn);
+    let bytes = out.payload.len() as u64;
+    if sender.write_rtp(now, out).is_ok() {
+        counters.forwarded_packets.inc();
+        counters.forwarded_bytes.inc_by(bytes);
+        if !c.queued {
+            c.queued = true;
+            touched.push(fw.route.conn);
+        }
     }
 }
 
@@ -55,6 +61,7 @@ pub(super) fn send_forward(
 pub(super) fn request_keyframe(
     conns: &mut HashMap<ConnId, Conn>,
     touched: &mut Vec<ConnId>,
+    counters: &LoopCounters,
     room: &Room,
     req: KeyframeRequest,
     now: Instant,
@@ -71,7 +78,9 @@ pub(super) fn request_keyframe(
             sender_ssrc: 0,
             media_ssrc: t.media_ssrc,
         };
-        let _ = receiver.write_rtcp(now, vec![Box::new(pli)]);
+        if receiver.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+            counters.keyframe_requests.inc();
+        }
     }
     touch(conns, touched, t.conn);
 }
@@ -89,8 +98,11 @@ impl Endpoint {
             rooms,
             conns,
             touched,
+            counters,
             ..
         } = self;
+        counters.received_packets.inc();
+        counters.received_bytes.inc_by(packet.payload.len() as u64);
         let Some(r) = rooms.get_mut(&room) else {
             return;
         };
@@ -114,10 +126,10 @@ impl Endpoint {
         let request = r
             .forwarder
             .on_rtp(track, meta, Cached(Arc::new(packet)), now, |fw| {
-                send_forward(conns, touched, fw, now);
+                send_forward(conns, touched, counters, fw, now);
             });
         if let Some(req) = request {
-            request_keyframe(conns, touched, r, req, now);
+            request_keyframe(conns, touched, counters, r, req, now);
         }
     }
 
@@ -129,6 +141,7 @@ impl Endpoint {
             conns,
             touched,
             members,
+            counters,
             ..
         } = self;
         let Some(m) = members.get(&key) else {
@@ -154,7 +167,7 @@ impl Endpoint {
             }
         }
         for req in requests {
-            request_keyframe(conns, touched, r, req, now);
+            request_keyframe(conns, touched, counters, r, req, now);
         }
     }
 
@@ -172,7 +185,7 @@ impl Endpoint {
             conns,
             touched,
             members,
-            nacks,
+            counters,
             ..
         } = self;
         let Some(m) = members.get(&key) else {
@@ -188,18 +201,14 @@ impl Endpoint {
             .collect();
         if !lost.is_empty() {
             let outcome = r.forwarder.on_nack(track, m.id, &lost, now, |fw| {
-                send_forward(conns, touched, fw, now);
+                send_forward(conns, touched, counters, fw, now);
             });
-            nacks
-                .resent
-                .fetch_add(outcome.resent as u64, Ordering::Relaxed);
-            nacks
-                .refused
-                .fetch_add(outcome.refused as u64, Ordering::Relaxed);
+            counters.nacks_resent.inc_by(outcome.resent as u64);
+            counters.nacks_refused.inc_by(outcome.refused as u64);
             if !outcome.upstream.is_empty() {
-                nacks
-                    .upstream
-                    .fetch_add(outcome.upstream.len() as u64, Ordering::Relaxed);
+                counters
+                    .nacks_upstream
+                    .inc_by(outcome.upstream.len() as u64);
                 if let Some(t) = r.tracks.get(&track) {
                     if let Some(mut receiver) = conns
                         .get_mut(&t.conn)
@@ -226,7 +235,7 @@ impl Endpoint {
                 "subscriber asks for a keyframe"
             );
             if let Some(req) = r.forwarder.on_keyframe_request(track, now) {
-                request_keyframe(conns, touched, r, req, now);
+                request_keyframe(conns, touched, counters, r, req, now);
             }
         }
     }

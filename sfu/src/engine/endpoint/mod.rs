@@ -69,7 +69,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::liveness::{self, Liveness};
 use super::{
-    EngineError, EngineEvent, Estimate, LIVE_PARTICIPANTS, LiveGuard, NackCounters, Recipe, Role,
+    EngineError, EngineEvent, Estimate, LIVE_PARTICIPANTS, LiveGuard, LoopCounters, Recipe, Role,
     codec_parameters, connection_guard, connection_recipe, media_track, webrtc_err,
 };
 use crate::codec::{Codec, CodecSet, publish_codecs};
@@ -128,6 +128,9 @@ const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 /// How often negotiation deadlines and liveness are checked (a deadline of
 /// [`Endpoint::poll_timeout`] while any connection is open).
 const TICK: Duration = Duration::from_millis(250);
+/// How often each subscriber connection's loss and round trip are sampled for the
+/// node's metrics.
+const SAMPLE_LINKS: Duration = Duration::from_secs(5);
 
 /// A publisher connection not heard for this long (its browser sends audio 50 times a
 /// second, or every 400 ms in silence with DTX, and sender reports every second) had its
@@ -192,7 +195,8 @@ pub struct EndpointConfig {
     pub tcp: Option<SocketAddr>,
     /// (private, public): candidates in its SDP carry `public` instead of `private`.
     pub announced: Option<(IpAddr, IpAddr)>,
-    pub nacks: Arc<NackCounters>,
+    /// This loop's counters.
+    pub counters: LoopCounters,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -359,7 +363,7 @@ pub struct Endpoint {
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     announced: Option<(IpAddr, IpAddr)>,
-    nacks: Arc<NackCounters>,
+    counters: LoopCounters,
     conns: HashMap<ConnId, Conn>,
     next_conn: u64,
     by_ufrag: HashMap<String, ConnId>,
@@ -373,6 +377,8 @@ pub struct Endpoint {
     /// The next check of negotiation deadlines and liveness ([`TICK`]), while any
     /// connection is open.
     next_tick: Option<Instant>,
+    /// When subscribers' links are next sampled for the metrics ([`SAMPLE_LINKS`]).
+    next_sample: Instant,
     /// The time of the last input (outputs are computed as of then).
     now: Instant,
     /// Connections to service before the next output.
@@ -410,7 +416,7 @@ impl Endpoint {
             udp_addr: config.udp,
             tcp_addr: config.tcp,
             announced: config.announced,
-            nacks: config.nacks,
+            counters: config.counters,
             conns: HashMap::new(),
             next_conn: 0,
             by_ufrag: HashMap::new(),
@@ -420,6 +426,7 @@ impl Endpoint {
             next_peer: 1,
             timers: BinaryHeap::new(),
             next_tick: None,
+            next_sample: now + SAMPLE_LINKS,
             now,
             touched: Vec::new(),
             dirty: Vec::new(),
@@ -627,5 +634,30 @@ impl Endpoint {
             self.mark_dirty(key);
         }
         self.limit_uplinks(now);
+        if now >= self.next_sample {
+            self.next_sample = now + SAMPLE_LINKS;
+            self.sample_links(now);
+        }
+    }
+
+    /// Loss and round trip towards each subscriber, as its browser's receiver reports
+    /// last gave them, into the node's histograms (a stream with no report yet adds
+    /// nothing).
+    fn sample_links(&mut self, now: Instant) {
+        use rtc::statistics::report::RTCStatsReportEntry;
+        for c in self.conns.values_mut() {
+            if c.leg != MediaLeg::Subscriber {
+                continue;
+            }
+            let report = c.pc.get_stats(now, rtc::statistics::StatsSelector::None);
+            for entry in report.iter() {
+                if let RTCStatsReportEntry::RemoteInboundRtp(s) = entry {
+                    if s.round_trip_time_measurements > 0 {
+                        self.counters.rtt.observe(s.round_trip_time);
+                        self.counters.loss.observe(s.fraction_lost);
+                    }
+                }
+            }
+        }
     }
 }

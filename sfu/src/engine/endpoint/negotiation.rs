@@ -230,6 +230,7 @@ impl Endpoint {
             conns,
             rooms,
             touched,
+            counters,
             ..
         } = self;
         let Some(m) = members.get_mut(&key) else {
@@ -268,7 +269,7 @@ impl Endpoint {
             requests.extend(subscribed.or(accepted));
         }
         for req in requests {
-            request_keyframe(conns, touched, r, req, now);
+            request_keyframe(conns, touched, counters, r, req, now);
         }
     }
 

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -30,8 +29,9 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::sim::{LinkConfig, LinkStats, Network};
 use super::{Answer, Command, Endpoint, EndpointConfig};
 use crate::codec::Codec;
-use crate::engine::{EngineEvent, NackCounters, Role, codec_parameters, media_track};
+use crate::engine::{EngineEvent, Role, codec_parameters, media_track};
 use crate::forward::MediaKind;
+use crate::metrics::{NodeMetrics, Which};
 
 const SFU: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 3478);
 const ROOM: u128 = 1;
@@ -411,7 +411,7 @@ struct World {
     now: Instant,
     net: Network,
     sfu: Endpoint,
-    nacks: Arc<NackCounters>,
+    metrics: NodeMetrics,
     browsers: Vec<Browser>,
     /// Every event the endpoint gave, with its time.
     events: Vec<(Instant, EngineEvent)>,
@@ -426,13 +426,13 @@ fn host(n: u8) -> IpAddr {
 impl World {
     fn new(seed: u64) -> Self {
         let now = Instant::now();
-        let nacks = Arc::new(NackCounters::default());
+        let metrics = NodeMetrics::default();
         let sfu = Endpoint::new(
             EndpointConfig {
                 udp: SFU,
                 tcp: None,
                 announced: None,
-                nacks: nacks.clone(),
+                counters: metrics.media_loop(0),
             },
             now,
         );
@@ -440,7 +440,7 @@ impl World {
             now,
             net: Network::new(seed, LinkConfig::clean(DELAY)),
             sfu,
-            nacks,
+            metrics,
             browsers: Vec::new(),
             events: Vec::new(),
             sent_to: HashMap::new(),
@@ -714,7 +714,7 @@ fn nacks_from_a_lossy_downlink_are_answered_from_the_cache() {
     let wanted = settled - start;
     let held = (start..settled).filter(|i| got.contains(i)).count() as u32;
     let lost = w.downlink(1).lost;
-    let resent = w.nacks.resent.load(std::sync::atomic::Ordering::Relaxed);
+    let resent = w.metrics.total(Which::NacksResent);
     eprintln!("{held} of {wanted} held; {lost} lost on the link; {resent} resent");
     // 6 s of 170 packets a second at 5 %: about 50 lost.
     assert!(lost > 25, "the link lost {lost}");
@@ -895,8 +895,8 @@ fn a_rate_capped_downlink_brings_its_publisher_down_to_what_it_can_take() {
     w.run_for(Duration::from_secs(2));
     let link = w.downlink(1);
     let video_published = w.browsers[0].sent.1 - video_start;
-    let resent = w.nacks.resent.load(std::sync::atomic::Ordering::Relaxed);
-    let refused = w.nacks.refused.load(std::sync::atomic::Ordering::Relaxed);
+    let resent = w.metrics.total(Which::NacksResent);
+    let refused = w.metrics.total(Which::NacksRefused);
     eprintln!(
         "capped, first 2 s: {video_published} video packets published, {} sent on the link \
          ({resent} resent for NACKs, {refused} refused); {link:?}; remb {:?}",

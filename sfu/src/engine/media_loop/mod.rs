@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -22,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::endpoint::{Answer, Command, Endpoint, EndpointConfig, Transmit};
 use super::tcp::{self, TcpIn};
-use super::{EngineConfig, EngineError, EngineEvent, NackCounters, webrtc_err};
+use super::{EngineConfig, EngineError, EngineEvent, LoopCounters, webrtc_err};
 
 mod net;
 
@@ -65,7 +64,7 @@ pub(super) struct Sockets {
 pub(super) fn spawn(
     sockets: Sockets,
     announced: Option<(IpAddr, IpAddr)>,
-    nacks: Arc<NackCounters>,
+    counters: LoopCounters,
 ) -> Result<LoopHandle, EngineError> {
     let udp = UdpSocket::from_std(sockets.udp).map_err(webrtc_err)?;
     let udp_addr = udp.local_addr().map_err(webrtc_err)?;
@@ -85,7 +84,7 @@ pub(super) fn spawn(
             udp: udp_addr,
             tcp: tcp_addr,
             announced,
-            nacks,
+            counters: counters.clone(),
         },
         Instant::now(),
     );
@@ -101,6 +100,7 @@ pub(super) fn spawn(
             reported_at: None,
         },
         senders: HashMap::new(),
+        busy: counters.busy,
     };
     tokio::spawn(media_loop.run(rx, tcp, tcp_tx, tcp_rx));
     Ok(LoopHandle { tx, udp: udp_addr })
@@ -111,6 +111,17 @@ struct MediaLoop {
     net: net::Net,
     /// Each participant's event sender.
     senders: HashMap<u128, mpsc::UnboundedSender<EngineEvent>>,
+    /// Seconds spent working, from each wake-up to the next wait.
+    busy: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Udp,
+    Timer,
+    Command(Option<Request>),
+    Tcp(TcpIn),
+    Accepted(std::io::Result<(tokio::net::TcpStream, SocketAddr)>),
 }
 
 impl MediaLoop {
@@ -127,7 +138,6 @@ impl MediaLoop {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         loop {
-            self.drain();
             let next = self.endpoint.poll_timeout();
             if next != armed {
                 armed = next;
@@ -143,45 +153,48 @@ impl MediaLoop {
             };
             // Unbiased: under a steady stream of datagrams the other arms still get their
             // turn.
-            tokio::select! {
-                ready = self.net.udp.readable() => {
-                    if ready.is_ok() {
-                        self.read_udp(&mut buf);
-                    }
-                }
-                () = &mut timer => {
+            let wake = tokio::select! {
+                ready = self.net.udp.readable() => match ready {
+                    Ok(()) => Wake::Udp,
+                    Err(_) => continue,
+                },
+                () = &mut timer => Wake::Timer,
+                request = commands.recv() => Wake::Command(request),
+                Some(frame) = tcp_rx.recv() => Wake::Tcp(frame),
+                accepted = accept => Wake::Accepted(accepted),
+            };
+            let woke = Instant::now();
+            match wake {
+                Wake::Udp => self.read_udp(&mut buf),
+                Wake::Timer => {
                     armed = None;
-                    let now = Instant::now();
-                    self.endpoint.handle_timeout(now);
-                    self.net.report_errors(now, REPORT_EVERY);
+                    self.endpoint.handle_timeout(woke);
+                    self.net.report_errors(woke, REPORT_EVERY);
                 }
-                request = commands.recv() => match request {
-                    Some(r) => self.command(r, Instant::now()),
-                    // The engine is gone: close everything and stop.
-                    None => break,
-                },
-                Some(frame) = tcp_rx.recv() => match frame {
-                    TcpIn::Frame { peer, data } => {
-                        let local = self.net.local(TransportProtocol::TCP);
-                        self.endpoint.handle_datagram(
-                            TransportProtocol::TCP, local, peer, data, Instant::now(),
-                        );
-                    }
-                    TcpIn::Closed { peer } => {
-                        self.net.tcp_out.remove(&peer);
-                        self.endpoint.handle_path_closed(TransportProtocol::TCP, peer);
-                    }
-                },
-                accepted = accept => {
-                    if let Ok((stream, peer)) = accepted {
-                        if self.net.tcp_out.len() < MAX_TCP_STREAMS {
-                            let (out_tx, out_rx) = mpsc::channel(tcp::STREAM_QUEUE);
-                            self.net.tcp_out.insert(peer, out_tx);
-                            tokio::spawn(tcp::serve_stream(stream, peer, tcp_tx.clone(), out_rx));
-                        }
+                Wake::Command(Some(r)) => self.command(r, woke),
+                // The engine is gone: close everything and stop.
+                Wake::Command(None) => break,
+                Wake::Tcp(TcpIn::Frame { peer, data }) => {
+                    let local = self.net.local(TransportProtocol::TCP);
+                    self.endpoint
+                        .handle_datagram(TransportProtocol::TCP, local, peer, data, woke);
+                }
+                Wake::Tcp(TcpIn::Closed { peer }) => {
+                    self.net.tcp_out.remove(&peer);
+                    self.endpoint
+                        .handle_path_closed(TransportProtocol::TCP, peer);
+                }
+                Wake::Accepted(Ok((stream, peer))) => {
+                    if self.net.tcp_out.len() < MAX_TCP_STREAMS {
+                        let (out_tx, out_rx) = mpsc::channel(tcp::STREAM_QUEUE);
+                        self.net.tcp_out.insert(peer, out_tx);
+                        tokio::spawn(tcp::serve_stream(stream, peer, tcp_tx.clone(), out_rx));
                     }
                 }
+                Wake::Accepted(Err(_)) => {}
             }
+            self.drain();
+            self.busy.inc_by(woke.elapsed().as_secs_f64());
         }
         self.endpoint.close();
         self.drain();
