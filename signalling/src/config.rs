@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use protocol::IceServer;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::oidc::{Oidc, OidcConfig};
 use crate::server::Limits;
 use crate::service::TokenLifetimes;
 use crate::turn::{Turn, TurnConfig};
@@ -57,6 +58,7 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
     pub web_root: PathBuf,
     pub turn: TurnConfig,
+    pub oidc: OidcConfig,
     /// Whether `public_url` was left empty and is derived from the listening address.
     #[serde(skip)]
     pub public_url_derived: bool,
@@ -187,7 +189,13 @@ impl Config {
             return bad("every entry of ice_servers needs at least one URL");
         }
         self.turn()?;
+        self.oidc()?;
         self.engine_config().map(|_| ())
+    }
+
+    /// Sign-in through the hospital's identity provider (`[oidc]`), if configured.
+    pub fn oidc(&self) -> Result<Option<Oidc>, ConfigError> {
+        Oidc::from_config(&self.oidc, &self.public_url).map_err(ConfigError::Invalid)
     }
 
     /// The platform's own TURN server (`[turn]`), if one is configured.
@@ -292,6 +300,60 @@ mod tests {
             !format!("{c:?}").contains(&secret),
             "the secret is not in Debug output"
         );
+    }
+
+    #[test]
+    fn an_identity_provider_is_configured_in_its_own_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let secret = "an-oidc-client-secret-0123456789";
+        let section = "[oidc]\nissuer = \"https://login.example.org/realms/staff\"\nclient_id = \"consult\"\n";
+        std::fs::write(
+            &f,
+            format!(
+                "public_url = \"https://video.example.org\"\n{section}client_secret = \"{secret}\"\n[oidc.groups.derm]\nrole = \"reception\"\nclinics = [\"derm\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert!(c.oidc().unwrap().is_some());
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "the client secret is not in Debug output"
+        );
+        // Off by default; refused without a secret, a group or an https issuer.
+        assert!(
+            Config::load(None, &Overrides::default())
+                .unwrap()
+                .oidc()
+                .unwrap()
+                .is_none()
+        );
+        std::fs::write(
+            &f,
+            format!("{section}[oidc.groups.derm]\nrole = \"reception\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("client_secret"), "{e}");
+        std::fs::write(&f, format!("{section}client_secret = \"{secret}\"\n")).unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("oidc.groups"), "{e}");
+        std::fs::write(
+            &f,
+            format!("[oidc]\nissuer = \"http://login.example.org\"\nclient_id = \"c\"\nclient_secret = \"{secret}\"\n[oidc.groups.derm]\nrole = \"reception\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
+        std::fs::write(
+            &f,
+            format!(
+                "{section}client_secret = \"{secret}\"\n[oidc.groups.derm]\nrole = \"porter\"\n"
+            ),
+        )
+        .unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
     }
 
     #[test]

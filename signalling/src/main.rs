@@ -318,6 +318,23 @@ async fn serve(
             std::time::Duration::from_millis(config.password_wait_ms),
         )
         .with_anonymous_audit_per_minute(config.anonymous_audit_per_minute);
+    // Sign-in through the identity provider: its redirect URL follows the real
+    // public_url. Discovery starts now but is not waited for: consult serves (local
+    // sign-in, /readyz) whether or not the provider answers, and asks it again when a
+    // sign-in needs it.
+    let service = match config.oidc()? {
+        Some(oidc) => {
+            let oidc = std::sync::Arc::new(oidc);
+            let first = oidc.clone();
+            tokio::spawn(async move {
+                if let Err(e) = first.client().await {
+                    tracing::error!(error = %e, "the identity provider is not available yet; staff can sign in with passwords meanwhile");
+                }
+            });
+            service.with_oidc(oidc)
+        }
+        None => service,
+    };
     let mut state = AppState::new(service, config.limits())
         .with_trusted_proxies(config.trusted_proxies.clone())
         .with_metrics_token(&config.metrics_token);

@@ -13,9 +13,8 @@ use protocol::control::ControlOp;
 use protocol::{
     AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
     EnterRequest, EnterResponse, Entry, InviteId, InviteResponse, InviteView, IssueInvite,
-    MAX_NAME_CHARS, MAX_TEXT_CHARS, MediaPath, Role, ServerMsg, Session, SessionId, SessionView,
-    SignInRequest, SignInResponse, StaffId, StaffSession, Timestamp, TransferTarget,
-    VisitEndReason, VisitId,
+    MAX_NAME_CHARS, MAX_TEXT_CHARS, MediaPath, Role, ServerMsg, Session, StaffId, Timestamp,
+    TransferTarget, VisitEndReason, VisitId,
 };
 
 use crate::auth::{
@@ -28,10 +27,15 @@ use crate::metrics::{Metrics, StoreOp};
 mod nodes;
 use crate::room::{ClinicRoom, Consultation, Ctx, NewVisit, Outcome, VisitState};
 use crate::store::{
-    Appended, Arrival, Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, SessionRecord,
-    StaffRecord, Store, StoreError,
+    Appended, Arrival, Clinic, Commit, InviteClaim, InviteRecord, RoomWrite, StaffRecord, Store,
+    StoreError,
 };
 pub use nodes::MAX_DRAIN;
+
+mod identity;
+
+use identity::Guard;
+pub use identity::{FREE_FAILURES, MAX_BACKOFF_SECS, OidcRefusal, WAITING_PER_CHECK, backoff_secs};
 
 /// How often a conflicting change is retried before the caller is told to try again.
 const MAX_ATTEMPTS: usize = 32;
@@ -90,184 +94,6 @@ pub struct TokenLifetimes {
     pub visit: Duration,
 }
 
-/// A member of staff's run of wrong passwords.
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    /// No password is checked for the account before this.
-    locked_until: Timestamp,
-}
-
-/// Wrong passwords in a row that cost nothing; after them, each costs a wait that doubles
-/// from 1 s up to [`MAX_BACKOFF_SECS`].
-pub const FREE_FAILURES: u32 = 5;
-pub const MAX_BACKOFF_SECS: u64 = 15 * 60;
-
-/// How long an account waits after `count` wrong passwords in a row, in seconds.
-pub fn backoff_secs(count: u32) -> u64 {
-    match count.checked_sub(FREE_FAILURES) {
-        None => 0,
-        Some(n) => 1u64
-            .checked_shl(n)
-            .unwrap_or(MAX_BACKOFF_SECS)
-            .min(MAX_BACKOFF_SECS),
-    }
-}
-
-/// One password to check against a stored hash (`None`: an unknown user), and where the
-/// answer goes.
-type PasswordJob = (String, Option<String>, tokio::sync::oneshot::Sender<bool>);
-
-/// Password checks run on threads of their own, as many as may run at once. Each thread
-/// keeps the ~19 MiB its last check used for the next one, so the memory they take stays
-/// bounded: on tokio's blocking pool, every new thread kept a heap of its own (measured:
-/// 1,000 sign-ins at once took 440 MiB with only two checks at a time). They run at a
-/// lower CPU priority ([`PASSWORD_NICE`]) than the runtime's workers, so a flood of
-/// sign-ins cannot slow the answers to everything else.
-#[derive(Debug)]
-struct PasswordPool {
-    jobs: std::sync::mpsc::Sender<PasswordJob>,
-}
-
-impl PasswordPool {
-    fn new(threads: usize) -> Self {
-        let (jobs, rx) = std::sync::mpsc::channel::<PasswordJob>();
-        let rx = Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("password-{i}"))
-                .spawn(move || {
-                    lower_priority();
-                    // This thread's argon2 memory, kept from one check to the next.
-                    let mut scratch = auth::Scratch::default();
-                    loop {
-                        let job = {
-                            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-                            rx.recv()
-                        };
-                        // The pool was dropped (the service was rebuilt): stop.
-                        let Ok((password, hash, answer)) = job else {
-                            return;
-                        };
-                        let hash = hash.as_deref().unwrap_or(UNKNOWN_USER_HASH);
-                        let _ =
-                            answer.send(auth::verify_password_in(&password, hash, &mut scratch));
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "could not start a password thread");
-            }
-        }
-        Self { jobs }
-    }
-
-    /// Whether `password` matches `hash` (an unknown user's never does, but takes as long).
-    async fn verify(&self, password: String, hash: Option<String>) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.jobs.send((password, hash, tx)).is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
-    }
-}
-
-/// The nice value of the password threads (0 is the runtime's; 19 the lowest priority):
-/// when the CPU is busy, hashing gets about a tenth of what a runtime worker gets.
-const PASSWORD_NICE: i32 = 10;
-
-/// Lowers the calling thread's CPU priority to [`PASSWORD_NICE`] (Linux sets a nice value
-/// per thread).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), PASSWORD_NICE)
-    {
-        tracing::warn!(error = %e, "could not lower a password thread's priority");
-    }
-}
-
-/// Sign-ins that may wait for a password check, per check that may run at once. More are
-/// refused at once (429), before anything is looked up or hashed: each would only wait
-/// `password_wait` and then be refused, holding its connection meanwhile.
-pub const WAITING_PER_CHECK: usize = 8;
-
-/// One sign-in being handled (waiting for, or holding, a password check).
-#[derive(Debug)]
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-/// Sign-in defences shared by every clone of the service (one per instance).
-#[derive(Debug)]
-struct Guard {
-    /// Sign-ins waiting for or holding a password check; at most
-    /// `password_checks * (1 + WAITING_PER_CHECK)`.
-    in_flight: std::sync::atomic::AtomicUsize,
-    /// Password checks at once (argon2 takes about 19 MiB each).
-    password_slots: tokio::sync::Semaphore,
-    passwords: PasswordPool,
-    password_checks: usize,
-    audit_per_minute: u32,
-    password_wait: Duration,
-    /// Runs of wrong passwords, per known account (so bounded by the directory).
-    failures: std::sync::Mutex<std::collections::HashMap<StaffId, Failures>>,
-    /// Audit entries for failed sign-ins with unknown names.
-    anonymous_audit: governor::DefaultDirectRateLimiter,
-    /// Those not recorded since the last one that was.
-    anonymous_unrecorded: std::sync::atomic::AtomicU64,
-}
-
-impl Guard {
-    fn new(password_checks: usize, password_wait: Duration, audit_per_minute: u32) -> Self {
-        let per_minute =
-            std::num::NonZeroU32::new(audit_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
-        Self {
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            password_slots: tokio::sync::Semaphore::new(password_checks.max(1)),
-            passwords: PasswordPool::new(password_checks),
-            password_checks,
-            audit_per_minute,
-            password_wait,
-            failures: std::sync::Mutex::default(),
-            anonymous_audit: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
-            anonymous_unrecorded: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<StaffId, Failures>> {
-        // The map is consistent after every statement: carry on after a panic elsewhere.
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A place among the sign-ins being handled, unless they are all taken.
-    fn enter(&self) -> Option<InFlight<'_>> {
-        use std::sync::atomic::Ordering;
-        let max = self.password_checks.max(1) * (1 + WAITING_PER_CHECK);
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(InFlight(&self.in_flight))
-    }
-
-    /// How long a known account still waits after its run of wrong passwords, in ms.
-    fn locked_for(&self, id: &StaffId) -> Option<u64> {
-        let left = self
-            .failures()
-            .get(id)?
-            .locked_until
-            .0
-            .saturating_sub(now().0);
-        (left > 0).then_some(left)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
@@ -278,6 +104,8 @@ pub struct Service {
     public_url: String,
     /// The SFU nodes; `None` where no media is served (the command line).
     media: Option<Arc<Media>>,
+    /// The hospital's identity provider, when staff may sign in there.
+    oidc: Option<Arc<crate::auth::oidc::Oidc>>,
     metrics: Arc<Metrics>,
 }
 
@@ -432,6 +260,7 @@ impl Service {
             lifetimes,
             public_url: public_url.trim_end_matches('/').to_owned(),
             media: None,
+            oidc: None,
             metrics: Arc::new(Metrics::default()),
         }
     }
@@ -461,6 +290,16 @@ impl Service {
         }
         self.media = Some(media);
         self
+    }
+
+    /// Lets staff sign in through `oidc`, the hospital's identity provider.
+    pub fn with_oidc(mut self, oidc: Arc<crate::auth::oidc::Oidc>) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    pub fn oidc(&self) -> Option<&Arc<crate::auth::oidc::Oidc>> {
+        self.oidc.as_ref()
     }
 
     pub fn media(&self) -> Option<&Arc<Media>> {
@@ -554,226 +393,6 @@ impl Service {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
-    }
-
-    // --- identity ------------------------------------------------------------------------
-
-    pub async fn sign_in(&self, req: SignInRequest) -> Result<SignInResponse, AppError> {
-        let busy =
-            || AppError::RateLimited("the server is busy; please try again in a moment".into());
-        let id = StaffId::parse(req.username.trim().to_lowercase()).ok();
-        // A run of wrong passwords for this account: wait, whatever the address. Only
-        // known accounts have runs, so this costs no lookup and no hashing. Looked at
-        // again once a check is free: others may have ended their turn wrongly meanwhile.
-        let locked = || {
-            let left = id.as_ref().and_then(|id| self.guard.locked_for(id))?;
-            Some(AppError::RateLimited(format!(
-                "too many wrong passwords for this account; try again in {} s",
-                left.div_ceil(1000)
-            )))
-        };
-        if let Some(e) = locked() {
-            return Err(e);
-        }
-        // A bounded number of sign-ins at once, from the directory lookup to the password
-        // check (argon2, ~19 MiB each); a few more wait briefly, the rest are refused at
-        // once.
-        let Some(_in_flight) = self.guard.enter() else {
-            return Err(busy());
-        };
-        let Ok(Ok(permit)) = tokio::time::timeout(
-            self.guard.password_wait,
-            self.guard.password_slots.acquire(),
-        )
-        .await
-        else {
-            return Err(busy());
-        };
-        if let Some(e) = locked() {
-            return Err(e);
-        }
-        let record = match &id {
-            Some(id) => self.store.staff(id).await?,
-            None => None,
-        };
-        // Verify against a real hash even for unknown users, so timing tells nothing.
-        let hash = record.as_ref().map(|r| r.password_hash.clone());
-        let ok = self.guard.passwords.verify(req.password, hash).await;
-        drop(permit);
-        let (Some(record), true) = (&record, ok) else {
-            self.sign_in_failed(record.as_ref()).await;
-            return Err(AppError::WrongCredentials);
-        };
-        let record = record.clone();
-        self.guard.failures().remove(&record.username);
-        let started_at = now();
-        let session = SessionRecord {
-            id: SessionId::random(),
-            staff: record.username.clone(),
-            started_at,
-            ends_at: later(self.lifetimes.session),
-        };
-        self.store.put_session(&session).await?;
-        self.record(AuditEntry {
-            detail: Some(format!("session {}", session.id)),
-            ..self.audit_entry(&format!("staff:{}", record.username), "sign_in")
-        })
-        .await;
-        Ok(self.issue_staff_token(record, &session))
-    }
-
-    /// Counts a wrong password against a known account, and records the failure in the
-    /// audit log: by account name when there is one, never the name typed for an unknown
-    /// one (it may be a password typed in the wrong field), and only so many a minute.
-    async fn sign_in_failed(&self, record: Option<&StaffRecord>) {
-        use std::sync::atomic::Ordering;
-        let Some(r) = record else {
-            if self.guard.anonymous_audit.check().is_err() {
-                self.guard
-                    .anonymous_unrecorded
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let unrecorded = self.guard.anonymous_unrecorded.swap(0, Ordering::Relaxed);
-            let detail = if unrecorded > 0 {
-                format!("unknown user name ({unrecorded} more not recorded before this)")
-            } else {
-                "unknown user name".to_owned()
-            };
-            self.record(AuditEntry {
-                detail: Some(detail),
-                ..self.audit_entry("system", "sign_in_failed")
-            })
-            .await;
-            return;
-        };
-        let count = {
-            let mut all = self.guard.failures();
-            let f = all.entry(r.username.clone()).or_insert(Failures {
-                count: 0,
-                locked_until: Timestamp(0),
-            });
-            f.count = f.count.saturating_add(1);
-            f.locked_until = now().saturating_add_ms(backoff_secs(f.count) * 1000);
-            f.count
-        };
-        self.record(AuditEntry {
-            detail: Some(format!("user {} ({count} failures in a row)", r.username)),
-            ..self.audit_entry("system", "sign_in_failed")
-        })
-        .await;
-    }
-
-    /// A fresh token for a signed-in member of staff, from the directory as it is now, no
-    /// later than the end of their session.
-    pub async fn refresh(&self, claims: &StaffClaims) -> Result<SignInResponse, AppError> {
-        let session = self.live_session(claims).await?;
-        let record = self
-            .store
-            .staff(&claims.sub)
-            .await?
-            .ok_or(AppError::SessionEnded)?;
-        Ok(self.issue_staff_token(record, &session))
-    }
-
-    fn issue_staff_token(&self, r: StaffRecord, s: &SessionRecord) -> SignInResponse {
-        let expires_at = later(self.lifetimes.staff).min(s.ends_at);
-        let session = StaffSession {
-            username: r.username,
-            display_name: r.display_name,
-            role: r.role,
-            clinics: r.clinics,
-        };
-        SignInResponse {
-            token: self.keys.staff_token(&session, s.id, expires_at),
-            expires_at,
-            session,
-        }
-    }
-
-    /// The session a staff token belongs to, if it has not been ended or run out.
-    pub async fn live_session(&self, claims: &StaffClaims) -> Result<SessionRecord, AppError> {
-        match self.store.session(claims.sid).await? {
-            Some(s) if s.staff == claims.sub && s.ends_at > now() => Ok(s),
-            _ => Err(AppError::SessionEnded),
-        }
-    }
-
-    /// Checks a staff token (and that its session goes on) or a visit credential.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, AppError> {
-        match self.keys.check_staff(token) {
-            Ok(c) => {
-                self.live_session(&c).await?;
-                Ok(Principal::Staff(c))
-            }
-            Err(AuthError::Expired) => Err(AuthError::Expired.into()),
-            Err(_) => Ok(Principal::Patient(self.keys.check_visit(token)?)),
-        }
-    }
-
-    pub async fn authenticate_staff(&self, token: &str) -> Result<StaffClaims, AppError> {
-        let claims = self.keys.check_staff(token)?;
-        self.live_session(&claims).await?;
-        Ok(claims)
-    }
-
-    /// When a visit credential runs out (seconds since the epoch).
-    pub fn visit_expiry(&self, token: &str) -> Result<u64, AppError> {
-        Ok(self.keys.visit_expiry(token)?)
-    }
-
-    /// Signing out: the token's session ends, on every instance.
-    pub async fn sign_out(&self, claims: &StaffClaims) -> Result<(), AppError> {
-        self.store.end_session(claims.sid).await?;
-        self.record(AuditEntry {
-            detail: Some(format!("session {}", claims.sid)),
-            ..self.audit_entry(&format!("staff:{}", claims.sub), "sign_out")
-        })
-        .await;
-        Ok(())
-    }
-
-    /// Every live staff sign-in, for an administrator.
-    pub async fn sessions(&self) -> Result<Vec<SessionView>, AppError> {
-        Ok(self
-            .store
-            .sessions(now())
-            .await?
-            .into_iter()
-            .map(|s| SessionView {
-                id: s.id,
-                username: s.staff,
-                signed_in_at: s.started_at,
-                ends_at: s.ends_at,
-            })
-            .collect())
-    }
-
-    /// Ends one sign-in (an administrator's decision).
-    pub async fn end_session(&self, actor: &str, id: SessionId) -> Result<(), AppError> {
-        if !self.store.end_session(id).await? {
-            return Err(AppError::NotFound("no such sign-in"));
-        }
-        self.record(AuditEntry {
-            detail: Some(format!("session {id}")),
-            ..self.audit_entry(actor, "end_session")
-        })
-        .await;
-        Ok(())
-    }
-
-    /// Ends every sign-in of a member of staff: on a change of password, role or clinics,
-    /// or when an administrator asks.
-    pub async fn end_sessions_of(&self, actor: &str, staff: &StaffId) -> Result<usize, AppError> {
-        let n = self.store.end_sessions_of(staff).await?;
-        if n > 0 {
-            self.record(AuditEntry {
-                detail: Some(format!("user {staff} sessions {n}")),
-                ..self.audit_entry(actor, "end_sessions")
-            })
-            .await;
-        }
-        Ok(n)
     }
 
     // --- patients entering -----------------------------------------------------------------
@@ -1393,6 +1012,7 @@ impl Service {
             role: req.role,
             clinics: req.clinics,
             password_hash,
+            idp_subject: None,
         };
         self.store.put_staff(&record).await?;
         // A replaced record is a new password, role or set of clinics: the old sign-ins
@@ -1542,7 +1162,3 @@ impl Service {
         }
     }
 }
-
-/// A valid argon2 hash of a random password nobody knows, verified against when the user
-/// name is unknown so that sign-in takes as long either way.
-const UNKNOWN_USER_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$yGrtf3mNHFq1dd+uD9KCeHBnmaDt/Qm7xWF2ZmSW1S8";

@@ -299,6 +299,7 @@ async fn directory_round_trips(store: &dyn Store) {
         role: Role::Reception,
         clinics: vec![clinic_id("derm")],
         password_hash: "$argon2id$...".into(),
+        idp_subject: None,
     };
     store.put_staff(&alice).await.unwrap();
     let mut bob = alice.clone();
@@ -596,6 +597,7 @@ fn session(staff: &str, started: u64, ends: u64) -> SessionRecord {
         staff: StaffId::parse(staff).unwrap(),
         started_at: Timestamp(started),
         ends_at: Timestamp(ends),
+        idp: None,
     }
 }
 
@@ -608,6 +610,16 @@ async fn sessions_end_one_by_one_or_all_of_a_person(store: &dyn Store) {
         store.put_session(s).await.unwrap();
     }
     assert_eq!(store.session(a1.id).await.unwrap(), Some(a1.clone()));
+    assert_eq!(store.sessions(Timestamp(now)).await.unwrap().len(), 3);
+    // Writing a session again replaces it (an identity provider's refresh token rotated).
+    let mut a1_idp = a1.clone();
+    a1_idp.idp = Some(signalling::store::IdpGrant {
+        subject: "sub-1".into(),
+        refresh_token: Some(signalling::auth::oidc::Secret::new("rt-2".into())),
+        checked_at: Timestamp(now),
+    });
+    store.put_session(&a1_idp).await.unwrap();
+    assert_eq!(store.session(a1.id).await.unwrap(), Some(a1_idp));
     assert_eq!(store.sessions(Timestamp(now)).await.unwrap().len(), 3);
     assert!(store.end_session(b.id).await.unwrap());
     assert!(!store.end_session(b.id).await.unwrap());

@@ -9,6 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use protocol::{ClinicId, InviteId, Role, SessionId, StaffId, StaffSession, Timestamp, VisitId};
 use serde::{Deserialize, Serialize};
 
+pub mod oidc;
 mod password;
 mod policy;
 
@@ -18,6 +19,7 @@ pub use policy::{Action, POLICY, Rule, Target, authorize, may_ever, role_allows}
 const AUD_STAFF: &str = "consult-staff";
 const AUD_VISIT: &str = "consult-visit";
 const AUD_INVITE: &str = "consult-invite";
+const AUD_OIDC: &str = "consult-oidc-pending";
 
 /// The shortest signing secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -51,6 +53,14 @@ pub struct StaffClaims {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct VisitClaims {
     sub: VisitId,
+    aud: String,
+    exp: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingClaims {
+    #[serde(flatten)]
+    pending: oidc::Pending,
     aud: String,
     exp: u64,
 }
@@ -133,6 +143,21 @@ impl Keys {
 
     pub fn check_staff(&self, token: &str) -> Result<StaffClaims, AuthError> {
         self.check(token, AUD_STAFF)
+    }
+
+    /// An OpenID Connect sign-in under way (state, nonce, PKCE verifier), signed for the
+    /// browser to carry in a cookie from `start` to `callback`.
+    pub fn oidc_pending_token(&self, p: &oidc::Pending, expires: Timestamp) -> String {
+        self.sign(&PendingClaims {
+            pending: p.clone(),
+            aud: AUD_OIDC.into(),
+            exp: secs(expires),
+        })
+    }
+
+    pub fn check_oidc_pending(&self, token: &str) -> Result<oidc::Pending, AuthError> {
+        self.check::<PendingClaims>(token, AUD_OIDC)
+            .map(|c| c.pending)
     }
 
     pub fn visit_token(&self, visit: VisitId, expires: Timestamp) -> String {

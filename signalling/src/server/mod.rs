@@ -37,6 +37,7 @@ use crate::service::Service;
 
 pub mod hub;
 pub mod limits;
+mod oidc;
 pub mod presence;
 mod ws;
 
@@ -263,6 +264,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/staff/sign-in", post(sign_in))
         .route("/api/staff/refresh", post(refresh))
         .route("/api/staff/sign-out", post(sign_out))
+        .route("/api/staff/sign-in-options", get(oidc::sign_in_options))
+        .route("/api/staff/oidc/start", get(oidc::start))
+        .route("/api/staff/oidc/callback", get(oidc::callback))
+        .route("/api/staff/oidc/session", post(oidc::session))
         .route("/api/admin/sessions", get(list_sessions))
         .route("/api/admin/sessions/{session}/end", post(end_session))
         .route(

@@ -386,7 +386,7 @@ impl Store for LocalStore {
             )
             .map_err(db_err)?;
             db.execute(
-                "INSERT INTO sessions (id, staff, ends_at, record) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO sessions (id, staff, ends_at, record) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     session.id.to_string(),
                     session.staff.as_str(),

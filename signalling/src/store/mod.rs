@@ -41,8 +41,14 @@ pub struct StaffRecord {
     pub display_name: String,
     pub role: Role,
     pub clinics: Vec<ClinicId>,
-    /// An argon2 PHC string; never the password.
+    /// An argon2 PHC string; never the password. Empty for someone who signs in only
+    /// through the identity provider.
     pub password_hash: String,
+    /// Set for someone whose record the identity provider keeps (OpenID Connect): their
+    /// `sub` there. Their role and clinics follow their groups at the provider, and no
+    /// password signs them in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_subject: Option<String>,
 }
 
 /// A staff sign-in, kept so it can be ended: every request checks that its token's session
@@ -54,6 +60,22 @@ pub struct SessionRecord {
     pub started_at: Timestamp,
     /// The absolute end: refreshing never takes a token past it.
     pub ends_at: Timestamp,
+    /// For a sign-in through the identity provider: what lets a refresh ask it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<IdpGrant>,
+}
+
+/// A sign-in's standing at the identity provider, kept with the session (never sent to
+/// a browser).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdpGrant {
+    /// The person's `sub` at the provider.
+    pub subject: String,
+    /// The provider's refresh token (`None` if it gave none: the sign-in then lasts one
+    /// staff token).
+    pub refresh_token: Option<crate::auth::oidc::Secret>,
+    /// When the provider last confirmed the person's groups.
+    pub checked_at: Timestamp,
 }
 
 /// A personal invite, as issued.

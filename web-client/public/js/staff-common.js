@@ -174,6 +174,32 @@ export async function api(path, { method = 'GET', body, token } = {}) {
   return data;
 }
 
+/**
+ * Sign-in through the organisation's identity provider: its name when the server offers
+ * it (GET /api/staff/sign-in-options), else null.
+ */
+export async function oidcProvider() {
+  try {
+    return (await api('/api/staff/sign-in-options')).oidc || null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * After signing in at the identity provider the server sends the browser to
+ * `#oidc`, its token in a short-lived HttpOnly cookie: swapped here for the sign-in
+ * (POST /api/staff/oidc/session), never through a URL. Resolves with the sign-in, or
+ * null when this page was not such a landing.
+ */
+export async function takeOidcSignIn() {
+  if (location.hash !== '#oidc') return null;
+  history.replaceState(null, '', location.pathname + location.search);
+  const s = await api('/api/staff/oidc/session', { method: 'POST' });
+  saveSession(s);
+  return s;
+}
+
 export async function signIn(username, password) {
   const s = await api('/api/staff/sign-in', { method: 'POST', body: { username, password } });
   saveSession(s);

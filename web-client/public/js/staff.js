@@ -23,7 +23,7 @@ import { ask, invalid, isOpen, update } from './staff-dialog.js';
 import {
   $, h, sr, api, clearLiveRegions, clearSession, clock, copyText, duration, ENDED, endSignIn, EXPIRED, explain,
   INVALID,
-  keepFresh, loadSession, ROLE_NAMES, takeNote, wireSignIn,
+  keepFresh, loadSession, oidcProvider, ROLE_NAMES, takeNote, takeOidcSignIn, wireSignIn,
 } from './staff-common.js';
 
 const SOUND_KEY = 'consult.staff.sound';
@@ -888,11 +888,25 @@ function inviteDialog(cl) {
 
 // --- start ------------------------------------------------------------------------------------------
 
-{
+oidcProvider().then((name) => {
+  if (!name) return;
+  $('oidc-start').textContent = `Sign in with ${name}`;
+  $('oidc').hidden = false;
+});
+
+(async () => {
+  let landed = null;
+  try {
+    landed = await takeOidcSignIn();
+  } catch (e) {
+    showSignIn(e.message);
+    return;
+  }
+  if (landed) return start(landed, true);
   const stored = loadSession();
   if (!stored) showSignIn(takeNote());
   else if (stored.expires_at <= Date.now()) {
     clearSession();
     showSignIn(EXPIRED);
   } else start(stored, false);
-}
+})();
