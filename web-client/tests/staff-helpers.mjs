@@ -23,8 +23,8 @@ export const password = () => randomBytes(9).toString('hex'); // 18 characters
  * A `consult serve` with the given clinics ([id, name]) and staff ([username, name, role,
  * [clinics]]), made with the command line. Resolves with {url, store, passwords}.
  */
-export async function platform(env, { clinics = [], staff = [], extraEnv = {} }) {
-  const store = { dataDir: await env.tmpdir() };
+export async function platform(env, { clinics = [], staff = [], extraEnv = {}, redisUrl }) {
+  const store = { dataDir: await env.tmpdir(), ...(redisUrl ? { redisUrl } : {}) };
   for (const [id, name, open = true] of clinics) {
     await h.consultCli(env, store, ['clinic', 'add', id, '--name', name, ...(open ? ['--open-link'] : [])]);
   }

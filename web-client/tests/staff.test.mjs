@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import * as h from './harness.mjs';
 import * as s from './staff-helpers.mjs';
 
-h.watchdog(150);
+h.watchdog(200);
 
 let browser;
 before(async () => {
@@ -370,5 +370,40 @@ test('errors: wrong password, expired or invalid sign-in, refused action, server
     await s.waitStaff(page, (x) => /Cannot reach the server/.test(x.signInError), 'unreachable explained');
     await s.check(page, 'staff-sign-in-unreachable');
     assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
+  });
+});
+
+test('an admin drains a media server from the admin page and puts it back', async () => {
+  await s.withStaffEnv('media servers', async (env) => {
+    const dir = await env.tmpdir();
+    const redis = await h.startRedis(env, dir);
+    await h.startSfu(env, { redisUrl: redis.url, nodeId: 'sfu-1' });
+    await h.startSfu(env, { redisUrl: redis.url, nodeId: 'sfu-2' });
+    const p = await s.platform(env, { staff: [['ada', 'Ada Admin', 'admin', []]], redisUrl: redis.url });
+    const admin = await s.openPage(browser, env, p.url, 'admin', '/admin');
+    await s.waitAdmin(admin, (x) => x.view === 'sign-in-view', 'admin sign-in');
+    await s.signIn(admin, 'ada', p.passwords.ada);
+    const inService = (x, id) => x.nodes.find((n) => n.id === id)?.state === 'In service';
+    await s.waitAdmin(admin, (x) => x.nodes.length === 2 && inService(x, 'sfu-1') && inService(x, 'sfu-2'), 'both media servers in service');
+
+    await admin.getByRole('combobox', { name: 'Move calls after' }).selectOption('300');
+    await button(admin, 'Drain sfu-1').click();
+    await s.waitAdmin(
+      admin,
+      (x) => x.nodes.find((n) => n.id === 'sfu-1')?.state === 'Draining: no new calls' && inService(x, 'sfu-2'),
+      'sfu-1 draining, sfu-2 not',
+    );
+    await admin.locator('#nodes-table').getByText('Draining: no new calls').waitFor();
+    await admin.locator('#audit-table').getByText('drained a media server').waitFor();
+    await s.check(admin, 'admin-media-servers');
+    // The API says the same.
+    const records = await h.rest(p.url, (await h.rest(p.url).post('/api/staff/sign-in', { username: 'ada', password: p.passwords.ada })).token)
+      .get('/api/admin/media-nodes');
+    assert.deepEqual(records.map((r) => [r.id, r.draining]), [['sfu-1', true], ['sfu-2', false]]);
+
+    await button(admin, 'Put sfu-1 back in service').click();
+    await s.waitAdmin(admin, (x) => inService(x, 'sfu-1'), 'sfu-1 back in service');
+    await admin.locator('#audit-table').getByText('put a media server back in service').waitFor();
+    assert.deepEqual(env.pageErrors, [], 'no JavaScript errors in the page');
   });
 });

@@ -517,6 +517,14 @@ pub struct SignInRequest {
     pub password: String,
 }
 
+/// `GET /api/staff/sign-in-options`: how staff may sign in here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignInOptions {
+    /// "Sign in with {oidc}": the identity provider's name, when staff may sign in there.
+    pub oidc: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignInResponse {

@@ -288,6 +288,12 @@ fn all_fixtures() -> Vec<&'static str> {
         },
     ));
     names.push(check(
+        "rest_sign_in_options",
+        &SignInOptions {
+            oidc: Some("NHS Care Identity".into()),
+        },
+    ));
+    names.push(check(
         "rest_sign_in_response",
         &SignInResponse {
             token: "eyJ...".into(),

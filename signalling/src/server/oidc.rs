@@ -23,7 +23,8 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 use cookie::{Cookie, SameSite};
-use serde::{Deserialize, Serialize};
+use protocol::SignInOptions;
+use serde::Deserialize;
 
 use super::{ApiError, ApiResult, AppState, Limit, check_rate};
 use crate::auth::oidc::OidcError;
@@ -39,12 +40,6 @@ const HANDOVER_COOKIE: &str = "consult_oidc_token";
 const COOKIE_PATH: &str = "/api/staff/oidc/";
 
 /// `GET /api/staff/sign-in-options`.
-#[derive(Debug, Serialize)]
-pub struct SignInOptions {
-    /// "Sign in with {oidc}": the identity provider's name, when staff may sign in there.
-    pub oidc: Option<String>,
-}
-
 pub async fn sign_in_options(State(state): State<AppState>) -> Json<SignInOptions> {
     Json(SignInOptions {
         oidc: state.service.oidc().map(|o| o.provider_name().to_owned()),

@@ -3,7 +3,8 @@
 // administrators get past the sign-in; others are sent to their waiting rooms.
 //
 // REST (admin only): GET/POST /api/admin/clinics, GET/POST /api/admin/staff,
-// POST /api/admin/invites, GET /api/admin/audit?limit=N.
+// POST /api/admin/invites, GET /api/admin/audit?limit=N, GET /api/admin/media-nodes,
+// POST /api/admin/media-nodes/{node}/drain and /resume.
 
 import {
   $, h, api, clearLiveRegions, clearSession, clock, copyText, endSignIn, EXPIRED, keepFresh, loadSession, ROLE_NAMES,
@@ -13,7 +14,7 @@ import {
 const ISSUED_KEY = 'consult.admin.invites';
 const SLUG = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
-const app = { auth: null, clinics: [], staff: [], audit: [], stopFresh: null };
+const app = { auth: null, clinics: [], staff: [], audit: [], nodes: [], stopFresh: null };
 
 window.consultAdmin = {
   state: () => ({
@@ -22,6 +23,7 @@ window.consultAdmin = {
     staff: app.staff.map((s) => s.username),
     audit: app.audit.length,
     issued: issued().length,
+    nodes: app.nodes.map((n) => ({ id: n.id, draining: n.draining, state: nodeState(n, Date.now()) })),
     feedback: $('feedback').textContent,
     failure: $('failure').textContent,
     signInError: $('sign-in-error').textContent,
@@ -76,7 +78,7 @@ function start(auth, interactive) {
   document.title = 'Administration – Consult';
   if (interactive) $('admin-h').focus();
   renderIssued();
-  reload(['clinics', 'staff', 'audit']);
+  reload(['clinics', 'staff', 'nodes', 'audit']);
 }
 
 function signOut(text, kind = 'warn') {
@@ -123,6 +125,10 @@ async function reload(what) {
       app.audit = await call(`/api/admin/audit?limit=${$('audit-limit').value}`);
       renderAudit();
     },
+    nodes: async () => {
+      app.nodes = await call('/api/admin/media-nodes');
+      renderNodes();
+    },
   };
   const results = await Promise.allSettled(what.map((w) => jobs[w]()));
   const failed = results.find((r) => r.status === 'rejected');
@@ -162,11 +168,56 @@ function renderStaff() {
     'No staff yet.'));
 }
 
+/** What a media server's record says of it, in words. */
+function nodeState(n, now) {
+  if (n.expires_at <= now) return 'Not answering';
+  if (n.moving) return 'Moving its calls to other servers';
+  if (n.draining) return 'Draining: no new calls';
+  return 'In service';
+}
+
+function renderNodes() {
+  const now = Date.now();
+  $('nodes-table').replaceChildren(table('Media servers', ['Name', 'State', 'People', 'Calls', 'Last heard', ''],
+    app.nodes.map((n) => {
+      const live = n.expires_at > now;
+      const action = !live
+        ? ''
+        : n.draining
+          ? h('button', { type: 'button', onclick: () => nodeAction(n.id, 'resume') }, `Put ${n.id} back in service`)
+          : h('button', { type: 'button', onclick: () => nodeAction(n.id, 'drain') }, `Drain ${n.id}`);
+      return [n.id, nodeState(n, now), String(n.participants), String(n.consultations),
+        h('time', { datetime: new Date(n.heartbeat_at).toISOString() }, clock(n.heartbeat_at)), action];
+    }),
+    'No separate media servers: this server carries its calls itself.'));
+}
+
+async function nodeAction(id, what) {
+  $('nodes-error').textContent = '';
+  try {
+    const body = what === 'drain' ? { deadline_seconds: Number($('drain-after').value) } : undefined;
+    await call(`/api/admin/media-nodes/${encodeURIComponent(id)}/${what}`, { method: 'POST', body });
+  } catch (e) {
+    $('nodes-error').textContent = `Could not ${what} ${id}: ${e.message}`;
+  }
+  // The node writes its new state into its record a moment later.
+  const wanted = what === 'drain';
+  for (let i = 0; i < 10; i++) {
+    await reload(['nodes']);
+    if (app.nodes.find((n) => n.id === id)?.draining === wanted) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await reload(['audit']);
+}
+
+$('nodes-refresh').addEventListener('click', () => reload(['nodes']));
+
 const ACTIONS = {
   sign_in: 'signed in', sign_in_failed: 'failed sign-in', put_clinic: 'saved a clinic', put_staff: 'saved staff',
   issue_invite: 'issued an invite link', enter: 'patient arrived', admit: 'admitted', admit_next: 'admitted the next patient',
   return_to_waiting: 'sent back to waiting', transfer: 'transferred', remove: 'removed', leave: 'patient left',
   end_consultation: 'ended a call', send_message: 'sent a message', message: 'sent a message',
+  node_drain: 'drained a media server', node_resume: 'put a media server back in service',
 };
 
 function renderAudit() {
