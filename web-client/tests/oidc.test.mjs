@@ -7,7 +7,8 @@
 // the page refreshes every few seconds), the page loses access: back on sign-in, its
 // websocket closed. A person in no mapped group is refused with a plain page. The
 // refusals: a callback with another state, without or with a forged start cookie, and a
-// replayed callback (the provider refuses the used code); and the provider down at a
+// replayed callback (the provider refuses the used code), a code issued to another
+// application at the same provider; and the provider down at a
 // refresh: the sign-in goes on within unreachable_grace_minutes, and ends with none.
 //
 // Run by scripts/browser-tests (inside a private network namespace), or directly:
@@ -21,7 +22,7 @@ import { after, before, test } from 'node:test';
 import * as h from './harness.mjs';
 import * as s from './staff-helpers.mjs';
 
-h.watchdog(120);
+h.watchdog(150);
 
 const SECRET = 'consult-test-client-secret-0123456789';
 
@@ -221,6 +222,38 @@ test('OIDC refusals: a callback with a bad state or no start, a replayed callbac
     // Only the one sign-in happened.
     const audit = await h.consultCli(env, p.store, ['audit', '--limit', '50']);
     assert.equal((audit.match(/"action":"sign_in","detail":"[^"]*via oidc"/g) || []).length, 1, audit);
+  });
+});
+
+test('OIDC: a code the provider issued to another application is refused', async () => {
+  await s.withStaffEnv('oidc other client', async (env) => {
+    const p = await platform(env);
+    const page = await s.openPage(browser, env, p.url, 'olivia');
+    // A sign-in started at consult (its pending cookie in the browser), but the request
+    // that reaches the provider is for another application registered there (same
+    // redirect address): the code that comes back to consult's callback was issued to it.
+    const start = await get(`${p.url}/api/staff/oidc/start`);
+    assert.equal(start.status, 303);
+    const [pair] = start.headers.get('set-cookie').split(';');
+    const eq = pair.indexOf('=');
+    await page.context().addCookies([
+      { name: pair.slice(0, eq), value: pair.slice(eq + 1), url: `${p.url}/api/staff/oidc/` },
+    ]);
+    const to = new URL(start.headers.get('location'));
+    assert.equal(to.searchParams.get('client_id'), 'consult');
+    to.searchParams.set('client_id', 'other-app');
+    let callback = 0;
+    page.on('response', (res) => {
+      if (res.url().includes('/api/staff/oidc/callback')) callback = res.status();
+    });
+    await page.goto(to.href);
+    await signInAtProvider(page, 'olivia');
+    await page.getByText(/Sign-in did not work/).waitFor();
+    assert.equal(callback, 400, 'the callback refuses it');
+    // Nobody signed in, no record made.
+    const audit = await h.consultCli(env, p.store, ['audit', '--limit', '50']);
+    assert.doesNotMatch(audit, /"action":"sign_in","detail":"[^"]*via oidc"/, audit);
+    assert.doesNotMatch(audit, /"actor":"staff:olivia"/, audit);
   });
 });
 
