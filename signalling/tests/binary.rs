@@ -128,7 +128,11 @@ fn references(url_path: &str, body: &str) -> Vec<String> {
     let dir = &url_path[..url_path.rfind('/').unwrap() + 1];
     found
         .into_iter()
-        .filter(|r| !r.is_empty() && !r.contains(':') && !r.starts_with('#'))
+        // The API is not part of the pages (the sign-in page links to the identity
+        // provider's start, which only a configured server answers).
+        .filter(|r| {
+            !r.is_empty() && !r.contains(':') && !r.starts_with('#') && !r.starts_with("/api/")
+        })
         .map(|r| {
             let r = r.split(['?', '#']).next().unwrap().to_owned();
             let joined = if r.starts_with('/') {
