@@ -526,19 +526,31 @@ async fn start_node(
     (node, stop)
 }
 
-/// An administrator drains the node carrying a call: no new consultation goes there, the
-/// call goes on until the deadline, then both are told `node_moved` and joining again
-/// puts them on the other node. Only an administrator may; bad requests change nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_administrator_drains_a_node_and_its_calls_move_at_the_deadline() {
+/// A call on SFU nodes registered in Redis: `nodes` started (by name, so the call lands
+/// on the first), one instance, a patient and the clinician joined and receiving.
+struct NodeCall {
+    /// Bind it (`_redis`, not `..`): dropped, the server stops.
+    _redis: RedisServer,
+    conn: redis::aio::ConnectionManager,
+    secret: String,
+    nodes: Vec<(Arc<Node>, tokio_util::sync::CancellationToken)>,
+    s: TestServer,
+    consultation: ConsultationId,
+    patient: (MediaWs, sfu_synthetic::Participant),
+    clinician: (MediaWs, sfu_synthetic::Participant),
+}
+
+async fn node_call(nodes: &[&str], patient_name: &str) -> NodeCall {
     let redis = RedisServer::start();
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
     let mut conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
         .await
         .unwrap();
     let secret = sfu::registry::control_secret(&mut conn, "").await.unwrap();
-    let (first, _stop_first) = start_node(&mut conn, &secret, "sfu-a").await;
-    let (second, _stop_second) = start_node(&mut conn, &secret, "sfu-b").await;
+    let mut started = Vec::new();
+    for name in nodes {
+        started.push(start_node(&mut conn, &secret, name).await);
+    }
     let media = Arc::new(Media::registered(
         store.clone(),
         secret.clone(),
@@ -546,13 +558,41 @@ async fn an_administrator_drains_a_node_and_its_calls_move_at_the_deadline() {
     ));
     let s = TestServer::start_with_media(store, limits(), Some(media)).await;
     directory(&s.service).await;
-    let (patient, _, consultation) = admitted_patient(&s, "Pat Drained").await;
+    let (patient, _, consultation) = admitted_patient(&s, patient_name).await;
     let jones = s.sign_in("dr.jones").await;
-    let (mut patient, p) = join(patient, consultation).await;
-    let (mut clinician, c) = join(s.ws(&jones.token).await, consultation).await;
-    receives_from(&p, 1).await;
-    receives_from(&c, 1).await;
-    assert_eq!(first.load().participants, 2, "placed on the first by name");
+    let patient = join(patient, consultation).await;
+    let clinician = join(s.ws(&jones.token).await, consultation).await;
+    receives_from(&patient.1, 1).await;
+    receives_from(&clinician.1, 1).await;
+    assert_eq!(started[0].0.load().participants, 2, "placed on the first");
+    NodeCall {
+        _redis: redis,
+        conn,
+        secret,
+        nodes: started,
+        s,
+        consultation,
+        patient,
+        clinician,
+    }
+}
+
+/// An administrator drains the node carrying a call: no new consultation goes there, the
+/// call goes on until the deadline, then both are told `node_moved` and joining again
+/// puts them on the other node. Only an administrator may; bad requests change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_drains_a_node_and_its_calls_move_at_the_deadline() {
+    let NodeCall {
+        _redis,
+        nodes,
+        s,
+        consultation,
+        patient: (mut patient, p),
+        clinician: (mut clinician, c),
+        ..
+    } = node_call(&["sfu-a", "sfu-b"], "Pat Drained").await;
+    let (first, second) = (&nodes[0].0, &nodes[1].0);
+    let jones = s.sign_in("dr.jones").await;
 
     let admin = s.sign_in("admin").await;
     let drain = serde_json::json!({ "deadline_seconds": 1 });
@@ -660,27 +700,17 @@ async fn an_administrator_drains_a_node_and_its_calls_move_at_the_deadline() {
 /// the consultation to another node although the dead one's record has not expired yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_node_stops_its_consultations_move_to_another() {
-    let redis = RedisServer::start();
-    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
-    let mut conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
-        .await
-        .unwrap();
-    let secret = sfu::registry::control_secret(&mut conn, "").await.unwrap();
-    let (first, stop_first) = start_node(&mut conn, &secret, "sfu-a").await;
-    let media = Arc::new(Media::registered(
-        store.clone(),
-        secret.clone(),
-        Default::default(),
-    ));
-    let s = TestServer::start_with_media(store, limits(), Some(media)).await;
-    directory(&s.service).await;
-    let (patient, _, consultation) = admitted_patient(&s, "Pat Moved").await;
-    let jones = s.sign_in("dr.jones").await;
-    let (mut patient, p) = join(patient, consultation).await;
-    let (mut clinician, c) = join(s.ws(&jones.token).await, consultation).await;
-    receives_from(&p, 1).await;
-    receives_from(&c, 1).await;
-    assert_eq!(first.load().participants, 2);
+    let NodeCall {
+        _redis,
+        mut conn,
+        secret,
+        nodes,
+        s,
+        consultation,
+        patient: (mut patient, p),
+        clinician: (mut clinician, c),
+    } = node_call(&["sfu-a"], "Pat Moved").await;
+    let stop_first = &nodes[0].1;
 
     let (second, _stop_second) = start_node(&mut conn, &secret, "sfu-b").await;
     stop_first.cancel();

@@ -492,6 +492,13 @@ async fn staff(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, Api
     Ok(state.service.authenticate_staff(bearer(headers)?).await?)
 }
 
+/// The signed-in administrator making the request, or why not.
+async fn admin(state: &AppState, headers: &HeaderMap) -> Result<StaffClaims, ApiError> {
+    let claims = staff(state, headers).await?;
+    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    Ok(claims)
+}
+
 /// Which per-address limit a request counts against.
 #[derive(Debug, Clone, Copy)]
 enum Limit {
@@ -552,8 +559,7 @@ async fn media_nodes(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<protocol::control::NodeRecord>> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    admin(&state, &headers).await?;
     Ok(Json(state.service.media_nodes().await?))
 }
 
@@ -575,8 +581,7 @@ async fn drain_node(
     Path(node): Path<String>,
     Body(req): Body<DrainRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let claims = admin(&state, &headers).await?;
     let node = node_id(node)?;
     state
         .service
@@ -594,8 +599,7 @@ async fn resume_node(
     headers: HeaderMap,
     Path(node): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let claims = admin(&state, &headers).await?;
     let node = node_id(node)?;
     state
         .service
@@ -632,8 +636,7 @@ async fn list_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<SessionView>> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    admin(&state, &headers).await?;
     Ok(Json(state.service.sessions().await?))
 }
 
@@ -642,8 +645,7 @@ async fn end_session(
     headers: HeaderMap,
     Path(session): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let claims = admin(&state, &headers).await?;
     let id = session
         .parse()
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such sign-in"))?;
@@ -659,8 +661,7 @@ async fn end_staff_sessions(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let claims = admin(&state, &headers).await?;
     let user = StaffId::parse(user)
         .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such member of staff"))?;
     state
@@ -739,8 +740,7 @@ async fn list_clinics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<ClinicEntryInfo>> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    admin(&state, &headers).await?;
     let clinics = state
         .service
         .store()
@@ -763,8 +763,7 @@ async fn list_staff(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<StaffSession>> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    admin(&state, &headers).await?;
     let staff = state
         .service
         .store()
@@ -809,8 +808,7 @@ async fn create_clinic(
     headers: HeaderMap,
     Body(req): Body<CreateClinic>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let claims = admin(&state, &headers).await?;
     state
         .service
         .create_clinic(&format!("staff:{}", claims.sub), req)
@@ -823,8 +821,7 @@ async fn create_staff(
     headers: HeaderMap,
     Body(req): Body<CreateStaff>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    let claims = admin(&state, &headers).await?;
     state
         .service
         .create_staff(&format!("staff:{}", claims.sub), req)
@@ -886,8 +883,7 @@ async fn audit(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Vec<AuditEntry>> {
-    let claims = staff(&state, &headers).await?;
-    authorize(&claims, Action::Administer, None, Target::Clinic)?;
+    admin(&state, &headers).await?;
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     Ok(Json(
