@@ -651,16 +651,7 @@ async fn an_administrator_drains_a_node_and_its_calls_move_at_the_deadline() {
         .await,
         (204, None)
     );
-    let nodes: Vec<NodeRecord> = s
-        .http
-        .get(s.url("/api/admin/media-nodes"))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: Vec<NodeRecord> = s.get_json("/api/admin/media-nodes", &admin.token).await;
     let a = nodes.iter().find(|n| n.id.as_str() == "sfu-a").unwrap();
     assert!(a.draining && !a.moving, "draining, not moving yet: {a:?}");
     // Before the deadline the call is still where it was.

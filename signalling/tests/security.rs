@@ -203,16 +203,7 @@ async fn an_appointment_invite_admits_one_patient_and_can_be_revoked() {
         .unwrap();
     assert_ne!(back.visit, first.visit);
     // Staff revoke it: nobody gets in with it any more, the patient included.
-    let listed: Vec<InviteView> = s
-        .http
-        .get(s.url("/api/clinics/derm/invites"))
-        .bearer_auth(&jones)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Vec<InviteView> = s.get_json("/api/clinics/derm/invites", &jones).await;
     assert!(
         listed
             .iter()
@@ -693,16 +684,7 @@ async fn anonymous_failed_sign_ins_are_sanitised_and_rate_limited_in_the_audit_l
         let typed = format!("my secret password {i}\u{202E}");
         assert_eq!(sign_in_as(&s, &typed, "whatever it is", None).await.0, 401);
     }
-    let audit: Vec<protocol::AuditEntry> = s
-        .http
-        .get(s.url("/api/admin/audit?limit=1000"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Vec<protocol::AuditEntry> = s.get_json("/api/admin/audit?limit=1000", &admin).await;
     let failures: Vec<_> = audit
         .iter()
         .filter(|e| e.action == "sign_in_failed")

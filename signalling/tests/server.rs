@@ -198,15 +198,8 @@ async fn journey(s: &TestServer) {
     // Every step is in the audit log, with who did it, and no token anywhere in it.
     let admin = s.sign_in("admin").await;
     let audit: Vec<AuditEntry> = s
-        .http
-        .get(s.url("/api/admin/audit?limit=1000"))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/admin/audit?limit=1000", &admin.token)
+        .await;
     let mine: Vec<(&str, &str)> = audit
         .iter()
         .filter(|e| e.visit == Some(entered.visit))

@@ -219,14 +219,20 @@ impl TestServer {
     }
 
     pub async fn snapshot(&self, token: &str, clinic: &str) -> ServerMsg {
+        self.get_json(&format!("/api/clinics/{clinic}/room"), token)
+            .await
+    }
+
+    /// GETs `path` with `token`, expecting 200 and JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, token: &str) -> T {
         let r = self
             .http
-            .get(self.url(&format!("/api/clinics/{clinic}/room")))
+            .get(self.url(path))
             .bearer_auth(token)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(r.status(), 200, "GET {path}");
         r.json().await.unwrap()
     }
 
