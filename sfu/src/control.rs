@@ -321,6 +321,12 @@ impl Node {
                     Err(e) => engine_failure(&e),
                 }
             }
+            ControlOp::ReceiveVideo { participant, on } => {
+                match self.engine.receive_video(key(participant), on).await {
+                    Ok(()) => ControlOutcome::Done,
+                    Err(e) => engine_failure(&e),
+                }
+            }
             ControlOp::MediaState { participant, state } => {
                 match self.engine.media_state(key(participant), state).await {
                     Ok(()) => ControlOutcome::Done,
@@ -513,6 +519,19 @@ impl Node {
                     k,
                     NodeMsg::PublishRenegotiate {
                         participant: participant(k),
+                    },
+                )
+                .await;
+            }
+            EngineEvent::Link {
+                participant: k,
+                figures,
+            } => {
+                self.tell(
+                    k,
+                    NodeMsg::Link {
+                        participant: participant(k),
+                        figures,
                     },
                 )
                 .await;

@@ -405,6 +405,12 @@ impl Link {
                 NodeMsg::PublishRenegotiate { participant } => {
                     self.to_connection(participant, ServerMsg::PublishRenegotiate);
                 }
+                NodeMsg::Link {
+                    participant,
+                    figures,
+                } => {
+                    self.to_connection(participant, ServerMsg::MediaLink(figures));
+                }
             }
         }
         // The node is gone: everyone it carried for this instance must join again.

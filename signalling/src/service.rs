@@ -11,10 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use protocol::NodeId;
 use protocol::control::ControlOp;
 use protocol::{
-    AuditEntry, ClinicEntryInfo, ClinicId, Command, ConsultationId, CreateClinic, CreateStaff,
-    EnterRequest, EnterResponse, Entry, InviteId, InviteResponse, InviteView, IssueInvite,
-    MAX_NAME_CHARS, MAX_TEXT_CHARS, MediaPath, Role, ServerMsg, Session, StaffId, Timestamp,
-    TransferTarget, VisitEndReason, VisitId,
+    AuditEntry, ClinicEntryInfo, ClinicId, ConsultationId, CreateClinic, CreateStaff, EnterRequest,
+    EnterResponse, Entry, InviteId, InviteResponse, InviteView, IssueInvite, MAX_NAME_CHARS,
+    MAX_TEXT_CHARS, MediaPath, Role, ServerMsg, Session, Timestamp, VisitId,
 };
 
 use crate::auth::{
@@ -32,7 +31,9 @@ use crate::store::{
 };
 pub use nodes::MAX_DRAIN;
 
+mod commands;
 mod identity;
+mod quality;
 
 use identity::Guard;
 pub use identity::{FREE_FAILURES, MAX_BACKOFF_SECS, OidcRefusal, WAITING_PER_CHECK, backoff_secs};
@@ -174,28 +175,6 @@ pub fn now() -> Timestamp {
 
 fn later(d: Duration) -> Timestamp {
     now().saturating_add_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// What a command about `visit` touches, for the policy: a waiting patient, or a patient
-/// in a call `me` leads or a colleague leads.
-fn visit_target(room: &ClinicRoom, visit: VisitId, me: &StaffId) -> Result<Target, AppError> {
-    room.visit(visit)
-        .ok_or(crate::room::RoomError::VisitNotFound)?;
-    Ok(call_target(room, visit, me).unwrap_or(Target::Waiting))
-}
-
-/// For a visit in a call: whether `me` leads that call. `None` for a waiting (or unknown)
-/// visit, which the room operation then refuses with its own answer.
-fn call_target(room: &ClinicRoom, visit: VisitId, me: &StaffId) -> Option<Target> {
-    let VisitState::InConsultation(cid) = room.visit(visit)?.state else {
-        return None;
-    };
-    let own = room.consultation(cid).is_some_and(|c| &c.clinician == me);
-    Some(if own {
-        Target::OwnCall
-    } else {
-        Target::ColleaguesCall
-    })
 }
 
 /// Trims and checks a piece of free text typed by a person.
@@ -663,178 +642,6 @@ impl Service {
             Ok(vec![out])
         })
         .await
-    }
-
-    // --- actions ---------------------------------------------------------------------------
-
-    /// Carries out one command for `who`, or says why not; nothing changes on error.
-    pub async fn execute(&self, who: &Principal, command: Command) -> Result<(), AppError> {
-        let kind = command.kind();
-        let result = self.run_command(who, command).await;
-        self.metrics
-            .command(kind, result.as_ref().err().map(AppError::code));
-        result
-    }
-
-    async fn run_command(&self, who: &Principal, command: Command) -> Result<(), AppError> {
-        let actor = who.audit_label();
-        let staff = match who {
-            Principal::Staff(s) => s,
-            Principal::Patient(visit) => {
-                let Command::Leave = command else {
-                    return Err(AuthError::Forbidden.into());
-                };
-                let visit = *visit;
-                let clinic = self
-                    .store
-                    .locate(visit)
-                    .await?
-                    .ok_or(AppError::VisitEnded)?;
-                return self
-                    .transact(&actor, &[clinic], |rooms, ctx| {
-                        Ok(vec![rooms[0].end_visit(
-                            visit,
-                            VisitEndReason::Left,
-                            ctx,
-                        )?])
-                    })
-                    .await;
-            }
-        };
-        let me = staff.sub.clone();
-        match command {
-            Command::Leave => Err(AppError::Invalid("only a patient can leave a visit".into())),
-            Command::SendMessage {
-                clinic,
-                visit,
-                text,
-            } => {
-                may_ever(staff, Action::SendMessage, &clinic)?;
-                let text = required_text("the message", &text, MAX_TEXT_CHARS)?;
-                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
-                    let target = visit_target(&rooms[0], visit, &me)?;
-                    authorize(staff, Action::SendMessage, Some(&clinic), target)?;
-                    Ok(vec![rooms[0].message(visit, text.clone(), ctx)?])
-                })
-                .await
-            }
-            Command::Admit {
-                clinic,
-                visit,
-                clinician,
-                consultation,
-            } => {
-                let action = if clinician == staff.sub {
-                    Action::AdmitToSelf
-                } else {
-                    Action::AdmitToOther
-                };
-                authorize(staff, action, Some(&clinic), Target::Waiting)?;
-                self.check_clinician(&clinician, &clinic).await?;
-                let new = ConsultationId::random();
-                self.transact(&actor, &[clinic], |rooms, ctx| {
-                    Ok(vec![rooms[0].admit(
-                        visit,
-                        clinician.clone(),
-                        consultation,
-                        new,
-                        ctx,
-                    )?])
-                })
-                .await
-            }
-            Command::AdmitNext { clinic } => {
-                authorize(staff, Action::AdmitNext, Some(&clinic), Target::Clinic)?;
-                let new = ConsultationId::random();
-                self.transact(&actor, &[clinic], |rooms, ctx| {
-                    let visit = rooms[0].next_for(&me)?;
-                    Ok(vec![rooms[0].admit(visit, me.clone(), None, new, ctx)?])
-                })
-                .await
-            }
-            Command::ReturnToWaiting { clinic, visit } => {
-                may_ever(staff, Action::ReturnToWaiting, &clinic)?;
-                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
-                    if let Some(target) = call_target(&rooms[0], visit, &me) {
-                        authorize(staff, Action::ReturnToWaiting, Some(&clinic), target)?;
-                    }
-                    Ok(vec![rooms[0].return_to_waiting(visit, ctx)?])
-                })
-                .await
-            }
-            Command::Transfer { clinic, visit, to } => match to {
-                TransferTarget::Clinician { clinician } => {
-                    may_ever(staff, Action::TransferToClinician, &clinic)?;
-                    self.check_clinician(&clinician, &clinic).await?;
-                    self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
-                        let target = visit_target(&rooms[0], visit, &me)?;
-                        authorize(staff, Action::TransferToClinician, Some(&clinic), target)?;
-                        Ok(vec![rooms[0].assign(visit, clinician.clone(), ctx)?])
-                    })
-                    .await
-                }
-                TransferTarget::Clinic { clinic: to } => {
-                    may_ever(staff, Action::TransferOut, &clinic)?;
-                    // The destination too: staff only place patients where they work.
-                    authorize(staff, Action::TransferIn, Some(&to), Target::Clinic)?;
-                    if to == clinic {
-                        return Err(crate::room::RoomError::SameClinic.into());
-                    }
-                    let source = clinic.clone();
-                    self.transact(&actor, &[clinic, to.clone()], |rooms, ctx| {
-                        let target = visit_target(&rooms[0], visit, &me)?;
-                        authorize(staff, Action::TransferOut, Some(&source), target)?;
-                        let (v, out_of) = rooms[0].take_out(visit, &to, ctx)?;
-                        let into = rooms[1].take_in(v);
-                        Ok(vec![out_of, into])
-                    })
-                    .await
-                }
-            },
-            Command::Remove { clinic, visit } => {
-                may_ever(staff, Action::Remove, &clinic)?;
-                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
-                    let target = visit_target(&rooms[0], visit, &me)?;
-                    authorize(staff, Action::Remove, Some(&clinic), target)?;
-                    Ok(vec![rooms[0].end_visit(
-                        visit,
-                        VisitEndReason::Removed,
-                        ctx,
-                    )?])
-                })
-                .await
-            }
-            Command::EndConsultation {
-                clinic,
-                consultation,
-            } => {
-                // Refuse those who may end no consultation before looking at which one.
-                may_ever(staff, Action::EndConsultation, &clinic)?;
-                self.transact(&actor, std::slice::from_ref(&clinic), |rooms, ctx| {
-                    let host = rooms[0]
-                        .consultation(consultation)
-                        .ok_or(crate::room::RoomError::ConsultationNotFound)?;
-                    let target = if host.clinician == me {
-                        Target::OwnCall
-                    } else {
-                        Target::ColleaguesCall
-                    };
-                    authorize(staff, Action::EndConsultation, Some(&clinic), target)?;
-                    Ok(vec![rooms[0].end_consultation(consultation, ctx)?])
-                })
-                .await
-            }
-        }
-    }
-
-    /// A patient may only be admitted or transferred to a clinician of the same clinic.
-    async fn check_clinician(&self, who: &StaffId, clinic: &ClinicId) -> Result<(), AppError> {
-        match self.store.staff(who).await? {
-            Some(s) if s.role == Role::Clinician && s.clinics.contains(clinic) => Ok(()),
-            _ => Err(AppError::Invalid(format!(
-                "{who} is not a clinician of this clinic"
-            ))),
-        }
     }
 
     /// Loads a room, or a new empty one for a clinic in the directory.

@@ -242,6 +242,8 @@ async fn cell(
             let a = get(s, token, &format!("/api/clinics/{c}/room")).await;
             let b = get(s, token, &format!("/api/clinics/{c}/clinicians")).await;
             assert_eq!(a, b, "{actor}: room and clinicians disagree in {c}");
+            let q = get(s, token, &format!("/api/clinics/{c}/call-quality")).await;
+            assert_eq!(a, q, "{actor}: room and call quality disagree in {c}");
             return Some(judge(
                 a,
                 (a == 403).then_some(ErrorCode::Forbidden),
@@ -361,6 +363,11 @@ async fn cell(
             clinic: cl,
             consultation: consultation_of(s, admin, c, v).await,
         },
+        Action::SetAudioOnly => Command::SetAudioOnly {
+            clinic: cl,
+            consultation: consultation_of(s, admin, c, v).await,
+            on: true,
+        },
         Action::TransferIn => unreachable!("handled above"),
     };
     let (status, code) = s.command(token, &request).await;
@@ -392,7 +399,7 @@ fn judge(status: u16, code: Option<ErrorCode>, changed: bool, is_change: bool) -
 
 fn action_name(a: Action) -> &'static str {
     match a {
-        Action::ViewRoom => "view the waiting room and clinicians",
+        Action::ViewRoom => "view the waiting room, clinicians and call quality",
         Action::SendMessage => "message a patient",
         Action::AdmitToSelf => "admit a patient to oneself",
         Action::AdmitToOther => "admit a patient to a clinician",
@@ -403,6 +410,7 @@ fn action_name(a: Action) -> &'static str {
         Action::TransferIn => "transfer in from another clinic",
         Action::Remove => "remove a patient",
         Action::EndConsultation => "end a call",
+        Action::SetAudioOnly => "switch a call to sound only",
         Action::IssueInvite => "issue an invite link, list the clinic's invites",
         Action::RevokeInvite => "revoke an invite link",
         Action::Administer => "administer (clinics, staff, audit log, sign-ins)",
@@ -532,6 +540,11 @@ async fn a_patient_may_only_leave_their_own_visit() {
             clinic: c.clone(),
             consultation: ConsultationId::random(),
         },
+        Command::SetAudioOnly {
+            clinic: c.clone(),
+            consultation: ConsultationId::random(),
+            on: true,
+        },
     ];
     let before = room_state(&s, &admin, OWN).await;
     for cmd in &commands {
@@ -544,6 +557,7 @@ async fn a_patient_may_only_leave_their_own_visit() {
     for path in [
         "/api/clinics/derm/room",
         "/api/clinics/derm/clinicians",
+        "/api/clinics/derm/call-quality",
         "/api/admin/audit",
         "/api/admin/staff",
     ] {

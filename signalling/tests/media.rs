@@ -94,7 +94,7 @@ async fn admitted_patient_with_token(
         })
         .await;
     let ServerMsg::PatientStatus {
-        status: PatientState::Admitted { consultation },
+        status: PatientState::Admitted { consultation, .. },
     } = admitted
     else {
         unreachable!()

@@ -123,7 +123,7 @@ async fn journey(s: &TestServer) {
         })
         .await;
     let ServerMsg::PatientStatus {
-        status: PatientState::Admitted { consultation },
+        status: PatientState::Admitted { consultation, .. },
     } = admitted
     else {
         unreachable!()
@@ -136,6 +136,38 @@ async fn journey(s: &TestServer) {
     assert!(
         matches!(&c, ServerMsg::ConsultationUpdated { consultation: cv, .. } if cv.id == consultation && cv.clinician == jones() && cv.visits == vec![entered.visit])
     );
+
+    // The patient's link is weak: the clinician switches the call to sound only. The
+    // patient's page is told (it turns its camera off and takes no video), and so are
+    // staff; then back to video.
+    for on in [true, false] {
+        clinician
+            .ok(Command::SetAudioOnly {
+                clinic: derm(),
+                consultation,
+                on,
+            })
+            .await;
+        let told = patient
+            .until("sound only", |m| {
+                matches!(m, ServerMsg::PatientStatus { status: PatientState::Admitted { audio_only, .. } } if *audio_only == on)
+            })
+            .await;
+        assert_eq!(
+            told,
+            ServerMsg::PatientStatus {
+                status: PatientState::Admitted {
+                    consultation,
+                    audio_only: on
+                }
+            }
+        );
+        reception
+            .until("the call's sound-only state", |m| {
+                matches!(m, ServerMsg::ConsultationUpdated { consultation: cv, .. } if cv.id == consultation && cv.audio_only == on)
+            })
+            .await;
+    }
 
     // The clinician ends the consultation: the patient's visit ends; reception sees it go.
     clinician

@@ -8,13 +8,16 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{AuditEntry, ClinicId, Role, ServerMsg, StaffId, Timestamp, VisitId};
+use protocol::{
+    AuditEntry, CallFigures, CallRole, ClinicId, ConsultationId, ParticipantId, Role, ServerMsg,
+    StaffId, Timestamp, VisitId,
+};
 use signalling::room::{Audience, ClinicRoom, Ctx, Event, NewVisit};
 use signalling::store::local::LocalStore;
 use signalling::store::redis::RedisStore;
 use signalling::store::{
-    Appended, Arrival, Clinic, Commit, Feed, InviteClaim, InviteRecord, Lease, RoomWrite,
-    SessionRecord, StaffRecord, Store, StoreError,
+    Appended, Arrival, Clinic, Commit, Feed, InviteClaim, InviteRecord, Lease, QualityReport,
+    RoomWrite, SessionRecord, StaffRecord, Store, StoreError,
 };
 
 use common::redis::RedisServer;
@@ -636,6 +639,89 @@ async fn sessions_end_one_by_one_or_all_of_a_person(store: &dyn Store) {
     assert!(store.sessions(Timestamp(now)).await.unwrap().is_empty());
 }
 
+fn quality(clinic: &str, call: u128, session: u128, role: CallRole, at: u64) -> QualityReport {
+    QualityReport {
+        clinic: clinic_id(clinic),
+        consultation: ConsultationId(uuid::Uuid::from_u128(call)),
+        session: ParticipantId(uuid::Uuid::from_u128(session)),
+        role,
+        started_at: Timestamp(at),
+        updated_at: Timestamp(at),
+        figures: CallFigures {
+            seconds: 10,
+            path: None,
+            rtt_ms: 40,
+            loss_permille: 3,
+            recv_kbps: 700,
+            send_kbps: 600,
+            freezes: 0,
+            freeze_ms: 0,
+            concealed_permille: 1,
+            audio_only_ms: 0,
+        },
+    }
+}
+
+async fn call_quality_is_kept_per_session_and_read_per_clinic(store: &dyn Store) {
+    let now = signalling::service::now().0;
+    let derm = clinic_id("derm");
+    // Two calls in derm (the second with two sessions of the patient: a rejoin), one in
+    // another clinic.
+    let first = quality("derm", 1, 11, CallRole::Patient, now - 60_000);
+    let mut later = quality("derm", 2, 21, CallRole::Clinician, now - 30_000);
+    let patient = quality("derm", 2, 22, CallRole::Patient, now - 29_000);
+    let rejoined = quality("derm", 2, 23, CallRole::Patient, now - 10_000);
+    let elsewhere = quality("other", 3, 31, CallRole::Patient, now - 5_000);
+    for r in [&first, &later, &patient, &rejoined, &elsewhere] {
+        store.put_call_quality(r).await.unwrap();
+    }
+    // A later report of a session replaces its last.
+    later.updated_at = Timestamp(now - 1_000);
+    later.figures.seconds = 29;
+    later.figures.freezes = 2;
+    store.put_call_quality(&later).await.unwrap();
+
+    let calls = store
+        .call_quality(&derm, Timestamp(now - 3_600_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    // Newest first, each with its sessions in the order they started.
+    assert_eq!(calls[0].consultation, later.consultation);
+    assert_eq!(calls[0].updated_at, Timestamp(now - 1_000));
+    assert_eq!(calls[0].started_at, Timestamp(now - 30_000));
+    let roles: Vec<CallRole> = calls[0].sessions.iter().map(|s| s.role).collect();
+    assert_eq!(
+        roles,
+        [CallRole::Clinician, CallRole::Patient, CallRole::Patient]
+    );
+    assert_eq!(calls[0].sessions[0].figures.freezes, 2);
+    assert_eq!(calls[0].sessions[0].figures.seconds, 29);
+    assert_eq!(calls[1].consultation, first.consultation);
+    // The limit, and calls last reported before `since`, leave the older out.
+    let newest = store
+        .call_quality(&derm, Timestamp(now - 3_600_000), 1)
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].sessions.len(), 3);
+    let recent = store
+        .call_quality(&derm, Timestamp(now - 20_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1);
+    // A call reported long ago is forgotten at the next report.
+    let old = quality("derm", 4, 41, CallRole::Patient, now - 31 * 24 * 3_600_000);
+    store.put_call_quality(&old).await.unwrap();
+    store
+        .put_call_quality(&quality("derm", 5, 51, CallRole::Patient, now))
+        .await
+        .unwrap();
+    let all = store.call_quality(&derm, Timestamp(0), 10).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.iter().all(|c| c.consultation != old.consultation));
+}
+
 macro_rules! conformance {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -695,6 +781,11 @@ macro_rules! conformance {
             async fn presence_is_leases_that_expire() {
                 let (store, _guard) = $make;
                 super::presence_is_leases_that_expire(&*store).await;
+            }
+            #[tokio::test]
+            async fn call_quality_is_kept_per_session_and_read_per_clinic() {
+                let (store, _guard) = $make;
+                super::call_quality_is_kept_per_session_and_read_per_clinic(&*store).await;
             }
             #[tokio::test]
             async fn audit_keeps_order_and_tail() {

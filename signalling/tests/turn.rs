@@ -246,7 +246,7 @@ async fn each_person_is_handed_a_turn_credential_of_their_own() {
         .await
     {
         ServerMsg::PatientStatus {
-            status: PatientState::Admitted { consultation },
+            status: PatientState::Admitted { consultation, .. },
         } => consultation,
         other => panic!("{other:?}"),
     };

@@ -9,6 +9,8 @@
 //      screen said to the patient, the patient's own muted state visible, a reloaded page
 //      told at once; with axe-core and screenshots (patient's view and clinician's, desktop
 //      and 375 px wide).
+//   4. (issue 15) sound only for everyone: the clinician switches the call; both pages
+//      turn their cameras off, receive no video and keep the sound; and back.
 //
 //   scripts/browser-tests tests/call-state.test.mjs
 
@@ -18,7 +20,7 @@ import * as h from './harness.mjs';
 import * as p from './patient-helpers.mjs';
 import * as s from './staff-helpers.mjs';
 
-h.watchdog(180);
+h.watchdog(240);
 
 const CLINIC = 'derm';
 const STAFF = [
@@ -218,6 +220,76 @@ test('mute and camera off seen on the other side, a shared screen said, a page j
     await docTile.locator('.tile-off').getByText('Camera off').waitFor();
     const relayed = await doc.evaluate(() => window.consultStaff.messages().filter((m) => m.type === 'peer_media_state').length);
     assert.ok(relayed >= 1, 'the state came from the server (peer_media_state)');
+    assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
+  });
+});
+
+test('sound only for everyone: the clinician switches the call; no video either way, the sound goes on; then video again', async () => {
+  await s.withStaffEnv('sound only', async (env) => {
+    const { pf, doc, patient } = await clinicianAndPatient(env);
+    await callIn(doc, patient);
+    const patientStats = () => window.consultPatient?.stats();
+
+    await button(doc, 'Sound only for everyone').click();
+    await p.waitPatient(patient, (x) => x.soundOnly === 'byStaff' && !x.receiveVideo && x.sent?.video === false, 'the patient page in sound only, its camera off');
+    await s.waitStaff(doc, (x) => x.soundOnly === 'byStaff' && !x.receiveVideo && x.cameraOff && x.sent?.video === false, 'the clinician page in sound only, its camera off');
+    await patient.getByText('The clinic has switched this call to sound only').waitFor();
+    assert.ok(await patient.locator('#camera').isDisabled(), 'the patient cannot turn the camera on meanwhile');
+    assert.equal(await button(doc, 'Turn video back on for everyone').getAttribute('aria-pressed'), 'true');
+    // Each side sees the other's camera off, in words.
+    await p.waitPatient(patient, (x) => x.tiles.length === 1 && x.tiles[0].video === false, "the patient sees the clinician's camera off");
+    await s.waitStaff(doc, (x) => x.tiles.length === 1 && x.tiles[0].video === false, "the clinician sees the patient's camera off");
+
+    // What is on its way arrives; then, over 3 s, no video packet reaches either page and
+    // the sound does.
+    await h.sleep(1000);
+    const before = { patient: await patient.evaluate(patientStats), clinician: await doc.evaluate(staffStats) };
+    await h.sleep(3000);
+    const after = { patient: await patient.evaluate(patientStats), clinician: await doc.evaluate(staffStats) };
+    for (const who of ['patient', 'clinician']) {
+      const video = after[who].inboundVideo.packetsReceived - before[who].inboundVideo.packetsReceived;
+      const audio = after[who].inboundAudio.packetsReceived - before[who].inboundAudio.packetsReceived;
+      const sent = after[who].outboundVideo.bytesSent - before[who].outboundVideo.bytesSent;
+      assert.ok(video <= 2, `${who}: ${video} video packets received in sound only`);
+      assert.ok(sent < 2000, `${who}: ${sent} bytes of video sent in sound only`);
+      assert.ok(audio >= 100, `${who}: only ${audio} audio packets in 3 s`);
+    }
+
+    // Back to video: both cameras come back on, and each decodes the other again.
+    await button(doc, 'Turn video back on for everyone').click();
+    await p.waitPatient(patient, (x) => x.soundOnly === null && x.receiveVideo && x.sent?.video === true, 'the patient page back to video');
+    await s.waitStaff(doc, (x) => x.soundOnly === null && x.receiveVideo && !x.cameraOff, 'the clinician page back to video');
+    const frames = { patient: after.patient.inboundVideo.framesDecoded, clinician: after.clinician.inboundVideo.framesDecoded };
+    await Promise.all([
+      p.waitPatientStats(patient, (x) => x.inboundVideo.framesDecoded > frames.patient + 30, 'the patient decodes the clinician again', 15_000),
+      h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > frames.clinician + 30, 'the clinician decodes the patient again', 15_000, staffStats),
+    ]);
+    assert.ok(!(await patient.locator('#camera').isDisabled()), 'the camera button is back');
+
+    // The support desk's summary: each page reports how its call goes every 10 s; the
+    // clinic's staff read it (no names), here with both people's time in sound only.
+    const token = (await h.rest(pf.url).post('/api/staff/sign-in', { username: 'rita', password: pf.passwords.rita })).token;
+    const quality = () => h.rest(pf.url, token).get(`/api/clinics/${CLINIC}/call-quality`);
+    let calls = [];
+    const end = Date.now() + 25_000;
+    const reported = (cs) => cs.length === 1 && ['patient', 'clinician'].every((role) => cs[0].sessions.some((x) => x.role === role && x.figures.audio_only_ms >= 3000 && x.figures.recv_kbps > 0));
+    while (Date.now() < end && !reported(calls)) {
+      await h.sleep(1000);
+      calls = await quality();
+    }
+    assert.ok(reported(calls), `no report of both sessions with their time in sound only: ${JSON.stringify(calls)}`);
+    for (const x of calls[0].sessions) {
+      assert.equal(x.figures.path, 'udp', `${x.role}'s path`);
+      assert.ok(x.figures.loss_permille < 50, `${x.role}: ${x.figures.loss_permille} per thousand lost on loopback`);
+    }
+    assert.ok(!JSON.stringify(calls).includes('Pat Example'), 'a name in the call quality');
+    // On the board: the clinic's "Call quality…" shows the call, a line per person.
+    await doc.getByRole('button', { name: 'Call quality… in Dermatology', exact: true }).click();
+    const table = doc.locator('table.quality-table');
+    await table.waitFor();
+    assert.deepEqual(await table.locator('tbody th').allTextContents(), calls[0].sessions.map((x) => (x.role === 'patient' ? 'Patient' : 'Clinician')));
+    await s.axe(doc, 'the call quality dialog');
+    await button(doc, 'Close').click();
     assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
   });
 });

@@ -108,7 +108,7 @@ test('the connection-quality indicator reads loss, frames and the upload estimat
     // The page's own QualityMonitor, fed made-up stats: per 50 ms, `got` packets arrive,
     // `lost` are lost and `frames` are decoded; `kbps` is the upload estimate.
     const levels = await page.evaluate(async () => {
-      const { QualityMonitor } = await import('/js/patient-quality.js');
+      const { QualityMonitor } = await import('/js/quality.js');
       const run = async ({ got, lost, frames, kbps = 2000, state = 'connected', remote = 1 }) => {
         let n = 0;
         const media = {
@@ -142,5 +142,64 @@ test('the connection-quality indicator reads loss, frames and the upload estimat
     });
     // 2 frames per 50 ms is 40 frames a second: smooth.
     assert.deepEqual(levels, { clean: 'good', someLoss: 'fair', heavyLoss: 'poor', frozen: 'poor', slowUpload: 'fair', noUpload: 'poor' });
+
+    // The SFU's figures for the page's downlink: under the video floor for longer than
+    // weakForMs, the link is too weak for video (the page offers sound only); back above,
+    // it is not; nobody sending video, or this page in sound only, is never "too weak".
+    const weak = await page.evaluate(async () => {
+      const { QualityMonitor, callFigures } = await import('/js/quality.js');
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      const run = async (downKbps, expectsVideo, ms) => {
+        const link = { downKbps, rttMs: 80, lossPct: 5, at: performance.now() };
+        const media = {
+          get link() {
+            return { ...link, at: performance.now() };
+          },
+          async stats() {
+            return {
+              state: 'connected',
+              remoteStreams: 1,
+              inboundVideo: { tracks: 1, packetsReceived: 0, packetsLost: 0, framesDecoded: 0 },
+              inboundAudio: { tracks: 1, packetsReceived: 0, packetsLost: 0 },
+              availableOutgoingBitrate: 2_000_000,
+            };
+          },
+        };
+        const events = [];
+        const q = new QualityMonitor(media, () => {}, { intervalMs: 50, weakForMs: 200, expectsVideo: () => expectsVideo, onVideoWeak: (w) => events.push(w) });
+        q.start();
+        await sleep(ms);
+        const out = { weak: q.videoTooWeak, events: [...events], downKbps: q.figures.downKbps };
+        link.downKbps = 600;
+        await sleep(150);
+        out.after = q.videoTooWeak;
+        q.stop();
+        return out;
+      };
+      const figures = callFigures(
+        {
+          sessionMs: 100_000,
+          roundTripMs: 42,
+          inboundVideo: { packetsReceived: 9_000, packetsLost: 90, bytesReceived: 6_250_000, freezeCount: 3, totalFreezesDuration: 1.25 },
+          inboundAudio: { packetsReceived: 1_000, packetsLost: 10, bytesReceived: 500_000, concealedSamples: 4_800, totalSamplesReceived: 4_800_000 },
+          outboundVideo: { bytesSent: 5_000_000 },
+          outboundAudio: { bytesSent: 500_000 },
+        },
+        { path: 'turn_tls', audioOnlyMs: 1500.4 },
+      );
+      return {
+        weak: await run(60, true, 400),
+        brief: await run(60, true, 100),
+        noVideoExpected: await run(60, false, 400),
+        figures,
+      };
+    });
+    assert.deepEqual(weak.weak, { weak: true, events: [true], downKbps: 60, after: false });
+    assert.equal(weak.brief.weak, false, 'under the floor for less than weakForMs');
+    assert.deepEqual(weak.noVideoExpected.events, [], 'no video expected, nothing is too weak');
+    assert.deepEqual(weak.figures, {
+      seconds: 100, rtt_ms: 42, loss_permille: 10, recv_kbps: 540, send_kbps: 440, freezes: 3, freeze_ms: 1250,
+      concealed_permille: 1, audio_only_ms: 1500, path: 'turn_tls',
+    });
   });
 });

@@ -12,7 +12,9 @@
 // page: toward the SFU for ours, toward the patient for direct).
 //
 // Short tier (scripts/browser-tests): 5 % loss both ways for 8 s, ours and direct; asserts
-// the figures come out, the call holds, and audio concealment stays under 15 %.
+// the figures come out, the call holds, and audio concealment stays under 15 %. And sound
+// only (step 5): a patient whose downlink is capped below what video needs is offered
+// sound only by their page, takes it, and the call goes on in sound only.
 // Full matrix (load-tests/measure-all, or by hand):
 //   QUALITY=full RUNS=3 scripts/browser-tests tests/quality.test.mjs
 // (QUALITY_CASES=cap350,loss20 for some conditions only; QUALITY_WINDOW=S seconds each)
@@ -52,7 +54,8 @@ const MATRIX = process.env.QUALITY_CASES
 const KINDS = ['ours', 'direct'];
 
 // A watchdog for the whole file: each run is two windows at most plus ~30 s of setup.
-h.watchdog(MATRIX.length * KINDS.length * RUNS * (2 * WINDOW_S + 60) + 60);
+// The sound-only test: about 90 s with its setup.
+h.watchdog(MATRIX.length * KINDS.length * RUNS * (2 * WINDOW_S + 60) + 60 + 150);
 
 const ORIGIN = `http://${SERVER_IP}:443`;
 /** Browsers offer a camera only to secure pages; plain HTTP on this address counts here. */
@@ -359,3 +362,48 @@ for (const condition of MATRIX) {
     }
   });
 }
+
+test('a patient whose link cannot carry video is offered sound only; taking it stops the video and keeps the sound', async () => {
+  await p.withPatientEnv('quality sound only', async (env) => {
+    const net = await impairedNetwork(env, { seed: 7, maxSeconds: 240 });
+    const patientBrowser = await net.launchChromium([SECURE_ORIGIN]);
+    env.servers.push({ close: () => patientBrowser.close().catch(() => {}) });
+    const call = await oursCall(env, patientBrowser);
+    const state = () => window.consultPatient?.state();
+    // Nothing is offered on a link that carries video.
+    await h.sleep(3000);
+    const clean = await call.patient.evaluate(state);
+    assert.equal(clean.soundOnly, null, 'sound only offered on a clean link');
+    // 80 kbit/s toward the patient: the SFU's estimate of that downlink falls below the
+    // video floor and stays there; after 10 s of it the page offers sound only.
+    await net.set('down', { rate: 80 });
+    const capped = Date.now();
+    await p.waitPatient(call.patient, (x) => x.soundOnly === 'offer', 'the page offers sound only', 45_000);
+    const offeredAfter = (Date.now() - capped) / 1000;
+    const offered = await call.patient.evaluate(state);
+    await call.patient.getByText('Your connection is too weak for video').waitFor();
+    await call.patient.getByRole('button', { name: 'Turn video off', exact: true }).click();
+    await p.waitPatient(call.patient, (x) => x.soundOnly === 'mine' && !x.receiveVideo && x.sent?.video === false, 'sound only, the camera off');
+    // The clinician's page says the patient's camera is off.
+    await s.waitStaff(call.clinician, (x) => x.tiles.length === 1 && x.tiles[0].video === false, "the clinician sees the patient's camera off");
+    // What was queued on the link drains; then no video reaches the patient, and the
+    // sound does, nearly all of it.
+    await h.sleep(3000);
+    const a = await snapshot(call.patient);
+    await h.sleep(5000);
+    const b = await snapshot(call.patient);
+    const video = b.videoReceived - a.videoReceived;
+    const audio = b.audioReceived - a.audioReceived;
+    const concealPct = round((100 * (b.concealed - a.concealed)) / Math.max(1, b.samples - a.samples), 2);
+    console.log(`quality-sound-only offered_after_s=${round(offeredAfter, 1)} down_kbps=${offered.qualityFigures.downKbps} video_packets_after=${video} audio_packets=${audio} conceal_pct=${concealPct}`);
+    assert.ok(video <= 2, `${video} video packets reached the patient in sound only`);
+    assert.ok(audio >= 200, `only ${audio} audio packets in 5 s`);
+    assert.ok(concealPct < 5, `audio concealment ${concealPct} % in sound only`);
+    // The cap lifted, the patient turns video back on: both ways again.
+    await net.set('down', { rate: 'off' });
+    await call.patient.getByRole('button', { name: 'Turn video back on', exact: true }).click();
+    await p.waitPatient(call.patient, (x) => x.soundOnly === null && x.receiveVideo && x.sent?.video === true, 'video back on');
+    await p.waitPatientStats(call.patient, (x) => x.inboundVideo.framesDecoded > b.framesDecoded + 30, 'the patient decodes the clinician again', 20_000);
+    assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
+  });
+});

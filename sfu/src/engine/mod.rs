@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::{IceCandidate, MediaLeg, MediaState};
+use protocol::{IceCandidate, LinkFigures, MediaLeg, MediaState};
 
 use crate::metrics::{LoopCounters, NodeMetrics};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -186,6 +186,12 @@ pub enum EngineEvent {
     /// The participant's browser should send a new offer for its publisher connection: the
     /// video codecs everyone else in its room can receive changed.
     PublishRenegotiate { participant: u128 },
+    /// What the engine measures of the participant's downlink (every few seconds while
+    /// media flows to it).
+    Link {
+        participant: u128,
+        figures: LinkFigures,
+    },
 }
 
 impl EngineEvent {
@@ -195,7 +201,8 @@ impl EngineEvent {
             EngineEvent::SubscriberOffer { participant, .. }
             | EngineEvent::Connection { participant, .. }
             | EngineEvent::PeerState { participant, .. }
-            | EngineEvent::PublishRenegotiate { participant } => *participant,
+            | EngineEvent::PublishRenegotiate { participant }
+            | EngineEvent::Link { participant, .. } => *participant,
         }
     }
 }
@@ -433,6 +440,12 @@ impl Engine {
         state: MediaState,
     ) -> Result<(), EngineError> {
         self.ask_done(participant, Command::MediaState { participant, state })
+            .await
+    }
+
+    /// Whether the participant receives the others' video (`on`) or only their sound.
+    pub async fn receive_video(&self, participant: u128, on: bool) -> Result<(), EngineError> {
+        self.ask_done(participant, Command::ReceiveVideo { participant, on })
             .await
     }
 

@@ -8,7 +8,7 @@
 //! - a visit lives in one clinic at a time, and keeps its arrival time (its place in the
 //!   queue) until it ends, transfers included; the queue is in arrival order;
 //! - an event for one patient is that patient's own status or a message to them, naming
-//!   only their own call; staff events go to this clinic's staff and name this clinic and
+//!   only their own call (and whether that call is sound only, as it is); staff events go to this clinic's staff and name this clinic and
 //!   its own visits and calls; audit entries name this clinic;
 //! - a visit keeps at most `KEPT_MESSAGES` messages; the snapshot lists every visit and
 //!   call; the stored form round-trips.
@@ -60,6 +60,10 @@ enum Op {
     },
     EndConsultation {
         consultation: u8,
+    },
+    SetAudioOnly {
+        consultation: u8,
+        on: bool,
     },
     PlaceMedia {
         consultation: u8,
@@ -165,9 +169,14 @@ fn check_outcome(room: &ClinicRoom, out: &Outcome) {
         match (&e.to, &e.msg) {
             (Audience::Visit(v), ServerMsg::PatientStatus { status }) => match status {
                 // A patient's status names only their own call.
-                PatientState::Admitted { consultation } => {
+                PatientState::Admitted {
+                    consultation,
+                    audio_only,
+                } => {
                     let visit = room.visit(*v).expect("admitted to a call, yet gone");
                     assert_eq!(visit.state, VisitState::InConsultation(*consultation));
+                    let call = room.consultation(*consultation).expect("in a live call");
+                    assert_eq!(*audio_only, call.audio_only, "told another sound-only state");
                 }
                 PatientState::Waiting { .. } => {
                     let visit = room.visit(*v).expect("told to wait, yet gone");
@@ -355,6 +364,10 @@ fuzz_target!(|steps: Vec<Step>| {
             },
             Op::EndConsultation { consultation } => match pick(&w.consultations, consultation) {
                 Some(c) => w.rooms[i].end_consultation(c, &ctx),
+                None => continue,
+            },
+            Op::SetAudioOnly { consultation, on } => match pick(&w.consultations, consultation) {
+                Some(c) => w.rooms[i].set_audio_only(c, on, &ctx),
                 None => continue,
             },
             Op::PlaceMedia {

@@ -14,8 +14,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ConsultationId, ErrorCode, IceCandidate, MediaEndReason, MediaLeg, MediaState, NodeId,
-    ParticipantId, Timestamp, VisitId,
+    ConsultationId, ErrorCode, IceCandidate, LinkFigures, MediaEndReason, MediaLeg, MediaState,
+    NodeId, ParticipantId, Timestamp, VisitId,
 };
 
 /// The websocket path of a node's control channel.
@@ -93,6 +93,11 @@ pub enum ControlOp {
     Drain { deadline_ms: u64 },
     /// Puts a draining node back into service (before it moved its calls, they stay).
     Resume,
+    /// Whether the node sends a participant the others' video (`on`) or only their sound.
+    ReceiveVideo {
+        participant: ParticipantId,
+        on: bool,
+    },
 }
 
 /// How long a pre-call check's connection lives on a node.
@@ -134,6 +139,11 @@ pub enum NodeMsg {
     Left {
         participant: ParticipantId,
         reason: MediaEndReason,
+    },
+    /// What the node measures of a participant's downlink, every few seconds.
+    Link {
+        participant: ParticipantId,
+        figures: LinkFigures,
     },
 }
 

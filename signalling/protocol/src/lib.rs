@@ -74,6 +74,46 @@ pub enum ClientMsg {
     /// back the media session the last connection left, if it is less than a few seconds
     /// old. Answered by `media_resumed` (then restart ICE), or an error (then join again).
     ResumeMedia { consultation: ConsultationId },
+    /// Whether the SFU sends this browser the others' video (`on`, the default) or only
+    /// their sound: a person whose link cannot carry video turns it off (with their own
+    /// camera), and the call goes on in sound only for them.
+    ReceiveVideo { on: bool },
+    /// How this browser's media session has gone so far, for the clinic's support desk:
+    /// sent every few seconds while it lasts (each report replaces the last of the session).
+    CallQuality(CallFigures),
+}
+
+/// How one person's media session went, as their browser measured it: no media, no names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallFigures {
+    /// How long the session has lasted, in seconds.
+    pub seconds: u32,
+    /// How its media reached the SFU last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<MediaPath>,
+    /// The round trip to the SFU, in milliseconds, last measured.
+    pub rtt_ms: u32,
+    /// Packets lost on the way to the browser, per thousand received.
+    pub loss_permille: u16,
+    /// What it received and sent, in kbit/s on average.
+    pub recv_kbps: u32,
+    pub send_kbps: u32,
+    /// Video freezes it saw, and how long they lasted in all (milliseconds).
+    pub freezes: u32,
+    pub freeze_ms: u32,
+    /// Sound it had to conceal (lost or late), per thousand samples.
+    pub concealed_permille: u16,
+    /// How long it was in sound only (milliseconds).
+    pub audio_only_ms: u32,
+}
+
+/// Who a line of a call's quality summary is, without a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallRole {
+    Patient,
+    Clinician,
 }
 
 /// How a browser's media travels to the SFU: straight over UDP or TCP (ICE-TCP), or through
@@ -200,13 +240,20 @@ pub enum Command {
         clinic: ClinicId,
         consultation: ConsultationId,
     },
+    /// Staff: switch a call to sound only (`on`) or back to video: every page in it turns
+    /// its camera off and receives no video until switched back.
+    SetAudioOnly {
+        clinic: ClinicId,
+        consultation: ConsultationId,
+        on: bool,
+    },
     /// Patient: leave the waiting room or the call; the visit ends.
     Leave,
 }
 
 impl Command {
     /// Every command's `type`.
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "send_message",
         "admit",
         "admit_next",
@@ -214,6 +261,7 @@ impl Command {
         "transfer",
         "remove",
         "end_consultation",
+        "set_audio_only",
         "leave",
     ];
 
@@ -227,6 +275,7 @@ impl Command {
             Command::Transfer { .. } => "transfer",
             Command::Remove { .. } => "remove",
             Command::EndConsultation { .. } => "end_consultation",
+            Command::SetAudioOnly { .. } => "set_audio_only",
             Command::Leave => "leave",
         }
     }
@@ -339,6 +388,22 @@ pub enum ServerMsg {
     /// The SFU asks for a new `publish_offer` on the publisher connection: the video codecs
     /// everyone in the consultation can receive changed, and its answer will pick another.
     PublishRenegotiate,
+    /// What the SFU measures of this browser's downlink, every few seconds while media
+    /// flows to it: its estimate of the bandwidth (from the browser's congestion
+    /// feedback), the round trip and the share of packets lost.
+    MediaLink(LinkFigures),
+}
+
+/// The SFU's figures for one browser's downlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFigures {
+    /// The estimated bandwidth toward the browser, in kbit/s.
+    pub down_kbps: u32,
+    /// The round trip, in milliseconds (0: not measured yet).
+    pub rtt_ms: u32,
+    /// Packets lost on the way to the browser, in percent (rounded).
+    pub loss_pct: u8,
 }
 
 /// Who a websocket or token belongs to.
@@ -418,6 +483,9 @@ pub struct ConsultationView {
     /// How the clinician's media reaches the SFU, as their browser last said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clinician_path: Option<MediaPath>,
+    /// Staff switched the call to sound only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audio_only: bool,
 }
 
 /// What a patient is told about their own visit.
@@ -429,8 +497,13 @@ pub enum PatientState {
         clinic_name: String,
         waiting_since: Timestamp,
     },
-    /// Admitted: the clinician is joining; media connects next.
-    Admitted { consultation: ConsultationId },
+    /// Admitted: the clinician is joining; media connects next. `audio_only`: staff
+    /// switched the call to sound only.
+    Admitted {
+        consultation: ConsultationId,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        audio_only: bool,
+    },
     /// The visit is over.
     Ended { reason: VisitEndReason },
 }
@@ -681,6 +754,32 @@ pub struct SessionView {
     /// The latest a refresh can take it to; it must be signed in again after.
     pub ends_at: Timestamp,
 }
+
+/// `GET /api/clinics/{clinic}/call-quality`: how a call went, per media session of each
+/// person in it (newest calls first; kept for [`CALL_QUALITY_KEPT_DAYS`] days).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallQualityView {
+    pub consultation: ConsultationId,
+    /// When its first media session reported.
+    pub started_at: Timestamp,
+    /// When the last report came.
+    pub updated_at: Timestamp,
+    pub sessions: Vec<SessionQuality>,
+}
+
+/// One person's media session in a call's quality summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionQuality {
+    pub role: CallRole,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub figures: CallFigures,
+}
+
+/// How long call quality summaries are kept.
+pub const CALL_QUALITY_KEPT_DAYS: u64 = 30;
 
 /// One line of the audit log (`GET /api/admin/audit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

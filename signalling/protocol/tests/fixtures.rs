@@ -76,6 +76,7 @@ fn all_fixtures() -> Vec<&'static str> {
         started_at: Timestamp(1_700_000_060_000),
         visits: vec![visit()],
         clinician_path: Some(MediaPath::Udp),
+        audio_only: false,
     };
     let mut names = Vec::new();
     let c = |command| ClientMsg::Command { req: 7, command };
@@ -154,6 +155,14 @@ fn all_fixtures() -> Vec<&'static str> {
         &c(Command::EndConsultation {
             clinic: clinic(),
             consultation: consultation(),
+        }),
+    ));
+    names.push(check(
+        "client_set_audio_only",
+        &c(Command::SetAudioOnly {
+            clinic: clinic(),
+            consultation: consultation(),
+            on: true,
         }),
     ));
     names.push(check("client_leave", &c(Command::Leave)));
@@ -254,6 +263,16 @@ fn all_fixtures() -> Vec<&'static str> {
         &ServerMsg::PatientStatus {
             status: PatientState::Admitted {
                 consultation: consultation(),
+                audio_only: false,
+            },
+        },
+    ));
+    names.push(check(
+        "server_patient_admitted_audio_only",
+        &ServerMsg::PatientStatus {
+            status: PatientState::Admitted {
+                consultation: consultation(),
+                audio_only: true,
             },
         },
     ));
@@ -385,6 +404,48 @@ fn all_fixtures() -> Vec<&'static str> {
             revoked: false,
         },
     ));
+    let figures = CallFigures {
+        seconds: 600,
+        path: Some(MediaPath::TurnTls),
+        rtt_ms: 84,
+        loss_permille: 12,
+        recv_kbps: 640,
+        send_kbps: 510,
+        freezes: 2,
+        freeze_ms: 1_400,
+        concealed_permille: 8,
+        audio_only_ms: 0,
+    };
+    names.push(check(
+        "client_call_quality",
+        &ClientMsg::CallQuality(figures),
+    ));
+    names.push(check(
+        "rest_call_quality",
+        &CallQualityView {
+            consultation: consultation(),
+            started_at: Timestamp(1_700_000_060_000),
+            updated_at: Timestamp(1_700_000_660_000),
+            sessions: vec![
+                SessionQuality {
+                    role: CallRole::Patient,
+                    started_at: Timestamp(1_700_000_060_000),
+                    updated_at: Timestamp(1_700_000_660_000),
+                    figures,
+                },
+                SessionQuality {
+                    role: CallRole::Clinician,
+                    started_at: Timestamp(1_700_000_061_000),
+                    updated_at: Timestamp(1_700_000_655_000),
+                    figures: CallFigures {
+                        path: Some(MediaPath::Udp),
+                        audio_only_ms: 120_000,
+                        ..figures
+                    },
+                },
+            ],
+        },
+    ));
     names.push(check(
         "rest_session_view",
         &SessionView {
@@ -476,6 +537,18 @@ fn media_fixtures() -> Vec<&'static str> {
         ),
         check("client_leave_media", &ClientMsg::LeaveMedia),
         check("client_restart_ice", &ClientMsg::RestartIce),
+        check(
+            "client_receive_video",
+            &ClientMsg::ReceiveVideo { on: false },
+        ),
+        check(
+            "server_media_link",
+            &ServerMsg::MediaLink(LinkFigures {
+                down_kbps: 420,
+                rtt_ms: 38,
+                loss_pct: 2,
+            }),
+        ),
         check(
             "client_resume_media",
             &ClientMsg::ResumeMedia {
@@ -668,6 +741,27 @@ fn control_fixtures() -> Vec<&'static str> {
             ),
         ),
         check("control_resume", &req(12, ControlOp::Resume)),
+        check(
+            "control_receive_video",
+            &req(
+                13,
+                ControlOp::ReceiveVideo {
+                    participant: participant(),
+                    on: false,
+                },
+            ),
+        ),
+        check(
+            "node_link",
+            &NodeMsg::Link {
+                participant: participant(),
+                figures: LinkFigures {
+                    down_kbps: 180,
+                    rtt_ms: 120,
+                    loss_pct: 5,
+                },
+            },
+        ),
         check(
             "control_media_state",
             &req(

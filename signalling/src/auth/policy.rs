@@ -44,6 +44,9 @@ pub enum Action {
     /// End a patient's visit (a no-show).
     Remove,
     EndConsultation,
+    /// Switch a call to sound only, or back to video (for a patient whose link cannot
+    /// carry video).
+    SetAudioOnly,
     /// Issue invite links, and see the clinic's invites.
     IssueInvite,
     RevokeInvite,
@@ -52,7 +55,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::ViewRoom,
         Action::SendMessage,
         Action::AdmitToSelf,
@@ -64,6 +67,7 @@ impl Action {
         Action::TransferIn,
         Action::Remove,
         Action::EndConsultation,
+        Action::SetAudioOnly,
         Action::IssueInvite,
         Action::RevokeInvite,
         Action::Administer,
@@ -78,7 +82,9 @@ impl Action {
             | Action::TransferOut
             | Action::Remove => &[Waiting, OwnCall, ColleaguesCall],
             Action::AdmitToSelf | Action::AdmitToOther => &[Waiting],
-            Action::ReturnToWaiting | Action::EndConsultation => &[OwnCall, ColleaguesCall],
+            Action::ReturnToWaiting | Action::EndConsultation | Action::SetAudioOnly => {
+                &[OwnCall, ColleaguesCall]
+            }
             Action::ViewRoom
             | Action::AdmitNext
             | Action::TransferIn
@@ -161,6 +167,8 @@ pub const POLICY: &[Rule] = {
         rule(Remove,               ColleaguesCall, Y,    Y,        N),
         rule(EndConsultation,      OwnCall,        N,    N,        Y),
         rule(EndConsultation,      ColleaguesCall, Y,    Y,        N),
+        rule(SetAudioOnly,         OwnCall,        N,    N,        Y),
+        rule(SetAudioOnly,         ColleaguesCall, Y,    Y,        N),
         rule(IssueInvite,          Clinic,         Y,    N,        Y),
         rule(RevokeInvite,         Clinic,         Y,    N,        Y),
         rule(Administer,           Clinic,         Y,    N,        N),

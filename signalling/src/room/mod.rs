@@ -76,6 +76,9 @@ pub struct Consultation {
     /// How the clinician's media reaches the SFU, as their browser last said.
     #[serde(default)]
     pub clinician_path: Option<MediaPath>,
+    /// Staff switched the call to sound only.
+    #[serde(default)]
+    pub audio_only: bool,
 }
 
 /// What a new visit is made of; the caller has validated the fields.
@@ -414,6 +417,7 @@ impl ClinicRoom {
                         visits: vec![id],
                         media_node: None,
                         clinician_path: None,
+                        audio_only: false,
                     },
                 );
                 new_consultation
@@ -559,6 +563,42 @@ impl ClinicRoom {
         Ok(out)
     }
 
+    /// Switches a call to sound only (`on`) or back to video: staff and every patient in
+    /// it are told. Switching to what it already is changes nothing.
+    pub fn set_audio_only(
+        &mut self,
+        cid: ConsultationId,
+        on: bool,
+        ctx: &Ctx,
+    ) -> Result<Outcome, RoomError> {
+        let c = self
+            .consultations
+            .get_mut(&cid)
+            .ok_or(RoomError::ConsultationNotFound)?;
+        let mut out = Outcome::default();
+        if c.audio_only == on {
+            return Ok(out);
+        }
+        c.audio_only = on;
+        let visits = c.visits.clone();
+        let action = if on {
+            "audio_only_on"
+        } else {
+            "audio_only_off"
+        };
+        self.audit(&mut out, ctx, action, None, Some(cid), None);
+        self.notify_consultation(&mut out, cid);
+        for id in visits {
+            if let Some(v) = self.visits.get(&id) {
+                out.events.push(Event {
+                    to: Audience::Visit(id),
+                    msg: self.patient_status(v),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// End a consultation; every visit in it ends.
     pub fn end_consultation(
         &mut self,
@@ -665,7 +705,13 @@ impl ClinicRoom {
                 clinic_name: self.name.clone(),
                 waiting_since: v.arrived_at,
             },
-            VisitState::InConsultation(consultation) => PatientState::Admitted { consultation },
+            VisitState::InConsultation(consultation) => PatientState::Admitted {
+                consultation,
+                audio_only: self
+                    .consultations
+                    .get(&consultation)
+                    .is_some_and(|c| c.audio_only),
+            },
         };
         ServerMsg::PatientStatus { status }
     }
@@ -729,6 +775,7 @@ impl Consultation {
             started_at: self.started_at,
             visits: self.visits.clone(),
             clinician_path: self.clinician_path,
+            audio_only: self.audio_only,
         }
     }
 }

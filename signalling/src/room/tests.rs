@@ -107,7 +107,10 @@ fn admitting_twice_is_refused_and_changes_nothing() {
     assert!(patient_events(&out).contains(&(
         a,
         &ServerMsg::PatientStatus {
-            status: PatientState::Admitted { consultation: cid }
+            status: PatientState::Admitted {
+                consultation: cid,
+                audio_only: false
+            }
         }
     )));
     let before = r.clone();

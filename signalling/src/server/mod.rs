@@ -19,10 +19,10 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use protocol::{
-    AuditEntry, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic, CreateStaff,
-    EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView, IssueInvite,
-    MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SessionView, SignInRequest,
-    SignInResponse, StaffId, StaffSession,
+    AuditEntry, CallQualityView, ClinicEntryInfo, ClinicId, ClinicianView, Command, CreateClinic,
+    CreateStaff, EnterRequest, EnterResponse, ErrorBody, ErrorCode, InviteResponse, InviteView,
+    IssueInvite, MediaCheckAnswer, MediaCheckInfo, MediaCheckOffer, ServerMsg, SessionView,
+    SignInRequest, SignInResponse, StaffId, StaffSession,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -277,6 +277,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clinics/{clinic}", get(clinic_entry))
         .route("/api/clinics/{clinic}/room", get(room))
         .route("/api/clinics/{clinic}/clinicians", get(clinicians))
+        .route("/api/clinics/{clinic}/call-quality", get(call_quality))
         .route("/api/media-check", get(media_check_info).post(media_check))
         .route("/api/visits", post(enter))
         .route("/api/commands", post(command))
@@ -675,9 +676,13 @@ async fn clinic_entry(
     State(state): State<AppState>,
     Path(clinic): Path<String>,
 ) -> ApiResult<ClinicEntryInfo> {
-    let clinic = ClinicId::parse(clinic)
-        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    let clinic = clinic_path(clinic)?;
     Ok(Json(state.service.clinic_entry(&clinic).await?))
+}
+
+/// A clinic named in a path: one that cannot exist is simply not found.
+fn clinic_path(clinic: String) -> Result<ClinicId, ApiError> {
+    ClinicId::parse(clinic).map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))
 }
 
 async fn room(
@@ -686,8 +691,7 @@ async fn room(
     Path(clinic): Path<String>,
 ) -> ApiResult<ServerMsg> {
     let claims = staff(&state, &headers).await?;
-    let clinic = ClinicId::parse(clinic)
-        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    let clinic = clinic_path(clinic)?;
     Ok(Json(state.service.room_snapshot(&claims, &clinic).await?))
 }
 
@@ -697,8 +701,7 @@ async fn clinicians(
     Path(clinic): Path<String>,
 ) -> ApiResult<Vec<ClinicianView>> {
     let claims = staff(&state, &headers).await?;
-    let clinic = ClinicId::parse(clinic)
-        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    let clinic = clinic_path(clinic)?;
     Ok(Json(state.service.clinicians(&claims, &clinic).await?))
 }
 
@@ -849,14 +852,24 @@ async fn issue_invite(
     ))
 }
 
+/// How the clinic's calls of the last days went (the support desk's summary).
+async fn call_quality(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(clinic): Path<String>,
+) -> ApiResult<Vec<CallQualityView>> {
+    let claims = staff(&state, &headers).await?;
+    let clinic = clinic_path(clinic)?;
+    Ok(Json(state.service.call_quality(&claims, &clinic).await?))
+}
+
 async fn list_invites(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(clinic): Path<String>,
 ) -> ApiResult<Vec<InviteView>> {
     let claims = staff(&state, &headers).await?;
-    let clinic = ClinicId::parse(clinic)
-        .map_err(|_| ApiError::from_code(ErrorCode::NotFound, "no such clinic"))?;
+    let clinic = clinic_path(clinic)?;
     Ok(Json(state.service.invites(&claims, &clinic).await?))
 }
 

@@ -9,14 +9,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use protocol::{AuditEntry, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId};
+use protocol::{
+    AuditEntry, CallQualityView, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use super::{
-    Appended, Arrival, Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteClaim,
-    InviteRecord, InviteState, Lease, Published, SessionRecord, StaffRecord, Store, StoreError,
-    Versioned,
+    Appended, Arrival, CALL_QUALITY_KEPT_MS, Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS,
+    Feed, InviteClaim, InviteRecord, InviteState, Lease, Published, QualityReport, SessionRecord,
+    StaffRecord, Store, StoreError, Versioned, group_call_quality,
 };
 use crate::room::ClinicRoom;
 
@@ -55,6 +57,11 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS sessions (
         id TEXT PRIMARY KEY, staff TEXT NOT NULL, ends_at INTEGER NOT NULL, record TEXT NOT NULL);
     CREATE INDEX IF NOT EXISTS sessions_by_staff ON sessions (staff);
+    CREATE TABLE IF NOT EXISTS call_quality (
+        consultation TEXT NOT NULL, session TEXT NOT NULL, clinic TEXT NOT NULL,
+        updated_at INTEGER NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (consultation, session));
+    CREATE INDEX IF NOT EXISTS call_quality_by_clinic ON call_quality (clinic, updated_at);
 ";
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -567,6 +574,72 @@ impl Store for LocalStore {
             lock(&i.db)
                 .query_row("SELECT 1", [], |_| Ok(()))
                 .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn put_call_quality(&self, report: &QualityReport) -> Result<(), StoreError> {
+        let json = serde_json::to_string(report).map_err(corrupt)?;
+        let report = report.clone();
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            let forget_before = report.updated_at.0.saturating_sub(CALL_QUALITY_KEPT_MS);
+            db.prepare_cached("DELETE FROM call_quality WHERE updated_at < ?1")
+                .and_then(|mut s| s.execute(params![sql_ms(Timestamp(forget_before))]))
+                .map_err(db_err)?;
+            db.prepare_cached(
+                "INSERT INTO call_quality (consultation, session, clinic, updated_at, record) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (consultation, session) \
+                 DO UPDATE SET updated_at = excluded.updated_at, record = excluded.record",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    report.consultation.to_string(),
+                    report.session.to_string(),
+                    report.clinic.as_str(),
+                    sql_ms(report.updated_at),
+                    json
+                ])
+            })
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn call_quality(
+        &self,
+        clinic: &ClinicId,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CallQualityView>, StoreError> {
+        let clinic = clinic.to_string();
+        self.blocking(move |i| {
+            let db = lock(&i.db);
+            // Every report of the calls reported last: a call's sessions that reported
+            // before `since` are still part of it.
+            let mut stmt = db
+                .prepare_cached(
+                    "SELECT record FROM call_quality WHERE consultation IN ( \
+                       SELECT consultation FROM call_quality WHERE clinic = ?1 \
+                       GROUP BY consultation HAVING MAX(updated_at) >= ?2 \
+                       ORDER BY MAX(updated_at) DESC LIMIT ?3)",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        clinic,
+                        sql_ms(since),
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(db_err)?;
+            let reports = rows
+                .map(|r| serde_json::from_str(&r.map_err(db_err)?).map_err(corrupt))
+                .collect::<Result<Vec<QualityReport>, StoreError>>()?;
+            Ok(group_call_quality(reports, limit))
         })
         .await
     }

@@ -16,7 +16,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{AuditEntry, ClinicId, InviteId, Role, SessionId, StaffId, Timestamp, VisitId};
+use protocol::{
+    AuditEntry, CallFigures, CallQualityView, CallRole, ClinicId, ConsultationId, InviteId,
+    ParticipantId, Role, SessionId, SessionQuality, StaffId, Timestamp, VisitId,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -300,8 +303,67 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    // Call quality (the support desk's summary).
+    /// Keeps a media session's latest report (replacing its last), and forgets calls whose
+    /// last report is older than [`protocol::CALL_QUALITY_KEPT_DAYS`].
+    async fn put_call_quality(&self, report: &QualityReport) -> Result<(), StoreError>;
+    /// A clinic's calls with a report at or after `since`: every report of each, grouped
+    /// by call ([`group_call_quality`]).
+    async fn call_quality(
+        &self,
+        clinic: &ClinicId,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CallQualityView>, StoreError>;
+
     /// The separate SFU nodes that announced themselves here, live or expired (compare
     /// `expires_at` with the time). Only the Redis store has any: a single node runs its
     /// SFU in process.
     async fn media_nodes(&self) -> Result<Vec<protocol::control::NodeRecord>, StoreError>;
+}
+
+/// One media session's latest report of how its call goes, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QualityReport {
+    pub clinic: ClinicId,
+    pub consultation: ConsultationId,
+    /// The media session (its participant on the SFU): each session is one line.
+    pub session: ParticipantId,
+    pub role: CallRole,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub figures: CallFigures,
+}
+
+/// How long a call's quality is kept after its last report, in milliseconds.
+pub const CALL_QUALITY_KEPT_MS: u64 = protocol::CALL_QUALITY_KEPT_DAYS * 24 * 3600 * 1000;
+
+/// Reports grouped by call: the `limit` calls reported last, newest first, each with its
+/// sessions in the order they started.
+pub fn group_call_quality(reports: Vec<QualityReport>, limit: usize) -> Vec<CallQualityView> {
+    let mut calls: std::collections::HashMap<ConsultationId, CallQualityView> =
+        std::collections::HashMap::new();
+    for r in reports {
+        let call = calls.entry(r.consultation).or_insert(CallQualityView {
+            consultation: r.consultation,
+            started_at: r.started_at,
+            updated_at: r.updated_at,
+            sessions: Vec::new(),
+        });
+        call.started_at = call.started_at.min(r.started_at);
+        call.updated_at = call.updated_at.max(r.updated_at);
+        call.sessions.push(SessionQuality {
+            role: r.role,
+            started_at: r.started_at,
+            updated_at: r.updated_at,
+            figures: r.figures,
+        });
+    }
+    let mut calls: Vec<CallQualityView> = calls.into_values().collect();
+    for c in &mut calls {
+        c.sessions.sort_by_key(|s| (s.started_at, s.updated_at));
+    }
+    calls.sort_by_key(|c| std::cmp::Reverse((c.updated_at, c.consultation.0)));
+    calls.truncate(limit);
+    calls
 }

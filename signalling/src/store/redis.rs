@@ -70,7 +70,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use protocol::{AuditEntry, ClinicId, InviteId, SessionId, StaffId, Timestamp, VisitId};
+use protocol::{
+    AuditEntry, CallQualityView, ClinicId, ConsultationId, InviteId, SessionId, StaffId, Timestamp,
+    VisitId,
+};
 use redis::aio::{ConnectionManagerConfig, PubSub};
 use redis::streams::StreamRangeReply;
 use redis::{Client, ErrorKind, RedisError, Script, Value};
@@ -80,8 +83,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Appended, Arrival, Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS, Feed, InviteRecord,
-    InviteState, Lease, Published, SessionRecord, StaffRecord, Store, StoreError, Versioned,
+    Appended, Arrival, CALL_QUALITY_KEPT_MS, Clinic, Commit, EVENT_BUFFER, EXPIRED_INVITE_KEPT_MS,
+    Feed, InviteRecord, InviteState, Lease, Published, QualityReport, SessionRecord, StaffRecord,
+    Store, StoreError, Versioned, group_call_quality,
 };
 use crate::room::{ClinicRoom, Event, Visit};
 
@@ -115,6 +119,12 @@ pub const KEY_STAFF_SESSIONS_PREFIX: &str = "consult:staff_sessions:";
 pub const KEY_INVITE_PREFIX: &str = "consult:invite:";
 /// Followed by the clinic id: a sorted set of that clinic's invite ids, scored by expiry.
 pub const KEY_CLINIC_INVITES_PREFIX: &str = "consult:invites:";
+/// Followed by the clinic id: a sorted set of that clinic's calls with quality reports,
+/// scored by their last report's time.
+pub const KEY_CLINIC_QUALITY_PREFIX: &str = "consult:quality:";
+/// Followed by the consultation id: a hash of its media sessions' latest reports (field:
+/// session, value: JSON [`QualityReport`]), expiring [`CALL_QUALITY_KEPT_MS`] after the last.
+pub const KEY_CALL_QUALITY_PREFIX: &str = "consult:call_quality:";
 /// Pub/sub channel carrying JSON [`Published`].
 pub const CHANNEL_EVENTS: &str = "consult:events";
 
@@ -378,6 +388,14 @@ fn staff_sessions_key(staff: &StaffId) -> String {
 
 fn invite_key(id: InviteId) -> String {
     format!("{KEY_INVITE_PREFIX}{id}")
+}
+
+fn clinic_quality_key(clinic: &ClinicId) -> String {
+    format!("{KEY_CLINIC_QUALITY_PREFIX}{clinic}")
+}
+
+fn call_quality_key(consultation: ConsultationId) -> String {
+    format!("{KEY_CALL_QUALITY_PREFIX}{consultation}")
 }
 
 fn clinic_invites_key(clinic: &ClinicId) -> String {
@@ -1244,6 +1262,78 @@ impl Store for RedisStore {
             .await
             .map_err(redis_err)
     }
+    async fn put_call_quality(&self, report: &QualityReport) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(report).map_err(corrupt)?;
+        let key = call_quality_key(report.consultation);
+        let index = clinic_quality_key(&report.clinic);
+        let keep_until = report.updated_at.0.saturating_add(CALL_QUALITY_KEPT_MS);
+        let forget_before = report.updated_at.0.saturating_sub(CALL_QUALITY_KEPT_MS);
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(report.session.to_string())
+            .arg(json)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&key)
+            .arg(keep_until)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(format!("({forget_before}"))
+            .ignore()
+            .cmd("ZADD")
+            .arg(&index)
+            .arg(report.updated_at.0)
+            .arg(report.consultation.to_string())
+            .ignore()
+            .query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn call_quality(
+        &self,
+        clinic: &ClinicId,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CallQualityView>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(clinic_quality_key(clinic))
+            .arg("+inf")
+            .arg(since.0)
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            let id: ConsultationId = id
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("consultation id {id:?}")))?;
+            pipe.cmd("HVALS").arg(call_quality_key(id));
+        }
+        let calls: Vec<Vec<Vec<u8>>> = pipe
+            .query_async(&mut self.con.clone())
+            .await
+            .map_err(redis_err)?;
+        let reports = calls
+            .iter()
+            .flatten()
+            .map(|json| serde_json::from_slice(json).map_err(corrupt))
+            .collect::<Result<Vec<QualityReport>, StoreError>>()?;
+        Ok(group_call_quality(reports, limit))
+    }
+
     async fn media_nodes(&self) -> Result<Vec<protocol::control::NodeRecord>, StoreError> {
         self.hvals_sorted(protocol::control::NODES_KEY).await
     }

@@ -7,10 +7,10 @@
 // signalling/protocol/fixtures/). In short:
 //
 //   browser -> server: join_media, publish_offer, subscriber_answer, ice_candidate,
-//                      leave_media, media_state
+//                      leave_media, media_state, receive_video
 //   server -> browser: media_joined, publish_answer, subscriber_offer, ice_candidate,
 //                      media_connection, media_ended, peer_media_state,
-//                      publish_renegotiate
+//                      publish_renegotiate, media_link
 //
 // Each participant has two connections, so that each side only ever offers on its own:
 // the *publisher* (the browser offers; it sends camera and microphone) and the
@@ -25,6 +25,11 @@
 // named by the id of the MediaStream their tracks arrive in. It may come before or after
 // that stream's tracks: it is kept by stream id (`peerState(id)`) for the page to show
 // when the tile appears, and reported to `onPeerState(id, state)`.
+//
+// Sound only: `setReceiveVideo(false)` asks the SFU to send this page nobody's video (for a
+// link that cannot carry it), again after every media_joined, until set back. The SFU's
+// figures for this page's downlink (its bandwidth estimate, round trip and loss) arrive
+// every few seconds as `media_link` and are kept as `link`.
 //
 // Usage:
 //   const media = new MediaSession({ send, localStream, onRemoteStream,
@@ -110,6 +115,7 @@ const MEDIA_MESSAGES = new Set([
   'publish_renegotiate',
   'media_resumed',
   'ice_servers',
+  'media_link',
 ]);
 
 /**
@@ -181,6 +187,8 @@ export class MediaSession {
   #silence = null; // {timer, bytes, since, sent, sentAt}: watches what comes from the SFU
   #suspended = null; // the websocket dropped: {timer} until it is back (then resume())
   #resuming = false; // resume_media sent, its answer awaited
+  #receiveVideo = true; // whether the SFU should send this page the others' video
+  #link = null; // {downKbps, rttMs, lossPct, at}: the SFU's last figures for our downlink
 
   /**
    * @param {object} o
@@ -214,6 +222,31 @@ export class MediaSession {
   setLocalState({ audio, video, screen = false }) {
     this.#localState = { audio: !!audio, video: !!video, screen: !!video && !!screen };
     this.#sendState();
+  }
+
+  /**
+   * Whether the SFU sends this page the others' video (true) or only their sound. Sent
+   * now if a session exists, and after every media_joined.
+   */
+  setReceiveVideo(on) {
+    if (this.#receiveVideo === !!on) return;
+    this.#receiveVideo = !!on;
+    if (this.#pcs) this.send({ type: 'receive_video', on: this.#receiveVideo });
+  }
+
+  get receiveVideo() {
+    return this.#receiveVideo;
+  }
+
+  /** The SFU's last figures for this page's downlink ({downKbps, rttMs, lossPct, at}), or null. */
+  get link() {
+    return this.#link ? { ...this.#link } : null;
+  }
+
+  /** Whether anyone else in the call sends a picture now (as far as this page was told). */
+  anyPeerVideo() {
+    for (const id of this.#remote.keys()) if (this.peerState(id).video) return true;
+    return false;
   }
 
   /** The last state given to setLocalState, or null. */
@@ -408,6 +441,11 @@ export class MediaSession {
           this.onPeerState(msg.stream, { ...state });
         }
         break;
+      case 'media_link':
+        if (this.#pcs) {
+          this.#link = { downKbps: msg.down_kbps, rttMs: msg.rtt_ms, lossPct: msg.loss_pct, at: performance.now() };
+        }
+        break;
       case 'media_ended':
         // `left` only ever answers our own leave_media, and that session is gone already
         // (a new one may be starting): nothing to do.
@@ -463,8 +501,15 @@ export class MediaSession {
       inboundVideo: {
         tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0,
         framesReceived: 0, framesDecoded: 0, keyFramesDecoded: 0, pliCount: 0, nackCount: 0,
+        freezeCount: 0, totalFreezesDuration: 0,
       },
-      inboundAudio: { tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0 },
+      inboundAudio: {
+        tracks: 0, packetsReceived: 0, bytesReceived: 0, packetsLost: 0, concealedSamples: 0, totalSamplesReceived: 0,
+      },
+      // The round trip to the SFU on the publisher connection (ms; 0: not measured yet).
+      roundTripMs: 0,
+      // How long this session has lasted (ms; 0 before media_joined).
+      sessionMs: this.#marks.joined ? performance.now() - this.#marks.joined : 0,
       outboundVideo: { tracks: 0, packetsSent: 0, bytesSent: 0, framesEncoded: 0, codec: null },
       outboundAudio: { tracks: 0, packetsSent: 0, bytesSent: 0 },
       // The browser's send-side bandwidth estimate towards the SFU (bit/s): it grows
@@ -512,6 +557,9 @@ export class MediaSession {
       if (r.type === 'candidate-pair' && r.nominated && r.availableOutgoingBitrate) {
         out.availableOutgoingBitrate = r.availableOutgoingBitrate;
       }
+      if (r.type === 'candidate-pair' && r.nominated && r.currentRoundTripTime) {
+        out.roundTripMs = Math.round(r.currentRoundTripTime * 1000);
+      }
       if (r.type !== 'outbound-rtp') return;
       const sum = r.kind === 'video' ? out.outboundVideo : r.kind === 'audio' ? out.outboundAudio : null;
       if (sum) addInto(sum, r);
@@ -544,6 +592,8 @@ export class MediaSession {
     this.#peers.clear();
     this.#sentState = null;
     this.#sendState(); // every (re)join: the others learn what this page sends
+    this.#link = null;
+    if (!this.#receiveVideo) this.send({ type: 'receive_video', on: false });
 
     for (const leg of LEGS) {
       pcs[leg].onicecandidate = (e) => {

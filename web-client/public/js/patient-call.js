@@ -2,14 +2,16 @@
 // the patient is admitted (no click), the clinic's tiles (saying when someone is muted,
 // has their camera off or shares a screen), the self view and a plain line saying when
 // the patient is muted or has their camera off, mute / camera / switch camera, the
-// camera and microphone following the page and the devices (devices.js), and the
-// connection-quality indicator.
+// camera and microphone following the page and the devices (devices.js), the
+// connection-quality indicator, and sound only (sound-only.js: when staff switch the
+// call, or offered when the patient's link stays too weak for video).
 
 import { $, app, announce, note } from './patient-app.js';
 import { Backoff, MOVED_END_REASONS, MediaSession } from './media.js';
 import { PathReporter } from './media-path.js';
 import { SelfView, Tiles } from './tiles.js';
-import { QualityMonitor, QUALITY_TEXT } from './patient-quality.js';
+import { QualityMonitor, QualityReporter, QUALITY_TEXT } from './quality.js';
+import { SoundOnly, SOUND_ONLY_TEXT } from './sound-only.js';
 import { DEVICE_EVENTS, PEER_WORDS, SELF } from './patient-words.js';
 
 const RETRY_JOIN_CODES = new Set(['unavailable', 'conflict', 'internal', 'rate_limited']);
@@ -26,7 +28,13 @@ export const media = new MediaSession({
   onPeerState: (stream, state) => tiles.set(stream, state),
 });
 
-export const quality = new QualityMonitor(media, onQuality);
+export const soundOnly = new SoundOnly({ devices: () => app.devices, media, onChange: renderSoundOnly });
+
+export const quality = new QualityMonitor(media, onQuality, {
+  expectsVideo: () => media.receiveVideo && media.anyPeerVideo(),
+  sendsVideo: () => !!app.devices.cameraTrack && !app.devices.cameraOff,
+  onVideoWeak: (weak) => soundOnly.videoWeak(weak),
+});
 
 /** Tells the server how the call's media flows, for the clinic's staff to see. */
 const paths = new PathReporter(media, (msg) => {
@@ -34,6 +42,16 @@ const paths = new PathReporter(media, (msg) => {
   return app.sig?.send(msg);
 });
 paths.start();
+
+/** Tells the server how the call goes, for the clinic's support desk (no media, no names). */
+const reporter = new QualityReporter(
+  media,
+  (msg) => {
+    note('out', msg);
+    return app.sig?.send(msg);
+  },
+  () => ({ path: paths.sent, audioOnlyMs: soundOnly.activeMs }),
+);
 
 const joinRetry = new Backoff(() => reconcile()); // joins the call again after a failure
 
@@ -65,6 +83,8 @@ export function callState() {
     selfView: $('self-figure').dataset.video ?? 'off',
     sent: media.localState,
     path: paths.sent,
+    soundOnly: soundOnly.showing,
+    receiveVideo: media.receiveVideo,
   };
 }
 
@@ -102,12 +122,16 @@ export function enterCall() {
 export function leaveCallScreen() {
   tiles.remove();
   quality.stop();
+  reporter.stop();
+  soundOnly.reset();
 }
 
 /** Leaving the call for good (the end): nothing is kept or retried. */
 export function endCall() {
   joinRetry.cancel();
   quality.stop();
+  reporter.stop();
+  soundOnly.reset();
   media.close();
   tiles.remove();
   self.clear();
@@ -117,6 +141,7 @@ export function endCall() {
 export function dropCall() {
   media.suspend();
   quality.stop();
+  reporter.stop();
 }
 
 function setCallStatus(text) {
@@ -134,6 +159,7 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
     case 'connected':
       joinRetry.succeeded();
       quality.start();
+      reporter.start();
       setCallStatus(tiles.count ? '' : 'The clinician is joining…');
       break;
     case 'reconnecting':
@@ -142,6 +168,7 @@ function onMediaState({ state, consultation, reason, retryable, error }) {
       break;
     case 'ended':
       quality.stop();
+      reporter.stop();
       if (retryable) {
         if (reason === 'node_moved') {
           setCallStatus('Moving your call to another server…');
@@ -246,9 +273,49 @@ export function renderSelf() {
   const mute = $('mute');
   const camera = $('camera');
   mute.disabled = !d.micTrack;
-  camera.disabled = !(d.cameraTrack || d.cameraOff || d.hidden);
+  // In sound only the camera stays off until video comes back (the notice's button).
+  camera.disabled = soundOnly.active || !(d.cameraTrack || d.cameraOff || d.hidden);
   mute.setAttribute('aria-pressed', String(d.muted && !!d.micTrack));
   camera.setAttribute('aria-pressed', String(d.cameraOff));
+}
+
+// --- sound only -------------------------------------------------------------------------------
+
+let soundOnlyShown = null;
+
+/** The sound-only notice: the offer, the patient's own choice, or the clinic's. */
+function renderSoundOnly() {
+  const showing = soundOnly.showing;
+  const box = $('sound-only');
+  box.hidden = !showing;
+  box.dataset.state = showing ?? '';
+  $('sound-only-text').textContent = showing ? SOUND_ONLY_TEXT[showing] : '';
+  $('sound-only-yes').hidden = showing !== 'offer';
+  $('sound-only-no').hidden = showing !== 'offer';
+  $('video-back').hidden = showing !== 'mine';
+  if (showing !== soundOnlyShown) {
+    if (showing) announce(SOUND_ONLY_TEXT[showing]);
+    else if (soundOnlyShown === 'mine' || soundOnlyShown === 'byStaff') announce('Video is back on.');
+    soundOnlyShown = showing;
+  }
+  renderSelf();
+}
+
+/** The call's sound-only state, from the patient's status. */
+export function setCallSoundOnly(on) {
+  soundOnly.setByStaff(on);
+}
+
+export function takeSoundOnly() {
+  soundOnly.setMine(true);
+}
+
+export function declineSoundOnly() {
+  soundOnly.decline();
+}
+
+export function videoBack() {
+  soundOnly.setMine(false);
 }
 
 /** "Switch camera" is offered only where there is more than one camera. */

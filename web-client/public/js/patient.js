@@ -21,8 +21,9 @@ import { $, announce, api, app, note, setClinic, show } from './patient-app.js';
 import { playTestTone, resumeAudio } from './patient-check.js';
 import { leaveCheck, onDeviceChosen, renderPreview, runCheck, showCheck, showDevices, stopMeter } from './patient-check-screen.js';
 import {
-  callState, dropCall, endCall, enterCall, leaveCallScreen, media, onDevicesChanged, quality, reconcile,
-  renderSelf, switchCamera, toggleCamera, toggleMute, updateSwitch,
+  callState, declineSoundOnly, dropCall, endCall, enterCall, leaveCallScreen, media, onDevicesChanged, quality,
+  reconcile, renderSelf, setCallSoundOnly, switchCamera, takeSoundOnly, toggleCamera, toggleMute, updateSwitch,
+  videoBack,
 } from './patient-call.js';
 import {
   forgetVisit, hashKey, keepInTab, localVisits, nameCheck, parseLink, PREVIOUS_KEY, readInvite, readJson, saveVisit, tabVisit,
@@ -373,6 +374,7 @@ function onStatus(status) {
         show('call');
         announce('The clinician is joining. Your call is starting.');
       }
+      setCallSoundOnly(status.audio_only === true);
       break;
     case 'ended':
       showEnded(status.reason);
@@ -527,6 +529,9 @@ function wire() {
   $('mute').addEventListener('click', toggleMute);
   $('camera').addEventListener('click', toggleCamera);
   $('switch-camera').addEventListener('click', switchCamera);
+  $('sound-only-yes').addEventListener('click', takeSoundOnly);
+  $('sound-only-no').addEventListener('click', declineSoundOnly);
+  $('video-back').addEventListener('click', videoBack);
   $('waiting-devices-on').addEventListener('click', turnOnDevices);
   $('call-devices-on').addEventListener('click', turnOnDevices);
   $('call-leave').addEventListener('click', () => {

@@ -18,12 +18,34 @@
 // changes). The camera is given back while the page is hidden only on a touch device
 // (phone, tablet: the app went to the background); a clinician at a desk who switches to
 // the patient's record in another tab stays in view.
+//
+// The clinician's own connection has the patient's indicator (quality.js), and the call
+// can go on in sound only (sound-only.js): for everyone, when the page says the call's
+// consultation is switched (`setCallSoundOnly`, from the server), or for this page alone,
+// offered when its own link stays too weak for video.
 
 import { Backoff, MediaSession } from './media.js';
 import { PathReporter } from './media-path.js';
 import { LocalDevices } from './devices.js';
 import { SelfView, Tiles } from './tiles.js';
+import { QualityMonitor, QualityReporter } from './quality.js';
+import { SoundOnly } from './sound-only.js';
 import { $ } from './staff-common.js';
+
+/** The clinician's connection, in words. */
+const QUALITY_TEXT = {
+  none: 'Connection: checking',
+  good: 'Connection: good',
+  fair: 'Connection: fair. Your picture may be less sharp.',
+  poor: 'Connection: poor. Video may freeze; sound should carry on.',
+};
+
+/** Sound only, in the clinician's words. */
+const SOUND_ONLY_TEXT = {
+  offer: 'Your connection is too weak for video. Turn your video off to keep the sound clear?',
+  mine: 'Sound only for you: your video is off, and you receive none, to keep the call going on your connection.',
+  byStaff: 'This call is in sound only: nobody sends or receives video. Choose “Turn video back on for everyone” when the connection allows.',
+};
 
 /** Error codes of a refused join_media after which trying again later may work. */
 const RETRY_JOIN_CODES = new Set(['unavailable', 'conflict', 'internal', 'rate_limited']);
@@ -64,6 +86,13 @@ export class StaffCall {
       devicesOn: $('devices-on'),
       leave: $('leave-media'),
       rejoin: $('rejoin'),
+      quality: $('call-quality'),
+      qualityText: $('call-quality-text'),
+      soundOnly: $('sound-only'),
+      soundOnlyText: $('sound-only-text'),
+      soundOnlyYes: $('sound-only-yes'),
+      soundOnlyNo: $('sound-only-no'),
+      videoBack: $('video-back'),
     };
     this.devices = new LocalDevices({
       onChange: (c) => this.#devicesChanged(c),
@@ -88,10 +117,18 @@ export class StaffCall {
       onState: (s) => this.#onMediaState(s),
       onPeerState: (stream, state) => this.tiles.set(stream, state),
     });
+    this.soundOnly = new SoundOnly({ devices: () => this.devices, media: this.media, onChange: () => this.#render() });
+    this.quality = new QualityMonitor(this.media, (level) => this.#renderQuality(level), {
+      expectsVideo: () => this.media.receiveVideo && this.media.anyPeerVideo(),
+      sendsVideo: () => !!this.screen || (!!this.devices.cameraTrack && !this.devices.cameraOff),
+      onVideoWeak: (weak) => this.soundOnly.videoWeak(weak),
+    });
     // Tells the server how this page's media flows: the board shows it to every member
     // of staff of the clinic, this clinician included.
     this.paths = new PathReporter(this.media, send);
     this.paths.start();
+    // Tells the server how the call goes, for the clinic's support desk.
+    this.reporter = new QualityReporter(this.media, send, () => ({ path: this.paths.sent, audioOnlyMs: this.soundOnly.activeMs }));
     this.ui.mic.addEventListener('click', () => this.setMuted(!this.devices.muted));
     this.ui.cam.addEventListener('click', () => this.setCameraOff(!this.devices.cameraOff));
     this.ui.switchCam.addEventListener('click', () => this.switchCamera());
@@ -99,6 +136,9 @@ export class StaffCall {
     this.ui.devicesOn.addEventListener('click', () => this.turnOnDevices());
     this.ui.leave.addEventListener('click', () => this.leave());
     this.ui.rejoin.addEventListener('click', () => this.rejoin());
+    this.ui.soundOnlyYes.addEventListener('click', () => this.soundOnly.setMine(true));
+    this.ui.soundOnlyNo.addEventListener('click', () => this.soundOnly.decline());
+    this.ui.videoBack.addEventListener('click', () => this.soundOnly.setMine(false));
     if (!navigator.mediaDevices?.getDisplayMedia) this.ui.share.hidden = true;
   }
 
@@ -122,8 +162,14 @@ export class StaffCall {
       this.wanted = consultation;
       this.noRejoin = null;
       this.retry.cancel();
+      this.soundOnly.reset();
     }
     this.#reconcile();
+  }
+
+  /** Whether the call (the wanted consultation) is switched to sound only for everyone. */
+  setCallSoundOnly(on) {
+    this.soundOnly.setByStaff(on);
   }
 
   /**
@@ -161,6 +207,8 @@ export class StaffCall {
 
   leave() {
     this.noRejoin = this.wanted;
+    this.quality.stop();
+    this.reporter.stop();
     this.media.leave();
     this.#releaseDevices();
     this.say('You left the video. The call goes on: choose “Rejoin video” to go back, or “End call” to end it.');
@@ -181,6 +229,9 @@ export class StaffCall {
   stop() {
     this.wanted = null;
     this.retry.cancel();
+    this.quality.stop();
+    this.reporter.stop();
+    this.soundOnly.reset();
     this.media.leave();
     this.#releaseDevices();
   }
@@ -258,6 +309,10 @@ export class StaffCall {
       sharing: !!this.screen,
       left: this.noRejoin !== null && this.noRejoin === this.wanted,
       status: this.status,
+      quality: this.quality.level,
+      qualityFigures: { ...this.quality.figures },
+      soundOnly: this.soundOnly.showing,
+      receiveVideo: this.media.receiveVideo,
     };
   }
 
@@ -358,12 +413,16 @@ export class StaffCall {
         break;
       case 'connected':
         this.retry.succeeded();
+        this.quality.start();
+        this.reporter.start();
         this.#sayInCall();
         break;
       case 'reconnecting':
         this.say('The connection was interrupted. Reconnecting…');
         break;
       case 'ended':
+        this.quality.stop();
+        this.reporter.stop();
         if (retryable) {
           this.say('The call connection was lost. Reconnecting…');
           this.retry.later();
@@ -430,7 +489,8 @@ export class StaffCall {
     cam.setAttribute('aria-pressed', String(d.cameraOff));
     share.setAttribute('aria-pressed', String(!!this.screen));
     mic.disabled = d.started && !d.micTrack;
-    cam.disabled = d.started && !d.cameraTrack && !d.cameraOff && !d.hidden;
+    // In sound only the camera stays off until video comes back.
+    cam.disabled = this.soundOnly.active || (d.started && !d.cameraTrack && !d.cameraOff && !d.hidden);
     share.disabled = !['connecting', 'connected'].includes(this.media.state);
     devicesOn.hidden = d.started && !this.starting;
     const left = this.wanted !== null && this.noRejoin === this.wanted;
@@ -439,7 +499,28 @@ export class StaffCall {
     leave.disabled = !this.media.active;
     if (d.started) d.canSwitch().then((can) => (switchCam.hidden = !can || !!this.screen));
     else switchCam.hidden = true;
+    this.#renderSoundOnly();
     this.onChange();
+  }
+
+  #renderQuality(level) {
+    this.ui.quality.dataset.level = level;
+    this.ui.qualityText.textContent = QUALITY_TEXT[level];
+  }
+
+  /** The sound-only notice: the offer, this page's own choice, or the whole call's. */
+  #renderSoundOnly() {
+    const showing = this.media.active ? this.soundOnly.showing : null;
+    const ui = this.ui;
+    ui.soundOnly.hidden = !showing;
+    ui.soundOnly.dataset.state = showing ?? '';
+    if (ui.soundOnlyText.textContent !== (showing ? SOUND_ONLY_TEXT[showing] : '')) {
+      ui.soundOnlyText.textContent = showing ? SOUND_ONLY_TEXT[showing] : '';
+      if (showing) this.say(SOUND_ONLY_TEXT[showing]);
+    }
+    ui.soundOnlyYes.hidden = showing !== 'offer';
+    ui.soundOnlyNo.hidden = showing !== 'offer';
+    ui.videoBack.hidden = showing !== 'mine';
   }
 }
 

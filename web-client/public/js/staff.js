@@ -17,6 +17,7 @@
 // Commands go over the same websocket. `window.consultStaff` exposes state to tests.
 
 import { PATH_LABEL, PATH_MEANING } from './media-path.js';
+import { showCallQuality } from './staff-quality.js';
 import { Signalling } from './signalling.js';
 import { StaffCall } from './staff-call.js';
 import { ask, invalid, isOpen, update } from './staff-dialog.js';
@@ -116,6 +117,7 @@ $('sound').addEventListener('click', () => {
   if (app.sound) chime();
 });
 $('end').addEventListener('click', () => endDialog());
+$('sound-only-call').addEventListener('click', () => toggleSoundOnly());
 $('invite').addEventListener('click', () => {
   const cl = app.clinics.get(app.activeClinic);
   if (cl) inviteDialog(cl);
@@ -407,6 +409,11 @@ function renderCallPanel() {
   $('call-h').textContent = `Your call in ${cl.name}`;
   const people = activePeople();
   const cons = cl.consultations.get(app.active);
+  const soundOnly = !!cons?.audio_only;
+  call.setCallSoundOnly(soundOnly);
+  const toggle = $('sound-only-call');
+  toggle.setAttribute('aria-pressed', String(soundOnly));
+  toggle.textContent = soundOnly ? 'Turn video back on for everyone' : 'Sound only for everyone';
   const items = people.map((v) =>
     h('li', { class: 'person', 'data-visit': v.id },
       h('p', { class: 'name' }, v.name, ' ', onlineBadge(v), ' ', pathBadge(v.media_path, v.online)),
@@ -489,6 +496,7 @@ function renderClinic(cl) {
       h('div', { class: 'row' },
         can.callIn() && h('button', { type: 'button', class: 'primary', 'data-key': key('next'), onclick: () => admitNext(cl) }, 'Call next patient', sr(` in ${cl.name}`)),
         can.invite() && h('button', { type: 'button', 'data-key': key('invite'), onclick: () => inviteDialog(cl) }, 'Invite link…', sr(` for ${cl.name}`)),
+        h('button', { type: 'button', 'data-key': key('quality'), onclick: () => showCallQuality(cl, app.auth.token, () => $(`clinic-${cl.id}`)) }, 'Call quality…', sr(` in ${cl.name}`)),
       )),
     h('h3', {}, 'Waiting'),
     waiting.length ? h('ol', { class: 'visits' }, waiting.map((v) => visitCard(cl, v))) : h('p', { class: 'muted' }, 'Nobody is waiting.'),
@@ -820,6 +828,20 @@ function removeDialog(cl, v) {
     },
     fallback: () => $(`clinic-${cl.id}`),
   });
+}
+
+/** Switches the call on show to sound only for everyone in it, or back to video. */
+async function toggleSoundOnly() {
+  const cl = app.clinics.get(app.activeClinic);
+  const cons = cl?.consultations.get(app.active);
+  if (!cl || !cons) return;
+  const on = !cons.audio_only;
+  try {
+    await sendCommand({ type: 'set_audio_only', clinic: cl.id, consultation: cons.id, on });
+    say(on ? 'The call is now sound only: nobody sends or receives video.' : 'Video is back on for everyone in the call.');
+  } catch (e) {
+    say(`The call could not be switched: ${e.message}`);
+  }
 }
 
 function endDialog(clArg, consArg) {

@@ -43,10 +43,11 @@ impl Endpoint {
                     let Some(o) = members.get(&other).filter(|_| other != key) else {
                         continue;
                     };
-                    let receives_its_video = o.subscribed.iter().any(|(t, s)| {
-                        s.kind == MediaKind::Video
-                            && room.tracks.get(t).is_some_and(|p| p.publisher == m.id)
-                    });
+                    let receives_its_video = !o.video_off
+                        && o.subscribed.iter().any(|(t, s)| {
+                            s.kind == MediaKind::Video
+                                && room.tracks.get(t).is_some_and(|p| p.publisher == m.id)
+                        });
                     let estimate = conns
                         .get(&o.subscriber)
                         .and_then(|c| c.estimate.as_ref())

@@ -313,6 +313,7 @@ impl Endpoint {
                 state: MediaState::default(),
                 codecs: Codecs::new(),
                 uplink: Uplink::default(),
+                video_off: false,
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );

@@ -133,6 +133,52 @@ impl Endpoint {
         }
     }
 
+    /// Whether participant `key` receives the others' video: off pauses every video track
+    /// routed to it (and its downlink stops limiting their publishers); on resumes them,
+    /// each from a keyframe asked for now.
+    pub(super) fn receive_video(
+        &mut self,
+        key: u128,
+        on: bool,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let Self {
+            rooms,
+            conns,
+            touched,
+            members,
+            counters,
+            ..
+        } = self;
+        let m = members
+            .get_mut(&key)
+            .ok_or(EngineError::UnknownParticipant)?;
+        if m.video_off != on {
+            return Ok(());
+        }
+        m.video_off = !on;
+        tracing::debug!(participant = key, on, "receives video");
+        let Some(r) = rooms.get_mut(&m.room) else {
+            return Ok(());
+        };
+        let videos = m
+            .subscribed
+            .iter()
+            .filter(|(_, s)| s.kind == MediaKind::Video && s.routed);
+        let mut requests = Vec::new();
+        for (t, _) in videos {
+            if on {
+                requests.extend(r.forwarder.resume(*t, m.id, now));
+            } else {
+                r.forwarder.pause(*t, m.id);
+            }
+        }
+        for req in requests {
+            request_keyframe(conns, touched, counters, r, req, now);
+        }
+        Ok(())
+    }
+
     /// A participant's connection is heard again after an outage: the videos it receives
     /// (subscriber leg) or sends (publisher leg) restart at keyframes, asked for now.
     pub(super) fn back_after_outage(&mut self, key: u128, leg: MediaLeg, now: Instant) {

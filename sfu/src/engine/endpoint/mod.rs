@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use protocol::{MediaLeg, MediaState};
+use protocol::{LinkFigures, MediaLeg, MediaState};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -164,6 +164,8 @@ pub enum Command {
     /// The browser lost its path: its subscriber connection is offered again with new ICE
     /// credentials.
     RestartIce { participant: u128 },
+    /// Whether the participant receives the others' video (`on`) or only their sound.
+    ReceiveVideo { participant: u128, on: bool },
     /// Removes a participant and closes its connections.
     Leave { participant: u128 },
 }
@@ -321,6 +323,9 @@ struct Member {
     codecs: Codecs,
     /// What its browser sends, and the limit the others' downlinks set it ([`bandwidth`]).
     uplink: Uplink,
+    /// Its browser asked for no video (sound only): every video track it is subscribed
+    /// to is paused for it, and its downlink limits no publisher.
+    video_off: bool,
     _live: LiveGuard,
 }
 
@@ -361,11 +366,10 @@ fn stream_id(peer: PeerId) -> String {
 }
 
 /// A subscriber leg's loss and round trip, as its estimator last had them from the
-/// browser's feedback, into the node's histograms every [`SAMPLE_LINKS`].
-fn sample_link(c: &mut Conn, counters: &LoopCounters, now: Instant) {
-    let Some(e) = c.estimate.as_ref().filter(|_| now >= c.next_link_sample) else {
-        return;
-    };
+/// browser's feedback, into the node's histograms every [`SAMPLE_LINKS`]; with its
+/// estimate, the figures its browser is told (none before the first feedback).
+fn sample_link(c: &mut Conn, counters: &LoopCounters, now: Instant) -> Option<LinkFigures> {
+    let e = c.estimate.as_ref().filter(|_| now >= c.next_link_sample)?;
     c.next_link_sample = now + SAMPLE_LINKS;
     let loss = e.loss_ppm.load(Ordering::Relaxed);
     if loss != crate::bwe::NO_LOSS_FIGURE {
@@ -377,6 +381,18 @@ fn sample_link(c: &mut Conn, counters: &LoopCounters, now: Instant) {
         #[allow(clippy::cast_precision_loss)]
         counters.rtt.observe(rtt as f64 / 1e6);
     }
+    let bitrate = e.bitrate.load(Ordering::Relaxed);
+    (bitrate > 0).then(|| LinkFigures {
+        down_kbps: u32::try_from(bitrate / 1_000).unwrap_or(u32::MAX),
+        rtt_ms: u32::try_from(rtt / 1_000).unwrap_or(u32::MAX),
+        loss_pct: if loss == crate::bwe::NO_LOSS_FIGURE {
+            0
+        } else {
+            u8::try_from((loss + 5_000) / 10_000)
+                .unwrap_or(100)
+                .min(100)
+        },
+    })
 }
 
 /// See the module's documentation.
@@ -499,6 +515,9 @@ impl Endpoint {
                 done(self.media_state(participant, state))
             }
             Command::RestartIce { participant } => done(self.restart_ice(participant)),
+            Command::ReceiveVideo { participant, on } => {
+                done(self.receive_video(participant, on, now))
+            }
             Command::Leave { participant } => done(self.leave(participant)),
         }
     }
@@ -614,7 +633,14 @@ impl Endpoint {
     fn tick(&mut self, now: Instant) {
         let mut failed = Vec::new();
         for c in self.conns.values_mut() {
-            sample_link(c, &self.counters, now);
+            if let Some(figures) = sample_link(c, &self.counters, now) {
+                if self.members.contains_key(&c.participant) {
+                    self.events_out.push_back(EngineEvent::Link {
+                        participant: c.participant,
+                        figures,
+                    });
+                }
+            }
             match c.liveness.check(now) {
                 Some(liveness::Change::Silent) => {
                     tracing::debug!(participant = c.participant, leg = ?c.leg, "silent");

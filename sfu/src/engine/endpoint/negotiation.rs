@@ -266,6 +266,11 @@ impl Endpoint {
                 MediaKind::Video => r.forwarder.accept_codecs(*t, m.id, accepts, now),
                 MediaKind::Audio => None,
             };
+            if m.video_off && s.kind == MediaKind::Video {
+                // Sound only for this participant: the video waits for it to ask again.
+                r.forwarder.pause(*t, m.id);
+                continue;
+            }
             requests.extend(subscribed.or(accepted));
         }
         for req in requests {

@@ -952,6 +952,106 @@ fn a_rate_capped_downlink_brings_its_publisher_down_to_what_it_can_take() {
     assert_eq!(w.browsers[0].got(MediaKind::Video).2, 0);
 }
 
+/// Sound only for one subscriber: its browser asks for no video, and the SFU sends it the
+/// other's sound and nothing of its video (while the other subscriber gets both), and its
+/// downlink stops limiting the publisher; asked for video again, its video comes back from
+/// a keyframe asked for at once. Meanwhile its browser is told what the SFU measures of its
+/// downlink every 5 s.
+#[test]
+fn a_subscriber_that_asks_for_no_video_gets_the_sound_only_until_it_asks_again() {
+    let mut w = call(12, 300);
+    w.run_for(Duration::from_secs(2));
+    let key = w.browsers[1].key;
+    let done = w.sfu.handle_command(
+        Command::ReceiveVideo {
+            participant: key,
+            on: false,
+        },
+        w.now,
+    );
+    assert_eq!(done.unwrap(), Answer::Done);
+    w.run_for(ms(200)); // what was on its way arrives
+    let (video, audio) = (
+        w.browsers[1].got(MediaKind::Video).0,
+        w.browsers[1].got(MediaKind::Audio).0,
+    );
+    let other_video = w.browsers[0].got(MediaKind::Video).0;
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(
+        w.browsers[1].got(MediaKind::Video).0,
+        video,
+        "video sent to a subscriber in sound only"
+    );
+    assert!(
+        w.browsers[1].got(MediaKind::Audio).0 >= audio + 140,
+        "its sound stopped: {} packets in 3 s",
+        w.browsers[1].got(MediaKind::Audio).0 - audio
+    );
+    assert!(
+        w.browsers[0].got(MediaKind::Video).0 > other_video + 60,
+        "the other participant's video stopped too"
+    );
+    // Asking twice changes nothing; an unknown participant is refused.
+    let again = w.sfu.handle_command(
+        Command::ReceiveVideo {
+            participant: key,
+            on: false,
+        },
+        w.now,
+    );
+    assert_eq!(again.unwrap(), Answer::Done);
+    assert!(
+        w.sfu
+            .handle_command(
+                Command::ReceiveVideo {
+                    participant: 999,
+                    on: false
+                },
+                w.now
+            )
+            .is_err()
+    );
+
+    let before = w.browsers[0].keyframe_requests;
+    w.sfu
+        .handle_command(
+            Command::ReceiveVideo {
+                participant: key,
+                on: true,
+            },
+            w.now,
+        )
+        .unwrap();
+    let asked = w.run_until(ms(300), |w| w.browsers[0].keyframe_requests > before);
+    assert!(
+        asked,
+        "no keyframe asked for when its video was turned back on"
+    );
+    let back = w.run_until(Duration::from_secs(1), |w| {
+        w.browsers[1].got(MediaKind::Video).0 > video + 20
+    });
+    assert!(back, "its video did not come back");
+    assert_eq!(w.browsers[1].got(MediaKind::Video).2, 0, "corrupt payloads");
+
+    // The link figures: one per subscriber every 5 s, with an estimate and a round trip.
+    let links: Vec<_> = w
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            EngineEvent::Link {
+                participant,
+                figures,
+            } if *participant == key => Some(*figures),
+            _ => None,
+        })
+        .collect();
+    assert!(!links.is_empty(), "no link figures in 5 s");
+    let last = links[links.len() - 1];
+    assert!(last.down_kbps > 0, "{last:?}");
+    assert!(last.rtt_ms >= 19 && last.rtt_ms < 400, "{last:?}");
+    assert!(last.loss_pct <= 1, "{last:?}");
+}
+
 #[test]
 fn garbage_from_known_and_unknown_addresses_changes_nothing() {
     let mut w = call(7, 300);

@@ -9,23 +9,22 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use std::sync::Arc;
 
-use protocol::control::{ControlOp, ControlOutcome};
 use protocol::{
-    ClientMsg, ClinicId, ConsultationId, ErrorCode, IceServer, MAX_CANDIDATE_BYTES, MAX_SDP_BYTES,
-    MediaEndReason, MediaPath, ParticipantId, ServerMsg, Session, VisitEndReason,
+    ClientMsg, ClinicId, ErrorCode, MediaEndReason, ServerMsg, Session, VisitEndReason,
 };
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
 use super::AppState;
 use crate::auth::Principal;
 use crate::error::AppError;
-use crate::media::{Link, MEDIA_QUEUE, MediaSender};
 use crate::room::Audience;
 use crate::store::StoreError;
-use crate::turn::Subject;
+
+mod media;
+pub(super) use media::Parked;
+use media::{Handover, MediaSession, next_handover, next_media};
 
 /// The read buffer a connection starts with; it grows for a larger frame.
 const READ_BUFFER: usize = 4 * 1024;
@@ -38,6 +37,8 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 /// Close codes (4000-4999 are the application's own).
 /// The largest message the server itself sends (a staff snapshot of a very full clinic).
 const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
+/// The least time between two call-quality reports of one media session that are kept.
+const QUALITY_REPORT_MIN: Duration = Duration::from_secs(5);
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_RESTART: u16 = 1012;
@@ -142,42 +143,6 @@ struct Connection {
     handover: Option<mpsc::Receiver<Handover>>,
 }
 
-/// A request for a live connection's media session in `consultation`.
-pub(super) struct Handover {
-    consultation: ConsultationId,
-    reply: oneshot::Sender<MediaSession>,
-}
-
-async fn next_handover(rx: &mut Option<mpsc::Receiver<Handover>>) -> Option<Handover> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A connection's participant on an SFU node, and its own channel for what the node says
-/// and for the answers to requests that run on their own tasks: a message of a session
-/// the browser already left can never reach the next one.
-pub(super) struct MediaSession {
-    participant: ParticipantId,
-    link: Arc<Link>,
-    tx: MediaSender,
-    rx: mpsc::Receiver<ServerMsg>,
-    /// Where the consultation is: the clinic whose room holds it, and its id.
-    clinic: ClinicId,
-    consultation: ConsultationId,
-    /// How the browser last said its media reaches the SFU (recorded only on a change).
-    path: Option<MediaPath>,
-}
-
-/// The next media message of the session, if there is one (otherwise never).
-async fn next_media(media: &mut Option<MediaSession>) -> Option<ServerMsg> {
-    match media {
-        Some(s) => s.rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Whether a connection ended because it was lost (no close from the page, a failed read
 /// or write, no answer to pings) rather than closed on purpose by either side.
 fn lost(code: u16, reason: &str) -> bool {
@@ -188,140 +153,6 @@ fn lost(code: u16, reason: &str) -> bool {
 }
 
 const NO_PONG: &str = "no answer to ping";
-
-/// How long a lost connection's media session waits for `resume_media`.
-pub(super) const RESUME_GRACE: Duration = Duration::from_secs(15);
-
-/// Media sessions of lost connections, each kept for [`RESUME_GRACE`] under its owner's
-/// key (a patient's visit, a member of staff's sign-in) and then left. The SFU keeps the
-/// participant meanwhile, so a page back within the grace restarts ICE instead of joining
-/// again.
-#[derive(Default)]
-pub(super) struct Parked {
-    sessions: std::sync::Mutex<HashMap<String, (u64, MediaSession)>>,
-    tickets: std::sync::atomic::AtomicU64,
-    /// Live connections by key: a page back on a new connection before its old one was
-    /// seen to be lost takes the session from it.
-    live: std::sync::Mutex<HashMap<String, Vec<LiveConnection>>>,
-}
-
-/// A live connection (its id) and the way to ask it for its media session.
-type LiveConnection = (u64, mpsc::Sender<Handover>);
-
-impl std::fmt::Debug for Parked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        f.debug_struct("Parked")
-            .field("sessions", &self.lock().keys().collect::<Vec<_>>())
-            .field(
-                "live",
-                &live.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
-impl Parked {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, MediaSession)>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn park(self: &Arc<Self>, key: String, session: MediaSession) {
-        let ticket = self
-            .tickets
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some((_, older)) = self.lock().insert(key.clone(), (ticket, session)) {
-            older.leave();
-        }
-        let parked = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(RESUME_GRACE).await;
-            let expired = {
-                let mut sessions = parked.lock();
-                match sessions.get(&key) {
-                    Some((t, _)) if *t == ticket => sessions.remove(&key),
-                    _ => None,
-                }
-            };
-            if let Some((_, session)) = expired {
-                session.leave();
-            }
-        });
-    }
-
-    fn register(&self, key: &str, id: u64, handover: mpsc::Sender<Handover>) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.entry(key.to_owned()).or_default().push((id, handover));
-    }
-
-    fn unregister(&self, key: &str, id: u64) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = live.get_mut(key) {
-            list.retain(|(i, _)| *i != id);
-            if list.is_empty() {
-                live.remove(key);
-            }
-        }
-    }
-
-    /// The session in `consultation` of another live connection of `key`, which hands it
-    /// over and closes.
-    async fn take_from_live(
-        &self,
-        key: &str,
-        consultation: ConsultationId,
-        except: u64,
-    ) -> Option<MediaSession> {
-        let others: Vec<mpsc::Sender<Handover>> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.get(key)?
-                .iter()
-                .filter(|(i, _)| *i != except)
-                .map(|(_, tx)| tx.clone())
-                .collect()
-        };
-        for tx in others {
-            let (reply, answer) = oneshot::channel();
-            if tx
-                .try_send(Handover {
-                    consultation,
-                    reply,
-                })
-                .is_err()
-            {
-                continue;
-            }
-            if let Ok(Ok(session)) = tokio::time::timeout(Duration::from_secs(1), answer).await {
-                return Some(session);
-            }
-        }
-        None
-    }
-
-    /// The session `key` left in `consultation`, if it is still kept.
-    fn take(&self, key: &str, consultation: ConsultationId) -> Option<MediaSession> {
-        let mut sessions = self.lock();
-        match sessions.get(key) {
-            Some((_, s)) if s.consultation == consultation => sessions.remove(key).map(|(_, s)| s),
-            _ => None,
-        }
-    }
-}
-
-impl MediaSession {
-    /// Removes the participant from its node, without waiting.
-    fn leave(self) {
-        self.link.unroute(self.participant);
-        tokio::spawn(async move {
-            let _ = self
-                .link
-                .request(ControlOp::Leave {
-                    participant: self.participant,
-                })
-                .await;
-        });
-    }
-}
 
 enum Flow {
     Continue,
@@ -749,249 +580,6 @@ impl Connection {
         } else {
             Flow::Close(CLOSE_RESTART, "")
         }
-    }
-
-    /// A media message: joining and leaving are answered here; offers, answers and
-    /// candidates go to the node on their own tasks (their answers arrive on the session's
-    /// channel),
-    /// so a node gathering candidates never holds up this connection's other traffic.
-    async fn media_message(&mut self, principal: &Principal, msg: ClientMsg) -> Option<ServerMsg> {
-        let not_joined = || {
-            Some(error(
-                None,
-                ErrorCode::InvalidInput,
-                "join the consultation's media first",
-            ))
-        };
-        match msg {
-            ClientMsg::JoinMedia { consultation } => {
-                if let Some(old) = self.media.take() {
-                    old.leave();
-                }
-                Some(self.join_media(principal, consultation).await)
-            }
-            ClientMsg::ResumeMedia { consultation } => {
-                if self.media.is_some() {
-                    return Some(error(
-                        None,
-                        ErrorCode::Conflict,
-                        "already in a media session",
-                    ));
-                }
-                let key = self.park_key.clone()?;
-                let parked = self.state.parked.clone();
-                let found = match parked.take(&key, consultation) {
-                    Some(s) => Some(s),
-                    None => parked.take_from_live(&key, consultation, self.id).await,
-                };
-                match found {
-                    Some(session) => {
-                        tracing::debug!(%consultation, "media resumed");
-                        self.media = Some(session);
-                        Some(ServerMsg::MediaResumed { consultation })
-                    }
-                    None => {
-                        tracing::debug!(%consultation, ?parked, "no media session to resume");
-                        Some(error(
-                            None,
-                            ErrorCode::NotFound,
-                            "no media session to resume: join again",
-                        ))
-                    }
-                }
-            }
-            ClientMsg::LeaveMedia => {
-                let session = self.media.take()?;
-                session.leave();
-                Some(ServerMsg::MediaEnded {
-                    reason: MediaEndReason::Left,
-                })
-            }
-            ClientMsg::PublishOffer { sdp } | ClientMsg::SubscriberAnswer { sdp }
-                if sdp.len() > MAX_SDP_BYTES =>
-            {
-                Some(error(None, ErrorCode::InvalidInput, "the SDP is too long"))
-            }
-            ClientMsg::IceCandidate { candidate, .. }
-                if candidate.candidate.len() > MAX_CANDIDATE_BYTES =>
-            {
-                Some(error(
-                    None,
-                    ErrorCode::InvalidInput,
-                    "the ICE candidate is too long",
-                ))
-            }
-            ClientMsg::PublishOffer { sdp } => {
-                let Some(s) = &self.media else {
-                    return not_joined();
-                };
-                let op = ControlOp::Publish {
-                    participant: s.participant,
-                    sdp,
-                };
-                self.relay(op, |o| match o {
-                    ControlOutcome::Answer { sdp } => Some(ServerMsg::PublishAnswer { sdp }),
-                    _ => None,
-                });
-                None
-            }
-            ClientMsg::SubscriberAnswer { sdp } => {
-                let Some(s) = &self.media else {
-                    return not_joined();
-                };
-                let op = ControlOp::SubscriberAnswer {
-                    participant: s.participant,
-                    sdp,
-                };
-                self.relay(op, |_| None);
-                None
-            }
-            ClientMsg::MediaState(state) => {
-                let Some(s) = &self.media else {
-                    return not_joined();
-                };
-                let op = ControlOp::MediaState {
-                    participant: s.participant,
-                    state,
-                };
-                self.relay(op, |_| None);
-                None
-            }
-            ClientMsg::MediaPath { path } => {
-                let Some(s) = &self.media else {
-                    return not_joined();
-                };
-                if s.path == Some(path) {
-                    return None;
-                }
-                let (clinic, consultation) = (s.clinic.clone(), s.consultation);
-                // Best effort, and no answer: a report that crosses the person's leaving
-                // the consultation has nothing left to describe.
-                match self
-                    .state
-                    .service
-                    .media_path(principal, &clinic, consultation, path)
-                    .await
-                {
-                    Ok(()) => {
-                        if let Some(s) = &mut self.media {
-                            s.path = Some(path);
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "media path not recorded"),
-                }
-                None
-            }
-            ClientMsg::RestartIce => {
-                let Some(s) = &self.media else {
-                    return not_joined();
-                };
-                let op = ControlOp::RestartIce {
-                    participant: s.participant,
-                };
-                self.relay(op, |_| None);
-                // Fresh credentials for the connections' new gathering: coturn checks a
-                // credential's expiry when an allocation is made, so one from the start of
-                // a long call would be refused now. Sent before the node's new offer.
-                Some(ServerMsg::IceServers {
-                    ice_servers: self.ice_servers(principal),
-                })
-            }
-            ClientMsg::IceCandidate { leg, candidate } => {
-                let Some(s) = &self.media else {
-                    return not_joined();
-                };
-                let op = ControlOp::Candidate {
-                    participant: s.participant,
-                    leg,
-                    candidate,
-                };
-                self.relay(op, |_| None);
-                None
-            }
-            ClientMsg::Hello { .. } | ClientMsg::Command { .. } => None,
-        }
-    }
-
-    async fn join_media(
-        &mut self,
-        principal: &Principal,
-        consultation: ConsultationId,
-    ) -> ServerMsg {
-        let place = match self
-            .state
-            .service
-            .place_media(principal, consultation)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => return app_error(None, &e),
-        };
-        let participant = ParticipantId::random();
-        let (tx, rx) = mpsc::channel(MEDIA_QUEUE);
-        place.link.route(participant, tx.clone());
-        let joined = place
-            .link
-            .request(ControlOp::Join {
-                consultation,
-                participant,
-                visit: place.visit,
-            })
-            .await;
-        match joined {
-            Ok(_) => {
-                tracing::debug!(node = %place.node, %consultation, "media joined");
-                self.media = Some(MediaSession {
-                    participant,
-                    link: place.link,
-                    tx,
-                    rx,
-                    clinic: place.clinic,
-                    consultation,
-                    path: None,
-                });
-                ServerMsg::MediaJoined {
-                    consultation,
-                    ice_servers: self.ice_servers(principal),
-                }
-            }
-            Err(e) => {
-                place.link.unroute(participant);
-                app_error(None, &e)
-            }
-        }
-    }
-
-    /// The ICE servers for this person's media, with a TURN credential of their own minted
-    /// now: it travels in the message it is put in only, never in a log.
-    fn ice_servers(&self, principal: &Principal) -> Vec<IceServer> {
-        let subject = match principal {
-            Principal::Patient(visit) => Subject::Visit(*visit),
-            Principal::Staff(claims) => Subject::Staff(&claims.sub),
-        };
-        let now_secs = crate::service::now().0 / 1000;
-        self.state
-            .service
-            .media()
-            .map(|m| m.ice_servers().for_call(subject, now_secs))
-            .unwrap_or_default()
-    }
-
-    /// Sends `op` to this connection's node on its own task; what `answer` makes of the
-    /// outcome, or the refusal, comes back on the session's channel.
-    fn relay(&self, op: ControlOp, answer: fn(ControlOutcome) -> Option<ServerMsg>) {
-        let Some(s) = &self.media else { return };
-        let link = s.link.clone();
-        let tx = s.tx.clone();
-        tokio::spawn(async move {
-            let reply = match link.request(op).await {
-                Ok(o) => answer(o),
-                Err(e) => Some(app_error(None, &e)),
-            };
-            if let Some(r) = reply {
-                let _ = tx.send(r).await;
-            }
-        });
     }
 }
 
