@@ -233,7 +233,7 @@ test('sound only for everyone: the clinician switches the call; no video either 
     await button(doc, 'Sound only for everyone').click();
     await p.waitPatient(patient, (x) => x.soundOnly === 'byStaff' && !x.receiveVideo && x.sent?.video === false, 'the patient page in sound only, its camera off');
     await s.waitStaff(doc, (x) => x.soundOnly === 'byStaff' && !x.receiveVideo && x.cameraOff && x.sent?.video === false, 'the clinician page in sound only, its camera off');
-    await patient.getByText('The clinic has switched this call to sound only').waitFor();
+    await patient.locator('#sound-only-text', { hasText: 'The clinic has switched this call to sound only' }).waitFor();
     assert.ok(await patient.locator('#camera').isDisabled(), 'the patient cannot turn the camera on meanwhile');
     assert.equal(await button(doc, 'Turn video back on for everyone').getAttribute('aria-pressed'), 'true');
     // Each side sees the other's camera off, in words.

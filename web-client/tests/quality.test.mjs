@@ -381,7 +381,7 @@ test('a patient whose link cannot carry video is offered sound only; taking it s
     await p.waitPatient(call.patient, (x) => x.soundOnly === 'offer', 'the page offers sound only', 45_000);
     const offeredAfter = (Date.now() - capped) / 1000;
     const offered = await call.patient.evaluate(state);
-    await call.patient.getByText('Your connection is too weak for video').waitFor();
+    await call.patient.locator('#sound-only-text', { hasText: 'Your connection is too weak for video' }).waitFor();
     await call.patient.getByRole('button', { name: 'Turn video off', exact: true }).click();
     await p.waitPatient(call.patient, (x) => x.soundOnly === 'mine' && !x.receiveVideo && x.sent?.video === false, 'sound only, the camera off');
     // The clinician's page says the patient's camera is off.

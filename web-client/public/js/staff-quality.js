@@ -52,7 +52,8 @@ function callTable(call, n) {
 
 /** Opens the dialog with a clinic's call quality; reports a failure inside it. */
 export async function showCallQuality(cl, token, fallback) {
-  const body = h('div', { class: 'quality-calls' }, h('p', {}, 'Loading…'));
+  // The list scrolls on its own: focusable, so that a keyboard can scroll it too.
+  const body = h('div', { class: 'quality-calls', tabindex: '0', role: 'region', 'aria-label': 'Calls and their quality' }, h('p', {}, 'Loading…'));
   const shown = ask({ title: `Call quality in ${cl.name}, last 30 days`, body: [body], okLabel: 'Close', submit: async () => {}, fallback });
   try {
     const calls = await api(`/api/clinics/${encodeURIComponent(cl.id)}/call-quality`, { token });
