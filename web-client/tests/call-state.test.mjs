@@ -229,6 +229,10 @@ test('sound only for everyone: the clinician switches the call; no video either 
     const { pf, doc, patient } = await clinicianAndPatient(env);
     await callIn(doc, patient);
     const patientStats = () => window.consultPatient?.stats();
+    // The clinician's page has the patient's connection indicator too, with the SFU's
+    // figures for its downlink.
+    await s.waitStaff(doc, (x) => x.quality === 'good' && x.qualityFigures.downKbps > 0, "the clinician's connection: good");
+    await doc.locator('#call-quality-text', { hasText: 'Connection: good' }).waitFor();
 
     await button(doc, 'Sound only for everyone').click();
     await p.waitPatient(patient, (x) => x.soundOnly === 'byStaff' && !x.receiveVideo && x.sent?.video === false, 'the patient page in sound only, its camera off');
