@@ -642,6 +642,52 @@ impl RedisStore {
     }
 }
 
+/// A field of a hash that expires at `keep_until` (ms since the epoch).
+struct Indexed<'a> {
+    key: &'a str,
+    field: &'a str,
+    keep_until: u64,
+}
+
+impl RedisStore {
+    /// Writes `value` into a record that expires, and lists it in a sorted `index` as
+    /// `(score, member)`, forgetting members scored before `forget_before`: a per-clinic
+    /// list of records that end (invites, call-quality reports), in one atomic pipeline.
+    async fn put_indexed(
+        &self,
+        record: Indexed<'_>,
+        index: &str,
+        (score, member): (u64, &str),
+        forget_before: u64,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(record.key)
+            .arg(record.field)
+            .arg(value)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(record.key)
+            .arg(record.keep_until)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(index)
+            .arg("-inf")
+            .arg(format!("({forget_before}"))
+            .ignore()
+            .cmd("ZADD")
+            .arg(index)
+            .arg(score)
+            .arg(member)
+            .ignore()
+            .query_async::<()>(&mut self.con.clone())
+            .await
+            .map_err(redis_err)
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn put_clinic(&self, clinic: &Clinic) -> Result<(), StoreError> {
@@ -1098,30 +1144,18 @@ impl Store for RedisStore {
         let index = clinic_invites_key(&invite.clinic);
         let keep_until = invite.expires_at.0.saturating_add(EXPIRED_INVITE_KEPT_MS);
         let forget_before = invite.issued_at.0.saturating_sub(EXPIRED_INVITE_KEPT_MS);
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(&key)
-            .arg(FIELD_RECORD)
-            .arg(json)
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(keep_until)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&index)
-            .arg("-inf")
-            .arg(format!("({forget_before}"))
-            .ignore()
-            .cmd("ZADD")
-            .arg(&index)
-            .arg(invite.expires_at.0)
-            .arg(invite.id.to_string())
-            .ignore()
-            .query_async::<()>(&mut self.con.clone())
-            .await
-            .map_err(redis_err)
+        self.put_indexed(
+            Indexed {
+                key: &key,
+                field: FIELD_RECORD,
+                keep_until,
+            },
+            &index,
+            (invite.expires_at.0, &invite.id.to_string()),
+            forget_before,
+            json,
+        )
+        .await
     }
 
     async fn invite(&self, id: InviteId) -> Result<Option<InviteState>, StoreError> {
@@ -1268,30 +1302,18 @@ impl Store for RedisStore {
         let index = clinic_quality_key(&report.clinic);
         let keep_until = report.updated_at.0.saturating_add(CALL_QUALITY_KEPT_MS);
         let forget_before = report.updated_at.0.saturating_sub(CALL_QUALITY_KEPT_MS);
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(&key)
-            .arg(report.session.to_string())
-            .arg(json)
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(keep_until)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&index)
-            .arg("-inf")
-            .arg(format!("({forget_before}"))
-            .ignore()
-            .cmd("ZADD")
-            .arg(&index)
-            .arg(report.updated_at.0)
-            .arg(report.consultation.to_string())
-            .ignore()
-            .query_async::<()>(&mut self.con.clone())
-            .await
-            .map_err(redis_err)
+        self.put_indexed(
+            Indexed {
+                key: &key,
+                field: &report.session.to_string(),
+                keep_until,
+            },
+            &index,
+            (report.updated_at.0, &report.consultation.to_string()),
+            forget_before,
+            json,
+        )
+        .await
     }
 
     async fn call_quality(

@@ -11,7 +11,7 @@ import { Backoff, MOVED_END_REASONS, MediaSession } from './media.js';
 import { PathReporter } from './media-path.js';
 import { SelfView, Tiles } from './tiles.js';
 import { QualityMonitor, QualityReporter, QUALITY_TEXT } from './quality.js';
-import { SoundOnly, SOUND_ONLY_TEXT } from './sound-only.js';
+import { SoundOnly } from './sound-only.js';
 import { DEVICE_EVENTS, PEER_WORDS, SELF } from './patient-words.js';
 
 const RETRY_JOIN_CODES = new Set(['unavailable', 'conflict', 'internal', 'rate_limited']);
@@ -281,41 +281,21 @@ export function renderSelf() {
 
 // --- sound only -------------------------------------------------------------------------------
 
-let soundOnlyShown = null;
+soundOnly.attach({ box: $('sound-only'), text: $('sound-only-text'), yes: $('sound-only-yes'), no: $('sound-only-no'), back: $('video-back') });
+let wasSoundOnly = false;
 
-/** The sound-only notice: the offer, the patient's own choice, or the clinic's. */
+/** The sound-only notice (the offer, the patient's own choice, or the clinic's), said. */
 function renderSoundOnly() {
-  const showing = soundOnly.showing;
-  const box = $('sound-only');
-  box.hidden = !showing;
-  box.dataset.state = showing ?? '';
-  $('sound-only-text').textContent = showing ? SOUND_ONLY_TEXT[showing] : '';
-  $('sound-only-yes').hidden = showing !== 'offer';
-  $('sound-only-no').hidden = showing !== 'offer';
-  $('video-back').hidden = showing !== 'mine';
-  if (showing !== soundOnlyShown) {
-    if (showing) announce(SOUND_ONLY_TEXT[showing]);
-    else if (soundOnlyShown === 'mine' || soundOnlyShown === 'byStaff') announce('Video is back on.');
-    soundOnlyShown = showing;
-  }
+  const text = soundOnly.draw();
+  if (text) announce(text);
+  else if (text === '' && wasSoundOnly) announce('Video is back on.');
+  wasSoundOnly = soundOnly.active;
   renderSelf();
 }
 
 /** The call's sound-only state, from the patient's status. */
 export function setCallSoundOnly(on) {
   soundOnly.setByStaff(on);
-}
-
-export function takeSoundOnly() {
-  soundOnly.setMine(true);
-}
-
-export function declineSoundOnly() {
-  soundOnly.decline();
-}
-
-export function videoBack() {
-  soundOnly.setMine(false);
 }
 
 /** "Switch camera" is offered only where there is more than one camera. */

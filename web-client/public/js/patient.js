@@ -21,9 +21,8 @@ import { $, announce, api, app, note, setClinic, show } from './patient-app.js';
 import { playTestTone, resumeAudio } from './patient-check.js';
 import { leaveCheck, onDeviceChosen, renderPreview, runCheck, showCheck, showDevices, stopMeter } from './patient-check-screen.js';
 import {
-  callState, declineSoundOnly, dropCall, endCall, enterCall, leaveCallScreen, media, onDevicesChanged, quality,
-  reconcile, renderSelf, setCallSoundOnly, switchCamera, takeSoundOnly, toggleCamera, toggleMute, updateSwitch,
-  videoBack,
+  callState, dropCall, endCall, enterCall, leaveCallScreen, media, onDevicesChanged, quality, reconcile, renderSelf,
+  setCallSoundOnly, switchCamera, toggleCamera, toggleMute, updateSwitch,
 } from './patient-call.js';
 import {
   forgetVisit, hashKey, keepInTab, localVisits, nameCheck, parseLink, PREVIOUS_KEY, readInvite, readJson, saveVisit, tabVisit,
@@ -529,9 +528,6 @@ function wire() {
   $('mute').addEventListener('click', toggleMute);
   $('camera').addEventListener('click', toggleCamera);
   $('switch-camera').addEventListener('click', switchCamera);
-  $('sound-only-yes').addEventListener('click', takeSoundOnly);
-  $('sound-only-no').addEventListener('click', declineSoundOnly);
-  $('video-back').addEventListener('click', videoBack);
   $('waiting-devices-on').addEventListener('click', turnOnDevices);
   $('call-devices-on').addEventListener('click', turnOnDevices);
   $('call-leave').addEventListener('click', () => {

@@ -29,6 +29,8 @@ export class SoundOnly {
   #queue = Promise.resolve();
   #activeMs = 0;
   #activeSince = null;
+  #ui = null;
+  #words = SOUND_ONLY_TEXT;
 
   /**
    * @param {object} o
@@ -40,6 +42,38 @@ export class SoundOnly {
     this.#devices = devices;
     this.#media = media;
     this.#onChange = onChange;
+  }
+
+  /**
+   * The page's notice: `ui` its elements {box, text, yes, no, back} ("Turn video off",
+   * "Not now", "Turn video back on"), `words` what it says for each state; its buttons act
+   * here.
+   */
+  attach(ui, words = SOUND_ONLY_TEXT) {
+    this.#ui = ui;
+    this.#words = words;
+    ui.yes.addEventListener('click', () => this.setMine(true));
+    ui.no.addEventListener('click', () => this.decline());
+    ui.back.addEventListener('click', () => this.setMine(false));
+  }
+
+  /**
+   * Draws the notice as things are (hidden when `visible` is false); returns its new text
+   * when that changed (for the page to say), else null.
+   */
+  draw(visible = true) {
+    const ui = this.#ui;
+    if (!ui) return null;
+    const showing = visible ? this.showing : null;
+    ui.box.hidden = !showing;
+    ui.box.dataset.state = showing ?? '';
+    ui.yes.hidden = showing !== 'offer';
+    ui.no.hidden = showing !== 'offer';
+    ui.back.hidden = showing !== 'mine';
+    const text = showing ? this.#words[showing] : '';
+    if (ui.text.textContent === text) return null;
+    ui.text.textContent = text;
+    return text;
   }
 
   /** Whether the page is in sound only now. */

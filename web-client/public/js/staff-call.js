@@ -88,11 +88,6 @@ export class StaffCall {
       rejoin: $('rejoin'),
       quality: $('call-quality'),
       qualityText: $('call-quality-text'),
-      soundOnly: $('sound-only'),
-      soundOnlyText: $('sound-only-text'),
-      soundOnlyYes: $('sound-only-yes'),
-      soundOnlyNo: $('sound-only-no'),
-      videoBack: $('video-back'),
     };
     this.devices = new LocalDevices({
       onChange: (c) => this.#devicesChanged(c),
@@ -118,6 +113,7 @@ export class StaffCall {
       onPeerState: (stream, state) => this.tiles.set(stream, state),
     });
     this.soundOnly = new SoundOnly({ devices: () => this.devices, media: this.media, onChange: () => this.#render() });
+    this.soundOnly.attach({ box: $('sound-only'), text: $('sound-only-text'), yes: $('sound-only-yes'), no: $('sound-only-no'), back: $('video-back') }, SOUND_ONLY_TEXT);
     this.quality = new QualityMonitor(this.media, (level) => this.#renderQuality(level), {
       expectsVideo: () => this.media.receiveVideo && this.media.anyPeerVideo(),
       sendsVideo: () => !!this.screen || (!!this.devices.cameraTrack && !this.devices.cameraOff),
@@ -136,9 +132,6 @@ export class StaffCall {
     this.ui.devicesOn.addEventListener('click', () => this.turnOnDevices());
     this.ui.leave.addEventListener('click', () => this.leave());
     this.ui.rejoin.addEventListener('click', () => this.rejoin());
-    this.ui.soundOnlyYes.addEventListener('click', () => this.soundOnly.setMine(true));
-    this.ui.soundOnlyNo.addEventListener('click', () => this.soundOnly.decline());
-    this.ui.videoBack.addEventListener('click', () => this.soundOnly.setMine(false));
     if (!navigator.mediaDevices?.getDisplayMedia) this.ui.share.hidden = true;
   }
 
@@ -508,19 +501,10 @@ export class StaffCall {
     this.ui.qualityText.textContent = QUALITY_TEXT[level];
   }
 
-  /** The sound-only notice: the offer, this page's own choice, or the whole call's. */
+  /** The sound-only notice (the offer, this page's own choice, or the whole call's), said. */
   #renderSoundOnly() {
-    const showing = this.media.active ? this.soundOnly.showing : null;
-    const ui = this.ui;
-    ui.soundOnly.hidden = !showing;
-    ui.soundOnly.dataset.state = showing ?? '';
-    if (ui.soundOnlyText.textContent !== (showing ? SOUND_ONLY_TEXT[showing] : '')) {
-      ui.soundOnlyText.textContent = showing ? SOUND_ONLY_TEXT[showing] : '';
-      if (showing) this.say(SOUND_ONLY_TEXT[showing]);
-    }
-    ui.soundOnlyYes.hidden = showing !== 'offer';
-    ui.soundOnlyNo.hidden = showing !== 'offer';
-    ui.videoBack.hidden = showing !== 'mine';
+    const text = this.soundOnly.draw(this.media.active);
+    if (text) this.say(text);
   }
 }
 
