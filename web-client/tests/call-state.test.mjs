@@ -10,7 +10,9 @@
 //      told at once; with axe-core and screenshots (patient's view and clinician's, desktop
 //      and 375 px wide).
 //   4. (issue 15) sound only for everyone: the clinician switches the call; both pages
-//      turn their cameras off, receive no video and keep the sound; and back.
+//      turn their cameras off, receive no video and keep the sound; reception sees it on
+//      the board and switches it back; the clinic's call quality shows both people's
+//      connections (REST and the board's dialog), with no name.
 //
 //   scripts/browser-tests tests/call-state.test.mjs
 
@@ -224,7 +226,7 @@ test('mute and camera off seen on the other side, a shared screen said, a page j
   });
 });
 
-test('sound only for everyone: the clinician switches the call; no video either way, the sound goes on; then video again', async () => {
+test('sound only for everyone: the clinician switches the call, no video either way and the sound goes on; reception switches it back; the clinic reads how the call went', async () => {
   await s.withStaffEnv('sound only', async (env) => {
     const { pf, doc, patient } = await clinicianAndPatient(env);
     await callIn(doc, patient);
@@ -259,8 +261,14 @@ test('sound only for everyone: the clinician switches the call; no video either 
       assert.ok(audio >= 100, `${who}: only ${audio} audio packets in 3 s`);
     }
 
-    // Back to video: both cameras come back on, and each decodes the other again.
-    await button(doc, 'Turn video back on for everyone').click();
+    // Reception sees the call in sound only on the board, and switches it back (a
+    // colleague's call: reception may): both cameras come back on, and each decodes the
+    // other again.
+    const desk = await s.openPage(browser, env, pf.url, 'reception');
+    await s.signIn(desk, 'rita', pf.passwords.rita);
+    const card = desk.locator('li.visit', { hasText: 'Pat Example' });
+    await card.locator('.badge.sound-only', { hasText: 'Sound only' }).waitFor();
+    await card.getByRole('button', { name: 'Turn video back on Pat Example', exact: true }).click();
     await p.waitPatient(patient, (x) => x.soundOnly === null && x.receiveVideo && x.sent?.video === true, 'the patient page back to video');
     await s.waitStaff(doc, (x) => x.soundOnly === null && x.receiveVideo && !x.cameraOff, 'the clinician page back to video');
     const frames = { patient: after.patient.inboundVideo.framesDecoded, clinician: after.clinician.inboundVideo.framesDecoded };

@@ -543,6 +543,11 @@ function visitCard(cl, v) {
     if (cons.id !== app.active) actions.push(button(cl, v, 'switch', 'Switch to this call', () => switchCall(cons.id), 'primary'));
   } else {
     if (can.admitOther()) actions.push(button(cl, v, 'back', 'Send back to waiting', () => returnToWaiting(cl, v)));
+    // Reception and admins may switch a colleague's call to sound only (the patient's link
+    // cannot carry video), or back.
+    if (can.admitOther() && cons) {
+      actions.push(button(cl, v, 'sound', cons.audio_only ? 'Turn video back on' : 'Sound only', () => toggleSoundOnly(cl, cons)));
+    }
     if (can.endAny() && cons) actions.push(button(cl, v, 'end', 'End call…', () => endDialog(cl, cons)));
     if (can.remove()) actions.push(button(cl, v, 'remove', 'Remove…', () => removeDialog(cl, v)));
   }
@@ -559,6 +564,7 @@ function visitCard(cl, v) {
           : h('span', { class: 'badge in-call' }, mine ? 'In your call' : `In consultation with ${nameOf(cons?.clinician)}`),
         onlineBadge(v),
         !waiting && pathBadge(v.media_path, v.online),
+        cons?.audio_only && h('span', { class: 'badge sound-only' }, 'Sound only'),
         h('span', {}, waiting ? 'Waited ' : 'For ', h('span', { 'data-since': since }, duration(Date.now() - since)),
           h('span', { class: 'muted' }, ` (${waiting ? 'arrived' : 'since'} ${clock(since)})`)),
         ...extra.map((t) => h('span', {}, t))),
@@ -830,10 +836,10 @@ function removeDialog(cl, v) {
   });
 }
 
-/** Switches the call on show to sound only for everyone in it, or back to video. */
-async function toggleSoundOnly() {
-  const cl = app.clinics.get(app.activeClinic);
-  const cons = cl?.consultations.get(app.active);
+/** Switches a call (by default the one on show) to sound only for everyone in it, or back. */
+async function toggleSoundOnly(clArg, consArg) {
+  const cl = clArg || app.clinics.get(app.activeClinic);
+  const cons = consArg || cl?.consultations.get(app.active);
   if (!cl || !cons) return;
   const on = !cons.audio_only;
   try {
