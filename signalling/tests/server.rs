@@ -405,6 +405,24 @@ async fn bad_input_is_refused_and_changes_nothing() {
             r#"{"type":"command","req":1,"command":{"type":"admit","clinic":"derm"}}"#,
             ErrorCode::BadRequest,
         ),
+        // Call-quality figures that cannot be true, and a report with no call to be of;
+        // a sound-only request with no media session.
+        (
+            r#"{"type":"call_quality","seconds":10,"rtt_ms":1,"loss_permille":2000,"recv_kbps":1,"send_kbps":1,"freezes":0,"freeze_ms":0,"concealed_permille":0,"audio_only_ms":0}"#,
+            ErrorCode::InvalidInput,
+        ),
+        (
+            r#"{"type":"call_quality","seconds":10,"rtt_ms":1,"loss_permille":20,"recv_kbps":1,"send_kbps":1,"freezes":0,"freeze_ms":0,"concealed_permille":0,"audio_only_ms":0}"#,
+            ErrorCode::InvalidInput,
+        ),
+        (
+            r#"{"type":"receive_video","on":false}"#,
+            ErrorCode::InvalidInput,
+        ),
+        (
+            r#"{"type":"call_quality","seconds":-1}"#,
+            ErrorCode::BadRequest,
+        ),
     ] {
         p.send_raw(raw).await;
         let e = p

@@ -108,6 +108,13 @@ pub struct CallFigures {
     pub audio_only_ms: u32,
 }
 
+impl CallFigures {
+    /// Whether the figures can be true: shares are at most a thousand per thousand.
+    pub fn valid(&self) -> bool {
+        self.loss_permille <= 1000 && self.concealed_permille <= 1000
+    }
+}
+
 /// Who a line of a call's quality summary is, without a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

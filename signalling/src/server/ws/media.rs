@@ -304,6 +304,11 @@ impl Connection {
                 self.relay(op, |_| None);
                 None
             }
+            ClientMsg::CallQuality(figures) if !figures.valid() => Some(error(
+                None,
+                ErrorCode::InvalidInput,
+                "a share of more than a thousand per thousand",
+            )),
             ClientMsg::CallQuality(figures) => {
                 let Some(s) = &mut self.media else {
                     return not_joined();
