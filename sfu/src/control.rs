@@ -214,8 +214,16 @@ impl Node {
             tokio::select! {
                 request = requests.recv() => {
                     let Some(request) = request else { break };
-                    // Each request on its own task: an offer being answered does not hold
-                    // up the rest (early candidates are queued by the engine).
+                    // A participant's state (what it sends, whether it takes video) is
+                    // applied here, in the order it came: two changes in a row end as the
+                    // browser left them. Its engine call is a quick one.
+                    if request.op.is_state() {
+                        let outcome = self.handle(link, request.op, &out, events_tx.clone()).await;
+                        let _ = out.send(NodeMsg::Reply { id: request.id, outcome }).await;
+                        continue;
+                    }
+                    // Every other request on its own task: an offer being answered does not
+                    // hold up the rest (early candidates are queued by the engine).
                     let node = self.clone();
                     let out = out.clone();
                     let events = events_tx.clone();
@@ -604,6 +612,8 @@ impl Node {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
+    use protocol::MediaState;
+
     use super::*;
     use crate::engine::EngineConfig;
 
@@ -720,6 +730,66 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reply(&mut out, 6, &mut others).await, ControlOutcome::Done);
+    }
+
+    /// A participant's state changed many times in a row (camera off, on, off...): the
+    /// others are told every change in the order it was sent, and end with the last.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_changes_are_applied_in_the_order_they_were_sent() {
+        let engine =
+            Engine::with_loops(EngineConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST)), 1).unwrap();
+        let node = Node::new(engine);
+        let (requests, requests_rx) = mpsc::channel(64);
+        let (out_tx, mut out) = mpsc::channel(256);
+        tokio::spawn(node.clone().serve(requests_rx, out_tx));
+        let mut others = Vec::new();
+        let call = ConsultationId(Uuid::new_v4());
+        let (a, b) = (ParticipantId(Uuid::new_v4()), ParticipantId(Uuid::new_v4()));
+        requests.send(join(1, call, a)).await.unwrap();
+        assert_eq!(reply(&mut out, 1, &mut others).await, ControlOutcome::Done);
+        requests.send(join(2, call, b)).await.unwrap();
+        assert_eq!(reply(&mut out, 2, &mut others).await, ControlOutcome::Done);
+        let sent: Vec<bool> = (0..40).map(|i| i % 3 != 1).collect();
+        for (i, video) in sent.iter().enumerate() {
+            let op = ControlOp::MediaState {
+                participant: a,
+                state: MediaState {
+                    audio: true,
+                    video: *video,
+                    screen: false,
+                },
+            };
+            requests
+                .send(ControlRequest {
+                    id: 10 + i as u64,
+                    op,
+                })
+                .await
+                .unwrap();
+        }
+        for i in 0..sent.len() {
+            assert_eq!(
+                reply(&mut out, 10 + i as u64, &mut others).await,
+                ControlOutcome::Done
+            );
+        }
+        // Give the last events time to come out, then read what b was told.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(m) = out.try_recv() {
+            others.push(m);
+        }
+        let told: Vec<bool> = others
+            .iter()
+            .filter_map(|m| match m {
+                NodeMsg::PeerState {
+                    participant, state, ..
+                } if *participant == b => Some(state.video),
+                _ => None,
+            })
+            .collect();
+        // b was told a's state once as it joined, then every change.
+        assert_eq!(told.len(), sent.len() + 1, "{told:?}");
+        assert_eq!(told[1..], sent[..], "b was told the changes out of order");
     }
 
     #[tokio::test]

@@ -295,34 +295,35 @@ impl Link {
 
     /// Sends `op` and waits for its outcome; a refusal by the node is an error with the
     /// node's code.
-    pub async fn request(&self, op: ControlOp) -> Result<ControlOutcome, AppError> {
+    pub async fn request(self: &Arc<Self>, op: ControlOp) -> Result<ControlOutcome, AppError> {
+        self.submit(op).await?.outcome().await
+    }
+
+    /// Puts `op` on the link now (requests reach the node in the order they are
+    /// submitted), and gives what to await for its outcome.
+    pub async fn submit(self: &Arc<Self>, op: ControlOp) -> Result<Pending, AppError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        let gone = || AppError::Unavailable("the media server is not reachable".into());
         if self.requests.send(ControlRequest { id, op }).await.is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            return Err(gone());
+            self.forget(id);
+            return Err(link_gone());
         }
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+        Ok(Pending {
+            link: self.clone(),
+            id,
+            rx,
+        })
+    }
+
+    fn forget(&self, id: u64) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        match outcome {
-            Ok(Ok(ControlOutcome::Failed { code, message })) => Err(AppError::Media(code, message)),
-            Ok(Ok(o)) => Ok(o),
-            Ok(Err(_)) => Err(gone()),
-            Err(_) => Err(AppError::Unavailable(
-                "the media server did not answer in time".into(),
-            )),
-        }
     }
 
     /// Node messages about `participant` go to `to` from now on.
@@ -567,5 +568,33 @@ mod tests {
     #[test]
     fn the_local_node_name_is_a_valid_id() {
         assert!(NodeId::parse(LOCAL_NODE).is_ok());
+    }
+}
+
+fn link_gone() -> AppError {
+    AppError::Unavailable("the media server is not reachable".into())
+}
+
+/// A request on its way to the node ([`Link::submit`]): its outcome, awaited.
+#[derive(Debug)]
+pub struct Pending {
+    link: Arc<Link>,
+    id: u64,
+    rx: oneshot::Receiver<ControlOutcome>,
+}
+
+impl Pending {
+    /// The node's outcome; a refusal is an error with the node's code.
+    pub async fn outcome(self) -> Result<ControlOutcome, AppError> {
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, self.rx).await;
+        self.link.forget(self.id);
+        match outcome {
+            Ok(Ok(ControlOutcome::Failed { code, message })) => Err(AppError::Media(code, message)),
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(_)) => Err(link_gone()),
+            Err(_) => Err(AppError::Unavailable(
+                "the media server did not answer in time".into(),
+            )),
+        }
     }
 }

@@ -100,6 +100,17 @@ pub enum ControlOp {
     },
 }
 
+impl ControlOp {
+    /// A change of a participant's state (what it sends, whether it takes video): these
+    /// must be applied in the order they were sent, each replacing the last.
+    pub fn is_state(&self) -> bool {
+        matches!(
+            self,
+            ControlOp::MediaState { .. } | ControlOp::ReceiveVideo { .. }
+        )
+    }
+}
+
 /// How long a pre-call check's connection lives on a node.
 pub const PROBE_LIFETIME_MS: u64 = 30_000;
 

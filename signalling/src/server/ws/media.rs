@@ -301,7 +301,7 @@ impl Connection {
                     participant: s.participant,
                     state,
                 };
-                self.relay(op, |_| None);
+                self.relay_in_order(op).await;
                 None
             }
             ClientMsg::CallQuality(figures) if !figures.valid() => Some(error(
@@ -347,7 +347,7 @@ impl Connection {
                     participant: s.participant,
                     on,
                 };
-                self.relay(op, |_| None);
+                self.relay_in_order(op).await;
                 None
             }
             ClientMsg::MediaPath { path } => {
@@ -470,6 +470,27 @@ impl Connection {
             .media()
             .map(|m| m.ice_servers().for_call(subject, now_secs))
             .unwrap_or_default()
+    }
+
+    /// Puts `op` on the link to this connection's node now, so that it reaches the node
+    /// after everything this connection sent before (a state that changes twice ends as
+    /// the browser left it), then awaits its outcome on its own task; a refusal comes back
+    /// on the session's channel.
+    async fn relay_in_order(&mut self, op: ControlOp) {
+        let Some(s) = &self.media else { return };
+        let tx = s.tx.clone();
+        match s.link.submit(op).await {
+            Ok(pending) => {
+                tokio::spawn(async move {
+                    if let Err(e) = pending.outcome().await {
+                        let _ = tx.send(app_error(None, &e)).await;
+                    }
+                });
+            }
+            Err(e) => {
+                let _ = tx.send(app_error(None, &e)).await;
+            }
+        }
     }
 
     /// Sends `op` to this connection's node on its own task; what `answer` makes of the
