@@ -628,6 +628,24 @@ mod tests {
         }
     }
 
+    /// A node on one media loop serving one control link: the node, the way in and the
+    /// way out (room for `queue` messages each way).
+    fn serving_node(
+        queue: usize,
+    ) -> (
+        Arc<Node>,
+        mpsc::Sender<ControlRequest>,
+        mpsc::Receiver<NodeMsg>,
+    ) {
+        let engine =
+            Engine::with_loops(EngineConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST)), 1).unwrap();
+        let node = Node::new(engine);
+        let (requests, requests_rx) = mpsc::channel(queue);
+        let (out_tx, out) = mpsc::channel(queue);
+        tokio::spawn(node.clone().serve(requests_rx, out_tx));
+        (node, requests, out)
+    }
+
     /// The reply to request `id`, skipping other messages (kept in `others`).
     async fn reply(
         out: &mut mpsc::Receiver<NodeMsg>,
@@ -655,12 +673,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_draining_node_keeps_its_calls_until_the_deadline_then_moves_them() {
-        let engine =
-            Engine::with_loops(EngineConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST)), 1).unwrap();
-        let node = Node::new(engine);
-        let (requests, requests_rx) = mpsc::channel(16);
-        let (out_tx, mut out) = mpsc::channel(16);
-        tokio::spawn(node.clone().serve(requests_rx, out_tx));
+        let (node, requests, mut out) = serving_node(16);
         let mut others = Vec::new();
         let carried = ConsultationId(Uuid::new_v4());
         let (a, b) = (ParticipantId(Uuid::new_v4()), ParticipantId(Uuid::new_v4()));
@@ -736,12 +749,7 @@ mod tests {
     /// others are told every change in the order it was sent, and end with the last.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn state_changes_are_applied_in_the_order_they_were_sent() {
-        let engine =
-            Engine::with_loops(EngineConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST)), 1).unwrap();
-        let node = Node::new(engine);
-        let (requests, requests_rx) = mpsc::channel(64);
-        let (out_tx, mut out) = mpsc::channel(256);
-        tokio::spawn(node.clone().serve(requests_rx, out_tx));
+        let (_node, requests, mut out) = serving_node(256);
         let mut others = Vec::new();
         let call = ConsultationId(Uuid::new_v4());
         let (a, b) = (ParticipantId(Uuid::new_v4()), ParticipantId(Uuid::new_v4()));
