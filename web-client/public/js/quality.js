@@ -117,7 +117,9 @@ export class QualityMonitor {
     else if (lossPct < 2 && (fps == null || fps >= 8)) level = 'good';
     else if (lossPct < 8) level = 'fair';
     else level = 'poor';
-    for (const kbps of [sendKbps, downKbps]) {
+    // The SFU's downlink estimate follows what it sends: with no video coming (nobody
+    // sends one, or this page is in sound only) a low one says nothing of the link.
+    for (const kbps of [sendKbps, this.#expectsVideo() ? downKbps : null]) {
       if (kbps != null && kbps < 80) level = 'poor';
       else if (kbps != null && kbps < 150 && level === 'good') level = 'fair';
     }
