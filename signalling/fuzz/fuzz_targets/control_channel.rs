@@ -1,36 +1,9 @@
-//! The SFU control channel, both ways: what a node parses from signalling
-//! (`ControlRequest`) and what signalling parses from a node (`NodeMsg`). Parsing never
-//! panics, and what parses round-trips.
+//! The `control_channel` fuzz target. Its body, and the properties it checks, are in
+//! `bodies/control_channel.rs`, shared with the stable replay of the committed inputs in
+//! `signalling/tests/fuzz_corpus.rs` (part of `cargo test`).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use protocol::control::{ControlRequest, NodeMsg, NodeRecord};
+#[path = "../bodies/control_channel.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((kind, body)) = data.split_first() else {
-        return;
-    };
-    match kind % 3 {
-        0 => {
-            if let Ok(v) = serde_json::from_slice::<ControlRequest>(body) {
-                let back: ControlRequest =
-                    serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
-                assert_eq!(back, v);
-            }
-        }
-        1 => {
-            if let Ok(v) = serde_json::from_slice::<NodeMsg>(body) {
-                let back: NodeMsg =
-                    serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
-                assert_eq!(back, v);
-            }
-        }
-        _ => {
-            if let Ok(v) = serde_json::from_slice::<NodeRecord>(body) {
-                let back: NodeRecord =
-                    serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
-                assert_eq!(back, v);
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::check(data));

@@ -1,52 +1,11 @@
-//! A browser's websocket message, as the server handles it: parsed, its token checked
-//! (`hello`), its text cleaned (a staff message).
-//!
-//! Whatever the bytes: no panic; what parses serialises and parses back to the same
-//! value; no token made up by a client passes as a staff, visit or invite credential;
-//! text kept after cleaning is what `text::clean` promises (see `common/text.rs`).
+//! The `ws_client_msg` fuzz target. Its body, and the properties it checks, are in
+//! `bodies/ws_client_msg.rs`, shared with the stable replay of the committed inputs in
+//! `signalling/tests/fuzz_corpus.rs` (part of `cargo test`).
 #![no_main]
 
-use std::sync::LazyLock;
-
-use libfuzzer_sys::fuzz_target;
-use protocol::{ClientMsg, Command};
-use signalling::auth::Keys;
-
+#[path = "../bodies/ws_client_msg.rs"]
+mod body;
 #[path = "../common/text.rs"]
 mod text;
 
-static KEYS: LazyLock<Keys> =
-    LazyLock::new(|| Keys::new(b"a fuzzing secret, at least 32 bytes long").expect("long enough"));
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let Ok(msg) = serde_json::from_str::<ClientMsg>(text) else {
-        return;
-    };
-    let again = serde_json::to_string(&msg).expect("a parsed message serialises");
-    let back: ClientMsg = serde_json::from_str(&again).expect("and parses back");
-    assert_eq!(back, msg);
-    match msg {
-        ClientMsg::Hello { token } => {
-            assert!(
-                KEYS.check_staff(&token).is_err(),
-                "a made-up staff token passed"
-            );
-            assert!(
-                KEYS.check_visit(&token).is_err(),
-                "a made-up visit credential passed"
-            );
-            assert!(
-                KEYS.check_invite(&token).is_err(),
-                "a made-up invite passed"
-            );
-        }
-        ClientMsg::Command {
-            command: Command::SendMessage { text: t, .. },
-            ..
-        } => text::check(&t, true),
-        _ => {}
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::check(data));
