@@ -74,6 +74,56 @@ pub fn share(estimate: u64, videos: usize, audios: usize) -> Option<u64> {
     Some(estimate.saturating_sub(audio) / videos as u64)
 }
 
+/// When a rate (a publisher's limit, a subscriber's layer) may rise again after it fell:
+/// held [`PROBE_WAIT`] after each fall, half as long again (up to [`PROBE_WAIT_MAX`])
+/// after a fall that came within [`PROBE_WAIT`] of a rise (the link could not take it).
+#[derive(Debug, Default, Clone)]
+pub struct Hold {
+    /// No rise before this.
+    until: Option<Instant>,
+    /// The current hold ([`PROBE_WAIT`] until a rise fails).
+    wait: Option<Duration>,
+    /// When it last rose after a hold.
+    rose_at: Option<Instant>,
+}
+
+impl Hold {
+    /// Whether it may not rise now.
+    pub fn held(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// It rose (the first rise after a fall counts).
+    pub fn rose(&mut self, now: Instant) {
+        if self.rose_at.is_none() {
+            self.rose_at = Some(now);
+        }
+    }
+
+    /// It fell: held from now. A fall within the hold (the same fall going on, in
+    /// steps) keeps the hold's length; one soon after a rise lengthens it; one after a rise
+    /// that held starts again from [`PROBE_WAIT`].
+    pub fn fell(&mut self, now: Instant) {
+        let failed = self
+            .rose_at
+            .is_some_and(|rose| now.saturating_duration_since(rose) < PROBE_WAIT);
+        let wait = match self.wait {
+            Some(wait) if failed => wait.mul_f64(PROBE_BACKOFF).min(PROBE_WAIT_MAX),
+            None if failed => PROBE_WAIT.mul_f64(PROBE_BACKOFF),
+            Some(wait) if self.held(now) => wait,
+            _ => PROBE_WAIT,
+        };
+        self.wait = Some(wait);
+        self.until = Some(now + wait);
+        self.rose_at = None;
+    }
+
+    /// Nothing constrains it any more.
+    pub fn clear(&mut self) {
+        *self = Hold::default();
+    }
+}
+
 /// Whether (and how much) one publisher is limited.
 #[derive(Debug, Default, Clone)]
 pub struct UplinkLimit {
@@ -82,12 +132,7 @@ pub struct UplinkLimit {
     low_since: Option<Instant>,
     /// The last REMB sent while limited, and when.
     sent: Option<(Instant, u64)>,
-    /// The limit may not rise before this (see [`PROBE_WAIT`]).
-    hold_until: Option<Instant>,
-    /// The current hold ([`PROBE_WAIT`] until a probe fails).
-    wait: Option<Duration>,
-    /// When the limit began to rise after its last hold.
-    rose_at: Option<Instant>,
+    hold: Hold,
 }
 
 impl UplinkLimit {
@@ -125,10 +170,13 @@ impl UplinkLimit {
         if (share as f64) < last as f64 * (1.0 - RESEND_DROP) {
             return Some(self.fall(now, share));
         }
-        let held = self.hold_until.is_some_and(|until| now < until);
-        let limit = if held { share.min(last) } else { share };
-        if limit > last && self.rose_at.is_none() {
-            self.rose_at = Some(now);
+        let limit = if self.hold.held(now) {
+            share.min(last)
+        } else {
+            share
+        };
+        if limit > last {
+            self.hold.rose(now);
         }
         if now.saturating_duration_since(at) >= REFRESH {
             self.sent = Some((now, limit));
@@ -139,32 +187,98 @@ impl UplinkLimit {
 
     /// The limit falls to `share`, and is held there.
     fn fall(&mut self, now: Instant, share: u64) -> u64 {
-        let wait = self.wait.unwrap_or(PROBE_WAIT);
-        let probe_failed = self
-            .rose_at
-            .is_some_and(|rose| now.saturating_duration_since(rose) < PROBE_WAIT);
-        let wait = if probe_failed {
-            wait.mul_f64(PROBE_BACKOFF).min(PROBE_WAIT_MAX)
-        } else {
-            PROBE_WAIT
-        };
-        self.wait = Some(wait);
-        self.hold_until = Some(now + wait);
-        self.rose_at = None;
+        self.hold.fell(now);
         self.sent = Some((now, share));
         share
     }
 
     fn release(&mut self, now: Instant) -> Option<u64> {
         if self.limited() {
-            self.hold_until = None;
-            self.wait = None;
-            self.rose_at = None;
+            self.hold.clear();
             self.sent = Some((now, NO_LIMIT));
             Some(NO_LIMIT)
         } else {
             None
         }
+    }
+}
+
+/// A higher simulcast layer is taken only when the subscriber's share is this much above
+/// what the layer sends (its rate varies from second to second).
+pub const LAYER_UP_MARGIN: f64 = 1.15;
+
+/// Which simulcast layer one subscriber receives of one video track, from its share of
+/// its downlink and what each layer sends. Down at once when the layer it has does not fit
+/// its share (to the highest that does, or the lowest); up one layer at a time, once the
+/// layer above fits with [`LAYER_UP_MARGIN`] and not within a [`Hold`] of the last fall:
+/// the estimate climbs until the link queues, and each layer taken too early freezes the
+/// picture until the subscriber is back down.
+#[derive(Debug, Default, Clone)]
+pub struct LayerChoice {
+    chosen: Option<u8>,
+    hold: Hold,
+}
+
+impl LayerChoice {
+    /// `rates[l]`: what layer `l` sends, in bits per second, or `None` if it is not
+    /// arriving; `share`: the subscriber's share for this track (`None` before its first
+    /// estimate). The layer it should receive now (`None`: no layer is arriving).
+    pub fn choose(
+        &mut self,
+        now: Instant,
+        rates: &[Option<u64>],
+        share: Option<u64>,
+    ) -> Option<u8> {
+        let active = || {
+            rates
+                .iter()
+                .enumerate()
+                .filter_map(|(l, r)| r.map(|r| (l as u8, r)))
+        };
+        let (lowest, _) = active().next()?;
+        let (highest, _) = active().next_back()?;
+        let current = self
+            .chosen
+            .filter(|&l| rates.get(usize::from(l)).is_some_and(Option::is_some));
+        let Some(share) = share else {
+            // No estimate yet: the best there is, as a direct call starts.
+            let layer = current.unwrap_or(highest);
+            self.chosen = Some(layer);
+            return Some(layer);
+        };
+        let fits = active()
+            .rfind(|&(_, rate)| rate <= share)
+            .map_or(lowest, |(l, _)| l);
+        let layer = match current {
+            // The layer it had stopped (its publisher's browser stopped sending it, having
+            // been told to send less, or short of uplink): held as any fall.
+            None if self.chosen.is_some_and(|c| c > fits) => {
+                self.hold.fell(now);
+                fits
+            }
+            // The first choice.
+            None => fits,
+            Some(c) if fits < c => {
+                self.hold.fell(now);
+                fits
+            }
+            Some(c) if fits > c => {
+                let up = active().find(|&(l, _)| l > c);
+                match up {
+                    Some((l, rate))
+                        if !self.hold.held(now)
+                            && rate as f64 * LAYER_UP_MARGIN <= share as f64 =>
+                    {
+                        self.hold.rose(now);
+                        l
+                    }
+                    _ => c,
+                }
+            }
+            Some(c) => c,
+        };
+        self.chosen = Some(layer);
+        Some(layer)
     }
 }
 
@@ -459,5 +573,90 @@ mod tests {
         );
         assert_eq!(u.update(at(t, 1_200), None, 100_000), Some(NO_LIMIT));
         assert_eq!(u.update(at(t, 1_400), None, 100_000), None, "lifted once");
+    }
+
+    #[test]
+    fn a_subscriber_goes_down_a_layer_at_once_and_up_only_with_room_after_a_hold() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        let rates = [Some(150_000), Some(600_000), None];
+        // No estimate yet: the best layer there is.
+        assert_eq!(c.choose(at(t, 0), &rates, None), Some(1));
+        // Room for it: it stays.
+        assert_eq!(c.choose(at(t, 100), &rates, Some(2_000_000)), Some(1));
+        // The share falls below the top layer: down at once.
+        assert_eq!(c.choose(at(t, 200), &rates, Some(400_000)), Some(0));
+        // Back up with room, but not within the hold.
+        assert_eq!(c.choose(at(t, 2_000), &rates, Some(2_000_000)), Some(0));
+        // After the hold, and only with the margin.
+        assert_eq!(
+            c.choose(at(t, 5_300), &rates, Some(650_000)),
+            Some(0),
+            "no margin"
+        );
+        assert_eq!(c.choose(at(t, 5_400), &rates, Some(700_000)), Some(1));
+        // Down again within 5 s of going up (the link could not take it): the next hold
+        // is longer.
+        assert_eq!(c.choose(at(t, 7_000), &rates, Some(300_000)), Some(0));
+        assert_eq!(
+            c.choose(at(t, 12_100), &rates, Some(2_000_000)),
+            Some(0),
+            "held 7.5 s"
+        );
+        assert_eq!(c.choose(at(t, 14_600), &rates, Some(2_000_000)), Some(1));
+        // Even the lowest does not fit: the lowest, not nothing.
+        assert_eq!(c.choose(at(t, 15_000), &rates, Some(50_000)), Some(0));
+    }
+
+    #[test]
+    fn a_layer_that_stops_is_left_at_once_and_up_is_one_layer_at_a_time() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        let three = [Some(100_000), Some(300_000), Some(900_000)];
+        assert_eq!(c.choose(at(t, 0), &three, Some(5_000_000)), Some(2));
+        // Its publisher stops the top layer (told to send less, or short of uplink): the
+        // next best at once, and held there like any fall.
+        let two = [Some(100_000), Some(300_000), None];
+        assert_eq!(c.choose(at(t, 100), &two, Some(5_000_000)), Some(1));
+        assert_eq!(
+            c.choose(at(t, 200), &three, Some(5_000_000)),
+            Some(1),
+            "held"
+        );
+        assert_eq!(c.choose(at(t, 5_200), &three, Some(5_000_000)), Some(2));
+        // From the bottom, after a fall soon after that rise (held 7.5 s): one layer per
+        // step.
+        assert_eq!(c.choose(at(t, 5_300), &three, Some(90_000)), Some(0));
+        assert_eq!(c.choose(at(t, 12_700), &three, Some(5_000_000)), Some(0));
+        assert_eq!(c.choose(at(t, 12_900), &three, Some(5_000_000)), Some(1));
+        assert_eq!(c.choose(at(t, 13_000), &three, Some(5_000_000)), Some(2));
+        // Nothing arriving: no choice.
+        assert_eq!(
+            c.choose(at(t, 14_000), &[None, None, None], Some(5_000_000)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_fall_in_steps_keeps_the_hold_it_began() {
+        let t = Instant::now();
+        let mut h = Hold::default();
+        h.fell(at(t, 0));
+        h.rose(at(t, 5_000));
+        // The rise fails: 7.5 s; the same fall going on in steps keeps 7.5 s.
+        h.fell(at(t, 6_000));
+        h.fell(at(t, 6_250));
+        h.fell(at(t, 6_500));
+        assert!(h.held(at(t, 13_900)));
+        assert!(!h.held(at(t, 14_000)));
+        // The next rise fails too: longer again.
+        h.rose(at(t, 14_000));
+        h.fell(at(t, 15_000));
+        assert!(h.held(at(t, 26_000)), "11.25 s");
+        assert!(!h.held(at(t, 26_300)));
+        // A rise that holds: the next fall starts from 5 s.
+        h.rose(at(t, 26_300));
+        h.fell(at(t, 40_000));
+        assert!(!h.held(at(t, 45_000)));
     }
 }

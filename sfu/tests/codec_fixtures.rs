@@ -262,6 +262,8 @@ fn a_subscriber_joining_mid_stream_starts_at_the_next_real_keyframe() {
                 timestamp: *ts,
                 keyframe: r.codec.is_keyframe(payload),
                 codec: r.codec,
+                layer: 0,
+                vp8: sfu::codec::vp8_ids(payload).unwrap_or_default(),
             };
             f.on_rtp(track, meta, payload.clone(), now, |fw| {
                 sent.push((i, fw.seq))

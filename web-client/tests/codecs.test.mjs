@@ -69,7 +69,7 @@ async function platform(env, clinicianScript) {
     ['staff', 'add', CLINICIAN, '--name', 'Dr Jones', '--role', 'clinician', '--clinic', CLINIC, '--password-stdin'],
     `${password}\n`,
   );
-  const server = await h.startConsult(env, { ...store, extraEnv: { RUST_LOG: process.env.DEBUG_SFU ? 'sfu=debug,info' : 'info' } });
+  const server = await h.startConsult(env, { ...store, extraEnv: { RUST_LOG: process.env.RUST_LOG || (process.env.DEBUG_SFU ? 'sfu=debug,info' : 'info') } });
   const { token } = await h.rest(server.url).post('/api/staff/sign-in', { username: CLINICIAN, password });
   const staff = h.rest(server.url, token);
   const clinician = await h.openCall(browser, env, server.url, token, 'clinician', { initScript: clinicianScript });

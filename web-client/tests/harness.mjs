@@ -7,6 +7,7 @@
 // browsers and the SFU only ever see `lo`.
 
 import { spawn, execFile } from 'node:child_process';
+import fs from 'node:fs';
 import { access, constants, mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -78,6 +79,14 @@ export class Proc {
     };
     this.child.stdout.on('data', keep('stdout'));
     this.child.stderr.on('data', keep('stderr'));
+    // PROC_LOG_DIR=dir keeps each process's whole output there (diagnosis of long runs;
+    // with RUST_LOG=sfu=debug, the SFU's decisions), one file per process.
+    if (process.env.PROC_LOG_DIR) {
+      const file = path.join(process.env.PROC_LOG_DIR, `${name.replace(/[^\w.-]+/g, '_')}-${this.child.pid}.log`);
+      const out = fs.createWriteStream(file);
+      this.child.stdout.pipe(out);
+      this.child.stderr.pipe(out);
+    }
     this.exited = new Promise((resolve) => {
       this.child.on('error', (e) => {
         this.spawnError = e;

@@ -230,6 +230,113 @@ fn vp8_keyframe(payload: &Bytes) -> bool {
     }
 }
 
+/// The picture numbering of a VP8 payload descriptor (RFC 7741 section 4.2) that a
+/// subscriber's decoder follows from frame to frame: the picture ID (7 or 15 bits) and the
+/// index of the base temporal layer's frames (TL0PICIDX). Each simulcast layer numbers its
+/// own frames, so a subscriber moved from one layer to another gets them renumbered to go
+/// on from where it was ([`rewrite_vp8_ids`]); its decoder would otherwise see frames
+/// jump backwards or far ahead.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Ids {
+    pub picture_id: Option<PictureId>,
+    pub tl0: Option<u8>,
+}
+
+/// A VP8 picture ID and its width on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PictureId {
+    pub value: u16,
+    /// 15 bits (Chrome, Firefox and Safari all send these), else 7.
+    pub wide: bool,
+}
+
+impl PictureId {
+    /// The largest value plus one.
+    pub fn modulus(self) -> u16 {
+        if self.wide { 0x8000 } else { 0x80 }
+    }
+
+    /// This ID moved by `delta`, within its width.
+    pub fn plus(self, delta: u16) -> PictureId {
+        PictureId {
+            value: self.value.wrapping_add(delta) & (self.modulus() - 1),
+            wide: self.wide,
+        }
+    }
+}
+
+/// Where a VP8 payload's picture ID is (its offset, and whether it is 15 bits wide) and
+/// where its TL0PICIDX is, each if present.
+struct Vp8IdOffsets {
+    picture_id: Option<(usize, bool)>,
+    tl0: Option<usize>,
+}
+
+/// Where the picture ID and TL0PICIDX are in a VP8 payload; `None` if cut short.
+fn vp8_id_offsets(payload: &[u8]) -> Option<Vp8IdOffsets> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        // No extension byte: no IDs.
+        return Some(Vp8IdOffsets {
+            picture_id: None,
+            tl0: None,
+        });
+    }
+    let ext = *payload.get(1)?;
+    let mut at = 2;
+    let mut picture_id = None;
+    if ext & 0x80 != 0 {
+        let wide = payload.get(at)? & 0x80 != 0;
+        payload.get(at + usize::from(wide))?;
+        picture_id = Some((at, wide));
+        at += 1 + usize::from(wide);
+    }
+    let tl0 = if ext & 0x40 != 0 {
+        payload.get(at)?;
+        Some(at)
+    } else {
+        None
+    };
+    Some(Vp8IdOffsets { picture_id, tl0 })
+}
+
+/// The picture numbering of a VP8 payload; `None` if its descriptor is cut short.
+pub fn vp8_ids(payload: &[u8]) -> Option<Vp8Ids> {
+    let Vp8IdOffsets { picture_id, tl0 } = vp8_id_offsets(payload)?;
+    Some(Vp8Ids {
+        picture_id: picture_id.map(|(at, wide)| PictureId {
+            value: if wide {
+                u16::from_be_bytes([payload[at] & 0x7f, payload[at + 1]])
+            } else {
+                u16::from(payload[at] & 0x7f)
+            },
+            wide,
+        }),
+        tl0: tl0.map(|at| payload[at]),
+    })
+}
+
+/// `payload` with its picture ID and TL0PICIDX set to `ids` (each only where the
+/// descriptor has one, at its own width); `None` if the descriptor is cut short. The
+/// payload is copied: the original is shared by every subscriber.
+pub fn rewrite_vp8_ids(payload: &[u8], ids: Vp8Ids) -> Option<Bytes> {
+    let Vp8IdOffsets { picture_id, tl0 } = vp8_id_offsets(payload)?;
+    let mut out = payload.to_vec();
+    if let (Some((at, wide)), Some(id)) = (picture_id, ids.picture_id) {
+        if wide {
+            let [hi, lo] = (id.value & 0x7fff).to_be_bytes();
+            out[at] = 0x80 | hi;
+            out[at + 1] = lo;
+        } else {
+            out[at] = (id.value & 0x7f) as u8;
+        }
+    }
+    if let (Some(at), Some(v)) = (tl0, ids.tl0) {
+        out[at] = v;
+    }
+    Some(Bytes::from(out))
+}
+
 /// NAL unit types (RFC 6184 section 5.4, H.264 table 7-1).
 const NAL_IDR: u8 = 5;
 const NAL_SPS: u8 = 7;

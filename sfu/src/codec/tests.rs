@@ -180,3 +180,68 @@ fn h264_keyframes_as_fu_a_fragments_only_at_the_start() {
 fn audio_is_never_a_keyframe() {
     assert!(!Codec::Opus.is_keyframe(&b(&[0x65, 0x88])));
 }
+
+#[test]
+fn vp8_picture_ids_are_read_and_rewritten_at_their_own_width() {
+    // X=1 S=1; I=1 L=1 T=1; 15-bit picture ID 0x1234; TL0PICIDX 7; TID byte; payload.
+    let wide = [0x90, 0xe0, 0x80 | 0x12, 0x34, 7, 0x20, 0xaa, 0xbb];
+    let ids = vp8_ids(&wide).expect("a whole descriptor");
+    assert_eq!(
+        ids,
+        Vp8Ids {
+            picture_id: Some(PictureId {
+                value: 0x1234,
+                wide: true
+            }),
+            tl0: Some(7)
+        }
+    );
+    let moved = Vp8Ids {
+        picture_id: ids.picture_id.map(|p| p.plus(0x7000)),
+        tl0: Some(255),
+    };
+    assert_eq!(
+        moved.picture_id.map(|p| p.value),
+        Some(0x0234),
+        "wraps at 15 bits"
+    );
+    let out = rewrite_vp8_ids(&wide, moved).expect("rewritten");
+    assert_eq!(&out[..], &[0x90, 0xe0, 0x82, 0x34, 255, 0x20, 0xaa, 0xbb]);
+    assert_eq!(vp8_ids(&out), Some(moved));
+    assert!(
+        vp8_keyframe(&b(&wide)) == vp8_keyframe(&out),
+        "the frame is untouched"
+    );
+
+    // A 7-bit picture ID, no TL0PICIDX.
+    let narrow = [0x80, 0x80, 0x7f, 0x00];
+    let ids = vp8_ids(&narrow).expect("whole");
+    assert_eq!(
+        ids.picture_id,
+        Some(PictureId {
+            value: 0x7f,
+            wide: false
+        })
+    );
+    assert_eq!(ids.tl0, None);
+    let next = Vp8Ids {
+        picture_id: ids.picture_id.map(|p| p.plus(1)),
+        tl0: Some(9),
+    };
+    let out = rewrite_vp8_ids(&narrow, next).expect("rewritten");
+    assert_eq!(
+        &out[..],
+        &[0x80, 0x80, 0x00, 0x00],
+        "wraps at 7 bits; no TL0 byte added"
+    );
+
+    // No extension: nothing to read or write. Cut short: refused.
+    assert_eq!(vp8_ids(&[0x10, 0x00]), Some(Vp8Ids::default()));
+    assert_eq!(vp8_ids(&[0x90, 0x80, 0x80]), None);
+    assert_eq!(vp8_ids(&[0x90, 0x40]), None);
+    assert_eq!(vp8_ids(&[]), None);
+    assert_eq!(
+        rewrite_vp8_ids(&[0x90, 0xc0, 0x81], Vp8Ids::default()),
+        None
+    );
+}

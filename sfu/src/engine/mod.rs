@@ -524,7 +524,11 @@ pub fn client_recipe(settings: SettingEngineBuilder) -> Result<ClientRecipe, Eng
 /// connections and the synthetic clients so that both speak exactly the same.
 fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recipe, EngineError> {
     let mut media = MediaEngine::default();
-    register_codecs(&mut media)?;
+    // No retransmission format (RTX) on the publisher leg: browsers then resend what the
+    // SFU NACKs on the layer's own SSRC. With simulcast their RTX streams are named only
+    // by an RTP header extension (repaired-rtp-stream-id), which the `rtc` crate does not
+    // map to a layer, so every retransmission sent that way was dropped.
+    register_codecs(&mut media, role != Role::ServerReceiving)?;
     configure_simulcast_extension_headers(&mut media).map_err(webrtc_err)?;
     // The crate's default set (`register_default_interceptors`) less its NACK responder
     // (NACKs are answered by the forwarding core from one cache per published track, not by
@@ -537,8 +541,17 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     if receiving {
         registry = configure_twcc_receiver_only(registry, &mut media)
             .map_err(webrtc_err)?
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+        // No receiver reports to a publisher's browser: a browser names each simulcast
+        // layer (its RTP stream id, and the media section's id) in every packet only until
+        // a report acknowledges that stream, and the `rtc` crate forgets which stream is
+        // which layer at every new offer (an ICE restart, a codec switch), so once
+        // acknowledged, a layer's packets were dropped after the next offer. Its congestion
+        // control runs on the SFU's transport-wide feedback, which stays; the round trip
+        // its statistics show is the candidate pair's (STUN).
+        if role == Role::Client {
+            registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+        }
     }
     if matches!(role, Role::ServerReceiving | Role::Client) {
         // The publisher's browser takes the SFU's REMB as the most it may send (its own
@@ -591,11 +604,12 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
 }
 
 /// Registers the codec policy ([`crate::codec`]): Opus; VP8 and H264 (constrained
-/// baseline, packetization-mode 1), each with its retransmission format, NACK, PLI and FIR
-/// feedback (transport-wide congestion control feedback is added with its interceptor).
-fn register_codecs(media: &mut MediaEngine) -> Result<(), EngineError> {
+/// baseline, packetization-mode 1), each with NACK, PLI and FIR feedback, and with its
+/// retransmission format if `rtx` (transport-wide congestion control feedback is added
+/// with its interceptor).
+fn register_codecs(media: &mut MediaEngine, rtx: bool) -> Result<(), EngineError> {
     for codec in [Codec::Opus, Codec::Vp8, Codec::H264] {
-        let (payload_type, rtx) = codec.payload_types();
+        let (payload_type, rtx_type) = codec.payload_types();
         let kind = if codec.is_video() {
             RtpCodecKind::Video
         } else {
@@ -604,7 +618,7 @@ fn register_codecs(media: &mut MediaEngine) -> Result<(), EngineError> {
         media
             .register_codec(codec_parameters(codec, payload_type, codec.fmtp()), kind)
             .map_err(webrtc_err)?;
-        if let Some(rtx) = rtx {
+        if let Some(rtx) = rtx.then_some(rtx_type).flatten() {
             let rtx = RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
                     mime_type: "video/rtx".to_owned(),

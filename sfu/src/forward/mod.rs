@@ -7,15 +7,21 @@
 //! in the track's cache (a reference count) and each subscriber gets a rewritten header.
 //!
 //! A subscriber's outgoing sequence numbers are the publisher's plus an offset that changes
-//! only when forwarding restarts after a pause, so the subscriber sees one gapless stream
-//! and its NACKs map back to cached packets by subtraction.
+//! only when forwarding restarts (after a pause, or on another simulcast layer), so the
+//! subscriber sees one gapless stream and its NACKs map back to cached packets by
+//! subtraction.
+//!
+//! **Simulcast.** A video track may come in up to [`MAX_LAYERS`] layers (the same camera
+//! at several resolutions, each its own RTP stream). Each subscriber receives one layer at
+//! a time: the engine sets the layer it should get ([`Forwarder::set_target_layer`]), and
+//! the core moves it there at that layer's next keyframe (asked for at once), continuing
+//! its sequence numbers, its RTP timestamps (by the time since its last packet) and, for
+//! VP8, its picture IDs, so that its browser sees one stream whose resolution changed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::codec::{Codec, CodecSet};
+use crate::codec::{Codec, CodecSet, PictureId, Vp8Ids};
 use crate::packet_cache::PacketCache;
 
 #[cfg(test)]
@@ -46,6 +52,17 @@ pub const RESEND_MAX_AGE: Duration = Duration::from_millis(1_000);
 /// in the simulated 300 kbit/s link before this limit).
 pub const RESEND_BURST: u16 = 32;
 
+/// A layer this long without a packet is not sent to anyone: its publisher stopped it
+/// (browsers stop their upper layers when their uplink cannot carry them).
+pub const LAYER_IDLE: Duration = Duration::from_millis(1_000);
+
+/// The most simulcast layers a video track may have.
+pub const MAX_LAYERS: usize = 3;
+
+/// A simulcast layer of a video track, 0 the lowest resolution; a track without simulcast
+/// (and every audio track) has layer 0 only.
+pub type Layer = u8;
+
 /// A participant's connection, as the engine numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u32);
@@ -71,21 +88,10 @@ pub struct RtpMeta {
     /// codecs its consultation can receive change); each subscriber then restarts at the
     /// new codec's first keyframe, if it can decode it.
     pub codec: Codec,
-}
-
-/// What the core needs of a cached packet. The engine caches its parsed packets behind a
-/// reference count; tests cache raw bytes.
-pub trait CachedPacket {
-    /// The RTP timestamp, to put back on a retransmission.
-    fn rtp_timestamp(&self) -> u32;
-}
-
-impl CachedPacket for Bytes {
-    /// Bytes 4..8 of a raw RTP packet, or 0 if it is too short to have them.
-    fn rtp_timestamp(&self) -> u32 {
-        self.get(4..8)
-            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
+    /// Its simulcast layer (below [`MAX_LAYERS`]; others are not forwarded).
+    pub layer: Layer,
+    /// VP8: its picture numbering, renumbered for a subscriber that changed layers.
+    pub vp8: Vp8Ids,
 }
 
 /// One packet to send to one subscriber: the cached packet with this header, by the route
@@ -99,14 +105,18 @@ pub struct Forward<'a, P, R> {
     pub timestamp: u32,
     /// The payload's codec (the subscriber's payload type for it goes in the header).
     pub codec: Codec,
+    /// VP8 picture numbering to write into the payload, when it is not the packet's own
+    /// (the subscriber changed layers); `None`: the payload goes as it is.
+    pub vp8: Option<Vp8Ids>,
     pub packet: &'a P,
 }
 
-/// Ask this publisher for a keyframe of this track (PLI).
+/// Ask this publisher for a keyframe of this layer of this track (PLI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyframeRequest {
     pub publisher: PeerId,
     pub track: TrackId,
+    pub layer: Layer,
 }
 
 /// What a subscriber's NACK led to.
@@ -116,6 +126,8 @@ pub struct NackOutcome {
     pub resent: usize,
     /// Publisher sequence numbers the SFU never received: NACK them upstream.
     pub upstream: Vec<u16>,
+    /// The layer they are of.
+    pub layer: Layer,
     /// Packets held but not resent: resent less than [`RESEND_INTERVAL`] ago, older than
     /// [`RESEND_MAX_AGE`], or over the subscriber's budget ([`RESEND_BURST`]).
     pub refused: usize,
@@ -162,6 +174,24 @@ struct Down<R> {
     /// When each cached packet was last resent to it: by the cache's slot, the incoming
     /// seq and the milliseconds after the packet's arrival. Allocated at its first NACK.
     resent: Option<Box<[(u16, u16)]>>,
+    /// The layer it is forwarded (when forwarding), and the one it should be.
+    layer: Layer,
+    target: Layer,
+    /// Outgoing RTP timestamp = incoming + this; changes when it changes layers.
+    ts_offset: u32,
+    /// VP8: outgoing picture ID and TL0PICIDX = incoming + these.
+    picture_offset: u16,
+    tl0_offset: u8,
+    /// The newest packet sent to it: when, its timestamp and picture numbering as sent.
+    last: Option<Sent>,
+}
+
+/// What a subscriber's next layer goes on from.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    timestamp: u32,
+    vp8: Vp8Ids,
 }
 
 /// No retransmission yet (a time after arrival no resend can have, being past
@@ -169,12 +199,107 @@ struct Down<R> {
 const NEVER_RESENT: u16 = u16::MAX;
 
 impl<R> Down<R> {
-    /// Starts (or restarts) forwarding at incoming `seq`, continuing the outgoing numbering.
-    fn start(&mut self, seq: u16) {
-        let out = self.highest.map_or(seq, |h| h.wrapping_add(1));
-        self.offset = out.wrapping_sub(seq);
+    fn new(peer: PeerId, route: R, target: Layer) -> Self {
+        Down {
+            peer,
+            route,
+            state: DownState::WaitingForKeyframe,
+            offset: 0,
+            run_start: 0,
+            highest: None,
+            forwarded: 0,
+            accepts: CodecSet::all_video(),
+            resend_budget: RESEND_BURST * 2,
+            resent: None,
+            layer: target,
+            target,
+            ts_offset: 0,
+            picture_offset: 0,
+            tl0_offset: 0,
+            last: None,
+        }
+    }
+
+    /// Starts (or restarts) forwarding at this packet, continuing the outgoing numbering;
+    /// on another layer than before, its timestamps and picture numbering go on from the
+    /// last packet sent.
+    fn start(&mut self, meta: &RtpMeta, now: Instant) {
+        let out = self.highest.map_or(meta.seq, |h| h.wrapping_add(1));
+        self.offset = out.wrapping_sub(meta.seq);
         self.run_start = out;
         self.state = DownState::Forwarding;
+        if meta.layer != self.layer {
+            self.layer = meta.layer;
+            if let Some(last) = self.last {
+                // The time since the last packet, at the codec's clock (at least a tick:
+                // the new frame is a new frame).
+                let ms = now.saturating_duration_since(last.at).as_millis();
+                let ticks = (ms * u128::from(meta.codec.clock_rate()) / 1_000).max(1);
+                let next = last.timestamp.wrapping_add(ticks as u32);
+                self.ts_offset = next.wrapping_sub(meta.timestamp);
+                if let (Some(sent), Some(id)) = (last.vp8.picture_id, meta.vp8.picture_id) {
+                    let next = sent.plus(1).value;
+                    self.picture_offset = next.wrapping_sub(id.value) & (id.modulus() - 1);
+                }
+                if let (Some(sent), Some(tl0)) = (last.vp8.tl0, meta.vp8.tl0) {
+                    self.tl0_offset = sent.wrapping_add(1).wrapping_sub(tl0);
+                }
+            }
+        }
+    }
+
+    /// A packet's VP8 numbering as this subscriber gets it.
+    fn vp8(&self, ids: Vp8Ids) -> Vp8Ids {
+        Vp8Ids {
+            picture_id: ids
+                .picture_id
+                .map(|p: PictureId| p.plus(self.picture_offset)),
+            tl0: ids.tl0.map(|t| t.wrapping_add(self.tl0_offset)),
+        }
+    }
+
+    /// The rewrite a packet needs for this subscriber, if any.
+    fn rewrite(&self, ids: Vp8Ids) -> Option<Vp8Ids> {
+        let out = self.vp8(ids);
+        (out != ids).then_some(out)
+    }
+}
+
+/// A packet in a layer's cache.
+#[derive(Debug, Clone)]
+struct Kept<P> {
+    packet: P,
+    codec: Codec,
+    arrived: Instant,
+    timestamp: u32,
+    vp8: Vp8Ids,
+}
+
+/// One layer of a published track, as it arrives.
+#[derive(Debug)]
+struct Incoming<P> {
+    /// The codec of its last packet.
+    codec: Option<Codec>,
+    /// Packets by incoming seq, with what a retransmission needs of them.
+    cache: PacketCache<Kept<P>>,
+    last_keyframe_request: Option<Instant>,
+    /// When the newest packet came, and its sequence number.
+    newest: Option<(Instant, u16)>,
+}
+
+impl<P: Clone> Incoming<P> {
+    fn new() -> Self {
+        Incoming {
+            codec: None,
+            cache: PacketCache::default(),
+            last_keyframe_request: None,
+            newest: None,
+        }
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        self.newest
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < LAYER_IDLE)
     }
 }
 
@@ -182,37 +307,51 @@ impl<R> Down<R> {
 struct Published<P, R> {
     publisher: PeerId,
     kind: MediaKind,
-    /// The codec of the last packet received.
+    /// The codec of the last packet received, whatever its layer.
     codec: Option<Codec>,
-    /// Packets by incoming seq, with their codec and when they came.
-    cache: PacketCache<(P, Codec, Instant)>,
-    last_keyframe_request: Option<Instant>,
-    /// When the newest packet came, and its sequence number.
-    newest: Option<(Instant, u16)>,
+    /// Its layers as they arrive, by layer (one until a packet of another comes).
+    layers: Vec<Incoming<P>>,
     subscribers: Vec<Down<R>>,
 }
 
-impl<P, R> Published<P, R> {
-    /// A keyframe request, unless one was sent less than [`KEYFRAME_REQUEST_INTERVAL`] ago.
-    fn request_keyframe(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {
+impl<P: Clone, R> Published<P, R> {
+    /// A keyframe request for `layer`, unless one was sent less than
+    /// [`KEYFRAME_REQUEST_INTERVAL`] ago.
+    fn request_keyframe(
+        &mut self,
+        track: TrackId,
+        layer: Layer,
+        now: Instant,
+    ) -> Option<KeyframeRequest> {
         if self.kind != MediaKind::Video {
             return None;
         }
-        if self
-            .last_keyframe_request
+        let l = self.layers.get_mut(usize::from(layer))?;
+        if l.last_keyframe_request
             .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
         {
             return None;
         }
-        self.last_keyframe_request = Some(now);
+        l.last_keyframe_request = Some(now);
         Some(KeyframeRequest {
             publisher: self.publisher,
             track,
+            layer,
         })
     }
 
     fn down(&mut self, peer: PeerId) -> Option<&mut Down<R>> {
         self.subscribers.iter_mut().find(|d| d.peer == peer)
+    }
+
+    /// The highest layer that is arriving (the highest that ever came if none is now).
+    fn best_layer(&self, now: Instant) -> Layer {
+        let top = self.layers.len().saturating_sub(1);
+        let best = (0..self.layers.len())
+            .rev()
+            .find(|&l| self.layers[l].active(now))
+            .unwrap_or(top);
+        best as Layer
     }
 }
 
@@ -232,7 +371,7 @@ impl<P, R> Default for Forwarder<P, R> {
     }
 }
 
-impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
+impl<P: Clone, R> Forwarder<P, R> {
     pub fn add_track(&mut self, track: TrackId, publisher: PeerId, kind: MediaKind) {
         self.tracks.insert(
             track,
@@ -240,9 +379,7 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 publisher,
                 kind,
                 codec: None,
-                cache: PacketCache::default(),
-                last_keyframe_request: None,
-                newest: None,
+                layers: vec![Incoming::new()],
                 subscribers: Vec::new(),
             },
         );
@@ -290,20 +427,11 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         }
         // Audio starts at its next packet, video at a keyframe; either way the run starts
         // there (an audio subscriber that began "forwarding" with a run start of 0 dropped
-        // every packet numbered 32768 and above, as late, until the numbers wrapped).
-        t.subscribers.push(Down {
-            peer,
-            route,
-            state: DownState::WaitingForKeyframe,
-            offset: 0,
-            run_start: 0,
-            highest: None,
-            forwarded: 0,
-            accepts: CodecSet::all_video(),
-            resend_budget: RESEND_BURST * 2,
-            resent: None,
-        });
-        t.request_keyframe(track, now)
+        // every packet numbered 32768 and above, as late, until the numbers wrapped). It
+        // starts on the best layer arriving; the engine moves it as its downlink allows.
+        let layer = t.best_layer(now);
+        t.subscribers.push(Down::new(peer, route, layer));
+        t.request_keyframe(track, layer, now)
     }
 
     /// The video codecs `peer`'s browser accepted for `track`. Packets in any other codec
@@ -318,11 +446,11 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         now: Instant,
     ) -> Option<KeyframeRequest> {
         let t = self.tracks.get_mut(&track)?;
-        let current = t.codec;
-        let d = t.down(peer)?;
+        let d = t.subscribers.iter_mut().find(|d| d.peer == peer)?;
         let was = d.accepts;
         d.accepts = accepts;
-        let codec = current?;
+        let layer = d.target;
+        let codec = t.layers.get(usize::from(layer))?.codec?;
         if accepted(was, codec) == accepted(accepts, codec) {
             return None;
         }
@@ -331,10 +459,53 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         }
         d.state = DownState::WaitingForKeyframe;
         if accepted(accepts, codec) {
-            t.request_keyframe(track, now)
+            t.request_keyframe(track, layer, now)
         } else {
             None
         }
+    }
+
+    /// The layer `peer` should receive of video `track` (clamped to the layers that came).
+    /// It moves there at that layer's next keyframe, asked for here; until then it keeps
+    /// the layer it has.
+    pub fn set_target_layer(
+        &mut self,
+        track: TrackId,
+        peer: PeerId,
+        layer: Layer,
+        now: Instant,
+    ) -> Option<KeyframeRequest> {
+        let t = self.tracks.get_mut(&track)?;
+        let layer = layer.min(t.layers.len().saturating_sub(1) as Layer);
+        let d = t.subscribers.iter_mut().find(|d| d.peer == peer)?;
+        if d.target == layer {
+            return None;
+        }
+        d.target = layer;
+        let settled = d.state == DownState::Forwarding && d.layer == layer;
+        if d.state == DownState::Paused || settled {
+            return None;
+        }
+        t.request_keyframe(track, layer, now)
+    }
+
+    /// The layer `peer` is meant to receive of `track`, and the one it receives now (none
+    /// while it waits for a keyframe or is paused).
+    pub fn layers_of(&self, track: TrackId, peer: PeerId) -> Option<(Layer, Option<Layer>)> {
+        let t = self.tracks.get(&track)?;
+        let d = t.subscribers.iter().find(|d| d.peer == peer)?;
+        Some((
+            d.target,
+            (d.state == DownState::Forwarding).then_some(d.layer),
+        ))
+    }
+
+    /// Whether `layer` of `track` is arriving (a packet within [`LAYER_IDLE`]).
+    pub fn layer_active(&self, track: TrackId, layer: Layer, now: Instant) -> bool {
+        self.tracks
+            .get(&track)
+            .and_then(|t| t.layers.get(usize::from(layer)))
+            .is_some_and(|l| l.active(now))
     }
 
     pub fn unsubscribe(&mut self, track: TrackId, peer: PeerId) {
@@ -364,11 +535,13 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
         }
         // Restarts at the next packet (audio) or keyframe (video; asked for here).
         d.state = DownState::WaitingForKeyframe;
-        t.request_keyframe(track, now)
+        let layer = d.target;
+        t.request_keyframe(track, layer, now)
     }
 
     /// One RTP packet from a publisher: cached, then handed to `sink` once per subscriber
-    /// that should get it. May ask for a keyframe (a subscriber is still waiting for one).
+    /// that should get it (those on its layer, and those moving to its layer at this
+    /// keyframe). May ask for a keyframe (a subscriber is still waiting for one).
     pub fn on_rtp(
         &mut self,
         track: TrackId,
@@ -379,56 +552,71 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
     ) -> Option<KeyframeRequest> {
         let t = self.tracks.get_mut(&track)?;
         let audio = t.kind == MediaKind::Audio;
-        if t.codec != Some(meta.codec) {
+        let layer = usize::from(meta.layer);
+        if layer >= MAX_LAYERS || (audio && layer > 0) {
+            return None;
+        }
+        while t.layers.len() <= layer {
+            t.layers.push(Incoming::new());
+        }
+        t.codec = Some(meta.codec);
+        let Published {
+            layers,
+            subscribers,
+            ..
+        } = t;
+        let l = &mut layers[layer];
+        // Whether those forwarded this layer must restart at its next keyframe.
+        let mut restart = false;
+        if l.codec != Some(meta.codec) {
             // A new codec decodes only from its own keyframe: everyone restarts there.
-            if t.codec.is_some() && !audio {
-                for d in &mut t.subscribers {
-                    if d.state == DownState::Forwarding {
-                        d.state = DownState::WaitingForKeyframe;
-                    }
-                }
-            }
-            t.codec = Some(meta.codec);
+            restart = l.codec.is_some() && !audio;
+            l.codec = Some(meta.codec);
         }
         // A late packet says nothing of a gap.
-        if t.newest
+        if l.newest
             .is_none_or(|(_, newest)| seq_after(meta.seq, newest))
         {
-            if let Some((at, newest)) = t.newest {
+            if let Some((at, newest)) = l.newest {
+                // Back after a gap that lost packets: the subscribers' decoders cannot go
+                // on from here. They restart at a keyframe (asked for below), with their
+                // numbering continued, so there is no hole for them to NACK.
                 let lost = meta.seq != newest.wrapping_add(1);
-                if lost && !audio && now.saturating_duration_since(at) >= RESUME_GAP {
-                    // Back after a gap that lost packets: the subscribers' decoders cannot
-                    // go on from here. They restart at a keyframe (asked for below), with
-                    // their numbering continued, so there is no hole for them to NACK.
-                    for d in &mut t.subscribers {
-                        if d.state == DownState::Forwarding {
-                            d.state = DownState::WaitingForKeyframe;
-                        }
-                    }
-                }
+                restart |= lost && !audio && now.saturating_duration_since(at) >= RESUME_GAP;
             }
-            t.newest = Some((now, meta.seq));
+            l.newest = Some((now, meta.seq));
         }
         let mut waiting = false;
-        for d in &mut t.subscribers {
+        for d in subscribers.iter_mut() {
+            if restart && d.state == DownState::Forwarding && d.layer == meta.layer {
+                d.state = DownState::WaitingForKeyframe;
+            }
             if !accepted(d.accepts, meta.codec) {
                 continue;
             }
+            let starts = meta.keyframe || audio;
             match d.state {
                 DownState::Paused => continue,
-                DownState::WaitingForKeyframe if meta.keyframe || audio => d.start(meta.seq),
-                DownState::WaitingForKeyframe => {
-                    waiting = true;
+                DownState::Forwarding if d.layer == meta.layer => {}
+                // Waiting for a keyframe, or moving to another layer at one.
+                _ if d.target == meta.layer && starts => d.start(&meta, now),
+                _ => {
+                    waiting |= d.target == meta.layer;
                     continue;
                 }
-                DownState::Forwarding => {}
             }
             let out = meta.seq.wrapping_add(d.offset);
             if out != d.run_start && !seq_after(out, d.run_start) {
                 continue; // Late packet from before this run started.
             }
+            let timestamp = meta.timestamp.wrapping_add(d.ts_offset);
             if d.highest.is_none_or(|h| seq_after(out, h)) {
                 d.highest = Some(out);
+                d.last = Some(Sent {
+                    at: now,
+                    timestamp,
+                    vp8: d.vp8(meta.vp8),
+                });
             }
             d.forwarded += 1;
             d.resend_budget = (d.resend_budget + 1).min(RESEND_BURST * 2);
@@ -437,14 +625,24 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 track,
                 route: &d.route,
                 seq: out,
-                timestamp: meta.timestamp,
+                timestamp,
                 codec: meta.codec,
+                vp8: d.rewrite(meta.vp8),
                 packet: &packet,
             });
         }
-        t.cache.insert(meta.seq, (packet, meta.codec, now));
+        l.cache.insert(
+            meta.seq,
+            Kept {
+                packet,
+                codec: meta.codec,
+                arrived: now,
+                timestamp: meta.timestamp,
+                vp8: meta.vp8,
+            },
+        );
         if waiting {
-            t.request_keyframe(track, now)
+            t.request_keyframe(track, meta.layer, now)
         } else {
             None
         }
@@ -466,12 +664,19 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
             return outcome;
         };
         let Published {
-            cache, subscribers, ..
+            layers,
+            subscribers,
+            ..
         } = t;
         let Some(d) = subscribers.iter_mut().find(|d| d.peer == peer) else {
             return outcome;
         };
         let Some(highest) = d.highest else {
+            return outcome;
+        };
+        // This run's packets are all of the layer it forwards.
+        outcome.layer = d.layer;
+        let Some(cache) = layers.get(usize::from(d.layer)).map(|l| &l.cache) else {
             return outcome;
         };
         for &out in lost {
@@ -485,9 +690,9 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 // A packet of this number in a codec the subscriber refused: it was not
                 // what it was sent (the publisher used the number again), so nothing to
                 // repair with.
-                Some((_, codec, _)) if !accepted(d.accepts, *codec) => {}
-                Some((packet, codec, arrived)) => {
-                    let age = now.saturating_duration_since(*arrived);
+                Some(k) if !accepted(d.accepts, k.codec) => {}
+                Some(k) => {
+                    let age = now.saturating_duration_since(k.arrived);
                     if age > RESEND_MAX_AGE {
                         outcome.refused += 1;
                         continue;
@@ -513,9 +718,10 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                         track,
                         route: &d.route,
                         seq: out,
-                        timestamp: packet.rtp_timestamp(),
-                        codec: *codec,
-                        packet,
+                        timestamp: k.timestamp.wrapping_add(d.ts_offset),
+                        codec: k.codec,
+                        vp8: d.rewrite(k.vp8),
+                        packet: &k.packet,
                     });
                 }
                 None => outcome.upstream.push(seq),
@@ -546,7 +752,8 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
                 continue;
             }
             d.state = DownState::WaitingForKeyframe;
-            if let Some(r) = t.request_keyframe(*id, now) {
+            let layer = d.target;
+            if let Some(r) = t.request_keyframe(*id, layer, now) {
                 request(r);
             }
         }
@@ -556,23 +763,51 @@ impl<P: CachedPacket + Clone, R> Forwarder<P, R> {
     /// for a while): its subscribers restart at its next keyframe, asked for here, whether
     /// or not its numbering shows a gap (a browser may hold back what it could not send,
     /// and its subscribers' decoders still lost their place).
-    pub fn restart_track(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {
-        let t = self.tracks.get_mut(&track)?;
+    pub fn restart_track(
+        &mut self,
+        track: TrackId,
+        now: Instant,
+        mut request: impl FnMut(KeyframeRequest),
+    ) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
         if t.kind != MediaKind::Video {
-            return None;
+            return;
         }
+        let mut wanted = [false; MAX_LAYERS];
         for d in &mut t.subscribers {
             if d.state == DownState::Forwarding {
                 d.state = DownState::WaitingForKeyframe;
             }
+            if d.state == DownState::WaitingForKeyframe {
+                wanted[usize::from(d.target)] = true;
+            }
         }
-        t.request_keyframe(track, now)
+        for (layer, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
+            if let Some(r) = t.request_keyframe(track, layer as Layer, now) {
+                request(r);
+            }
+        }
     }
 
-    /// A subscriber asked for a keyframe (PLI or FIR): pass it on, at most once per
-    /// [`KEYFRAME_REQUEST_INTERVAL`] per track however many ask.
-    pub fn on_keyframe_request(&mut self, track: TrackId, now: Instant) -> Option<KeyframeRequest> {
-        self.tracks.get_mut(&track)?.request_keyframe(track, now)
+    /// Subscriber `peer` asked for a keyframe (PLI or FIR): pass it on for the layer it
+    /// receives, at most once per [`KEYFRAME_REQUEST_INTERVAL`] per layer however many
+    /// ask.
+    pub fn on_keyframe_request(
+        &mut self,
+        track: TrackId,
+        peer: PeerId,
+        now: Instant,
+    ) -> Option<KeyframeRequest> {
+        let t = self.tracks.get_mut(&track)?;
+        let d = t.subscribers.iter().find(|d| d.peer == peer)?;
+        let layer = if d.state == DownState::Forwarding {
+            d.layer
+        } else {
+            d.target
+        };
+        t.request_keyframe(track, layer, now)
     }
 
     /// Packets sent to `peer` on `track` so far (including retransmissions not counted).

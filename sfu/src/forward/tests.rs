@@ -1,10 +1,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::codec::{Codec, CodecSet};
+use crate::codec::{Codec, CodecSet, Vp8Ids};
 
 const PUB: PeerId = PeerId(1);
 const VIDEO: TrackId = TrackId(10);
@@ -31,6 +32,8 @@ fn meta_in(codec: Codec, seq: u16, keyframe: bool) -> RtpMeta {
         timestamp: u32::from(seq) * 3000,
         keyframe,
         codec,
+        layer: 0,
+        vp8: Vp8Ids::default(),
     }
 }
 
@@ -87,7 +90,8 @@ fn audio_flows_at_once_and_video_waits_for_a_keyframe_it_asks_for() {
         f.subscribe(VIDEO, sub, 0xB, clock.at(0)),
         Some(KeyframeRequest {
             publisher: PUB,
-            track: VIDEO
+            track: VIDEO,
+            layer: 0,
         })
     );
     assert_eq!(
@@ -148,11 +152,21 @@ fn keyframe_requests_are_throttled_per_track() {
         f.subscribe(VIDEO, PeerId(3), 3, clock.at(100)).is_none(),
         "second joiner within 500 ms"
     );
-    assert!(f.on_keyframe_request(VIDEO, clock.at(200)).is_none());
-    assert!(f.on_keyframe_request(VIDEO, clock.at(499)).is_none());
-    assert!(f.on_keyframe_request(VIDEO, clock.at(500)).is_some());
     assert!(
-        f.on_keyframe_request(AUDIO, clock.at(5000)).is_none(),
+        f.on_keyframe_request(VIDEO, PeerId(2), clock.at(200))
+            .is_none()
+    );
+    assert!(
+        f.on_keyframe_request(VIDEO, PeerId(2), clock.at(499))
+            .is_none()
+    );
+    assert!(
+        f.on_keyframe_request(VIDEO, PeerId(2), clock.at(500))
+            .is_some()
+    );
+    assert!(
+        f.on_keyframe_request(AUDIO, PeerId(2), clock.at(5000))
+            .is_none(),
         "audio has no keyframes"
     );
 }
@@ -197,6 +211,7 @@ fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
             resent: 1,
             upstream: vec![1005],
             refused: 0,
+            layer: 0,
         },
         "999 predates the subscription, 1020 was never sent"
     );
@@ -234,7 +249,8 @@ fn a_packet_is_resent_once_per_interval_and_not_when_too_old() {
         NackOutcome {
             resent: 0,
             upstream: vec![],
-            refused: 1
+            refused: 1,
+            layer: 0,
         }
     );
     // Each subscriber has its own: another one gets its first resend of 5 now.
@@ -306,7 +322,8 @@ fn a_peer_back_after_an_outage_restarts_its_video_at_a_keyframe() {
         asked,
         [KeyframeRequest {
             publisher: PUB,
-            track: VIDEO
+            track: VIDEO,
+            layer: 0,
         }]
     );
     // A delta frame goes to the other subscriber only; the keyframe to both, continuing
@@ -340,18 +357,17 @@ fn a_track_back_after_an_outage_restarts_its_subscribers_at_a_keyframe() {
     f.subscribe(AUDIO, sub, 12, now);
     feed(&mut f, VIDEO, 10, true, now);
     let later = now + Duration::from_secs(2);
+    let mut asked = Vec::new();
+    f.restart_track(VIDEO, later, |r| asked.push(r));
     assert_eq!(
-        f.restart_track(VIDEO, later),
-        Some(KeyframeRequest {
+        asked,
+        [KeyframeRequest {
             publisher: PUB,
-            track: VIDEO
-        })
+            track: VIDEO,
+            layer: 0,
+        }]
     );
-    assert_eq!(
-        f.restart_track(AUDIO, later),
-        None,
-        "audio needs no keyframe"
-    );
+    f.restart_track(AUDIO, later, |r| panic!("audio needs no keyframe: {r:?}"));
     assert!(feed(&mut f, VIDEO, 11, false, later).0.is_empty());
     assert_eq!(feed(&mut f, VIDEO, 12, true, later).0, [(sub, 11)]);
 }
@@ -550,7 +566,8 @@ fn a_codec_switch_restarts_every_subscriber_at_the_new_codecs_keyframe_without_a
         req,
         Some(KeyframeRequest {
             publisher: PUB,
-            track: VIDEO
+            track: VIDEO,
+            layer: 0,
         })
     );
     assert!(
@@ -618,7 +635,8 @@ fn accepting_the_current_codec_later_starts_at_a_keyframe_asked_for_then() {
         f.accept_codecs(VIDEO, sub, CodecSet::all_video(), clock.at(1000)),
         Some(KeyframeRequest {
             publisher: PUB,
-            track: VIDEO
+            track: VIDEO,
+            layer: 0,
         })
     );
     assert!(
@@ -658,6 +676,8 @@ fn audio_reaches_a_new_subscriber_whatever_the_sequence_numbers() {
                 timestamp: u32::from(i) * 960,
                 keyframe: false,
                 codec: Codec::Opus,
+                layer: 0,
+                vp8: Vp8Ids::default(),
             };
             f.on_rtp(TrackId(1), meta, Bytes::from_static(b"opus"), now, |fw| {
                 sent.push(fw.seq)
@@ -691,6 +711,8 @@ fn a_nack_is_never_answered_in_a_codec_the_subscriber_refused() {
     let meta = |seq, keyframe, codec| RtpMeta {
         seq,
         timestamp: 0,
+        layer: 0,
+        vp8: Vp8Ids::default(),
         keyframe,
         codec,
     };
@@ -785,4 +807,188 @@ fn a_gap_without_losses_or_ending_at_a_keyframe_goes_on_at_once() {
         feed(&mut f, VIDEO, 151, false, clock.at(6_010)),
         (vec![(sub, 103)], None)
     );
+}
+
+/// A VP8 packet of simulcast `layer`: the layer's own numbering (sequence, timestamp,
+/// 15-bit picture ID and TL0PICIDX), as a browser sends each layer.
+fn layer_packet(layer: Layer, frame: u16, seq: u16, keyframe: bool) -> (RtpMeta, Bytes) {
+    let base = [(1_000u16, 50_000u32, 300u16), (30_000, 900_000, 20_000)][usize::from(layer)];
+    let picture = (base.2 + frame) & 0x7fff;
+    let ids = Vp8Ids {
+        picture_id: Some(PictureId {
+            value: picture,
+            wide: true,
+        }),
+        tl0: Some(frame as u8),
+    };
+    let meta = RtpMeta {
+        seq: base.0.wrapping_add(seq),
+        timestamp: base.1.wrapping_add(u32::from(frame) * 3_000),
+        keyframe,
+        codec: Codec::Vp8,
+        layer,
+        vp8: ids,
+    };
+    let [hi, lo] = picture.to_be_bytes();
+    let s_bit = if keyframe { 0x10 } else { 0 };
+    let payload = vec![0x80 | s_bit, 0xc0, 0x80 | hi, lo, frame as u8, 0x00];
+    (meta, Bytes::from(payload))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Out {
+    to: PeerId,
+    seq: u16,
+    timestamp: u32,
+    picture: Option<u16>,
+    tl0: Option<u8>,
+}
+
+fn feed_layer(
+    f: &mut TestForwarder,
+    layer: Layer,
+    frame: u16,
+    seq: u16,
+    keyframe: bool,
+    now: Instant,
+) -> (Vec<Out>, Option<KeyframeRequest>) {
+    let (meta, payload) = layer_packet(layer, frame, seq, keyframe);
+    let mut out = Vec::new();
+    let req = f.on_rtp(VIDEO, meta, payload, now, |fw| {
+        let ids = fw.vp8.unwrap_or(meta.vp8);
+        out.push(Out {
+            to: fw.to,
+            seq: fw.seq,
+            timestamp: fw.timestamp,
+            picture: ids.picture_id.map(|p| p.value),
+            tl0: ids.tl0,
+        });
+    });
+    (out, req)
+}
+
+#[test]
+fn a_subscriber_moves_between_simulcast_layers_at_a_keyframe_as_one_stream() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let (low, high) = (PeerId(2), PeerId(3));
+    // Both layers arrive; both subscribers start on the best (1), at its keyframe.
+    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
+    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
+    assert_eq!(
+        f.subscribe(VIDEO, low, 2, clock.at(10)).map(|r| r.layer),
+        Some(1)
+    );
+    f.subscribe(VIDEO, high, 3, clock.at(10));
+    let mut seq = [1u16, 1];
+    let mut frame = 1;
+    let t = 600;
+    // Layer 1's keyframe starts both; then delta frames.
+    for (layer, keyframe) in [(1, true), (0, false), (1, false)] {
+        let (out, _) = feed_layer(
+            &mut f,
+            layer,
+            frame,
+            seq[usize::from(layer)],
+            keyframe,
+            clock.at(t),
+        );
+        seq[usize::from(layer)] += 1;
+        if layer == 1 {
+            assert_eq!(out.len(), 2, "both get layer 1: {out:?}");
+        } else {
+            assert!(out.is_empty(), "nobody gets layer 0: {out:?}");
+        }
+    }
+    assert_eq!(f.layers_of(VIDEO, low), Some((1, Some(1))));
+    // The weak one is moved down: a keyframe of layer 0 is asked for at once.
+    let asked = f.set_target_layer(VIDEO, low, 0, clock.at(700));
+    assert_eq!(asked.map(|r| r.layer), Some(0));
+    assert_eq!(
+        f.layers_of(VIDEO, low),
+        Some((0, Some(1))),
+        "still on 1 until then"
+    );
+    // Until layer 0's keyframe it keeps layer 1 (and asks again for layer 0, throttled).
+    frame += 1;
+    let (out, _) = feed_layer(&mut f, 1, frame, seq[1], false, clock.at(733));
+    seq[1] += 1;
+    assert_eq!(out.len(), 2);
+    let last_low = *out.iter().find(|o| o.to == low).unwrap();
+    let (out, req) = feed_layer(&mut f, 0, frame, seq[0], false, clock.at(734));
+    seq[0] += 1;
+    assert!(out.is_empty() && req.is_none(), "throttled: {req:?}");
+    // Layer 0's keyframe: it moves, its numbering going on from what it had.
+    frame += 1;
+    let (out, _) = feed_layer(&mut f, 0, frame, seq[0], true, clock.at(766));
+    seq[0] += 1;
+    assert_eq!(out.len(), 1);
+    let first = out[0];
+    assert_eq!(first.to, low);
+    assert_eq!(first.seq, last_low.seq.wrapping_add(1), "no gap, no repeat");
+    assert_eq!(
+        first.timestamp.wrapping_sub(last_low.timestamp),
+        33 * 90,
+        "timestamps go on by the time between the two packets (33 ms at 90 kHz)"
+    );
+    assert_eq!(first.picture, last_low.picture.map(|p| (p + 1) & 0x7fff));
+    assert_eq!(first.tl0, last_low.tl0.map(|t| t.wrapping_add(1)));
+    assert_eq!(f.layers_of(VIDEO, low), Some((0, Some(0))));
+    // From now on: layer 0 to it, layer 1 to the other, each continuous.
+    frame += 1;
+    let (out, _) = feed_layer(&mut f, 0, frame, seq[0], false, clock.at(800));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seq, first.seq.wrapping_add(1));
+    assert_eq!(out[0].timestamp, first.timestamp.wrapping_add(3_000));
+    assert_eq!(out[0].picture, first.picture.map(|p| (p + 1) & 0x7fff));
+    let (out, _) = feed_layer(&mut f, 1, frame, seq[1], false, clock.at(801));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, high);
+    assert_eq!(out[0].picture, Some((20_000 + frame) & 0x7fff), "untouched");
+    // Its NACK for the packet it got after the move is answered from layer 0's cache,
+    // numbered as it was sent.
+    let mut resent = Vec::new();
+    let outcome = f.on_nack(VIDEO, low, &[first.seq], clock.at(820), |fw| {
+        resent.push((
+            fw.seq,
+            fw.timestamp,
+            fw.vp8.and_then(|v| v.picture_id).map(|p| p.value),
+        ));
+    });
+    assert_eq!(outcome.resent, 1);
+    assert_eq!(resent, [(first.seq, first.timestamp, first.picture)]);
+    // One from before the move is not: that run is over.
+    let outcome = f.on_nack(VIDEO, low, &[last_low.seq], clock.at(821), |_| {
+        panic!("resent a packet of the layer it left")
+    });
+    assert_eq!(outcome.resent, 0);
+}
+
+#[test]
+fn a_subscriber_starts_on_the_best_layer_arriving() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
+    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
+    // Layer 1 stops (its publisher's uplink cannot carry it); layer 0 goes on.
+    for i in 1..=40u16 {
+        feed_layer(&mut f, 0, i, i, false, clock.at(u64::from(i) * 33));
+    }
+    let now = clock.at(41 * 33);
+    assert!(f.layer_active(VIDEO, 0, now));
+    assert!(
+        !f.layer_active(VIDEO, 1, now),
+        "idle for over {LAYER_IDLE:?}"
+    );
+    assert_eq!(
+        f.subscribe(VIDEO, PeerId(2), 2, now).map(|r| r.layer),
+        Some(0)
+    );
+    // A target beyond the layers that came is the top one.
+    assert_eq!(
+        f.set_target_layer(VIDEO, PeerId(2), 2, now)
+            .map(|r| r.layer),
+        Some(1)
+    );
+    assert_eq!(f.layers_of(VIDEO, PeerId(2)), Some((1, None)));
 }

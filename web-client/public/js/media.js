@@ -154,6 +154,17 @@ export const DEFAULT_PEER_STATE = Object.freeze({ audio: true, video: true, scre
 
 const LEGS = ['publisher', 'subscriber'];
 
+/**
+ * Video goes to the SFU as simulcast: the camera at half its resolution (rid `h`) and at
+ * full resolution (`f`). The SFU gives each person the layer their downlink can take, so
+ * one weak link no longer lowers the picture for everyone else; the browser stops the full
+ * layer by itself when its own uplink cannot carry both.
+ */
+export const VIDEO_ENCODINGS = Object.freeze([
+  Object.freeze({ rid: 'h', scaleResolutionDownBy: 2 }),
+  Object.freeze({ rid: 'f' }),
+]);
+
 export class MediaSession {
   // The states a session goes through, reported to onState({state, ...}):
   //   idle       nothing joined (initially, and after leave() or close())
@@ -619,7 +630,9 @@ export class MediaSession {
     const streams = this.localStream ? [this.localStream] : [];
     for (const kind of ['audio', 'video']) {
       const track = this.localStream?.getTracks().find((t) => t.kind === kind);
-      pcs.publisher.addTransceiver(track || kind, { direction: 'sendonly', streams });
+      const init = { direction: 'sendonly', streams };
+      if (kind === 'video') init.sendEncodings = VIDEO_ENCODINGS.map((e) => ({ ...e }));
+      pcs.publisher.addTransceiver(track || kind, init);
     }
     this.#reofferWanted = false;
     this.#restartWanted = false;

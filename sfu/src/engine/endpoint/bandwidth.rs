@@ -1,7 +1,7 @@
-//! Each publisher's limit from its subscribers' downlinks ([`crate::bwe`]), checked every
-//! tick: what each publisher's browser sends (bytes on its publisher leg), each
-//! subscriber's share of its estimate, and a REMB to a publisher whose subscribers cannot
-//! take what it sends.
+//! What each subscriber's downlink ([`crate::bwe`]) decides, checked every tick: each
+//! subscriber's share of its estimate; the simulcast layer it gets of each video; what
+//! each publisher's browser sends (bytes on its publisher leg), and a REMB to a publisher
+//! whose subscribers cannot take what it sends.
 
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 
@@ -22,96 +22,185 @@ pub(super) struct Uplink {
 }
 
 impl Endpoint {
-    /// Measures what each publisher sends and tells those its subscribers cannot keep up
-    /// with the most they may send (REMB), or lifts that limit.
+    /// Every tick: what each layer of each published track sends, the layer each
+    /// subscriber gets of each simulcast video ([`bwe::LayerChoice`]), and the most each
+    /// publisher may send (REMB), or the lifting of that limit.
     pub(super) fn limit_uplinks(&mut self, now: Instant) {
         let Self {
             rooms,
             members,
             conns,
             touched,
+            counters,
             ..
         } = self;
-        for room in rooms.values() {
+        for room in rooms.values_mut() {
+            for t in room.tracks.values_mut() {
+                for rate in &mut t.rates {
+                    rate.update(now);
+                }
+            }
+            // Each subscriber's share for each video it receives (none in sound only: its
+            // downlink limits nobody).
             for &key in &room.members {
-                let Some(m) = members.get(&key) else {
+                let Some(o) = members.get_mut(&key) else {
                     continue;
                 };
-                // The lowest share of its video among those who receive it.
-                let mut lowest: Option<u64> = None;
-                for &other in &room.members {
-                    let Some(o) = members.get(&other).filter(|_| other != key) else {
-                        continue;
-                    };
-                    let receives_its_video = !o.video_off
-                        && o.subscribed.iter().any(|(t, s)| {
-                            s.kind == MediaKind::Video
-                                && room.tracks.get(t).is_some_and(|p| p.publisher == m.id)
-                        });
-                    let estimate = conns
-                        .get(&o.subscriber)
-                        .and_then(|c| c.estimate.as_ref())
-                        .map_or(0, |e| e.bitrate.load(Ordering::Relaxed));
-                    if !receives_its_video || estimate == 0 {
-                        continue;
-                    }
-                    let count = |kind| o.subscribed.values().filter(|s| s.kind == kind).count();
-                    if let Some(share) =
-                        bwe::share(estimate, count(MediaKind::Video), count(MediaKind::Audio))
-                    {
-                        lowest = Some(lowest.map_or(share, |l| l.min(share)));
-                    }
-                }
-                let publishes_audio = room
-                    .tracks
-                    .values()
-                    .any(|t| t.publisher == m.id && t.kind == MediaKind::Audio);
-                let audio = if publishes_audio { AUDIO_ALLOWANCE } else { 0 };
-                let Some(m) = members.get_mut(&key) else {
-                    continue;
-                };
-                let received = conns.get(&m.publisher).map_or(0, |c| c.received_bytes);
-                let u = &mut m.uplink;
-                match u.sample {
-                    Some((at, bytes)) if now.saturating_duration_since(at) >= RATE_WINDOW => {
-                        let secs = now.saturating_duration_since(at).as_secs_f64();
-                        u.sending = ((received.saturating_sub(bytes) * 8) as f64 / secs) as u64;
-                        u.sample = Some((now, received));
-                    }
-                    Some(_) => {}
-                    None => u.sample = Some((now, received)),
-                }
-                let Some(remb) = u.limit.update(now, lowest.map(|l| l + audio), u.sending) else {
-                    continue;
-                };
-                tracing::debug!(
-                    participant = key,
-                    remb,
-                    sending = u.sending,
-                    "publisher limit"
-                );
-                let ssrcs: Vec<u32> = room
-                    .tracks
-                    .values()
-                    .filter(|t| t.publisher == m.id)
-                    .map(|t| t.media_ssrc)
-                    .collect();
-                let Some(t) = room.tracks.values().find(|t| t.publisher == m.id) else {
-                    continue;
-                };
-                if let Some(mut receiver) = conns
-                    .get_mut(&t.conn)
-                    .and_then(|c| c.pc.rtp_receiver(t.receiver))
-                {
-                    let remb = ReceiverEstimatedMaximumBitrate {
-                        sender_ssrc: 0,
-                        bitrate: remb as f32,
-                        ssrcs,
-                    };
-                    let _ = receiver.write_rtcp(now, vec![Box::new(remb)]);
-                }
-                touch(conns, touched, t.conn);
+                let estimate = conns
+                    .get(&o.subscriber)
+                    .and_then(|c| c.estimate.as_ref())
+                    .map_or(0, |e| e.bitrate.load(Ordering::Relaxed));
+                let count = |kind| o.subscribed.values().filter(|s| s.kind == kind).count();
+                o.video_share = (estimate > 0 && !o.video_off)
+                    .then(|| bwe::share(estimate, count(MediaKind::Video), count(MediaKind::Audio)))
+                    .flatten();
+            }
+            choose_layers(room, members, conns, touched, counters, now);
+            for &key in &room.members {
+                limit_uplink(room, key, members, conns, touched, now);
             }
         }
     }
+}
+
+impl LayerRate {
+    /// Turns the bytes counted into bits per second, once per [`RATE_WINDOW`].
+    fn update(&mut self, now: Instant) {
+        match self.sample {
+            Some((at, bytes)) if now.saturating_duration_since(at) >= RATE_WINDOW => {
+                let secs = now.saturating_duration_since(at).as_secs_f64();
+                self.bps = ((self.bytes.saturating_sub(bytes) * 8) as f64 / secs) as u64;
+                self.sample = Some((now, self.bytes));
+            }
+            Some(_) => {}
+            None => self.sample = Some((now, self.bytes)),
+        }
+    }
+}
+
+/// The layer each subscriber gets of each simulcast video it receives.
+fn choose_layers(
+    room: &mut Room,
+    members: &mut HashMap<u128, Member>,
+    conns: &mut HashMap<ConnId, Conn>,
+    touched: &mut Vec<ConnId>,
+    counters: &LoopCounters,
+    now: Instant,
+) {
+    let mut requests = Vec::new();
+    for &key in &room.members {
+        let Some(o) = members.get_mut(&key) else {
+            continue;
+        };
+        let share = o.video_share;
+        for (track, s) in &mut o.subscribed {
+            let Some(t) = room.tracks.get(track).filter(|t| t.simulcast()) else {
+                continue;
+            };
+            let mut rates = [None; MAX_LAYERS];
+            for (l, rate) in rates.iter_mut().enumerate() {
+                if room.forwarder.layer_active(*track, l as Layer, now) {
+                    *rate = Some(t.rates[l].bps);
+                }
+            }
+            let Some(layer) = s.layers.choose(now, &rates, share) else {
+                continue;
+            };
+            if let Some(req) = room.forwarder.set_target_layer(*track, o.id, layer, now) {
+                tracing::debug!(participant = key, track = track.0, layer, "layer chosen");
+                requests.push(req);
+            }
+        }
+    }
+    for req in requests {
+        request_keyframe(conns, touched, counters, room, req, now);
+    }
+}
+
+/// Tells publisher `key` the most it may send, or lifts that limit: for a video without
+/// simulcast, the lowest share among those who receive it (the weakest link sets the
+/// rate); with simulcast, the highest (the others get a lower layer).
+fn limit_uplink(
+    room: &Room,
+    key: u128,
+    members: &mut HashMap<u128, Member>,
+    conns: &mut HashMap<ConnId, Conn>,
+    touched: &mut Vec<ConnId>,
+    now: Instant,
+) {
+    let Some(m) = members.get(&key) else {
+        return;
+    };
+    let mut bound: Option<u64> = None;
+    for &other in &room.members {
+        let Some(o) = members.get(&other).filter(|_| other != key) else {
+            continue;
+        };
+        let Some(share) = o.video_share else {
+            continue;
+        };
+        for (track, s) in &o.subscribed {
+            let Some(t) = room
+                .tracks
+                .get(track)
+                .filter(|t| s.kind == MediaKind::Video && t.publisher == m.id)
+            else {
+                continue;
+            };
+            bound = Some(match bound {
+                None => share,
+                Some(b) if t.simulcast() => b.max(share),
+                Some(b) => b.min(share),
+            });
+        }
+    }
+    let publishes_audio = room
+        .tracks
+        .values()
+        .any(|t| t.publisher == m.id && t.kind == MediaKind::Audio);
+    let audio = if publishes_audio { AUDIO_ALLOWANCE } else { 0 };
+    let Some(m) = members.get_mut(&key) else {
+        return;
+    };
+    let received = conns.get(&m.publisher).map_or(0, |c| c.received_bytes);
+    let u = &mut m.uplink;
+    match u.sample {
+        Some((at, bytes)) if now.saturating_duration_since(at) >= RATE_WINDOW => {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            u.sending = ((received.saturating_sub(bytes) * 8) as f64 / secs) as u64;
+            u.sample = Some((now, received));
+        }
+        Some(_) => {}
+        None => u.sample = Some((now, received)),
+    }
+    let Some(remb) = u.limit.update(now, bound.map(|l| l + audio), u.sending) else {
+        return;
+    };
+    tracing::debug!(
+        participant = key,
+        remb,
+        sending = u.sending,
+        "publisher limit"
+    );
+    let ssrcs: Vec<u32> = room
+        .tracks
+        .values()
+        .filter(|t| t.publisher == m.id)
+        .flat_map(|t| t.ssrcs.iter().copied().filter(|s| *s != 0))
+        .collect();
+    let Some(t) = room.tracks.values().find(|t| t.publisher == m.id) else {
+        return;
+    };
+    if let Some(mut receiver) = conns
+        .get_mut(&t.conn)
+        .and_then(|c| c.pc.rtp_receiver(t.receiver))
+    {
+        let remb = ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 0,
+            bitrate: remb as f32,
+            ssrcs,
+        };
+        let _ = receiver.write_rtcp(now, vec![Box::new(remb)]);
+    }
+    touch(conns, touched, t.conn);
 }

@@ -314,6 +314,7 @@ impl Endpoint {
                 codecs: Codecs::new(),
                 uplink: Uplink::default(),
                 video_off: false,
+                video_share: None,
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );

@@ -3,12 +3,6 @@
 
 use super::*;
 
-impl CachedPacket for Cached {
-    fn rtp_timestamp(&self) -> u32 {
-        self.0.header.timestamp
-    }
-}
-
 /// Writes one forwarded packet, with that subscriber's header, into its connection. The
 /// payload is shared with the cache; nothing waits.
 pub(super) fn send_forward(
@@ -46,6 +40,15 @@ pub(super) fn send_forward(
     let Some(mut sender) = c.pc.rtp_sender(fw.route.sender) else {
         return;
     };
+    // A subscriber moved between simulcast layers gets VP8 picture numbering that goes on
+    // from what it had (a copy of the payload; the cached one is everyone's).
+    let out = match fw.vp8 {
+        Some(ids) => match codec::rewrite_vp8_ids(&out.payload, ids) {
+            Some(payload) => rtp::Packet { payload, ..out },
+            None => return,
+        },
+        None => out,
+    };
     let bytes = out.payload.len() as u64;
     if sender.write_rtp(now, out).is_ok() {
         counters.forwarded_packets.inc();
@@ -72,17 +75,30 @@ pub(super) fn request_keyframe(
     let Some(c) = conns.get_mut(&t.conn) else {
         return;
     };
-    tracing::debug!(track = req.track.0, "keyframe requested");
+    let media_ssrc = t.ssrcs[usize::from(req.layer)];
+    tracing::debug!(track = req.track.0, layer = req.layer, "keyframe requested");
     if let Some(mut receiver) = c.pc.rtp_receiver(t.receiver) {
         let pli = PictureLossIndication {
             sender_ssrc: 0,
-            media_ssrc: t.media_ssrc,
+            media_ssrc,
         };
         if receiver.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
             counters.keyframe_requests.inc();
         }
     }
     touch(conns, touched, t.conn);
+}
+
+/// The simulcast layer a browser's rid names: `q`, `h` and `f` (a quarter, half and the
+/// full resolution; the web client sends `h` and `f`), as most SFUs and their clients name
+/// them.
+pub(super) fn layer_of_rid(rid: &str) -> Option<Layer> {
+    match rid {
+        "q" => Some(0),
+        "h" => Some(1),
+        "f" => Some(2),
+        _ => None,
+    }
 }
 
 impl Endpoint {
@@ -114,14 +130,40 @@ impl Endpoint {
         let Some(codec) = t.codec_of(packet.header.payload_type) else {
             return;
         };
+        let ssrc = packet.header.ssrc;
+        let layer = match t.layer_of(ssrc) {
+            Some(layer) => layer,
+            None => {
+                // A new SSRC (its first packet, or the browser renumbered its streams in a
+                // new offer): the layer its rid names, or layer 0 without simulcast. A
+                // rid the SFU does not take is not forwarded.
+                let rid = conns
+                    .get_mut(&t.conn)
+                    .and_then(|c| c.pc.rtp_receiver(t.receiver))
+                    .and_then(|r| r.track().rid(ssrc).map(|rid| rid.to_string()));
+                let Some(layer) = rid.as_deref().map_or(Some(0), layer_of_rid) else {
+                    return;
+                };
+                tracing::debug!(track = track.0, ssrc, ?rid, layer, "a new stream");
+                t.ssrcs[usize::from(layer)] = ssrc;
+                layer
+            }
+        };
+        let vp8 = match codec {
+            Codec::Vp8 => codec::vp8_ids(&packet.payload).unwrap_or_default(),
+            _ => Vp8Ids::default(),
+        };
+        t.rates[usize::from(layer)].bytes += packet.payload.len() as u64;
         let meta = RtpMeta {
             seq: packet.header.sequence_number,
             timestamp: packet.header.timestamp,
             keyframe: codec.is_keyframe(&packet.payload),
             codec,
+            layer,
+            vp8,
         };
         if meta.keyframe {
-            tracing::debug!(track = track.0, ?codec, seq = meta.seq, "keyframe");
+            tracing::debug!(track = track.0, ?codec, layer, seq = meta.seq, "keyframe");
         }
         let request = r
             .forwarder
@@ -208,7 +250,8 @@ impl Endpoint {
                     .iter()
                     .filter(|(_, t)| t.publisher == m.id && t.kind == MediaKind::Video);
                 for (id, _) in videos {
-                    requests.extend(r.forwarder.restart_track(*id, now));
+                    r.forwarder
+                        .restart_track(*id, now, |req| requests.push(req));
                 }
             }
         }
@@ -262,7 +305,7 @@ impl Endpoint {
                     {
                         let nack = TransportLayerNack {
                             sender_ssrc: 0,
-                            media_ssrc: t.media_ssrc,
+                            media_ssrc: t.ssrcs[usize::from(outcome.layer)],
                             nacks: nack_pairs_from_sequence_numbers(&outcome.upstream),
                         };
                         let _ = receiver.write_rtcp(now, vec![Box::new(nack)]);
@@ -280,7 +323,7 @@ impl Endpoint {
                 track = track.0,
                 "subscriber asks for a keyframe"
             );
-            if let Some(req) = r.forwarder.on_keyframe_request(track, now) {
+            if let Some(req) = r.forwarder.on_keyframe_request(track, m.id, now) {
                 request_keyframe(conns, touched, counters, r, req, now);
             }
         }
@@ -296,17 +339,39 @@ impl Endpoint {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        // A renewed offer (a codec switch) opens the same receiver's track again: it stays
-        // the one published track, so subscribers keep their route and stream.
-        let published = self.rooms.get(&room).and_then(|r| {
+        // Each simulcast layer opens on its own, by its rid.
+        let layer = match init.rid.as_deref() {
+            None => 0,
+            Some(rid) => match layer_of_rid(rid) {
+                Some(layer) => layer,
+                None => {
+                    tracing::debug!(rid, "a simulcast layer of no rid the SFU takes");
+                    return;
+                }
+            },
+        };
+        // Another layer of a track, or a renewed offer (a codec switch) opening the same
+        // receiver's track again: it stays the one published track, so subscribers keep
+        // their route and stream.
+        let published = self.rooms.get_mut(&room).and_then(|r| {
             r.tracks
-                .iter()
+                .iter_mut()
                 .find(|(_, t)| t.conn == id && t.receiver == init.receiver_id)
-                .map(|(track, _)| *track)
         });
-        if let Some(track) = published {
-            c.tracks.retain(|_, t| *t != track);
+        if let Some((&track, t)) = published {
+            if init.rid.is_none() {
+                c.tracks.retain(|_, t| *t != track);
+            }
+            if init.ssrc != 0 {
+                t.ssrcs[usize::from(layer)] = init.ssrc;
+            }
             c.tracks.insert(init.track_id, track);
+            tracing::debug!(
+                track = track.0,
+                layer,
+                ssrc = init.ssrc,
+                "another layer, or a new offer"
+            );
             return;
         }
         let Some(mut receiver) = c.pc.rtp_receiver(init.receiver_id) else {
@@ -348,7 +413,12 @@ impl Endpoint {
                 payload_types,
                 conn: id,
                 receiver: init.receiver_id,
-                media_ssrc,
+                ssrcs: {
+                    let mut ssrcs = [0; MAX_LAYERS];
+                    ssrcs[usize::from(layer)] = media_ssrc;
+                    ssrcs
+                },
+                rates: Default::default(),
             },
         );
         tracing::debug!(track = track.0, ?kind, "publishing");

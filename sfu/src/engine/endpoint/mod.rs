@@ -72,9 +72,10 @@ use super::{
     EngineError, EngineEvent, Estimate, LIVE_PARTICIPANTS, LiveGuard, LoopCounters, Recipe, Role,
     codec_parameters, connection_guard, connection_recipe, media_track, webrtc_err,
 };
-use crate::codec::{Codec, CodecSet, publish_codecs};
+use crate::bwe::LayerChoice;
+use crate::codec::{self, Codec, CodecSet, Vp8Ids, publish_codecs};
 use crate::forward::{
-    CachedPacket, Forward, Forwarder, KeyframeRequest, MediaKind, PeerId, RtpMeta, TrackId,
+    Forward, Forwarder, KeyframeRequest, Layer, MAX_LAYERS, MediaKind, PeerId, RtpMeta, TrackId,
 };
 use bandwidth::Uplink;
 
@@ -263,10 +264,35 @@ struct Published {
     payload_types: Vec<(u8, Codec)>,
     conn: ConnId,
     receiver: RTCRtpReceiverId,
-    media_ssrc: u32,
+    /// Each simulcast layer's SSRC (0: none); a track without simulcast has layer 0 only.
+    ssrcs: [u32; MAX_LAYERS],
+    /// What each layer sends ([`bandwidth`]).
+    rates: [LayerRate; MAX_LAYERS],
+}
+
+/// What one layer of a published track sends: bytes counted as packets come, turned into
+/// bits per second once per [`bandwidth`] window.
+#[derive(Debug, Clone, Copy, Default)]
+struct LayerRate {
+    bytes: u64,
+    sample: Option<(Instant, u64)>,
+    bps: u64,
 }
 
 impl Published {
+    /// The layer of a packet's SSRC (a track without simulcast: 0).
+    fn layer_of(&self, ssrc: u32) -> Option<Layer> {
+        self.ssrcs
+            .iter()
+            .position(|s| *s == ssrc && ssrc != 0)
+            .map(|l| l as Layer)
+    }
+
+    /// Whether it comes in more than one layer.
+    fn simulcast(&self) -> bool {
+        self.ssrcs.iter().filter(|s| **s != 0).count() > 1
+    }
+
     fn codec_of(&self, payload_type: u8) -> Option<Codec> {
         self.payload_types
             .iter()
@@ -301,6 +327,8 @@ struct Subscribed {
     /// The codecs (and their payload types) the browser's last answer accepted for it.
     payload_types: Vec<(Codec, u8)>,
     routed: bool,
+    /// A simulcast video: the layer it gets.
+    layers: LayerChoice,
 }
 
 /// One participant: its two connections and its subscriber negotiation.
@@ -326,6 +354,9 @@ struct Member {
     /// Its browser asked for no video (sound only): every video track it is subscribed
     /// to is paused for it, and its downlink limits no publisher.
     video_off: bool,
+    /// What each video it receives may take of its downlink, as of the last tick
+    /// ([`bandwidth`]); `None` before its first estimate, or in sound only.
+    video_share: Option<u64>,
     _live: LiveGuard,
 }
 

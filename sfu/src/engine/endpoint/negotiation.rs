@@ -171,6 +171,7 @@ impl Endpoint {
                             kind: p.kind,
                             payload_types: Vec::new(),
                             routed: false,
+                            layers: LayerChoice::default(),
                         },
                     );
                     changed = true;
