@@ -60,6 +60,7 @@ use crate::codec::Codec;
 pub mod endpoint;
 mod liveness;
 mod media_loop;
+mod reports;
 mod tcp;
 
 use endpoint::{Answer, Command};
@@ -541,17 +542,15 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     if receiving {
         registry = configure_twcc_receiver_only(registry, &mut media)
             .map_err(webrtc_err)?
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-        // No receiver reports to a publisher's browser: a browser names each simulcast
-        // layer (its RTP stream id, and the media section's id) in every packet only until
-        // a report acknowledges that stream, and the `rtc` crate forgets which stream is
-        // which layer at every new offer (an ICE restart, a codec switch), so once
-        // acknowledged, a layer's packets were dropped after the next offer. Its congestion
-        // control runs on the SFU's transport-wide feedback, which stays; the round trip
-        // its statistics show is the candidate pair's (STUN).
-        if role == Role::Client {
-            registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
-        }
+    }
+    if role == Role::ServerReceiving {
+        // The publisher's browser is told of its audio only ([`reports`]).
+        registry = registry.with(
+            Slot::from(reports::SLOT),
+            reports::VideoReportFilter::default(),
+        );
     }
     if matches!(role, Role::ServerReceiving | Role::Client) {
         // The publisher's browser takes the SFU's REMB as the most it may send (its own

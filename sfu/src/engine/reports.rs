@@ -1,0 +1,177 @@
+//! Receiver reports to a publisher's browser about its audio only.
+//!
+//! A browser names each simulcast layer of its video (the rid and mid RTP header
+//! extensions) in every packet only until a receiver report acknowledges that stream. The
+//! `rtc` crate maps a layer's SSRC to its rid from those extensions, and forgets the
+//! mapping at every new offer (an ICE restart, a codec switch: `start_rtp` makes the rid
+//! codings again), so once a layer was acknowledged its packets were dropped after the
+//! next offer. This interceptor, between the report generator and the wire, takes the
+//! video streams' blocks out of the publisher leg's receiver reports: the browser keeps
+//! naming its layers (about 10 bytes a packet), and its audio is still reported, which
+//! the pre-call check reads as the proof that its media reached the SFU. The browser's
+//! congestion control runs on the transport-wide feedback, which is not touched.
+
+use std::collections::{HashSet, VecDeque};
+
+use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::sansio::Protocol;
+
+/// Where it sits: below the receiver report generator (9_000), so its reports pass it on
+/// their way to the wire.
+pub(super) const SLOT: usize = 1_500;
+
+#[derive(Default)]
+pub(super) struct VideoReportFilter {
+    /// The SSRCs of the video streams received.
+    video: HashSet<u32>,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl std::fmt::Debug for VideoReportFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoReportFilter")
+            .field("video", &self.video.len())
+            .finish()
+    }
+}
+
+impl VideoReportFilter {
+    /// `packets` without the video streams' report blocks; a receiver report left with
+    /// none is dropped.
+    fn filter(&self, packets: &mut Vec<Box<dyn rtc::rtcp::Packet>>) {
+        if self.video.is_empty() {
+            return;
+        }
+        packets.retain_mut(|p| {
+            let Some(rr) = p.as_any().downcast_ref::<ReceiverReport>() else {
+                return true;
+            };
+            if !rr.reports.iter().any(|r| self.video.contains(&r.ssrc)) {
+                return true;
+            }
+            let reports: Vec<_> = rr
+                .reports
+                .iter()
+                .filter(|r| !self.video.contains(&r.ssrc))
+                .cloned()
+                .collect();
+            if reports.is_empty() {
+                return false;
+            }
+            *p = Box::new(ReceiverReport {
+                ssrc: rr.ssrc,
+                reports,
+                profile_extensions: rr.profile_extensions.clone(),
+            });
+            true
+        });
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for VideoReportFilter {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &mut msg.message.packet {
+            self.filter(packets);
+            if packets.is_empty() {
+                return Ok(());
+            }
+        }
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for VideoReportFilter {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, info: &StreamInfo) {
+        if info.mime_type.to_ascii_lowercase().starts_with("video/") {
+            self.video.insert(info.ssrc);
+        }
+    }
+    fn unbind_remote_stream(&mut self, info: &StreamInfo) {
+        self.video.remove(&info.ssrc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rtc::rtcp::reception_report::ReceptionReport;
+
+    use super::*;
+
+    fn rr(ssrcs: &[u32]) -> Box<dyn rtc::rtcp::Packet> {
+        Box::new(ReceiverReport {
+            ssrc: 1,
+            reports: ssrcs
+                .iter()
+                .map(|&ssrc| ReceptionReport {
+                    ssrc,
+                    ..Default::default()
+                })
+                .collect(),
+            profile_extensions: Default::default(),
+        })
+    }
+
+    fn blocks(packets: &[Box<dyn rtc::rtcp::Packet>]) -> Vec<Vec<u32>> {
+        packets
+            .iter()
+            .map(|p| {
+                p.as_any()
+                    .downcast_ref::<ReceiverReport>()
+                    .map(|r| r.reports.iter().map(|b| b.ssrc).collect())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_audio_streams_are_reported() {
+        let mut f = VideoReportFilter::default();
+        for (ssrc, mime) in [(10, "audio/opus"), (20, "video/VP8"), (30, "video/H264")] {
+            f.bind_remote_stream(&StreamInfo {
+                ssrc,
+                mime_type: mime.to_owned(),
+                ..Default::default()
+            });
+        }
+        let mut packets = vec![rr(&[10, 20]), rr(&[20, 30]), rr(&[10])];
+        f.filter(&mut packets);
+        assert_eq!(
+            blocks(&packets),
+            [vec![10], vec![10]],
+            "video blocks gone; an empty report dropped"
+        );
+        f.unbind_remote_stream(&StreamInfo {
+            ssrc: 20,
+            mime_type: "video/VP8".to_owned(),
+            ..Default::default()
+        });
+        let mut packets = vec![rr(&[20, 30])];
+        f.filter(&mut packets);
+        assert_eq!(
+            blocks(&packets),
+            [vec![20]],
+            "an unbound stream is reported again"
+        );
+    }
+}
