@@ -598,8 +598,14 @@ impl<P: Clone, R> Forwarder<P, R> {
             match d.state {
                 DownState::Paused => continue,
                 DownState::Forwarding if d.layer == meta.layer => {}
-                // Waiting for a keyframe, or moving to another layer at one.
-                _ if d.target == meta.layer && starts => d.start(&meta, now),
+                // Moving to another layer, at its keyframe.
+                DownState::Forwarding if d.target == meta.layer && starts => d.start(&meta, now),
+                // Waiting for a keyframe (nothing to show): its layer's, or a lower one's
+                // (browsers send every layer's keyframe together, and the layer it was
+                // given may have stopped); it moves up at its own layer's keyframe.
+                DownState::WaitingForKeyframe if meta.layer <= d.target && starts => {
+                    d.start(&meta, now)
+                }
                 _ => {
                     waiting |= d.target == meta.layer;
                     continue;

@@ -992,3 +992,40 @@ fn a_subscriber_starts_on_the_best_layer_arriving() {
     );
     assert_eq!(f.layers_of(VIDEO, PeerId(2)), Some((1, None)));
 }
+
+/// Found by `ice-restart.test.mjs`: after an outage, a subscriber waiting for the full
+/// layer's keyframe stayed black while its publisher's browser sent only the half layer
+/// (it stops the full one when its estimate falls), until the engine saw the full layer
+/// idle. A waiting subscriber starts at whichever keyframe of its layer or a lower one
+/// comes first, then moves up at its own layer's keyframe.
+#[test]
+fn a_waiting_subscriber_starts_on_a_lower_layer_and_moves_up_at_its_own() {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
+    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
+    assert_eq!(
+        f.subscribe(VIDEO, sub, 2, clock.at(1)).map(|r| r.layer),
+        Some(1)
+    );
+    // Layer 0's keyframe comes first: it starts there, still meant for layer 1.
+    let (out, _) = feed_layer(&mut f, 0, 1, 1, true, clock.at(33));
+    assert_eq!(out.len(), 1);
+    assert_eq!(f.layers_of(VIDEO, sub), Some((1, Some(0))));
+    // Layer 1's delta frames are not sent (and ask for its keyframe); layer 0's are.
+    let (out, req) = feed_layer(&mut f, 1, 1, 1, false, clock.at(600));
+    assert!(out.is_empty());
+    assert_eq!(req.map(|r| r.layer), Some(1));
+    let (out, _) = feed_layer(&mut f, 0, 2, 2, false, clock.at(601));
+    assert_eq!(out.len(), 1);
+    let last = out[0];
+    // Layer 1's keyframe: up, continuous.
+    let (out, _) = feed_layer(&mut f, 1, 3, 2, true, clock.at(634));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seq, last.seq.wrapping_add(1));
+    assert_eq!(f.layers_of(VIDEO, sub), Some((1, Some(1))));
+    // A subscriber already forwarding does not go down at a lower layer's keyframe.
+    let (out, _) = feed_layer(&mut f, 0, 4, 3, true, clock.at(667));
+    assert!(out.is_empty(), "{out:?}");
+}

@@ -169,7 +169,8 @@ export function webTrafficServer(iceServers) {
  * sends the stream's tracks on it. Resolves (never rejects) with
  *   { network: 'ok'|'partial'|'failed'|'unreachable'|'unavailable'|'rate_limited',
  *     via: 'udp'|'tcp'|'turn_udp'|'turn_tcp'|'turn_tls'|null, rttMs, webServer }
- * ok: connected and the server reports receiving our media (remote-inbound-rtp);
+ * ok: connected and the server reports receiving our sound (remote-inbound-rtp; a
+ * silent track when there is no microphone);
  * partial: connected, but no report of our media arrived in time. `webServer`: where
  * the TURN server takes TLS (webTrafficServer), for what to tell an IT team.
  */
@@ -195,10 +196,13 @@ export async function checkConnection(stream, { signal } = {}) {
   const abort = () => pc.close();
   signal?.addEventListener('abort', abort);
   try {
-    let tracks = stream.getTracks().filter((t) => t.readyState === 'live');
-    if (!tracks.length) {
+    // Always some sound: the media server's reports on audio are the proof that our
+    // media reached it (it reports on no camera: see sfu/src/engine/reports.rs), so
+    // without a microphone a silent track goes instead.
+    const tracks = stream.getTracks().filter((t) => t.readyState === 'live');
+    if (!tracks.some((t) => t.kind === 'audio')) {
       extra = silentTrack();
-      tracks = extra ? [extra] : [];
+      if (extra) tracks.push(extra);
     }
     for (const t of tracks) pc.addTransceiver(t, { direction: 'sendonly' });
     await pc.setLocalDescription(await pc.createOffer());
