@@ -23,13 +23,23 @@ pub(super) fn touch(conns: &mut HashMap<ConnId, Conn>, touched: &mut Vec<ConnId>
     }
 }
 
-/// Adds the candidates that arrived before the connection's remote description; later
-/// ones are added as they come.
+/// Adds the candidates that arrived before the connection's remote description, and
+/// answers the STUN checks that did; later ones are handled as they come.
 pub(super) fn add_early_candidates(key: u128, c: &mut Conn) {
     c.described = true;
     for candidate in std::mem::take(&mut c.early) {
         if let Err(e) = c.pc.add_remote_candidate(candidate) {
             tracing::debug!(participant = key, error = %e, "early candidate refused");
+        }
+    }
+    for check in std::mem::take(&mut c.early_checks) {
+        let at = check.now;
+        match c.pc.handle_read(check) {
+            Ok(()) => {
+                c.liveness.heard(at);
+                c.last_heard = Some(at);
+            }
+            Err(e) => tracing::debug!(participant = key, error = %e, "early check refused"),
         }
     }
 }
@@ -249,6 +259,7 @@ impl Endpoint {
                 queued: false,
                 described: false,
                 early: Vec::new(),
+                early_checks: Vec::new(),
                 tracks: HashMap::new(),
                 liveness: Liveness::default(),
                 estimate,

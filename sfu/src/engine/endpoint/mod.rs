@@ -129,6 +129,9 @@ const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 /// How often negotiation deadlines and liveness are checked (a deadline of
 /// [`Endpoint::poll_timeout`] while any connection is open).
 const TICK: Duration = Duration::from_millis(250);
+
+/// The most STUN checks a connection keeps until its remote description is set.
+const EARLY_CHECKS: usize = 8;
 /// How often each subscriber connection's loss and round trip (from its browser's
 /// congestion control feedback) go into the node's metrics.
 const SAMPLE_LINKS: Duration = Duration::from_secs(5);
@@ -234,6 +237,12 @@ struct Conn {
     /// Whether a remote description is set; candidates wait in `early` until it is.
     described: bool,
     early: Vec<RTCIceCandidateInit>,
+    /// STUN checks that came before the remote description (at most
+    /// [`EARLY_CHECKS`]): answered once it is set. A browser answering the SFU's offer
+    /// checks the path at once, before its answer has reached the SFU; refused, a check is
+    /// tried again only after the browser's retransmission timer (seen: 2 to 6 s more to
+    /// connect, `join-time.test.mjs`).
+    early_checks: Vec<TaggedBytesMut>,
     /// Publisher leg: the core's track ids of the tracks it receives → the room's ids.
     tracks: HashMap<String, TrackId>,
     /// Whether the browser is still there (see [`liveness`]).

@@ -22,7 +22,8 @@ impl Endpoint {
         data: BytesMut,
         now: Instant,
     ) {
-        let id = if rtc::stun::message::is_stun_message(&data) {
+        let stun = rtc::stun::message::is_stun_message(&data);
+        let id = if stun {
             match self.stun_route(proto, peer, &data) {
                 Some(id) => id,
                 None => return,
@@ -47,6 +48,13 @@ impl Endpoint {
             },
             message: data,
         };
+        if stun && !c.described {
+            // Before its remote description the core cannot answer it: kept until then.
+            if c.early_checks.len() < EARLY_CHECKS {
+                c.early_checks.push(msg);
+            }
+            return;
+        }
         let mut back = None;
         match c.pc.handle_read(msg) {
             // Accepted, so authenticated (a STUN check with its credentials, DTLS, SRTP).
