@@ -257,14 +257,7 @@ fn a_subscriber_joining_mid_stream_starts_at_the_next_real_keyframe() {
             if i == join_at {
                 f.subscribe(track, sub, (), now);
             }
-            let meta = RtpMeta {
-                seq: *seq,
-                timestamp: *ts,
-                keyframe: r.codec.is_keyframe(payload),
-                codec: r.codec,
-                layer: 0,
-                vp8: sfu::codec::vp8_ids(payload).unwrap_or_default(),
-            };
+            let meta = RtpMeta::of(*seq, *ts, payload, r.codec, 0);
             f.on_rtp(track, meta, payload.clone(), now, |fw| {
                 sent.push((i, fw.seq))
             });

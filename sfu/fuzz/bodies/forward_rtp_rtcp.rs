@@ -29,7 +29,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::marshal::{Marshal, Unmarshal};
-use sfu::codec::{self, Codec, CodecSet};
+use sfu::codec::{Codec, CodecSet};
 use sfu::forward::{
     Forwarder, Layer, MAX_LAYERS, MediaKind, PeerId, RESEND_INTERVAL, RtpMeta, TrackId, seq_after,
 };
@@ -208,18 +208,14 @@ impl World {
         // Each SSRC a layer, as the engine maps a simulcast track's rids (the packets the
         // fuzzer builds are all of layer 0).
         let layer = (packet.header.ssrc % (MAX_LAYERS as u32 + 1)) as Layer;
-        let vp8 = match codec {
-            Codec::Vp8 => codec::vp8_ids(&packet.payload).unwrap_or_default(),
-            _ => Default::default(),
-        };
-        let meta = RtpMeta {
-            seq: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
-            keyframe: codec.is_keyframe(&packet.payload),
+        let meta = RtpMeta::of(
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            &packet.payload,
             codec,
             layer,
-            vp8,
-        };
+        );
+        let vp8 = meta.vp8;
         // The layers each subscriber is meant to get, before the packet moves any.
         let targets: HashMap<u8, Layer> = self
             .tracks

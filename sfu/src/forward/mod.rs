@@ -21,6 +21,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::codec::{Codec, CodecSet, PictureId, Vp8Ids};
 use crate::packet_cache::PacketCache;
 
@@ -92,6 +94,25 @@ pub struct RtpMeta {
     pub layer: Layer,
     /// VP8: its picture numbering, renumbered for a subscriber that changed layers.
     pub vp8: Vp8Ids,
+}
+
+impl RtpMeta {
+    /// The meta of a packet of `codec` and `layer`: whether its payload starts a keyframe,
+    /// and (VP8) its picture numbering.
+    pub fn of(seq: u16, timestamp: u32, payload: &Bytes, codec: Codec, layer: Layer) -> Self {
+        let vp8 = match codec {
+            Codec::Vp8 => crate::codec::vp8_ids(payload).unwrap_or_default(),
+            _ => Vp8Ids::default(),
+        };
+        RtpMeta {
+            seq,
+            timestamp,
+            keyframe: codec.is_keyframe(payload),
+            codec,
+            layer,
+            vp8,
+        }
+    }
 }
 
 /// One packet to send to one subscriber: the cached packet with this header, by the route

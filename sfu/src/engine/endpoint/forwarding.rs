@@ -149,19 +149,14 @@ impl Endpoint {
                 layer
             }
         };
-        let vp8 = match codec {
-            Codec::Vp8 => codec::vp8_ids(&packet.payload).unwrap_or_default(),
-            _ => Vp8Ids::default(),
-        };
         t.rates[usize::from(layer)].bytes += packet.payload.len() as u64;
-        let meta = RtpMeta {
-            seq: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
-            keyframe: codec.is_keyframe(&packet.payload),
+        let meta = RtpMeta::of(
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            &packet.payload,
             codec,
             layer,
-            vp8,
-        };
+        );
         if meta.keyframe {
             tracing::debug!(track = track.0, ?codec, layer, seq = meta.seq, "keyframe");
         }

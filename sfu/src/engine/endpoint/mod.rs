@@ -73,7 +73,7 @@ use super::{
     codec_parameters, connection_guard, connection_recipe, media_track, webrtc_err,
 };
 use crate::bwe::LayerChoice;
-use crate::codec::{self, Codec, CodecSet, Vp8Ids, publish_codecs};
+use crate::codec::{self, Codec, CodecSet, publish_codecs};
 use crate::forward::{
     Forward, Forwarder, KeyframeRequest, Layer, MAX_LAYERS, MediaKind, PeerId, RtpMeta, TrackId,
 };
