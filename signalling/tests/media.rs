@@ -126,11 +126,24 @@ async fn an_admitted_patient_and_the_clinician_see_and_hear_each_other() {
     let (mut clinician, c) = join(clinician, consultation).await;
     receives_from(&p, 1).await;
     receives_from(&c, 1).await;
+    // Each page is told its media reaches the SFU, and that the SFU applied its answer to
+    // the subscriber offer (a browser applies it only then, so that it checks the path
+    // only once the SFU can answer).
     for ws in [&mut patient, &mut clinician] {
-        ws.until(5, |m| {
-            matches!(m, ServerMsg::MediaConnection { connected: true })
-        })
-        .await;
+        let (mut connected, mut applied) = (false, false);
+        while !(connected && applied) {
+            let m = ws
+                .until(5, |m| {
+                    matches!(
+                        m,
+                        ServerMsg::MediaConnection { connected: true }
+                            | ServerMsg::SubscriberAnswerApplied
+                    )
+                })
+                .await;
+            connected |= matches!(m, ServerMsg::MediaConnection { .. });
+            applied |= matches!(m, ServerMsg::SubscriberAnswerApplied);
+        }
     }
     assert_eq!(node.load().participants, 2);
     assert_eq!(node.load().consultations, 1);

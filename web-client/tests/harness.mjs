@@ -365,11 +365,21 @@ export const ENGINES = ['chromium', 'firefox'];
 export async function launchBrowser(engine = 'chromium') {
   if (engine === 'firefox') return launchFirefox();
   if (engine !== 'chromium') throw new Error(`unknown browser engine '${engine}' (one of ${ENGINES.join(', ')})`);
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  const extra = (process.env.CHROMIUM_EXTRA_ARGS || '').split(' ').filter(Boolean);
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...extra] });
 }
 
 /** The engine of a page from launchBrowser's browsers. */
 export const engineOf = (page) => page.engine ?? 'chromium';
+
+/** Pages the test is closing: their errors from now on are logged, not counted. */
+const closing = new WeakSet();
+
+/** Closes the browser contexts of `pages` (people leaving), as the test means to. */
+export async function closePages(...pages) {
+  for (const page of pages) closing.add(page);
+  await Promise.all(pages.map((page) => page.context().close()));
+}
 
 /**
  * Opens call.html with `token` in the fragment, in a new browser context (a separate
@@ -386,7 +396,8 @@ export async function openCall(browser, env, origin, token, label, { initScript,
   env.pages.set(label, page);
   page.on('console', (m) => env.log.push(`[${label}] ${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => {
-    env.pageErrors.push(`[${label}] ${e.message}`);
+    // Closing a page cuts its websocket, which Firefox reports as an error of the page.
+    if (!closing.has(page)) env.pageErrors.push(`[${label}] ${e.message}`);
     env.log.push(`[${label}] PAGE ERROR: ${e.stack || e.message}`);
   });
   await page.goto(`${origin}/call.html#token=${encodeURIComponent(token)}`);

@@ -619,6 +619,10 @@ fn media_fixtures() -> Vec<&'static str> {
             &ServerMsg::SubscriberOffer { sdp: SDP.into() },
         ),
         check(
+            "server_subscriber_answer_applied",
+            &ServerMsg::SubscriberAnswerApplied,
+        ),
+        check(
             "server_ice_candidate",
             &ServerMsg::IceCandidate {
                 leg: MediaLeg::Subscriber,

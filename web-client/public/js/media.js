@@ -8,9 +8,9 @@
 //
 //   browser -> server: join_media, publish_offer, subscriber_answer, ice_candidate,
 //                      leave_media, media_state, receive_video
-//   server -> browser: media_joined, publish_answer, subscriber_offer, ice_candidate,
-//                      media_connection, media_ended, peer_media_state,
-//                      publish_renegotiate, media_link
+//   server -> browser: media_joined, publish_answer, subscriber_offer,
+//                      subscriber_answer_applied, ice_candidate, media_connection,
+//                      media_ended, peer_media_state, publish_renegotiate, media_link
 //
 // Each participant has two connections, so that each side only ever offers on its own:
 // the *publisher* (the browser offers; it sends camera and microphone) and the
@@ -116,7 +116,14 @@ const MEDIA_MESSAGES = new Set([
   'media_resumed',
   'ice_servers',
   'media_link',
+  'subscriber_answer_applied',
 ]);
+
+/**
+ * How long a subscriber answer waits for the SFU's `subscriber_answer_applied` before it
+ * is applied here all the same (a refused answer is answered by an error instead).
+ */
+const ANSWER_APPLIED_WAIT_MS = 3000;
 
 /**
  * When the earliest TURN credential a connection gathers with expires, in seconds since
@@ -185,6 +192,7 @@ export class MediaSession {
   #pendingLocal = null; // per leg: our candidates gathered before our SDP was sent
   #sdpSent = null; // per leg: whether our offer (publisher) / first answer (subscriber) went out
   #subscriberQueue = Promise.resolve(); // serialises subscriber offers
+  #answerApplied = null; // resolves when the SFU says it applied our subscriber answer
   #remote = new Map(); // stream id -> {stream, tracks: Set<track id>}
   #serverConnected = false;
   #marks = {}; // when each leg first connected (performance.now(), ms since the page opened)
@@ -435,6 +443,9 @@ export class MediaSession {
             .then(() => this.#answerSubscriberOffer(pcs, msg.sdp))
             .catch((e) => this.#fail(pcs, 'subscriber offer', e));
         }
+        break;
+      case 'subscriber_answer_applied':
+        this.#answerApplied?.();
         break;
       case 'ice_candidate':
         if (this.#pcs && LEGS.includes(msg.leg)) this.#addRemoteCandidate(msg.leg, msg.candidate);
@@ -773,9 +784,24 @@ export class MediaSession {
     await pc.setRemoteDescription({ type: 'offer', sdp });
     await this.#flushRemote('subscriber');
     const answer = await pc.createAnswer();
+    if (this.#pcs !== pcs) return;
+    // The SFU gets the answer before this browser applies it, which is when the browser
+    // starts checking the path: checked before the SFU has the answer, the path is
+    // answered late, and Chrome then nominates it only at its slow ping interval (up to
+    // 2.5 s more to connect). One signalling round trip instead.
+    const applied = new Promise((resolve) => {
+      const timer = setTimeout(resolve, ANSWER_APPLIED_WAIT_MS);
+      this.#answerApplied = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.send({ type: 'subscriber_answer', sdp: answer.sdp });
+    await applied;
+    this.#answerApplied = null;
+    if (this.#pcs !== pcs) return;
     await pc.setLocalDescription(answer);
     if (this.#pcs !== pcs) return;
-    this.send({ type: 'subscriber_answer', sdp: pc.localDescription.sdp });
     this.#flushLocal('subscriber');
     this.#sweepRemoteStreams();
   }

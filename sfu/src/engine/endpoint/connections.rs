@@ -130,6 +130,26 @@ impl Endpoint {
                     self.back_after_outage(key, leg, now);
                 }
             }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                match state {
+                    RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
+                        c.ice_connected = true;
+                        for msg in std::mem::take(&mut c.early_dtls) {
+                            if let Err(e) = c.pc.handle_read(msg) {
+                                tracing::debug!(participant = key, error = %e, "early DTLS refused");
+                            }
+                        }
+                        touch(&mut self.conns, &mut self.touched, id);
+                    }
+                    RTCIceConnectionState::New | RTCIceConnectionState::Checking => {
+                        c.ice_connected = false;
+                    }
+                    _ => {}
+                }
+            }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if leg == MediaLeg::Publisher =>
             {
@@ -260,6 +280,8 @@ impl Endpoint {
                 described: false,
                 early: Vec::new(),
                 early_checks: Vec::new(),
+                ice_connected: false,
+                early_dtls: Vec::new(),
                 tracks: HashMap::new(),
                 liveness: Liveness::default(),
                 estimate,
@@ -417,20 +439,21 @@ impl Endpoint {
 
 /// STUN for a connection is routed by the ICE username fragment of its last local
 /// description: set at its first, and changed by an ICE restart (the old one is forgotten:
-/// the core no longer answers to it).
+/// the core no longer answers to it). Whether it was an ICE restart.
 pub(super) fn follow_local_ufrag(
     by_ufrag: &mut HashMap<String, ConnId>,
     id: ConnId,
     c: &mut Conn,
     sdp: &str,
-) {
+) -> bool {
     let Some(ufrag) = crate::sdp::ice_ufrag(sdp) else {
-        return;
+        return false;
     };
     if c.ufrag == ufrag {
-        return;
+        return false;
     }
-    if !c.ufrag.is_empty() {
+    let restarted = !c.ufrag.is_empty();
+    if restarted {
         tracing::debug!(participant = c.participant, leg = ?c.leg, "ICE restarted");
         c.ice_restarted = true;
         if by_ufrag.get(&c.ufrag) == Some(&id) {
@@ -439,4 +462,5 @@ pub(super) fn follow_local_ufrag(
     }
     c.ufrag = ufrag.to_owned();
     by_ufrag.insert(c.ufrag.clone(), id);
+    restarted
 }

@@ -52,7 +52,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
@@ -130,8 +130,12 @@ const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
 /// [`Endpoint::poll_timeout`] while any connection is open).
 const TICK: Duration = Duration::from_millis(250);
 
-/// The most STUN checks a connection keeps until its remote description is set.
+/// The most STUN checks a connection keeps until its remote description is set (the
+/// newest from each address).
 const EARLY_CHECKS: usize = 8;
+/// The most DTLS datagrams a connection keeps until its ICE has chosen a path (a
+/// browser's first flight is one to three).
+const EARLY_DTLS: usize = 8;
 /// How often each subscriber connection's loss and round trip (from its browser's
 /// congestion control feedback) go into the node's metrics.
 const SAMPLE_LINKS: Duration = Duration::from_secs(5);
@@ -237,12 +241,21 @@ struct Conn {
     /// Whether a remote description is set; candidates wait in `early` until it is.
     described: bool,
     early: Vec<RTCIceCandidateInit>,
-    /// STUN checks that came before the remote description (at most
-    /// [`EARLY_CHECKS`]): answered once it is set. A browser answering the SFU's offer
-    /// checks the path at once, before its answer has reached the SFU; refused, a check is
-    /// tried again only after the browser's retransmission timer (seen: 2 to 6 s more to
-    /// connect, `join-time.test.mjs`).
+    /// STUN checks that came before the remote description, the newest from each address
+    /// (at most [`EARLY_CHECKS`]): answered once it is set. A browser answering the SFU's
+    /// offer checks the path at once, before its answer has reached the SFU; refused, a
+    /// check is tried again only after the browser's retransmission timer. Only the
+    /// newest is answered: Chrome takes each answer's delay as a round trip, and with
+    /// several it judges the path stable, pings it every 2.5 s and so nominates it up to
+    /// 2.5 s later, and sets its DTLS retransmission timer to twice the first (seen:
+    /// 2 to 6 s more to connect, `join-time.test.mjs`).
     early_checks: Vec<TaggedBytesMut>,
+    /// Whether its ICE has chosen a path; until then the core drops DTLS, so what comes
+    /// is kept in `early_dtls` (at most [`EARLY_DTLS`]) and handed over when it has. A
+    /// browser starts DTLS as soon as a check is answered, and nominates the path only
+    /// with its next check.
+    ice_connected: bool,
+    early_dtls: Vec<TaggedBytesMut>,
     /// Publisher leg: the core's track ids of the tracks it receives → the room's ids.
     tracks: HashMap<String, TrackId>,
     /// Whether the browser is still there (see [`liveness`]).

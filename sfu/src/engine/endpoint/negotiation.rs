@@ -199,7 +199,11 @@ impl Endpoint {
                 });
         match offered {
             Ok(sdp) => {
-                follow_local_ufrag(by_ufrag, m.subscriber, c, &sdp);
+                if follow_local_ufrag(by_ufrag, m.subscriber, c, &sdp) {
+                    // New credentials: the browser checks them as soon as it has answered,
+                    // before its answer is here; those checks wait for it.
+                    c.described = false;
+                }
                 let sdp = match announced {
                     Some((private, public)) => crate::sdp::announce(&sdp, *private, *public),
                     None => sdp,

@@ -12,6 +12,12 @@ pub(super) fn stun_local_ufrag(data: &[u8]) -> Option<String> {
     Some(username.split(':').next()?.to_owned())
 }
 
+/// Whether a datagram is a DTLS record (first byte 20 to 63, RFC 7983), as opposed to
+/// STUN, SRTP/SRTCP or TURN channel data.
+pub(super) fn is_dtls(data: &[u8]) -> bool {
+    matches!(data.first(), Some(20..=63))
+}
+
 impl Endpoint {
     /// Hands one datagram (or ICE-TCP frame) to its connection.
     pub(super) fn datagram(
@@ -49,9 +55,22 @@ impl Endpoint {
             message: data,
         };
         if stun && !c.described {
-            // Before its remote description the core cannot answer it: kept until then.
-            if c.early_checks.len() < EARLY_CHECKS {
+            // Before its remote description the core cannot answer it: kept until then,
+            // the newest from each address.
+            let from = |m: &TaggedBytesMut| {
+                (m.transport.transport_protocol, m.transport.peer_addr) == (proto, peer)
+            };
+            if let Some(old) = c.early_checks.iter_mut().find(|m| from(m)) {
+                *old = msg;
+            } else if c.early_checks.len() < EARLY_CHECKS {
                 c.early_checks.push(msg);
+            }
+            return;
+        }
+        if !stun && !c.ice_connected && is_dtls(&msg.message) {
+            // The core would drop it before its ICE has chosen a path.
+            if c.early_dtls.len() < EARLY_DTLS {
+                c.early_dtls.push(msg);
             }
             return;
         }

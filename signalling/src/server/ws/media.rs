@@ -290,7 +290,7 @@ impl Connection {
                     participant: s.participant,
                     sdp,
                 };
-                self.relay(op, |_| None);
+                self.relay(op, |_| Some(ServerMsg::SubscriberAnswerApplied));
                 None
             }
             ClientMsg::MediaState(state) => {
