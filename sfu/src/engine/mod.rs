@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::codec::Codec;
 
 pub mod endpoint;
+mod feedback;
 mod liveness;
 mod media_loop;
 mod reports;
@@ -575,6 +576,10 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
                 Slot::CongestionControl,
                 CongestionControlBuilder::new(crate::bwe::DownlinkEstimator::new(cell.clone()))
                     .build(),
+            )
+            .with(
+                Slot::from(feedback::SLOT),
+                feedback::FeedbackLoss::new(cell.clone()),
             );
         estimate = Some(cell);
     }
