@@ -518,7 +518,8 @@ mod tests {
             if ms % 100 == 90 {
                 // What the feedback said, as the engine's FeedbackLoss counts it.
                 let lost = batch.iter().filter(|r| !r.arrived).count() as u64;
-                cell.feedback_total.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                cell.feedback_total
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 cell.feedback_lost.fetch_add(lost, Ordering::Relaxed);
                 e.on_reports(at(t, ms + 30), &batch);
                 batch.clear();

@@ -118,6 +118,27 @@ pub fn announce_candidate(candidate: &str, private: &str, public: &str) -> Strin
     out
 }
 
+/// `sdp` with `a=rtcp-xr:rcvr-rtt=all` (RFC 3611) in each audio and video section, after
+/// its `a=mid:` line: the SFU's offers to a subscriber ask its browser for receiver
+/// reference times, which the SFU answers (`engine/xr.rs`), so that a browser that only
+/// receives on that connection learns its round trip; without it, its retransmission
+/// requests and its jitter buffer go on a default.
+pub fn with_receiver_rtt(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 96);
+    let mut media = false;
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            media = line.starts_with("m=audio") || line.starts_with("m=video");
+        }
+        out.push_str(line);
+        if media && line.starts_with("a=mid:") {
+            out.push_str("a=rtcp-xr:rcvr-rtt=all");
+            out.push_str(line_ending(line));
+        }
+    }
+    out
+}
+
 fn line_ending(line: &str) -> &str {
     let body = line.trim_end_matches(['\r', '\n']);
     &line[body.len()..]
@@ -126,6 +147,20 @@ fn line_ending(line: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receiver_rtt_is_asked_for_in_each_media_section() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
+        assert_eq!(
+            with_receiver_rtt(sdp),
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtcp-xr:rcvr-rtt=all\r\n\
+             a=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+             a=rtcp-xr:rcvr-rtt=all\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+             a=mid:2\r\n"
+        );
+    }
 
     const SDP: &str = "v=0\r\n\
         o=- 1 2 IN IP4 0.0.0.0\r\n\

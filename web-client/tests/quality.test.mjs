@@ -58,6 +58,7 @@ const KINDS = ['ours', 'direct'];
 h.watchdog(MATRIX.length * KINDS.length * RUNS * (2 * WINDOW_S + 60) + 60 + 150 + WINDOW_S + 120);
 
 const ORIGIN = `http://${SERVER_IP}:443`;
+const METRICS_TOKEN = 'quality-test-metrics';
 /** Browsers offer a camera only to secure pages; plain HTTP on this address counts here. */
 const SECURE_ORIGIN = `--unsafely-treat-insecure-origin-as-secure=${ORIGIN}`;
 
@@ -184,7 +185,13 @@ async function platform(env) {
   const pf = await s.platform(env, {
     clinics: [['derm', 'Dermatology']],
     staff: [['dr.jones', 'Dr Jones', 'clinician', ['derm']]],
-    extraEnv: { CONSULT_LISTEN: `${SERVER_IP}:443`, CONSULT_PUBLIC_URL: ORIGIN, CONSULT_MEDIA_IP: SERVER_IP },
+    extraEnv: {
+      CONSULT_LISTEN: `${SERVER_IP}:443`,
+      CONSULT_PUBLIC_URL: ORIGIN,
+      CONSULT_MEDIA_IP: SERVER_IP,
+      // This test reads /metrics from outside the server's host (sfuCounters).
+      CONSULT_METRICS_TOKEN: METRICS_TOKEN,
+    },
   });
   return { password: pf.passwords['dr.jones'], url: pf.url };
 }
@@ -296,8 +303,10 @@ async function runOnce(kind, condition, run) {
     for (const [dir, settings] of cond.steps) await net.set(dir, settings);
     await h.sleep(FULL ? 3000 : 2000);
     const before = await net.counters();
+    const sfuBefore = kind === 'ours' ? await sfuCounters() : null;
     const figures = await measure(call.patient, call.clinician, WINDOW_S);
     const afterCounters = await net.counters();
+    const sfuAfter = kind === 'ours' ? await sfuCounters() : null;
     const result = { kind, condition, run, clean_fps: clean.fps, clean_height: clean.height, ...figures };
     if (cond.lift) {
       await net.set(...cond.lift);
@@ -318,11 +327,29 @@ async function runOnce(kind, condition, run) {
     result.link_down_lost = down.lost - before.down.lost;
     result.link_down_queue_dropped = down.queue_dropped - before.down.queue_dropped;
     result.link_down_kbps = Math.round(((down.sent_bytes - before.down.sent_bytes) * 8) / figures.window_s / 1000);
+    // What the SFU did about the window's losses (both directions, every participant).
+    if (sfuAfter) {
+      for (const [k, v] of Object.entries(sfuAfter)) result[`sfu_${k}`] = v - sfuBefore[k];
+    }
     const { samples, ...line } = result;
     console.log(`quality ${Object.entries(line).map(([k, v]) => `${k}=${v}`).join(' ')}`);
     if (FULL) console.log(`quality-samples kind=${kind} condition=${condition} run=${run} ${JSON.stringify(samples)}`);
     return result;
   });
+}
+
+/** The SFU's NACK and keyframe counters from consult's /metrics, summed over its loops. */
+async function sfuCounters() {
+  const names = ['nacks_resent', 'nacks_refused', 'nacks_upstream', 'keyframe_requests'];
+  const res = await fetch(`${ORIGIN}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
+  assert.equal(res.status, 200, `GET /metrics: ${res.status}`);
+  const text = await res.text();
+  const sum = (name) =>
+    text
+      .split('\n')
+      .filter((line) => line.startsWith(`sfu_${name}_total`))
+      .reduce((total, line) => total + Number(line.split(' ').pop()), 0);
+  return Object.fromEntries(names.map((n) => [n, sum(n)]));
 }
 
 const median = (xs) => {

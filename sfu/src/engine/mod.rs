@@ -63,6 +63,7 @@ mod liveness;
 mod media_loop;
 mod reports;
 mod tcp;
+mod xr;
 
 use endpoint::{Answer, Command};
 use media_loop::{LoopHandle, Request};
@@ -580,7 +581,8 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
             .with(
                 Slot::from(feedback::SLOT),
                 feedback::FeedbackLoss::new(cell.clone()),
-            );
+            )
+            .with(Slot::from(xr::SLOT), xr::RttResponder::default());
         estimate = Some(cell);
     }
     if sending {

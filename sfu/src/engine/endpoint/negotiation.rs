@@ -204,6 +204,7 @@ impl Endpoint {
                     // before its answer is here; those checks wait for it.
                     c.described = false;
                 }
+                let sdp = crate::sdp::with_receiver_rtt(&sdp);
                 let sdp = match announced {
                     Some((private, public)) => crate::sdp::announce(&sdp, *private, *public),
                     None => sdp,
