@@ -523,6 +523,9 @@ pub fn client_recipe(settings: SettingEngineBuilder) -> Result<ClientRecipe, Eng
     })
 }
 
+/// How many times a missing packet is NACKed before it is given up.
+const NACKS_PER_PACKET: u16 = 10;
+
 /// The codecs, interceptors and settings of a connection in `role`, shared by the SFU's
 /// connections and the synthetic clients so that both speak exactly the same.
 fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recipe, EngineError> {
@@ -545,7 +548,15 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
         registry = configure_twcc_receiver_only(registry, &mut media)
             .map_err(webrtc_err)?
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+            .with(
+                Slot::NackGenerator,
+                // Each missing packet asked for at most 10 times, 100 ms apart (libwebrtc
+                // gives up after 10 too); the crate's default asks until it leaves the
+                // log, every 100 ms.
+                NackGeneratorBuilder::new()
+                    .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                    .build(),
+            );
     }
     if role == Role::ServerReceiving {
         // The publisher's browser is told of its audio only ([`reports`]).

@@ -306,7 +306,13 @@ struct Incoming<P> {
     last_keyframe_request: Option<Instant>,
     /// When the newest packet came, and its sequence number.
     newest: Option<(Instant, u16)>,
+    /// Packets it never received, by the cache's slot: the incoming seq and when it was
+    /// last NACKed upstream for a subscriber. Allocated at the first.
+    asked: Option<AskedUpstream>,
 }
+
+/// By a cache slot: an incoming seq and when it was last asked of the publisher.
+type AskedUpstream = Box<[(u16, Option<Instant>)]>;
 
 impl<P: Clone> Incoming<P> {
     fn new() -> Self {
@@ -315,6 +321,7 @@ impl<P: Clone> Incoming<P> {
             cache: PacketCache::default(),
             last_keyframe_request: None,
             newest: None,
+            asked: None,
         }
     }
 
@@ -703,7 +710,7 @@ impl<P: Clone, R> Forwarder<P, R> {
         };
         // This run's packets are all of the layer it forwards.
         outcome.layer = d.layer;
-        let Some(cache) = layers.get(usize::from(d.layer)).map(|l| &l.cache) else {
+        let Some(Incoming { cache, asked, .. }) = layers.get_mut(usize::from(d.layer)) else {
             return outcome;
         };
         for &out in lost {
@@ -751,7 +758,24 @@ impl<P: Clone, R> Forwarder<P, R> {
                         packet: &k.packet,
                     });
                 }
-                None => outcome.upstream.push(seq),
+                // Never received: asked of the publisher for its subscribers at most
+                // once per RESEND_MAX_AGE, whoever asks (every subscriber NACKs it, each
+                // again every round trip, and the SFU's own NACK generator asks too;
+                // measured before, simulated: 1,658 upstream for 74 lost in 10 s).
+                None => {
+                    let asked = asked.get_or_insert_with(|| {
+                        vec![(0, None); cache.capacity()].into_boxed_slice()
+                    });
+                    let slot = &mut asked[cache.slot(seq)];
+                    let recent = slot.0 == seq
+                        && slot
+                            .1
+                            .is_some_and(|at| now.saturating_duration_since(at) < RESEND_MAX_AGE);
+                    if !recent {
+                        *slot = (seq, Some(now));
+                        outcome.upstream.push(seq);
+                    }
+                }
             }
         }
         outcome

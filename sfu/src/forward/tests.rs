@@ -215,6 +215,15 @@ fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
         },
         "999 predates the subscription, 1020 was never sent"
     );
+    // Asked again within RESEND_MAX_AGE: not upstream again; after it, again.
+    let again = |f: &mut TestForwarder, peer, at| f.on_nack(VIDEO, peer, &[1005], at, |_| {});
+    assert!(
+        again(&mut f, sub, now + RESEND_INTERVAL)
+            .upstream
+            .is_empty()
+    );
+    let later = now + RESEND_MAX_AGE;
+    assert_eq!(again(&mut f, sub, later).upstream, vec![1005]);
     assert_eq!(
         f.on_nack(VIDEO, PeerId(9), &[1003], now, |_| {}),
         NackOutcome::default(),
