@@ -12,30 +12,23 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Packet, TaggedPacket};
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
-use rtc::sansio::Protocol;
 
 use super::Estimate;
+use super::tap::{Hook, Tap};
 
 /// Where it sits: wire-side of the congestion controller (1_000), so a feedback message's
 /// counts are in the cell before the estimator reads the reports it gives.
 pub(super) const SLOT: usize = 500;
 
-pub(super) struct FeedbackLoss {
-    cell: Estimate,
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
+/// The interceptor, for the leg whose estimate is kept in `cell`.
+pub(super) fn interceptor(cell: Estimate) -> Tap<FeedbackLoss> {
+    Tap::new(FeedbackLoss { cell })
 }
 
-impl FeedbackLoss {
-    pub(super) fn new(cell: Estimate) -> Self {
-        Self {
-            cell,
-            read: VecDeque::new(),
-            write: VecDeque::new(),
-        }
-    }
+pub(super) struct FeedbackLoss {
+    cell: Estimate,
 }
 
 impl std::fmt::Debug for FeedbackLoss {
@@ -44,14 +37,8 @@ impl std::fmt::Debug for FeedbackLoss {
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackLoss {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = std::time::Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+impl Hook for FeedbackLoss {
+    fn read(&mut self, msg: &mut TaggedPacket, _: &mut VecDeque<TaggedPacket>) -> bool {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             for p in packets {
                 if let Some(cc) = p.as_any().downcast_ref::<TransportLayerCc>() {
@@ -65,26 +52,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackLoss {
                 }
             }
         }
-        self.read.push_back(msg);
-        Ok(())
+        true
     }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for FeedbackLoss {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 #[cfg(test)]
@@ -93,6 +62,7 @@ mod tests {
 
     use rtc::interceptor::AttributedPacket;
     use rtc::rtcp::transport_feedbacks::transport_layer_cc::{RecvDelta, SymbolTypeTcc};
+    use rtc::sansio::Protocol;
     use rtc::shared::TransportContext;
 
     use super::*;
@@ -116,7 +86,7 @@ mod tests {
     #[test]
     fn feedback_counts_what_it_reports_and_passes_on() {
         let cell = Estimate::default();
-        let mut f = FeedbackLoss::new(cell.clone());
+        let mut f = interceptor(cell.clone());
         let now = Instant::now();
         let msg = |packets| TaggedPacket {
             now,

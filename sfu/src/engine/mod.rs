@@ -27,15 +27,15 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protocol::{IceCandidate, LinkFigures, MediaLeg, MediaState};
 
 use crate::metrics::{LoopCounters, NodeMetrics};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
-    Attribute, CongestionControlBuilder, Interceptor, NackGeneratorBuilder, Packet,
-    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+    Attribute, CongestionControlBuilder, NackGeneratorBuilder, Packet, ReceiverReportBuilder,
+    Registry, SenderReportBuilder, Slot, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -52,7 +52,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::Codec;
@@ -62,6 +61,7 @@ mod feedback;
 mod liveness;
 mod media_loop;
 mod reports;
+mod tap;
 mod tcp;
 mod xr;
 
@@ -560,10 +560,7 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     }
     if role == Role::ServerReceiving {
         // The publisher's browser is told of its audio only ([`reports`]).
-        registry = registry.with(
-            Slot::from(reports::SLOT),
-            reports::VideoReportFilter::default(),
-        );
+        registry = registry.with(Slot::from(reports::SLOT), reports::interceptor());
     }
     if matches!(role, Role::ServerReceiving | Role::Client) {
         // The publisher's browser takes the SFU's REMB as the most it may send (its own
@@ -591,15 +588,15 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
             )
             .with(
                 Slot::from(feedback::SLOT),
-                feedback::FeedbackLoss::new(cell.clone()),
+                feedback::interceptor(cell.clone()),
             )
-            .with(Slot::from(xr::SLOT), xr::RttResponder::default());
+            .with(Slot::from(xr::SLOT), xr::interceptor());
         estimate = Some(cell);
     }
     if sending {
         registry = registry
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::from(14_000), RtcpToApplication::default());
+            .with(Slot::from(14_000), tap::Tap::new(RtcpToApplication));
     }
     let settings = settings
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -705,26 +702,15 @@ pub fn media_track(
 
 /// Marks keyframe requests, NACKs and REMB from the far end for delivery to the application
 /// (otherwise the interceptor chain ends them); other RTCP is left to the chain.
-#[derive(Default)]
-struct RtcpToApplication {
-    read: std::collections::VecDeque<TaggedPacket>,
-    write: std::collections::VecDeque<TaggedPacket>,
-}
+#[derive(Debug, Default)]
+struct RtcpToApplication;
 
-impl std::fmt::Debug for RtcpToApplication {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RtcpToApplication")
-    }
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+impl tap::Hook for RtcpToApplication {
+    fn read(
+        &mut self,
+        msg: &mut TaggedPacket,
+        _: &mut std::collections::VecDeque<TaggedPacket>,
+    ) -> bool {
         if let Packet::Rtcp(pkts) = &msg.message.packet {
             let wanted: Vec<_> = pkts
                 .iter()
@@ -738,29 +724,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {
                 .cloned()
                 .collect();
             if wanted.is_empty() {
-                return Ok(());
+                return false;
             }
             msg.message.packet = Packet::Rtcp(wanted);
             msg.message.add(Attribute::DeliverToApplication);
         }
-        self.read.push_back(msg);
-        Ok(())
+        true
     }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for RtcpToApplication {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }

@@ -11,22 +11,26 @@
 //! the pre-call check reads as the proof that its media reached the SFU. The browser's
 //! congestion control runs on the transport-wide feedback, which is not touched.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 
-use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::sansio::Protocol;
+
+use super::tap::{Hook, Tap};
 
 /// Where it sits: below the receiver report generator (9_000), so its reports pass it on
 /// their way to the wire.
 pub(super) const SLOT: usize = 1_500;
 
+/// The interceptor.
+pub(super) fn interceptor() -> Tap<VideoReportFilter> {
+    Tap::new(VideoReportFilter::default())
+}
+
 #[derive(Default)]
 pub(super) struct VideoReportFilter {
     /// The SSRCs of the video streams received.
     video: HashSet<u32>,
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
 }
 
 impl std::fmt::Debug for VideoReportFilter {
@@ -70,38 +74,14 @@ impl VideoReportFilter {
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for VideoReportFilter {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = std::time::Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.read.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+impl Hook for VideoReportFilter {
+    fn write(&mut self, msg: &mut TaggedPacket) -> bool {
         if let Packet::Rtcp(packets) = &mut msg.message.packet {
             self.filter(packets);
-            if packets.is_empty() {
-                return Ok(());
-            }
+            return !packets.is_empty();
         }
-        self.write.push_back(msg);
-        Ok(())
+        true
     }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for VideoReportFilter {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
         if info.mime_type.to_ascii_lowercase().starts_with("video/") {
             self.video.insert(info.ssrc);

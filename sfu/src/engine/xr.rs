@@ -13,28 +13,25 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use rtc::interceptor::{AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{AttributedPacket, Packet, TaggedPacket};
 use rtc::rtcp::extended_report::ExtendedReport;
 use rtc::rtcp::extended_report::dlrr::{DLRRReport, DLRRReportBlock};
 use rtc::rtcp::extended_report::rrt::ReceiverReferenceTimeReportBlock;
-use rtc::sansio::Protocol;
 use rtc::shared::TransportContext;
+
+use super::tap::{Hook, Tap};
 
 /// Where it sits: among the generators, above the pacer (it writes packets), below the
 /// layer that hands RTCP to the application and drops the rest (14_000).
 pub(super) const SLOT: usize = 12_500;
 
-#[derive(Default)]
-pub(super) struct RttResponder {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
+/// The interceptor.
+pub(super) fn interceptor() -> Tap<RttResponder> {
+    Tap::new(RttResponder)
 }
 
-impl std::fmt::Debug for RttResponder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RttResponder")
-    }
-}
+#[derive(Debug, Default)]
+pub(super) struct RttResponder;
 
 /// The answer to one extended report, if it carries a receiver reference time.
 fn answer(xr: &ExtendedReport, arrived: Instant, now: Instant) -> Option<ExtendedReport> {
@@ -56,14 +53,8 @@ fn answer(xr: &ExtendedReport, arrived: Instant, now: Instant) -> Option<Extende
     })
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for RttResponder {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+impl Hook for RttResponder {
+    fn read(&mut self, msg: &mut TaggedPacket, send: &mut VecDeque<TaggedPacket>) -> bool {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             for p in packets {
                 let Some(xr) = p.as_any().downcast_ref::<ExtendedReport>() else {
@@ -71,7 +62,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RttResponder {
                 };
                 if let Some(reply) = answer(xr, msg.now, msg.now) {
                     tracing::trace!(ssrc = xr.sender_ssrc, "receiver reference time answered");
-                    self.write.push_back(TaggedPacket {
+                    send.push_back(TaggedPacket {
                         now: msg.now,
                         transport: TransportContext::default(),
                         message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(reply)])),
@@ -79,31 +70,15 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RttResponder {
                 }
             }
         }
-        self.read.push_back(msg);
-        Ok(())
+        true
     }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for RttResponder {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use rtc::sansio::Protocol;
 
     use super::*;
 
@@ -147,7 +122,7 @@ mod tests {
     /// Through the interceptor: the answer goes out, the report goes on up.
     #[test]
     fn the_answer_is_written_and_the_report_read_on() {
-        let mut r = RttResponder::default();
+        let mut r = interceptor();
         let now = Instant::now();
         r.handle_read(TaggedPacket {
             now,
