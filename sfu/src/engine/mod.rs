@@ -47,6 +47,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -494,6 +495,9 @@ pub(crate) struct Recipe {
     pub settings: SettingEngine,
     /// The subscriber leg's downlink estimate (the SFU's sending role only).
     pub estimate: Option<Estimate>,
+    /// The publisher leg's loss after the SFU, which its reports carry (the SFU's
+    /// receiving role only).
+    pub downstream_loss: Option<reports::DownstreamLoss>,
 }
 
 /// What a client connection (the synthetic participants', full ICE, both directions'
@@ -558,9 +562,16 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
                     .build(),
             );
     }
+    let mut downstream_loss = None;
     if role == Role::ServerReceiving {
-        // The publisher's browser is told of its audio only ([`reports`]).
-        registry = registry.with(Slot::from(reports::SLOT), reports::interceptor());
+        // The publisher's browser is told of its audio only, and of its subscribers' loss
+        // ([`reports`]).
+        let cell = reports::DownstreamLoss::default();
+        registry = registry.with(
+            Slot::from(reports::SLOT),
+            reports::interceptor(cell.clone()),
+        );
+        downstream_loss = Some(cell);
     }
     if matches!(role, Role::ServerReceiving | Role::Client) {
         // The publisher's browser takes the SFU's REMB as the most it may send (its own
@@ -596,7 +607,12 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     if sending {
         registry = registry
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::from(14_000), tap::Tap::new(RtcpToApplication));
+            .with(
+                Slot::from(14_000),
+                tap::Tap::new(RtcpToApplication {
+                    receiver_reports: role == Role::Client,
+                }),
+            );
     }
     let settings = settings
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -614,6 +630,7 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
         registry,
         settings,
         estimate,
+        downstream_loss,
     })
 }
 
@@ -701,9 +718,12 @@ pub fn media_track(
 }
 
 /// Marks keyframe requests, NACKs and REMB from the far end for delivery to the application
-/// (otherwise the interceptor chain ends them); other RTCP is left to the chain.
+/// (otherwise the interceptor chain ends them), and receiver reports if
+/// `receiver_reports` (a synthetic client's, for tests); other RTCP is left to the chain.
 #[derive(Debug, Default)]
-struct RtcpToApplication;
+struct RtcpToApplication {
+    receiver_reports: bool,
+}
 
 impl tap::Hook for RtcpToApplication {
     fn read(
@@ -720,6 +740,7 @@ impl tap::Hook for RtcpToApplication {
                         || p.is::<FullIntraRequest>()
                         || p.is::<TransportLayerNack>()
                         || p.is::<ReceiverEstimatedMaximumBitrate>()
+                        || (self.receiver_reports && p.is::<ReceiverReport>())
                 })
                 .cloned()
                 .collect();

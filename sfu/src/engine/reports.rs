@@ -10,8 +10,18 @@
 //! naming its layers (about 10 bytes a packet), and its audio is still reported, which
 //! the pre-call check reads as the proof that its media reached the SFU. The browser's
 //! congestion control runs on the transport-wide feedback, which is not touched.
+//!
+//! It also tells the publisher of the loss *after* the SFU: each audio block's fraction
+//! lost is raised to the worst of the publisher's subscribers' downlinks
+//! ([`DownstreamLoss`], set by the endpoint every tick). A browser's Opus encoder adds
+//! in-band FEC by the fraction lost its receiver reports give (libwebrtc's `ChannelSend`),
+//! and the SFU's own reports speak only of the publisher's uplink, so a subscriber on a
+//! lossy link got no FEC at all (mediasoup does the same for Opus, its issue 234). Only
+//! the fraction changes, not the cumulative counts the browser's congestion control reads.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use rtc::interceptor::{Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::receiver_report::ReceiverReport;
@@ -22,26 +32,55 @@ use super::tap::{Hook, Tap};
 /// their way to the wire.
 pub(super) const SLOT: usize = 1_500;
 
-/// The interceptor.
-pub(super) fn interceptor() -> Tap<VideoReportFilter> {
-    Tap::new(VideoReportFilter::default())
+/// The worst fraction lost (in 256ths, as RTCP gives it) on the downlinks of a
+/// publisher's subscribers, shared between the endpoint and its publisher leg's reports.
+pub(crate) type DownstreamLoss = Arc<AtomicU8>;
+
+/// The interceptor, raising audio's fraction lost to what `downstream` holds.
+pub(super) fn interceptor(downstream: DownstreamLoss) -> Tap<PublisherReports> {
+    Tap::new(PublisherReports {
+        video: HashSet::new(),
+        downstream,
+    })
 }
 
-#[derive(Default)]
-pub(super) struct VideoReportFilter {
+pub(super) struct PublisherReports {
     /// The SSRCs of the video streams received.
     video: HashSet<u32>,
+    downstream: DownstreamLoss,
 }
 
-impl std::fmt::Debug for VideoReportFilter {
+impl std::fmt::Debug for PublisherReports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VideoReportFilter")
+        f.debug_struct("PublisherReports")
             .field("video", &self.video.len())
             .finish()
     }
 }
 
-impl VideoReportFilter {
+impl PublisherReports {
+    /// Raises each report block's fraction lost to the downstream loss (after
+    /// [`Self::filter`], only audio's are left).
+    fn raise_loss(&self, packets: &mut [Box<dyn rtc::rtcp::Packet>]) {
+        let downstream = self.downstream.load(Ordering::Relaxed);
+        if downstream == 0 {
+            return;
+        }
+        for p in packets.iter_mut() {
+            let Some(rr) = p.as_any().downcast_ref::<ReceiverReport>() else {
+                continue;
+            };
+            if rr.reports.iter().all(|r| r.fraction_lost >= downstream) {
+                continue;
+            }
+            let mut rr = rr.clone();
+            for r in &mut rr.reports {
+                r.fraction_lost = r.fraction_lost.max(downstream);
+            }
+            *p = Box::new(rr);
+        }
+    }
+
     /// `packets` without the video streams' report blocks; a receiver report left with
     /// none is dropped.
     fn filter(&self, packets: &mut Vec<Box<dyn rtc::rtcp::Packet>>) {
@@ -74,10 +113,11 @@ impl VideoReportFilter {
     }
 }
 
-impl Hook for VideoReportFilter {
+impl Hook for PublisherReports {
     fn write(&mut self, msg: &mut TaggedPacket) -> bool {
         if let Packet::Rtcp(packets) = &mut msg.message.packet {
             self.filter(packets);
+            self.raise_loss(packets);
             return !packets.is_empty();
         }
         true
@@ -124,9 +164,16 @@ mod tests {
             .collect()
     }
 
+    fn reports() -> PublisherReports {
+        PublisherReports {
+            video: HashSet::new(),
+            downstream: DownstreamLoss::default(),
+        }
+    }
+
     #[test]
     fn only_the_audio_streams_are_reported() {
-        let mut f = VideoReportFilter::default();
+        let mut f = reports();
         for (ssrc, mime) in [(10, "audio/opus"), (20, "video/VP8"), (30, "video/H264")] {
             f.bind_remote_stream(&StreamInfo {
                 ssrc,
@@ -152,6 +199,53 @@ mod tests {
             blocks(&packets),
             [vec![20]],
             "an unbound stream is reported again"
+        );
+    }
+
+    /// The audio's fraction lost is raised to the worst downstream loss, never lowered,
+    /// and left alone without one.
+    #[test]
+    fn audio_reports_carry_the_loss_after_the_sfu() {
+        let f = reports();
+        let lossy = |fraction_lost| -> Box<dyn rtc::rtcp::Packet> {
+            Box::new(ReceiverReport {
+                ssrc: 1,
+                reports: vec![ReceptionReport {
+                    ssrc: 10,
+                    fraction_lost,
+                    total_lost: 3,
+                    ..Default::default()
+                }],
+                profile_extensions: Default::default(),
+            })
+        };
+        let fractions = |packets: &[Box<dyn rtc::rtcp::Packet>]| -> Vec<(u8, u32)> {
+            packets
+                .iter()
+                .flat_map(|p| {
+                    p.as_any()
+                        .downcast_ref::<ReceiverReport>()
+                        .unwrap()
+                        .reports
+                        .iter()
+                        .map(|r| (r.fraction_lost, r.total_lost))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut packets = vec![lossy(5), lossy(100)];
+        f.raise_loss(&mut packets);
+        assert_eq!(
+            fractions(&packets),
+            [(5, 3), (100, 3)],
+            "no downstream loss yet"
+        );
+        f.downstream.store(51, Ordering::Relaxed);
+        f.raise_loss(&mut packets);
+        assert_eq!(
+            fractions(&packets),
+            [(51, 3), (100, 3)],
+            "raised to 20 %, cumulative counts untouched"
         );
     }
 }

@@ -83,6 +83,15 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
     (status, Html(body)).into_response()
 }
 
+/// The page when no identity provider is configured.
+fn not_set_up() -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Not available",
+        "Sign-in through an identity provider is not set up here.",
+    )
+}
+
 fn unavailable() -> Response {
     page(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -99,11 +108,7 @@ pub async fn start(
     headers: HeaderMap,
 ) -> Response {
     let Some(oidc) = state.service.oidc().cloned() else {
-        return page(
-            StatusCode::NOT_FOUND,
-            "Not available",
-            "Sign-in through an identity provider is not set up here.",
-        );
+        return not_set_up();
     };
     if let Err(e) = check_rate(&state, Limit::SignIn, addr, &headers) {
         return e.into_response();
@@ -155,11 +160,7 @@ async fn callback_inner(
     query: Option<CallbackQuery>,
 ) -> Response {
     let Some(oidc) = state.service.oidc().cloned() else {
-        return page(
-            StatusCode::NOT_FOUND,
-            "Not available",
-            "Sign-in through an identity provider is not set up here.",
-        );
+        return not_set_up();
     };
     if let Err(e) = check_rate(state, Limit::SignIn, addr, headers) {
         return e.into_response();
@@ -228,11 +229,7 @@ async fn callback_inner(
                 ),
             )
         }
-        Err(OidcRefusal::NotConfigured) => page(
-            StatusCode::NOT_FOUND,
-            "Not available",
-            "Sign-in through an identity provider is not set up here.",
-        ),
+        Err(OidcRefusal::NotConfigured) => not_set_up(),
     }
 }
 

@@ -55,6 +55,7 @@ impl Endpoint {
                     .then(|| bwe::share(estimate, count(MediaKind::Video), count(MediaKind::Audio)))
                     .flatten();
             }
+            tell_downstream_loss(room, members, conns);
             choose_layers(room, members, conns, touched, counters, now);
             for &key in &room.members {
                 limit_uplink(room, key, members, conns, touched, now);
@@ -75,6 +76,44 @@ impl LayerRate {
             Some(_) => {}
             None => self.sample = Some((now, self.bytes)),
         }
+    }
+}
+
+/// Each publisher's receiver reports carry the worst loss on the downlinks of those who
+/// receive it (everyone else in the room), so that its Opus encoder adds in-band FEC for
+/// them ([`crate::engine::reports`]).
+fn tell_downstream_loss(
+    room: &Room,
+    members: &HashMap<u128, Member>,
+    conns: &HashMap<ConnId, Conn>,
+) {
+    let loss = |key: &u128| {
+        let m = members.get(key)?;
+        let ppm = conns
+            .get(&m.subscriber)?
+            .estimate
+            .as_ref()?
+            .loss_ppm
+            .load(Ordering::Relaxed);
+        (ppm != bwe::NO_LOSS_FIGURE).then_some(ppm)
+    };
+    for key in &room.members {
+        let worst = room
+            .members
+            .iter()
+            .filter(|k| *k != key)
+            .filter_map(loss)
+            .max();
+        let Some(cell) = members
+            .get(key)
+            .and_then(|m| conns.get(&m.publisher))
+            .and_then(|c| c.downstream_loss.as_ref())
+        else {
+            continue;
+        };
+        // In 256ths, as RTCP's fraction lost.
+        let fraction = worst.map_or(0, |ppm| (ppm * 256 / 1_000_000).min(255) as u8);
+        cell.store(fraction, Ordering::Relaxed);
     }
 }
 

@@ -239,7 +239,7 @@ impl Endpoint {
     ) -> Result<ConnId, EngineError> {
         // The core makes the ICE credentials (new ones at each ICE restart); STUN is
         // routed by the one each local description carries (follow_local_ufrag).
-        let (mut pc, estimate) = sansio_connection(role, now)?;
+        let (mut pc, cells) = sansio_connection(role, now)?;
         let mut hosts = vec![("udp", self.udp_addr, Default::default())];
         if let Some(tcp) = self.tcp_addr {
             hosts.push(("tcp", tcp, rtc::ice::tcp_type::TcpType::Passive));
@@ -284,7 +284,8 @@ impl Endpoint {
                 early_dtls: Vec::new(),
                 tracks: HashMap::new(),
                 liveness: Liveness::default(),
-                estimate,
+                estimate: cells.estimate,
+                downstream_loss: cells.downstream_loss,
                 next_link_sample: now,
                 received_bytes: 0,
                 last_heard: None,

@@ -88,12 +88,13 @@ mod connections;
 fn sansio_connection(
     role: Role,
     now: Instant,
-) -> Result<(RTCPeerConnection, Option<Estimate>), EngineError> {
+) -> Result<(RTCPeerConnection, LegCells), EngineError> {
     let Recipe {
         media,
         registry,
         settings,
         estimate,
+        downstream_loss,
     } = connection_recipe(role, SettingEngineBuilder::new())?;
     let pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -102,7 +103,19 @@ fn sansio_connection(
         .with_interceptor_registry(registry)
         .build(now)
         .map_err(webrtc_err)?;
-    Ok((pc, estimate))
+    Ok((
+        pc,
+        LegCells {
+            estimate,
+            downstream_loss,
+        },
+    ))
+}
+
+/// What a connection's interceptors share with the endpoint.
+struct LegCells {
+    estimate: Option<Estimate>,
+    downstream_loss: Option<super::reports::DownstreamLoss>,
 }
 mod forwarding;
 mod negotiation;
@@ -262,6 +275,9 @@ struct Conn {
     liveness: Liveness,
     /// Subscriber leg: its browser's downlink estimate ([`crate::bwe`]).
     estimate: Option<Estimate>,
+    /// Publisher leg: the worst loss on its subscribers' downlinks, which its receiver
+    /// reports carry (set every tick).
+    downstream_loss: Option<super::reports::DownstreamLoss>,
     /// Subscriber leg: when its link next goes into the metrics ([`SAMPLE_LINKS`]).
     next_link_sample: Instant,
     /// Bytes received on it (a publisher leg: what its browser sends).

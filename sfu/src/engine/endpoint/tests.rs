@@ -20,6 +20,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -140,6 +141,9 @@ struct Browser {
     /// The last REMB its publisher connection received (bits per second): like a
     /// browser, it sends no more (audio and video) than that.
     remb: Option<u32>,
+    /// The fraction lost (in 256ths) the last receiver report on its publisher connection
+    /// gave, by the SSRC it sends.
+    fraction_lost: HashMap<u32, u8>,
     /// Tracks its subscriber connection receives, by the core's track id.
     received: HashMap<String, Received>,
     /// The ICE username fragment of each subscriber offer it answered.
@@ -191,6 +195,7 @@ impl Browser {
             next_frame: None,
             video_kbps,
             remb: None,
+            fraction_lost: HashMap::new(),
             video_paused_until: None,
             want_keyframe: true,
             keyframe_requests: 0,
@@ -270,6 +275,11 @@ impl Browser {
                 for p in &packets {
                     if let Some(r) = p.as_any().downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
                         self.remb = Some(r.bitrate as u32);
+                    }
+                    if let Some(rr) = p.as_any().downcast_ref::<ReceiverReport>() {
+                        for block in &rr.reports {
+                            self.fraction_lost.insert(block.ssrc, block.fraction_lost);
+                        }
                     }
                 }
             }
@@ -1219,4 +1229,32 @@ fn a_publisher_is_asked_for_what_its_uplink_lost_a_bounded_number_of_times() {
         upstream <= lost,
         "{upstream} upstream NACKs for {lost} lost"
     );
+}
+
+/// A publisher is told of the loss on its subscribers' downlinks: the SFU's receiver
+/// reports on its audio carry the worst of them (its Opus encoder adds in-band FEC by
+/// that), and nothing on clean links.
+#[test]
+fn a_publisher_hears_of_the_loss_on_its_subscribers_downlinks() {
+    let mut w = call(4, 300);
+    w.run_for(Duration::from_secs(6));
+    let audio = |w: &World| {
+        w.browsers[0]
+            .fraction_lost
+            .get(&w.browsers[0].ssrcs.0)
+            .copied()
+    };
+    assert_eq!(
+        audio(&w),
+        Some(0),
+        "clean: {:?}",
+        w.browsers[0].fraction_lost
+    );
+    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
+    w.net
+        .set_link(sfu, b1, LinkConfig::clean(DELAY).with_loss(0.2));
+    w.run_for(Duration::from_secs(8));
+    // 20 % is 51 in 256ths.
+    let told = audio(&w).unwrap_or(0);
+    assert!((35..=70).contains(&told), "told {told} of 256 lost");
 }
