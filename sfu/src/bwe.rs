@@ -1,8 +1,9 @@
 //! What each publisher may send, from what its subscribers can receive.
 //!
 //! Each subscriber connection estimates its browser's downlink (send-side, from the
-//! browser's transport-wide congestion control feedback, by the `rtc` crate's Google
-//! Congestion Control; see the engine's `connection_recipe`). A subscriber's estimate is
+//! browser's transport-wide congestion control feedback: the delay-based half of the
+//! `rtc` crate's Google Congestion Control and our own loss half, [`LossLimit`]; see the
+//! engine's `connection_recipe`). A subscriber's estimate is
 //! shared equally between the video publishers it receives, after an allowance for each
 //! audio track. When the lowest share of a publisher's subscribers is below what that
 //! publisher sends, the SFU tells the publisher's browser the most it may send (REMB), and
@@ -353,8 +354,9 @@ impl LossLimit {
     /// now.
     pub fn on_feedback(&mut self, now: Instant, lost: u32, total: u32, delay_based: f64) {
         let since = *self.since.get_or_insert(now);
-        self.lost += lost;
-        self.total += total;
+        // Saturating: a browser's feedback says how many packets it covers.
+        self.lost = self.lost.saturating_add(lost);
+        self.total = self.total.saturating_add(total);
         if now.saturating_duration_since(since) < LOSS_WINDOW || self.total < LOSS_WINDOW_PACKETS {
             return;
         }
