@@ -87,6 +87,11 @@ async function snapshot(page) {
       videoLost: 0,
       videoReceived: 0,
       nacks: 0,
+      framesDropped: 0,
+      fec: 0,
+      jbDelay: 0,
+      jbEmitted: 0,
+      jbTarget: 0,
       concealed: 0,
       samples: 0,
       audioLost: 0,
@@ -115,6 +120,11 @@ async function snapshot(page) {
           out.videoLost += r.packetsLost || 0;
           out.videoReceived += r.packetsReceived || 0;
           out.nacks += r.nackCount || 0;
+          out.framesDropped += r.framesDropped || 0;
+          out.fec += r.fecPacketsReceived || 0;
+          out.jbDelay += r.jitterBufferDelay || 0;
+          out.jbEmitted += r.jitterBufferEmittedCount || 0;
+          out.jbTarget += r.jitterBufferTargetDelay || 0;
           out.bytesReceived += r.bytesReceived || 0;
         } else if (r.type === 'inbound-rtp' && r.kind === 'audio') {
           out.concealed += r.concealedSamples || 0;
@@ -162,6 +172,12 @@ async function measure(receiver, sender, seconds) {
     lost_pct: round(received + lost > 0 ? (100 * lost) / (received + lost) : 0, 2),
     lost,
     nacks: d('nacks'),
+    // Frames the receiver dropped before decoding (late or undecodable), FEC packets it
+    // received, and the mean time a frame waited in its jitter buffer, and the wait aimed at.
+    dropped: d('framesDropped'),
+    fec: d('fec'),
+    jb_ms: d('jbEmitted') > 0 ? Math.round((1000 * d('jbDelay')) / d('jbEmitted')) : 0,
+    jb_target_ms: d('jbEmitted') > 0 ? Math.round((1000 * d('jbTarget')) / d('jbEmitted')) : 0,
     recv_kbps: Math.round((d('bytesReceived') * 8) / windowS / 1000),
     aob_kbps: Math.round(mean(samples.map((x) => x.aob))),
     rtt_ms: Math.round(b.rtt * 1000),

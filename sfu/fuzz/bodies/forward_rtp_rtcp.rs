@@ -12,7 +12,7 @@
 //!   where the last run ended (no jump);
 //! - a NACK is answered only to the subscriber who sent it, only with sequence numbers it
 //!   named, never more packets than it named, and one packet at most once per
-//!   `RESEND_INTERVAL`;
+//!   `resend_interval` (each peer with its own round trip, or none measured);
 //! - the core's idea of each track's codec is the codec of its last packet;
 //! - simulcast (each packet's layer from its SSRC, as the engine maps them): a subscriber
 //!   gets one layer at a time; when it changes layers, the first packet of the new layer
@@ -31,7 +31,7 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use sfu::codec::{Codec, CodecSet};
 use sfu::forward::{
-    Forwarder, Layer, MAX_LAYERS, MediaKind, PeerId, RESEND_INTERVAL, RtpMeta, TrackId, seq_after,
+    Forwarder, Layer, MAX_LAYERS, MediaKind, PeerId, RtpMeta, TrackId, resend_interval, seq_after,
 };
 
 /// Few tracks and peers, so that operations meet each other.
@@ -352,11 +352,15 @@ impl World {
 
     fn nack(&mut self, track: u8, peer: u8, lost: &[u16]) {
         let mut resent = Vec::new();
+        // Each peer with its own round trip (some not measured yet), so its own interval.
+        let interval =
+            resend_interval((peer % 2 == 1).then(|| Duration::from_millis(20 * u64::from(peer))));
         let out = self.f.on_nack(
             TrackId(track.into()),
             PeerId(peer.into()),
             lost,
             self.now,
+            interval,
             |fw| {
                 resent.push((
                     u8::try_from(fw.to.0).expect("a peer of ours"),
@@ -383,8 +387,8 @@ impl World {
                 .expect("a retransmission for a non-subscriber");
             if let Some(at) = s.resent_at.insert(seq, now) {
                 assert!(
-                    now.duration_since(at) >= RESEND_INTERVAL,
-                    "{seq} resent twice within {RESEND_INTERVAL:?}"
+                    now.duration_since(at) >= interval,
+                    "{seq} resent twice within {interval:?}"
                 );
             }
             assert!(

@@ -7,6 +7,10 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::codec::{Codec, CodecSet, Vp8Ids};
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 const PUB: PeerId = PeerId(1);
 const VIDEO: TrackId = TrackId(10);
 const AUDIO: TrackId = TrackId(11);
@@ -201,9 +205,14 @@ fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
         }
     }
     let mut resent = Vec::new();
-    let outcome = f.on_nack(VIDEO, sub, &[1003, 1005, 999, 1020], now, |fw| {
-        resent.push((fw.seq, fw.packet.clone(), fw.timestamp))
-    });
+    let outcome = f.on_nack(
+        VIDEO,
+        sub,
+        &[1003, 1005, 999, 1020],
+        now,
+        RESEND_INTERVAL,
+        |fw| resent.push((fw.seq, fw.packet.clone(), fw.timestamp)),
+    );
     assert_eq!(resent, vec![(1003, packet(1003, 3_009_000), 3_009_000)]);
     assert_eq!(
         outcome,
@@ -216,7 +225,9 @@ fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
         "999 predates the subscription, 1020 was never sent"
     );
     // Asked again within RESEND_MAX_AGE: not upstream again; after it, again.
-    let again = |f: &mut TestForwarder, peer, at| f.on_nack(VIDEO, peer, &[1005], at, |_| {});
+    let again = |f: &mut TestForwarder, peer, at| {
+        f.on_nack(VIDEO, peer, &[1005], at, RESEND_INTERVAL, |_| {})
+    };
     assert!(
         again(&mut f, sub, now + RESEND_INTERVAL)
             .upstream
@@ -225,7 +236,7 @@ fn nacks_are_answered_from_the_cache_and_missing_packets_go_upstream() {
     let later = now + RESEND_MAX_AGE;
     assert_eq!(again(&mut f, sub, later).upstream, vec![1005]);
     assert_eq!(
-        f.on_nack(VIDEO, PeerId(9), &[1003], now, |_| {}),
+        f.on_nack(VIDEO, PeerId(9), &[1003], now, RESEND_INTERVAL, |_| {}),
         NackOutcome::default(),
         "not a subscriber"
     );
@@ -243,7 +254,9 @@ fn a_packet_is_resent_once_per_interval_and_not_when_too_old() {
     for seq in 0..10 {
         feed(&mut f, VIDEO, seq, seq == 0, clock.at(u64::from(seq)));
     }
-    let nack = |f: &mut TestForwarder, at: u64| f.on_nack(VIDEO, sub, &[5], clock.at(at), |_| {});
+    let nack = |f: &mut TestForwarder, at: u64| {
+        f.on_nack(VIDEO, sub, &[5], clock.at(at), RESEND_INTERVAL, |_| {})
+    };
     assert_eq!((nack(&mut f, 20).resent, nack(&mut f, 20).refused), (1, 1));
     assert_eq!(
         nack(&mut f, 60).refused,
@@ -254,7 +267,7 @@ fn a_packet_is_resent_once_per_interval_and_not_when_too_old() {
     assert_eq!(nack(&mut f, 226).resent, 1);
     // Packet 5 came at 5 ms: a NACK 1 s later is refused, however long since the last.
     assert_eq!(
-        f.on_nack(VIDEO, sub, &[5], clock.at(1_006), |_| {}),
+        f.on_nack(VIDEO, sub, &[5], clock.at(1_006), RESEND_INTERVAL, |_| {}),
         NackOutcome {
             resent: 0,
             upstream: vec![],
@@ -268,13 +281,43 @@ fn a_packet_is_resent_once_per_interval_and_not_when_too_old() {
     feed(&mut f, VIDEO, 10, true, clock.at(300));
     feed(&mut f, VIDEO, 11, false, clock.at(301));
     assert_eq!(
-        f.on_nack(VIDEO, other, &[10], clock.at(310), |_| {}).resent,
+        f.on_nack(VIDEO, other, &[10], clock.at(310), RESEND_INTERVAL, |_| {})
+            .resent,
         1
     );
     assert_eq!(
-        f.on_nack(VIDEO, sub, &[10], clock.at(310), |_| {}).resent,
+        f.on_nack(VIDEO, sub, &[10], clock.at(310), RESEND_INTERVAL, |_| {})
+            .resent,
         1
     );
+}
+
+/// The interval between two resends of a packet follows the subscriber's round trip: on a
+/// 20 ms path a NACK repeated 16 ms after the first resend is answered (its retransmission
+/// was lost), one repeated 10 ms after is not; unknown, 100 ms; bounded both ways.
+#[test]
+fn the_interval_between_resends_follows_the_round_trip() {
+    assert_eq!(resend_interval(None), RESEND_INTERVAL);
+    assert_eq!(resend_interval(Some(ms(20))), ms(15));
+    assert_eq!(resend_interval(Some(ms(200))), ms(150));
+    assert_eq!(resend_interval(Some(ms(1))), RESEND_INTERVAL_MIN);
+    assert_eq!(resend_interval(Some(ms(2_000))), RESEND_INTERVAL_MAX);
+
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    let sub = PeerId(2);
+    f.subscribe(VIDEO, sub, 2, clock.at(0));
+    for seq in 0..10 {
+        feed(&mut f, VIDEO, seq, seq == 0, clock.at(u64::from(seq)));
+    }
+    let interval = resend_interval(Some(ms(20)));
+    let nack = |f: &mut TestForwarder, at: u64| {
+        let o = f.on_nack(VIDEO, sub, &[5], clock.at(at), interval, |_| {});
+        (o.resent, o.refused)
+    };
+    assert_eq!(nack(&mut f, 20), (1, 0));
+    assert_eq!(nack(&mut f, 30), (0, 1), "10 ms after the resend: too soon");
+    assert_eq!(nack(&mut f, 36), (1, 0), "16 ms after: resent again");
 }
 
 /// A subscriber whose link drops most packets (full) NACKs nearly everything: the SFU
@@ -294,7 +337,7 @@ fn retransmissions_are_at_most_half_of_what_is_forwarded_after_a_burst() {
         feed(&mut f, VIDEO, i, i == 0, now);
         if i % 2 == 1 && i >= 20 {
             let lost: Vec<u16> = (i - 19..=i).collect();
-            let o = f.on_nack(VIDEO, sub, &lost, now, |_| {});
+            let o = f.on_nack(VIDEO, sub, &lost, now, RESEND_INTERVAL, |_| {});
             resent += o.resent;
             refused += o.refused;
         }
@@ -406,7 +449,7 @@ fn a_paused_video_resumes_at_a_keyframe_without_a_gap_in_numbering() {
     assert_eq!(feed(&mut f, VIDEO, 42, false, now).0, vec![(sub, 13)]);
     // A NACK of 12 is packet 41; of 11 (before the pause) is stale.
     let mut resent = Vec::new();
-    let o = f.on_nack(VIDEO, sub, &[12, 11], now, |fw| {
+    let o = f.on_nack(VIDEO, sub, &[12, 11], now, RESEND_INTERVAL, |fw| {
         resent.push((fw.seq, fw.packet[12]))
     });
     assert_eq!((o.resent, resent), (1, vec![(12, 41)]));
@@ -431,7 +474,7 @@ fn numbering_survives_the_wrap_at_65535() {
         );
     }
     assert_eq!(out, seqs);
-    let o = f.on_nack(VIDEO, sub, &[65_535, 2], now, |_| {});
+    let o = f.on_nack(VIDEO, sub, &[65_535, 2], now, RESEND_INTERVAL, |_| {});
     assert_eq!(o.resent, 2);
 }
 
@@ -508,7 +551,7 @@ fn over_lossy_links_every_subscriber_ends_up_with_every_packet() {
                     .map(|k| first.wrapping_add(k))
                     .filter(|seq| !have.contains(seq))
                     .collect();
-                let outcome = f.on_nack(VIDEO, s, &lost, now, |fw| {
+                let outcome = f.on_nack(VIDEO, s, &lost, now, RESEND_INTERVAL, |fw| {
                     if !rng.random_bool(DOWNLINK_LOSS) {
                         received.get_mut(&fw.to).unwrap().insert(fw.seq);
                     }
@@ -620,9 +663,14 @@ fn a_subscriber_gets_only_the_codecs_it_accepts_and_asks_no_keyframes_for_the_ot
     assert_eq!(out, [(both, 3, Codec::Vp8), (vp8_only, 3, Codec::Vp8)]);
     // NACKs are answered in the codec the packet was sent in.
     let mut resent = Vec::new();
-    let outcome = f.on_nack(VIDEO, vp8_only, &[3], clock.at(2000), |fw| {
-        resent.push((fw.seq, fw.codec))
-    });
+    let outcome = f.on_nack(
+        VIDEO,
+        vp8_only,
+        &[3],
+        clock.at(2000),
+        RESEND_INTERVAL,
+        |fw| resent.push((fw.seq, fw.codec)),
+    );
     assert_eq!(outcome.resent, 1);
     assert_eq!(resent, [(3, Codec::Vp8)]);
 }
@@ -695,9 +743,14 @@ fn audio_reaches_a_new_subscriber_whatever_the_sequence_numbers() {
         assert_eq!(sent.len(), 3, "first seq {first}: {sent:?}");
         // A NACK for a number before its first packet is not answered.
         let before = sent[0].wrapping_sub(5);
-        let out = f.on_nack(TrackId(1), PeerId(2), &[before], now, |_| {
-            panic!("resent {before}")
-        });
+        let out = f.on_nack(
+            TrackId(1),
+            PeerId(2),
+            &[before],
+            now,
+            RESEND_INTERVAL,
+            |_| panic!("resent {before}"),
+        );
         assert_eq!(out.resent, 0);
     }
 }
@@ -741,9 +794,14 @@ fn a_nack_is_never_answered_in_a_codec_the_subscriber_refused() {
     }
     assert_eq!(sent.len(), 2, "{sent:?}");
     let mut resent = Vec::new();
-    f.on_nack(TrackId(1), PeerId(2), &[sent[1].0], now, |fw| {
-        resent.push(fw.codec)
-    });
+    f.on_nack(
+        TrackId(1),
+        PeerId(2),
+        &[sent[1].0],
+        now,
+        RESEND_INTERVAL,
+        |fw| resent.push(fw.codec),
+    );
     assert!(resent.iter().all(|c| *c == Codec::Vp8), "{resent:?}");
 }
 
@@ -957,19 +1015,31 @@ fn a_subscriber_moves_between_simulcast_layers_at_a_keyframe_as_one_stream() {
     // Its NACK for the packet it got after the move is answered from layer 0's cache,
     // numbered as it was sent.
     let mut resent = Vec::new();
-    let outcome = f.on_nack(VIDEO, low, &[first.seq], clock.at(820), |fw| {
-        resent.push((
-            fw.seq,
-            fw.timestamp,
-            fw.vp8.and_then(|v| v.picture_id).map(|p| p.value),
-        ));
-    });
+    let outcome = f.on_nack(
+        VIDEO,
+        low,
+        &[first.seq],
+        clock.at(820),
+        RESEND_INTERVAL,
+        |fw| {
+            resent.push((
+                fw.seq,
+                fw.timestamp,
+                fw.vp8.and_then(|v| v.picture_id).map(|p| p.value),
+            ));
+        },
+    );
     assert_eq!(outcome.resent, 1);
     assert_eq!(resent, [(first.seq, first.timestamp, first.picture)]);
     // One from before the move is not: that run is over.
-    let outcome = f.on_nack(VIDEO, low, &[last_low.seq], clock.at(821), |_| {
-        panic!("resent a packet of the layer it left")
-    });
+    let outcome = f.on_nack(
+        VIDEO,
+        low,
+        &[last_low.seq],
+        clock.at(821),
+        RESEND_INTERVAL,
+        |_| panic!("resent a packet of the layer it left"),
+    );
     assert_eq!(outcome.resent, 0);
 }
 

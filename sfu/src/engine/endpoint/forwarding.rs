@@ -284,9 +284,20 @@ impl Endpoint {
             .flat_map(|n| n.nacks.iter().flat_map(|pair| pair.packet_list()))
             .collect();
         if !lost.is_empty() {
-            let outcome = r.forwarder.on_nack(track, m.id, &lost, now, |fw| {
-                send_forward(conns, touched, counters, fw, now);
-            });
+            // Answered again as soon as the subscriber's browser can have found that a
+            // retransmission was lost: after its round trip, as measured from its feedback.
+            let rtt_us = conns
+                .get(&m.subscriber)
+                .and_then(|c| c.estimate.as_ref())
+                .map_or(0, |e| e.rtt_us.load(Ordering::Relaxed));
+            let interval = crate::forward::resend_interval(
+                (rtt_us > 0).then(|| Duration::from_micros(rtt_us)),
+            );
+            let outcome = r
+                .forwarder
+                .on_nack(track, m.id, &lost, now, interval, |fw| {
+                    send_forward(conns, touched, counters, fw, now);
+                });
             counters.nacks_resent.inc_by(outcome.resent as u64);
             counters.nacks_refused.inc_by(outcome.refused as u64);
             if !outcome.upstream.is_empty() {

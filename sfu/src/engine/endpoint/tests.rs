@@ -64,6 +64,8 @@ struct Received {
     packets: u64,
     /// The publisher's indexes that arrived (not the SFU's sequence numbers).
     indexes: BTreeSet<u32>,
+    /// When each index first arrived.
+    arrived: HashMap<u32, Instant>,
     /// Payloads whose bytes did not survive.
     corrupt: u64,
 }
@@ -129,6 +131,8 @@ struct Browser {
     seqs: (u16, u16),
     /// Packets sent so far on each stream (the next index).
     sent: (u32, u32),
+    /// When each video packet was sent, by index.
+    video_sent_at: Vec<Instant>,
     frames: u32,
     next_audio: Option<Instant>,
     next_frame: Option<Instant>,
@@ -190,6 +194,7 @@ impl Browser {
             ssrcs,
             seqs: (0, 0),
             sent: (0, 0),
+            video_sent_at: Vec::new(),
             frames: 0,
             next_audio: None,
             next_frame: None,
@@ -299,6 +304,7 @@ impl Browser {
                     .all(|b| *b == fill(index))
                 {
                     r.indexes.insert(index);
+                    r.arrived.entry(index).or_insert(now);
                 } else {
                     r.corrupt += 1;
                 }
@@ -349,6 +355,7 @@ impl Browser {
             for i in 0..packets {
                 let index = self.sent.1;
                 self.sent.1 += 1;
+                self.video_sent_at.push(now);
                 let mut p = vec![if i == 0 { 0x10 } else { 0x00 }];
                 if i == 0 {
                     p.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
@@ -1257,4 +1264,55 @@ fn a_publisher_hears_of_the_loss_on_its_subscribers_downlinks() {
     // 20 % is 51 in 256ths.
     let told = audio(&w).unwrap_or(0);
     assert!((35..=70).contains(&told), "told {told} of 256 lost");
+}
+
+/// A subscriber on a short, very lossy path (20 % lost each way, 20 ms round trip) whose
+/// browser asks again for a missing packet every 20 ms, as Chrome does there: a lost
+/// retransmission is answered again at the next ask (the SFU waits three quarters of the
+/// subscriber's measured round trip), so nearly every video packet arrives within 150 ms.
+/// With a fixed 100 ms between resends: 4.1 % came later than that or never (1.6 %), and
+/// 160 NACKs were refused for 202 answered; now 0.15 %, and 3 refused for 176.
+#[test]
+fn a_lost_retransmission_is_answered_again_after_the_subscribers_round_trip() {
+    let mut w = call(5, 600);
+    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
+    let lossy = LinkConfig::clean(DELAY).with_loss(0.2);
+    w.net.set_link(sfu, b1, lossy);
+    w.net.set_link(b1, sfu, lossy);
+    w.run_for(Duration::from_secs(2));
+    let (start, resent, refused) = (
+        w.browsers[0].sent.1,
+        w.metrics.total(Which::NacksResent),
+        w.metrics.total(Which::NacksRefused),
+    );
+    w.run_for(Duration::from_secs(8));
+    let end = w.browsers[0].sent.1;
+    w.run_for(Duration::from_secs(1));
+    let resent = w.metrics.total(Which::NacksResent) - resent;
+    let refused = w.metrics.total(Which::NacksRefused) - refused;
+    let sent_at = &w.browsers[0].video_sent_at;
+    let arrived: HashMap<u32, Instant> = w.browsers[1]
+        .received
+        .values()
+        .filter(|r| r.kind == Some(MediaKind::Video))
+        .flat_map(|r| r.arrived.iter().map(|(i, at)| (*i, *at)))
+        .collect();
+    let late = (start..end)
+        .filter(|i| {
+            arrived
+                .get(i)
+                .is_none_or(|at| *at - sent_at[*i as usize] > ms(150))
+        })
+        .count();
+    let wanted = (end - start) as usize;
+    eprintln!(
+        "{late} of {wanted} video packets later than 150 ms or lost; {resent} resent, \
+         {refused} refused"
+    );
+    assert!(resent > 100, "only {resent} resent");
+    assert!(late * 100 <= wanted, "{late} of {wanted} late");
+    assert!(
+        refused * 20 <= resent,
+        "{refused} refused for {resent} resent"
+    );
 }
