@@ -145,7 +145,7 @@ async function snapshot(page) {
 
 /** Sums over `seconds`: start and end snapshots, and a sample of each page every second. */
 async function measure(receiver, sender, seconds) {
-  const a = await snapshot(receiver);
+  const [a, back] = await Promise.all([snapshot(receiver), snapshot(sender)]);
   const samples = [];
   const end = Date.now() + seconds * 1000;
   while (Date.now() < end) {
@@ -153,8 +153,9 @@ async function measure(receiver, sender, seconds) {
     const [r, x] = await Promise.all([snapshot(receiver), snapshot(sender)]);
     samples.push({ t: round((r.at - a.at) / 1000, 1), fps: r.fps, height: r.height, aob: Math.round(x.aob / 1000) });
   }
-  const b = await snapshot(receiver);
+  const [b, backEnd] = await Promise.all([snapshot(receiver), snapshot(sender)]);
   const d = (k) => b[k] - a[k];
+  const backD = (k) => backEnd[k] - back[k];
   const mean = (xs) => (xs.length ? xs.reduce((x, y) => x + y, 0) / xs.length : 0);
   const heights = samples.map((x) => x.height).sort((x, y) => x - y);
   const windowS = (b.at - a.at) / 1000;
@@ -182,6 +183,12 @@ async function measure(receiver, sender, seconds) {
     aob_kbps: Math.round(mean(samples.map((x) => x.aob))),
     rtt_ms: Math.round(b.rtt * 1000),
     frames: d('framesDecoded'),
+    // The other way: what the sender's page (the clinician's) received of the patient over
+    // the patient's impaired uplink.
+    back_freezes_per_min: round((backD('freezes') * 60) / windowS, 2),
+    back_fps: round(backD('framesDecoded') / windowS, 1),
+    back_height: backEnd.height,
+    back_conceal_pct: round(backD('samples') > 0 ? (100 * backD('concealed')) / backD('samples') : NaN, 2),
     samples,
   };
 }
@@ -383,7 +390,7 @@ for (const condition of MATRIX) {
     }
     for (const kind of KINDS) {
       const rs = results[kind];
-      const keys = ['freezes_per_min', 'freeze_s', 'fps', 'height', 'conceal_pct', 'lost_pct', 'nacks', 'recv_kbps', 'aob_kbps', 'rtt_ms', 'recovered_s', 'lifted_fps', 'lifted_height'];
+      const keys = ['freezes_per_min', 'freeze_s', 'fps', 'height', 'conceal_pct', 'lost_pct', 'nacks', 'recv_kbps', 'aob_kbps', 'rtt_ms', 'recovered_s', 'lifted_fps', 'lifted_height', 'back_freezes_per_min', 'back_fps', 'back_height', 'back_conceal_pct'];
       const med = keys.filter((k) => rs.some((r) => k in r)).map((k) => `${k}=${median(rs.map((r) => r[k]))}`);
       console.log(`quality-median kind=${kind} condition=${condition} runs=${rs.length} ${med.join(' ')}`);
       for (const r of rs) {

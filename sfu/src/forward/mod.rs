@@ -74,8 +74,9 @@ pub const RESEND_MAX_AGE: Duration = Duration::from_millis(1_000);
 /// in the simulated 300 kbit/s link before this limit).
 pub const RESEND_BURST: u16 = 32;
 
-/// A layer this long without a packet is not sent to anyone: its publisher stopped it
-/// (browsers stop their upper layers when their uplink cannot carry them).
+/// A layer this long without a packet of media (padding does not count) is not sent to
+/// anyone: its publisher stopped it (browsers stop their upper layers when their uplink
+/// cannot carry them, and may go on probing on them with padding).
 pub const LAYER_IDLE: Duration = Duration::from_millis(1_000);
 
 /// The most simulcast layers a video track may have.
@@ -114,6 +115,9 @@ pub struct RtpMeta {
     pub layer: Layer,
     /// VP8: its picture numbering, renumbered for a subscriber that changed layers.
     pub vp8: Vp8Ids,
+    /// No payload: padding only. Browsers probe their uplink with such packets, also on a
+    /// simulcast layer they have stopped encoding, so they do not say that it arrives.
+    pub padding: bool,
 }
 
 impl RtpMeta {
@@ -131,6 +135,7 @@ impl RtpMeta {
             codec,
             layer,
             vp8,
+            padding: payload.is_empty(),
         }
     }
 }
@@ -326,6 +331,8 @@ struct Incoming<P> {
     last_keyframe_request: Option<Instant>,
     /// When the newest packet came, and its sequence number.
     newest: Option<(Instant, u16)>,
+    /// When a packet with a payload last came: padding alone keeps no layer active.
+    media_at: Option<Instant>,
     /// Packets it never received, by the cache's slot: the incoming seq and when it was
     /// last NACKed upstream for a subscriber. Allocated at the first.
     asked: Option<AskedUpstream>,
@@ -341,13 +348,14 @@ impl<P: Clone> Incoming<P> {
             cache: PacketCache::default(),
             last_keyframe_request: None,
             newest: None,
+            media_at: None,
             asked: None,
         }
     }
 
     fn active(&self, now: Instant) -> bool {
-        self.newest
-            .is_some_and(|(at, _)| now.saturating_duration_since(at) < LAYER_IDLE)
+        self.media_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE)
     }
 }
 
@@ -634,6 +642,9 @@ impl<P: Clone, R> Forwarder<P, R> {
             }
             l.newest = Some((now, meta.seq));
         }
+        if !meta.padding {
+            l.media_at = Some(now);
+        }
         let mut waiting = false;
         for d in subscribers.iter_mut() {
             if restart && d.state == DownState::Forwarding && d.layer == meta.layer {
@@ -655,7 +666,8 @@ impl<P: Clone, R> Forwarder<P, R> {
                     d.start(&meta, now)
                 }
                 _ => {
-                    waiting |= d.target == meta.layer;
+                    // Padding on a layer whose encoding stopped brings no keyframe.
+                    waiting |= d.target == meta.layer && !meta.padding;
                     continue;
                 }
             }
