@@ -99,6 +99,9 @@ async function snapshot(page) {
       bytesReceived: 0,
       aob: 0,
       rtt: 0,
+      videoSent: 0,
+      videoResent: 0,
+      nacksHeard: 0,
     };
     for (const pc of window.__pcs || []) {
       if (pc.connectionState === 'closed') continue;
@@ -132,6 +135,10 @@ async function snapshot(page) {
           out.audioLost += r.packetsLost || 0;
           out.audioReceived += r.packetsReceived || 0;
           out.bytesReceived += r.bytesReceived || 0;
+        } else if (r.type === 'outbound-rtp' && r.kind === 'video') {
+          out.videoSent += r.packetsSent || 0;
+          out.videoResent += r.retransmittedPacketsSent || 0;
+          out.nacksHeard += r.nackCount || 0;
         } else if (r.type === 'transport' && r.selectedCandidatePairId) {
           const pair = byId.get(r.selectedCandidatePairId);
           out.aob += pair?.availableOutgoingBitrate || 0;
@@ -189,6 +196,10 @@ async function measure(receiver, sender, seconds) {
     back_fps: round(backD('framesDecoded') / windowS, 1),
     back_height: backEnd.height,
     back_conceal_pct: round(backD('samples') > 0 ? (100 * backD('concealed')) / backD('samples') : NaN, 2),
+    // What the patient's page resent of the video it sends over its impaired uplink
+    // (share of its video packets), and the NACKs it was sent for it.
+    up_resent_pct: round(d('videoSent') > 0 ? (100 * d('videoResent')) / d('videoSent') : 0, 2),
+    up_nacks_heard: d('nacksHeard'),
     samples,
   };
 }

@@ -34,8 +34,8 @@ use protocol::{IceCandidate, LinkFigures, MediaLeg, MediaState};
 use crate::metrics::{LoopCounters, NodeMetrics};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
-    Attribute, CongestionControlBuilder, NackGeneratorBuilder, Packet, ReceiverReportBuilder,
-    Registry, SenderReportBuilder, Slot, TaggedPacket,
+    Attribute, CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Packet,
+    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -61,6 +61,7 @@ pub mod endpoint;
 mod feedback;
 mod liveness;
 mod media_loop;
+mod nacks;
 mod reports;
 mod tap;
 mod tcp;
@@ -498,6 +499,9 @@ pub(crate) struct Recipe {
     /// The publisher leg's loss after the SFU, which its reports carry (the SFU's
     /// receiving role only).
     pub downstream_loss: Option<reports::DownstreamLoss>,
+    /// The publisher leg's browser's round trip, which times its NACKs (the SFU's
+    /// receiving role only).
+    pub round_trip: Option<nacks::RoundTrip>,
 }
 
 /// What a client connection (the synthetic participants', full ICE, both directions'
@@ -527,7 +531,7 @@ pub fn client_recipe(settings: SettingEngineBuilder) -> Result<ClientRecipe, Eng
     })
 }
 
-/// How many times a missing packet is NACKed before it is given up.
+/// How many times a synthetic client NACKs a missing packet before it gives it up.
 const NACKS_PER_PACKET: u16 = 10;
 
 /// How often a synthetic client asks again for what it misses: as Chrome, whose NACK
@@ -556,20 +560,28 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     if receiving {
         registry = configure_twcc_receiver_only(registry, &mut media)
             .map_err(webrtc_err)?
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+    }
+    let mut round_trip = None;
+    if role == Role::ServerReceiving {
+        // The SFU asks for what its publisher's uplink lost by the round trip ([`nacks`]).
+        let cell = nacks::RoundTrip::default();
+        registry = registry.with(Slot::NackGenerator, nacks::interceptor(cell.clone()));
+        round_trip = Some(cell);
+    }
+    if role == Role::Client {
+        // A synthetic client asks as Chrome does on a short path, each missing packet at
+        // most 10 times (the crate's default asks until it leaves the log), and answers
+        // NACKs from what it sent, as a browser does.
+        registry = registry
             .with(
                 Slot::NackGenerator,
-                // Each missing packet asked for at most 10 times (libwebrtc gives up after
-                // 10 too; the crate's default asks until it leaves the log), by the SFU
-                // 100 ms apart, by a synthetic client as Chrome does.
-                if role == Role::Client {
-                    NackGeneratorBuilder::new().with_interval(CLIENT_NACK_INTERVAL)
-                } else {
-                    NackGeneratorBuilder::new()
-                }
-                .with_max_nacks_per_packet(NACKS_PER_PACKET)
-                .build(),
-            );
+                NackGeneratorBuilder::new()
+                    .with_interval(CLIENT_NACK_INTERVAL)
+                    .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                    .build(),
+            )
+            .with(Slot::NackResponder, NackResponderBuilder::new().build());
     }
     let mut downstream_loss = None;
     if role == Role::ServerReceiving {
@@ -640,6 +652,7 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
         settings,
         estimate,
         downstream_loss,
+        round_trip,
     })
 }
 

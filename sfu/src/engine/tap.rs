@@ -21,6 +21,12 @@ pub(super) trait Hook: Send + Sync {
     /// A stream the connection receives, known or gone.
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+    /// Its timer fired (at or after [`Self::next_timeout`]); packets to send go into `send`.
+    fn timeout(&mut self, _now: Instant, _send: &mut VecDeque<TaggedPacket>) {}
+    /// When it wants [`Self::timeout`] called, if at all.
+    fn next_timeout(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// A [`Hook`] as an interceptor.
@@ -70,6 +76,15 @@ impl<H: Hook> Protocol<TaggedPacket, TaggedPacket, ()> for Tap<H> {
     }
     fn poll_write(&mut self) -> Option<TaggedPacket> {
         self.write.pop_front()
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+        if self.hook.next_timeout().is_some_and(|at| now >= at) {
+            self.hook.timeout(now, &mut self.write);
+        }
+        Ok(())
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.hook.next_timeout()
     }
 }
 

@@ -56,6 +56,7 @@ impl Endpoint {
                     .flatten();
             }
             tell_downstream_loss(room, members, conns);
+            tell_round_trips(room, members, conns);
             choose_layers(room, members, conns, touched, counters, now);
             for &key in &room.members {
                 limit_uplink(room, key, members, conns, touched, now);
@@ -114,6 +115,20 @@ fn tell_downstream_loss(
         // In 256ths, as RTCP's fraction lost.
         let fraction = worst.map_or(0, |ppm| (ppm * 256 / 1_000_000).min(255) as u8);
         cell.store(fraction, Ordering::Relaxed);
+    }
+}
+
+/// Each member's publisher leg times its NACKs by the round trip measured on its
+/// subscriber leg: the same browser, the same path to the SFU.
+fn tell_round_trips(room: &Room, members: &HashMap<u128, Member>, conns: &HashMap<ConnId, Conn>) {
+    for m in room.members.iter().filter_map(|key| members.get(key)) {
+        let rtt = conns
+            .get(&m.subscriber)
+            .and_then(|c| c.estimate.as_ref())
+            .map_or(0, |e| e.rtt_us.load(Ordering::Relaxed));
+        if let Some(cell) = conns.get(&m.publisher).and_then(|c| c.round_trip.as_ref()) {
+            cell.store(rtt, Ordering::Relaxed);
+        }
     }
 }
 

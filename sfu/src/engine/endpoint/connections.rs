@@ -286,6 +286,7 @@ impl Endpoint {
                 liveness: Liveness::default(),
                 estimate: cells.estimate,
                 downstream_loss: cells.downstream_loss,
+                round_trip: cells.round_trip,
                 next_link_sample: now,
                 received_bytes: 0,
                 last_heard: None,

@@ -95,6 +95,7 @@ fn sansio_connection(
         settings,
         estimate,
         downstream_loss,
+        round_trip,
     } = connection_recipe(role, SettingEngineBuilder::new())?;
     let pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -108,6 +109,7 @@ fn sansio_connection(
         LegCells {
             estimate,
             downstream_loss,
+            round_trip,
         },
     ))
 }
@@ -116,6 +118,7 @@ fn sansio_connection(
 struct LegCells {
     estimate: Option<Estimate>,
     downstream_loss: Option<super::reports::DownstreamLoss>,
+    round_trip: Option<super::nacks::RoundTrip>,
 }
 mod forwarding;
 mod negotiation;
@@ -278,6 +281,9 @@ struct Conn {
     /// Publisher leg: the worst loss on its subscribers' downlinks, which its receiver
     /// reports carry (set every tick).
     downstream_loss: Option<super::reports::DownstreamLoss>,
+    /// Publisher leg: its browser's round trip, which times the SFU's NACKs for what it
+    /// sends (set every tick from the subscriber leg's measure).
+    round_trip: Option<super::nacks::RoundTrip>,
     /// Subscriber leg: when its link next goes into the metrics ([`SAMPLE_LINKS`]).
     next_link_sample: Instant,
     /// Bytes received on it (a publisher leg: what its browser sends).

@@ -1316,3 +1316,51 @@ fn a_lost_retransmission_is_answered_again_after_the_subscribers_round_trip() {
         "{refused} refused for {resent} resent"
     );
 }
+
+/// A publisher on a short, very lossy path (20 % lost each way, 20 ms round trip): the SFU
+/// asks for what its uplink lost as soon as a gap shows and again after each round trip
+/// (`engine::nacks`), so nearly every video packet reaches the other browser within 150 ms.
+/// With the `rtc` crate's generator (every 100 ms) 2.8 % came later than 150 ms and 8.7 %
+/// later than 100 ms; now 0.1 % and 1.4 %.
+#[test]
+fn an_uplink_loss_is_asked_for_at_once_and_again_after_the_round_trip() {
+    let mut w = call(7, 600);
+    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
+    let lossy = LinkConfig::clean(DELAY).with_loss(0.2);
+    w.net.set_link(sfu, b1, lossy);
+    w.net.set_link(b1, sfu, lossy);
+    w.run_for(Duration::from_secs(2));
+    let start = w.browsers[1].sent.1;
+    w.run_for(Duration::from_secs(8));
+    let end = w.browsers[1].sent.1;
+    w.run_for(Duration::from_secs(1));
+    let sent_at = &w.browsers[1].video_sent_at;
+    let arrived: HashMap<u32, Instant> = w.browsers[0]
+        .received
+        .values()
+        .filter(|r| r.kind == Some(MediaKind::Video))
+        .flat_map(|r| r.arrived.iter().map(|(i, at)| (*i, *at)))
+        .collect();
+    let late = |limit| {
+        (start..end)
+            .filter(|i| {
+                arrived
+                    .get(i)
+                    .is_none_or(|at| *at - sent_at[*i as usize] > ms(limit))
+            })
+            .count()
+    };
+    let wanted = (end - start) as usize;
+    let (late100, late150) = (late(100), late(150));
+    eprintln!(
+        "of {wanted} video packets: {late100} later than 100 ms or lost, {late150} than 150 ms"
+    );
+    assert!(
+        late150 * 100 <= wanted,
+        "{late150} of {wanted} later than 150 ms"
+    );
+    assert!(
+        late100 * 100 <= wanted * 3,
+        "{late100} of {wanted} later than 100 ms"
+    );
+}
