@@ -196,6 +196,7 @@ async function measure(receiver, sender, seconds) {
     back_fps: round(backD('framesDecoded') / windowS, 1),
     back_height: backEnd.height,
     back_conceal_pct: round(backD('samples') > 0 ? (100 * backD('concealed')) / backD('samples') : NaN, 2),
+    back_jb_target_ms: backD('jbEmitted') > 0 ? Math.round((1000 * backD('jbTarget')) / backD('jbEmitted')) : 0,
     // What the patient's page resent of the video it sends over its impaired uplink
     // (share of its video packets), and the NACKs it was sent for it.
     up_resent_pct: round(d('videoSent') > 0 ? (100 * d('videoResent')) / d('videoSent') : 0, 2),

@@ -51,7 +51,7 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,6 +62,7 @@ mod feedback;
 mod liveness;
 mod media_loop;
 mod nacks;
+pub(crate) mod playout;
 mod reports;
 mod tap;
 mod tcp;
@@ -499,9 +500,11 @@ pub(crate) struct Recipe {
     /// The publisher leg's loss after the SFU, which its reports carry (the SFU's
     /// receiving role only).
     pub downstream_loss: Option<reports::DownstreamLoss>,
-    /// The publisher leg's browser's round trip, which times its NACKs (the SFU's
-    /// receiving role only).
-    pub round_trip: Option<nacks::RoundTrip>,
+    /// The publisher leg's browser's round trip, which times its NACKs, and what they found
+    /// missing (the SFU's receiving role only).
+    pub repair: Option<Arc<nacks::Repair>>,
+    /// The subscriber leg's minimum playout delay (the SFU's sending role only).
+    pub playout: Option<playout::PlayoutDelay>,
 }
 
 /// What a client connection (the synthetic participants', full ICE, both directions'
@@ -562,12 +565,34 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
             .map_err(webrtc_err)?
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
     }
-    let mut round_trip = None;
+    let mut repair = None;
     if role == Role::ServerReceiving {
         // The SFU asks for what its publisher's uplink lost by the round trip ([`nacks`]).
-        let cell = nacks::RoundTrip::default();
+        let cell = Arc::new(nacks::Repair::default());
         registry = registry.with(Slot::NackGenerator, nacks::interceptor(cell.clone()));
-        round_trip = Some(cell);
+        repair = Some(cell);
+    }
+    if matches!(role, Role::ServerSending | Role::Client) {
+        // Its video waits for what its publishers' uplinks lose to be repaired
+        // ([`playout`]); clients accept the extension as browsers do.
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: playout::URI.to_owned(),
+                },
+                RtpCodecKind::Video,
+                None,
+            )
+            .map_err(webrtc_err)?;
+    }
+    let mut playout = None;
+    if role == Role::ServerSending {
+        let cell = playout::PlayoutDelay::default();
+        registry = registry.with(
+            Slot::from(playout::SLOT),
+            playout::interceptor(cell.clone()),
+        );
+        playout = Some(cell);
     }
     if role == Role::Client {
         // A synthetic client asks as Chrome does on a short path, each missing packet at
@@ -652,7 +677,8 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
         settings,
         estimate,
         downstream_loss,
-        round_trip,
+        repair,
+        playout,
     })
 }
 

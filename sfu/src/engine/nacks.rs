@@ -10,7 +10,9 @@
 //! each round trip until the packet comes, at most [`MAX_ASKS`] times and not once the
 //! packet is older than [`MAX_AGE`] (its subscribers' jitter buffers have moved on). The
 //! round trip is the one the SFU measures on the same browser's subscriber leg (the same
-//! path), set by the endpoint every tick ([`RoundTrip`]); [`UNKNOWN_ROUND_TRIP`] until then.
+//! path), set by the endpoint every tick ([`Repair`]); [`UNKNOWN_ROUND_TRIP`] until then.
+//! It counts the packets found missing there too, which tell the endpoint that the uplink
+//! loses (its subscribers then wait for repairs: `super::playout`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,9 +27,15 @@ use rtc::shared::TransportContext;
 
 use super::tap::{Hook, Tap};
 
-/// A publisher browser's round trip to the SFU, in microseconds (0: not measured yet),
-/// shared between the endpoint and that browser's publisher leg.
-pub(crate) type RoundTrip = Arc<AtomicU64>;
+/// What the endpoint and a publisher leg's NACK requester share.
+#[derive(Debug, Default)]
+pub(crate) struct Repair {
+    /// The browser's round trip to the SFU, in microseconds (0: not measured yet); set by
+    /// the endpoint.
+    pub round_trip_us: AtomicU64,
+    /// Packets found missing on the uplink so far; counted by the requester.
+    pub missing: AtomicU64,
+}
 
 /// How long a NACK waits for its packet before asking again while the round trip is not
 /// known (the crate's interval, and libwebrtc's default round trip).
@@ -55,16 +63,16 @@ pub const MAX_MISSING: usize = 1_000;
 const TICK: Duration = Duration::from_millis(10);
 
 /// The interceptor, timed by `round_trip`.
-pub(super) fn interceptor(round_trip: RoundTrip) -> Tap<NackRequester> {
+pub(super) fn interceptor(repair: Arc<Repair>) -> Tap<NackRequester> {
     Tap::new(NackRequester {
-        round_trip,
+        repair,
         streams: HashMap::new(),
         next: None,
     })
 }
 
 pub(super) struct NackRequester {
-    round_trip: RoundTrip,
+    repair: Arc<Repair>,
     /// The received streams that negotiated NACK, by SSRC.
     streams: HashMap<u32, Stream>,
     /// When the timer fires next: while any packet is missing.
@@ -171,7 +179,7 @@ fn nack(ssrc: u32, lost: &[u16], now: Instant) -> TaggedPacket {
 
 impl NackRequester {
     fn retry(&self) -> Duration {
-        match self.round_trip.load(Ordering::Relaxed) {
+        match self.repair.round_trip_us.load(Ordering::Relaxed) {
             0 => UNKNOWN_ROUND_TRIP,
             us => Duration::from_micros(us).max(MIN_RETRY),
         }
@@ -195,6 +203,9 @@ impl Hook for NackRequester {
             let mut ask = Vec::new();
             stream.received(p.header.sequence_number, msg.now, &mut ask);
             if !ask.is_empty() {
+                self.repair
+                    .missing
+                    .fetch_add(ask.len() as u64, Ordering::Relaxed);
                 send.push_back(nack(p.header.ssrc, &ask, msg.now));
             }
             if !stream.missing.is_empty() || self.next.is_some() {
@@ -248,10 +259,12 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn requester(rtt_ms: u64) -> (Tap<NackRequester>, RoundTrip) {
-        let rtt = RoundTrip::default();
-        rtt.store(rtt_ms * 1_000, Ordering::Relaxed);
-        let mut tap = interceptor(rtt.clone());
+    fn requester(rtt_ms: u64) -> (Tap<NackRequester>, Arc<Repair>) {
+        let repair = Arc::new(Repair::default());
+        repair
+            .round_trip_us
+            .store(rtt_ms * 1_000, Ordering::Relaxed);
+        let mut tap = interceptor(repair.clone());
         let info = StreamInfo {
             ssrc: SSRC,
             rtcp_feedback: vec![rtc::interceptor::RTCPFeedback {
@@ -261,7 +274,7 @@ mod tests {
             ..Default::default()
         };
         rtc::interceptor::Interceptor::bind_remote_stream(&mut tap, &info);
-        (tap, rtt)
+        (tap, repair)
     }
 
     /// The sequence numbers of the NACKs it sends.
@@ -314,10 +327,15 @@ mod tests {
     #[test]
     fn a_gap_is_asked_for_at_once_and_again_each_round_trip() {
         let t0 = Instant::now();
-        let (mut tap, _) = requester(150);
+        let (mut tap, repair) = requester(150);
         receive(&mut tap, 10, t0);
         receive(&mut tap, 13, t0 + ms(1));
         assert_eq!(asked(&mut tap), [11, 12], "at once");
+        assert_eq!(
+            repair.missing.load(Ordering::Relaxed),
+            2,
+            "counted once each"
+        );
         run(&mut tap, t0 + ms(140));
         assert!(asked(&mut tap).is_empty(), "not before the round trip");
         receive(&mut tap, 11, t0 + ms(145)); // its retransmission came
@@ -347,7 +365,7 @@ mod tests {
         run(&mut tap, t0 + ms(25));
         // Every MIN_RETRY (10 ms) on a 2 ms path: at 10 and 20 ms.
         assert_eq!(asked(&mut tap), [2, 2]);
-        rtt.store(0, Ordering::Relaxed);
+        rtt.round_trip_us.store(0, Ordering::Relaxed);
         run(&mut tap, t0 + ms(115));
         assert!(
             asked(&mut tap).is_empty(),
@@ -366,7 +384,7 @@ mod tests {
         run(&mut tap, t0 + ms(1_000));
         assert_eq!(asked(&mut tap).len(), usize::from(MAX_ASKS));
         // A long path: asked until it is a second old, not after.
-        rtt.store(300_000, Ordering::Relaxed);
+        rtt.round_trip_us.store(300_000, Ordering::Relaxed);
         receive(&mut tap, 104, t0 + ms(1_000));
         run(&mut tap, t0 + ms(3_000));
         assert_eq!(

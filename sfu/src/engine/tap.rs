@@ -21,6 +21,9 @@ pub(super) trait Hook: Send + Sync {
     /// A stream the connection receives, known or gone.
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+    /// A stream the connection sends, known or gone.
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     /// Its timer fired (at or after [`Self::next_timeout`]); packets to send go into `send`.
     fn timeout(&mut self, _now: Instant, _send: &mut VecDeque<TaggedPacket>) {}
     /// When it wants [`Self::timeout`] called, if at all.
@@ -89,8 +92,12 @@ impl<H: Hook> Protocol<TaggedPacket, TaggedPacket, ()> for Tap<H> {
 }
 
 impl<H: Hook> Interceptor for Tap<H> {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        self.hook.bind_local_stream(info);
+    }
+    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+        self.hook.unbind_local_stream(info);
+    }
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
         self.hook.bind_remote_stream(info);
     }

@@ -7,6 +7,7 @@ use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEs
 
 use super::*;
 use crate::bwe::{self, AUDIO_ALLOWANCE, UplinkLimit};
+use crate::engine::playout;
 
 /// How often what a publisher sends is measured.
 const RATE_WINDOW: Duration = Duration::from_millis(1_000);
@@ -19,6 +20,10 @@ pub(super) struct Uplink {
     /// Bits per second over the last whole window.
     sending: u64,
     limit: UplinkLimit,
+    /// The packets the SFU's NACKs found missing on it, as last read.
+    missing: u64,
+    /// Until when it counts as losing packets (its subscribers wait for the repairs).
+    lossy_until: Option<Instant>,
 }
 
 impl Endpoint {
@@ -56,7 +61,7 @@ impl Endpoint {
                     .flatten();
             }
             tell_downstream_loss(room, members, conns);
-            tell_round_trips(room, members, conns);
+            time_repairs(room, members, conns, now);
             choose_layers(room, members, conns, touched, counters, now);
             for &key in &room.members {
                 limit_uplink(room, key, members, conns, touched, now);
@@ -118,16 +123,49 @@ fn tell_downstream_loss(
     }
 }
 
-/// Each member's publisher leg times its NACKs by the round trip measured on its
-/// subscriber leg: the same browser, the same path to the SFU.
-fn tell_round_trips(room: &Room, members: &HashMap<u128, Member>, conns: &HashMap<ConnId, Conn>) {
-    for m in room.members.iter().filter_map(|key| members.get(key)) {
-        let rtt = conns
-            .get(&m.subscriber)
-            .and_then(|c| c.estimate.as_ref())
-            .map_or(0, |e| e.rtt_us.load(Ordering::Relaxed));
-        if let Some(cell) = conns.get(&m.publisher).and_then(|c| c.round_trip.as_ref()) {
-            cell.store(rtt, Ordering::Relaxed);
+/// The repair of what each member's uplink loses: its publisher leg times its NACKs by
+/// the round trip measured on its subscriber leg (the same browser, the same path to the
+/// SFU); and while its uplink loses, the others' videos are played late enough for those
+/// repairs to arrive in time (`engine::playout`).
+fn time_repairs(
+    room: &Room,
+    members: &mut HashMap<u128, Member>,
+    conns: &HashMap<ConnId, Conn>,
+    now: Instant,
+) {
+    for key in &room.members {
+        let Some(m) = members.get_mut(key) else {
+            continue;
+        };
+        let Some(repair) = conns.get(&m.publisher).and_then(|c| c.repair.as_ref()) else {
+            continue;
+        };
+        let rtt = conns.get(&m.subscriber).map_or(0, Conn::rtt_us);
+        repair.round_trip_us.store(rtt, Ordering::Relaxed);
+        let missing = repair.missing.load(Ordering::Relaxed);
+        if missing > m.uplink.missing {
+            m.uplink.lossy_until = Some(now + playout::LOSSY_FOR);
+        }
+        m.uplink.missing = missing;
+    }
+    for key in &room.members {
+        let lossy = room
+            .members
+            .iter()
+            .filter(|k| *k != key)
+            .filter_map(|k| members.get(k))
+            .filter(|p| p.uplink.lossy_until.is_some_and(|until| now < until))
+            .map(|p| Duration::from_micros(conns.get(&p.subscriber).map_or(0, Conn::rtt_us)));
+        let delay = playout::delay_for(lossy);
+        if let Some(cell) = members
+            .get(key)
+            .and_then(|m| conns.get(&m.subscriber))
+            .and_then(|c| c.playout.as_ref())
+        {
+            let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+            if cell.swap(ms, Ordering::Relaxed) != ms {
+                tracing::debug!(participant = key, ms, "playout delay");
+            }
         }
     }
 }

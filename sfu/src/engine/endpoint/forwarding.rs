@@ -286,10 +286,7 @@ impl Endpoint {
         if !lost.is_empty() {
             // Answered again as soon as the subscriber's browser can have found that a
             // retransmission was lost: after its round trip, as measured from its feedback.
-            let rtt_us = conns
-                .get(&m.subscriber)
-                .and_then(|c| c.estimate.as_ref())
-                .map_or(0, |e| e.rtt_us.load(Ordering::Relaxed));
+            let rtt_us = conns.get(&m.subscriber).map_or(0, Conn::rtt_us);
             let interval = crate::forward::resend_interval(
                 (rtt_us > 0).then(|| Duration::from_micros(rtt_us)),
             );

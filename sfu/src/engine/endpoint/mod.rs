@@ -95,7 +95,8 @@ fn sansio_connection(
         settings,
         estimate,
         downstream_loss,
-        round_trip,
+        repair,
+        playout,
     } = connection_recipe(role, SettingEngineBuilder::new())?;
     let pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -109,7 +110,8 @@ fn sansio_connection(
         LegCells {
             estimate,
             downstream_loss,
-            round_trip,
+            repair,
+            playout,
         },
     ))
 }
@@ -118,7 +120,8 @@ fn sansio_connection(
 struct LegCells {
     estimate: Option<Estimate>,
     downstream_loss: Option<super::reports::DownstreamLoss>,
-    round_trip: Option<super::nacks::RoundTrip>,
+    repair: Option<Arc<super::nacks::Repair>>,
+    playout: Option<super::playout::PlayoutDelay>,
 }
 mod forwarding;
 mod negotiation;
@@ -282,8 +285,11 @@ struct Conn {
     /// reports carry (set every tick).
     downstream_loss: Option<super::reports::DownstreamLoss>,
     /// Publisher leg: its browser's round trip, which times the SFU's NACKs for what it
-    /// sends (set every tick from the subscriber leg's measure).
-    round_trip: Option<super::nacks::RoundTrip>,
+    /// sends (set every tick from the subscriber leg's measure), and what they found
+    /// missing.
+    repair: Option<Arc<super::nacks::Repair>>,
+    /// Subscriber leg: the minimum playout delay its video is sent with (set every tick).
+    playout: Option<super::playout::PlayoutDelay>,
     /// Subscriber leg: when its link next goes into the metrics ([`SAMPLE_LINKS`]).
     next_link_sample: Instant,
     /// Bytes received on it (a publisher leg: what its browser sends).
@@ -293,6 +299,16 @@ struct Conn {
     /// Its ICE restarted and it has not connected since.
     ice_restarted: bool,
     _live: LiveGuard,
+}
+
+impl Conn {
+    /// Subscriber leg: its browser's round trip as its last congestion feedback implied, in
+    /// microseconds (0: none yet, or another leg).
+    fn rtt_us(&self) -> u64 {
+        self.estimate
+            .as_ref()
+            .map_or(0, |e| e.rtt_us.load(Ordering::Relaxed))
+    }
 }
 
 /// A published track: what subscribers need to create theirs, its publisher's payload

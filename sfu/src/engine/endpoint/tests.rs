@@ -133,6 +133,10 @@ struct Browser {
     sent: (u32, u32),
     /// When each video packet was sent, by index.
     video_sent_at: Vec<Instant>,
+    /// The playout-delay extension's id in the SFU's offer, and the minimum delay (ms) the
+    /// last packet carrying it gave.
+    playout_ext: Option<u8>,
+    playout_min_ms: Option<u32>,
     frames: u32,
     next_audio: Option<Instant>,
     next_frame: Option<Instant>,
@@ -195,6 +199,8 @@ impl Browser {
             seqs: (0, 0),
             sent: (0, 0),
             video_sent_at: Vec::new(),
+            playout_ext: None,
+            playout_min_ms: None,
             frames: 0,
             next_audio: None,
             next_frame: None,
@@ -291,6 +297,13 @@ impl Browser {
         }
         while let Some(m) = self.subscriber.pc.poll_read() {
             if let RTCMessage::RtpPacket(track, packet) = m.message {
+                if let Some(v) = self
+                    .playout_ext
+                    .and_then(|id| packet.header.get_extension(id))
+                    .filter(|v| v.len() == 3)
+                {
+                    self.playout_min_ms = Some((u32::from(v[0]) << 4 | u32::from(v[1]) >> 4) * 10);
+                }
                 let r = self.received.entry(track).or_default();
                 r.packets += 1;
                 let p = &packet.payload;
@@ -558,6 +571,10 @@ impl World {
         };
         b.offer_ufrags
             .push(crate::sdp::ice_ufrag(&sdp).unwrap_or_default().to_owned());
+        b.playout_ext = sdp.lines().find_map(|l| {
+            let (id, uri) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+            (uri.trim() == crate::engine::playout::URI).then(|| id.parse().ok())?
+        });
         let pc = &mut b.subscriber.pc;
         pc.set_remote_description(now, RTCSessionDescription::offer(sdp).unwrap())
             .unwrap();
@@ -1363,4 +1380,32 @@ fn an_uplink_loss_is_asked_for_at_once_and_again_after_the_round_trip() {
         late100 * 100 <= wanted * 3,
         "{late100} of {wanted} later than 100 ms"
     );
+}
+
+/// A publisher whose uplink loses packets (5 %, 150 ms round trip): the other browser's
+/// video comes with a minimum playout delay of that round trip and a margin, so that what
+/// the SFU asks again of the publisher arrives before its frame is due
+/// (`engine::playout`); a publisher whose uplink loses nothing brings none, and the delay
+/// goes back to 0 once the loss is over.
+#[test]
+fn a_lossy_publisher_makes_its_subscribers_wait_for_its_repairs() {
+    let mut w = call(8, 600);
+    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
+    w.run_for(Duration::from_secs(3));
+    assert!(w.browsers[0].playout_ext.is_some(), "negotiated");
+    assert_eq!(w.browsers[0].playout_min_ms, None, "clean: none written");
+    w.net
+        .set_link(b1, sfu, LinkConfig::clean(ms(75)).with_loss(0.05));
+    w.net.set_link(sfu, b1, LinkConfig::clean(ms(75)));
+    w.run_for(Duration::from_secs(5));
+    let delay = w.browsers[0].playout_min_ms.expect("a playout delay");
+    assert!((200..=400).contains(&delay), "{delay} ms");
+    assert_eq!(
+        w.browsers[1].playout_min_ms, None,
+        "the other way the uplink is clean"
+    );
+    w.net.set_link(b1, sfu, LinkConfig::clean(DELAY));
+    w.net.set_link(sfu, b1, LinkConfig::clean(DELAY));
+    w.run_for(crate::engine::playout::LOSSY_FOR + Duration::from_secs(2));
+    assert_eq!(w.browsers[0].playout_min_ms, Some(0), "the loss is over");
 }
