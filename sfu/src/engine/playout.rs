@@ -11,11 +11,15 @@
 //! `http://www.webrtc.org/experiments/rtp-hdrext/playout-delay` on its video and, while a
 //! publisher in the room has lost packets on its uplink within [`LOSSY_FOR`], writes into
 //! every video packet to its subscribers a minimum playout delay of that publisher's round
-//! trip plus [`MARGIN`] (the highest of them, [`PlayoutDelay`], set by the endpoint every
-//! tick); the browser plays its video (and, to keep them in sync, its audio) that much
-//! later, as a direct call over that path would. Once a delay was written, the extension
-//! stays on the stream (a minimum of 0 once the loss is over: a browser keeps the last
-//! value it was given).
+//! trip plus [`MARGIN`]; the browser plays its video (and, to keep them in sync, its
+//! audio) that much later, as a direct call over that path would. A subscriber whose own
+//! downlink loses ([`LOSSY_PPM`]) gets its own round trip plus the margin too: a browser's
+//! buffer of about one round trip let the SFU's retransmission of a packet lost at the
+//! end of a frame come after the next frame was due, and with temporal layers the browser
+//! then drops the frame (5 % loss, 150 ms: 50 to 118 frames a minute dropped, 7 with the
+//! delay). The highest of these is [`PlayoutDelay`], set by the endpoint every tick. Once
+//! a delay was written, the extension stays on the stream (a minimum of 0 once the loss
+//! is over: a browser keeps the last value it was given).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,8 +45,12 @@ pub(crate) type PlayoutDelay = Arc<AtomicU32>;
 /// Added to a lossy publisher's round trip: the time to see the gap and ask, and jitter.
 pub const MARGIN: Duration = Duration::from_millis(50);
 
-/// A publisher's uplink counts as lossy for this long after it last lost a packet.
+/// A link counts as lossy for this long after it last lost packets.
 pub const LOSSY_FOR: Duration = Duration::from_secs(10);
+
+/// A subscriber's downlink losing this share of packets (millionths, over its estimator's
+/// window) counts as lossy.
+pub const LOSSY_PPM: u64 = 10_000;
 
 /// The highest minimum the SFU asks for, however long a publisher's round trip.
 pub const MAX_DELAY: Duration = Duration::from_millis(600);

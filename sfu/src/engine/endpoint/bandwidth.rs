@@ -123,10 +123,11 @@ fn tell_downstream_loss(
     }
 }
 
-/// The repair of what each member's uplink loses: its publisher leg times its NACKs by
-/// the round trip measured on its subscriber leg (the same browser, the same path to the
-/// SFU); and while its uplink loses, the others' videos are played late enough for those
-/// repairs to arrive in time (`engine::playout`).
+/// The repair of what each member's links lose: its publisher leg times its NACKs by the
+/// round trip measured on its subscriber leg (the same browser, the same path to the
+/// SFU); while its uplink loses, the others' videos are played late enough for those
+/// repairs to arrive in time, and while its downlink loses, its own videos are, for the
+/// SFU's retransmissions (`engine::playout`).
 fn time_repairs(
     room: &Room,
     members: &mut HashMap<u128, Member>,
@@ -137,6 +138,13 @@ fn time_repairs(
         let Some(m) = members.get_mut(key) else {
             continue;
         };
+        let loss = conns
+            .get(&m.subscriber)
+            .and_then(|c| c.estimate.as_ref())
+            .map_or(bwe::NO_LOSS_FIGURE, |e| e.loss_ppm.load(Ordering::Relaxed));
+        if loss != bwe::NO_LOSS_FIGURE && loss >= playout::LOSSY_PPM {
+            m.downlink_lossy_until = Some(now + playout::LOSSY_FOR);
+        }
         let Some(repair) = conns.get(&m.publisher).and_then(|c| c.repair.as_ref()) else {
             continue;
         };
@@ -148,20 +156,22 @@ fn time_repairs(
         }
         m.uplink.missing = missing;
     }
+    let lossy = |until: Option<Instant>| until.is_some_and(|until| now < until);
+    let rtt = |m: &Member| Duration::from_micros(conns.get(&m.subscriber).map_or(0, Conn::rtt_us));
     for key in &room.members {
-        let lossy = room
+        let Some(m) = members.get(key) else {
+            continue;
+        };
+        let uplinks = room
             .members
             .iter()
             .filter(|k| *k != key)
             .filter_map(|k| members.get(k))
-            .filter(|p| p.uplink.lossy_until.is_some_and(|until| now < until))
-            .map(|p| Duration::from_micros(conns.get(&p.subscriber).map_or(0, Conn::rtt_us)));
-        let delay = playout::delay_for(lossy);
-        if let Some(cell) = members
-            .get(key)
-            .and_then(|m| conns.get(&m.subscriber))
-            .and_then(|c| c.playout.as_ref())
-        {
+            .filter(|p| lossy(p.uplink.lossy_until))
+            .map(rtt);
+        let own = lossy(m.downlink_lossy_until).then(|| rtt(m));
+        let delay = playout::delay_for(uplinks.chain(own));
+        if let Some(cell) = conns.get(&m.subscriber).and_then(|c| c.playout.as_ref()) {
             let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
             if cell.swap(ms, Ordering::Relaxed) != ms {
                 tracing::debug!(participant = key, ms, "playout delay");

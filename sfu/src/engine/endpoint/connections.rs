@@ -350,6 +350,7 @@ impl Endpoint {
                 codecs: Codecs::new(),
                 uplink: Uplink::default(),
                 video_off: false,
+                downlink_lossy_until: None,
                 video_share: None,
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },

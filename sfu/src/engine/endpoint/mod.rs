@@ -414,6 +414,9 @@ struct Member {
     /// Its browser asked for no video (sound only): every video track it is subscribed
     /// to is paused for it, and its downlink limits no publisher.
     video_off: bool,
+    /// Until when its downlink counts as losing packets: its video then waits for the
+    /// SFU's retransmissions too ([`super::playout`]).
+    downlink_lossy_until: Option<Instant>,
     /// What each video it receives may take of its downlink, as of the last tick
     /// ([`bandwidth`]); `None` before its first estimate, or in sound only.
     video_share: Option<u64>,

@@ -1409,3 +1409,21 @@ fn a_lossy_publisher_makes_its_subscribers_wait_for_its_repairs() {
     w.run_for(crate::engine::playout::LOSSY_FOR + Duration::from_secs(2));
     assert_eq!(w.browsers[0].playout_min_ms, Some(0), "the loss is over");
 }
+
+/// A subscriber whose own downlink loses packets (5 %, 150 ms round trip) gets its video
+/// with a minimum playout delay of its round trip and a margin, so that the SFU's
+/// retransmissions come before their frames are due; the other browser, on a clean link
+/// and with a publisher whose uplink is clean, gets none.
+#[test]
+fn a_lossy_downlink_makes_its_own_video_wait_for_retransmissions() {
+    let mut w = call(9, 600);
+    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
+    w.run_for(Duration::from_secs(2));
+    w.net
+        .set_link(sfu, b1, LinkConfig::clean(ms(75)).with_loss(0.05));
+    w.net.set_link(b1, sfu, LinkConfig::clean(ms(75)));
+    w.run_for(Duration::from_secs(6));
+    let delay = w.browsers[1].playout_min_ms.expect("a playout delay");
+    assert!((200..=400).contains(&delay), "{delay} ms");
+    assert_eq!(w.browsers[0].playout_min_ms, None);
+}
