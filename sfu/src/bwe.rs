@@ -208,19 +208,49 @@ impl UplinkLimit {
 /// what the layer sends (its rate varies from second to second).
 pub const LAYER_UP_MARGIN: f64 = 1.15;
 
+/// A layer taken up is on trial this long: see [`LayerChoice`].
+pub const LAYER_TRIAL: Duration = Duration::from_secs(3);
+
+/// Loss on the subscriber's downlink this much above what it was before a move up (in
+/// millionths, over the estimator's windows) ends the trial: the link cannot take the
+/// layer. Above what a window of random loss varies by (about 2.5 points at 5 %).
+pub const TRIAL_LOSS_PPM: u64 = 80_000;
+
 /// Which simulcast layer one subscriber receives of one video track, from its share of
 /// its downlink and what each layer sends. Down at once when the layer it has does not fit
 /// its share (to the highest that does, or the lowest); up one layer at a time, once the
 /// layer above fits with [`LAYER_UP_MARGIN`] and not within a [`Hold`] of the last fall:
 /// the estimate climbs until the link queues, and each layer taken too early freezes the
-/// picture until the subscriber is back down.
+/// picture until the subscriber is back down. A layer taken up is on trial for
+/// [`LAYER_TRIAL`]: if the downlink's loss rises by [`TRIAL_LOSS_PPM`] meanwhile, back
+/// down at once, without waiting for the estimate to fall below the layer (which took 3
+/// to 4 s of overflow under a 350 kbit/s cap, the picture frozen throughout).
 #[derive(Debug, Default, Clone)]
 pub struct LayerChoice {
     chosen: Option<u8>,
     hold: Hold,
+    /// The downlink's loss as last told ([`Self::downlink_loss`]), in millionths.
+    loss_ppm: Option<u64>,
+    trial: Option<Trial>,
+}
+
+/// A move up being tried.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    until: Instant,
+    /// The layer it came from.
+    from: u8,
+    /// The downlink's loss before the move.
+    loss_before: u64,
 }
 
 impl LayerChoice {
+    /// The subscriber's downlink loss, in millionths (`None`: no figure yet), as its
+    /// estimator last had it; told before each [`Self::choose`].
+    pub fn downlink_loss(&mut self, loss_ppm: Option<u64>) {
+        self.loss_ppm = loss_ppm;
+    }
+
     /// `rates[l]`: what layer `l` sends, in bits per second, or `None` if it is not
     /// arriving; `share`: the subscriber's share for this track (`None` before its first
     /// estimate). The layer it should receive now (`None`: no layer is arriving).
@@ -250,6 +280,23 @@ impl LayerChoice {
         let fits = active()
             .rfind(|&(_, rate)| rate <= share)
             .map_or(lowest, |(l, _)| l);
+        if let Some(trial) = self.trial {
+            let arriving = rates
+                .get(usize::from(trial.from))
+                .is_some_and(Option::is_some);
+            let failed = self
+                .loss_ppm
+                .is_some_and(|l| l > trial.loss_before.saturating_add(TRIAL_LOSS_PPM));
+            if now >= trial.until || current.is_none_or(|c| c <= trial.from) || !arriving {
+                self.trial = None;
+            } else if failed {
+                self.trial = None;
+                self.hold.fell(now);
+                let layer = trial.from.min(fits.max(lowest));
+                self.chosen = Some(layer);
+                return Some(layer);
+            }
+        }
         let layer = match current {
             // The layer it had stopped (its publisher's browser stopped sending it, having
             // been told to send less, or short of uplink): held as any fall.
@@ -271,6 +318,11 @@ impl LayerChoice {
                             && rate as f64 * LAYER_UP_MARGIN <= share as f64 =>
                     {
                         self.hold.rose(now);
+                        self.trial = Some(Trial {
+                            until: now + LAYER_TRIAL,
+                            from: c,
+                            loss_before: self.loss_ppm.unwrap_or(0),
+                        });
                         l
                     }
                     _ => c,
@@ -746,6 +798,38 @@ mod tests {
         assert_eq!(c.choose(at(t, 14_600), &rates, Some(2_000_000)), Some(1));
         // Even the lowest does not fit: the lowest, not nothing.
         assert_eq!(c.choose(at(t, 15_000), &rates, Some(50_000)), Some(0));
+    }
+
+    /// A move up that the link cannot take shows as loss at once, long before the estimate
+    /// falls below the layer: back down then; random loss that stays as it was does not.
+    #[test]
+    fn a_layer_taken_up_goes_back_down_when_the_loss_rises() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        let rates = [Some(200_000), Some(500_000), None];
+        c.downlink_loss(Some(40_000));
+        assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
+        // Up after the hold (the estimate climbed), with 4 % loss as before.
+        assert_eq!(c.choose(at(t, 100), &rates, Some(700_000)), Some(1));
+        c.downlink_loss(Some(60_000));
+        assert_eq!(
+            c.choose(at(t, 600), &rates, Some(700_000)),
+            Some(1),
+            "loss as random as before"
+        );
+        c.downlink_loss(Some(300_000));
+        assert_eq!(
+            c.choose(at(t, 1_100), &rates, Some(700_000)),
+            Some(0),
+            "the link overflows: down, though the estimate is still above the layer"
+        );
+        // Held, longer after a rise that failed.
+        c.downlink_loss(Some(40_000));
+        assert_eq!(c.choose(at(t, 7_000), &rates, Some(700_000)), Some(0));
+        assert_eq!(c.choose(at(t, 8_700), &rates, Some(700_000)), Some(1));
+        // Past the trial, loss is the estimate's business.
+        c.downlink_loss(Some(300_000));
+        assert_eq!(c.choose(at(t, 11_800), &rates, Some(700_000)), Some(1));
     }
 
     #[test]

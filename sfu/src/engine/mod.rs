@@ -62,7 +62,7 @@ mod feedback;
 mod liveness;
 mod media_loop;
 mod nacks;
-pub(crate) mod playout;
+mod playout;
 mod reports;
 mod tap;
 mod tcp;
@@ -559,65 +559,10 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     let receiving = matches!(role, Role::ServerReceiving | Role::Client);
     let sending = matches!(role, Role::ServerSending | Role::Client);
     let mut registry = Registry::new();
-    let mut estimate = None;
     if receiving {
         registry = configure_twcc_receiver_only(registry, &mut media)
             .map_err(webrtc_err)?
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
-    }
-    let mut repair = None;
-    if role == Role::ServerReceiving {
-        // The SFU asks for what its publisher's uplink lost by the round trip ([`nacks`]).
-        let cell = Arc::new(nacks::Repair::default());
-        registry = registry.with(Slot::NackGenerator, nacks::interceptor(cell.clone()));
-        repair = Some(cell);
-    }
-    if matches!(role, Role::ServerSending | Role::Client) {
-        // Its video waits for what its publishers' uplinks lose to be repaired
-        // ([`playout`]); clients accept the extension as browsers do.
-        media
-            .register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: playout::URI.to_owned(),
-                },
-                RtpCodecKind::Video,
-                None,
-            )
-            .map_err(webrtc_err)?;
-    }
-    let mut playout = None;
-    if role == Role::ServerSending {
-        let cell = playout::PlayoutDelay::default();
-        registry = registry.with(
-            Slot::from(playout::SLOT),
-            playout::interceptor(cell.clone()),
-        );
-        playout = Some(cell);
-    }
-    if role == Role::Client {
-        // A synthetic client asks as Chrome does on a short path, each missing packet at
-        // most 10 times (the crate's default asks until it leaves the log), and answers
-        // NACKs from what it sent, as a browser does.
-        registry = registry
-            .with(
-                Slot::NackGenerator,
-                NackGeneratorBuilder::new()
-                    .with_interval(CLIENT_NACK_INTERVAL)
-                    .with_max_nacks_per_packet(NACKS_PER_PACKET)
-                    .build(),
-            )
-            .with(Slot::NackResponder, NackResponderBuilder::new().build());
-    }
-    let mut downstream_loss = None;
-    if role == Role::ServerReceiving {
-        // The publisher's browser is told of its audio only, and of its subscribers' loss
-        // ([`reports`]).
-        let cell = reports::DownstreamLoss::default();
-        registry = registry.with(
-            Slot::from(reports::SLOT),
-            reports::interceptor(cell.clone()),
-        );
-        downstream_loss = Some(cell);
     }
     if matches!(role, Role::ServerReceiving | Role::Client) {
         // The publisher's browser takes the SFU's REMB as the most it may send (its own
@@ -631,24 +576,72 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
             RtpCodecKind::Video,
         );
     }
-    if role == Role::ServerSending {
-        // Each packet to the browser numbered for its congestion feedback, and that
-        // feedback turned into an estimate of its downlink (no pacer: the SFU forwards as
-        // packets come, and adapts what it forwards instead; see `crate::bwe`).
-        let cell = Estimate::default();
-        registry = configure_twcc_sender_only(registry, &mut media)
-            .map_err(webrtc_err)?
-            .with(
-                Slot::CongestionControl,
-                CongestionControlBuilder::new(crate::bwe::DownlinkEstimator::new(cell.clone()))
-                    .build(),
+    if matches!(role, Role::ServerSending | Role::Client) {
+        // Video waits for what the links lose to be repaired ([`playout`]); clients accept
+        // the extension as browsers do.
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: playout::URI.to_owned(),
+                },
+                RtpCodecKind::Video,
+                None,
             )
-            .with(
-                Slot::from(feedback::SLOT),
-                feedback::interceptor(cell.clone()),
-            )
-            .with(Slot::from(xr::SLOT), xr::interceptor());
-        estimate = Some(cell);
+            .map_err(webrtc_err)?;
+    }
+    let (mut estimate, mut downstream_loss, mut repair, mut playout) = (None, None, None, None);
+    match role {
+        Role::ServerReceiving => {
+            // The SFU asks for what the browser's uplink lost by the round trip
+            // ([`nacks`]); its reports tell the browser of its audio only, and of its
+            // subscribers' loss ([`reports`]).
+            let r = Arc::new(nacks::Repair::default());
+            let loss = reports::DownstreamLoss::default();
+            registry = registry
+                .with(Slot::NackGenerator, nacks::interceptor(r.clone()))
+                .with(
+                    Slot::from(reports::SLOT),
+                    reports::interceptor(loss.clone()),
+                );
+            (repair, downstream_loss) = (Some(r), Some(loss));
+        }
+        Role::ServerSending => {
+            // Each packet to the browser numbered for its congestion feedback, and that
+            // feedback turned into an estimate of its downlink (no pacer: the SFU forwards
+            // as packets come, and adapts what it forwards instead; see `crate::bwe`); the
+            // browser's receiver reference times answered ([`xr`]); the playout delay
+            // written ([`playout`]).
+            let e = Estimate::default();
+            let delay = playout::PlayoutDelay::default();
+            registry = configure_twcc_sender_only(registry, &mut media)
+                .map_err(webrtc_err)?
+                .with(
+                    Slot::CongestionControl,
+                    CongestionControlBuilder::new(crate::bwe::DownlinkEstimator::new(e.clone()))
+                        .build(),
+                )
+                .with(Slot::from(feedback::SLOT), feedback::interceptor(e.clone()))
+                .with(Slot::from(xr::SLOT), xr::interceptor())
+                .with(
+                    Slot::from(playout::SLOT),
+                    playout::interceptor(delay.clone()),
+                );
+            (estimate, playout) = (Some(e), Some(delay));
+        }
+        Role::Client => {
+            // A synthetic client asks as Chrome does on a short path, each missing packet
+            // at most 10 times (the crate's default asks until it leaves the log), and
+            // answers NACKs from what it sent, as a browser does.
+            registry = registry
+                .with(
+                    Slot::NackGenerator,
+                    NackGeneratorBuilder::new()
+                        .with_interval(CLIENT_NACK_INTERVAL)
+                        .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                        .build(),
+                )
+                .with(Slot::NackResponder, NackResponderBuilder::new().build());
+        }
     }
     if sending {
         registry = registry

@@ -195,6 +195,11 @@ fn choose_layers(
             continue;
         };
         let share = o.video_share;
+        let loss = conns
+            .get(&o.subscriber)
+            .and_then(|c| c.estimate.as_ref())
+            .map(|e| e.loss_ppm.load(Ordering::Relaxed))
+            .filter(|l| *l != bwe::NO_LOSS_FIGURE);
         for (track, s) in &mut o.subscribed {
             let Some(t) = room.tracks.get(track).filter(|t| t.simulcast()) else {
                 continue;
@@ -205,6 +210,7 @@ fn choose_layers(
                     *rate = Some(t.rates[l].bps);
                 }
             }
+            s.layers.downlink_loss(loss);
             let Some(layer) = s.layers.choose(now, &rates, share) else {
                 continue;
             };

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -639,6 +640,32 @@ impl World {
     /// The SFU → browser `i` link's statistics.
     fn downlink(&self, i: usize) -> LinkStats {
         self.net.stats(SFU.ip(), self.browsers[i].ip)
+    }
+
+    /// Browser `i`'s links both ways as `link`.
+    fn set_links(&mut self, i: usize, link: LinkConfig) {
+        let b = self.browsers[i].ip;
+        self.net.set_link(SFU.ip(), b, link);
+        self.net.set_link(b, SFU.ip(), link);
+    }
+
+    /// How many of browser `from`'s video packets `indexes` reached browser `to` more than
+    /// `limit` after they were sent, or never.
+    fn late_video(&self, from: usize, to: usize, indexes: Range<u32>, limit: Duration) -> usize {
+        let sent_at = &self.browsers[from].video_sent_at;
+        let arrived: HashMap<u32, Instant> = self.browsers[to]
+            .received
+            .values()
+            .filter(|r| r.kind == Some(MediaKind::Video))
+            .flat_map(|r| r.arrived.iter().map(|(i, at)| (*i, *at)))
+            .collect();
+        indexes
+            .filter(|i| {
+                arrived
+                    .get(i)
+                    .is_none_or(|at| *at - sent_at[*i as usize] > limit)
+            })
+            .count()
     }
 }
 
@@ -1292,10 +1319,7 @@ fn a_publisher_hears_of_the_loss_on_its_subscribers_downlinks() {
 #[test]
 fn a_lost_retransmission_is_answered_again_after_the_subscribers_round_trip() {
     let mut w = call(5, 600);
-    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
-    let lossy = LinkConfig::clean(DELAY).with_loss(0.2);
-    w.net.set_link(sfu, b1, lossy);
-    w.net.set_link(b1, sfu, lossy);
+    w.set_links(1, LinkConfig::clean(DELAY).with_loss(0.2));
     w.run_for(Duration::from_secs(2));
     let (start, resent, refused) = (
         w.browsers[0].sent.1,
@@ -1307,20 +1331,7 @@ fn a_lost_retransmission_is_answered_again_after_the_subscribers_round_trip() {
     w.run_for(Duration::from_secs(1));
     let resent = w.metrics.total(Which::NacksResent) - resent;
     let refused = w.metrics.total(Which::NacksRefused) - refused;
-    let sent_at = &w.browsers[0].video_sent_at;
-    let arrived: HashMap<u32, Instant> = w.browsers[1]
-        .received
-        .values()
-        .filter(|r| r.kind == Some(MediaKind::Video))
-        .flat_map(|r| r.arrived.iter().map(|(i, at)| (*i, *at)))
-        .collect();
-    let late = (start..end)
-        .filter(|i| {
-            arrived
-                .get(i)
-                .is_none_or(|at| *at - sent_at[*i as usize] > ms(150))
-        })
-        .count();
+    let late = w.late_video(0, 1, start..end, ms(150));
     let wanted = (end - start) as usize;
     eprintln!(
         "{late} of {wanted} video packets later than 150 ms or lost; {resent} resent, \
@@ -1342,33 +1353,15 @@ fn a_lost_retransmission_is_answered_again_after_the_subscribers_round_trip() {
 #[test]
 fn an_uplink_loss_is_asked_for_at_once_and_again_after_the_round_trip() {
     let mut w = call(7, 600);
-    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
-    let lossy = LinkConfig::clean(DELAY).with_loss(0.2);
-    w.net.set_link(sfu, b1, lossy);
-    w.net.set_link(b1, sfu, lossy);
+    w.set_links(1, LinkConfig::clean(DELAY).with_loss(0.2));
     w.run_for(Duration::from_secs(2));
     let start = w.browsers[1].sent.1;
     w.run_for(Duration::from_secs(8));
     let end = w.browsers[1].sent.1;
     w.run_for(Duration::from_secs(1));
-    let sent_at = &w.browsers[1].video_sent_at;
-    let arrived: HashMap<u32, Instant> = w.browsers[0]
-        .received
-        .values()
-        .filter(|r| r.kind == Some(MediaKind::Video))
-        .flat_map(|r| r.arrived.iter().map(|(i, at)| (*i, *at)))
-        .collect();
-    let late = |limit| {
-        (start..end)
-            .filter(|i| {
-                arrived
-                    .get(i)
-                    .is_none_or(|at| *at - sent_at[*i as usize] > ms(limit))
-            })
-            .count()
-    };
     let wanted = (end - start) as usize;
-    let (late100, late150) = (late(100), late(150));
+    let late100 = w.late_video(1, 0, start..end, ms(100));
+    let late150 = w.late_video(1, 0, start..end, ms(150));
     eprintln!(
         "of {wanted} video packets: {late100} later than 100 ms or lost, {late150} than 150 ms"
     );
