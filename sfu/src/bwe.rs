@@ -809,7 +809,7 @@ mod tests {
         let rates = [Some(200_000), Some(500_000), None];
         c.downlink_loss(Some(40_000));
         assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
-        // Up after the hold (the estimate climbed), with 4 % loss as before.
+        // Up (the estimate climbed), with 4 % loss as before.
         assert_eq!(c.choose(at(t, 100), &rates, Some(700_000)), Some(1));
         c.downlink_loss(Some(60_000));
         assert_eq!(

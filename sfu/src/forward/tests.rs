@@ -879,6 +879,15 @@ fn a_gap_without_losses_or_ending_at_a_keyframe_goes_on_at_once() {
     );
 }
 
+/// A forwarder whose video's two layers have each sent a keyframe, at time 0 of `Clock`.
+fn both_layers_arriving() -> (Clock, TestForwarder) {
+    let clock = Clock(Instant::now());
+    let mut f = forwarder();
+    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
+    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
+    (clock, f)
+}
+
 /// A VP8 packet of simulcast `layer`: the layer's own numbering (sequence, timestamp,
 /// 15-bit picture ID and TL0PICIDX), as a browser sends each layer.
 fn layer_packet(layer: Layer, frame: u16, seq: u16, keyframe: bool) -> (RtpMeta, Bytes) {
@@ -940,12 +949,9 @@ fn feed_layer(
 
 #[test]
 fn a_subscriber_moves_between_simulcast_layers_at_a_keyframe_as_one_stream() {
-    let clock = Clock(Instant::now());
-    let mut f = forwarder();
+    let (clock, mut f) = both_layers_arriving();
     let (low, high) = (PeerId(2), PeerId(3));
     // Both layers arrive; both subscribers start on the best (1), at its keyframe.
-    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
-    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
     assert_eq!(
         f.subscribe(VIDEO, low, 2, clock.at(10)).map(|r| r.layer),
         Some(1)
@@ -1054,11 +1060,8 @@ fn a_subscriber_moves_between_simulcast_layers_at_a_keyframe_as_one_stream() {
 /// padding packets on the stopped layer and 28 keyframe requests in 30 s).
 #[test]
 fn padding_on_a_stopped_layer_keeps_it_idle_and_asks_for_nothing() {
-    let clock = Clock(Instant::now());
-    let mut f = forwarder();
+    let (clock, mut f) = both_layers_arriving();
     let sub = PeerId(2);
-    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
-    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
     f.subscribe(VIDEO, sub, 2, clock.at(0));
     // Layer 1 stops; from then on only padding comes on it, and media on layer 0.
     let mut requests = Vec::new();
@@ -1088,10 +1091,7 @@ fn padding_on_a_stopped_layer_keeps_it_idle_and_asks_for_nothing() {
 
 #[test]
 fn a_subscriber_starts_on_the_best_layer_arriving() {
-    let clock = Clock(Instant::now());
-    let mut f = forwarder();
-    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
-    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
+    let (clock, mut f) = both_layers_arriving();
     // Layer 1 stops (its publisher's uplink cannot carry it); layer 0 goes on.
     for i in 1..=40u16 {
         feed_layer(&mut f, 0, i, i, false, clock.at(u64::from(i) * 33));
@@ -1122,11 +1122,8 @@ fn a_subscriber_starts_on_the_best_layer_arriving() {
 /// comes first, then moves up at its own layer's keyframe.
 #[test]
 fn a_waiting_subscriber_starts_on_a_lower_layer_and_moves_up_at_its_own() {
-    let clock = Clock(Instant::now());
-    let mut f = forwarder();
+    let (clock, mut f) = both_layers_arriving();
     let sub = PeerId(2);
-    feed_layer(&mut f, 0, 0, 0, true, clock.at(0));
-    feed_layer(&mut f, 1, 0, 0, true, clock.at(0));
     assert_eq!(
         f.subscribe(VIDEO, sub, 2, clock.at(1)).map(|r| r.layer),
         Some(1)

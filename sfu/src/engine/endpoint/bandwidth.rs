@@ -93,16 +93,7 @@ fn tell_downstream_loss(
     members: &HashMap<u128, Member>,
     conns: &HashMap<ConnId, Conn>,
 ) {
-    let loss = |key: &u128| {
-        let m = members.get(key)?;
-        let ppm = conns
-            .get(&m.subscriber)?
-            .estimate
-            .as_ref()?
-            .loss_ppm
-            .load(Ordering::Relaxed);
-        (ppm != bwe::NO_LOSS_FIGURE).then_some(ppm)
-    };
+    let loss = |key: &u128| conns.get(&members.get(key)?.subscriber)?.loss_ppm();
     for key in &room.members {
         let worst = room
             .members
@@ -138,11 +129,8 @@ fn time_repairs(
         let Some(m) = members.get_mut(key) else {
             continue;
         };
-        let loss = conns
-            .get(&m.subscriber)
-            .and_then(|c| c.estimate.as_ref())
-            .map_or(bwe::NO_LOSS_FIGURE, |e| e.loss_ppm.load(Ordering::Relaxed));
-        if loss != bwe::NO_LOSS_FIGURE && loss >= playout::LOSSY_PPM {
+        let loss = conns.get(&m.subscriber).and_then(Conn::loss_ppm);
+        if loss.is_some_and(|ppm| ppm >= playout::LOSSY_PPM) {
             m.downlink_lossy_until = Some(now + playout::LOSSY_FOR);
         }
         let Some(repair) = conns.get(&m.publisher).and_then(|c| c.repair.as_ref()) else {
@@ -195,11 +183,7 @@ fn choose_layers(
             continue;
         };
         let share = o.video_share;
-        let loss = conns
-            .get(&o.subscriber)
-            .and_then(|c| c.estimate.as_ref())
-            .map(|e| e.loss_ppm.load(Ordering::Relaxed))
-            .filter(|l| *l != bwe::NO_LOSS_FIGURE);
+        let loss = conns.get(&o.subscriber).and_then(Conn::loss_ppm);
         for (track, s) in &mut o.subscribed {
             let Some(t) = room.tracks.get(track).filter(|t| t.simulcast()) else {
                 continue;

@@ -309,6 +309,15 @@ impl Conn {
             .as_ref()
             .map_or(0, |e| e.rtt_us.load(Ordering::Relaxed))
     }
+
+    /// Subscriber leg: the share of packets its downlink lost over its estimator's
+    /// window, in millionths (`None`: no figure yet, or another leg).
+    fn loss_ppm(&self) -> Option<u64> {
+        self.estimate
+            .as_ref()
+            .map(|e| e.loss_ppm.load(Ordering::Relaxed))
+            .filter(|ppm| *ppm != crate::bwe::NO_LOSS_FIGURE)
+    }
 }
 
 /// A published track: what subscribers need to create theirs, its publisher's payload
