@@ -128,8 +128,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .context("binding the media ports")?;
     let node = Node::new(engine);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = sfu::server::listen(args.listen)
+        .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let control_url = args

@@ -156,8 +156,8 @@ async fn main() -> anyhow::Result<()> {
     // derived public_url) carry the port it really has.
     let listener = match &cli.command {
         Cmd::Serve { .. } => {
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
+            let listener = sfu::server::listen(config.listen)
+                .and_then(tokio::net::TcpListener::from_std)
                 .with_context(|| format!("listening on {}", config.listen))?;
             config.listening_on(listener.local_addr()?);
             Some(listener)

@@ -44,7 +44,7 @@ pub(in crate::engine) fn bind(
         let udp = std::net::UdpSocket::bind((ip, port)).ok()?;
         let port = udp.local_addr().ok()?.port();
         let tcp = if config.ice_tcp {
-            Some(std::net::TcpListener::bind((ip, port)).ok()?)
+            Some(crate::server::listen((ip, port).into()).ok()?)
         } else {
             None
         };
@@ -52,9 +52,6 @@ pub(in crate::engine) fn bind(
         let sock = socket2::SockRef::from(&udp);
         let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-        if let Some(t) = &tcp {
-            t.set_nonblocking(true).ok()?;
-        }
         Some(Sockets { udp, tcp })
     };
     match config.ports {
