@@ -242,6 +242,31 @@ mod tests {
         assert!(sections[3].codecs.is_empty(), "a rejected section");
     }
 
+    /// Chrome's audio RED (redundant Opus) is a codec of the policy; its video RED (around
+    /// ULPFEC) is not.
+    #[test]
+    fn audio_red_is_listed_and_video_red_is_not() {
+        let chrome = "v=0\r\n\
+            o=- 1 2 IN IP4 0.0.0.0\r\n\
+            s=-\r\n\
+            t=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9\r\n\
+            a=mid:0\r\n\
+            a=rtpmap:111 opus/48000/2\r\n\
+            a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+            a=rtpmap:63 red/48000/2\r\n\
+            a=fmtp:63 111/111\r\n\
+            a=rtpmap:9 G722/8000\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 116 117\r\n\
+            a=mid:1\r\n\
+            a=rtpmap:96 VP8/90000\r\n\
+            a=rtpmap:116 red/90000\r\n\
+            a=rtpmap:117 ulpfec/90000\r\n";
+        let sections = media_codecs(chrome).unwrap();
+        assert_eq!(sections[0].codecs, [(111, Codec::Opus), (63, Codec::Red)]);
+        assert_eq!(sections[1].codecs, [(96, Codec::Vp8)]);
+    }
+
     /// Found by the `sdp` fuzz target: a video codec's rtpmap in an audio section was
     /// listed as that section's codec (and an audio codec in a video section would be).
     #[test]

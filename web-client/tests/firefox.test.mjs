@@ -37,6 +37,18 @@ const allPlaying = (v) => v.length === 2 && v.every(Boolean);
 const staffStats = () => window.consultStaff?.stats();
 const patientStats = () => window.consultPatient?.stats();
 
+/** Over 3 s, the other side's sound arrives and decodes: at least 2 s of it, under 10 % concealed. */
+async function soundDecodes(page, stats, label) {
+  const a = (await page.evaluate(stats)).inboundAudio;
+  await h.sleep(3000);
+  const b = (await page.evaluate(stats)).inboundAudio;
+  const samples = b.totalSamplesReceived - a.totalSamplesReceived;
+  const concealed = b.concealedSamples - a.concealedSamples;
+  console.log(`${label} hears: ${samples} samples in 3 s, ${concealed} concealed`);
+  assert.ok(samples >= 2 * 48_000, `${label} received ${samples} samples of sound in 3 s`);
+  assert.ok(concealed < 0.1 * samples, `${label}: ${concealed} of ${samples} samples concealed`);
+}
+
 /** The journey with the patient in one engine and the clinician in the other. */
 async function journey(env, patientEngine, clinicianEngine) {
   const pf = await s.platform(env, {
@@ -76,6 +88,12 @@ async function journey(env, patientEngine, clinicianEngine) {
   await h.waitFor(patient, sending, 'the patient sends camera and microphone', 10_000, patientStats);
   await h.waitFor(doc, allPlaying, 'the clinician sees both pictures play', 10_000, videosPlaying);
   await h.waitFor(patient, allPlaying, 'the patient sees both pictures play', 10_000, videosPlaying);
+  // Each hears the other: Chromium sends its sound in RED, which the SFU passes on to a
+  // Firefox that did not take RED as its plain Opus; it must decode, not be concealed.
+  await Promise.all([
+    soundDecodes(doc, staffStats, `the clinician (${clinicianEngine})`),
+    soundDecodes(patient, patientStats, `the patient (${patientEngine})`),
+  ]);
 
   await doc.getByRole('button', { name: 'End call', exact: true }).click();
   await doc.locator('#dlg').getByRole('button', { name: 'End call', exact: true }).click();

@@ -12,7 +12,8 @@
 // page: toward the SFU for ours, toward the patient for direct).
 //
 // Short tier (scripts/browser-tests): 5 % loss both ways for 8 s, ours and direct; asserts
-// the figures come out, the call holds, and audio concealment stays under 15 %. And sound
+// the figures come out, the call holds, and audio concealment stays under 15 % (under 3 %
+// through ours, where both pages send RED). And sound
 // only (step 5): a patient whose downlink is capped below what video needs is offered
 // sound only by their page, takes it, and the call goes on in sound only.
 // Full matrix (load-tests/measure-all, or by hand):
@@ -96,6 +97,9 @@ async function snapshot(page) {
       samples: 0,
       audioLost: 0,
       audioReceived: 0,
+      audioBytes: 0,
+      audioCodec: '',
+      audioSendCodec: '',
       bytesReceived: 0,
       aob: 0,
       rtt: 0,
@@ -105,6 +109,10 @@ async function snapshot(page) {
     };
     for (const pc of window.__pcs || []) {
       if (pc.connectionState === 'closed') continue;
+      for (const sender of pc.getSenders()) {
+        if (sender.track?.kind !== 'audio') continue;
+        out.audioSendCodec = sender.getParameters().codecs?.[0]?.mimeType || out.audioSendCodec;
+      }
       let report;
       try {
         report = await pc.getStats();
@@ -134,6 +142,8 @@ async function snapshot(page) {
           out.samples += r.totalSamplesReceived || 0;
           out.audioLost += r.packetsLost || 0;
           out.audioReceived += r.packetsReceived || 0;
+          out.audioBytes += r.bytesReceived || 0;
+          out.audioCodec = byId.get(r.codecId)?.mimeType || out.audioCodec;
           out.bytesReceived += r.bytesReceived || 0;
         } else if (r.type === 'outbound-rtp' && r.kind === 'video') {
           out.videoSent += r.packetsSent || 0;
@@ -177,6 +187,11 @@ async function measure(receiver, sender, seconds) {
     decoded_fps: round(d('framesDecoded') / windowS, 1),
     height: heights[Math.floor(heights.length / 2)] ?? 0,
     conceal_pct: round(d('samples') > 0 ? (100 * d('concealed')) / d('samples') : NaN, 2),
+    // The format the receiver's audio is decoded in, and the one each side sends its own
+    // audio in (audio/red: each packet carries the one or two before it again).
+    audio_codec: b.audioCodec,
+    audio_sends: b.audioSendCodec,
+    back_audio_sends: backEnd.audioSendCodec,
     lost_pct: round(received + lost > 0 ? (100 * lost) / (received + lost) : 0, 2),
     lost,
     nacks: d('nacks'),
@@ -187,6 +202,7 @@ async function measure(receiver, sender, seconds) {
     jb_ms: d('jbEmitted') > 0 ? Math.round((1000 * d('jbDelay')) / d('jbEmitted')) : 0,
     jb_target_ms: d('jbEmitted') > 0 ? Math.round((1000 * d('jbTarget')) / d('jbEmitted')) : 0,
     recv_kbps: Math.round((d('bytesReceived') * 8) / windowS / 1000),
+    audio_kbps: Math.round((d('audioBytes') * 8) / windowS / 1000),
     aob_kbps: Math.round(mean(samples.map((x) => x.aob))),
     rtt_ms: Math.round(b.rtt * 1000),
     frames: d('framesDecoded'),
@@ -419,6 +435,13 @@ for (const condition of MATRIX) {
           assert.ok(r.link_down_lost > 0, `${kind}: the link lost nothing`);
           assert.ok(r.lost_pct > 0 || r.nacks > 0, `${kind}: no loss seen by the receiver`);
           assert.ok(r.conceal_pct < 15, `${kind}: audio concealment ${r.conceal_pct} %`);
+          if (kind === 'ours') {
+            // Both pages send their sound in RED through the SFU (a direct call sends plain
+            // Opus), and what one packet carries again makes up for the loss.
+            assert.equal(r.audio_sends, 'audio/red', 'the patient does not send RED');
+            assert.equal(r.back_audio_sends, 'audio/red', 'the clinician does not send RED');
+            assert.ok(r.conceal_pct < 3, `ours: audio concealment ${r.conceal_pct} % with RED`);
+          }
         }
       }
     }

@@ -1,7 +1,10 @@
-//! Keyframe detection (`Codec::is_keyframe`) and the codec choices around it
-//! (`Codec::from_sdp`, `publish_codecs`).
+//! Keyframe detection (`Codec::is_keyframe`), the codec choices around it
+//! (`Codec::from_sdp`, `publish_codecs`), and the primary block of a RED payload
+//! (`red_primary`).
 //!
-//! Whatever the payload: no panic, and Opus is never a keyframe. Payloads built from
+//! Whatever the payload: no panic, audio is never a keyframe, and a RED payload's primary,
+//! if it has one, is a strict tail of it. A RED payload built from its blocks gives back
+//! exactly its primary. Payloads built from
 //! their fields (a VP8 payload descriptor and frame tag; an H264 single NAL unit, STAP-A
 //! aggregate or FU-A fragment), whose truth is known by construction, are detected
 //! exactly: VP8 when it starts partition 0 of a frame whose P bit is 0; H264 when it
@@ -12,7 +15,7 @@
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use sfu::codec::{Codec, CodecSet, publish_codecs};
+use sfu::codec::{Codec, CodecSet, publish_codecs, red_primary};
 
 const IDR: u8 = 5;
 const SPS: u8 = 7;
@@ -151,6 +154,38 @@ impl H264 {
     }
 }
 
+/// A RED payload by its blocks (RFC 2198 section 3): redundant ones (payload type,
+/// timestamp offset, data of at most 1023 bytes), then the primary.
+#[derive(Debug, Arbitrary)]
+struct Red {
+    redundant: Vec<(u8, u16, Vec<u8>)>,
+    primary_type: u8,
+    primary: Vec<u8>,
+}
+
+impl Red {
+    fn bytes(&self) -> Vec<u8> {
+        let blocks: Vec<_> = self
+            .redundant
+            .iter()
+            .take(4)
+            .map(|(pt, offset, data)| (pt & 0x7f, offset & 0x3fff, &data[..data.len().min(1023)]))
+            .collect();
+        let mut p = Vec::new();
+        for (pt, offset, data) in &blocks {
+            let word = u32::from(*offset) << 10 | data.len() as u32;
+            p.push(0x80 | pt);
+            p.extend_from_slice(&word.to_be_bytes()[1..]);
+        }
+        p.push(self.primary_type & 0x7f);
+        for (_, _, data) in &blocks {
+            p.extend_from_slice(data);
+        }
+        p.extend_from_slice(&self.primary);
+        p
+    }
+}
+
 /// A codec's name and format line as an SDP offer gives them, and what a publisher
 /// offered against what the others can receive.
 #[derive(Debug, Arbitrary)]
@@ -168,6 +203,14 @@ fn key(codec: Codec, payload: &[u8]) -> bool {
 /// The properties of detection on any bytes.
 fn raw(p: &[u8]) {
     assert!(!key(Codec::Opus, p), "audio is never a keyframe");
+    assert!(!key(Codec::Red, p), "audio is never a keyframe");
+    if let Some(primary) = red_primary(&Bytes::copy_from_slice(p)) {
+        assert!(primary.len() < p.len(), "a primary without its header");
+        assert!(
+            p.ends_with(&primary),
+            "a primary that is not the payload's tail"
+        );
+    }
 
     // H264: the F and NRI bits of the NAL header never matter.
     let h264 = key(Codec::H264, p);
@@ -229,13 +272,13 @@ fn raw(p: &[u8]) {
 /// input, by `sfu/tests/fuzz_corpus.rs` (stable, in `cargo test`).
 /// The first byte picks what the rest is: 0, any payload (the corpus holds payloads
 /// recorded from browsers); 1, a VP8 payload by its fields; 2, an H264 one; 3, a codec
-/// choice.
+/// choice; 4, a RED payload by its blocks.
 pub fn check(data: &[u8]) {
     let Some((mode, rest)) = data.split_first() else {
         return;
     };
     let mut u = arbitrary::Unstructured::new(rest);
-    match mode % 4 {
+    match mode % 5 {
         0 => raw(rest),
         1 => {
             let Ok(v) = Vp8::arbitrary(&mut u) else {
@@ -258,6 +301,18 @@ pub fn check(data: &[u8]) {
                 key(Codec::H264, &p),
                 h.is_keyframe(),
                 "H264 {h:?} as {p:02x?}"
+            );
+            raw(&p);
+        }
+        4 => {
+            let Ok(red) = Red::arbitrary(&mut u) else {
+                return;
+            };
+            let p = red.bytes();
+            assert_eq!(
+                red_primary(&Bytes::copy_from_slice(&p)).as_deref(),
+                Some(&red.primary[..]),
+                "RED {red:?} as {p:02x?}"
             );
             raw(&p);
         }

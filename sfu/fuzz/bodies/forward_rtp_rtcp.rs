@@ -129,13 +129,14 @@ fn codec_of(pt: u8) -> Option<Codec> {
         96 | 120 => Some(Codec::Vp8),
         102 | 125 => Some(Codec::H264),
         111 => Some(Codec::Opus),
+        63 => Some(Codec::Red),
         _ => None,
     }
 }
 
 /// What a payload type byte of the fuzzer becomes: mostly a known one.
 fn pick_pt(pt: u8) -> u8 {
-    [96, 102, 111, 120, 125, 97][usize::from(pt) % 6]
+    [96, 102, 111, 120, 125, 97, 63][usize::from(pt) % 7]
 }
 
 /// A keyframe in each video codec, to make bursts start decodable.
@@ -144,6 +145,7 @@ fn keyframe_payload(codec: Codec) -> Vec<u8> {
         Codec::Vp8 => vec![0x10, 0x00, 0x9d, 0x01, 0x2a],
         Codec::H264 => vec![0x65, 0x88, 0x84],
         Codec::Opus => vec![0xfc, 0xff, 0xfe],
+        Codec::Red => vec![0x6f, 0xfc, 0xff, 0xfe],
     }
 }
 
@@ -152,6 +154,7 @@ fn delta_payload(codec: Codec) -> Vec<u8> {
         Codec::Vp8 => vec![0x10, 0x01, 0x00, 0x00],
         Codec::H264 => vec![0x41, 0x9a, 0x00],
         Codec::Opus => vec![0xfc, 0xff, 0xfe],
+        Codec::Red => vec![0x6f, 0xfc, 0xff, 0xfe],
     }
 }
 

@@ -3,7 +3,8 @@
 //! which video codec a publisher should send so that everyone in its consultation can
 //! decode it.
 //!
-//! **The policy.** Audio: Opus. Video: VP8 and H264 (constrained baseline,
+//! **The policy.** Audio: Opus, and RED (RFC 2198) carrying Opus where a browser takes
+//! it ([`Codec::Red`]). Video: VP8 and H264 (constrained baseline,
 //! packetization-mode 1). Every mainstream browser decodes at least one of the two and
 //! nearly all decode both: Safari prefers H264 (its hardware codec), Chrome and Edge offer
 //! both, Firefox decodes VP8 always and H264 only once its OpenH264 plug-in is installed
@@ -30,6 +31,12 @@ use rtc::rtp::packetizer::Depacketizer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
     Opus,
+    /// Redundant audio (RFC 2198) around Opus: each packet carries the one or two before
+    /// it again (libwebrtc's `AudioEncoderCopyRed`), so a packet lost on the way is
+    /// rebuilt from the next one. Chrome and Safari offer it after Opus and send it only
+    /// when the answer lists it first, which the SFU's answers do; a subscriber that did
+    /// not accept it gets each packet's primary Opus block ([`red_primary`]).
+    Red,
     Vp8,
     H264,
 }
@@ -43,20 +50,26 @@ pub const H264_FMTP: &str =
 /// leaving the bandwidth to video on a weak link). In the SFU's answers, this is what
 /// publishers are asked to send; in its offers, what subscribers are told they get.
 pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1;usedtx=1";
+/// RED's format line: Opus (at the SFU's payload type for it) as both the primary and the
+/// redundant encoding, as browsers offer it.
+pub const RED_FMTP: &str = "111/111";
 
 impl Codec {
     /// The video codecs of the policy, in the order the SFU prefers when nothing else
     /// decides (VP8: every browser decodes it).
     pub const VIDEO: [Codec; 2] = [Codec::Vp8, Codec::H264];
+    /// Every codec of the policy, audio first (the order the SFU registers them in).
+    pub const ALL: [Codec; 4] = [Codec::Opus, Codec::Red, Codec::Vp8, Codec::H264];
 
     pub fn is_video(self) -> bool {
-        self != Codec::Opus
+        matches!(self, Codec::Vp8 | Codec::H264)
     }
 
     /// The MIME type in SDP and in the `rtc` crate's codec parameters.
     pub fn mime(self) -> &'static str {
         match self {
             Codec::Opus => "audio/opus",
+            Codec::Red => "audio/red",
             Codec::Vp8 => "video/VP8",
             Codec::H264 => "video/H264",
         }
@@ -64,14 +77,14 @@ impl Codec {
 
     pub fn clock_rate(self) -> u32 {
         match self {
-            Codec::Opus => 48_000,
+            Codec::Opus | Codec::Red => 48_000,
             Codec::Vp8 | Codec::H264 => 90_000,
         }
     }
 
     pub fn channels(self) -> u16 {
         match self {
-            Codec::Opus => 2,
+            Codec::Opus | Codec::Red => 2,
             Codec::Vp8 | Codec::H264 => 0,
         }
     }
@@ -80,6 +93,7 @@ impl Codec {
     pub fn fmtp(self) -> &'static str {
         match self {
             Codec::Opus => OPUS_FMTP,
+            Codec::Red => RED_FMTP,
             Codec::Vp8 => "",
             Codec::H264 => H264_FMTP,
         }
@@ -90,16 +104,23 @@ impl Codec {
     pub fn payload_types(self) -> (u8, Option<u8>) {
         match self {
             Codec::Opus => (111, None),
+            Codec::Red => (63, None),
             Codec::Vp8 => (96, Some(97)),
             Codec::H264 => (102, Some(103)),
         }
     }
 
     /// The codec of an SDP format (`a=rtpmap` encoding name and `a=fmtp` line), if it is
-    /// one the SFU negotiates. H264 must be packetization-mode 1 and constrained baseline.
+    /// one the SFU negotiates. H264 must be packetization-mode 1 and constrained baseline;
+    /// RED must carry one encoding throughout (`111/111`: redundant audio, not the RED
+    /// that wraps video FEC, which names no encodings).
     pub fn from_sdp(name: &str, fmtp: &str) -> Option<Codec> {
         if name.eq_ignore_ascii_case("opus") {
             Some(Codec::Opus)
+        } else if name.eq_ignore_ascii_case("red") {
+            let mut encodings = fmtp.trim().split('/');
+            let first = encodings.next().filter(|pt| pt.parse::<u8>().is_ok())?;
+            encodings.all(|pt| pt == first).then_some(Codec::Red)
         } else if name.eq_ignore_ascii_case("VP8") {
             Some(Codec::Vp8)
         } else if name.eq_ignore_ascii_case("H264") {
@@ -120,7 +141,7 @@ impl Codec {
     /// The codec of a MIME type as the `rtc` crate reports a negotiated codec (its format
     /// was matched against the registered ones already).
     pub fn from_mime(mime: &str) -> Option<Codec> {
-        [Codec::Opus, Codec::Vp8, Codec::H264]
+        Codec::ALL
             .into_iter()
             .find(|c| c.mime().eq_ignore_ascii_case(mime))
     }
@@ -129,7 +150,7 @@ impl Codec {
     /// Audio is never a keyframe (every packet decodes on its own).
     pub fn is_keyframe(self, payload: &Bytes) -> bool {
         match self {
-            Codec::Opus => false,
+            Codec::Opus | Codec::Red => false,
             Codec::Vp8 => vp8_keyframe(payload),
             Codec::H264 => h264_keyframe(payload),
         }
@@ -140,6 +161,7 @@ impl Codec {
             Codec::Opus => 1,
             Codec::Vp8 => 2,
             Codec::H264 => 4,
+            Codec::Red => 8,
         }
     }
 }
@@ -335,6 +357,28 @@ pub fn rewrite_vp8_ids(payload: &[u8], ids: Vp8Ids) -> Option<Bytes> {
         out[at] = v;
     }
     Some(Bytes::from(out))
+}
+
+/// The primary encoding of a RED payload (RFC 2198 section 3): its last block, after the
+/// headers of the redundant blocks (4 bytes each: F bit, payload type, timestamp offset,
+/// length) and its own (1 byte: F bit clear, payload type). A slice of the same buffer,
+/// nothing copied; `None` if the headers run past the payload or name more bytes than it
+/// has. The RTP header's timestamp is the primary's own.
+pub fn red_primary(payload: &Bytes) -> Option<Bytes> {
+    let mut at = 0;
+    let mut redundant = 0usize;
+    loop {
+        let header = *payload.get(at)?;
+        if header & 0x80 == 0 {
+            at += 1;
+            break;
+        }
+        let block = payload.get(at + 2..at + 4)?;
+        redundant += usize::from(u16::from_be_bytes([block[0], block[1]]) & 0x03ff);
+        at += 4;
+    }
+    let start = at + redundant;
+    (start <= payload.len()).then(|| payload.slice(start..))
 }
 
 /// NAL unit types (RFC 6184 section 5.4, H.264 table 7-1).

@@ -44,8 +44,67 @@ fn h264_is_recognised_only_as_constrained_baseline_with_packetization_mode_1() {
 }
 
 #[test]
+fn red_is_recognised_only_as_redundant_audio_of_one_encoding() {
+    assert_eq!(Codec::from_sdp("red", "111/111"), Some(Codec::Red));
+    assert_eq!(Codec::from_sdp("RED", "109/109/109"), Some(Codec::Red));
+    assert_eq!(Codec::from_sdp("red", "111"), Some(Codec::Red));
+    // The RED that wraps video FEC names no encodings; mixed or garbled lists are refused.
+    for fmtp in ["", "111/0", "opus/opus", "111/", "1111/1111"] {
+        assert_eq!(Codec::from_sdp("red", fmtp), None, "{fmtp:?}");
+    }
+    assert!(!Codec::Red.is_video());
+}
+
+/// A RED payload: `redundant` blocks (payload type 111, each `len` bytes of `fill`) then
+/// the primary block.
+fn red(redundant: &[(u8, usize)], primary: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    for (i, (_, len)) in redundant.iter().enumerate() {
+        let offset = 960 * (redundant.len() - i) as u16;
+        let word = (u32::from(offset) << 10) | *len as u32;
+        out.push(0x80 | 111);
+        out.extend_from_slice(&word.to_be_bytes()[1..]);
+    }
+    out.push(111);
+    for (fill, len) in redundant {
+        out.extend(std::iter::repeat_n(*fill, *len));
+    }
+    out.extend_from_slice(primary);
+    Bytes::from(out)
+}
+
+#[test]
+fn a_red_payloads_primary_block_is_its_last() {
+    let primary = [0xfc, 1, 2, 3, 4];
+    for redundant in [&[][..], &[(7, 40)][..], &[(7, 40), (9, 1023)][..]] {
+        let payload = red(redundant, &primary);
+        assert_eq!(
+            red_primary(&payload).as_deref(),
+            Some(&primary[..]),
+            "{redundant:?}"
+        );
+    }
+    // A primary block of no bytes (DTX) is a primary all the same.
+    assert_eq!(red_primary(&red(&[(7, 3)], &[])).as_deref(), Some(&[][..]));
+}
+
+#[test]
+fn a_cut_or_lying_red_payload_gives_nothing() {
+    let payload = red(&[(7, 40), (9, 30)], &[0xfc, 1]);
+    // Cut inside the headers: no primary header.
+    for cut in [0, 1, 3, 5, 8] {
+        assert_eq!(red_primary(&payload.slice(..cut)), None, "cut at {cut}");
+    }
+    // Headers whose lengths run past the payload.
+    let short = payload.slice(..9 + 40 + 10);
+    assert_eq!(red_primary(&short), None);
+    // Every header with the F bit set: runs off the end.
+    assert_eq!(red_primary(&Bytes::from_static(&[0xff; 16])), None);
+}
+
+#[test]
 fn mime_types_round_trip() {
-    for c in [Codec::Opus, Codec::Vp8, Codec::H264] {
+    for c in Codec::ALL {
         assert_eq!(Codec::from_mime(c.mime()), Some(c));
         assert_eq!(Codec::from_mime(&c.mime().to_uppercase()), Some(c));
     }

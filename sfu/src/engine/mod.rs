@@ -675,12 +675,12 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     })
 }
 
-/// Registers the codec policy ([`crate::codec`]): Opus; VP8 and H264 (constrained
-/// baseline, packetization-mode 1), each with NACK, PLI and FIR feedback, and with its
-/// retransmission format if `rtx` (transport-wide congestion control feedback is added
-/// with its interceptor).
+/// Registers the codec policy ([`crate::codec`]): Opus and RED around it; VP8 and H264
+/// (constrained baseline, packetization-mode 1), each with NACK, PLI and FIR feedback,
+/// and with its retransmission format if `rtx` (transport-wide congestion control
+/// feedback is added with its interceptor).
 fn register_codecs(media: &mut MediaEngine, rtx: bool) -> Result<(), EngineError> {
-    for codec in [Codec::Opus, Codec::Vp8, Codec::H264] {
+    for codec in Codec::ALL {
         let (payload_type, rtx_type) = codec.payload_types();
         let kind = if codec.is_video() {
             RtpCodecKind::Video

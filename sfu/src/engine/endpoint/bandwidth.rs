@@ -6,7 +6,7 @@
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 
 use super::*;
-use crate::bwe::{self, AUDIO_ALLOWANCE, UplinkLimit};
+use crate::bwe::{self, UplinkLimit};
 use crate::engine::playout;
 
 /// How often what a publisher sends is measured.
@@ -55,9 +55,23 @@ impl Endpoint {
                     .get(&o.subscriber)
                     .and_then(|c| c.estimate.as_ref())
                     .map_or(0, |e| e.bitrate.load(Ordering::Relaxed));
-                let count = |kind| o.subscribed.values().filter(|s| s.kind == kind).count();
+                let videos = o
+                    .subscribed
+                    .values()
+                    .filter(|s| s.kind == MediaKind::Video)
+                    .count();
+                // Sound in RED takes more of the downlink than plain Opus.
+                let audio = o
+                    .subscribed
+                    .iter()
+                    .filter(|(_, s)| s.kind == MediaKind::Audio)
+                    .map(|(t, s)| {
+                        let takes_red = s.payload_types.iter().any(|(c, _)| *c == Codec::Red);
+                        bwe::audio_allowance(takes_red && sends_red(room, *t))
+                    })
+                    .sum();
                 o.video_share = (estimate > 0 && !o.video_off)
-                    .then(|| bwe::share(estimate, count(MediaKind::Video), count(MediaKind::Audio)))
+                    .then(|| bwe::share(estimate, videos, audio))
                     .flatten();
             }
             tell_downstream_loss(room, members, conns);
@@ -209,6 +223,11 @@ fn choose_layers(
     }
 }
 
+/// Whether the audio of `track` arrives in RED (its last packet was).
+fn sends_red(room: &Room, track: TrackId) -> bool {
+    room.forwarder.codec(track) == Some(Codec::Red)
+}
+
 /// Tells publisher `key` the most it may send, or lifts that limit: for a video without
 /// simulcast, the lowest share among those who receive it (the weakest link sets the
 /// rate); with simulcast, the highest (the others get a lower layer).
@@ -246,11 +265,12 @@ fn limit_uplink(
             });
         }
     }
-    let publishes_audio = room
+    let audio = room
         .tracks
-        .values()
-        .any(|t| t.publisher == m.id && t.kind == MediaKind::Audio);
-    let audio = if publishes_audio { AUDIO_ALLOWANCE } else { 0 };
+        .iter()
+        .filter(|(_, t)| t.publisher == m.id && t.kind == MediaKind::Audio)
+        .map(|(id, _)| bwe::audio_allowance(sends_red(room, *id)))
+        .sum::<u64>();
     let Some(m) = members.get_mut(&key) else {
         return;
     };

@@ -15,15 +15,25 @@ pub(super) fn send_forward(
     let Some(c) = conns.get_mut(&fw.route.conn) else {
         return;
     };
-    // The core forwards only codecs the subscriber accepted, whose payload types it has.
-    let Some(payload_type) = fw
-        .route
-        .payload_types
-        .iter()
-        .find(|(codec, _)| *codec == fw.codec)
-        .map(|(_, pt)| *pt)
-    else {
-        return;
+    // The core forwards only codecs the subscriber accepted, whose payload types it has;
+    // RED to one that did not accept it goes as its primary Opus block.
+    let payload_type_of = |codec| {
+        fw.route
+            .payload_types
+            .iter()
+            .find(|(c, _)| *c == codec)
+            .map(|(_, pt)| *pt)
+    };
+    let (payload_type, payload) = match (payload_type_of(fw.codec), fw.codec) {
+        (Some(pt), _) => (pt, fw.packet.0.payload.clone()),
+        (None, Codec::Red) => match (
+            payload_type_of(Codec::Opus),
+            codec::red_primary(&fw.packet.0.payload),
+        ) {
+            (Some(pt), Some(primary)) => (pt, primary),
+            _ => return,
+        },
+        (None, _) => return,
     };
     let out = rtp::Packet {
         header: rtp::Header {
@@ -35,7 +45,7 @@ pub(super) fn send_forward(
             ssrc: fw.route.ssrc,
             ..Default::default()
         },
-        payload: fw.packet.0.payload.clone(),
+        payload,
     };
     let Some(mut sender) = c.pc.rtp_sender(fw.route.sender) else {
         return;

@@ -15,7 +15,7 @@ fn subscriber_video_codecs(current: Codec, can_take: CodecSet) -> Vec<Codec> {
         .collect()
 }
 
-/// Lets the video track of `sender` be sent in `codecs` (in that order).
+/// Lets the track of `sender` be sent in `codecs` (in that order).
 pub(super) fn offer_codecs(
     pc: &mut RTCPeerConnection,
     sender: RTCRtpSenderId,
@@ -123,7 +123,9 @@ impl Endpoint {
                 continue;
             }
             let codecs = match p.kind {
-                MediaKind::Audio => vec![p.codec],
+                // Opus, and RED around it, whichever the publisher sends (a subscriber
+                // that does not take RED gets its primary Opus).
+                MediaKind::Audio => vec![Codec::Opus, Codec::Red],
                 MediaKind::Video => {
                     let current = r.forwarder.codec(*t).unwrap_or(p.codec);
                     subscriber_video_codecs(current, can_take)
@@ -157,9 +159,7 @@ impl Endpoint {
             // The core reuses the transceiver (m-line) of a track removed earlier, so a
             // long consultation with many joins and leaves does not grow its SDP forever.
             match c.pc.add_track(local).and_then(|sender| {
-                if p.kind == MediaKind::Video {
-                    offer_codecs(&mut c.pc, sender, &codecs)?;
-                }
+                offer_codecs(&mut c.pc, sender, &codecs)?;
                 Ok(sender)
             }) {
                 Ok(sender) => {
@@ -378,6 +378,23 @@ impl Endpoint {
         let mut offered: Option<Vec<Codec>> = None;
         let mut receives = CodecSet::EMPTY;
         let mut sends = None;
+        // Audio in RED where the browser offers it (listed first, or it sends plain Opus).
+        for section in sections.iter().filter(|s| !s.video) {
+            let pt = |codec| {
+                section
+                    .codecs
+                    .iter()
+                    .find(|(_, c)| *c == codec)
+                    .map(|(pt, _)| *pt)
+            };
+            if let (Some(red), Some(opus)) = (pt(Codec::Red), pt(Codec::Opus)) {
+                let params = vec![
+                    codec_parameters(Codec::Red, red, &format!("{opus}/{opus}")),
+                    codec_parameters(Codec::Opus, opus, Codec::Opus.fmtp()),
+                ];
+                prefer_codecs(&mut c.pc, &section.mid, params).map_err(webrtc_err)?;
+            }
+        }
         for section in sections.iter().filter(|s| s.video) {
             let mut order = Vec::new();
             for (_, codec) in &section.codecs {
