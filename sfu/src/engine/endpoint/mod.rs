@@ -442,6 +442,8 @@ struct Codecs {
     /// The video codecs its subscriber connection's first answer with video accepted: the
     /// `rtc` core keeps that connection to them.
     accepts: Option<CodecSet>,
+    /// The same for audio (Opus, and RED if its browser takes it).
+    accepts_audio: Option<CodecSet>,
     /// Every payload type of its last offer that the policy holds, and its codec.
     payload_types: Vec<(u8, Codec)>,
     /// The video codec the last answer told it to send.
@@ -456,6 +458,7 @@ impl Codecs {
             offered: Vec::new(),
             receives: CodecSet::all_video(),
             accepts: None,
+            accepts_audio: None,
             payload_types: Vec::new(),
             sends: None,
             asked: None,

@@ -124,8 +124,12 @@ impl Endpoint {
             }
             let codecs = match p.kind {
                 // Opus, and RED around it, whichever the publisher sends (a subscriber
-                // that does not take RED gets its primary Opus).
-                MediaKind::Audio => vec![Codec::Opus, Codec::Red],
+                // that does not take RED gets its primary Opus); once its connection has
+                // answered audio, only what that answer took.
+                MediaKind::Audio => [Codec::Opus, Codec::Red]
+                    .into_iter()
+                    .filter(|c| m.codecs.accepts_audio.is_none_or(|a| a.contains(*c)))
+                    .collect(),
                 MediaKind::Video => {
                     let current = r.forwarder.codec(*t).unwrap_or(p.codec);
                     subscriber_video_codecs(current, can_take)
@@ -135,7 +139,7 @@ impl Endpoint {
                 tracing::debug!(
                     participant = key,
                     track = t.0,
-                    "decodes no video codec of this track: not offered"
+                    "decodes no codec of this track: not offered"
                 );
                 continue;
             };
@@ -318,15 +322,19 @@ impl Endpoint {
             c.liveness.expect(now);
         }
         // What the browser accepted of each track: the codecs (and payload types) of its
-        // media section.
-        if m.codecs.accepts.is_none() {
-            let video: CodecSet = sections
-                .iter()
-                .filter(|s| s.video)
-                .flat_map(|s| s.codecs.iter().map(|(_, c)| *c))
-                .collect();
-            if sections.iter().any(|s| s.video) {
-                m.codecs.accepts = Some(video);
+        // media section; of each kind, the first answer's are what the connection keeps.
+        for (video, accepts) in [
+            (true, &mut m.codecs.accepts),
+            (false, &mut m.codecs.accepts_audio),
+        ] {
+            if accepts.is_none() && sections.iter().any(|s| s.video == video) {
+                *accepts = Some(
+                    sections
+                        .iter()
+                        .filter(|s| s.video == video)
+                        .flat_map(|s| s.codecs.iter().map(|(_, c)| *c))
+                        .collect(),
+                );
             }
         }
         for (t, s) in m.subscribed.iter_mut() {
