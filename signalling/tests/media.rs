@@ -945,6 +945,79 @@ async fn a_lost_connection_media_session_is_taken_back_by_its_owner_only() {
     until_empty(&node).await;
 }
 
+/// A page on a new network asks for its session at the moment the server sees the old
+/// connection go (the old one noticed the loss while the new one asked for the session):
+/// the session is found however the two interleave, network after network. (CI once saw
+/// `not_found` here, and the page joined again, leaving its old self in the call.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_resumed_while_its_old_connection_is_seen_to_go() {
+    let (s, node) = local_server().await;
+    let (mut old, _, consultation, token) = admitted_patient_with_token(&s, "Pat Roaming").await;
+    old.send(&ClientMsg::JoinMedia { consultation }).await;
+    old.until("media joined", |m| {
+        matches!(m, ServerMsg::MediaJoined { .. })
+    })
+    .await;
+    for round in 0..40 {
+        let mut new = s.ws(&token).await;
+        // The old connection goes (no close frame) as the new one asks.
+        let lost = tokio::spawn(async move { drop(old) });
+        new.send(&ClientMsg::ResumeMedia { consultation }).await;
+        let answer = new
+            .until("resumed", |m| {
+                matches!(m, ServerMsg::MediaResumed { .. } | ServerMsg::Error { .. })
+            })
+            .await;
+        assert_eq!(
+            answer,
+            ServerMsg::MediaResumed { consultation },
+            "round {round}"
+        );
+        lost.await.unwrap();
+        assert_eq!(node.load().participants, 1, "round {round}");
+        old = new;
+    }
+    old.send(&ClientMsg::LeaveMedia).await;
+    until_empty(&node).await;
+}
+
+/// A page back on a new connection that joins the media again (rather than resuming)
+/// replaces the self it left: the node has one participant for it at once, not a second
+/// one, silent, for the rest of the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_again_replaces_the_session_a_lost_connection_left() {
+    let (s, node) = local_server().await;
+    let (mut patient, _, consultation, token) = admitted_patient_with_token(&s, "Pat Again").await;
+    patient.send(&ClientMsg::JoinMedia { consultation }).await;
+    patient
+        .until("media joined", |m| {
+            matches!(m, ServerMsg::MediaJoined { .. })
+        })
+        .await;
+    drop(patient);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.load().participants, 1, "kept for the grace");
+
+    let mut again = s.ws(&token).await;
+    again.send(&ClientMsg::JoinMedia { consultation }).await;
+    again
+        .until("media joined", |m| {
+            matches!(m, ServerMsg::MediaJoined { .. })
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while node.load().participants != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old self is still in the call: {:?}",
+            node.load()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    again.send(&ClientMsg::LeaveMedia).await;
+    until_empty(&node).await;
+}
+
 /// Each browser says how its media flows (`media_path`), and the clinic's staff see it:
 /// the patient's on their visit, the clinician's on the consultation. Before joining the
 /// media a report is refused; garbage is refused and changes nothing; the path goes with

@@ -84,7 +84,11 @@ async function mediaPorts(page) {
 /** Resolves with the time (performance.now() of this process) both pages decode new frames. */
 async function bothResume(patient, clinician, label, timeoutMs) {
   const [a, b] = await Promise.all([patient.evaluate(stats), clinician.evaluate(stats)]);
-  const more = (base) => (x) => x.inboundVideo.framesDecoded >= base + 5 && x.inboundAudio.packetsReceived >= 0;
+  // (A page that joined again has a new connection, whose count starts from nothing.)
+  const more = (base) => (x) => {
+    const n = x.inboundVideo.framesDecoded;
+    return n >= base + 5 || (n < base && n >= 5);
+  };
   const [p, c] = await Promise.all([
     waitFast(patient, more(a.inboundVideo.framesDecoded), `${label}: the patient decodes the clinician again`, timeoutMs),
     waitFast(clinician, more(b.inboundVideo.framesDecoded), `${label}: the clinician decodes the patient again`, timeoutMs),

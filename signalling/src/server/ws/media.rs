@@ -134,6 +134,27 @@ impl Parked {
         }
     }
 
+    /// The session `key` has in `consultation`, wherever it is: kept after its connection
+    /// was lost, or still on another live connection of `key` (which hands it over and
+    /// closes). The old connection may be seen to go while this asks: a connection that
+    /// ends parks its session before it leaves the live list and before its handover
+    /// channel closes, so when it neither answers nor is listed, the session is parked by
+    /// then, and looked for there again.
+    pub(super) async fn claim(
+        &self,
+        key: &str,
+        consultation: ConsultationId,
+        except: u64,
+    ) -> Option<MediaSession> {
+        if let Some(s) = self.take(key, consultation) {
+            return Some(s);
+        }
+        if let Some(s) = self.take_from_live(key, consultation, except).await {
+            return Some(s);
+        }
+        self.take(key, consultation)
+    }
+
     /// The session in `consultation` of another live connection of `key`, which hands it
     /// over and closes.
     async fn take_from_live(
@@ -215,6 +236,14 @@ impl Connection {
                 if let Some(old) = self.media.take() {
                     old.leave();
                 }
+                // A page joining again (its session could not be resumed) is no longer the
+                // self it left behind: that one leaves now, not at the end of the grace, so
+                // nobody sees a frozen copy of this person meanwhile.
+                if let Some(key) = &self.park_key {
+                    if let Some(old) = self.state.parked.take(key, consultation) {
+                        old.leave();
+                    }
+                }
                 Some(self.join_media(principal, consultation).await)
             }
             ClientMsg::ResumeMedia { consultation } => {
@@ -227,11 +256,7 @@ impl Connection {
                 }
                 let key = self.park_key.clone()?;
                 let parked = self.state.parked.clone();
-                let found = match parked.take(&key, consultation) {
-                    Some(s) => Some(s),
-                    None => parked.take_from_live(&key, consultation, self.id).await,
-                };
-                match found {
+                match parked.claim(&key, consultation, self.id).await {
                     Some(session) => {
                         tracing::debug!(%consultation, "media resumed");
                         self.media = Some(session);

@@ -210,19 +210,20 @@ impl Connection {
             handover: None,
         };
         let (code, reason) = conn.run().await;
-        if let Some(key) = &conn.park_key {
-            conn.state.parked.unregister(key, id);
-        }
         if let Some(session) = conn.media.take() {
             // A connection lost (not closed by the page, not ended by the server): its media
-            // session waits a little for the page to come back on a new connection.
-            match conn.park_key.take() {
+            // session waits a little for the page to come back on a new connection. Parked
+            // before this connection leaves the live list (see `Parked::claim`).
+            match &conn.park_key {
                 Some(key) if lost(code, reason) => {
                     tracing::debug!(code, reason, "connection lost: its media session is kept");
-                    conn.state.parked.park(key, session)
+                    conn.state.parked.park(key.clone(), session)
                 }
                 _ => session.leave(),
             }
+        }
+        if let Some(key) = conn.park_key.take() {
+            conn.state.parked.unregister(&key, id);
         }
         let _ = conn
             .socket
