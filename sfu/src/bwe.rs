@@ -225,22 +225,87 @@ pub const LAYER_TRIAL: Duration = Duration::from_secs(3);
 /// layer. Above what a window of random loss varies by (about 2.5 points at 5 %).
 pub const TRIAL_LOSS_PPM: u64 = 80_000;
 
+/// How long a probe runs before a move up: several feedback messages (a browser sends
+/// one every 50 to 100 ms) after the queue of a link that cannot take the rate has grown
+/// past [`PROBE_QUEUE_MAX`].
+pub const PROBE_LENGTH: Duration = Duration::from_millis(800);
+
+/// A probe's rate climbs from nothing to its full rate over this first part of it: a link
+/// that cannot take the full rate shows it by a queue that grows slowly, and is let off
+/// before it holds more than about 100 ms (its feedback comes 50 to 100 ms late).
+pub const PROBE_RAMP: Duration = Duration::from_millis(500);
+
+/// A probe passes if, at its end, the subscriber's downlink queues its packets no more
+/// than this (above the least one-way delay of the last seconds), and has not lost more
+/// than [`TRIAL_LOSS_PPM`] more than before it.
+pub const PROBE_QUEUE_MAX: Duration = Duration::from_millis(50);
+
+/// A probe is stopped as soon as the queue passes this ([`LayerChoice::watch`], as often
+/// as probe packets go): the link is full, and what is sent on it now only waits.
+pub const PROBE_QUEUE_ABORT: Duration = Duration::from_millis(80);
+
+/// A queue this long on a subscriber's downlink, for [`LAYER_QUEUE_FOR`] without a break,
+/// takes each video it receives down a layer, whatever its estimate says: what it is sent
+/// does not fit its link. The estimate follows only seconds later (the `rtc` crate's, grown
+/// while the subscriber took less than its link, fell to the link's rate 6 s after a
+/// 350 kbit/s cap, the picture frozen meanwhile). A keyframe queues for less time than
+/// this takes.
+pub const LAYER_QUEUE_HIGH: Duration = Duration::from_millis(100);
+pub const LAYER_QUEUE_FOR: Duration = Duration::from_millis(1_000);
+
+/// What a subscriber's downlink shows, as its estimator last had it; told to each
+/// [`LayerChoice`] before it chooses.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DownlinkState {
+    /// The fraction lost, in millionths (`None`: no figure yet).
+    pub loss_ppm: Option<u64>,
+    /// How long its packets wait in the path's queues now: the one-way delay over the
+    /// least of the last seconds (`None`: no figure yet).
+    pub queue: Option<Duration>,
+    /// Whether the SFU can probe it (its connection has a probe track with a codec).
+    pub probes: bool,
+}
+
 /// Which simulcast layer one subscriber receives of one video track, from its share of
 /// its downlink and what each layer sends. Down at once when the layer it has does not fit
 /// its share (to the highest that does, or the lowest); up one layer at a time, once the
 /// layer above fits with [`LAYER_UP_MARGIN`] and not within a [`Hold`] of the last fall:
-/// the estimate climbs until the link queues, and each layer taken too early freezes the
-/// picture until the subscriber is back down. A layer taken up is on trial for
-/// [`LAYER_TRIAL`]: if the downlink's loss rises by [`TRIAL_LOSS_PPM`] meanwhile, back
-/// down at once, without waiting for the estimate to fall below the layer (which took 3
-/// to 4 s of overflow under a 350 kbit/s cap, the picture frozen throughout).
+/// the estimate climbs until the link queues (while the subscriber receives less than its
+/// link carries, nothing holds it back), and each layer taken too early freezes the
+/// picture until the subscriber is back down.
+///
+/// So a move up is first **probed** when the subscriber's connection can be
+/// ([`DownlinkState::probes`]): for [`PROBE_LENGTH`] the SFU sends it, besides its
+/// media, what the layer above would add ([`Self::probing`]), on a track of its own
+/// that it never shows; the move is made only if its queue stayed under
+/// [`PROBE_QUEUE_MAX`] and its loss did not rise. A probe that fails counts as a rise
+/// that failed (the next hold is longer) but costs the picture nothing, or a few packets
+/// retransmitted. Then the move is on trial for [`LAYER_TRIAL`]: if the downlink's loss
+/// rises by [`TRIAL_LOSS_PPM`] meanwhile, back down at once, without waiting for the
+/// estimate to fall below the layer (which took 3 to 4 s of overflow under a 350 kbit/s
+/// cap, the picture frozen throughout).
 #[derive(Debug, Default, Clone)]
 pub struct LayerChoice {
     chosen: Option<u8>,
     hold: Hold,
-    /// The downlink's loss as last told ([`Self::downlink_loss`]), in millionths.
-    loss_ppm: Option<u64>,
+    /// The downlink as last told ([`Self::downlink`]).
+    downlink: DownlinkState,
+    probe: Option<Probe>,
     trial: Option<Trial>,
+    /// Since when its downlink has queued past [`LAYER_QUEUE_HIGH`] without a break.
+    queued_since: Option<Instant>,
+}
+
+/// A move up being probed.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    from_time: Instant,
+    until: Instant,
+    from: u8,
+    to: u8,
+    /// What it adds, in bits per second.
+    extra: u64,
+    loss_before: u64,
 }
 
 /// A move up being tried.
@@ -254,10 +319,54 @@ struct Trial {
 }
 
 impl LayerChoice {
-    /// The subscriber's downlink loss, in millionths (`None`: no figure yet), as its
-    /// estimator last had it; told before each [`Self::choose`].
-    pub fn downlink_loss(&mut self, loss_ppm: Option<u64>) {
-        self.loss_ppm = loss_ppm;
+    /// What the subscriber's downlink shows now; told before each [`Self::choose`].
+    pub fn downlink(&mut self, state: DownlinkState) {
+        self.downlink = state;
+    }
+
+    /// While a move up is probed: what it adds to what the subscriber receives, in bits
+    /// per second.
+    pub fn probing(&self) -> Option<u64> {
+        self.probe.map(|p| p.extra)
+    }
+
+    /// While a move up is probed: what the SFU should send the subscriber now besides its
+    /// media, in bits per second (climbing over [`PROBE_RAMP`]).
+    pub fn probe_rate(&self, now: Instant) -> Option<u64> {
+        self.probe.map(|p| {
+            let into = now.saturating_duration_since(p.from_time);
+            let part = (into.as_secs_f64() / PROBE_RAMP.as_secs_f64()).min(1.0);
+            (p.extra as f64 * part) as u64
+        })
+    }
+
+    /// Between choices, as often as probe packets go: a probe whose link shows it is full
+    /// (its queue past [`PROBE_QUEUE_ABORT`], or more loss) fails now, and the layer
+    /// stays. Whether it still runs.
+    pub fn watch(&mut self, now: Instant, state: DownlinkState) -> bool {
+        let Some(probe) = self.probe else {
+            return false;
+        };
+        self.downlink = state;
+        if self.probe_full(&probe) {
+            self.probe = None;
+            self.hold.fell(now);
+            return false;
+        }
+        true
+    }
+
+    /// The probe's link is full: queued past [`PROBE_QUEUE_ABORT`], or losing more.
+    fn probe_full(&self, probe: &Probe) -> bool {
+        self.downlink.queue.unwrap_or_default() > PROBE_QUEUE_ABORT
+            || self.loss_rose(probe.loss_before)
+    }
+
+    /// The loss now is [`TRIAL_LOSS_PPM`] above `before`.
+    fn loss_rose(&self, before: u64) -> bool {
+        self.downlink
+            .loss_ppm
+            .is_some_and(|l| l > before.saturating_add(TRIAL_LOSS_PPM))
     }
 
     /// `rates[l]`: what layer `l` sends, in bits per second, or `None` if it is not
@@ -275,13 +384,13 @@ impl LayerChoice {
                 .enumerate()
                 .filter_map(|(l, r)| r.map(|r| (l as u8, r)))
         };
+        let arriving = |l: u8| rates.get(usize::from(l)).is_some_and(Option::is_some);
         let (lowest, _) = active().next()?;
         let (highest, _) = active().next_back()?;
-        let current = self
-            .chosen
-            .filter(|&l| rates.get(usize::from(l)).is_some_and(Option::is_some));
+        let current = self.chosen.filter(|&l| arriving(l));
         let Some(share) = share else {
             // No estimate yet: the best there is, as a direct call starts.
+            self.probe = None;
             let layer = current.unwrap_or(highest);
             self.chosen = Some(layer);
             return Some(layer);
@@ -289,19 +398,58 @@ impl LayerChoice {
         let fits = active()
             .rfind(|&(_, rate)| rate <= share)
             .map_or(lowest, |(l, _)| l);
-        if let Some(trial) = self.trial {
-            let arriving = rates
-                .get(usize::from(trial.from))
-                .is_some_and(Option::is_some);
-            let failed = self
-                .loss_ppm
-                .is_some_and(|l| l > trial.loss_before.saturating_add(TRIAL_LOSS_PPM));
-            if now >= trial.until || current.is_none_or(|c| c <= trial.from) || !arriving {
-                self.trial = None;
+        if let Some(probe) = self.probe.take() {
+            let queue = self.downlink.queue.unwrap_or_default();
+            let failed = self.probe_full(&probe) || (now >= probe.until && queue > PROBE_QUEUE_MAX);
+            if current != Some(probe.from) || !arriving(probe.to) || fits <= probe.from {
+                // Moved meanwhile, or no longer wanted: nothing learnt.
             } else if failed {
+                self.hold.fell(now);
+                return Some(probe.from);
+            } else if now < probe.until {
+                self.probe = Some(probe);
+                return Some(probe.from);
+            } else {
+                self.trial = Some(Trial {
+                    until: now + LAYER_TRIAL,
+                    from: probe.from,
+                    loss_before: probe.loss_before,
+                });
+                self.chosen = Some(probe.to);
+                return Some(probe.to);
+            }
+        }
+        if let Some(trial) = self.trial {
+            if now >= trial.until
+                || current.is_none_or(|c| c <= trial.from)
+                || !arriving(trial.from)
+            {
+                self.trial = None;
+            } else if self.loss_rose(trial.loss_before) {
                 self.trial = None;
                 self.hold.fell(now);
                 let layer = trial.from.min(fits.max(lowest));
+                self.chosen = Some(layer);
+                return Some(layer);
+            }
+        }
+        // A link that has queued for a second: down a layer now.
+        let queued = match self.downlink.queue {
+            Some(q) if q > LAYER_QUEUE_HIGH => {
+                let since = *self.queued_since.get_or_insert(now);
+                now.saturating_duration_since(since) >= LAYER_QUEUE_FOR
+            }
+            _ => {
+                self.queued_since = None;
+                false
+            }
+        };
+        if let (true, Some(c)) = (queued, current) {
+            if let Some((below, _)) = active().rfind(|&(l, _)| l < c) {
+                self.queued_since = None;
+                self.trial = None;
+                self.hold.fell(now);
+                let layer = below.min(fits.max(lowest));
                 self.chosen = Some(layer);
                 return Some(layer);
             }
@@ -321,18 +469,38 @@ impl LayerChoice {
             }
             Some(c) if fits > c => {
                 let up = active().find(|&(l, _)| l > c);
+                let from = active().find(|&(l, _)| l == c).map_or(0, |(_, r)| r);
                 match up {
                     Some((l, rate))
                         if !self.hold.held(now)
                             && rate as f64 * LAYER_UP_MARGIN <= share as f64 =>
                     {
                         self.hold.rose(now);
-                        self.trial = Some(Trial {
-                            until: now + LAYER_TRIAL,
-                            from: c,
-                            loss_before: self.loss_ppm.unwrap_or(0),
-                        });
-                        l
+                        let loss_before = self.downlink.loss_ppm.unwrap_or(0);
+                        if self.downlink.probes {
+                            // What the layer above sends may be less than it will once
+                            // taken (its publisher limited for this subscriber): at
+                            // least as much again as the layer it has.
+                            self.probe = Some(Probe {
+                                from_time: now,
+                                until: now + PROBE_LENGTH,
+                                from: c,
+                                to: l,
+                                extra: ((rate as f64 * LAYER_UP_MARGIN) as u64)
+                                    .saturating_sub(from)
+                                    .max(from)
+                                    .max(PROBE_MIN),
+                                loss_before,
+                            });
+                            c
+                        } else {
+                            self.trial = Some(Trial {
+                                until: now + LAYER_TRIAL,
+                                from: c,
+                                loss_before,
+                            });
+                            l
+                        }
                     }
                     _ => c,
                 }
@@ -343,6 +511,9 @@ impl LayerChoice {
         Some(layer)
     }
 }
+
+/// The least a probe adds (bits per second): two layers that send nearly the same.
+pub const PROBE_MIN: u64 = 50_000;
 
 /// What a subscriber leg's estimator last said, where the endpoint reads it: written at
 /// each feedback, read every tick.
@@ -355,6 +526,9 @@ pub struct Downlink {
     /// The fraction of packets lost over the estimator's window, in millionths
     /// ([`NO_LOSS_FIGURE`] until it has one).
     pub loss_ppm: AtomicU64,
+    /// How long the packets of the last feedback waited in the path's queues at most, in
+    /// microseconds ([`NO_QUEUE_FIGURE`] until a feedback said): see [`QueueDelay`].
+    pub queue_us: AtomicU64,
     /// The packets the browser's congestion feedback reported on, and of those the ones it
     /// did not receive, since the estimator last took them (the engine's `FeedbackLoss`).
     pub feedback_total: AtomicU64,
@@ -364,12 +538,66 @@ pub struct Downlink {
 /// [`Downlink::loss_ppm`] before the estimator has a figure.
 pub const NO_LOSS_FIGURE: u64 = u64::MAX;
 
+/// [`Downlink::queue_us`] before the estimator has a figure.
+pub const NO_QUEUE_FIGURE: u64 = u64::MAX;
+
+/// The least one-way delay is the least of this long (kept in two halves).
+pub const QUEUE_BASE_WINDOW: Duration = Duration::from_secs(10);
+
+/// How long a subscriber's packets wait in the queues of its path: each packet's one-way
+/// delay (the browser's arrival time, on its own clock, less the SFU's departure time)
+/// over the least of the last [`QUEUE_BASE_WINDOW`], which is the path with its queues
+/// empty (the two clocks' offset cancels out). A link's queue fills when more is sent than
+/// it carries, long before it drops: what a probe watches ([`LayerChoice`]).
+#[derive(Debug, Default)]
+pub struct QueueDelay {
+    epoch: Option<Instant>,
+    /// The least one-way delay (microseconds, offset by the clocks) of the current half
+    /// window, since `half_from`, and of the one before.
+    current: Option<i64>,
+    previous: Option<i64>,
+    half_from: Option<Instant>,
+}
+
+impl QueueDelay {
+    /// One feedback message's reports: the longest wait among the packets it says
+    /// arrived (`None`: none did).
+    pub fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) -> Option<Duration> {
+        let half_from = *self.half_from.get_or_insert(now);
+        if now.saturating_duration_since(half_from) >= QUEUE_BASE_WINDOW / 2 {
+            self.previous = self.current.take();
+            self.half_from = Some(now);
+        }
+        let epoch = *self
+            .epoch
+            .get_or_insert_with(|| reports.iter().map(|r| r.departure).min().unwrap_or(now));
+        let mut worst: Option<i64> = None;
+        for r in reports {
+            let Some(arrival) = r.arrival.filter(|_| r.arrived) else {
+                continue;
+            };
+            let sent = r.departure.saturating_duration_since(epoch);
+            let owd = i64::try_from(arrival.as_micros()).unwrap_or(i64::MAX)
+                - i64::try_from(sent.as_micros()).unwrap_or(i64::MAX);
+            self.current = Some(self.current.map_or(owd, |m| m.min(owd)));
+            worst = Some(worst.map_or(owd, |w| w.max(owd)));
+        }
+        let base = match (self.current, self.previous) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        let waited = worst? - base;
+        Some(Duration::from_micros(u64::try_from(waited).unwrap_or(0)))
+    }
+}
+
 impl Default for Downlink {
     fn default() -> Self {
         Self {
             bitrate: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
             loss_ppm: AtomicU64::new(NO_LOSS_FIGURE),
+            queue_us: AtomicU64::new(NO_QUEUE_FIGURE),
             feedback_total: AtomicU64::new(0),
             feedback_lost: AtomicU64::new(0),
         }
@@ -452,6 +680,7 @@ impl LossLimit {
 pub struct DownlinkEstimator {
     gcc: Gcc,
     loss: LossLimit,
+    queue: QueueDelay,
     cell: Arc<Downlink>,
 }
 
@@ -478,6 +707,7 @@ impl DownlinkEstimator {
         Self {
             gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
             loss: LossLimit::default(),
+            queue: QueueDelay::default(),
             cell,
         }
     }
@@ -513,6 +743,10 @@ impl BandwidthEstimator for DownlinkEstimator {
         if let Some(loss) = self.loss.fraction() {
             let ppm = (loss.clamp(0.0, 1.0) * 1e6) as u64;
             self.cell.loss_ppm.store(ppm, Ordering::Relaxed);
+        }
+        if let Some(waited) = self.queue.on_reports(now, reports) {
+            let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX - 1);
+            self.cell.queue_us.store(us, Ordering::Relaxed);
         }
     }
 
@@ -827,29 +1061,233 @@ mod tests {
         let t = Instant::now();
         let mut c = LayerChoice::default();
         let rates = [Some(200_000), Some(500_000), None];
-        c.downlink_loss(Some(40_000));
+        c.downlink(lossy(40_000));
         assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
         // Up (the estimate climbed), with 4 % loss as before.
         assert_eq!(c.choose(at(t, 100), &rates, Some(700_000)), Some(1));
-        c.downlink_loss(Some(60_000));
+        c.downlink(lossy(60_000));
         assert_eq!(
             c.choose(at(t, 600), &rates, Some(700_000)),
             Some(1),
             "loss as random as before"
         );
-        c.downlink_loss(Some(300_000));
+        c.downlink(lossy(300_000));
         assert_eq!(
             c.choose(at(t, 1_100), &rates, Some(700_000)),
             Some(0),
             "the link overflows: down, though the estimate is still above the layer"
         );
         // Held, longer after a rise that failed.
-        c.downlink_loss(Some(40_000));
+        c.downlink(lossy(40_000));
         assert_eq!(c.choose(at(t, 7_000), &rates, Some(700_000)), Some(0));
         assert_eq!(c.choose(at(t, 8_700), &rates, Some(700_000)), Some(1));
         // Past the trial, loss is the estimate's business.
-        c.downlink_loss(Some(300_000));
+        c.downlink(lossy(300_000));
         assert_eq!(c.choose(at(t, 11_800), &rates, Some(700_000)), Some(1));
+    }
+
+    fn lossy(ppm: u64) -> DownlinkState {
+        DownlinkState {
+            loss_ppm: Some(ppm),
+            ..DownlinkState::default()
+        }
+    }
+
+    fn probed(queue_ms: u64, loss_ppm: u64) -> DownlinkState {
+        DownlinkState {
+            loss_ppm: Some(loss_ppm),
+            queue: Some(Duration::from_millis(queue_ms)),
+            probes: true,
+        }
+    }
+
+    /// A subscriber that can be probed moves up only after a probe of what the layer
+    /// above adds: not when the probe fills the link's queue (back to a longer hold,
+    /// the layer kept throughout), and when it passes, up (on trial as before).
+    #[test]
+    fn a_move_up_is_probed_first_and_made_only_if_the_link_takes_the_probe() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        let rates = [Some(200_000), Some(500_000), None];
+        c.downlink(probed(5, 10_000));
+        assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
+        assert_eq!(c.probing(), None);
+        // The estimate climbs past the layer above: a probe of what it adds (575 - 200).
+        assert_eq!(c.choose(at(t, 100), &rates, Some(1_000_000)), Some(0));
+        assert_eq!(c.probing(), Some(375_000));
+        assert_eq!(c.choose(at(t, 350), &rates, Some(1_000_000)), Some(0));
+        // The link's queue grows past the abort mark: stopped, the layer kept.
+        c.downlink(probed(180, 10_000));
+        assert_eq!(c.choose(at(t, 600), &rates, Some(1_000_000)), Some(0));
+        assert_eq!(c.probing(), None);
+        // Held after a rise that failed: 7.5 s.
+        c.downlink(probed(5, 10_000));
+        assert_eq!(c.choose(at(t, 8_000), &rates, Some(1_000_000)), Some(0));
+        assert_eq!(c.probing(), None, "held");
+        assert_eq!(c.choose(at(t, 8_200), &rates, Some(1_000_000)), Some(0));
+        assert!(c.probing().is_some());
+        // A queue a little up at the end, past what passes: failed too (held 11.25 s).
+        c.downlink(probed(70, 10_000));
+        assert_eq!(c.choose(at(t, 8_950), &rates, Some(1_000_000)), Some(0));
+        assert!(c.probing().is_some(), "not over yet, and not full");
+        assert_eq!(c.choose(at(t, 9_050), &rates, Some(1_000_000)), Some(0));
+        assert_eq!(c.probing(), None);
+        c.downlink(probed(5, 10_000));
+        assert_eq!(c.choose(at(t, 20_000), &rates, Some(1_000_000)), Some(0));
+        assert_eq!(c.probing(), None, "held 11.25 s");
+        assert_eq!(c.choose(at(t, 20_350), &rates, Some(1_000_000)), Some(0));
+        assert!(c.probing().is_some());
+        // Loss that rises during the probe fails it at once.
+        c.downlink(probed(5, 200_000));
+        assert_eq!(c.choose(at(t, 20_500), &rates, Some(1_000_000)), Some(0));
+        assert_eq!(c.probing(), None);
+        // The link takes it: up at the probe's end, and on trial.
+        c.downlink(probed(5, 10_000));
+        assert_eq!(c.choose(at(t, 40_000), &rates, Some(1_000_000)), Some(0));
+        assert!(c.probing().is_some());
+        assert_eq!(c.choose(at(t, 40_400), &rates, Some(1_000_000)), Some(0));
+        c.downlink(probed(30, 10_000));
+        assert_eq!(c.choose(at(t, 40_850), &rates, Some(1_000_000)), Some(1));
+        assert_eq!(c.probing(), None);
+        c.downlink(probed(30, 300_000));
+        assert_eq!(
+            c.choose(at(t, 41_500), &rates, Some(1_000_000)),
+            Some(0),
+            "the trial still ends a move the link cannot keep"
+        );
+    }
+
+    /// Between choices the probe is watched as often as its packets go: stopped the
+    /// moment the queue shows the link full, its rate climbing meanwhile.
+    #[test]
+    fn a_probe_climbs_to_its_rate_and_stops_the_moment_the_link_is_full() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        // The layer above sends little now (its publisher held back): the probe still
+        // doubles what the subscriber receives.
+        let rates = [Some(300_000), Some(320_000), None];
+        c.downlink(probed(5, 0));
+        assert_eq!(c.choose(at(t, 0), &rates, Some(310_000)), Some(0));
+        assert_eq!(c.choose(at(t, 100), &rates, Some(2_000_000)), Some(0));
+        assert_eq!(c.probing(), Some(300_000));
+        assert_eq!(c.probe_rate(at(t, 100)), Some(0));
+        assert_eq!(c.probe_rate(at(t, 350)), Some(150_000));
+        assert_eq!(c.probe_rate(at(t, 700)), Some(300_000));
+        assert!(c.watch(at(t, 400), probed(60, 0)));
+        assert!(!c.watch(at(t, 410), probed(90, 0)), "full: stopped");
+        assert_eq!(c.probing(), None);
+        assert_eq!(c.probe_rate(at(t, 420)), None);
+        assert!(!c.watch(at(t, 420), probed(5, 0)));
+        // Held as after any rise that failed.
+        assert_eq!(c.choose(at(t, 7_000), &rates, Some(2_000_000)), Some(0));
+        assert_eq!(c.probing(), None);
+    }
+
+    /// A downlink that queues for a second takes the subscriber down a layer before its
+    /// estimate falls; a keyframe's short queue does not.
+    #[test]
+    fn a_link_that_keeps_queueing_takes_the_layer_down_before_the_estimate_falls() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        let rates = [None, Some(250_000), Some(700_000)];
+        c.downlink(probed(5, 0));
+        assert_eq!(c.choose(at(t, 0), &rates, Some(2_000_000)), Some(2));
+        // A keyframe queues for half a second.
+        c.downlink(probed(180, 0));
+        assert_eq!(c.choose(at(t, 250), &rates, Some(2_000_000)), Some(2));
+        assert_eq!(c.choose(at(t, 500), &rates, Some(2_000_000)), Some(2));
+        c.downlink(probed(20, 0));
+        assert_eq!(c.choose(at(t, 750), &rates, Some(2_000_000)), Some(2));
+        // The link is capped: its queue stays full, the estimate still high.
+        c.downlink(probed(200, 0));
+        for ms in [1_000, 1_250, 1_500, 1_750] {
+            assert_eq!(
+                c.choose(at(t, ms), &rates, Some(2_000_000)),
+                Some(2),
+                "{ms}"
+            );
+        }
+        assert_eq!(c.choose(at(t, 2_000), &rates, Some(2_000_000)), Some(1));
+        // The lowest stays, however long the queue.
+        for ms in [2_250, 2_500, 3_000, 3_500, 4_000] {
+            assert_eq!(
+                c.choose(at(t, ms), &rates, Some(2_000_000)),
+                Some(1),
+                "{ms}"
+            );
+        }
+        // Held as any fall: no probe until the hold is over.
+        c.downlink(probed(5, 0));
+        assert_eq!(c.choose(at(t, 6_000), &rates, Some(2_000_000)), Some(1));
+        assert_eq!(c.probing(), None);
+        assert_eq!(c.choose(at(t, 7_100), &rates, Some(2_000_000)), Some(1));
+        assert!(c.probing().is_some());
+    }
+
+    /// A probe the subscriber no longer needs (its share fell, its layer stopped) ends
+    /// without a verdict.
+    #[test]
+    fn a_probe_no_longer_wanted_ends_without_moving() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        let rates = [Some(200_000), Some(500_000), None];
+        c.downlink(probed(5, 0));
+        assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
+        assert_eq!(c.choose(at(t, 100), &rates, Some(1_000_000)), Some(0));
+        assert!(c.probing().is_some());
+        assert_eq!(c.choose(at(t, 300), &rates, Some(300_000)), Some(0));
+        assert_eq!(c.probing(), None);
+        // The upper layer stops arriving during a probe.
+        let mut c = LayerChoice::default();
+        c.downlink(probed(5, 0));
+        assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
+        assert_eq!(c.choose(at(t, 100), &rates, Some(1_000_000)), Some(0));
+        assert_eq!(
+            c.choose(at(t, 900), &[Some(200_000), None, None], Some(1_000_000)),
+            Some(0)
+        );
+        assert_eq!(c.probing(), None);
+    }
+
+    fn arrived(start: Instant, id: u64, sent_ms: u64, arrival_ms: u64) -> PacketReport {
+        PacketReport {
+            arrived: true,
+            arrival: Some(Duration::from_millis(arrival_ms)),
+            ..report(start, id, sent_ms, None)
+        }
+    }
+
+    /// The wait in the queues is each packet's one-way delay over the least of the last
+    /// seconds, whatever the offset between the two clocks; an old least is forgotten.
+    #[test]
+    fn the_queue_delay_is_the_one_way_delay_over_its_recent_least() {
+        let t = Instant::now();
+        let mut q = QueueDelay::default();
+        // The browser's clock is 5 s ahead; 20 ms of path.
+        let batch: Vec<_> = (0..5)
+            .map(|i| arrived(t, i, i * 10, 5_020 + i * 10))
+            .collect();
+        assert_eq!(q.on_reports(at(t, 100), &batch), Some(Duration::ZERO));
+        // A burst queues: 20, 40, 60 ms more.
+        let batch: Vec<_> = (5..8)
+            .map(|i| arrived(t, i, 200, 5_220 + (i - 4) * 20))
+            .collect();
+        assert_eq!(
+            q.on_reports(at(t, 300), &batch),
+            Some(Duration::from_millis(60))
+        );
+        // Nothing arrived: no figure.
+        let lost = [report(t, 8, 300, None)];
+        assert_eq!(q.on_reports(at(t, 400), &lost), None);
+        // The path lengthens for good (a new route, 50 ms more): after a whole window
+        // the new least is the base again.
+        for k in 0..30 {
+            let ms = 1_000 + k * 500;
+            let batch = [arrived(t, 100 + k, ms, 5_070 + ms)];
+            q.on_reports(at(t, ms + 80), &batch);
+        }
+        let batch = [arrived(t, 200, 16_000, 21_070)];
+        assert_eq!(q.on_reports(at(t, 16_080), &batch), Some(Duration::ZERO));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub struct NodeMetrics {
     nacks_upstream: PerLoop,
     nacks_refused: PerLoop,
     keyframe_requests: PerLoop,
+    probe_packets: PerLoop,
     busy: Family<LoopLabel, Counter<f64, AtomicU64>>,
     loss: Histogram,
     rtt: Histogram,
@@ -53,6 +54,7 @@ pub struct LoopCounters {
     pub nacks_upstream: Counter,
     pub nacks_refused: Counter,
     pub keyframe_requests: Counter,
+    pub probe_packets: Counter,
     /// Seconds the loop spent working (not waiting for its sockets or timer).
     pub busy: Counter<f64, AtomicU64>,
     /// Fraction lost towards each subscriber, from its browser's feedback.
@@ -75,6 +77,7 @@ impl Default for NodeMetrics {
             nacks_upstream: PerLoop::default(),
             nacks_refused: PerLoop::default(),
             keyframe_requests: PerLoop::default(),
+            probe_packets: PerLoop::default(),
             busy: Family::default(),
             loss: Histogram::new([0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             rtt: Histogram::new([0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0]),
@@ -97,6 +100,7 @@ impl NodeMetrics {
             nacks_upstream: self.nacks_upstream.get_or_create(&l).clone(),
             nacks_refused: self.nacks_refused.get_or_create(&l).clone(),
             keyframe_requests: self.keyframe_requests.get_or_create(&l).clone(),
+            probe_packets: self.probe_packets.get_or_create(&l).clone(),
             busy: self.busy.get_or_create(&l).clone(),
             loss: self.loss.clone(),
             rtt: self.rtt.clone(),
@@ -112,6 +116,7 @@ impl NodeMetrics {
             Which::NacksUpstream => &self.nacks_upstream,
             Which::NacksRefused => &self.nacks_refused,
             Which::KeyframeRequests => &self.keyframe_requests,
+            Which::ProbePackets => &self.probe_packets,
         };
         (0..64u32)
             .map_while(|i| {
@@ -181,6 +186,11 @@ impl NodeMetrics {
             "Keyframe requests (PLI) sent to publishers",
             self.keyframe_requests.clone(),
         );
+        r.register(
+            "probe_packets",
+            "Packets sent to subscribers on their probe track, to learn whether their downlink takes a higher simulcast layer",
+            self.probe_packets.clone(),
+        );
         r.register_with_unit(
             "media_loop_busy",
             "Time each media loop spent working rather than waiting",
@@ -210,6 +220,7 @@ pub enum Which {
     NacksUpstream,
     NacksRefused,
     KeyframeRequests,
+    ProbePackets,
 }
 
 /// Who may read `/metrics`: with a token, whoever sends it as `Authorization: Bearer`;

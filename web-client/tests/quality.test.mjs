@@ -122,6 +122,8 @@ async function snapshot(page) {
       const byId = new Map();
       report.forEach((r) => byId.set(r.id, r));
       for (const r of byId.values()) {
+        // The SFU's probe packets (media.js PROBE_SSRC) are no media.
+        if (r.type === 'inbound-rtp' && r.ssrc === 0x7072_6f62) continue;
         if (r.type === 'inbound-rtp' && r.kind === 'video') {
           out.freezes += r.freezeCount || 0;
           out.freezeS += r.totalFreezesDuration || 0;

@@ -98,6 +98,14 @@ export class Backoff {
 }
 
 /** Reasons of `media_ended` after which joining again may work. */
+/**
+ * The SFU probes a subscriber's downlink before sending it a higher simulcast layer, with
+ * packets on a track of their own (stream "probe", SSRC 0x7072_6F62: sfu's
+ * `engine/endpoint/probe.rs`); nothing on it is media, so it is never shown or counted.
+ */
+export const PROBE_STREAM = 'probe';
+export const PROBE_SSRC = 0x7072_6f62;
+
 export const RETRYABLE_END_REASONS = new Set(['node_lost', 'node_moved', 'connection_failed']);
 
 /** Reasons after which the call moves to another media server at once. */
@@ -562,7 +570,7 @@ export class MediaSession {
     const streamOf = new Map();
     for (const [id, { stream }] of this.#remote) for (const t of stream.getTracks()) streamOf.set(t.id, id);
     sub.forEach((r) => {
-      if (r.type !== 'inbound-rtp') return;
+      if (r.type !== 'inbound-rtp' || r.ssrc === PROBE_SSRC) return;
       const sum = r.kind === 'video' ? out.inboundVideo : r.kind === 'audio' ? out.inboundAudio : null;
       if (sum) addInto(sum, r);
       const id = streamOf.get(r.trackIdentifier);
@@ -855,6 +863,8 @@ export class MediaSession {
   /** subscriber `track`: one MediaStream per remote participant. */
   #addRemoteTrack(e) {
     const stream = e.streams[0] || new MediaStream([e.track]);
+    // The SFU's probe track carries no media: never shown.
+    if (stream.id === PROBE_STREAM) return;
     let entry = this.#remote.get(stream.id);
     const isNew = !entry;
     if (isNew) {

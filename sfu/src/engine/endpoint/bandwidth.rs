@@ -6,7 +6,7 @@
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 
 use super::*;
-use crate::bwe::{self, UplinkLimit};
+use crate::bwe::{self, DownlinkState, UplinkLimit};
 use crate::engine::playout;
 
 /// How often what a publisher sends is measured.
@@ -39,6 +39,7 @@ impl Endpoint {
             counters,
             ..
         } = self;
+        let mut probing = false;
         for room in rooms.values_mut() {
             for t in room.tracks.values_mut() {
                 for rate in &mut t.rates {
@@ -76,10 +77,13 @@ impl Endpoint {
             }
             tell_downstream_loss(room, members, conns);
             time_repairs(room, members, conns, now);
-            choose_layers(room, members, conns, touched, counters, now);
+            probing |= choose_layers(room, members, conns, touched, counters, now);
             for &key in &room.members {
                 limit_uplink(room, key, members, conns, touched, now);
             }
+        }
+        if probing && self.next_probe.is_none() {
+            self.next_probe = Some(now);
         }
     }
 }
@@ -183,6 +187,7 @@ fn time_repairs(
 }
 
 /// The layer each subscriber gets of each simulcast video it receives.
+/// Whether any subscriber's downlink is being probed.
 fn choose_layers(
     room: &mut Room,
     members: &mut HashMap<u128, Member>,
@@ -190,14 +195,21 @@ fn choose_layers(
     touched: &mut Vec<ConnId>,
     counters: &LoopCounters,
     now: Instant,
-) {
+) -> bool {
     let mut requests = Vec::new();
+    let mut probing = false;
     for &key in &room.members {
         let Some(o) = members.get_mut(&key) else {
             continue;
         };
         let share = o.video_share;
-        let loss = conns.get(&o.subscriber).and_then(Conn::loss_ppm);
+        let conn = conns.get(&o.subscriber);
+        let downlink = DownlinkState {
+            loss_ppm: conn.and_then(Conn::loss_ppm),
+            queue: conn.and_then(Conn::queue),
+            probes: o.probe.as_ref().is_some_and(|p| p.payload_type.is_some())
+                && o.subscriber_state == RTCPeerConnectionState::Connected,
+        };
         for (track, s) in &mut o.subscribed {
             let Some(t) = room.tracks.get(track).filter(|t| t.simulcast()) else {
                 continue;
@@ -208,8 +220,25 @@ fn choose_layers(
                     *rate = Some(t.rates[l].bps);
                 }
             }
-            s.layers.downlink_loss(loss);
-            let Some(layer) = s.layers.choose(now, &rates, share) else {
+            s.layers.downlink(downlink);
+            let before = s.layers.probing();
+            let layer = s.layers.choose(now, &rates, share);
+            match (before, s.layers.probing()) {
+                (None, Some(bps)) => {
+                    tracing::debug!(participant = key, track = track.0, bps, "probe");
+                }
+                (Some(_), None) => tracing::debug!(
+                    participant = key,
+                    track = track.0,
+                    ?layer,
+                    queue = ?downlink.queue,
+                    loss = ?downlink.loss_ppm,
+                    "probe over"
+                ),
+                _ => {}
+            }
+            probing |= s.layers.probing().is_some();
+            let Some(layer) = layer else {
                 continue;
             };
             if let Some(req) = room.forwarder.set_target_layer(*track, o.id, layer, now) {
@@ -221,6 +250,7 @@ fn choose_layers(
     for req in requests {
         request_keyframe(conns, touched, counters, room, req, now);
     }
+    probing
 }
 
 /// Whether the audio of `track` arrives in RED (its last packet was).

@@ -352,6 +352,7 @@ impl Endpoint {
                 video_off: false,
                 downlink_lossy_until: None,
                 video_share: None,
+                probe: None,
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );

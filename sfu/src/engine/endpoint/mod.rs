@@ -34,7 +34,9 @@
 //! This file holds the state and the inputs and outputs; the rest is by job: [`routing`]
 //! (datagrams to their connection), [`connections`] (connections and participants, and
 //! servicing what the core did), [`forwarding`] (media through the forwarding core),
-//! [`negotiation`] (offers, answers, codecs, media state).
+//! [`negotiation`] (offers, answers, codecs, media state), [`bandwidth`] (each
+//! subscriber's share, layers and the limits on publishers) and [`probe`] (probing a
+//! downlink before a move up).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -125,6 +127,7 @@ struct LegCells {
 }
 mod forwarding;
 mod negotiation;
+mod probe;
 mod routing;
 #[cfg(test)]
 pub(crate) mod sim;
@@ -310,6 +313,16 @@ impl Conn {
             .map_or(0, |e| e.rtt_us.load(Ordering::Relaxed))
     }
 
+    /// Subscriber leg: how long its packets wait in its path's queues, as its last
+    /// congestion feedback said (`None`: no figure yet, or another leg).
+    fn queue(&self) -> Option<Duration> {
+        self.estimate
+            .as_ref()
+            .map(|e| e.queue_us.load(Ordering::Relaxed))
+            .filter(|us| *us != crate::bwe::NO_QUEUE_FIGURE)
+            .map(Duration::from_micros)
+    }
+
     /// Subscriber leg: the share of packets its downlink lost over its estimator's
     /// window, in millionths (`None`: no figure yet, or another leg).
     fn loss_ppm(&self) -> Option<u64> {
@@ -393,6 +406,8 @@ struct Subscribed {
     sender: RTCRtpSenderId,
     ssrc: u32,
     kind: MediaKind,
+    /// The codecs it was offered, in order.
+    offered: Vec<Codec>,
     /// The codecs (and their payload types) the browser's last answer accepted for it.
     payload_types: Vec<(Codec, u8)>,
     routed: bool,
@@ -429,6 +444,8 @@ struct Member {
     /// What each video it receives may take of its downlink, as of the last tick
     /// ([`bandwidth`]); `None` before its first estimate, or in sound only.
     video_share: Option<u64>,
+    /// Its subscriber connection's probe track, added with its first video ([`probe`]).
+    probe: Option<probe::ProbeTrack>,
     _live: LiveGuard,
 }
 
@@ -520,6 +537,8 @@ pub struct Endpoint {
     /// The next check of negotiation deadlines and liveness ([`TICK`]), while any
     /// connection is open.
     next_tick: Option<Instant>,
+    /// The next probe packets, while any subscriber's downlink is probed ([`probe`]).
+    next_probe: Option<Instant>,
     /// The time of the last input (outputs are computed as of then).
     now: Instant,
     /// Connections to service before the next output.
@@ -567,6 +586,7 @@ impl Endpoint {
             next_peer: 1,
             timers: BinaryHeap::new(),
             next_tick: None,
+            next_probe: None,
             now,
             touched: Vec::new(),
             dirty: Vec::new(),
@@ -639,6 +659,9 @@ impl Endpoint {
             self.next_tick = Some(now + TICK);
             self.tick(now);
         }
+        if self.next_probe.is_some_and(|at| at <= now) {
+            self.send_probes(now);
+        }
     }
 
     /// An ICE-TCP stream from `remote` ended: its route is forgotten.
@@ -681,10 +704,10 @@ impl Endpoint {
             self.timers.pop();
         }
         let conn = self.timers.peek().map(|Reverse((at, _))| *at);
-        match (conn, self.next_tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [conn, self.next_tick, self.next_probe]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Participants on this endpoint.
@@ -699,6 +722,7 @@ impl Endpoint {
             let _ = self.leave(key);
         }
         self.next_tick = None;
+        self.next_probe = None;
     }
 
     /// The time of an input: never before the last one's, whatever the caller passes.
@@ -713,6 +737,7 @@ impl Endpoint {
         }
         if self.conns.is_empty() {
             self.next_tick = None;
+            self.next_probe = None;
         } else if self.next_tick.is_none() {
             self.next_tick = Some(self.now + TICK);
         }

@@ -173,6 +173,7 @@ impl Endpoint {
                             sender,
                             ssrc,
                             kind: p.kind,
+                            offered: codecs,
                             payload_types: Vec::new(),
                             routed: false,
                             layers: LayerChoice::default(),
@@ -181,6 +182,39 @@ impl Endpoint {
                     changed = true;
                 }
                 Err(e) => tracing::warn!(error = %e, "could not add a track for a subscriber"),
+            }
+        }
+        // With its first video, the connection gets its probe track (`probe`), offered
+        // the same codecs.
+        if m.probe.is_none() {
+            let first_video = m
+                .subscribed
+                .values()
+                .find(|s| s.kind == MediaKind::Video && !s.routed)
+                .map(|s| s.offered.clone());
+            if let Some(codecs) = first_video.filter(|c| !c.is_empty()) {
+                let (payload_type, _) = codecs[0].payload_types();
+                let codec = RTCRtpCodec {
+                    rtcp_feedback: vec![],
+                    ..codec_parameters(codecs[0], payload_type, codecs[0].fmtp()).rtp_codec
+                };
+                let local = media_track(
+                    probe::PROBE_STREAM.to_owned(),
+                    probe::PROBE_STREAM.to_owned(),
+                    RtpCodecKind::Video,
+                    probe::PROBE_SSRC,
+                    codec,
+                );
+                match c.pc.add_track(local).and_then(|sender| {
+                    offer_codecs(&mut c.pc, sender, &codecs)?;
+                    Ok(sender)
+                }) {
+                    Ok(sender) => {
+                        m.probe = Some(probe::ProbeTrack::new(sender));
+                        changed = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not add the probe track"),
+                }
             }
         }
         // An ICE restart the browser asked for: this offer carries new credentials.
@@ -345,6 +379,13 @@ impl Endpoint {
             if let Some(section) = sections.iter().find(|x| x.mid == mid) {
                 s.payload_types = section.codecs.iter().map(|(pt, c)| (*c, *pt)).collect();
                 tracing::debug!(participant = key, track = t.0, mid, accepted = ?s.payload_types, "answered");
+            }
+        }
+        if let Some(probe) = m.probe.as_mut() {
+            let section = sender_mid(&mut c.pc, probe.sender)
+                .and_then(|mid| sections.iter().find(|x| x.mid == mid));
+            if let Some(section) = section {
+                probe.payload_type = section.codecs.first().map(|(pt, _)| *pt);
             }
         }
         add_early_candidates(key, c);

@@ -1464,3 +1464,125 @@ fn a_lossy_downlink_makes_its_own_video_wait_for_retransmissions() {
     assert!((200..=400).contains(&delay), "{delay} ms");
     assert_eq!(w.browsers[0].playout_min_ms, None);
 }
+
+/// Starts a probe for browser `to`'s copy of browser `from`'s video, as its layer choice
+/// does before a move up (the simulated browsers publish one layer, so the choice is
+/// made here: layers of 200 and 500 kbit/s, a share far above both).
+fn start_probe(w: &mut World, to: usize, from: usize) -> (u128, crate::forward::TrackId) {
+    let (key, publisher) = (w.browsers[to].key, w.browsers[from].key);
+    let now = w.now;
+    let from_id = w.sfu.members[&publisher].id;
+    let room = w.sfu.members[&key].room;
+    let track = *w.sfu.rooms[&room]
+        .tracks
+        .iter()
+        .find(|(_, t)| t.publisher == from_id && t.kind == MediaKind::Video)
+        .unwrap()
+        .0;
+    let m = w.sfu.members.get_mut(&key).unwrap();
+    assert!(
+        m.probe.as_ref().is_some_and(|p| p.payload_type.is_some()),
+        "the probe track was negotiated with a codec"
+    );
+    let layers = &mut m.subscribed.get_mut(&track).unwrap().layers;
+    layers.downlink(crate::bwe::DownlinkState {
+        probes: true,
+        ..Default::default()
+    });
+    assert_eq!(layers.choose(now, &PROBED_RATES, Some(200_000)), Some(0));
+    assert_eq!(layers.choose(now, &PROBED_RATES, Some(5_000_000)), Some(0));
+    assert_eq!(layers.probing(), Some(375_000));
+    w.sfu.next_probe = Some(now);
+    (key, track)
+}
+
+const PROBED_RATES: [Option<u64>; 3] = [Some(200_000), Some(500_000), None];
+
+/// The layer choice's verdict at the end of the probe, from what the subscriber's
+/// feedback said.
+fn probe_verdict(w: &mut World, key: u128, track: crate::forward::TrackId) -> Option<u8> {
+    let now = w.now;
+    let m = w.sfu.members.get_mut(&key).unwrap();
+    let c = &w.sfu.conns[&m.subscriber];
+    let state = crate::bwe::DownlinkState {
+        loss_ppm: c.loss_ppm(),
+        queue: c.queue(),
+        probes: true,
+    };
+    let layers = &mut m.subscribed.get_mut(&track).unwrap().layers;
+    layers.downlink(state);
+    layers.choose(now, &PROBED_RATES, Some(5_000_000))
+}
+
+/// A probe before a move up: its packets go on the subscriber connection's probe track,
+/// reach the browser and are counted by its congestion feedback. On a link with room
+/// the probe passes; on one it would overfill, the queue its feedback shows stops it
+/// within a few hundred milliseconds, before the link drops anything.
+#[test]
+fn a_probe_reaches_the_subscriber_and_stops_when_its_link_fills() {
+    // Room for it.
+    let mut w = call(40, 250);
+    w.run_for(Duration::from_secs(2));
+    let (key, track) = start_probe(&mut w, 1, 0);
+    let before = w.metrics.total(Which::ProbePackets);
+    w.run_for(Duration::from_millis(900));
+    let sent = w.metrics.total(Which::ProbePackets) - before;
+    let got = w.browsers[1]
+        .received
+        .iter()
+        .filter(|(id, _)| id.contains(super::probe::PROBE_STREAM))
+        .map(|(_, r)| r.packets)
+        .sum::<u64>();
+    let queue = w.sfu.conns[&w.sfu.members[&key].subscriber].queue();
+    eprintln!("clean link: {sent} probe packets sent, {got} received; queue {queue:?}");
+    // Over 0.8 s, climbing to 375 kbit/s over the first 0.5 s: about 26 of 1,000 bytes.
+    assert!((20..=32).contains(&sent), "{sent} probe packets");
+    assert!(got >= sent * 9 / 10, "{got} of {sent} received");
+    assert!(
+        queue.is_some_and(|q| q < crate::bwe::PROBE_QUEUE_MAX),
+        "{queue:?}"
+    );
+    assert_eq!(
+        probe_verdict(&mut w, key, track),
+        Some(1),
+        "the probe passed"
+    );
+    // Nothing more is sent once it is over.
+    let after = w.metrics.total(Which::ProbePackets);
+    w.run_for(Duration::from_millis(500));
+    assert_eq!(w.metrics.total(Which::ProbePackets), after);
+    assert_eq!(
+        w.browsers[1].got(MediaKind::Video).2,
+        0,
+        "no media corrupted"
+    );
+
+    // A 400 kbit/s link that carries the call (about 300) but not the probe's 375 more.
+    let mut w = call(41, 250);
+    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
+    w.net.set_link(
+        sfu,
+        b1,
+        LinkConfig::clean(DELAY).with_rate(400_000, ms(300)),
+    );
+    w.run_for(Duration::from_secs(3));
+    let link = w.downlink(1);
+    let (key, track) = start_probe(&mut w, 1, 0);
+    let mut stopped = None;
+    for step in 1..=16 {
+        w.run_for(Duration::from_millis(50));
+        let probing = w.sfu.members[&key].subscribed[&track].layers.probing();
+        if probing.is_none() {
+            stopped = Some(step * 50);
+            break;
+        }
+    }
+    let queue = w.sfu.conns[&w.sfu.members[&key].subscriber].queue();
+    let dropped = w.downlink(1).overflowed - link.overflowed;
+    eprintln!("capped link: stopped after {stopped:?} ms, queue {queue:?}, {dropped} dropped");
+    let stopped = stopped.expect("the probe stopped before its end");
+    assert!(stopped < 800, "{stopped} ms");
+    assert_eq!(dropped, 0, "the link dropped nothing");
+    // Held after the failed probe: the layer stays.
+    assert_eq!(probe_verdict(&mut w, key, track), Some(0));
+}
