@@ -242,7 +242,15 @@ fn choose_layers(
                 continue;
             };
             if let Some(req) = room.forwarder.set_target_layer(*track, o.id, layer, now) {
-                tracing::debug!(participant = key, track = track.0, layer, "layer chosen");
+                tracing::debug!(
+                    participant = key,
+                    track = track.0,
+                    layer,
+                    ?share,
+                    queue = ?downlink.queue,
+                    loss = ?downlink.loss_ppm,
+                    "layer chosen"
+                );
                 requests.push(req);
             }
         }
