@@ -186,8 +186,8 @@ fn time_repairs(
     }
 }
 
-/// The layer each subscriber gets of each simulcast video it receives.
-/// Whether any subscriber's downlink is being probed.
+/// The layer each subscriber gets of each simulcast video it receives; whether any
+/// subscriber's downlink is being probed.
 fn choose_layers(
     room: &mut Room,
     members: &mut HashMap<u128, Member>,

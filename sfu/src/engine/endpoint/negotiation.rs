@@ -36,6 +36,28 @@ pub(super) fn offer_codecs(
     Ok(())
 }
 
+/// A track the SFU sends on a subscriber connection, in stream `stream` with id `id`,
+/// offered `codecs` in that order (the first is the track's own; not empty): its sender.
+/// The core reuses the transceiver (m-line) of a track removed earlier, so a long
+/// consultation with many joins and leaves does not grow its SDP forever.
+fn add_sent_track(
+    pc: &mut RTCPeerConnection,
+    (stream, id): (String, String),
+    kind: RtpCodecKind,
+    ssrc: u32,
+    codecs: &[Codec],
+) -> Result<RTCRtpSenderId, rtc::shared::error::Error> {
+    let first = codecs[0];
+    let (payload_type, _) = first.payload_types();
+    let codec = RTCRtpCodec {
+        rtcp_feedback: vec![],
+        ..codec_parameters(first, payload_type, first.fmtp()).rtp_codec
+    };
+    let sender = pc.add_track(media_track(stream, id, kind, ssrc, codec))?;
+    offer_codecs(pc, sender, codecs)?;
+    Ok(sender)
+}
+
 /// The media id (`mid`) of the transceiver that holds `sender`, once negotiated.
 pub(super) fn sender_mid(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<String> {
     let transceivers: Vec<_> = pc.get_transceivers().collect();
@@ -135,7 +157,7 @@ impl Endpoint {
                     subscriber_video_codecs(current, can_take)
                 }
             };
-            let Some(&first) = codecs.first() else {
+            if codecs.is_empty() {
                 tracing::debug!(
                     participant = key,
                     track = t.0,
@@ -148,24 +170,8 @@ impl Endpoint {
                 MediaKind::Audio => RtpCodecKind::Audio,
                 MediaKind::Video => RtpCodecKind::Video,
             };
-            let (payload_type, _) = first.payload_types();
-            let codec = RTCRtpCodec {
-                rtcp_feedback: vec![],
-                ..codec_parameters(first, payload_type, first.fmtp()).rtp_codec
-            };
-            let local = media_track(
-                stream_id(p.publisher),
-                format!("t{}", t.0),
-                rtp_kind,
-                ssrc,
-                codec,
-            );
-            // The core reuses the transceiver (m-line) of a track removed earlier, so a
-            // long consultation with many joins and leaves does not grow its SDP forever.
-            match c.pc.add_track(local).and_then(|sender| {
-                offer_codecs(&mut c.pc, sender, &codecs)?;
-                Ok(sender)
-            }) {
+            let names = (stream_id(p.publisher), format!("t{}", t.0));
+            match add_sent_track(&mut c.pc, names, rtp_kind, ssrc, &codecs) {
                 Ok(sender) => {
                     m.subscribed.insert(
                         *t,
@@ -193,22 +199,17 @@ impl Endpoint {
                 .find(|s| s.kind == MediaKind::Video && !s.routed)
                 .map(|s| s.offered.clone());
             if let Some(codecs) = first_video.filter(|c| !c.is_empty()) {
-                let (payload_type, _) = codecs[0].payload_types();
-                let codec = RTCRtpCodec {
-                    rtcp_feedback: vec![],
-                    ..codec_parameters(codecs[0], payload_type, codecs[0].fmtp()).rtp_codec
-                };
-                let local = media_track(
+                let names = (
                     probe::PROBE_STREAM.to_owned(),
                     probe::PROBE_STREAM.to_owned(),
+                );
+                match add_sent_track(
+                    &mut c.pc,
+                    names,
                     RtpCodecKind::Video,
                     probe::PROBE_SSRC,
-                    codec,
-                );
-                match c.pc.add_track(local).and_then(|sender| {
-                    offer_codecs(&mut c.pc, sender, &codecs)?;
-                    Ok(sender)
-                }) {
+                    &codecs,
+                ) {
                     Ok(sender) => {
                         m.probe = Some(probe::ProbeTrack::new(sender));
                         changed = true;
