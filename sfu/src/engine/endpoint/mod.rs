@@ -406,8 +406,6 @@ struct Subscribed {
     sender: RTCRtpSenderId,
     ssrc: u32,
     kind: MediaKind,
-    /// The codecs it was offered, in order.
-    offered: Vec<Codec>,
     /// The codecs (and their payload types) the browser's last answer accepted for it.
     payload_types: Vec<(Codec, u8)>,
     routed: bool,

@@ -140,6 +140,7 @@ impl Endpoint {
             .codecs
             .receives
             .intersect(m.codecs.accepts.unwrap_or_else(CodecSet::all_video));
+        let mut probe_codecs: Option<Vec<Codec>> = None;
         for (t, p) in &r.tracks {
             if p.publisher == m.id || m.subscribed.contains_key(t) {
                 continue;
@@ -173,13 +174,17 @@ impl Endpoint {
             let names = (stream_id(p.publisher), format!("t{}", t.0));
             match add_sent_track(&mut c.pc, names, rtp_kind, ssrc, &codecs) {
                 Ok(sender) => {
+                    // The probe track (`probe`) comes with the connection's first video,
+                    // offered the same codecs.
+                    if m.probe.is_none() && p.kind == MediaKind::Video && probe_codecs.is_none() {
+                        probe_codecs = Some(codecs.clone());
+                    }
                     m.subscribed.insert(
                         *t,
                         Subscribed {
                             sender,
                             ssrc,
                             kind: p.kind,
-                            offered: codecs,
                             payload_types: Vec::new(),
                             routed: false,
                             layers: LayerChoice::default(),
@@ -190,32 +195,23 @@ impl Endpoint {
                 Err(e) => tracing::warn!(error = %e, "could not add a track for a subscriber"),
             }
         }
-        // With its first video, the connection gets its probe track (`probe`), offered
-        // the same codecs.
-        if m.probe.is_none() {
-            let first_video = m
-                .subscribed
-                .values()
-                .find(|s| s.kind == MediaKind::Video && !s.routed)
-                .map(|s| s.offered.clone());
-            if let Some(codecs) = first_video.filter(|c| !c.is_empty()) {
-                let names = (
-                    probe::PROBE_STREAM.to_owned(),
-                    probe::PROBE_STREAM.to_owned(),
-                );
-                match add_sent_track(
-                    &mut c.pc,
-                    names,
-                    RtpCodecKind::Video,
-                    probe::PROBE_SSRC,
-                    &codecs,
-                ) {
-                    Ok(sender) => {
-                        m.probe = Some(probe::ProbeTrack::new(sender));
-                        changed = true;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not add the probe track"),
+        if let Some(codecs) = probe_codecs {
+            let names = (
+                probe::PROBE_STREAM.to_owned(),
+                probe::PROBE_STREAM.to_owned(),
+            );
+            match add_sent_track(
+                &mut c.pc,
+                names,
+                RtpCodecKind::Video,
+                probe::PROBE_SSRC,
+                &codecs,
+            ) {
+                Ok(sender) => {
+                    m.probe = Some(probe::ProbeTrack::new(sender));
+                    changed = true;
                 }
+                Err(e) => tracing::warn!(error = %e, "could not add the probe track"),
             }
         }
         // An ICE restart the browser asked for: this offer carries new credentials.
