@@ -245,13 +245,42 @@ pub const PROBE_QUEUE_MAX: Duration = Duration::from_millis(50);
 pub const PROBE_QUEUE_ABORT: Duration = Duration::from_millis(80);
 
 /// A queue this long on a subscriber's downlink, for [`LAYER_QUEUE_FOR`] without a break,
-/// takes each video it receives down a layer, whatever its estimate says: what it is sent
-/// does not fit its link. The estimate follows only seconds later (the `rtc` crate's, grown
-/// while the subscriber took less than its link, fell to the link's rate 6 s after a
-/// 350 kbit/s cap, the picture frozen meanwhile). A keyframe queues for less time than
-/// this takes.
+/// takes one video it receives down a layer ([`QueueWatch`]), whatever its estimate says:
+/// what it is sent does not fit its link. The estimate follows only seconds later (the
+/// `rtc` crate's, grown while the subscriber took less than its link, fell to the link's
+/// rate 6 s after a 350 kbit/s cap, the picture frozen meanwhile). A keyframe queues for
+/// less time than this takes.
 pub const LAYER_QUEUE_HIGH: Duration = Duration::from_millis(100);
 pub const LAYER_QUEUE_FOR: Duration = Duration::from_millis(1_000);
+
+/// Whether a subscriber's downlink keeps queueing: past [`LAYER_QUEUE_HIGH`] for
+/// [`LAYER_QUEUE_FOR`] without a break. One per downlink, not per video: each time it
+/// says so, one video sheds a layer ([`DownlinkState::shed`]), and the next step needs
+/// another [`LAYER_QUEUE_FOR`] of queueing.
+#[derive(Debug, Default, Clone)]
+pub struct QueueWatch {
+    since: Option<Instant>,
+}
+
+impl QueueWatch {
+    /// The queue as its feedback last said (`None`: no figure); whether to shed now.
+    pub fn lasting(&mut self, now: Instant, queue: Option<Duration>) -> bool {
+        match queue {
+            Some(q) if q > LAYER_QUEUE_HIGH => {
+                let since = *self.since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= LAYER_QUEUE_FOR {
+                    self.since = None;
+                    return true;
+                }
+                false
+            }
+            _ => {
+                self.since = None;
+                false
+            }
+        }
+    }
+}
 
 /// What a subscriber's downlink shows, as its estimator last had it; told to each
 /// [`LayerChoice`] before it chooses.
@@ -264,6 +293,9 @@ pub struct DownlinkState {
     pub queue: Option<Duration>,
     /// Whether the SFU can probe it (its connection has a probe track with a codec).
     pub probes: bool,
+    /// Its link keeps queueing ([`QueueWatch`]) and this video is the one to go down a
+    /// layer now.
+    pub shed: bool,
 }
 
 /// Which simulcast layer one subscriber receives of one video track, from its share of
@@ -292,8 +324,6 @@ pub struct LayerChoice {
     downlink: DownlinkState,
     probe: Option<Probe>,
     trial: Option<Trial>,
-    /// Since when its downlink has queued past [`LAYER_QUEUE_HIGH`] without a break.
-    queued_since: Option<Instant>,
 }
 
 /// A move up being probed.
@@ -322,6 +352,11 @@ impl LayerChoice {
     /// What the subscriber's downlink shows now; told before each [`Self::choose`].
     pub fn downlink(&mut self, state: DownlinkState) {
         self.downlink = state;
+    }
+
+    /// The layer it has (`None` before its first choice).
+    pub fn chosen(&self) -> Option<u8> {
+        self.chosen
     }
 
     /// While a move up is probed: what it adds to what the subscriber receives, in bits
@@ -433,20 +468,9 @@ impl LayerChoice {
                 return Some(layer);
             }
         }
-        // A link that has queued for a second: down a layer now.
-        let queued = match self.downlink.queue {
-            Some(q) if q > LAYER_QUEUE_HIGH => {
-                let since = *self.queued_since.get_or_insert(now);
-                now.saturating_duration_since(since) >= LAYER_QUEUE_FOR
-            }
-            _ => {
-                self.queued_since = None;
-                false
-            }
-        };
-        if let (true, Some(c)) = (queued, current) {
+        // Its link keeps queueing, and this video is the one to give way: down a layer.
+        if let (true, Some(c)) = (self.downlink.shed, current) {
             if let Some((below, _)) = active().rfind(|&(l, _)| l < c) {
-                self.queued_since = None;
                 self.trial = None;
                 self.hold.fell(now);
                 let layer = below.min(fits.max(lowest));
@@ -1098,6 +1122,7 @@ mod tests {
             loss_ppm: Some(loss_ppm),
             queue: Some(Duration::from_millis(queue_ms)),
             probes: true,
+            shed: false,
         }
     }
 
@@ -1183,32 +1208,43 @@ mod tests {
         assert_eq!(c.probing(), None);
     }
 
-    /// A downlink that queues for a second takes the subscriber down a layer before its
-    /// estimate falls; a keyframe's short queue does not.
+    /// A downlink that queues for a second says so once a second, however long it goes on;
+    /// a keyframe's short queue does not.
     #[test]
-    fn a_link_that_keeps_queueing_takes_the_layer_down_before_the_estimate_falls() {
+    fn a_downlink_that_keeps_queueing_says_so_once_a_second() {
+        let t = Instant::now();
+        let mut w = QueueWatch::default();
+        let ms = |n| Some(Duration::from_millis(n));
+        assert!(!w.lasting(at(t, 0), ms(5)));
+        // A keyframe queues for half a second.
+        assert!(!w.lasting(at(t, 250), ms(180)));
+        assert!(!w.lasting(at(t, 500), ms(180)));
+        assert!(!w.lasting(at(t, 750), ms(20)));
+        // The link is capped: its queue stays full.
+        let said: Vec<u64> = (4..=20)
+            .map(|k| k * 250)
+            .filter(|&n| w.lasting(at(t, n), ms(200)))
+            .collect();
+        assert_eq!(said, [2_000, 3_250, 4_500]);
+        assert!(!w.lasting(at(t, 5_250), None), "no figure: no verdict");
+    }
+
+    /// Told to shed, a video goes down a layer before its estimate falls, and is held
+    /// as after any fall; its lowest layer stays.
+    #[test]
+    fn a_video_told_to_shed_goes_down_a_layer_before_the_estimate_falls() {
         let t = Instant::now();
         let mut c = LayerChoice::default();
         let rates = [None, Some(250_000), Some(700_000)];
         c.downlink(probed(5, 0));
         assert_eq!(c.choose(at(t, 0), &rates, Some(2_000_000)), Some(2));
-        // A keyframe queues for half a second.
-        c.downlink(probed(180, 0));
-        assert_eq!(c.choose(at(t, 250), &rates, Some(2_000_000)), Some(2));
-        assert_eq!(c.choose(at(t, 500), &rates, Some(2_000_000)), Some(2));
-        c.downlink(probed(20, 0));
-        assert_eq!(c.choose(at(t, 750), &rates, Some(2_000_000)), Some(2));
-        // The link is capped: its queue stays full, the estimate still high.
-        c.downlink(probed(200, 0));
-        for ms in [1_000, 1_250, 1_500, 1_750] {
-            assert_eq!(
-                c.choose(at(t, ms), &rates, Some(2_000_000)),
-                Some(2),
-                "{ms}"
-            );
-        }
+        let shed = DownlinkState {
+            shed: true,
+            ..probed(200, 0)
+        };
+        c.downlink(shed);
         assert_eq!(c.choose(at(t, 2_000), &rates, Some(2_000_000)), Some(1));
-        // The lowest stays, however long the queue.
+        // The lowest stays, however often it is told.
         for ms in [2_250, 2_500, 3_000, 3_500, 4_000] {
             assert_eq!(
                 c.choose(at(t, ms), &rates, Some(2_000_000)),

@@ -209,18 +209,37 @@ fn choose_layers(
             queue: conn.and_then(Conn::queue),
             probes: o.probe.as_ref().is_some_and(|p| p.payload_type.is_some())
                 && o.subscriber_state == RTCPeerConnectionState::Connected,
+            shed: false,
         };
+        // A downlink that keeps queueing: the video whose layer sends the most, of those
+        // with a lower layer to go to, gives way (one a step).
+        let shed = o
+            .queue_watch
+            .lasting(now, downlink.queue)
+            .then(|| {
+                o.subscribed
+                    .iter()
+                    .filter_map(|(track, s)| {
+                        let t = room.tracks.get(track).filter(|t| t.simulcast())?;
+                        let rates = layer_rates(&room.forwarder, *track, t, now);
+                        let c = usize::from(s.layers.chosen()?);
+                        let bps = rates.get(c).copied().flatten()?;
+                        let lower = rates.iter().take(c).any(Option::is_some);
+                        lower.then_some((*track, bps))
+                    })
+                    .max_by_key(|(_, bps)| *bps)
+                    .map(|(track, _)| track)
+            })
+            .flatten();
         for (track, s) in &mut o.subscribed {
             let Some(t) = room.tracks.get(track).filter(|t| t.simulcast()) else {
                 continue;
             };
-            let mut rates = [None; MAX_LAYERS];
-            for (l, rate) in rates.iter_mut().enumerate() {
-                if room.forwarder.layer_active(*track, l as Layer, now) {
-                    *rate = Some(t.rates[l].bps);
-                }
-            }
-            s.layers.downlink(downlink);
+            let rates = layer_rates(&room.forwarder, *track, t, now);
+            s.layers.downlink(DownlinkState {
+                shed: shed == Some(*track),
+                ..downlink
+            });
             let before = s.layers.probing();
             let layer = s.layers.choose(now, &rates, share);
             match (before, s.layers.probing()) {
@@ -259,6 +278,22 @@ fn choose_layers(
         request_keyframe(conns, touched, counters, room, req, now);
     }
     probing
+}
+
+/// What each layer of `track` sends, in bits per second (`None`: not arriving).
+fn layer_rates(
+    forwarder: &Forwarder<Cached, Route>,
+    track: TrackId,
+    t: &Published,
+    now: Instant,
+) -> [Option<u64>; MAX_LAYERS] {
+    let mut rates = [None; MAX_LAYERS];
+    for (l, rate) in rates.iter_mut().enumerate() {
+        if forwarder.layer_active(track, l as Layer, now) {
+            *rate = Some(t.rates[l].bps);
+        }
+    }
+    rates
 }
 
 /// Whether the audio of `track` arrives in RED (its last packet was).

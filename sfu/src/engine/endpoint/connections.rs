@@ -353,6 +353,7 @@ impl Endpoint {
                 downlink_lossy_until: None,
                 video_share: None,
                 probe: None,
+                queue_watch: Default::default(),
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),
             },
         );

@@ -444,6 +444,8 @@ struct Member {
     video_share: Option<u64>,
     /// Its subscriber connection's probe track, added with its first video ([`probe`]).
     probe: Option<probe::ProbeTrack>,
+    /// Whether its downlink keeps queueing ([`bandwidth`]).
+    queue_watch: crate::bwe::QueueWatch,
     _live: LiveGuard,
 }
 

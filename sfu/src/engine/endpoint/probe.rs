@@ -78,6 +78,7 @@ impl Endpoint {
                 loss_ppm: conn.and_then(Conn::loss_ppm),
                 queue: conn.and_then(Conn::queue),
                 probes: true,
+                shed: false,
             };
             let mut bps = 0;
             for (track, s) in &mut m.subscribed {

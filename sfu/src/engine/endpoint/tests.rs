@@ -1508,6 +1508,7 @@ fn probe_verdict(w: &mut World, key: u128, track: crate::forward::TrackId) -> Op
         loss_ppm: c.loss_ppm(),
         queue: c.queue(),
         probes: true,
+        shed: false,
     };
     let layers = &mut m.subscribed.get_mut(&track).unwrap().layers;
     layers.downlink(state);
