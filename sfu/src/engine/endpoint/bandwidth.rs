@@ -203,14 +203,12 @@ fn choose_layers(
             continue;
         };
         let share = o.video_share;
-        let conn = conns.get(&o.subscriber);
-        let downlink = DownlinkState {
-            loss_ppm: conn.and_then(Conn::loss_ppm),
-            queue: conn.and_then(Conn::queue),
-            probes: o.probe.as_ref().is_some_and(|p| p.payload_type.is_some())
-                && o.subscriber_state == RTCPeerConnectionState::Connected,
-            shed: false,
-        };
+        let probes = o.probe.as_ref().is_some_and(|p| p.payload_type.is_some())
+            && o.subscriber_state == RTCPeerConnectionState::Connected;
+        let downlink = conns
+            .get(&o.subscriber)
+            .map(|c| c.downlink(probes))
+            .unwrap_or_default();
         // A downlink that keeps queueing: the video whose layer sends the most, of those
         // with a lower layer to go to, gives way (one a step).
         let shed = o

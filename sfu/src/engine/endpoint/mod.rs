@@ -323,6 +323,17 @@ impl Conn {
             .map(Duration::from_micros)
     }
 
+    /// Subscriber leg: what its downlink shows now (loss and queue), for a layer choice
+    /// (`probes`: whether its downlink can be probed).
+    fn downlink(&self, probes: bool) -> crate::bwe::DownlinkState {
+        crate::bwe::DownlinkState {
+            loss_ppm: self.loss_ppm(),
+            queue: self.queue(),
+            probes,
+            shed: false,
+        }
+    }
+
     /// Subscriber leg: the share of packets its downlink lost over its estimator's
     /// window, in millionths (`None`: no figure yet, or another leg).
     fn loss_ppm(&self) -> Option<u64> {

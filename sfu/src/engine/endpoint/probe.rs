@@ -13,7 +13,6 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::bwe::DownlinkState;
 
 /// The stream id (and track id) of the probe track: pages ignore its track.
 pub const PROBE_STREAM: &str = "probe";
@@ -57,7 +56,7 @@ impl ProbeTrack {
 
 impl Endpoint {
     /// Sends each probing subscriber its probe packets due by `now`, at the rate its
-    /// layer choices ask ([`crate::bwe::LayerChoice::probing`]); the next call is due
+    /// layer choices ask ([`crate::bwe::LayerChoice::probe_rate`]); the next call is due
     /// [`PROBE_PACE`] later while any probe runs.
     pub(super) fn send_probes(&mut self, now: Instant) {
         let Self {
@@ -73,13 +72,10 @@ impl Endpoint {
                 continue;
             };
             // Each probe watched first: one whose link is full stops now.
-            let conn = conns.get(&m.subscriber);
-            let downlink = DownlinkState {
-                loss_ppm: conn.and_then(Conn::loss_ppm),
-                queue: conn.and_then(Conn::queue),
-                probes: true,
-                shed: false,
-            };
+            let downlink = conns
+                .get(&m.subscriber)
+                .map(|c| c.downlink(true))
+                .unwrap_or_default();
             let mut bps = 0;
             for (track, s) in &mut m.subscribed {
                 if s.layers.probing().is_some() && !s.layers.watch(now, downlink) {

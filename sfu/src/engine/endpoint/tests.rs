@@ -1504,12 +1504,7 @@ fn probe_verdict(w: &mut World, key: u128, track: crate::forward::TrackId) -> Op
     let now = w.now;
     let m = w.sfu.members.get_mut(&key).unwrap();
     let c = &w.sfu.conns[&m.subscriber];
-    let state = crate::bwe::DownlinkState {
-        loss_ppm: c.loss_ppm(),
-        queue: c.queue(),
-        probes: true,
-        shed: false,
-    };
+    let state = c.downlink(true);
     let layers = &mut m.subscribed.get_mut(&track).unwrap().layers;
     layers.downlink(state);
     layers.choose(now, &PROBED_RATES, Some(5_000_000))
