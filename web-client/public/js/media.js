@@ -29,9 +29,7 @@
 // Sound only: `setReceiveVideo(false)` asks the SFU to send this page nobody's video (for a
 // link that cannot carry it), again after every media_joined, until set back. The SFU's
 // figures for this page's downlink (its bandwidth estimate, round trip and loss) arrive
-// every few seconds as `media_link` and are kept as `link`; while that downlink loses
-// packets, received video is held long enough for a lost repair to be asked again
-// (playout.js).
+// every few seconds as `media_link` and are kept as `link`.
 //
 // Usage:
 //   const media = new MediaSession({ send, localStream, onRemoteStream,
@@ -43,7 +41,6 @@
 //   await media.path();           // how media flows now: 'udp' ... 'turn_tls' (media-path.js)
 
 import { pathOf, selectedPair } from './media-path.js';
-import { applyFloor, PlayoutFloor } from './playout.js';
 
 /**
  * Runs an action again later after a failure (joining a call that could not be joined):
@@ -219,7 +216,6 @@ export class MediaSession {
   #resuming = false; // resume_media sent, its answer awaited
   #receiveVideo = true; // whether the SFU should send this page the others' video
   #link = null; // {downKbps, rttMs, lossPct, at}: the SFU's last figures for our downlink
-  #playout = new PlayoutFloor(); // how long, at least, received video is held (playout.js)
 
   /**
    * @param {object} o
@@ -478,7 +474,6 @@ export class MediaSession {
       case 'media_link':
         if (this.#pcs) {
           this.#link = { downKbps: msg.down_kbps, rttMs: msg.rtt_ms, lossPct: msg.loss_pct, at: performance.now() };
-          applyFloor(this.#pcs.subscriber.getReceivers(), this.#playout.update(this.#link, this.#link.at));
         }
         break;
       case 'media_ended':
@@ -628,7 +623,6 @@ export class MediaSession {
     this.#sentState = null;
     this.#sendState(); // every (re)join: the others learn what this page sends
     this.#link = null;
-    this.#playout.reset();
     if (!this.#receiveVideo) this.send({ type: 'receive_video', on: false });
 
     for (const leg of LEGS) {
@@ -871,7 +865,6 @@ export class MediaSession {
     const stream = e.streams[0] || new MediaStream([e.track]);
     // The SFU's probe track carries no media: never shown.
     if (stream.id === PROBE_STREAM) return;
-    applyFloor([e.receiver], this.#playout.ms);
     let entry = this.#remote.get(stream.id);
     const isNew = !entry;
     if (isNew) {
