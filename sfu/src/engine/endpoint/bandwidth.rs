@@ -178,8 +178,10 @@ fn time_repairs(
         let own = lossy(m.downlink_lossy_until).then(|| rtt(m));
         let delay = playout::delay_for(uplinks.chain(own));
         if let Some(cell) = conns.get(&m.subscriber).and_then(|c| c.playout.as_ref()) {
-            let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
-            if cell.swap(ms, Ordering::Relaxed) != ms {
+            let was = cell.load(Ordering::Relaxed);
+            let ms = playout::settle(was, delay);
+            if ms != was {
+                cell.store(ms, Ordering::Relaxed);
                 tracing::debug!(participant = key, ms, "playout delay");
             }
         }
