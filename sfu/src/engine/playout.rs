@@ -25,14 +25,14 @@
 //! as any packet, 5 % at 5 % loss) is asked again a round trip later. With one round trip
 //! and the margin (about 200 ms at 150 ms), the SFU's log put each of the patient's
 //! freezes (2 to 7 a minute at 5 % loss, 150 ms) on such a repair, 300 to 500 ms after its
-//! packet was first sent; with two (about 350 ms), 1 a minute (0 to 3), the direct call 0
-//! (0 to 1). A conversation over that path is the 150 ms later for it, and only while it
-//! loses.
+//! packet was first sent; with two (400 to 450 ms written), 1 a minute (0 to 1), the
+//! direct call 1 (1 to 1) in the same hour. A conversation over that path is about 200 ms
+//! later for it, and only while it loses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtc::interceptor::{Packet, StreamInfo, TaggedPacket};
@@ -76,19 +76,41 @@ const MAX_FIELD: u32 = 0xfff;
 /// playout with every one: 500 changes a minute).
 pub const STEP_MS: u32 = 50;
 
-/// The delay (ms) to write next, for a subscriber whose video needs `needed` and was last
-/// given `current`: `needed` up to the next [`STEP_MS`] as soon as it is over `current`,
-/// and down only once it is a whole step under it (0 at once when nothing is lossy).
-pub fn settle(current: u32, needed: Duration) -> u32 {
-    let needed = u32::try_from(needed.as_millis()).unwrap_or(u32::MAX);
-    if needed == 0 {
-        return 0;
-    }
-    let stepped = needed.div_ceil(STEP_MS).saturating_mul(STEP_MS);
-    if stepped > current || current.saturating_sub(needed) >= STEP_MS {
-        stepped
-    } else {
-        current
+/// A lower need must hold this long before the delay written comes down to it: the round
+/// trip of a lossy link is noisy (at 20 % loss and 1 ms the need moved between 50 and
+/// 200 ms, and a delay that came down at once changed 150 times a minute).
+pub const LOWER_AFTER: Duration = Duration::from_secs(5);
+
+/// The delay written to one subscriber's video: moved in steps of [`STEP_MS`], up at once,
+/// down only after [`LOWER_AFTER`].
+#[derive(Debug, Default)]
+pub struct Settle {
+    ms: u32,
+    /// Since when the need has been a whole step under `ms`.
+    lower_since: Option<Instant>,
+}
+
+impl Settle {
+    /// The delay (ms) to write for a need of `needed` at `now`: up to the next [`STEP_MS`]
+    /// as soon as it is over what is written; down to it once it has been a whole step
+    /// under for [`LOWER_AFTER`]; 0 at once when nothing is lossy (the loss has been over
+    /// for [`LOSSY_FOR`] already).
+    pub fn next(&mut self, needed: Duration, now: Instant) -> u32 {
+        let needed = u32::try_from(needed.as_millis()).unwrap_or(u32::MAX);
+        let stepped = needed.div_ceil(STEP_MS).saturating_mul(STEP_MS);
+        if needed == 0 || stepped > self.ms {
+            self.ms = stepped;
+            self.lower_since = None;
+        } else if self.ms.saturating_sub(needed) >= STEP_MS {
+            let since = *self.lower_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= LOWER_AFTER {
+                self.ms = stepped;
+                self.lower_since = None;
+            }
+        } else {
+            self.lower_since = None;
+        }
+        self.ms
     }
 }
 
@@ -262,15 +284,29 @@ mod tests {
     }
 
     #[test]
-    fn the_delay_written_moves_in_steps_and_holds_through_small_changes() {
+    fn the_delay_written_moves_in_steps_up_at_once_and_down_only_after_a_while() {
         let ms = Duration::from_millis;
-        assert_eq!(settle(0, ms(353)), 400, "up to the next step at once");
-        assert_eq!(settle(400, ms(392)), 400);
-        assert_eq!(settle(400, ms(353)), 400, "a little under: held");
-        assert_eq!(settle(400, ms(412)), 450, "over: up at once");
-        assert_eq!(settle(450, ms(399)), 400, "a whole step under: down");
-        assert_eq!(settle(450, ms(0)), 0, "nothing lossy: off at once");
-        assert_eq!(settle(0, ms(1)), 50);
-        assert_eq!(delay_for([ms(2_000)]), MAX_DELAY);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_millis(s);
+        let mut d = Settle::default();
+        assert_eq!(d.next(ms(353), at(0)), 400, "up to the next step at once");
+        assert_eq!(d.next(ms(392), at(100)), 400);
+        assert_eq!(d.next(ms(353), at(200)), 400, "a little under: held");
+        assert_eq!(d.next(ms(412), at(300)), 450, "over: up at once");
+        assert_eq!(d.next(ms(160), at(400)), 450, "a whole step under: not yet");
+        assert_eq!(
+            d.next(ms(420), at(2_000)),
+            450,
+            "back up: the wait starts over"
+        );
+        assert_eq!(d.next(ms(160), at(3_000)), 450);
+        assert_eq!(d.next(ms(180), at(7_999)), 450);
+        assert_eq!(
+            d.next(ms(180), at(8_000)),
+            200,
+            "under for LOWER_AFTER: down"
+        );
+        assert_eq!(d.next(ms(0), at(8_100)), 0, "nothing lossy: off at once");
+        assert_eq!(d.next(ms(1), at(8_200)), 50);
     }
 }

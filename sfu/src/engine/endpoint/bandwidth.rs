@@ -177,11 +177,12 @@ fn time_repairs(
             .map(rtt);
         let own = lossy(m.downlink_lossy_until).then(|| rtt(m));
         let delay = playout::delay_for(uplinks.chain(own));
+        let Some(m) = members.get_mut(key) else {
+            continue;
+        };
+        let ms = m.playout.next(delay, now);
         if let Some(cell) = conns.get(&m.subscriber).and_then(|c| c.playout.as_ref()) {
-            let was = cell.load(Ordering::Relaxed);
-            let ms = playout::settle(was, delay);
-            if ms != was {
-                cell.store(ms, Ordering::Relaxed);
+            if cell.swap(ms, Ordering::Relaxed) != ms {
                 tracing::debug!(participant = key, ms, "playout delay");
             }
         }

@@ -351,6 +351,7 @@ impl Endpoint {
                 uplink: Uplink::default(),
                 video_off: false,
                 downlink_lossy_until: None,
+                playout: crate::engine::playout::Settle::default(),
                 video_share: None,
                 probe: None,
                 queue_watch: Default::default(),

@@ -450,6 +450,8 @@ struct Member {
     /// Until when its downlink counts as losing packets: its video then waits for the
     /// SFU's retransmissions too ([`super::playout`]).
     downlink_lossy_until: Option<Instant>,
+    /// The minimum playout delay written to its video ([`super::playout`]).
+    playout: super::playout::Settle,
     /// What each video it receives may take of its downlink, as of the last tick
     /// ([`bandwidth`]); `None` before its first estimate, or in sound only.
     video_share: Option<u64>,
