@@ -144,7 +144,10 @@ test('reception admits a patient to a clinician, who runs the call and ends it',
     await button(doc, 'End call').click();
     await s.check(doc, 'staff-clinician-end-confirm');
     await inDialog(doc, 'End call').click();
-    await s.waitStaff(doc, (x) => x.callEnded && x.media === 'idle' && x.remoteVideos === 0 && x.consultation === null, 'clinician: call ended');
+    // The media session is over either way: left by the page when the board no longer
+    // shows the consultation (idle), or ended by the server's media_ended if that came
+    // first (ended, reason consultation_ended). The two arrive in either order.
+    await s.waitStaff(doc, (x) => x.callEnded && ['idle', 'ended'].includes(x.media) && x.remoteVideos === 0 && x.consultation === null, 'clinician: call ended');
     await h.waitForState(patient, (x) => x.callEnded && /ended/i.test(x.status), 'patient: call ended');
     await s.waitStaff(rec, (x) => s.clinic(x, 'derm').waiting.length === 0 && s.clinic(x, 'derm').inConsultation.length === 0, 'reception board empty');
     assert.match(await doc.locator('#feedback').textContent(), /ended/);

@@ -281,6 +281,7 @@ mod tests {
         assert_eq!(delay_for([]), Duration::ZERO);
         assert_eq!(delay_for([ms(150), ms(20)]), ms(350));
         assert_eq!(delay_for([ms(20)]), ms(90));
+        assert_eq!(delay_for([ms(2_000)]), MAX_DELAY);
     }
 
     #[test]

@@ -1422,9 +1422,8 @@ fn an_uplink_loss_is_asked_for_at_once_and_again_after_the_round_trip() {
 /// A publisher whose uplink loses packets (5 %, 150 ms round trip): the other browser's
 /// video comes with a minimum playout delay of two of that round trips and a margin, so
 /// that what the SFU asks again of the publisher (twice, if need be) arrives before its
-/// frame is due
-/// (`engine::playout`); a publisher whose uplink loses nothing brings none, and the delay
-/// goes back to 0 once the loss is over.
+/// frame is due (`engine::playout`); a publisher whose uplink loses nothing brings none,
+/// and the delay goes back to 0 once the loss is over.
 #[test]
 fn a_lossy_publisher_makes_its_subscribers_wait_for_its_repairs() {
     let mut w = call(8, 600);
@@ -1450,8 +1449,8 @@ fn a_lossy_publisher_makes_its_subscribers_wait_for_its_repairs() {
 
 /// A subscriber whose own downlink loses packets (5 %, 150 ms round trip) gets its video
 /// with a minimum playout delay of two of its round trips and a margin, so that the SFU's
-/// retransmissions (a second one, if need be) come before their frames are due; the other browser, on a clean link
-/// and with a publisher whose uplink is clean, gets none.
+/// retransmissions (a second one, if need be) come before their frames are due; the other
+/// browser, on a clean link and with a publisher whose uplink is clean, gets none.
 #[test]
 fn a_lossy_downlink_makes_its_own_video_wait_for_retransmissions() {
     let mut w = call(9, 600);
