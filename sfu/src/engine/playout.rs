@@ -24,7 +24,7 @@
 //! Two round trips, not one: a repair whose NACK or retransmission is lost too (as often
 //! as any packet, 5 % at 5 % loss) is asked again a round trip later. With one round trip
 //! and the margin (about 200 ms at 150 ms), the SFU's log put each of the patient's
-//! freezes (2 to 7 a minute at 5 % loss, 150 ms) on such a repair, 300 to 500 ms after its
+//! freezes (2 to 5 a minute at 5 % loss, 150 ms) on such a repair, 300 to 500 ms after its
 //! packet was first sent; with two (400 to 450 ms written), 1 a minute (0 to 1), the
 //! direct call 1 (1 to 1) in the same hour. A conversation over that path is about 200 ms
 //! later for it, and only while it loses.
