@@ -542,6 +542,13 @@ const NACKS_PER_PACKET: u16 = 10;
 /// generator asks every interval, so this is Chrome on a path of about 20 ms).
 const CLIENT_NACK_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How far behind the newest packet of a stream an SRTP packet may come and still be taken
+/// (and checked against replay), in packets: as Chrome and Firefox (libsrtp's
+/// `window_size` there). The `rtc` crate's default, 64, is under half a second of a
+/// 1.5 Mbit/s video: a retransmission asked for a second time on a 150 ms path came
+/// later than that and was dropped as a replay, and asked for again, up to ten times.
+const SRTP_REPLAY_WINDOW: usize = 1024;
+
 /// The codecs, interceptors and settings of a connection in `role`, shared by the SFU's
 /// connections and the synthetic clients so that both speak exactly the same.
 fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recipe, EngineError> {
@@ -655,7 +662,8 @@ fn connection_recipe(role: Role, settings: SettingEngineBuilder) -> Result<Recip
     }
     let settings = settings
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_lite(role != Role::Client);
+        .with_lite(role != Role::Client)
+        .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW);
     // The SFU judges liveness itself, by any authenticated input ([`liveness`]): the
     // core's ICE timers count STUN checks only.
     let settings = if role == Role::Client {

@@ -1419,6 +1419,31 @@ fn an_uplink_loss_is_asked_for_at_once_and_again_after_the_round_trip() {
     );
 }
 
+/// A publisher sending fast (3 Mbit/s, ~340 packets a second) on a long, lossy uplink (20 %
+/// lost, 150 ms round trip): a retransmission the SFU asked for a second time comes about
+/// 100 packets after its original, and is still taken. The SRTP replay window of the `rtc`
+/// crate (64 packets) turned every such repair away as a replay ("srtp ... duplicated"),
+/// and the SFU asked again, up to ten times, for a packet it then dropped each time.
+#[test]
+fn a_repair_asked_for_twice_is_taken_however_far_behind_it_comes() {
+    let mut w = call(10, 3_000);
+    let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
+    w.run_for(Duration::from_secs(15)); // The other browser's estimate grows to 3 Mbit/s.
+    w.net
+        .set_link(b1, sfu, LinkConfig::clean(ms(75)).with_loss(0.2));
+    w.net.set_link(sfu, b1, LinkConfig::clean(ms(75)));
+    w.run_for(Duration::from_secs(2));
+    let start = w.browsers[1].sent.1;
+    w.run_for(Duration::from_secs(6));
+    let end = w.browsers[1].sent.1;
+    w.run_for(Duration::from_secs(2));
+    let wanted = (end - start) as usize;
+    let never = w.late_video(1, 0, start..end, Duration::from_secs(1));
+    eprintln!("of {wanted} video packets, {never} not there within a second");
+    assert!(wanted > 1_500, "only {wanted} sent");
+    assert!(never * 1_000 <= wanted, "{never} of {wanted} not repaired");
+}
+
 /// A publisher whose uplink loses packets (5 %, 150 ms round trip): the other browser's
 /// video comes with a minimum playout delay of two of that round trips and a margin, so
 /// that what the SFU asks again of the publisher (twice, if need be) arrives before its
