@@ -1271,9 +1271,12 @@ fn garbage_from_known_and_unknown_addresses_changes_nothing() {
 /// (a poor Wi-Fi): its estimate holds, so its publisher is not limited. Before the SFU
 /// counted loss itself (`crate::bwe::LossLimit`, the engine's `FeedbackLoss`), the `rtc`
 /// crate's loss half cut it step by step, reading lost feedback as lost media, to
-/// 48 kbit/s in 15 s (and in Chromium, 12 freezes a minute). At 20 % loss it still falls.
+/// 48 kbit/s in 15 s (and in Chromium, 12 freezes a minute). At 20 % loss it falls, to
+/// about the rate at which that loss is the link's own (500 kbit/s, as libwebrtc's
+/// `crate::bwe::inherent_up_to`), below what the publisher sends, and not on to the floor
+/// (before: under 300 kbit/s and falling, 72 in Chromium, audio only).
 #[test]
-fn random_loss_of_five_per_cent_leaves_the_estimate_and_twenty_brings_it_down() {
+fn random_loss_of_twenty_per_cent_limits_to_where_it_is_inherent_and_five_not_at_all() {
     for (loss, delay) in [(0.05, 75), (0.2, 10)] {
         let mut w = call(3, 600);
         let (sfu, b1) = (SFU.ip(), w.browsers[1].ip);
@@ -1293,8 +1296,10 @@ fn random_loss_of_five_per_cent_leaves_the_estimate_and_twenty_brings_it_down() 
             );
         } else {
             assert!(
-                rembs[15..].iter().all(|kbps| kbps.is_some_and(|k| k < 300)),
-                "not limited under 20 % loss: {rembs:?}"
+                rembs[15..]
+                    .iter()
+                    .all(|kbps| kbps.is_some_and(|k| (400..600).contains(&k))),
+                "under 20 % loss: {rembs:?}"
             );
         }
     }
