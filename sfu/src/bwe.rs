@@ -632,11 +632,12 @@ impl Default for Downlink {
 pub const LOSS_WINDOW: Duration = Duration::from_millis(500);
 pub const LOSS_WINDOW_PACKETS: u32 = 50;
 /// Below this fraction lost in a window a loss limit rises, above [`LOSS_HIGH`] it falls
-/// (by half the fraction lost), between the two it holds: a few per cent is what a
-/// wireless link loses without being full (GCC's loss-based controller). libwebrtc's rises
-/// below 2 %, but judges windows of 20 packets, a third of which have no loss at 5 %
-/// random loss; of windows of 50, under a tenth: below 5 % it is here (at 5 % random
-/// loss about half the windows let it rise, one in 25 makes it fall).
+/// (by half the fraction lost), between the two it holds (unless below the rate at which
+/// the loss is inherent, [`inherent_up_to`]): a few per cent is what a wireless link
+/// loses without being full (GCC's loss-based controller). libwebrtc's rises below 2 %,
+/// but judges windows of 20 packets, a third of which have no loss at 5 % random loss; of
+/// windows of 50, under a tenth: below 5 % it is here (at 5 % random loss about half the
+/// windows let it rise, one in 25 makes it fall).
 pub const LOSS_LOW: f64 = 0.05;
 pub const LOSS_HIGH: f64 = 0.10;
 /// How much a loss limit rises per window below [`LOSS_LOW`].
