@@ -241,8 +241,13 @@ pub const PROBE_RAMP: Duration = Duration::from_millis(500);
 pub const PROBE_QUEUE_MAX: Duration = Duration::from_millis(50);
 
 /// A probe is stopped as soon as the queue passes this ([`LayerChoice::watch`], as often
-/// as probe packets go): the link is full, and what is sent on it now only waits.
-pub const PROBE_QUEUE_ABORT: Duration = Duration::from_millis(80);
+/// as probe packets go): the link is full, and what is sent on it now only waits. The
+/// figure the SFU reads is late by the queue itself and the browser's wait before its
+/// feedback (50–100 ms), while the probe's ramp grows the queue about as fast as time
+/// passes: stopped at 80 ms, the queue of a 350 kbit/s cap had reached its 200 ms bound
+/// and dropped 1–4 packets a minute (each a short freeze: their repairs came through the
+/// full queue after their frames were due); the same figure as passing at the end.
+pub const PROBE_QUEUE_ABORT: Duration = PROBE_QUEUE_MAX;
 
 /// A queue this long on a subscriber's downlink, for [`LAYER_QUEUE_FOR`] without a break,
 /// takes one video it receives down a layer ([`QueueWatch`]), whatever its estimate says:
@@ -1265,11 +1270,10 @@ mod tests {
         assert_eq!(c.probing(), None, "held");
         assert_eq!(c.choose(at(t, 8_200), &rates, Some(1_000_000)), Some(0));
         assert!(c.probing().is_some());
-        // A queue a little up at the end, past what passes: failed too (held 11.25 s).
+        // A queue a little up late in the probe, past what passes: failed too (held
+        // 11.25 s).
         c.downlink(probed(70, 10_000));
         assert_eq!(c.choose(at(t, 8_950), &rates, Some(1_000_000)), Some(0));
-        assert!(c.probing().is_some(), "not over yet, and not full");
-        assert_eq!(c.choose(at(t, 9_050), &rates, Some(1_000_000)), Some(0));
         assert_eq!(c.probing(), None);
         c.downlink(probed(5, 10_000));
         assert_eq!(c.choose(at(t, 20_000), &rates, Some(1_000_000)), Some(0));
@@ -1312,8 +1316,8 @@ mod tests {
         assert_eq!(c.probe_rate(at(t, 100)), Some(0));
         assert_eq!(c.probe_rate(at(t, 350)), Some(150_000));
         assert_eq!(c.probe_rate(at(t, 700)), Some(300_000));
-        assert!(c.watch(at(t, 400), probed(60, 0)));
-        assert!(!c.watch(at(t, 410), probed(90, 0)), "full: stopped");
+        assert!(c.watch(at(t, 400), probed(40, 0)));
+        assert!(!c.watch(at(t, 410), probed(60, 0)), "full: stopped");
         assert_eq!(c.probing(), None);
         assert_eq!(c.probe_rate(at(t, 420)), None);
         assert!(!c.watch(at(t, 420), probed(5, 0)));
