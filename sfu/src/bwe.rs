@@ -235,19 +235,16 @@ pub const PROBE_LENGTH: Duration = Duration::from_millis(800);
 /// before it holds more than about 100 ms (its feedback comes 50 to 100 ms late).
 pub const PROBE_RAMP: Duration = Duration::from_millis(500);
 
-/// A probe passes if, at its end, the subscriber's downlink queues its packets no more
-/// than this (above the least one-way delay of the last seconds), and has not lost more
-/// than [`TRIAL_LOSS_PPM`] more than before it.
+/// A probe fails, and is stopped at once ([`LayerChoice::watch`], as often as probe
+/// packets go), the moment the subscriber's downlink queues its packets more than this
+/// (above the least one-way delay of the last seconds) or loses [`TRIAL_LOSS_PPM`] more
+/// than before it; it passes if neither happened by its end. The figure the SFU reads is
+/// late by the queue itself and the browser's wait before its feedback (50–100 ms), while
+/// the probe's ramp grows the queue about as fast as time passes: stopped at 80 ms (until
+/// session 18; 50 ms was then the mark to pass at the end), the queue of a 350 kbit/s cap
+/// had reached its 200 ms bound and dropped 1–4 packets a minute (each a short freeze:
+/// their repairs came through the full queue after their frames were due).
 pub const PROBE_QUEUE_MAX: Duration = Duration::from_millis(50);
-
-/// A probe is stopped as soon as the queue passes this ([`LayerChoice::watch`], as often
-/// as probe packets go): the link is full, and what is sent on it now only waits. The
-/// figure the SFU reads is late by the queue itself and the browser's wait before its
-/// feedback (50–100 ms), while the probe's ramp grows the queue about as fast as time
-/// passes: stopped at 80 ms, the queue of a 350 kbit/s cap had reached its 200 ms bound
-/// and dropped 1–4 packets a minute (each a short freeze: their repairs came through the
-/// full queue after their frames were due); the same figure as passing at the end.
-pub const PROBE_QUEUE_ABORT: Duration = PROBE_QUEUE_MAX;
 
 /// A queue this long on a subscriber's downlink, for [`LAYER_QUEUE_FOR`] without a break,
 /// takes one video it receives down a layer ([`QueueWatch`]), whatever its estimate says:
@@ -381,7 +378,7 @@ impl LayerChoice {
     }
 
     /// Between choices, as often as probe packets go: a probe whose link shows it is full
-    /// (its queue past [`PROBE_QUEUE_ABORT`], or more loss) fails now, and the layer
+    /// (its queue past [`PROBE_QUEUE_MAX`], or more loss) fails now, and the layer
     /// stays. Whether it still runs.
     pub fn watch(&mut self, now: Instant, state: DownlinkState) -> bool {
         let Some(probe) = self.probe else {
@@ -396,9 +393,9 @@ impl LayerChoice {
         true
     }
 
-    /// The probe's link is full: queued past [`PROBE_QUEUE_ABORT`], or losing more.
+    /// The probe's link is full: queued past [`PROBE_QUEUE_MAX`], or losing more.
     fn probe_full(&self, probe: &Probe) -> bool {
-        self.downlink.queue.unwrap_or_default() > PROBE_QUEUE_ABORT
+        self.downlink.queue.unwrap_or_default() > PROBE_QUEUE_MAX
             || self.loss_rose(probe.loss_before)
     }
 
@@ -439,8 +436,7 @@ impl LayerChoice {
             .rfind(|&(_, rate)| rate <= share)
             .map_or(lowest, |(l, _)| l);
         if let Some(probe) = self.probe.take() {
-            let queue = self.downlink.queue.unwrap_or_default();
-            let failed = self.probe_full(&probe) || (now >= probe.until && queue > PROBE_QUEUE_MAX);
+            let failed = self.probe_full(&probe);
             if current != Some(probe.from) || !arriving(probe.to) || fits <= probe.from {
                 // Moved meanwhile, or no longer wanted: nothing learnt.
             } else if failed {
