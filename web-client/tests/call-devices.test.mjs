@@ -38,10 +38,6 @@ after(async () => {
   await browser?.close();
   console.log(`axe-core: ${p.axeResults.map((r) => `${r.state} ${r.violations} violations`).join('; ')}`);
 });
-
-const receiving = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
-const patientStats = () => window.consultPatient?.stats();
-const staffStats = () => window.consultStaff?.stats();
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 
 /** A staff page in a context of its own, with init scripts, signed in through the form. */
@@ -87,8 +83,8 @@ async function patientInCall(env, pf, { init = [] } = {}) {
   const { page } = await patientPage(env, pf, 'Pat Phone', { init });
   await h.rest(pf.url, token).post('/api/commands', { type: 'admit_next', clinic: CLINIC });
   await Promise.all([
-    p.waitPatientStats(page, receiving, 'the patient receives the clinician'),
-    h.waitFor(clinician, receiving, 'the clinician receives the patient', 30_000),
+    p.waitPatientStats(page, h.receiving, 'the patient receives the clinician'),
+    h.waitFor(clinician, h.receiving, 'the clinician receives the patient', 30_000),
   ]);
   return { page, clinician };
 }
@@ -141,11 +137,11 @@ test('camera and microphone only after a press, on every page; every video plays
     const doc = await staffPage(env, pf, 'dr.jones', { init: count });
     const waiting = (await (await reception(pf)).get(`/api/clinics/${CLINIC}/room`)).visits[0];
     await (await reception(pf)).post('/api/commands', { type: 'admit', clinic: CLINIC, visit: waiting.id, clinician: 'dr.jones' });
-    await h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > 0, 'the clinician receives before pressing anything', 30_000, staffStats);
+    await h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > 0, 'the clinician receives before pressing anything', 30_000, h.staffStats);
     assert.equal(await gum(doc), 0, 'the staff page asked for nothing by itself');
     assert.equal((await doc.evaluate(() => window.consultStaff.stats())).senders.video, null, 'nothing sent yet');
     await button(doc, 'Turn on camera and microphone').click();
-    await p.waitPatientStats(patient, receiving, 'the patient receives the clinician after the press');
+    await p.waitPatientStats(patient, h.receiving, 'the patient receives the clinician after the press');
     assert.ok((await gum(doc)) > 0);
     await s.waitStaff(doc, (x) => x.selfView === 'camera' && x.devices.tracks === 2, 'the self view shows the camera');
     await s.axe(doc, 'staff call: devices on after the press');

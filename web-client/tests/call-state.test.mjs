@@ -39,9 +39,6 @@ after(async () => {
   console.log(`axe-core (patient page): ${p.axeResults.map((r) => `${r.state} ${r.violations} violations`).join('; ')}`);
   console.log(`axe-core (staff page): no violations in ${s.axeChecked.join(', ')}`);
 });
-
-const receiving = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
-const staffStats = () => window.consultStaff?.stats();
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 
 /** In a page: the live regions inside hidden parts of the page that still hold text. */
@@ -67,8 +64,8 @@ async function callIn(doc, patient) {
   await s.waitStaff(doc, (x) => s.clinic(x, CLINIC).waiting.some((v) => v.name === 'Pat Example'), 'the patient is waiting');
   await button(doc, 'Call in Pat Example').click();
   await Promise.all([
-    h.waitFor(doc, receiving, 'the clinician decodes the patient', 30_000, staffStats),
-    p.waitPatientStats(patient, receiving, 'the patient decodes the clinician'),
+    h.waitFor(doc, h.receiving, 'the clinician decodes the patient', 30_000, h.staffStats),
+    p.waitPatientStats(patient, h.receiving, 'the patient decodes the clinician'),
   ]);
   await p.waitPatient(patient, (x) => x.remoteVideos === 1, 'the patient sees the clinician');
   await s.waitStaff(doc, (x) => x.remoteVideos === 1 && x.selfView === 'camera', 'the clinician sees the patient and themself');
@@ -123,7 +120,7 @@ test("the clinician's own view: camera off, and sharing the screen", async () =>
     await s.waitStaff(doc, (x) => x.cameraOff && x.selfView === 'off' && x.sent?.video === false, 'camera off');
     await self.getByText('Your camera is off').waitFor();
     assert.equal(await doc.locator('#self-view').isVisible(), false, 'no frozen picture');
-    await h.waitFor(doc, (x) => x.senders.video === null, 'nothing is sent for the camera', 5000, staffStats);
+    await h.waitFor(doc, (x) => x.senders.video === null, 'nothing is sent for the camera', 5000, h.staffStats);
     await s.check(doc, 'staff-clinician-camera-off');
 
     // Sharing the screen (camera still off): the self view shows the screen itself.
@@ -157,7 +154,7 @@ test("the clinician's own view: camera off, and sharing the screen", async () =>
     // Stop sharing with the camera off: back to "Your camera is off", nothing sent.
     await button(doc, 'Share screen').click();
     await s.waitStaff(doc, (x) => !x.sharing && x.selfView === 'off', 'not sharing, camera off');
-    await h.waitFor(doc, (x) => x.senders.video === null, 'nothing sent again', 5000, staffStats);
+    await h.waitFor(doc, (x) => x.senders.video === null, 'nothing sent again', 5000, h.staffStats);
     await button(doc, 'Camera off').click();
     await s.waitStaff(doc, (x) => !x.cameraOff && x.selfView === 'camera' && x.sent?.video === true, 'the camera on again');
     assert.deepEqual(env.pageErrors, [], 'no JavaScript errors');
@@ -230,7 +227,6 @@ test('sound only for everyone: the clinician switches the call, no video either 
   await s.withStaffEnv('sound only', async (env) => {
     const { pf, doc, patient } = await clinicianAndPatient(env);
     await callIn(doc, patient);
-    const patientStats = () => window.consultPatient?.stats();
     // The clinician's page has the patient's connection indicator too, with the SFU's
     // figures for its downlink.
     await s.waitStaff(doc, (x) => x.quality === 'good' && x.qualityFigures.downKbps > 0, "the clinician's connection: good");
@@ -249,9 +245,9 @@ test('sound only for everyone: the clinician switches the call, no video either 
     // What is on its way arrives; then, over 3 s, no video packet reaches either page and
     // the sound does.
     await h.sleep(1000);
-    const before = { patient: await patient.evaluate(patientStats), clinician: await doc.evaluate(staffStats) };
+    const before = { patient: await patient.evaluate(h.patientStats), clinician: await doc.evaluate(h.staffStats) };
     await h.sleep(3000);
-    const after = { patient: await patient.evaluate(patientStats), clinician: await doc.evaluate(staffStats) };
+    const after = { patient: await patient.evaluate(h.patientStats), clinician: await doc.evaluate(h.staffStats) };
     for (const who of ['patient', 'clinician']) {
       const video = after[who].inboundVideo.packetsReceived - before[who].inboundVideo.packetsReceived;
       const audio = after[who].inboundAudio.packetsReceived - before[who].inboundAudio.packetsReceived;
@@ -274,7 +270,7 @@ test('sound only for everyone: the clinician switches the call, no video either 
     const frames = { patient: after.patient.inboundVideo.framesDecoded, clinician: after.clinician.inboundVideo.framesDecoded };
     await Promise.all([
       p.waitPatientStats(patient, (x) => x.inboundVideo.framesDecoded > frames.patient + 30, 'the patient decodes the clinician again', 15_000),
-      h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > frames.clinician + 30, 'the clinician decodes the patient again', 15_000, staffStats),
+      h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > frames.clinician + 30, 'the clinician decodes the patient again', 15_000, h.staffStats),
     ]);
     assert.ok(!(await patient.locator('#camera').isDisabled()), 'the camera button is back');
 

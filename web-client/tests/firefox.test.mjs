@@ -27,15 +27,12 @@ after(async () => {
 });
 
 /** Video frames decoded and audio packets received from the other side. */
-const receiving = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
 /** Camera and microphone sent. */
 const sending = (x) => x.outboundVideo.packetsSent > 0 && x.outboundAudio.packetsSent > 0;
 /** Every video on the page with a stream (one's own and the other's) plays a picture. */
 const videosPlaying = () =>
   [...document.querySelectorAll('video')].filter((v) => v.srcObject).map((v) => !v.paused && v.videoWidth > 0);
 const allPlaying = (v) => v.length === 2 && v.every(Boolean);
-const staffStats = () => window.consultStaff?.stats();
-const patientStats = () => window.consultPatient?.stats();
 
 /** Over 3 s, the other side's sound arrives and decodes: at least 2 s of it, under 10 % concealed. */
 async function soundDecodes(page, stats, label) {
@@ -74,8 +71,8 @@ async function journey(env, patientEngine, clinicianEngine) {
   const calledAt = performance.now();
   await doc.getByRole('button', { name: 'Call next patient in Dermatology', exact: true }).click();
   const [c, pt] = await Promise.all([
-    h.waitFor(doc, receiving, `the clinician (${clinicianEngine}) decodes the patient`, 30_000, staffStats),
-    h.waitFor(patient, receiving, `the patient (${patientEngine}) decodes the clinician`, 30_000, patientStats),
+    h.waitFor(doc, h.receiving, `the clinician (${clinicianEngine}) decodes the patient`, 30_000, h.staffStats),
+    h.waitFor(patient, h.receiving, `the patient (${patientEngine}) decodes the clinician`, 30_000, h.patientStats),
   ]);
   console.log(
     `${patientEngine} patient, ${clinicianEngine} clinician: called in -> decoding: clinician ` +
@@ -84,15 +81,15 @@ async function journey(env, patientEngine, clinicianEngine) {
   );
   await p.waitPatient(patient, (x) => x.screen === 'call' && x.remoteVideos === 1, 'the patient sees the call');
   await s.waitStaff(doc, (x) => x.remoteVideos === 1, 'the clinician sees the patient');
-  await h.waitFor(doc, sending, 'the clinician sends camera and microphone', 10_000, staffStats);
-  await h.waitFor(patient, sending, 'the patient sends camera and microphone', 10_000, patientStats);
+  await h.waitFor(doc, sending, 'the clinician sends camera and microphone', 10_000, h.staffStats);
+  await h.waitFor(patient, sending, 'the patient sends camera and microphone', 10_000, h.patientStats);
   await h.waitFor(doc, allPlaying, 'the clinician sees both pictures play', 10_000, videosPlaying);
   await h.waitFor(patient, allPlaying, 'the patient sees both pictures play', 10_000, videosPlaying);
   // Each hears the other: Chromium sends its sound in RED, which the SFU passes on to a
   // Firefox that did not take RED as its plain Opus; it must decode, not be concealed.
   await Promise.all([
-    soundDecodes(doc, staffStats, `the clinician (${clinicianEngine})`),
-    soundDecodes(patient, patientStats, `the patient (${patientEngine})`),
+    soundDecodes(doc, h.staffStats, `the clinician (${clinicianEngine})`),
+    soundDecodes(patient, h.patientStats, `the patient (${patientEngine})`),
   ]);
 
   await doc.getByRole('button', { name: 'End call', exact: true }).click();
@@ -104,14 +101,9 @@ async function journey(env, patientEngine, clinicianEngine) {
 
 /** Runs the journey; on failure prints both pages' state, messages and stats. */
 function run(patientEngine, clinicianEngine) {
-  return p.withPatientEnv(`${patientEngine} patient, ${clinicianEngine} clinician`, async (env) => {
-    try {
-      await journey(env, patientEngine, clinicianEngine);
-    } catch (e) {
-      await s.reportStaff(env);
-      throw e;
-    }
-  });
+  return s.withCallEnv(`${patientEngine} patient, ${clinicianEngine} clinician`, (env) =>
+    journey(env, patientEngine, clinicianEngine),
+  );
 }
 
 test('a Firefox patient and a Chromium clinician: check, wait, called in, both decode', () => run('firefox', 'chromium'));

@@ -22,18 +22,6 @@ h.watchdog(150);
 export const NGINX_SITE = path.join(h.REPO_ROOT, 'infra', 'nginx', 'consult.conf');
 const SITE_NAME = 'consult.test';
 
-/** A test's environment; on failure, what the patient's and the staff pages saw. */
-function withEnv(name, fn) {
-  return p.withPatientEnv(name, async (env) => {
-    try {
-      return await fn(env);
-    } catch (e) {
-      await s.reportStaff(env);
-      throw e;
-    }
-  });
-}
-
 /** Chromium trusting the certificate whose key hashes to `spki`, and no other. */
 async function trustingBrowser(env, spki) {
   const browser = await chromium.launch({
@@ -44,9 +32,6 @@ async function trustingBrowser(env, spki) {
   env.servers.push({ close: () => browser.close().catch(() => {}) });
   return browser;
 }
-
-const staffStats = () => window.consultStaff?.stats();
-const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
 
 /**
  * On `origin` (https): the clinician signs in, a patient checks, enters and is called in;
@@ -66,13 +51,13 @@ async function callOver(env, browser, origin, password) {
   await p.enterWaitingRoom(page, 'Pat Secure', 'patient', undefined, p.checkPassed);
   await s.waitStaff(doc, (x) => s.clinic(x, 'derm').waiting.some((v) => v.name === 'Pat Secure'), 'the clinician sees the patient');
   await doc.getByRole('button', { name: 'Call next patient in Dermatology', exact: true }).click();
-  await h.waitFor(doc, receiving, 'the clinician receives the patient', 40_000, staffStats);
-  await p.waitPatientStats(page, receiving, 'the patient receives the clinician', 40_000);
+  await h.waitFor(doc, h.receiving, 'the clinician receives the patient', 40_000, h.staffStats);
+  await p.waitPatientStats(page, h.receiving, 'the patient receives the clinician', 40_000);
   return staffPage.headers();
 }
 
 test('consult serving HTTPS itself: a patient and a clinician in a call, over the built-in pages', async () => {
-  await withEnv('https direct', async (env) => {
+  await s.withCallEnv('https direct', async (env) => {
     const dir = await env.tmpdir();
     const { cert, key, spki } = await testCertificate(dir, '127.0.0.1', SITE_NAME);
     const pf = await s.platform(env, {
@@ -132,7 +117,7 @@ http {
 }
 
 test('behind nginx (infra/nginx/consult.conf): a call over https, the websocket upgraded through the proxy, HSTS from an https public_url', async () => {
-  await withEnv('https behind nginx', async (env) => {
+  await s.withCallEnv('https behind nginx', async (env) => {
     const port = 9443;
     const origin = `https://127.0.0.1:${port}`;
     const pf = await s.platform(env, {

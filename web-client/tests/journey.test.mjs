@@ -22,10 +22,6 @@ before(async () => {
 after(async () => {
   await browser?.close();
 });
-
-const receiving = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
-const staffStats = () => window.consultStaff?.stats();
-const patientStats = () => window.consultPatient?.stats();
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 const inDialog = (page, name) => page.locator('#dlg').getByRole('button', { name, exact: true });
 
@@ -73,8 +69,8 @@ test('reception, a patient and a clinician: from the link to the end of the call
     // their press (the page asks for them only after one).
     await button(doc, 'Turn on camera and microphone').click();
     const [c, pt] = await Promise.all([
-      h.waitFor(doc, receiving, 'the clinician decodes the patient', 30_000, staffStats),
-      h.waitFor(patient, receiving, 'the patient decodes the clinician', 30_000, patientStats),
+      h.waitFor(doc, h.receiving, 'the clinician decodes the patient', 30_000, h.staffStats),
+      h.waitFor(patient, h.receiving, 'the patient decodes the clinician', 30_000, h.patientStats),
     ]);
     console.log(
       `reception's admit -> decoding: clinician ${Math.round(c.at - admittedAt)} ms, patient ${Math.round(pt.at - admittedAt)} ms`,

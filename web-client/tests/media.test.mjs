@@ -34,7 +34,6 @@ after(async () => {
 });
 
 /** Both directions of media arrive: video frames decoded, audio packets received. */
-const receiving = (s) => s.inboundVideo.framesDecoded > 0 && s.inboundAudio.packetsReceived > 0;
 
 /** The page says the call has ended, its media session is over, and no video is left. */
 const callEnded = (s) =>
@@ -79,8 +78,8 @@ async function consultation(env, store, { extraEnv, initScript, whileConnected, 
   const admittedAtWall = Date.now();
   await staff.post('/api/commands', { type: 'admit_next', clinic: CLINIC });
   const [c, p] = await Promise.all([
-    h.waitFor(clinician, receiving, 'clinician receives the patient', 30_000),
-    h.waitFor(patient, receiving, 'patient receives the clinician', 30_000),
+    h.waitFor(clinician, h.receiving, 'clinician receives the patient', 30_000),
+    h.waitFor(patient, h.receiving, 'patient receives the clinician', 30_000),
   ]);
   const ms = (t) => Math.round(t - admittedAt);
   const both = Math.max(ms(c.at), ms(p.at));

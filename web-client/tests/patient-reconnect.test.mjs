@@ -35,7 +35,6 @@ function freePort() {
   });
 }
 
-const receiving = (s) => s.inboundVideo.framesDecoded > 0 && s.inboundAudio.packetsReceived > 0;
 
 test('a dropped connection (the server restarts) returns the patient to the same place', async () => {
   await p.withPatientEnv('patient reconnect', async (env) => {
@@ -75,14 +74,14 @@ test('a dropped connection (the server restarts) returns the patient to the same
     const clinician = await h.openCall(browser, env, origin, token, 'clinician');
     await h.waitForState(clinician, (s) => s.socket === 'open' && s.role === 'clinician', 'clinician page signed in');
     await staff.post('/api/commands', { type: 'admit_next', clinic: CLINIC });
-    await p.waitPatientStats(page, receiving, 'the patient receives the clinician');
+    await p.waitPatientStats(page, h.receiving, 'the patient receives the clinician');
     const before = await page.evaluate(() => window.consultPatient.messages().filter((m) => m.type === 'media_joined').length);
     await restart();
     const t0 = performance.now();
     await p.waitPatient(page, (s) => s.socket === 'open' && s.screen === 'call', 'in the call again after the restart', 20_000);
     await h.waitFor(
       page,
-      (s) => s.state === 'connected' && receiving(s),
+      (s) => s.state === 'connected' && h.receiving(s),
       'the patient receives the clinician again',
       30_000,
       () => window.consultPatient.stats(),

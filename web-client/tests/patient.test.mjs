@@ -35,7 +35,6 @@ after(async () => {
 });
 
 /** The page decodes the other side's video and receives its audio. */
-const receiving = (s) => s.inboundVideo.framesDecoded > 0 && s.inboundAudio.packetsReceived > 0;
 
 /** The clinician's call.html page, signed in and waiting for a consultation. */
 async function clinicianPage(env, pf) {
@@ -129,8 +128,8 @@ test('the journey: check, name, waiting with a message, admitted with no click, 
     const inCall = await p.waitPatient(page, (s) => s.screen === 'call', 'the call screen');
     assert.ok(inCall.announced.some((a) => /clinician is joining/.test(a)), `"the clinician is joining" is announced: ${inCall.announced}`);
     const [mine, theirs] = await Promise.all([
-      p.waitPatientStats(page, receiving, 'the patient receives the clinician'),
-      h.waitFor(clinician, receiving, 'the clinician receives the patient'),
+      p.waitPatientStats(page, h.receiving, 'the patient receives the clinician'),
+      h.waitFor(clinician, h.receiving, 'the clinician receives the patient'),
     ]);
     console.log(`admit -> patient decoding ${Math.round(performance.now() - admittedAt)} ms (${JSON.stringify(mine.inboundVideo)})`);
     assert.equal(mine.remoteStreams, 1);
@@ -265,8 +264,8 @@ test('a reload while waiting keeps the visit and its place, then the patient is 
     assert.equal(joinedOnce, 1, 'turned on without joining again');
     await p.record(page, 'call-joining');
     const clinician = await clinicianPage(env, pf);
-    await p.waitPatientStats(page, receiving, 'the reloaded patient receives the clinician');
-    await h.waitFor(clinician, receiving, 'the clinician receives the reloaded patient');
+    await p.waitPatientStats(page, h.receiving, 'the reloaded patient receives the clinician');
+    await h.waitFor(clinician, h.receiving, 'the clinician receives the reloaded patient');
     const after = (await room(pf)).visits;
     assert.equal(after.find((v) => v.id === before.visit).status.state, 'in_consultation');
     assert.equal(after.find((v) => v.id === later.visit).status.state, 'waiting');
@@ -292,7 +291,7 @@ test("a second patient's page never shows or receives the first patient's name",
     // The first patient is admitted, is in a call, and the call ends; the second waits on.
     await clinicianPage(env, pf);
     await pf.api['dr.jones'].post('/api/commands', { type: 'admit_next', clinic: CLINIC });
-    await p.waitPatientStats(first, receiving, 'the first patient is in the call');
+    await p.waitPatientStats(first, h.receiving, 'the first patient is in the call');
     const { consultations } = await room(pf);
     await pf.api['dr.jones'].post('/api/commands', { type: 'end_consultation', clinic: CLINIC, consultation: consultations[0].id });
     await p.waitPatient(first, (s) => s.screen === 'ended', 'the first patient has ended');

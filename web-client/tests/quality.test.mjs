@@ -249,9 +249,6 @@ async function platform(env) {
   return { password: pf.passwords['dr.jones'], url: pf.url };
 }
 
-const staffStats = () => window.consultStaff?.stats();
-const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
-
 /** A consultation through our SFU: resolves with {patient, clinician} pages, both decoding. */
 async function oursCall(env, patientBrowser) {
   const pf = await platform(env);
@@ -269,8 +266,8 @@ async function oursCall(env, patientBrowser) {
   await p.enterWaitingRoom(page, 'Pat Impaired', 'patient', undefined, p.checkPassed);
   await s.waitStaff(doc, (x) => s.clinic(x, 'derm').waiting.some((v) => v.name === 'Pat Impaired'), 'the clinician sees the patient');
   await doc.getByRole('button', { name: 'Call next patient in Dermatology', exact: true }).click();
-  await h.waitFor(doc, receiving, 'the clinician receives the patient', 30_000, staffStats);
-  await p.waitPatientStats(page, receiving, 'the patient receives the clinician', 30_000);
+  await h.waitFor(doc, h.receiving, 'the clinician receives the patient', 30_000, h.staffStats);
+  await p.waitPatientStats(page, h.receiving, 'the patient receives the clinician', 30_000);
   return { patient: page, clinician: doc, password: pf.password };
 }
 

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import * as h from './harness.mjs';
+import { withPatientEnv } from './patient-helpers.mjs';
 
 export const SCREENSHOTS = path.join(h.REPO_ROOT, 'docs', 'screenshots');
 /** Screenshots are written only when asked (`UPDATE_SCREENSHOTS=1`), so a test run leaves
@@ -129,14 +130,21 @@ export async function check(page, name) {
 
 /** Runs `fn(env)` in a harness environment; on failure also prints the staff pages' state. */
 export function withStaffEnv(name, fn) {
-  return h.withEnv(name, async (env) => {
-    try {
-      return await fn(env);
-    } catch (e) {
-      await reportStaff(env);
-      throw e;
-    }
-  });
+  return h.withEnv(name, (env) => reportingStaff(env, fn));
+}
+
+/** The same in a patient test's environment (`withPatientEnv`): a call's two sides. */
+export function withCallEnv(name, fn) {
+  return withPatientEnv(name, (env) => reportingStaff(env, fn));
+}
+
+async function reportingStaff(env, fn) {
+  try {
+    return await fn(env);
+  } catch (e) {
+    await reportStaff(env);
+    throw e;
+  }
 }
 
 /** Prints the state and websocket messages of the staff pages opened in `env`. */

@@ -22,9 +22,6 @@ after(async () => {
   console.log(`axe-core: no violations in ${s.axeChecked.length} page states: ${s.axeChecked.join(', ')}`);
   console.log(`screenshots (desktop and 375 px): ${s.shots.join(', ')}`);
 });
-
-const staffStats = () => window.consultStaff?.stats();
-const receiving = (x) => x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 const inDialog = (page, name) => page.locator('#dlg').getByRole('button', { name, exact: true });
 
@@ -108,8 +105,8 @@ test('reception admits a patient to a clinician, who runs the call and ends it',
     await s.check(doc, 'staff-clinician-devices-off');
     await button(doc, 'Turn on camera and microphone').click();
     const [c, pt] = await Promise.all([
-      h.waitFor(doc, receiving, 'clinician receives the patient', 30_000, staffStats),
-      h.waitFor(patient, receiving, 'patient receives the clinician', 30_000),
+      h.waitFor(doc, h.receiving, 'clinician receives the patient', 30_000, h.staffStats),
+      h.waitFor(patient, h.receiving, 'patient receives the clinician', 30_000),
     ]);
     console.log(`admit (reception's click) -> decoding: clinician ${Math.round(c.at - admittedAt)} ms, patient ${Math.round(pt.at - admittedAt)} ms`);
     await doc.getByRole('heading', { name: 'Your call in Dermatology' }).waitFor();
@@ -173,15 +170,15 @@ test('a clinician calls the next patient, adds an invited person, sends back and
     await s.waitStaff(doc, (x) => s.clinic(x, 'cardio').waiting.some((v) => v.name === 'Sam Patient'), 'clinician sees the patient');
 
     await button(doc, 'Call next patient in Cardiology').click();
-    await h.waitFor(doc, receiving, 'clinician receives the patient', 30_000, staffStats);
-    await h.waitFor(patient, receiving, 'patient receives the clinician', 30_000);
+    await h.waitFor(doc, h.receiving, 'clinician receives the patient', 30_000, h.staffStats);
+    await h.waitFor(patient, h.receiving, 'patient receives the clinician', 30_000);
     assert.equal(await doc.evaluate(() => document.activeElement.id), 'call-h', 'focus moves to the call');
 
     // Leave the video (the call goes on) and rejoin it.
     await button(doc, 'Leave video').click();
     await s.waitStaff(doc, (x) => x.left && x.media === 'idle' && x.consultation !== null, 'left the video');
     await button(doc, 'Rejoin video').click();
-    await h.waitFor(doc, (x) => x.state === 'connected' && receiving(x), 'rejoined the video', 30_000, staffStats);
+    await h.waitFor(doc, (x) => x.state === 'connected' && h.receiving(x), 'rejoined the video', 30_000, h.staffStats);
 
     // A new invite link for an interpreter, from the call.
     await button(doc, 'Invite someone').click();

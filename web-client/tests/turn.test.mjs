@@ -38,18 +38,6 @@ after(async () => {
   await staffBrowser?.close();
 });
 
-/** A test's environment; on failure, what the patient's and the staff pages saw. */
-function withEnv(name, fn) {
-  return p.withPatientEnv(name, async (env) => {
-    try {
-      return await fn(env);
-    } catch (e) {
-      await s.reportStaff(env);
-      throw e;
-    }
-  });
-}
-
 /** A network that lets out web traffic only. */
 const ONLY_443 = `chain output {
   type filter hook output priority 0; policy drop;
@@ -57,9 +45,6 @@ const ONLY_443 = `chain output {
   tcp dport 443 accept
   counter drop
 }`;
-
-const staffStats = () => window.consultStaff?.stats();
-const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
 
 /**
  * The platform: a clinic, a clinician, and `consult serve` handing out `turn`'s URLs;
@@ -125,8 +110,8 @@ async function relayedCall(env, { rules, dropped, path, screenshot }) {
   await s.waitStaff(doc, (x) => s.clinic(x, 'derm').waiting.some((v) => v.name === 'Pat Relay'), 'the clinician sees the patient');
   const callStart = performance.now();
   await doc.getByRole('button', { name: 'Call next patient in Dermatology', exact: true }).click();
-  await h.waitFor(doc, receiving, 'the clinician receives the patient', 40_000, staffStats);
-  await p.waitPatientStats(page, receiving, 'the patient receives the clinician', 40_000);
+  await h.waitFor(doc, h.receiving, 'the clinician receives the patient', 40_000, h.staffStats);
+  await p.waitPatientStats(page, h.receiving, 'the patient receives the clinician', 40_000);
   const callMs = Math.round(performance.now() - callStart);
   console.log(`TURN ${path}: check passed ${checkMs} ms after the press; both decoding ${callMs} ms after "Call next patient"`);
   await p.waitPatient(page, (x) => x.path === path, `the patient's page reports ${path}`, 10_000);
@@ -147,8 +132,6 @@ async function relayedCall(env, { rules, dropped, path, screenshot }) {
   assert.ok(counted(listing, dropped) > 0, `the rule "${dropped}" dropped packets:\n${listing}`);
   return { page, doc, turn };
 }
-
-const patientStats = () => window.consultPatient?.stats();
 /** The TURN user names coturn allocated a relay for (`EXPIRY:ID`). */
 const allocatedUsers = (turn) =>
   new Set([...turn.proc.stdout.matchAll(/user <([^>]+)>: incoming packet ALLOCATE processed, success/g)].map((m) => m[1]));
@@ -165,7 +148,7 @@ async function restartThroughRelay({ page, doc, turn }, path) {
   const allocatedBefore = allocatedUsers(turn);
   assert.ok([...allocatedBefore].some((u) => u.startsWith(`${first}:`)), `coturn allocated with the call's credential: ${[...allocatedBefore]}`);
   await h.sleep(1_100); // a credential minted from now expires later than the first
-  const staffFrames = (await doc.evaluate(staffStats)).inboundVideo.framesDecoded;
+  const staffFrames = (await doc.evaluate(h.staffStats)).inboundVideo.framesDecoded;
   const restartedAt = performance.now();
   await page.evaluate(() => window.dispatchEvent(new Event('online')));
   const after = await p.waitPatientStats(
@@ -175,7 +158,7 @@ async function restartThroughRelay({ page, doc, turn }, path) {
     20_000,
   );
   const fresh = after.credentialExpires.publisher;
-  await h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > staffFrames + 30, 'the clinician decodes the patient after the restart', 20_000, staffStats);
+  await h.waitFor(doc, (x) => x.inboundVideo.framesDecoded > staffFrames + 30, 'the clinician decodes the patient after the restart', 20_000, h.staffStats);
   await p.waitPatientStats(page, (x) => x.inboundVideo.framesDecoded > after.inboundVideo.framesDecoded + 30, 'the patient decodes the clinician after the restart', 20_000);
   console.log(`TURN ${path}: ICE restart with a fresh credential, media both ways ${Math.round(performance.now() - restartedAt)} ms after the network change`);
   const sent = (await page.evaluate(() => window.consultPatient.messages())).map((m) => `${m.dir}:${m.type}`);
@@ -188,7 +171,7 @@ async function restartThroughRelay({ page, doc, turn }, path) {
 }
 
 test('UDP blocked for the patient: the call connects through TURN over TCP, staff see it, and ICE restarts with a fresh credential', async () => {
-  await withEnv('turn over tcp', async (env) =>
+  await s.withCallEnv('turn over tcp', async (env) =>
     restartThroughRelay(await relayedCall(env, {
         // Everything but UDP leaves the patient's network.
         rules: `chain output {
@@ -203,7 +186,7 @@ test('UDP blocked for the patient: the call connects through TURN over TCP, staf
 });
 
 test('only TCP 443 gets out: the call connects through TURN over TLS on 443, and staff see it', async () => {
-  await withEnv('turn over tls', (env) =>
+  await s.withCallEnv('turn over tls', (env) =>
     relayedCall(env, {
         rules: ONLY_443,
         dropped: 'counter',
@@ -214,7 +197,7 @@ test('only TCP 443 gets out: the call connects through TURN over TLS on 443, and
 });
 
 test('nothing but the web page gets out: the check says so, and what to tell the IT team', async () => {
-  await withEnv('turn blocked', async (env) => {
+  await s.withCallEnv('turn blocked', async (env) => {
     const { net, patientBrowser } = await blockedPatient(
       env,
       // The page's own server on 443, and nothing else: not even TURN over TLS on 443.
@@ -244,7 +227,7 @@ test('nothing but the web page gets out: the check says so, and what to tell the
 });
 
 test('443 shared with the HTTPS front end (nginx, by SNI): the check goes through TURN over TLS', async () => {
-  await withEnv('turn behind sni', async (env) => {
+  await s.withCallEnv('turn behind sni', async (env) => {
     const net = await childNetwork(env);
     await net.block(ONLY_443);
     // One public address for everything: nginx on 443 (infra/coturn/nginx-turn-sni.conf),
