@@ -216,13 +216,6 @@ export class TestEnv {
   }
 }
 
-/** In a page: the staff page's or the patient page's summed getStats figures. */
-export const staffStats = () => window.consultStaff?.stats();
-export const patientStats = () => window.consultPatient?.stats();
-
-/** Of such figures: video decoded and sound received. */
-export const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
-
 /** Runs `fn(env)` with a fresh environment; prints diagnostics on failure; always cleans up. */
 export async function withEnv(name, fn) {
   const env = new TestEnv(name);
@@ -361,6 +354,13 @@ export async function startSfu(env, { redisUrl, nodeId = 'sfu-1', args = [] }) {
 }
 
 // --- the pages ----------------------------------------------------------------------------------
+
+/** In a page: the staff page's or the patient page's summed getStats figures. */
+export const staffStats = () => window.consultStaff?.stats();
+export const patientStats = () => window.consultPatient?.stats();
+
+/** Of such figures: video decoded and sound received. */
+export const receiving = (x) => x && x.inboundVideo.framesDecoded > 0 && x.inboundAudio.packetsReceived > 0;
 
 /** The browser engines the tests drive: Debian's `chromium` and `firefox-esr`. */
 export const ENGINES = ['chromium', 'firefox'];
