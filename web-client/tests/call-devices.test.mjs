@@ -38,6 +38,7 @@ after(async () => {
   await browser?.close();
   console.log(`axe-core: ${p.axeResults.map((r) => `${r.state} ${r.violations} violations`).join('; ')}`);
 });
+
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 
 /** A staff page in a context of its own, with init scripts, signed in through the form. */

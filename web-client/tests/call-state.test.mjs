@@ -39,6 +39,7 @@ after(async () => {
   console.log(`axe-core (patient page): ${p.axeResults.map((r) => `${r.state} ${r.violations} violations`).join('; ')}`);
   console.log(`axe-core (staff page): no violations in ${s.axeChecked.join(', ')}`);
 });
+
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 
 /** In a page: the live regions inside hidden parts of the page that still hold text. */

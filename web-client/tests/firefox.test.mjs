@@ -26,7 +26,6 @@ after(async () => {
   await Promise.all(Object.values(browsers).map((b) => b.close()));
 });
 
-/** Video frames decoded and audio packets received from the other side. */
 /** Camera and microphone sent. */
 const sending = (x) => x.outboundVideo.packetsSent > 0 && x.outboundAudio.packetsSent > 0;
 /** Every video on the page with a stream (one's own and the other's) plays a picture. */

@@ -22,6 +22,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
 });
+
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 const inDialog = (page, name) => page.locator('#dlg').getByRole('button', { name, exact: true });
 

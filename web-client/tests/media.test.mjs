@@ -33,8 +33,6 @@ after(async () => {
   await browser?.close();
 });
 
-/** Both directions of media arrive: video frames decoded, audio packets received. */
-
 /** The page says the call has ended, its media session is over, and no video is left. */
 const callEnded = (s) =>
   s.callEnded && !['joining', 'connecting', 'connected'].includes(s.media) && s.remoteVideos === 0 && /ended/i.test(s.status);

@@ -35,7 +35,6 @@ function freePort() {
   });
 }
 
-
 test('a dropped connection (the server restarts) returns the patient to the same place', async () => {
   await p.withPatientEnv('patient reconnect', async (env) => {
     const dir = await env.tmpdir();

@@ -34,8 +34,6 @@ after(async () => {
   console.log(`axe-core: ${p.axeResults.map((r) => `${r.state} ${r.violations} violations`).join('; ')}`);
 });
 
-/** The page decodes the other side's video and receives its audio. */
-
 /** The clinician's call.html page, signed in and waiting for a consultation. */
 async function clinicianPage(env, pf) {
   const page = await h.openCall(browser, env, pf.origin, pf.tokens['dr.jones'], 'clinician');

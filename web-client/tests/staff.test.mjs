@@ -22,6 +22,7 @@ after(async () => {
   console.log(`axe-core: no violations in ${s.axeChecked.length} page states: ${s.axeChecked.join(', ')}`);
   console.log(`screenshots (desktop and 375 px): ${s.shots.join(', ')}`);
 });
+
 const button = (page, name) => page.getByRole('button', { name, exact: true });
 const inDialog = (page, name) => page.locator('#dlg').getByRole('button', { name, exact: true });
 
