@@ -155,6 +155,18 @@ impl UplinkLimit {
     /// one); `sending`: what the publisher sends now, in bits per second. The REMB to send
     /// to the publisher now, if any.
     pub fn update(&mut self, now: Instant, share: Option<u64>, sending: u64) -> Option<u64> {
+        self.update_with(now, share, sending, false)
+    }
+
+    /// The same, `measured`: the share is what a full link was seen to carry (a
+    /// [`LayerChoice`]'s ceiling), not an estimate that may dip: it limits at once.
+    pub fn update_with(
+        &mut self,
+        now: Instant,
+        share: Option<u64>,
+        sending: u64,
+        measured: bool,
+    ) -> Option<u64> {
         let Some(share) = share else {
             // Nobody to limit it for: lift a limit once.
             self.low_since = None;
@@ -167,7 +179,7 @@ impl UplinkLimit {
                 return None;
             }
             let since = *self.low_since.get_or_insert(now);
-            if now.saturating_duration_since(since) < LIMIT_AFTER {
+            if now.saturating_duration_since(since) < LIMIT_AFTER && !measured {
                 return None;
             }
             self.low_since = None;
@@ -216,6 +228,147 @@ impl UplinkLimit {
 /// A higher simulcast layer is taken only when the subscriber's share is this much above
 /// what the layer sends (its rate varies from second to second).
 pub const LAYER_UP_MARGIN: f64 = 1.15;
+
+/// A limited simulcast publisher's top layer is sized (by REMB, after what its lower
+/// layers send) to its best subscriber's budget ([`LayerChoice::budget`]): this fraction
+/// of its share, so that the layer fits the share with the margin a move up needs
+/// ([`LAYER_UP_MARGIN`]) and room for its rate's swings, or what its link is known to
+/// carry, if less (that was measured).
+pub const TOP_FIT: f64 = 0.8;
+
+/// The least a browser sends its full simulcast layer at, in bits per second with the
+/// packets' headers: libwebrtc's least for 640x360 is 150 kbit/s, interpolated about 200
+/// for 640x480 (the pages' camera); Chromium's full layer measured 215–250 on its own.
+/// A lone subscriber whose budget for a video is at least this gets its full layer at that
+/// budget, the lower layers paused ([`lower_layers_wanted`]).
+pub const TOP_FLOOR: u64 = 200_000;
+
+/// What a simulcast publisher's paused lower layers send, in bits per second with the
+/// packets' headers: the page keeps them going as a thumbnail (a quarter of the picture's
+/// size, at most 60 kbit/s: `media.js`), so that a subscriber whose link fills can be
+/// switched down at once, and a browser's lower layers are never off (libwebrtc starts
+/// its full layer only once the lower ones have their rate).
+pub const THUMBNAIL_BPS: u64 = 70_000;
+
+/// What a browser needs to start a full simulcast layer that is off: [`TOP_FLOOR`] and
+/// libwebrtc's 20 % of hysteresis (`video_hysteresis_factor`, 1.2) for a layer turned
+/// back on. Told less, Chromium leaves it off (measured: the REMB 314 kbit/s with the
+/// thumbnail and the sound, the full layer off for 11 s).
+pub const TOP_START: u64 = TOP_FLOOR * 6 / 5;
+
+/// What a simulcast video needs of its publisher's uplink (the REMB's part for it): what
+/// its lower layers send (`lower_bps`; a paused one's thumbnail at least) and the best
+/// subscriber's `budget` for its top layer, or [`TOP_START`] if that layer is off while
+/// the lower ones are paused (its one subscriber waits on the thumbnail meanwhile).
+pub fn simulcast_need(lower_bps: u64, lower_paused: bool, top_arriving: bool, budget: u64) -> u64 {
+    if !lower_paused {
+        return lower_bps + budget;
+    }
+    let top = if top_arriving {
+        budget
+    } else {
+        budget.max(TOP_START)
+    };
+    lower_bps.max(THUMBNAIL_BPS) + top
+}
+
+/// Lower layers nobody has needed for this long are paused; wanted again, they are asked
+/// for at once.
+pub const LOWER_PAUSE_AFTER: Duration = Duration::from_secs(3);
+
+/// Lower layers paused while their video's full layer does not come for this long are
+/// asked for again: its publisher's own uplink cannot carry the full layer (at 20 % loss
+/// on it Chromium's estimate held it to about 100 kbit/s), and its one subscriber would
+/// be left with the thumbnail. A browser starts a full layer it may send within a second
+/// or two of being told ([`TOP_START`]).
+pub const TOP_WAIT: Duration = Duration::from_secs(4);
+
+/// After lower layers were asked for again because the full layer did not come
+/// ([`TOP_WAIT`]), they are not paused again for this long, twice as long after each such
+/// try in a row, up to [`PAUSE_RETRY_MAX`] (each try costs its subscriber [`TOP_WAIT`] on
+/// the thumbnail).
+pub const PAUSE_RETRY: Duration = Duration::from_secs(30);
+pub const PAUSE_RETRY_MAX: Duration = Duration::from_secs(120);
+
+/// Whether a simulcast publisher's lower layers are paused (sent as thumbnails), one per
+/// published video: paused once nobody has needed them ([`lower_layers_wanted`]) for
+/// [`LOWER_PAUSE_AFTER`], asked for again at once when they are wanted, or when the full
+/// layer has not come for [`TOP_WAIT`] while they were paused (then not paused again for
+/// [`PAUSE_RETRY`] or more). A browser starts with every layer on.
+#[derive(Debug, Default, Clone)]
+pub struct LowerLayers {
+    paused: bool,
+    unwanted_since: Option<Instant>,
+    top_missing_since: Option<Instant>,
+    held_until: Option<Instant>,
+    /// The next hold after a try whose full layer did not come (`None`: [`PAUSE_RETRY`]).
+    retry: Option<Duration>,
+}
+
+impl LowerLayers {
+    /// Whether the publisher was last told to pause them.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// `wanted`: whether anyone needs them now; `top_arriving`: whether the full layer
+    /// arrives. What to tell the publisher now (`Some(true)`: pause them, `Some(false)`:
+    /// send them again), if anything; [`Self::told`] once it is told.
+    pub fn update(&mut self, now: Instant, wanted: bool, top_arriving: bool) -> Option<bool> {
+        if self.paused {
+            if top_arriving {
+                self.top_missing_since = None;
+                self.retry = None;
+            } else {
+                self.top_missing_since.get_or_insert(now);
+            }
+            (wanted || self.top_missing(now)).then_some(false)
+        } else if wanted || self.held_until.is_some_and(|u| now < u) {
+            self.unwanted_since = None;
+            None
+        } else {
+            let since = *self.unwanted_since.get_or_insert(now);
+            (now.saturating_duration_since(since) >= LOWER_PAUSE_AFTER).then_some(true)
+        }
+    }
+
+    /// The publisher was told to pause them (`pause`) or send them again.
+    pub fn told(&mut self, now: Instant, pause: bool) {
+        if !pause && self.top_missing(now) {
+            let hold = self.retry.unwrap_or(PAUSE_RETRY);
+            self.held_until = Some(now + hold);
+            self.retry = Some((hold * 2).min(PAUSE_RETRY_MAX));
+        }
+        self.paused = pause;
+        self.unwanted_since = None;
+        self.top_missing_since = None;
+    }
+
+    fn top_missing(&self, now: Instant) -> bool {
+        self.top_missing_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= TOP_WAIT)
+    }
+}
+
+/// Whether a simulcast video's lower layers are needed: unless it has one subscriber
+/// (`budgets`: each subscriber's [`LayerChoice::budget`], `None` for one with no estimate
+/// yet or in sound only) whose budget is at least [`TOP_FLOOR`]. With one subscriber the
+/// video runs as a direct call's one stream does, its full layer at the rate that
+/// subscriber's link carries (a browser will not send its full layer beside the half one
+/// in the 350 kbit/s a capped link leaves it: libwebrtc's simulcast allocator fills the
+/// lower layer first); with more, each gets the layer its link takes.
+pub fn lower_layers_wanted(budgets: &[Option<u64>]) -> bool {
+    !matches!(budgets, [Some(b)] if *b >= TOP_FLOOR)
+}
+
+/// A top layer sized to a subscriber's ceiling is sized to this fraction of it: the
+/// ceiling is what its link delivered while full, and a link kept full queues and drops
+/// (sized to the whole of it, Chromium's full layer and its sound filled a 350 kbit/s
+/// link to 350 and froze three times a minute; a direct call keeps to about 330).
+pub const CEILING_FIT: f64 = 0.9;
+
+/// A ceiling ([`LayerChoice`]) is raised by this factor each time a probe passes.
+pub const CEILING_STEP: f64 = 1.5;
 
 /// A layer taken up is on trial this long: see [`LayerChoice`].
 pub const LAYER_TRIAL: Duration = Duration::from_secs(3);
@@ -298,6 +451,10 @@ pub struct DownlinkState {
     /// Its link keeps queueing ([`QueueWatch`]) and this video is the one to go down a
     /// layer now.
     pub shed: bool,
+    /// This video's share of what the link delivered over the last second
+    /// ([`Downlink::delivered_bps`], less the audio, split as the estimate is): when the
+    /// link is full, what it carries of this video (`None`: no figure).
+    pub carried: Option<u64>,
 }
 
 /// Which simulcast layer one subscriber receives of one video track, from its share of
@@ -318,25 +475,48 @@ pub struct DownlinkState {
 /// rises by [`TRIAL_LOSS_PPM`] meanwhile, back down at once, without waiting for the
 /// estimate to fall below the layer (which took 3 to 4 s of overflow under a 350 kbit/s
 /// cap, the picture frozen throughout).
+///
+/// A fall, or a probe that fails, shows what the subscriber's link carries of this video:
+/// its **ceiling**, the rate of the layer it has (raised while that layer sends more).
+/// The publisher is then told to size its top layer to fit it ([`Self::budget`], by
+/// REMB), and a top layer that fits the ceiling is taken at once, without a hold or a
+/// probe: the subscriber gets the full picture at the rate its link carries, as a direct
+/// call keeps its one stream's resolution and lowers its rate. The ceiling rises only by
+/// probes ([`CEILING_STEP`] each, after the hold, while its top layer uses it), since the
+/// estimate says little while the link carries less than it could; one well above what
+/// the top layer sends (its publisher sends all it has) is dropped.
 #[derive(Debug, Default, Clone)]
 pub struct LayerChoice {
     chosen: Option<u8>,
     hold: Hold,
+    /// What the subscriber's link is known to carry of this video, in bits per second
+    /// (`None`: nothing is known to bind it; its share rules).
+    ceiling: Option<u64>,
+    /// When the ceiling was last set or raised.
+    ceiling_at: Option<Instant>,
+    /// The highest layer it has seen arriving (its publisher's top layer).
+    top: u8,
     /// The downlink as last told ([`Self::downlink`]).
     downlink: DownlinkState,
     probe: Option<Probe>,
     trial: Option<Trial>,
 }
 
-/// A move up being probed.
+/// A move up, or a higher ceiling, being probed.
 #[derive(Debug, Clone, Copy)]
 struct Probe {
     from_time: Instant,
     until: Instant,
     from: u8,
+    /// The layer to move to if it passes (`from` itself: the ceiling is raised).
     to: u8,
+    /// What the subscriber receives of this video during the probe (its layer and the
+    /// probe): its ceiling if it passes.
+    target: u64,
     /// What it adds, in bits per second.
     extra: u64,
+    /// What layer `from` sent when it began.
+    from_rate: u64,
     loss_before: u64,
 }
 
@@ -387,7 +567,7 @@ impl LayerChoice {
         self.downlink = state;
         if self.probe_full(&probe) {
             self.probe = None;
-            self.hold.fell(now);
+            self.probe_failed(now, &probe);
             return false;
         }
         true
@@ -406,6 +586,56 @@ impl LayerChoice {
             .is_some_and(|l| l > before.saturating_add(TRIAL_LOSS_PPM))
     }
 
+    /// What the publisher may size its top layer to for this subscriber: [`TOP_FIT`] of
+    /// its `share`, or [`CEILING_FIT`] of its ceiling if less.
+    pub fn budget(&self, share: u64) -> u64 {
+        let fit = (share as f64 * TOP_FIT) as u64;
+        self.ceiling_budget().map_or(fit, |c| c.min(fit))
+    }
+
+    /// Whether [`Self::budget`] is its ceiling's (measured), not its share's (estimated).
+    pub fn budget_measured(&self, share: u64) -> bool {
+        self.ceiling_budget()
+            .is_some_and(|c| c < (share as f64 * TOP_FIT) as u64)
+    }
+
+    fn ceiling_budget(&self) -> Option<u64> {
+        self.ceiling.map(|c| (c as f64 * CEILING_FIT) as u64)
+    }
+
+    /// What its link is known to carry of this video (`None`: nothing binds it).
+    pub fn ceiling(&self) -> Option<u64> {
+        self.ceiling
+    }
+
+    fn set_ceiling(&mut self, now: Instant, bps: Option<u64>) {
+        if let Some(bps) = bps {
+            self.ceiling = Some(bps);
+            self.ceiling_at = Some(now);
+        }
+    }
+
+    /// A fall to `layer`, which sends `rate`, because its link is full: held, and its
+    /// link known to carry what it delivered (it was full) or at least that layer.
+    fn fall_to(&mut self, now: Instant, layer: u8, rate: Option<u64>) -> u8 {
+        self.hold.fell(now);
+        let carried = match (rate, self.downlink.carried) {
+            (Some(r), Some(c)) => Some(r.max(c)),
+            (r, c) => r.or(c),
+        };
+        self.set_ceiling(now, carried);
+        layer
+    }
+
+    /// A probe failed: held longer, and if nothing bound it yet, its link is known to
+    /// carry the layer it has.
+    fn probe_failed(&mut self, now: Instant, probe: &Probe) {
+        self.hold.fell(now);
+        if self.ceiling.is_none() {
+            self.set_ceiling(now, Some(probe.from_rate));
+        }
+    }
+
     /// `rates[l]`: what layer `l` sends, in bits per second, or `None` if it is not
     /// arriving; `share`: the subscriber's share for this track (`None` before its first
     /// estimate). The layer it should receive now (`None`: no layer is arriving).
@@ -421,10 +651,11 @@ impl LayerChoice {
                 .enumerate()
                 .filter_map(|(l, r)| r.map(|r| (l as u8, r)))
         };
-        let arriving = |l: u8| rates.get(usize::from(l)).is_some_and(Option::is_some);
+        let rate_of = |l: u8| rates.get(usize::from(l)).copied().flatten();
         let (lowest, _) = active().next()?;
         let (highest, _) = active().next_back()?;
-        let current = self.chosen.filter(|&l| arriving(l));
+        self.top = self.top.max(highest);
+        let current = self.chosen.filter(|&l| rate_of(l).is_some());
         let Some(share) = share else {
             // No estimate yet: the best there is, as a direct call starts.
             self.probe = None;
@@ -435,105 +666,160 @@ impl LayerChoice {
         let fits = active()
             .rfind(|&(_, rate)| rate <= share)
             .map_or(lowest, |(l, _)| l);
+        // Below the top layer, what it receives its link carries (its publisher does not
+        // size that layer for it).
+        if let (Some(c), Some(k)) = (current, self.ceiling) {
+            if c < self.top && rate_of(c).is_some_and(|r| r > k) {
+                self.ceiling = rate_of(c);
+            }
+        }
         if let Some(probe) = self.probe.take() {
             let failed = self.probe_full(&probe);
-            if current != Some(probe.from) || !arriving(probe.to) || fits <= probe.from {
+            let wanted = if probe.to > probe.from {
+                rate_of(probe.to).is_some() && fits > probe.from
+            } else {
+                self.ceiling.is_some_and(|k| share > k)
+            };
+            if current != Some(probe.from) || !wanted {
                 // Moved meanwhile, or no longer wanted: nothing learnt.
             } else if failed {
-                self.hold.fell(now);
+                self.probe_failed(now, &probe);
                 return Some(probe.from);
             } else if now < probe.until {
                 self.probe = Some(probe);
                 return Some(probe.from);
             } else {
-                self.trial = Some(Trial {
-                    until: now + LAYER_TRIAL,
-                    from: probe.from,
-                    loss_before: probe.loss_before,
-                });
-                self.chosen = Some(probe.to);
+                if self.ceiling.is_some() {
+                    self.set_ceiling(now, Some(probe.target));
+                }
+                if probe.to > probe.from {
+                    self.trial = Some(Trial {
+                        until: now + LAYER_TRIAL,
+                        from: probe.from,
+                        loss_before: probe.loss_before,
+                    });
+                    self.chosen = Some(probe.to);
+                }
                 return Some(probe.to);
             }
         }
         if let Some(trial) = self.trial {
             if now >= trial.until
                 || current.is_none_or(|c| c <= trial.from)
-                || !arriving(trial.from)
+                || rate_of(trial.from).is_none()
             {
                 self.trial = None;
             } else if self.loss_rose(trial.loss_before) {
                 self.trial = None;
-                self.hold.fell(now);
                 let layer = trial.from.min(fits.max(lowest));
-                self.chosen = Some(layer);
+                self.chosen = Some(self.fall_to(now, layer, rate_of(layer)));
                 return Some(layer);
             }
         }
-        // Its link keeps queueing, and this video is the one to give way: down a layer.
+        // Its link keeps queueing, and this video is the one to give way: down a layer,
+        // or with none below (its publisher paused them), its ceiling down to what the
+        // link delivers (its publisher is told to send less).
         if let (true, Some(c)) = (self.downlink.shed, current) {
-            if let Some((below, _)) = active().rfind(|&(l, _)| l < c) {
-                self.trial = None;
-                self.hold.fell(now);
-                let layer = below.min(fits.max(lowest));
-                self.chosen = Some(layer);
-                return Some(layer);
-            }
+            self.trial = None;
+            let layer = match active().rfind(|&(l, _)| l < c) {
+                Some((below, _)) => below.min(fits.max(lowest)),
+                None => c,
+            };
+            let rate = if layer < c { rate_of(layer) } else { None };
+            self.chosen = Some(self.fall_to(now, layer, rate));
+            return Some(layer);
         }
         let layer = match current {
             // The layer it had stopped (its publisher's browser stopped sending it, having
-            // been told to send less, or short of uplink): held as any fall.
+            // been told to send less, or short of uplink): held as any fall. Its link
+            // showed nothing: the ceiling stays as it was.
             None if self.chosen.is_some_and(|c| c > fits) => {
                 self.hold.fell(now);
                 fits
             }
             // The first choice.
             None => fits,
-            Some(c) if fits < c => {
-                self.hold.fell(now);
-                fits
-            }
-            Some(c) if fits > c => {
-                let up = active().find(|&(l, _)| l > c);
-                let from = active().find(|&(l, _)| l == c).map_or(0, |(_, r)| r);
-                match up {
-                    Some((l, rate))
-                        if !self.hold.held(now)
-                            && rate as f64 * LAYER_UP_MARGIN <= share as f64 =>
-                    {
-                        self.hold.rose(now);
-                        let loss_before = self.downlink.loss_ppm.unwrap_or(0);
-                        if self.downlink.probes {
-                            // What the layer above sends may be less than it will once
-                            // taken (its publisher limited for this subscriber): at
-                            // least as much again as the layer it has.
-                            self.probe = Some(Probe {
-                                from_time: now,
-                                until: now + PROBE_LENGTH,
-                                from: c,
-                                to: l,
-                                extra: ((rate as f64 * LAYER_UP_MARGIN) as u64)
-                                    .saturating_sub(from)
-                                    .max(from)
-                                    .max(PROBE_MIN),
-                                loss_before,
-                            });
-                            c
-                        } else {
-                            self.trial = Some(Trial {
-                                until: now + LAYER_TRIAL,
-                                from: c,
-                                loss_before,
-                            });
-                            l
-                        }
-                    }
-                    _ => c,
-                }
-            }
-            Some(c) => c,
+            Some(c) if fits < c => self.fall_to(now, fits, rate_of(fits)),
+            Some(c) => self.rise(now, c, rates, share, fits),
         };
         self.chosen = Some(layer);
         Some(layer)
+    }
+
+    /// On layer `c`, with nothing against it: up a layer, or a probe of one or of a higher
+    /// ceiling, when there is room; the layer it has, whatever happens.
+    fn rise(&mut self, now: Instant, c: u8, rates: &[Option<u64>], share: u64, fits: u8) -> u8 {
+        let from = rates.get(usize::from(c)).copied().flatten().unwrap_or(0);
+        let up = rates
+            .iter()
+            .enumerate()
+            .skip(usize::from(c) + 1)
+            .find_map(|(l, r)| r.map(|r| (l as u8, r)));
+        let loss_before = self.downlink.loss_ppm.unwrap_or(0);
+        let trial = Trial {
+            until: now + LAYER_TRIAL,
+            from: c,
+            loss_before,
+        };
+        // The layer above fits what its link is known to carry (its publisher sized it
+        // so): taken at once.
+        if let (Some((l, rate)), Some(k)) = (up, self.ceiling) {
+            if rate <= k && l <= fits {
+                self.hold.rose(now);
+                self.trial = Some(trial);
+                return l;
+            }
+        }
+        if self.hold.held(now) {
+            return c;
+        }
+        if !self.downlink.probes {
+            // Not probed, a ceiling could never rise: its share rules again.
+            self.ceiling = None;
+        }
+        let settled = self
+            .ceiling_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= LAYER_TRIAL);
+        let (to, target) = match (up, self.ceiling) {
+            (Some((l, rate)), None)
+                if l <= fits && rate as f64 * LAYER_UP_MARGIN <= share as f64 =>
+            {
+                (l, (rate as f64 * LAYER_UP_MARGIN) as u64)
+            }
+            // The top layer sends well under its ceiling (its publisher sends all it
+            // has): nothing binds it any more.
+            (None, Some(k)) if settled && (from as f64) < k as f64 * TOP_FIT / CEILING_STEP => {
+                self.ceiling = None;
+                return c;
+            }
+            // The layer above, if it sends less than a raise would add: a probe of it.
+            (Some((l, rate)), Some(k))
+                if l <= fits && rate as f64 * LAYER_UP_MARGIN <= k as f64 * CEILING_STEP =>
+            {
+                (l, (rate as f64 * LAYER_UP_MARGIN) as u64)
+            }
+            (_, Some(k)) if settled && share > k => {
+                (c, ((k as f64 * CEILING_STEP) as u64).min(share))
+            }
+            _ => return c,
+        };
+        self.hold.rose(now);
+        if !self.downlink.probes {
+            // A move up on trial.
+            self.trial = Some(trial);
+            return to;
+        }
+        self.probe = Some(Probe {
+            from_time: now,
+            until: now + PROBE_LENGTH,
+            from: c,
+            to,
+            target,
+            extra: target.saturating_sub(from).max(PROBE_MIN),
+            from_rate: from,
+            loss_before,
+        });
+        c
     }
 }
 
@@ -558,6 +844,10 @@ pub struct Downlink {
     /// did not receive, since the estimator last took them (the engine's `FeedbackLoss`).
     pub feedback_total: AtomicU64,
     pub feedback_lost: AtomicU64,
+    /// What arrived at the browser over the last [`DELIVERY_WINDOW`], in bits per second
+    /// by its own clock (0: no figure yet): when its link is full, what the link carries
+    /// (libwebrtc's acknowledged bitrate).
+    pub delivered_bps: AtomicU64,
 }
 
 /// [`Downlink::loss_ppm`] before the estimator has a figure.
@@ -625,7 +915,56 @@ impl Default for Downlink {
             queue_us: AtomicU64::new(NO_QUEUE_FIGURE),
             feedback_total: AtomicU64::new(0),
             feedback_lost: AtomicU64::new(0),
+            delivered_bps: AtomicU64::new(0),
         }
+    }
+}
+
+/// What a downlink delivered is counted over this long ([`Delivered`]); a figure needs at
+/// least half of it.
+pub const DELIVERY_WINDOW: Duration = Duration::from_millis(1_000);
+
+/// The rate at which packets arrived at a browser, by the arrival times its congestion
+/// feedback reports (its own clock): per feedback message, the bytes it says arrived and
+/// the last arrival, over [`DELIVERY_WINDOW`].
+#[derive(Debug, Default)]
+pub struct Delivered {
+    batches: std::collections::VecDeque<(Duration, u64)>,
+}
+
+impl Delivered {
+    /// One feedback message's reports; the rate over the window, in bits per second
+    /// (`None`: less than half a window yet).
+    pub fn on_reports(&mut self, reports: &[PacketReport]) -> Option<u64> {
+        let mut bytes = 0;
+        let mut last = None;
+        for r in reports.iter().filter(|r| r.arrived) {
+            bytes += r.size as u64;
+            last = last.max(r.arrival);
+        }
+        if let Some(last) = last {
+            if self.batches.back().is_some_and(|(at, _)| last < *at) {
+                // The browser's clock went back (a new connection): start again.
+                self.batches.clear();
+            }
+            self.batches.push_back((last, bytes));
+        }
+        let newest = self.batches.back()?.0;
+        while self
+            .batches
+            .front()
+            .is_some_and(|(at, _)| newest.saturating_sub(*at) > DELIVERY_WINDOW)
+        {
+            self.batches.pop_front();
+        }
+        let (first, _) = *self.batches.front()?;
+        let span = newest.saturating_sub(first);
+        if span < DELIVERY_WINDOW / 2 {
+            return None;
+        }
+        // The first batch's bytes arrived before the span began.
+        let bits: u64 = self.batches.iter().skip(1).map(|(_, b)| b * 8).sum();
+        Some((bits as f64 / span.as_secs_f64()) as u64)
     }
 }
 
@@ -765,6 +1104,7 @@ pub struct DownlinkEstimator {
     gcc: Gcc,
     loss: LossLimit,
     queue: QueueDelay,
+    delivered: Delivered,
     cell: Arc<Downlink>,
 }
 
@@ -792,6 +1132,7 @@ impl DownlinkEstimator {
             gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
             loss: LossLimit::default(),
             queue: QueueDelay::default(),
+            delivered: Delivered::default(),
             cell,
         }
     }
@@ -832,6 +1173,9 @@ impl BandwidthEstimator for DownlinkEstimator {
         if let Some(waited) = waited {
             let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX - 1);
             self.cell.queue_us.store(us, Ordering::Relaxed);
+        }
+        if let Some(bps) = self.delivered.on_reports(reports) {
+            self.cell.delivered_bps.store(bps, Ordering::Relaxed);
         }
     }
 
@@ -1237,35 +1581,61 @@ mod tests {
             loss_ppm: Some(loss_ppm),
             queue: Some(Duration::from_millis(queue_ms)),
             probes: true,
-            shed: false,
+            ..DownlinkState::default()
         }
     }
 
     /// A subscriber that can be probed moves up only after a probe of what the layer
-    /// above adds: not when the probe fills the link's queue (back to a longer hold,
-    /// the layer kept throughout), and when it passes, up (on trial as before).
+    /// above adds: when the probe passes, up (on trial as before); when it fills the
+    /// link's queue or its loss rises, the layer is kept, the next hold is longer, and
+    /// the layer it has is what its link is known to carry (its ceiling), which later
+    /// probes try to raise.
     #[test]
     fn a_move_up_is_probed_first_and_made_only_if_the_link_takes_the_probe() {
         let t = Instant::now();
-        let mut c = LayerChoice::default();
         let rates = [Some(200_000), Some(500_000), None];
+        let mut c = LayerChoice::default();
         c.downlink(probed(5, 10_000));
         assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
         assert_eq!(c.probing(), None);
         // The estimate climbs past the layer above: a probe of what it adds (575 - 200).
         assert_eq!(c.choose(at(t, 100), &rates, Some(1_000_000)), Some(0));
         assert_eq!(c.probing(), Some(375_000));
+        assert_eq!(c.choose(at(t, 500), &rates, Some(1_000_000)), Some(0));
+        // The link takes it: up at the probe's end, on trial, nothing binding it.
+        c.downlink(probed(30, 10_000));
+        assert_eq!(c.choose(at(t, 950), &rates, Some(1_000_000)), Some(1));
+        assert_eq!(c.probing(), None);
+        assert_eq!(c.ceiling(), None);
+        c.downlink(probed(30, 300_000));
+        assert_eq!(
+            c.choose(at(t, 1_500), &rates, Some(1_000_000)),
+            Some(0),
+            "the trial still ends a move the link cannot keep"
+        );
+        assert_eq!(c.ceiling(), Some(200_000));
+
+        let mut c = LayerChoice::default();
+        c.downlink(probed(5, 10_000));
+        assert_eq!(c.choose(at(t, 0), &rates, Some(300_000)), Some(0));
+        assert_eq!(c.choose(at(t, 100), &rates, Some(1_000_000)), Some(0));
         assert_eq!(c.choose(at(t, 350), &rates, Some(1_000_000)), Some(0));
         // The link's queue grows past the abort mark: stopped, the layer kept.
         c.downlink(probed(180, 10_000));
         assert_eq!(c.choose(at(t, 600), &rates, Some(1_000_000)), Some(0));
         assert_eq!(c.probing(), None);
-        // Held after a rise that failed: 7.5 s.
+        assert_eq!(
+            c.ceiling(),
+            Some(200_000),
+            "its link carries the layer it has"
+        );
+        // Held after a rise that failed: 7.5 s. Then a probe of a ceiling half as high
+        // again (300 - 200).
         c.downlink(probed(5, 10_000));
         assert_eq!(c.choose(at(t, 8_000), &rates, Some(1_000_000)), Some(0));
         assert_eq!(c.probing(), None, "held");
         assert_eq!(c.choose(at(t, 8_200), &rates, Some(1_000_000)), Some(0));
-        assert!(c.probing().is_some());
+        assert_eq!(c.probing(), Some(100_000));
         // A queue a little up late in the probe, past what passes: failed too (held
         // 11.25 s).
         c.downlink(probed(70, 10_000));
@@ -1280,20 +1650,7 @@ mod tests {
         c.downlink(probed(5, 200_000));
         assert_eq!(c.choose(at(t, 20_500), &rates, Some(1_000_000)), Some(0));
         assert_eq!(c.probing(), None);
-        // The link takes it: up at the probe's end, and on trial.
-        c.downlink(probed(5, 10_000));
-        assert_eq!(c.choose(at(t, 40_000), &rates, Some(1_000_000)), Some(0));
-        assert!(c.probing().is_some());
-        assert_eq!(c.choose(at(t, 40_400), &rates, Some(1_000_000)), Some(0));
-        c.downlink(probed(30, 10_000));
-        assert_eq!(c.choose(at(t, 40_850), &rates, Some(1_000_000)), Some(1));
-        assert_eq!(c.probing(), None);
-        c.downlink(probed(30, 300_000));
-        assert_eq!(
-            c.choose(at(t, 41_500), &rates, Some(1_000_000)),
-            Some(0),
-            "the trial still ends a move the link cannot keep"
-        );
+        assert_eq!(c.ceiling(), Some(200_000));
     }
 
     /// Between choices the probe is watched as often as its packets go: stopped the
@@ -1302,16 +1659,15 @@ mod tests {
     fn a_probe_climbs_to_its_rate_and_stops_the_moment_the_link_is_full() {
         let t = Instant::now();
         let mut c = LayerChoice::default();
-        // The layer above sends little now (its publisher held back): the probe still
-        // doubles what the subscriber receives.
-        let rates = [Some(300_000), Some(320_000), None];
+        let rates = [Some(200_000), Some(600_000), None];
         c.downlink(probed(5, 0));
         assert_eq!(c.choose(at(t, 0), &rates, Some(310_000)), Some(0));
         assert_eq!(c.choose(at(t, 100), &rates, Some(2_000_000)), Some(0));
-        assert_eq!(c.probing(), Some(300_000));
+        // What the layer above adds: 690 - 200.
+        assert_eq!(c.probing(), Some(490_000));
         assert_eq!(c.probe_rate(at(t, 100)), Some(0));
-        assert_eq!(c.probe_rate(at(t, 350)), Some(150_000));
-        assert_eq!(c.probe_rate(at(t, 700)), Some(300_000));
+        assert_eq!(c.probe_rate(at(t, 350)), Some(245_000));
+        assert_eq!(c.probe_rate(at(t, 700)), Some(490_000));
         assert!(c.watch(at(t, 400), probed(40, 0)));
         assert!(!c.watch(at(t, 410), probed(60, 0)), "full: stopped");
         assert_eq!(c.probing(), None);
@@ -1320,6 +1676,105 @@ mod tests {
         // Held as after any rise that failed.
         assert_eq!(c.choose(at(t, 7_000), &rates, Some(2_000_000)), Some(0));
         assert_eq!(c.probing(), None);
+    }
+
+    /// A fall shows what the link carries: the layer it fell to (more, while that layer
+    /// sends more), which bounds the budget its publisher sizes its top layer to. A top
+    /// layer that fits it is taken at once, hold or not, without a probe; the ceiling
+    /// rises only by probes, half as much again each, after the hold and while the top
+    /// layer uses it; once the top layer sends well under it (all its publisher has), it
+    /// goes.
+    #[test]
+    fn a_fall_shows_what_the_link_carries_and_a_top_layer_sized_to_it_is_taken_at_once() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        c.downlink(probed(5, 0));
+        let full = [None, Some(220_000), Some(800_000)];
+        assert_eq!(c.choose(at(t, 0), &full, Some(3_000_000)), Some(2));
+        assert_eq!((c.ceiling(), c.budget(3_000_000)), (None, 2_400_000));
+        // A capped link queues: the top layer gives way.
+        c.downlink(DownlinkState {
+            shed: true,
+            ..probed(200, 0)
+        });
+        assert_eq!(c.choose(at(t, 1_000), &full, Some(3_000_000)), Some(1));
+        assert_eq!(c.ceiling(), Some(220_000));
+        // Its publisher, told to send less, stops the top layer: the half layer alone
+        // sends more, and its link carries that.
+        c.downlink(probed(5, 0));
+        let alone = [None, Some(270_000), None];
+        assert_eq!(c.choose(at(t, 2_000), &alone, Some(3_000_000)), Some(1));
+        assert_eq!(c.ceiling(), Some(270_000));
+        assert_eq!(
+            c.budget(3_000_000),
+            243_000,
+            "the estimate says little: 90 % of it"
+        );
+        assert_eq!(c.budget(200_000), 160_000, "a fit of a share below it");
+        // The top layer again, sized for it: taken at once, within the hold, unprobed.
+        let sized = [None, Some(170_000), Some(230_000)];
+        assert_eq!(c.choose(at(t, 3_000), &sized, Some(3_000_000)), Some(2));
+        assert_eq!(c.probing(), None);
+        assert_eq!(c.ceiling(), Some(270_000));
+        // After the hold, a probe of a ceiling half as high again: 405 less the 230 the
+        // top layer sends. The capped link cannot take it: the ceiling stays.
+        assert_eq!(c.choose(at(t, 6_500), &sized, Some(3_000_000)), Some(2));
+        assert_eq!(c.probing(), Some(175_000));
+        c.downlink(probed(60, 0));
+        assert_eq!(c.choose(at(t, 6_900), &sized, Some(3_000_000)), Some(2));
+        assert_eq!((c.probing(), c.ceiling()), (None, Some(270_000)));
+        // The cap is lifted: after the (longer) hold the probe passes, and the ceiling
+        // rises.
+        c.downlink(probed(5, 0));
+        assert_eq!(c.choose(at(t, 14_300), &sized, Some(3_000_000)), Some(2));
+        assert_eq!(c.probing(), None, "held 7.5 s");
+        assert_eq!(c.choose(at(t, 14_500), &sized, Some(3_000_000)), Some(2));
+        assert_eq!(c.probing(), Some(175_000));
+        assert_eq!(c.choose(at(t, 15_400), &sized, Some(3_000_000)), Some(2));
+        assert_eq!((c.probing(), c.ceiling()), (None, Some(405_000)));
+        // Its publisher sends more: again, once its rate has had time to follow.
+        let more = [None, Some(170_000), Some(320_000)];
+        assert_eq!(c.choose(at(t, 17_000), &more, Some(3_000_000)), Some(2));
+        assert_eq!(c.probing(), None);
+        assert_eq!(c.choose(at(t, 18_500), &more, Some(3_000_000)), Some(2));
+        assert_eq!(c.probing(), Some(287_500));
+        assert_eq!(c.choose(at(t, 19_400), &more, Some(3_000_000)), Some(2));
+        assert_eq!(c.ceiling(), Some(607_500));
+        // All it has is 300 kbit/s: the ceiling no longer binds, and goes.
+        let all = [None, Some(170_000), Some(300_000)];
+        assert_eq!(c.choose(at(t, 21_000), &all, Some(3_000_000)), Some(2));
+        assert_eq!(c.ceiling(), Some(607_500));
+        assert_eq!(c.choose(at(t, 22_500), &all, Some(3_000_000)), Some(2));
+        assert_eq!((c.ceiling(), c.probing()), (None, None));
+        assert_eq!(c.budget(3_000_000), 2_400_000);
+    }
+
+    /// A top layer a little over the ceiling (its publisher's browser cannot send it for
+    /// less) is probed as any move up, and if the link takes it, taken, its ceiling then
+    /// what the probe showed it carries; one much over it waits for the ceiling to rise.
+    #[test]
+    fn a_top_layer_a_little_over_the_ceiling_is_probed_and_taken() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        c.downlink(probed(5, 0));
+        let full = [None, Some(220_000), Some(800_000)];
+        assert_eq!(c.choose(at(t, 0), &full, Some(3_000_000)), Some(2));
+        c.downlink(DownlinkState {
+            shed: true,
+            carried: Some(240_000),
+            ..probed(200, 0)
+        });
+        assert_eq!(c.choose(at(t, 1_000), &full, Some(3_000_000)), Some(1));
+        assert_eq!(c.ceiling(), Some(240_000), "what the full link delivered");
+        c.downlink(probed(5, 0));
+        let over = [None, Some(200_000), Some(260_000)];
+        assert_eq!(c.choose(at(t, 5_000), &over, Some(3_000_000)), Some(1));
+        assert_eq!(c.probing(), None, "held");
+        // 299 less the 200 of the half layer.
+        assert_eq!(c.choose(at(t, 6_100), &over, Some(3_000_000)), Some(1));
+        assert_eq!(c.probing(), Some(99_000));
+        assert_eq!(c.choose(at(t, 7_000), &over, Some(3_000_000)), Some(2));
+        assert_eq!((c.probing(), c.ceiling()), (None, Some(299_000)));
     }
 
     /// A downlink that queues for a second says so once a second, however long it goes on;
@@ -1366,12 +1821,150 @@ mod tests {
                 "{ms}"
             );
         }
-        // Held as any fall: no probe until the hold is over.
+        // Held as any fall, from the last time it was told (its link was still full): no
+        // probe until the hold is over.
         c.downlink(probed(5, 0));
-        assert_eq!(c.choose(at(t, 6_000), &rates, Some(2_000_000)), Some(1));
+        assert_eq!(c.choose(at(t, 8_900), &rates, Some(2_000_000)), Some(1));
         assert_eq!(c.probing(), None);
-        assert_eq!(c.choose(at(t, 7_100), &rates, Some(2_000_000)), Some(1));
+        assert_eq!(c.choose(at(t, 9_100), &rates, Some(2_000_000)), Some(1));
         assert!(c.probing().is_some());
+    }
+
+    /// Lower layers are needed unless one subscriber alone receives the video and its
+    /// budget is what a browser can send its full layer at.
+    #[test]
+    fn lower_layers_are_needed_unless_one_subscriber_can_take_the_full_layer() {
+        assert!(!lower_layers_wanted(&[Some(2_000_000)]), "a call of two");
+        assert!(
+            !lower_layers_wanted(&[Some(TOP_FLOOR)]),
+            "a capped link of two"
+        );
+        assert!(
+            lower_layers_wanted(&[Some(TOP_FLOOR - 1)]),
+            "too little for it"
+        );
+        assert!(
+            lower_layers_wanted(&[None]),
+            "no estimate yet, or sound only"
+        );
+        assert!(
+            lower_layers_wanted(&[Some(2_000_000), Some(2_000_000)]),
+            "three people"
+        );
+        assert!(lower_layers_wanted(&[]), "nobody receives it yet");
+    }
+
+    /// A simulcast video's part of its publisher's limit: its lower layers and the best
+    /// budget; with them paused, the thumbnail at least, and a full layer that is off
+    /// given what a browser needs to start it.
+    #[test]
+    fn a_paused_video_is_limited_to_its_thumbnail_and_a_full_layer_it_can_start() {
+        assert_eq!(simulcast_need(250_000, false, true, 300_000), 550_000);
+        assert_eq!(simulcast_need(250_000, false, false, 100_000), 350_000);
+        // Paused: a thumbnail still ramping counts as its full rate.
+        assert_eq!(
+            simulcast_need(36_000, true, true, 206_000),
+            THUMBNAIL_BPS + 206_000
+        );
+        // The full layer off: enough to start it, though the budget is less.
+        assert_eq!(
+            simulcast_need(36_000, true, false, 206_000),
+            THUMBNAIL_BPS + TOP_START
+        );
+        assert_eq!(
+            simulcast_need(60_000, true, false, 400_000),
+            THUMBNAIL_BPS + 400_000
+        );
+    }
+
+    /// Lower layers are paused after nobody has wanted them for a while, asked for again
+    /// at once; and asked for again when the full layer does not come, then left on.
+    #[test]
+    fn lower_layers_pause_when_unwanted_and_come_back_when_wanted_or_the_top_is_missing() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let mut l = LowerLayers::default();
+        let mut l = move |now, wanted, top| {
+            let told = l.update(now, wanted, top);
+            if let Some(pause) = told {
+                l.told(now, pause);
+            }
+            (told, l.paused())
+        };
+        assert_eq!(
+            l(at(0), true, true),
+            (None, false),
+            "a browser starts with them on"
+        );
+        assert_eq!(l(at(100), false, true), (None, false));
+        assert_eq!(
+            l(at(3_000), false, true),
+            (None, false),
+            "not unwanted long enough"
+        );
+        assert_eq!(l(at(3_100), false, true), (Some(true), true));
+        assert_eq!(l(at(4_000), false, true), (None, true));
+        // A second subscriber: at once.
+        assert_eq!(l(at(4_100), true, true), (Some(false), false));
+        assert_eq!(l(at(4_200), false, true), (None, false));
+        assert_eq!(l(at(7_200), false, true), (Some(true), true));
+        // The full layer stops (its publisher's uplink): waited for, then given up on.
+        assert_eq!(l(at(8_000), false, false), (None, true));
+        assert_eq!(l(at(11_900), false, false), (None, true));
+        assert_eq!(l(at(12_000), false, false), (Some(false), false));
+        // Not paused again for a while, though unwanted and the full layer back.
+        assert_eq!(l(at(20_000), false, true), (None, false));
+        assert_eq!(l(at(41_900), false, true), (None, false));
+        assert_eq!(
+            l(at(42_000), false, true),
+            (None, false),
+            "unwanted from now"
+        );
+        assert_eq!(l(at(45_000), false, true), (Some(true), true));
+        // Another try whose full layer does not come: held twice as long.
+        assert_eq!(l(at(45_100), false, false), (None, true));
+        assert_eq!(l(at(49_100), false, false), (Some(false), false));
+        assert_eq!(l(at(109_000), false, true), (None, false));
+        assert_eq!(
+            l(at(109_100), false, true),
+            (None, false),
+            "unwanted from now"
+        );
+        assert_eq!(l(at(112_100), false, true), (Some(true), true));
+        // A full layer that comes back within the wait keeps them paused (and the next
+        // hold is the first one's again).
+        assert_eq!(l(at(113_000), false, false), (None, true));
+        assert_eq!(l(at(115_000), false, true), (None, true));
+        assert_eq!(l(at(118_000), false, false), (None, true));
+        assert_eq!(l(at(121_900), false, false), (None, true));
+        assert_eq!(l(at(122_000), false, false), (Some(false), false));
+        assert_eq!(l(at(151_900), false, true), (None, false));
+        assert_eq!(
+            l(at(152_000), false, true),
+            (None, false),
+            "unwanted from now"
+        );
+        assert_eq!(l(at(155_000), false, true), (Some(true), true));
+    }
+
+    /// With no layer below (its publisher paused them), a video told to shed keeps its
+    /// layer, and its ceiling falls to what the full link delivered: its publisher is
+    /// told to send that.
+    #[test]
+    fn a_video_with_no_layer_below_told_to_shed_lowers_its_ceiling() {
+        let t = Instant::now();
+        let mut c = LayerChoice::default();
+        let alone = [None, None, Some(800_000)];
+        c.downlink(probed(5, 0));
+        assert_eq!(c.choose(at(t, 0), &alone, Some(2_000_000)), Some(2));
+        assert_eq!(c.budget(2_000_000), 1_600_000);
+        c.downlink(DownlinkState {
+            shed: true,
+            carried: Some(260_000),
+            ..probed(200, 0)
+        });
+        assert_eq!(c.choose(at(t, 1_000), &alone, Some(2_000_000)), Some(2));
+        assert_eq!((c.ceiling(), c.budget(2_000_000)), (Some(260_000), 234_000));
     }
 
     /// A probe the subscriber no longer needs (its share fell, its layer stopped) ends
@@ -1405,6 +1998,53 @@ mod tests {
             arrival: Some(Duration::from_millis(arrival_ms)),
             ..report(start, id, sent_ms, None)
         }
+    }
+
+    /// What a link delivers is the bytes that arrived over the last second by the
+    /// browser's clock: a figure once half a second is seen, the old batches forgotten,
+    /// lost packets not counted, a clock that goes back starting again.
+    #[test]
+    fn what_a_link_delivers_is_what_arrived_over_the_last_second() {
+        let t = Instant::now();
+        let mut d = Delivered::default();
+        // 1,200-byte packets, one every 10 ms (960 kbit/s), feedback every 100 ms; a
+        // queue of a 480 kbit/s link from 1 s on: each packet arrives 20 ms after the last.
+        let mut sent = 0;
+        let mut figures = Vec::new();
+        for _ in 0..30 {
+            let reports: Vec<_> = (0..10)
+                .map(|_| {
+                    sent += 1;
+                    let arrival = if sent <= 100 {
+                        sent * 10
+                    } else {
+                        1_000 + (sent - 100) * 20
+                    };
+                    arrived(t, sent, sent * 10, 5_000 + arrival)
+                })
+                .collect();
+            figures.push(d.on_reports(&reports));
+        }
+        assert_eq!(figures[3], None, "less than half a second seen");
+        let clean = figures[9].unwrap();
+        assert!((940_000..=980_000).contains(&clean), "{clean}");
+        let full = figures[29].unwrap();
+        assert!((470_000..=490_000).contains(&full), "{full}");
+        // Half lost: half the rate.
+        let mut d = Delivered::default();
+        let mut last = None;
+        for i in 0..200u64 {
+            let r = arrived(t, i, i * 10, 100 + i * 10);
+            let r = PacketReport {
+                arrived: i % 2 == 0,
+                ..r
+            };
+            last = d.on_reports(&[r]).or(last);
+        }
+        let half = last.unwrap();
+        assert!((470_000..=490_000).contains(&half), "{half}");
+        // The clock goes back: no figure until half a second again.
+        assert_eq!(d.on_reports(&[arrived(t, 300, 3_000, 50)]), None);
     }
 
     /// The wait in the queues is each packet's one-way delay over the least of the last

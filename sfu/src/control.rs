@@ -531,6 +531,21 @@ impl Node {
                 )
                 .await;
             }
+            EngineEvent::PublishLayers {
+                participant: k,
+                mid,
+                paused,
+            } => {
+                self.tell(
+                    k,
+                    NodeMsg::PublishLayers {
+                        participant: participant(k),
+                        mid,
+                        paused,
+                    },
+                )
+                .await;
+            }
             EngineEvent::Link {
                 participant: k,
                 figures,

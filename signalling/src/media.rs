@@ -406,6 +406,13 @@ impl Link {
                 NodeMsg::PublishRenegotiate { participant } => {
                     self.to_connection(participant, ServerMsg::PublishRenegotiate);
                 }
+                NodeMsg::PublishLayers {
+                    participant,
+                    mid,
+                    paused,
+                } => {
+                    self.to_connection(participant, ServerMsg::PublishLayers { mid, paused });
+                }
                 NodeMsg::Link {
                     participant,
                     figures,

@@ -52,7 +52,9 @@ const MATRIX = process.env.QUALITY_CASES
   : FULL
     ? ['clean', 'loss5-rtt150', 'loss20', 'cap350', 'cap350-lifted']
     : SHORT;
-const KINDS = ['ours', 'direct'];
+// QUALITY_KINDS=ours re-measures our calls alone (the direct call's figures do not
+// change with the SFU).
+const KINDS = process.env.QUALITY_KINDS ? process.env.QUALITY_KINDS.split(',') : ['ours', 'direct'];
 
 // A watchdog for the whole file: each run is two windows at most plus ~30 s of setup.
 // The sound-only test: about 90 s with its setup.
@@ -491,7 +493,8 @@ function perVideo(a, b) {
 // kbit/s: the SFU gives the patient the lower layer of the clinician's video and the
 // guests the full one, at full frame rate: nobody else's picture is lowered for the
 // patient (before simulcast, the SFU's limit on the clinician's browser lowered it for
-// all).
+// all). Before the guests come, in the call of two, the clinician's lower layer is
+// paused (sent as a thumbnail) and sent again once there are three to serve.
 test('one poor subscriber in a four-person call: the patient gets the lower layer, the other three keep full quality', async () => {
   await p.withPatientEnv('quality four-person', async (env) => {
     const net = await impairedNetwork(env, { seed: 11, maxSeconds: 4 * WINDOW_S + 300 });
@@ -500,6 +503,10 @@ test('one poor subscriber in a four-person call: the patient gets the lower laye
     const call = await oursCall(env, patientBrowser);
     const { consultation } = await call.clinician.evaluate(() => window.consultStaff.state());
     const { token } = await h.rest(ORIGIN).post('/api/staff/sign-in', { username: 'dr.jones', password: call.password });
+    // A call of two: the patient alone receives the clinician's video, and takes its full
+    // layer at what its link carries: the clinician's page is told to send its lower
+    // layer as a thumbnail (publish_layers).
+    await h.waitFor(call.clinician, (x) => x.pausedLayers.includes('h'), 'the clinician pauses its lower layer in a call of two', 20_000, h.staffStats);
     const guests = [];
     for (const name of ['Gail Guest', 'Gus Guest']) {
       const visit = await s.enter(ORIGIN, 'derm', name);
@@ -518,6 +525,8 @@ test('one poor subscriber in a four-person call: the patient gets the lower laye
         await h.sleep(200);
       }
     }
+    // Three receive it now: each needs the layer its link takes, the lower one sent again.
+    await h.waitFor(call.clinician, (x) => x.pausedLayers.length === 0, 'the clinician sends its lower layer again for three', 10_000, h.staffStats);
     await h.sleep(FULL ? 5000 : 3000);
     const window = async (seconds) => {
       const a = await Promise.all(everyone.map(videosIn));

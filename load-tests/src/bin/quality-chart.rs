@@ -1,5 +1,6 @@
 //! The call-quality chart of REPORT.md (issue 15): the frames per second the patient's
-//! page decoded, second by second, through our SFU and in a direct call, for some
+//! page decoded (or the lines of the picture, `--metric height`), second by second,
+//! through our SFU and in a direct call, for some
 //! conditions of `web-client/tests/quality.test.mjs`. Reads the `quality-samples` lines
 //! that `load-tests/measure-all` keeps in `results/quality.txt`.
 //!
@@ -13,7 +14,9 @@ use clap::Parser;
 use load_tests::chart;
 
 #[derive(Parser, Debug)]
-#[command(about = "Draws received fps over time, ours and direct, from quality.test.mjs's samples")]
+#[command(
+    about = "Draws received fps (or picture height) over time, ours and direct, from quality.test.mjs's samples"
+)]
 struct Args {
     /// The lines of a full quality run (`quality-samples kind=… condition=… run=… [...]`).
     #[arg(long)]
@@ -30,6 +33,9 @@ struct Args {
     /// Which run of each to draw.
     #[arg(long, default_value_t = 1)]
     run: u32,
+    /// What to draw of each sample: `fps` (frames decoded a second) or `height` (lines).
+    #[arg(long, default_value = "fps", value_parser = ["fps", "height"])]
+    metric: String,
     #[arg(long, default_value = chart::DEFAULT_FONT)]
     font: PathBuf,
 }
@@ -52,7 +58,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("samples of {kind} {condition}"))?;
             let points = samples
                 .iter()
-                .filter_map(|s| Some((s.get("t")?.as_f64()?, s.get("fps")?.as_f64()?)))
+                .filter_map(|s| Some((s.get("t")?.as_f64()?, s.get(&args.metric)?.as_f64()?)))
                 .collect();
             series.push(chart::Series {
                 name: format!("{kind}: {condition}"),
@@ -63,7 +69,11 @@ fn main() -> anyhow::Result<()> {
     let labels = chart::Labels {
         title: "Video decoded by the patient's page over an impaired link",
         x: "seconds into the window (cap350-lifted: cap lifted at the middle)",
-        y: "frames per second",
+        y: if args.metric == "height" {
+            "lines of the picture decoded"
+        } else {
+            "frames per second"
+        },
     };
     chart::draw(&args.out, &args.font, &labels, &series)?;
     println!("wrote {}", args.out.display());

@@ -192,6 +192,14 @@ pub enum EngineEvent {
     /// The participant's browser should send a new offer for its publisher connection: the
     /// video codecs everyone else in its room can receive changed.
     PublishRenegotiate { participant: u128 },
+    /// The participant's browser should send, of its simulcast video in media section
+    /// `mid`, the layers named in `paused` (by rid) only as thumbnails, the others as set
+    /// up.
+    PublishLayers {
+        participant: u128,
+        mid: String,
+        paused: Vec<String>,
+    },
     /// What the engine measures of the participant's downlink (every few seconds while
     /// media flows to it).
     Link {
@@ -208,6 +216,7 @@ impl EngineEvent {
             | EngineEvent::Connection { participant, .. }
             | EngineEvent::PeerState { participant, .. }
             | EngineEvent::PublishRenegotiate { participant }
+            | EngineEvent::PublishLayers { participant, .. }
             | EngineEvent::Link { participant, .. } => *participant,
         }
     }

@@ -146,6 +146,14 @@ pub enum NodeMsg {
     /// The participant's browser should offer its publisher connection again (the codecs
     /// its consultation can receive changed).
     PublishRenegotiate { participant: ParticipantId },
+    /// The participant's browser should send, of its simulcast video in media section
+    /// `mid`, the layers named in `paused` (rids) only as thumbnails: none of its
+    /// subscribers needs them.
+    PublishLayers {
+        participant: ParticipantId,
+        mid: String,
+        paused: Vec<String>,
+    },
     /// A participant was removed by the node (consultation ended, patient moved, failure).
     Left {
         participant: ParticipantId,

@@ -401,6 +401,12 @@ pub enum ServerMsg {
     /// The SFU asks for a new `publish_offer` on the publisher connection: the video codecs
     /// everyone in the consultation can receive changed, and its answer will pick another.
     PublishRenegotiate,
+    /// The SFU asks the browser to send, of its simulcast video in media section `mid`,
+    /// the layers named in `paused` (rids) only as thumbnails, the others as set up:
+    /// nobody it sends to needs them now (in a call of two, the one who receives it takes
+    /// its full layer, at the rate their link carries). An empty `paused`: every layer
+    /// as set up again.
+    PublishLayers { mid: String, paused: Vec<String> },
     /// What the SFU measures of this browser's downlink, every few seconds while media
     /// flows to it: its estimate of the bandwidth (from the browser's congestion
     /// feedback), the round trip and the share of packets lost.

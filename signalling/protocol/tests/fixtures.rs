@@ -586,6 +586,13 @@ fn media_fixtures() -> Vec<&'static str> {
         ),
         check("server_publish_renegotiate", &ServerMsg::PublishRenegotiate),
         check(
+            "server_publish_layers",
+            &ServerMsg::PublishLayers {
+                mid: "1".into(),
+                paused: vec!["h".into()],
+            },
+        ),
+        check(
             "server_media_joined",
             &ServerMsg::MediaJoined {
                 consultation: consultation(),
@@ -796,6 +803,14 @@ fn control_fixtures() -> Vec<&'static str> {
             "node_publish_renegotiate",
             &NodeMsg::PublishRenegotiate {
                 participant: participant(),
+            },
+        ),
+        check(
+            "node_publish_layers",
+            &NodeMsg::PublishLayers {
+                participant: participant(),
+                mid: "1".into(),
+                paused: vec!["h".into()],
             },
         ),
         check(

@@ -10,7 +10,8 @@
 //                      leave_media, media_state, receive_video
 //   server -> browser: media_joined, publish_answer, subscriber_offer,
 //                      subscriber_answer_applied, ice_candidate, media_connection,
-//                      media_ended, peer_media_state, publish_renegotiate, media_link
+//                      media_ended, peer_media_state, publish_renegotiate, publish_layers,
+//                      media_link
 //
 // Each participant has two connections, so that each side only ever offers on its own:
 // the *publisher* (the browser offers; it sends camera and microphone) and the
@@ -18,6 +19,9 @@
 // answers; it receives one MediaStream per other participant, named by its stream id).
 // The SFU may ask for a new publisher offer (`publish_renegotiate`) when the video codecs
 // everyone in the consultation can decode change: its answer then picks another codec.
+// It may also ask the browser to pause some simulcast layers of a video (`publish_layers`,
+// by rid) while nobody needs them: in a call of two the one who receives it takes the full
+// layer, at the rate their link carries, as in a direct call.
 //
 // Media state: what this browser sends (microphone on, a picture, a shared screen) goes
 // to the others as `media_state` after every `media_joined` and whenever it changes
@@ -121,6 +125,7 @@ const MEDIA_MESSAGES = new Set([
   'media_ended',
   'peer_media_state',
   'publish_renegotiate',
+  'publish_layers',
   'media_resumed',
   'ice_servers',
   'media_link',
@@ -179,6 +184,11 @@ export const VIDEO_ENCODINGS = Object.freeze([
   Object.freeze({ rid: 'h', scaleResolutionDownBy: 2 }),
   Object.freeze({ rid: 'f' }),
 ]);
+// What a layer the SFU pauses (`publish_layers`) sends instead: a thumbnail, a safety net
+// the SFU can switch its subscriber to at once, costing the publisher little (the SFU
+// counts on this rate: bwe::THUMBNAIL_BPS). Never off: Chromium starts its full layer
+// only once the lower ones have their rate.
+const THUMBNAIL = Object.freeze({ scaleResolutionDownBy: 4, maxBitrate: 60_000 });
 
 export class MediaSession {
   // The states a session goes through, reported to onState({state, ...}):
@@ -216,6 +226,7 @@ export class MediaSession {
   #resuming = false; // resume_media sent, its answer awaited
   #receiveVideo = true; // whether the SFU should send this page the others' video
   #link = null; // {downKbps, rttMs, lossPct, at}: the SFU's last figures for our downlink
+  #pausedLayers = []; // rids of our video the SFU asked to send as thumbnails (publish_layers)
 
   /**
    * @param {object} o
@@ -444,6 +455,11 @@ export class MediaSession {
       case 'publish_renegotiate':
         if (this.#pcs) this.#offerPublisher(this.#pcs);
         break;
+      case 'publish_layers':
+        if (this.#pcs && typeof msg.mid === 'string' && Array.isArray(msg.paused)) {
+          this.#pauseLayers(this.#pcs, msg.mid, msg.paused);
+        }
+        break;
       case 'subscriber_offer':
         if (this.#pcs) {
           const pcs = this.#pcs;
@@ -512,6 +528,47 @@ export class MediaSession {
   }
 
   /**
+   * Sends the simulcast layers (by rid) in `paused` of the video in media section `mid` as
+   * thumbnails and the others as set up, as the SFU asks (`publish_layers`); never all.
+   */
+  async #pauseLayers(pcs, mid, paused) {
+    const sender = pcs.publisher.getTransceivers().find((t) => t.mid === mid)?.sender;
+    if (!sender) return;
+    // The sender's parameters with each layer as wanted; null if nothing changes.
+    const wanted = () => {
+      const params = sender.getParameters();
+      const encodings = params.encodings || [];
+      if (!encodings.some((e) => e.rid) || encodings.every((e) => paused.includes(e.rid))) return null;
+      let changed = false;
+      for (const e of encodings) {
+        const want = paused.includes(e.rid) ? THUMBNAIL : VIDEO_ENCODINGS.find((x) => x.rid === e.rid) || {};
+        const scale = want.scaleResolutionDownBy ?? 1;
+        if ((e.scaleResolutionDownBy ?? 1) !== scale || e.maxBitrate !== want.maxBitrate) {
+          e.scaleResolutionDownBy = scale;
+          if (want.maxBitrate === undefined) delete e.maxBitrate;
+          else e.maxBitrate = want.maxBitrate;
+          changed = true;
+        }
+      }
+      this.#pausedLayers = encodings.filter((e) => paused.includes(e.rid)).map((e) => e.rid);
+      return changed ? params : null;
+    };
+    const params = wanted();
+    if (!params) return;
+    // With its lower layers paused, the full layer keeps its resolution when the SFU asks
+    // for less (a direct call's one stream does); Chromium would otherwise scale it down
+    // for a minute.
+    params.degradationPreference = paused.length ? 'maintain-resolution' : 'balanced';
+    try {
+      await sender.setParameters(params);
+    } catch {
+      // A browser that refuses the preference: the layers alone.
+      const again = wanted();
+      if (again) await sender.setParameters(again).catch((e) => console.warn(`simulcast layers of media section ${mid}: ${e.message}`));
+    }
+  }
+
+  /**
    * How this session's media reaches the SFU now, from the publisher connection's selected
    * candidate pair (media-path.js): 'udp', 'tcp', 'turn_udp', 'turn_tcp', 'turn_tls', or
    * null while none is selected.
@@ -550,6 +607,8 @@ export class MediaSession {
       marks: { ...this.#marks },
       // The track each publisher sender sends now (null: nothing is sent).
       senders: { audio: null, video: null },
+      // The simulcast layers (rids) of its video that the SFU asked it to pause.
+      pausedLayers: [...this.#pausedLayers],
       // Per other participant (by the id of the stream their tracks arrive in): video
       // frames decoded and in which codec, audio packets received.
       byStream: {},
@@ -650,7 +709,10 @@ export class MediaSession {
     for (const kind of ['audio', 'video']) {
       const track = this.localStream?.getTracks().find((t) => t.kind === kind);
       const init = { direction: 'sendonly', streams };
-      if (kind === 'video') init.sendEncodings = VIDEO_ENCODINGS.map((e) => ({ ...e }));
+      if (kind === 'video') {
+        init.sendEncodings = VIDEO_ENCODINGS.map((e) => ({ ...e }));
+        this.#pausedLayers = [];
+      }
       pcs.publisher.addTransceiver(track || kind, init);
     }
     this.#reofferWanted = false;

@@ -5,6 +5,8 @@
 
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 
+use super::forwarding::RIDS;
+use super::negotiation::receiver_mid;
 use super::*;
 use crate::bwe::{self, DownlinkState, UplinkLimit};
 use crate::engine::playout;
@@ -37,13 +39,18 @@ impl Endpoint {
             conns,
             touched,
             counters,
+            events_out,
             ..
         } = self;
         let mut probing = false;
         for room in rooms.values_mut() {
-            for t in room.tracks.values_mut() {
+            for (id, t) in room.tracks.iter_mut() {
                 for rate in &mut t.rates {
                     rate.update(now);
+                }
+                let top = t.ssrcs.iter().rposition(|s| *s != 0).unwrap_or(0);
+                if t.simulcast() && room.forwarder.layer_active(*id, top as Layer, now) {
+                    t.lower_bps = t.rates.iter().take(top).map(|r| r.bps).sum();
                 }
             }
             // Each subscriber's share for each video it receives (none in sound only: its
@@ -52,10 +59,9 @@ impl Endpoint {
                 let Some(o) = members.get_mut(&key) else {
                     continue;
                 };
-                let estimate = conns
-                    .get(&o.subscriber)
-                    .and_then(|c| c.estimate.as_ref())
-                    .map_or(0, |e| e.bitrate.load(Ordering::Relaxed));
+                let cell = conns.get(&o.subscriber).and_then(|c| c.estimate.as_ref());
+                let estimate = cell.map_or(0, |e| e.bitrate.load(Ordering::Relaxed));
+                let delivered = cell.map_or(0, |e| e.delivered_bps.load(Ordering::Relaxed));
                 let videos = o
                     .subscribed
                     .values()
@@ -74,10 +80,14 @@ impl Endpoint {
                 o.video_share = (estimate > 0 && !o.video_off)
                     .then(|| bwe::share(estimate, videos, audio))
                     .flatten();
+                o.video_carried = (delivered > 0)
+                    .then(|| bwe::share(delivered, videos, audio))
+                    .flatten();
             }
             tell_downstream_loss(room, members, conns);
             time_repairs(room, members, conns, now);
             probing |= choose_layers(room, members, conns, touched, counters, now);
+            pause_lower_layers(room, members, conns, events_out, now);
             for &key in &room.members {
                 limit_uplink(room, key, members, conns, touched, now);
             }
@@ -213,7 +223,8 @@ fn choose_layers(
             .map(|c| c.downlink(probes))
             .unwrap_or_default();
         // A downlink that keeps queueing: the video whose layer sends the most, of those
-        // with a lower layer to go to, gives way (one a step).
+        // with a lower layer to go to (else of all: its ceiling falls), gives way (one a
+        // step).
         let shed = o
             .queue_watch
             .lasting(now, downlink.queue)
@@ -226,9 +237,9 @@ fn choose_layers(
                         let c = usize::from(s.layers.chosen()?);
                         let bps = rates.get(c).copied().flatten()?;
                         let lower = rates.iter().take(c).any(Option::is_some);
-                        lower.then_some((*track, bps))
+                        Some((*track, (lower, bps)))
                     })
-                    .max_by_key(|(_, bps)| *bps)
+                    .max_by_key(|(_, rank)| *rank)
                     .map(|(track, _)| track)
             })
             .flatten();
@@ -239,6 +250,7 @@ fn choose_layers(
             let rates = layer_rates(&room.forwarder, *track, t, now);
             s.layers.downlink(DownlinkState {
                 shed: shed == Some(*track),
+                carried: o.video_carried,
                 ..downlink
             });
             let before = s.layers.probing();
@@ -251,6 +263,7 @@ fn choose_layers(
                     participant = key,
                     track = track.0,
                     ?layer,
+                    ceiling = ?s.layers.ceiling(),
                     queue = ?downlink.queue,
                     loss = ?downlink.loss_ppm,
                     "probe over"
@@ -267,6 +280,7 @@ fn choose_layers(
                     track = track.0,
                     layer,
                     ?share,
+                    ceiling = ?s.layers.ceiling(),
                     queue = ?downlink.queue,
                     loss = ?downlink.loss_ppm,
                     "layer chosen"
@@ -279,6 +293,58 @@ fn choose_layers(
         request_keyframe(conns, touched, counters, room, req, now);
     }
     probing
+}
+
+/// Tells each publisher of a simulcast video whether to send its lower layers in full or
+/// as thumbnails ([`bwe::LowerLayers`]).
+fn pause_lower_layers(
+    room: &mut Room,
+    members: &HashMap<u128, Member>,
+    conns: &mut HashMap<ConnId, Conn>,
+    events_out: &mut VecDeque<EngineEvent>,
+    now: Instant,
+) {
+    let mut budgets = Vec::new();
+    for (id, t) in room.tracks.iter_mut().filter(|(_, t)| t.simulcast()) {
+        budgets.clear();
+        let mut publisher = None;
+        for key in &room.members {
+            let Some(m) = members.get(key) else {
+                continue;
+            };
+            if m.id == t.publisher {
+                publisher = Some(*key);
+            } else if let Some(s) = m.subscribed.get(id) {
+                budgets.push(m.video_share.map(|share| s.layers.budget(share)));
+            }
+        }
+        let top = t.ssrcs.iter().rposition(|s| *s != 0).unwrap_or(0);
+        let top_arriving = room.forwarder.layer_active(*id, top as Layer, now);
+        let wanted = bwe::lower_layers_wanted(&budgets);
+        let Some(pause) = t.lower.update(now, wanted, top_arriving) else {
+            continue;
+        };
+        let (Some(participant), Some(mid)) = (
+            publisher,
+            conns
+                .get_mut(&t.conn)
+                .and_then(|c| receiver_mid(&mut c.pc, t.receiver)),
+        ) else {
+            continue;
+        };
+        let paused = if pause {
+            RIDS.iter().take(top).map(|r| (*r).to_owned()).collect()
+        } else {
+            Vec::new()
+        };
+        tracing::debug!(participant, track = id.0, ?paused, "publisher layers");
+        t.lower.told(now, pause);
+        events_out.push_back(EngineEvent::PublishLayers {
+            participant,
+            mid,
+            paused,
+        });
+    }
 }
 
 /// What each layer of `track` sends, in bits per second (`None`: not arriving).
@@ -302,9 +368,13 @@ fn sends_red(room: &Room, track: TrackId) -> bool {
     room.forwarder.codec(track) == Some(Codec::Red)
 }
 
-/// Tells publisher `key` the most it may send, or lifts that limit: for a video without
-/// simulcast, the lowest share among those who receive it (the weakest link sets the
-/// rate); with simulcast, the highest (the others get a lower layer).
+/// Tells publisher `key` the most it may send, or lifts that limit: the sum over its
+/// videos of what each needs, and its sound. A video without simulcast needs the lowest
+/// share among those who receive it (the weakest link sets the rate); one in simulcast,
+/// what its lower layers send and a top layer sized to its best subscriber's budget
+/// ([`bwe::LayerChoice::budget`]: a fit of its share, or what its link is known to
+/// carry): the others get a lower layer, and the best one the full picture at the rate
+/// its link carries.
 fn limit_uplink(
     room: &Room,
     key: u128,
@@ -317,28 +387,55 @@ fn limit_uplink(
         return;
     };
     let mut bound: Option<u64> = None;
-    for &other in &room.members {
-        let Some(o) = members.get(&other).filter(|_| other != key) else {
-            continue;
-        };
-        let Some(share) = o.video_share else {
-            continue;
-        };
-        for (track, s) in &o.subscribed {
-            let Some(t) = room
-                .tracks
-                .get(track)
-                .filter(|t| s.kind == MediaKind::Video && t.publisher == m.id)
-            else {
+    let mut measured = false;
+    let mut unbound = 0;
+    let mut layers = None;
+    for (id, t) in room
+        .tracks
+        .iter()
+        .filter(|(_, t)| t.publisher == m.id && t.kind == MediaKind::Video)
+    {
+        let rates = layer_rates(&room.forwarder, *id, t, now);
+        if t.simulcast() {
+            layers = Some(rates);
+        }
+        let mut need: Option<u64> = None;
+        // Whether the need is a subscriber's ceiling (measured), not an estimate.
+        let mut of_ceiling = false;
+        for &other in room.members.iter().filter(|o| **o != key) {
+            let Some(o) = members.get(&other) else {
                 continue;
             };
-            bound = Some(match bound {
-                None => share,
-                Some(b) if t.simulcast() => b.max(share),
-                Some(b) => b.min(share),
-            });
+            let (Some(share), Some(s)) = (o.video_share, o.subscribed.get(id)) else {
+                continue;
+            };
+            if !t.simulcast() {
+                need = Some(need.map_or(share, |n| n.min(share)));
+                continue;
+            }
+            let budget = s.layers.budget(share);
+            if need.is_none_or(|n| budget > n) {
+                need = Some(budget);
+                of_ceiling = s.layers.budget_measured(share);
+            }
         }
+        measured |= of_ceiling;
+        let sends = rates.iter().flatten().sum::<u64>();
+        let Some(need) = need else {
+            // Nobody it must be limited for: what it sends is left to it.
+            unbound += sends;
+            continue;
+        };
+        let need = if t.simulcast() {
+            let top = t.ssrcs.iter().rposition(|s| *s != 0).unwrap_or(0);
+            let arriving = rates.get(top).copied().flatten().is_some();
+            bwe::simulcast_need(t.lower_bps, t.lower.paused(), arriving, need)
+        } else {
+            need
+        };
+        bound = Some(bound.unwrap_or(0) + need);
     }
+    let bound = bound.map(|b| b + unbound);
     let audio = room
         .tracks
         .iter()
@@ -359,13 +456,17 @@ fn limit_uplink(
         Some(_) => {}
         None => u.sample = Some((now, received)),
     }
-    let Some(remb) = u.limit.update(now, bound.map(|l| l + audio), u.sending) else {
+    let Some(remb) = u
+        .limit
+        .update_with(now, bound.map(|l| l + audio), u.sending, measured)
+    else {
         return;
     };
     tracing::debug!(
         participant = key,
         remb,
         sending = u.sending,
+        ?layers,
         "publisher limit"
     );
     let ssrcs: Vec<u32> = room

@@ -353,6 +353,7 @@ impl Endpoint {
                 downlink_lossy_until: None,
                 playout: crate::engine::playout::Settle::default(),
                 video_share: None,
+                video_carried: None,
                 probe: None,
                 queue_watch: Default::default(),
                 _live: LiveGuard::new(&LIVE_PARTICIPANTS),

@@ -103,13 +103,11 @@ pub(super) fn request_keyframe(
 /// full resolution; the web client sends `h` and `f`), as most SFUs and their clients name
 /// them.
 pub(super) fn layer_of_rid(rid: &str) -> Option<Layer> {
-    match rid {
-        "q" => Some(0),
-        "h" => Some(1),
-        "f" => Some(2),
-        _ => None,
-    }
+    RIDS.iter().position(|r| *r == rid).map(|l| l as Layer)
 }
+
+/// The rid of each layer, by layer.
+pub(super) const RIDS: [&str; MAX_LAYERS] = ["q", "h", "f"];
 
 impl Endpoint {
     /// One packet of a published track, to every subscriber the core routes it to.
@@ -432,6 +430,8 @@ impl Endpoint {
                     ssrcs
                 },
                 rates: Default::default(),
+                lower_bps: 0,
+                lower: Default::default(),
             },
         );
         tracing::debug!(track = track.0, ?kind, "publishing");

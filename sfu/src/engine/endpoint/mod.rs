@@ -331,6 +331,7 @@ impl Conn {
             queue: self.queue(),
             probes,
             shed: false,
+            carried: None,
         }
     }
 
@@ -361,6 +362,11 @@ struct Published {
     ssrcs: [u32; MAX_LAYERS],
     /// What each layer sends ([`bandwidth`]).
     rates: [LayerRate; MAX_LAYERS],
+    /// What its layers below the top sent, in bits per second, when the top layer last
+    /// arrived (a browser sends its lower layers more while it stops its top one).
+    lower_bps: u64,
+    /// Whether its publisher was told to pause its lower layers ([`bandwidth`]).
+    lower: crate::bwe::LowerLayers,
 }
 
 /// What one layer of a published track sends: bytes counted as packets come, turned into
@@ -455,6 +461,9 @@ struct Member {
     /// What each video it receives may take of its downlink, as of the last tick
     /// ([`bandwidth`]); `None` before its first estimate, or in sound only.
     video_share: Option<u64>,
+    /// Its share, per video, of what its downlink delivered over the last second
+    /// ([`crate::bwe::DownlinkState::carried`]).
+    video_carried: Option<u64>,
     /// Its subscriber connection's probe track, added with its first video ([`probe`]).
     probe: Option<probe::ProbeTrack>,
     /// Whether its downlink keeps queueing ([`bandwidth`]).

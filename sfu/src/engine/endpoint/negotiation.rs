@@ -60,14 +60,28 @@ fn add_sent_track(
 
 /// The media id (`mid`) of the transceiver that holds `sender`, once negotiated.
 pub(super) fn sender_mid(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<String> {
+    transceiver_mid(pc, Some(sender), None)
+}
+
+/// The media id (`mid`) of the transceiver that holds `receiver`, once negotiated.
+pub(super) fn receiver_mid(
+    pc: &mut RTCPeerConnection,
+    receiver: RTCRtpReceiverId,
+) -> Option<String> {
+    transceiver_mid(pc, None, Some(receiver))
+}
+
+fn transceiver_mid(
+    pc: &mut RTCPeerConnection,
+    sender: Option<RTCRtpSenderId>,
+    receiver: Option<RTCRtpReceiverId>,
+) -> Option<String> {
     let transceivers: Vec<_> = pc.get_transceivers().collect();
     transceivers.into_iter().find_map(|id| {
         let t = pc.rtp_transceiver(id)?;
-        if t.sender() == Some(sender) {
-            t.mid().clone()
-        } else {
-            None
-        }
+        let holds = (sender.is_some() && t.sender() == sender)
+            || (receiver.is_some() && t.receiver() == receiver);
+        if holds { t.mid().clone() } else { None }
     })
 }
 
