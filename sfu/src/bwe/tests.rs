@@ -187,47 +187,50 @@ fn a_publisher_is_limited_after_its_subscribers_share_stays_low_for_a_second() {
     let t = Instant::now();
     let mut u = UplinkLimit::default();
     // A subscriber that can take what it sends: nothing said.
-    assert_eq!(u.update(at(t, 0), Some(2_000_000), 1_000_000), None);
+    assert_eq!(u.update(at(t, 0), Some(2_000_000), 1_000_000, false), None);
     // Its estimate falls below: not at once (one low estimate), but after a second.
-    assert_eq!(u.update(at(t, 100), Some(300_000), 1_000_000), None);
-    assert_eq!(u.update(at(t, 600), Some(310_000), 1_000_000), None);
+    assert_eq!(u.update(at(t, 100), Some(300_000), 1_000_000, false), None);
+    assert_eq!(u.update(at(t, 600), Some(310_000), 1_000_000, false), None);
     assert_eq!(
-        u.update(at(t, 1_100), Some(320_000), 1_000_000),
+        u.update(at(t, 1_100), Some(320_000), 1_000_000, false),
         Some(320_000)
     );
     assert!(u.limited());
     // Told again every second while it lasts, and at once when the share falls.
-    assert_eq!(u.update(at(t, 1_500), Some(330_000), 330_000), None);
+    assert_eq!(u.update(at(t, 1_500), Some(330_000), 330_000, false), None);
     // (Held at the first limit: a higher estimate does not raise it yet.)
     assert_eq!(
-        u.update(at(t, 2_100), Some(340_000), 330_000),
+        u.update(at(t, 2_100), Some(340_000), 330_000, false),
         Some(320_000)
     );
     assert_eq!(
-        u.update(at(t, 2_200), Some(250_000), 330_000),
+        u.update(at(t, 2_200), Some(250_000), 330_000, false),
         Some(250_000)
     );
     // The estimate rises again: held at the fallen limit for 5 s after the fall (at
     // 2,200), then it follows.
     assert_eq!(
-        u.update(at(t, 3_200), Some(1_000_000), 250_000),
+        u.update(at(t, 3_200), Some(1_000_000), 250_000, false),
         Some(250_000)
     );
     assert_eq!(
-        u.update(at(t, 6_300), Some(1_000_000), 250_000),
+        u.update(at(t, 6_300), Some(1_000_000), 250_000, false),
         Some(250_000)
     );
     assert_eq!(
-        u.update(at(t, 7_300), Some(1_000_000), 250_000),
+        u.update(at(t, 7_300), Some(1_000_000), 250_000, false),
         Some(1_000_000)
     );
     // And is lifted once no subscriber constrains it.
     assert_eq!(
-        u.update(at(t, 8_300), Some(5_000_000), 1_000_000),
+        u.update(at(t, 8_300), Some(5_000_000), 1_000_000, false),
         Some(NO_LIMIT)
     );
     assert!(!u.limited());
-    assert_eq!(u.update(at(t, 9_300), Some(5_000_000), 1_000_000), None);
+    assert_eq!(
+        u.update(at(t, 9_300), Some(5_000_000), 1_000_000, false),
+        None
+    );
 }
 
 /// A rise that fails within 5 s holds the next fall half as long again (7.5 s, then
@@ -236,40 +239,40 @@ fn a_publisher_is_limited_after_its_subscribers_share_stays_low_for_a_second() {
 fn a_failed_probe_lengthens_the_next_hold() {
     let t = Instant::now();
     let mut u = UplinkLimit::default();
-    u.update(at(t, 0), Some(300_000), 1_000_000);
+    u.update(at(t, 0), Some(300_000), 1_000_000, false);
     assert_eq!(
-        u.update(at(t, 1_000), Some(300_000), 1_000_000),
+        u.update(at(t, 1_000), Some(300_000), 1_000_000, false),
         Some(300_000)
     );
     // Held until 6,000; it rises at 6,000 and falls at 8,000: the probe failed.
     assert_eq!(
-        u.update(at(t, 6_000), Some(400_000), 300_000),
+        u.update(at(t, 6_000), Some(400_000), 300_000, false),
         Some(400_000)
     );
     assert_eq!(
-        u.update(at(t, 8_000), Some(280_000), 400_000),
+        u.update(at(t, 8_000), Some(280_000), 400_000, false),
         Some(280_000)
     );
     // Held 7.5 s: still 280,000 at 15,000, free at 16,000.
     assert_eq!(
-        u.update(at(t, 15_000), Some(500_000), 280_000),
+        u.update(at(t, 15_000), Some(500_000), 280_000, false),
         Some(280_000)
     );
     assert_eq!(
-        u.update(at(t, 16_000), Some(500_000), 280_000),
+        u.update(at(t, 16_000), Some(500_000), 280_000, false),
         Some(500_000)
     );
     // A fall 10 s after that rise: back to 5 s.
     assert_eq!(
-        u.update(at(t, 26_000), Some(300_000), 500_000),
+        u.update(at(t, 26_000), Some(300_000), 500_000, false),
         Some(300_000)
     );
     assert_eq!(
-        u.update(at(t, 30_500), Some(600_000), 300_000),
+        u.update(at(t, 30_500), Some(600_000), 300_000, false),
         Some(300_000)
     );
     assert_eq!(
-        u.update(at(t, 31_500), Some(600_000), 300_000),
+        u.update(at(t, 31_500), Some(600_000), 300_000, false),
         Some(600_000)
     );
 }
@@ -278,9 +281,12 @@ fn a_failed_probe_lengthens_the_next_hold() {
 fn a_low_share_that_recovers_within_the_second_changes_nothing() {
     let t = Instant::now();
     let mut u = UplinkLimit::default();
-    assert_eq!(u.update(at(t, 0), Some(300_000), 1_000_000), None);
-    assert_eq!(u.update(at(t, 500), Some(900_000), 1_000_000), None);
-    assert_eq!(u.update(at(t, 1_200), Some(300_000), 1_000_000), None);
+    assert_eq!(u.update(at(t, 0), Some(300_000), 1_000_000, false), None);
+    assert_eq!(u.update(at(t, 500), Some(900_000), 1_000_000, false), None);
+    assert_eq!(
+        u.update(at(t, 1_200), Some(300_000), 1_000_000, false),
+        None
+    );
     assert!(!u.limited());
 }
 
@@ -289,17 +295,21 @@ fn a_limit_is_lifted_when_no_subscriber_has_an_estimate() {
     let t = Instant::now();
     let mut u = UplinkLimit::default();
     assert_eq!(
-        u.update(at(t, 0), None, 1_000_000),
+        u.update(at(t, 0), None, 1_000_000, false),
         None,
         "never limited: nothing"
     );
-    u.update(at(t, 0), Some(100_000), 1_000_000);
+    u.update(at(t, 0), Some(100_000), 1_000_000, false);
     assert_eq!(
-        u.update(at(t, 1_000), Some(100_000), 1_000_000),
+        u.update(at(t, 1_000), Some(100_000), 1_000_000, false),
         Some(100_000)
     );
-    assert_eq!(u.update(at(t, 1_200), None, 100_000), Some(NO_LIMIT));
-    assert_eq!(u.update(at(t, 1_400), None, 100_000), None, "lifted once");
+    assert_eq!(u.update(at(t, 1_200), None, 100_000, false), Some(NO_LIMIT));
+    assert_eq!(
+        u.update(at(t, 1_400), None, 100_000, false),
+        None,
+        "lifted once"
+    );
 }
 
 #[test]

@@ -22,15 +22,11 @@ impl UplinkLimit {
     }
 
     /// `share`: the lowest share of its subscribers' estimates (None: no subscriber has
-    /// one); `sending`: what the publisher sends now, in bits per second. The REMB to send
-    /// to the publisher now, if any.
-    pub fn update(&mut self, now: Instant, share: Option<u64>, sending: u64) -> Option<u64> {
-        self.update_with(now, share, sending, false)
-    }
-
-    /// The same, `measured`: the share is what a full link was seen to carry (a
-    /// [`LayerChoice`]'s ceiling), not an estimate that may dip: it limits at once.
-    pub fn update_with(
+    /// one); `sending`: what the publisher sends now, in bits per second; `measured`: the
+    /// share is what a full link was seen to carry (a [`LayerChoice`]'s ceiling), not an
+    /// estimate that may dip: it limits at once. The REMB to send to the publisher now, if
+    /// any.
+    pub fn update(
         &mut self,
         now: Instant,
         share: Option<u64>,

@@ -48,7 +48,7 @@ impl Endpoint {
                 for rate in &mut t.rates {
                     rate.update(now);
                 }
-                let top = t.ssrcs.iter().rposition(|s| *s != 0).unwrap_or(0);
+                let top = t.top_layer();
                 if t.simulcast() && room.forwarder.layer_active(*id, top as Layer, now) {
                     t.lower_bps = t.rates.iter().take(top).map(|r| r.bps).sum();
                 }
@@ -318,7 +318,7 @@ fn pause_lower_layers(
                 budgets.push(m.video_share.map(|share| s.layers.budget(share)));
             }
         }
-        let top = t.ssrcs.iter().rposition(|s| *s != 0).unwrap_or(0);
+        let top = t.top_layer();
         let top_arriving = room.forwarder.layer_active(*id, top as Layer, now);
         let wanted = bwe::lower_layers_wanted(&budgets);
         let Some(pause) = t.lower.update(now, wanted, top_arriving) else {
@@ -427,7 +427,7 @@ fn limit_uplink(
             continue;
         };
         let need = if t.simulcast() {
-            let top = t.ssrcs.iter().rposition(|s| *s != 0).unwrap_or(0);
+            let top = t.top_layer();
             let arriving = rates.get(top).copied().flatten().is_some();
             bwe::simulcast_need(t.lower_bps, t.lower.paused(), arriving, need)
         } else {
@@ -458,7 +458,7 @@ fn limit_uplink(
     }
     let Some(remb) = u
         .limit
-        .update_with(now, bound.map(|l| l + audio), u.sending, measured)
+        .update(now, bound.map(|l| l + audio), u.sending, measured)
     else {
         return;
     };

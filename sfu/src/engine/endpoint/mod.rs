@@ -392,6 +392,11 @@ impl Published {
         self.ssrcs.iter().filter(|s| **s != 0).count() > 1
     }
 
+    /// Its highest layer (0 without simulcast).
+    fn top_layer(&self) -> usize {
+        self.ssrcs.iter().rposition(|s| *s != 0).unwrap_or(0)
+    }
+
     fn codec_of(&self, payload_type: u8) -> Option<Codec> {
         self.payload_types
             .iter()
