@@ -85,6 +85,8 @@ async function snapshot(page) {
       freezes: 0,
       freezeS: 0,
       framesDecoded: 0,
+      framesReceived: 0,
+      videoRepaired: 0,
       fps: 0,
       height: 0,
       videoLost: 0,
@@ -108,6 +110,8 @@ async function snapshot(page) {
       videoSent: 0,
       videoResent: 0,
       nacksHeard: 0,
+      topEncoded: 0,
+      topLimitedS: 0,
     };
     for (const pc of window.__pcs || []) {
       if (pc.connectionState === 'closed') continue;
@@ -130,6 +134,8 @@ async function snapshot(page) {
           out.freezes += r.freezeCount || 0;
           out.freezeS += r.totalFreezesDuration || 0;
           out.framesDecoded += r.framesDecoded || 0;
+          out.framesReceived += r.framesReceived || 0;
+          out.videoRepaired += r.retransmittedPacketsReceived || 0;
           out.fps = Math.max(out.fps, r.framesPerSecond || 0);
           out.height = Math.max(out.height, r.frameHeight || 0);
           out.videoLost += r.packetsLost || 0;
@@ -153,6 +159,11 @@ async function snapshot(page) {
           out.videoSent += r.packetsSent || 0;
           out.videoResent += r.retransmittedPacketsSent || 0;
           out.nacksHeard += r.nackCount || 0;
+          // The full picture's stream: the simulcast layer 'f', or a direct call's one.
+          if (!r.rid || r.rid === 'f') {
+            out.topEncoded += r.framesEncoded || 0;
+            out.topLimitedS += r.qualityLimitationDurations?.bandwidth || 0;
+          }
         } else if (r.type === 'transport' && r.selectedCandidatePairId) {
           const pair = byId.get(r.selectedCandidatePairId);
           out.aob += pair?.availableOutgoingBitrate || 0;
@@ -210,6 +221,10 @@ async function measure(receiver, sender, seconds) {
     aob_kbps: Math.round(mean(samples.map((x) => x.aob))),
     rtt_ms: Math.round(b.rtt * 1000),
     frames: d('framesDecoded'),
+    // Frames whole in the receiver's buffer (decoded or not), and the video packets that
+    // came as retransmissions.
+    frames_received: d('framesReceived'),
+    repaired: d('videoRepaired'),
     // The other way: what the sender's page (the clinician's) received of the patient over
     // the patient's impaired uplink.
     back_freezes_per_min: round((backD('freezes') * 60) / windowS, 2),
@@ -221,6 +236,10 @@ async function measure(receiver, sender, seconds) {
     // (share of its video packets), and the NACKs it was sent for it.
     up_resent_pct: round(d('videoSent') > 0 ? (100 * d('videoResent')) / d('videoSent') : 0, 2),
     up_nacks_heard: d('nacksHeard'),
+    // What the sender's page (the clinician's) encoded of its full picture, frames a
+    // second, and for how many seconds its encoder was held back by its bandwidth.
+    src_fps: round(backD('topEncoded') / windowS, 1),
+    src_bw_limited_s: round(backD('topLimitedS'), 1),
     samples,
   };
 }

@@ -23,7 +23,7 @@ struct Args {
     input: PathBuf,
     #[arg(long)]
     out: PathBuf,
-    /// The conditions to draw, each for both kinds.
+    /// The conditions to draw, each for both kinds (or the one measured).
     #[arg(
         long,
         value_delimiter = ',',
@@ -46,13 +46,15 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.input.display()))?;
     let mut series = Vec::new();
     for condition in &args.conditions {
+        let drawn = series.len();
         for kind in ["ours", "direct"] {
             let head = format!(
                 "quality-samples kind={kind} condition={condition} run={} ",
                 args.run
             );
+            // A condition measured for one kind only is drawn for that one.
             let Some(line) = text.lines().find_map(|l| l.strip_prefix(&head)) else {
-                anyhow::bail!("no samples for {kind} {condition} run {}", args.run);
+                continue;
             };
             let samples: Vec<serde_json::Value> = serde_json::from_str(line)
                 .with_context(|| format!("samples of {kind} {condition}"))?;
@@ -64,6 +66,9 @@ fn main() -> anyhow::Result<()> {
                 name: format!("{kind}: {condition}"),
                 points,
             });
+        }
+        if series.len() == drawn {
+            anyhow::bail!("no samples for {condition} run {}", args.run);
         }
     }
     let labels = chart::Labels {

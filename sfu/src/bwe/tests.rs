@@ -686,14 +686,16 @@ fn a_paused_video_is_limited_to_its_thumbnail_and_a_full_layer_it_can_start() {
 }
 
 /// Lower layers are paused after nobody has wanted them for a while, asked for again
-/// at once; and asked for again when the full layer does not come, then left on.
+/// at once; asked for again when the full layer does not come or stops, then left on
+/// for a while, longer after each such try.
 #[test]
 fn lower_layers_pause_when_unwanted_and_come_back_when_wanted_or_the_top_is_missing() {
     let t = Instant::now();
     let at = |ms: u64| t + Duration::from_millis(ms);
     let mut l = LowerLayers::default();
+    // Pausable while the full layer arrives (the publisher's uplink losing nothing).
     let mut l = move |now, wanted, top| {
-        let told = l.update(now, wanted, top);
+        let told = l.update(now, wanted, top, may_pause(top, false, false));
         if let Some(pause) = told {
             l.told(now, pause);
         }
@@ -716,43 +718,89 @@ fn lower_layers_pause_when_unwanted_and_come_back_when_wanted_or_the_top_is_miss
     assert_eq!(l(at(4_100), true, true), (Some(false), false));
     assert_eq!(l(at(4_200), false, true), (None, false));
     assert_eq!(l(at(7_200), false, true), (Some(true), true));
-    // The full layer stops (its publisher's uplink): waited for, then given up on.
-    assert_eq!(l(at(8_000), false, false), (None, true));
-    assert_eq!(l(at(11_900), false, false), (None, true));
-    assert_eq!(l(at(12_000), false, false), (Some(false), false));
+    // The full layer stops (its publisher's uplink): its subscriber is on the thumbnail,
+    // so at once.
+    assert_eq!(l(at(8_000), false, false), (Some(false), false));
     // Not paused again for a while, though unwanted and the full layer back.
     assert_eq!(l(at(20_000), false, true), (None, false));
-    assert_eq!(l(at(41_900), false, true), (None, false));
+    assert_eq!(l(at(37_900), false, true), (None, false));
     assert_eq!(
-        l(at(42_000), false, true),
+        l(at(38_000), false, true),
         (None, false),
         "unwanted from now"
     );
-    assert_eq!(l(at(45_000), false, true), (Some(true), true));
-    // Another try whose full layer does not come: held twice as long.
-    assert_eq!(l(at(45_100), false, false), (None, true));
-    assert_eq!(l(at(49_100), false, false), (Some(false), false));
-    assert_eq!(l(at(109_000), false, true), (None, false));
+    assert_eq!(l(at(41_000), false, true), (Some(true), true));
+    // Another try whose full layer stops: held twice as long.
+    assert_eq!(l(at(42_000), false, false), (Some(false), false));
+    assert_eq!(l(at(101_900), false, true), (None, false));
     assert_eq!(
-        l(at(109_100), false, true),
+        l(at(102_000), false, true),
         (None, false),
         "unwanted from now"
     );
-    assert_eq!(l(at(112_100), false, true), (Some(true), true));
-    // A full layer that comes back within the wait keeps them paused (and the next
-    // hold is the first one's again).
-    assert_eq!(l(at(113_000), false, false), (None, true));
-    assert_eq!(l(at(115_000), false, true), (None, true));
-    assert_eq!(l(at(118_000), false, false), (None, true));
-    assert_eq!(l(at(121_900), false, false), (None, true));
-    assert_eq!(l(at(122_000), false, false), (Some(false), false));
-    assert_eq!(l(at(151_900), false, true), (None, false));
+    assert_eq!(l(at(105_000), false, true), (Some(true), true));
+    // A full layer that arrives long enough starts the count again.
+    assert_eq!(l(at(225_000), false, true), (None, true));
+    assert_eq!(l(at(226_000), false, false), (Some(false), false));
+    assert_eq!(l(at(255_900), false, true), (None, false));
     assert_eq!(
-        l(at(152_000), false, true),
+        l(at(256_000), false, true),
         (None, false),
         "unwanted from now"
     );
-    assert_eq!(l(at(155_000), false, true), (Some(true), true));
+    assert_eq!(l(at(259_000), false, true), (Some(true), true));
+}
+
+/// A full layer that does not arrive is waited for after a pause only while the SFU's
+/// own limit is what keeps it off (the pause then makes room for it); kept off by its
+/// publisher's uplink, the lower layers are not paused, and a pause whose full layer
+/// never comes is given up after [`TOP_WAIT`]. Nor are they paused while the publisher's
+/// uplink loses packets.
+#[test]
+fn lower_layers_pause_for_a_missing_full_layer_only_when_the_sfu_holds_it_off() {
+    assert!(may_pause(true, false, false));
+    assert!(may_pause(false, true, false));
+    assert!(
+        !may_pause(false, false, false),
+        "its own uplink keeps it off"
+    );
+    assert!(!may_pause(true, false, true), "a lossy uplink");
+    assert!(!may_pause(false, true, true), "a lossy uplink");
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    let mut l = LowerLayers::default();
+    let mut l = move |now, top, held_off| {
+        let told = l.update(now, false, top, may_pause(top, held_off, false));
+        if let Some(pause) = told {
+            l.told(now, pause);
+        }
+        (told, l.paused())
+    };
+    // The publisher's own uplink keeps the full layer off: nothing to make room for.
+    assert_eq!(l(at(0), false, false), (None, false));
+    assert_eq!(l(at(10_000), false, false), (None, false));
+    // The SFU limits the publisher (a capped subscriber): paused to make room.
+    assert_eq!(l(at(10_100), false, true), (None, false));
+    assert_eq!(l(at(13_100), false, true), (Some(true), true));
+    // The full layer starts within the wait: kept.
+    assert_eq!(l(at(14_500), true, true), (None, true));
+    assert_eq!(l(at(30_000), true, true), (None, true));
+    // Then stops: at once.
+    assert_eq!(l(at(30_100), false, true), (Some(false), false));
+    // A pause whose full layer never comes: given up after the wait.
+    let mut m = LowerLayers::default();
+    let held_off = may_pause(false, true, false);
+    assert_eq!(m.update(at(0), false, false, held_off), None);
+    assert_eq!(m.update(at(3_000), false, false, held_off), Some(true));
+    m.told(at(3_000), true);
+    assert_eq!(m.update(at(6_900), false, false, held_off), None);
+    assert_eq!(m.update(at(7_000), false, false, held_off), Some(false));
+    m.told(at(7_000), false);
+    assert_eq!(
+        m.update(at(36_900), false, false, held_off),
+        None,
+        "held after the try"
+    );
 }
 
 /// With no layer below (its publisher paused them), a video told to shed keeps its

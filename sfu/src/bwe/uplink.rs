@@ -124,29 +124,49 @@ pub fn simulcast_need(lower_bps: u64, lower_paused: bool, top_arriving: bool, bu
 /// for at once.
 pub const LOWER_PAUSE_AFTER: Duration = Duration::from_secs(3);
 
-/// Lower layers paused while their video's full layer does not come for this long are
-/// asked for again: its publisher's own uplink cannot carry the full layer (at 20 % loss
-/// on it Chromium's estimate held it to about 100 kbit/s), and its one subscriber would
-/// be left with the thumbnail. A browser starts a full layer it may send within a second
-/// or two of being told ([`TOP_START`]).
+/// Lower layers paused while their video's full layer has not come for this long are
+/// asked for again: a browser starts a full layer it may send within a second or two of
+/// being told ([`TOP_START`]); one that has not, its publisher's own uplink cannot carry
+/// (at 20 % loss on it Chromium's estimate held it to about 100 kbit/s), and its one
+/// subscriber is left with the thumbnail meanwhile.
 pub const TOP_WAIT: Duration = Duration::from_secs(4);
 
 /// After lower layers were asked for again because the full layer did not come
-/// ([`TOP_WAIT`]), they are not paused again for this long, twice as long after each such
-/// try in a row, up to [`PAUSE_RETRY_MAX`] (each try costs its subscriber [`TOP_WAIT`] on
-/// the thumbnail).
+/// ([`TOP_WAIT`]) or stopped, they are not paused again for this long, twice as long
+/// after each such try in a row, up to [`PAUSE_RETRY_MAX`]; a full layer that then
+/// arrives for [`PAUSE_RETRY_MAX`] while they are paused starts the count again.
 pub const PAUSE_RETRY: Duration = Duration::from_secs(30);
 pub const PAUSE_RETRY_MAX: Duration = Duration::from_secs(120);
 
+/// Whether pausing a video's lower layers can give its one subscriber the full layer
+/// steadily: that layer arrives, or the SFU's own limit on its publisher (REMB) is what
+/// keeps it off (the pause makes room for it: [`simulcast_need`]); and the publisher's
+/// uplink is not losing packets (`uplink_lossy`: as [`crate::engine::playout`] counts
+/// it). A browser's estimate follows its uplink's loss, and a lone full layer it can no
+/// longer carry it stops, its subscriber left with the thumbnail and two keyframe
+/// switches (Chromium, 20 % loss on the patient's uplink: the clinician's view froze 10
+/// times a minute with pauses there, 4–7 without); nor does a browser start a full layer
+/// its own uplink keeps off.
+pub fn may_pause(top_arriving: bool, held_off: bool, uplink_lossy: bool) -> bool {
+    (top_arriving || held_off) && !uplink_lossy
+}
+
 /// Whether a simulcast publisher's lower layers are paused (sent as thumbnails), one per
-/// published video: paused once nobody has needed them ([`lower_layers_wanted`]) for
-/// [`LOWER_PAUSE_AFTER`], asked for again at once when they are wanted, or when the full
-/// layer has not come for [`TOP_WAIT`] while they were paused (then not paused again for
-/// [`PAUSE_RETRY`] or more). A browser starts with every layer on.
+/// published video. Paused once nobody has needed them ([`lower_layers_wanted`]) for
+/// [`LOWER_PAUSE_AFTER`] while pausing them can work ([`may_pause`]). Asked for again at
+/// once when they are wanted; when the full layer, having come, stops (its publisher's
+/// uplink dropped it: its subscriber is on the thumbnail from that moment); and when it
+/// has not come for [`TOP_WAIT`]. After either of the last two, not paused again for
+/// [`PAUSE_RETRY`] or more. A browser starts with every layer on.
 #[derive(Debug, Default, Clone)]
 pub struct LowerLayers {
     paused: bool,
     unwanted_since: Option<Instant>,
+    /// While paused: since when the full layer has arrived without a break.
+    top_since: Option<Instant>,
+    /// While paused: whether the full layer has arrived since the pause.
+    top_came: bool,
+    /// While paused: since when the full layer has not arrived.
     top_missing_since: Option<Instant>,
     held_until: Option<Instant>,
     /// The next hold after a try whose full layer did not come (`None`: [`PAUSE_RETRY`]).
@@ -160,41 +180,66 @@ impl LowerLayers {
     }
 
     /// `wanted`: whether anyone needs them now; `top_arriving`: whether the full layer
-    /// arrives. What to tell the publisher now (`Some(true)`: pause them, `Some(false)`:
-    /// send them again), if anything; [`Self::told`] once it is told.
-    pub fn update(&mut self, now: Instant, wanted: bool, top_arriving: bool) -> Option<bool> {
+    /// arrives; `pausable`: whether pausing them can work now ([`may_pause`]). What to
+    /// tell the publisher now (`Some(true)`: pause them, `Some(false)`: send them again),
+    /// if anything; [`Self::told`] once it is told.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        wanted: bool,
+        top_arriving: bool,
+        pausable: bool,
+    ) -> Option<bool> {
         if self.paused {
             if top_arriving {
+                self.top_came = true;
                 self.top_missing_since = None;
-                self.retry = None;
+                let since = *self.top_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= PAUSE_RETRY_MAX {
+                    self.retry = None;
+                }
             } else {
+                self.top_since = None;
                 self.top_missing_since.get_or_insert(now);
             }
-            (wanted || self.top_missing(now)).then_some(false)
-        } else if wanted || self.held_until.is_some_and(|u| now < u) {
+            (wanted || self.top_failed(now)).then_some(false)
+        } else if wanted || !pausable || self.held_until.is_some_and(|u| now < u) {
             self.unwanted_since = None;
             None
         } else {
             let since = *self.unwanted_since.get_or_insert(now);
-            (now.saturating_duration_since(since) >= LOWER_PAUSE_AFTER).then_some(true)
+            let pause = now.saturating_duration_since(since) >= LOWER_PAUSE_AFTER;
+            if pause {
+                // Counted from the pause: whether the full layer came, since when not.
+                self.top_came = top_arriving;
+                self.top_since = top_arriving.then_some(now);
+                self.top_missing_since = (!top_arriving).then_some(now);
+            }
+            pause.then_some(true)
         }
     }
 
     /// The publisher was told to pause them (`pause`) or send them again.
     pub fn told(&mut self, now: Instant, pause: bool) {
-        if !pause && self.top_missing(now) {
+        if !pause && self.top_failed(now) {
             let hold = self.retry.unwrap_or(PAUSE_RETRY);
             self.held_until = Some(now + hold);
             self.retry = Some((hold * 2).min(PAUSE_RETRY_MAX));
         }
         self.paused = pause;
         self.unwanted_since = None;
-        self.top_missing_since = None;
+        if !pause {
+            self.top_since = None;
+            self.top_came = false;
+            self.top_missing_since = None;
+        }
     }
 
-    fn top_missing(&self, now: Instant) -> bool {
+    /// While paused: the full layer stopped after it came, or has not come for
+    /// [`TOP_WAIT`].
+    fn top_failed(&self, now: Instant) -> bool {
         self.top_missing_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= TOP_WAIT)
+            .is_some_and(|since| self.top_came || now.saturating_duration_since(since) >= TOP_WAIT)
     }
 }
 

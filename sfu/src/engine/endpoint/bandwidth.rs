@@ -28,6 +28,13 @@ pub(super) struct Uplink {
     lossy_until: Option<Instant>,
 }
 
+impl Uplink {
+    /// Whether it has lost packets within [`playout::LOSSY_FOR`].
+    fn lossy(&self, now: Instant) -> bool {
+        self.lossy_until.is_some_and(|until| now < until)
+    }
+}
+
 impl Endpoint {
     /// Every tick: what each layer of each published track sends, the layer each
     /// subscriber gets of each simulcast video ([`bwe::LayerChoice`]), and the most each
@@ -172,7 +179,6 @@ fn time_repairs(
         }
         m.uplink.missing = missing;
     }
-    let lossy = |until: Option<Instant>| until.is_some_and(|until| now < until);
     let rtt = |m: &Member| Duration::from_micros(conns.get(&m.subscriber).map_or(0, Conn::rtt_us));
     for key in &room.members {
         let Some(m) = members.get(key) else {
@@ -183,9 +189,12 @@ fn time_repairs(
             .iter()
             .filter(|k| *k != key)
             .filter_map(|k| members.get(k))
-            .filter(|p| lossy(p.uplink.lossy_until))
+            .filter(|p| p.uplink.lossy(now))
             .map(rtt);
-        let own = lossy(m.downlink_lossy_until).then(|| rtt(m));
+        let own = m
+            .downlink_lossy_until
+            .is_some_and(|until| now < until)
+            .then(|| rtt(m));
         let delay = playout::delay_for(uplinks.chain(own));
         let Some(m) = members.get_mut(key) else {
             continue;
@@ -321,7 +330,15 @@ fn pause_lower_layers(
         let top = t.top_layer();
         let top_arriving = room.forwarder.layer_active(*id, top as Layer, now);
         let wanted = bwe::lower_layers_wanted(&budgets);
-        let Some(pause) = t.lower.update(now, wanted, top_arriving) else {
+        let uplink = publisher
+            .and_then(|key| members.get(&key))
+            .map(|m| &m.uplink);
+        let pausable = bwe::may_pause(
+            top_arriving,
+            uplink.is_some_and(|u| u.limit.limited()),
+            uplink.is_some_and(|u| u.lossy(now)),
+        );
+        let Some(pause) = t.lower.update(now, wanted, top_arriving, pausable) else {
             continue;
         };
         let (Some(participant), Some(mid)) = (
