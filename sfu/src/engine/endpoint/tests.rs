@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use protocol::MediaLeg;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
@@ -24,7 +25,9 @@ use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEs
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -161,10 +164,34 @@ struct Browser {
     publish_answer: String,
     /// Its answers take no RED (as Firefox ESR's).
     no_red: bool,
+    /// Its video in two simulcast layers, as a browser's (`None`: one stream).
+    simulcast: Option<Simulcast>,
+}
+
+/// A simulated browser's simulcast: its full layer (rid `f`) on the video's own SSRC and
+/// sequence numbers, the half layer (rid `h`, a quarter of the bytes) on these; each
+/// packet named by its rid and mid in header extensions, as Chromium does.
+struct Simulcast {
+    half_ssrc: u32,
+    half_seq: u16,
+    /// The extensions' ids, from the SFU's answer, and the video's mid.
+    rid_ext: u8,
+    mid_ext: u8,
+    mid: String,
+    /// Its full layer is off (as a browser whose estimate cannot carry it).
+    top_off: bool,
+    /// The SFU asked for its half layer as a thumbnail (`publish_layers`): a sixteenth.
+    half_paused: bool,
 }
 
 impl Browser {
     fn new(key: u128, ip: IpAddr, video_kbps: u32, now: Instant) -> Self {
+        Self::with_video(key, ip, video_kbps, false, now)
+    }
+
+    /// A browser whose video goes in two simulcast layers if `simulcast` ([`Simulcast`];
+    /// the extension ids are read from the SFU's answer, [`World::publish`]).
+    fn with_video(key: u128, ip: IpAddr, video_kbps: u32, simulcast: bool, now: Instant) -> Self {
         let mut publisher = Leg::new(SocketAddr::new(ip, 5000), now);
         let subscriber = Leg::new(SocketAddr::new(ip, 5001), now);
         let ssrcs = (0x1000 + key as u32, 0x2000 + key as u32);
@@ -181,16 +208,31 @@ impl Browser {
                 opus,
             ))
             .unwrap();
-        let video = publisher
-            .pc
-            .add_track(media_track(
+        let half_ssrc = 0x3000 + key as u32;
+        let track = if simulcast {
+            let encodings = [("h", half_ssrc), ("f", ssrcs.1)]
+                .into_iter()
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: rid.to_owned(),
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: vp8.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            MediaStreamTrack::new(
                 stream,
                 "video".into(),
+                "video".into(),
                 RtpCodecKind::Video,
-                ssrcs.1,
-                vp8,
-            ))
-            .unwrap();
+                encodings,
+            )
+        } else {
+            media_track(stream, "video".into(), RtpCodecKind::Video, ssrcs.1, vp8)
+        };
+        let video = publisher.pc.add_track(track).unwrap();
         Self {
             key,
             ip,
@@ -217,6 +259,15 @@ impl Browser {
             offer_ufrags: Vec::new(),
             publish_answer: String::new(),
             no_red: false,
+            simulcast: simulcast.then(|| Simulcast {
+                half_ssrc,
+                half_seq: 0,
+                rid_ext: 0,
+                mid_ext: 0,
+                mid: String::new(),
+                top_off: false,
+                half_paused: false,
+            }),
         }
     }
 
@@ -367,34 +418,64 @@ impl Browser {
             .max(30);
             let mean = (kbps as usize * 1000 / 8) * 33 / 1000;
             let size = if key { mean * 3 } else { mean };
-            let per_packet = MAX_PAYLOAD - 4 - 10;
-            let packets = size.div_ceil(per_packet).max(1);
-            for i in 0..packets {
-                let index = self.sent.1;
-                self.sent.1 += 1;
-                self.video_sent_at.push(now);
-                let mut p = vec![if i == 0 { 0x10 } else { 0x00 }];
-                if i == 0 {
-                    p.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
-                    if key {
-                        p.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
+            match &self.simulcast {
+                None => self.send_frame(None, size, key, now),
+                Some(s) => {
+                    let (top_off, half) = (s.top_off, if s.half_paused { 16 } else { 4 });
+                    self.send_frame(Some(false), size / half, key, now);
+                    if !top_off {
+                        self.send_frame(Some(true), size, key, now);
                     }
                 }
-                let body = (size / packets).max(CHECKED);
-                p.resize(p.len() + body, fill(index));
-                p.extend_from_slice(&index.to_be_bytes());
-                let header = rtp::Header {
-                    version: 2,
-                    marker: i + 1 == packets,
-                    payload_type: 96,
-                    sequence_number: self.seqs.1,
-                    timestamp: self.frames.wrapping_mul(3000),
-                    ssrc: self.ssrcs.1,
-                    ..Default::default()
-                };
-                self.seqs.1 = self.seqs.1.wrapping_add(1);
-                self.write(self.video, header, p, now);
             }
+        }
+    }
+
+    /// One video frame of `size` bytes: on the one stream (`top`: `None`), or on the full
+    /// (`Some(true)`) or half simulcast layer.
+    fn send_frame(&mut self, top: Option<bool>, size: usize, key: bool, now: Instant) {
+        let per_packet = MAX_PAYLOAD - 4 - 10;
+        let packets = size.div_ceil(per_packet).max(1);
+        for i in 0..packets {
+            let index = self.sent.1;
+            self.sent.1 += 1;
+            self.video_sent_at.push(now);
+            let mut p = vec![if i == 0 { 0x10 } else { 0x00 }];
+            if i == 0 {
+                p.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
+                if key {
+                    p.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
+                }
+            }
+            let body = (size / packets).max(CHECKED);
+            p.resize(p.len() + body, fill(index));
+            p.extend_from_slice(&index.to_be_bytes());
+            let (ssrc, seq) = match (top, self.simulcast.as_mut()) {
+                (Some(false), Some(s)) => (s.half_ssrc, &mut s.half_seq),
+                _ => (self.ssrcs.1, &mut self.seqs.1),
+            };
+            let mut header = rtp::Header {
+                version: 2,
+                marker: i + 1 == packets,
+                payload_type: 96,
+                sequence_number: *seq,
+                timestamp: self.frames.wrapping_mul(3000),
+                ssrc,
+                ..Default::default()
+            };
+            *seq = seq.wrapping_add(1);
+            if let (Some(top), Some(s)) = (top, &self.simulcast) {
+                header.extension = true;
+                header.extension_profile = 0xBEDE;
+                let rid = if top { "f" } else { "h" };
+                header
+                    .set_extension(s.rid_ext, Bytes::from_static(rid.as_bytes()))
+                    .unwrap();
+                header
+                    .set_extension(s.mid_ext, Bytes::from(s.mid.clone().into_bytes()))
+                    .unwrap();
+            }
+            self.write(self.video, header, p, now);
         }
     }
 
@@ -485,8 +566,26 @@ impl World {
     /// its index.
     fn join(&mut self, video_kbps: u32) -> usize {
         let n = self.browsers.len();
-        let key = 100 + n as u128;
-        let mut b = Browser::new(key, host(n as u8 + 1), video_kbps, self.now);
+        let b = Browser::new(100 + n as u128, host(n as u8 + 1), video_kbps, self.now);
+        self.publish(b)
+    }
+
+    /// The same, its video in two simulcast layers.
+    fn join_simulcast(&mut self, video_kbps: u32) -> usize {
+        let n = self.browsers.len();
+        let b = Browser::with_video(
+            100 + n as u128,
+            host(n as u8 + 1),
+            video_kbps,
+            true,
+            self.now,
+        );
+        self.publish(b)
+    }
+
+    fn publish(&mut self, mut b: Browser) -> usize {
+        let n = self.browsers.len();
+        let key = b.key;
         let joined = self.sfu.handle_command(
             Command::Join {
                 room: ROOM,
@@ -512,6 +611,23 @@ impl World {
             panic!("publish: {answer:?}");
         };
         b.publish_answer.clone_from(&answer);
+        if let Some(sc) = &mut b.simulcast {
+            let ext = |uri: &str| {
+                answer.lines().find_map(|l| {
+                    let (id, u) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+                    (u.trim() == uri).then(|| id.parse().ok())?
+                })
+            };
+            sc.rid_ext = ext("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id").unwrap();
+            sc.mid_ext = ext("urn:ietf:params:rtp-hdrext:sdes:mid").unwrap();
+            let video = answer.split("m=").find(|m| m.starts_with("video")).unwrap();
+            sc.mid = video
+                .lines()
+                .find_map(|l| l.strip_prefix("a=mid:"))
+                .unwrap()
+                .trim()
+                .to_owned();
+        }
         b.publisher
             .pc
             .set_remote_description(self.now, RTCSessionDescription::answer(answer).unwrap())
@@ -567,6 +683,20 @@ impl World {
     /// not what is tested here).
     fn event(&mut self, e: EngineEvent) {
         let now = self.now;
+        if let EngineEvent::PublishLayers {
+            participant,
+            paused,
+            ..
+        } = &e
+        {
+            if let Some(s) = self
+                .browser(*participant)
+                .and_then(|b| b.simulcast.as_mut())
+            {
+                s.half_paused = paused.iter().any(|r| r == "h");
+            }
+            return;
+        }
         let EngineEvent::SubscriberOffer { participant, sdp } = e else {
             return;
         };
@@ -1611,4 +1741,106 @@ fn a_probe_reaches_the_subscriber_and_stops_when_its_link_fills() {
     assert_eq!(dropped, 0, "the link dropped nothing");
     // Held after the failed probe: the layer stays.
     assert_eq!(probe_verdict(&mut w, key, track), Some(0));
+}
+
+/// What the endpoint told publisher `key` of its simulcast layers (`publish_layers`): when,
+/// and the rids it is to send as thumbnails.
+fn layers_told(w: &World, key: u128) -> Vec<(Instant, Vec<String>)> {
+    w.events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            EngineEvent::PublishLayers {
+                participant,
+                paused,
+                ..
+            } if *participant == key => Some((*at, paused.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn half_paused(w: &World, key: u128) -> bool {
+    layers_told(w, key)
+        .last()
+        .is_some_and(|(_, paused)| paused.iter().any(|r| r == "h"))
+}
+
+/// A call of two whose publisher sends simulcast runs as a direct call: its half layer
+/// goes to a thumbnail once its one subscriber takes the full layer; when the full layer
+/// stops (the publisher's own estimate), the half layer is asked for again at once, not
+/// after `TOP_WAIT`, and the subscriber's video goes on; and it is not paused again for a
+/// while, though the full layer comes back.
+#[test]
+fn a_call_of_two_pauses_the_half_layer_and_asks_for_it_at_once_when_the_full_layer_stops() {
+    let mut w = World::new(21);
+    let p = w.join_simulcast(600);
+    w.join(500);
+    let key = w.browsers[p].key;
+    let paused = w.run_until(Duration::from_secs(10), |w| half_paused(w, key));
+    assert!(paused, "not paused: {:?}", layers_told(&w, key));
+    assert!(w.browsers[p].simulcast.as_ref().unwrap().half_paused);
+    let before = w.browsers[1].got(MediaKind::Video).1;
+    w.run_for(Duration::from_secs(2));
+    assert!(
+        w.browsers[1].got(MediaKind::Video).1 > before + 100,
+        "the full layer goes on to the subscriber"
+    );
+
+    w.browsers[p].simulcast.as_mut().unwrap().top_off = true;
+    let stopped = w.now;
+    let resumed = w.run_until(Duration::from_secs(6), |w| !half_paused(w, key));
+    assert!(resumed, "the half layer not asked for again");
+    let at = layers_told(&w, key).last().unwrap().0;
+    assert!(
+        at - stopped < crate::bwe::TOP_WAIT,
+        "asked for again {:?} after the full layer stopped",
+        at - stopped
+    );
+    let before = w.browsers[1].got(MediaKind::Video).1;
+    w.run_for(Duration::from_secs(2));
+    assert!(
+        w.browsers[1].got(MediaKind::Video).1 > before + 50,
+        "the subscriber is switched to the half layer"
+    );
+
+    w.browsers[p].simulcast.as_mut().unwrap().top_off = false;
+    let told = layers_told(&w, key).len();
+    w.run_for(Duration::from_secs(15));
+    assert_eq!(
+        layers_told(&w, key).len(),
+        told,
+        "paused again within the hold: {:?}",
+        layers_told(&w, key)
+    );
+}
+
+/// A publisher whose uplink loses keeps sending its half layer in full, though its one
+/// subscriber could take the full layer: its own estimate would stop a lone full layer.
+/// Once the loss is over (and `LOSSY_FOR` after it), the call of two runs as a direct
+/// call again.
+#[test]
+fn a_publisher_whose_uplink_loses_keeps_its_half_layer() {
+    let mut w = World::new(22);
+    let p = w.join_simulcast(600);
+    w.join(500);
+    let key = w.browsers[p].key;
+    w.set_links(p, LinkConfig::clean(DELAY).with_loss(0.05));
+    let before = w.browsers[1].got(MediaKind::Video).1;
+    w.run_for(Duration::from_secs(12));
+    assert!(w.browsers[1].got(MediaKind::Video).1 > before + 500);
+    assert!(
+        layers_told(&w, key).is_empty(),
+        "paused while the uplink loses: {:?}",
+        layers_told(&w, key)
+    );
+
+    w.set_links(p, LinkConfig::clean(DELAY));
+    let t = w.now;
+    let paused = w.run_until(Duration::from_secs(20), |w| half_paused(w, key));
+    assert!(paused, "not paused once the loss was over");
+    assert!(
+        w.now - t >= crate::engine::playout::LOSSY_FOR,
+        "paused {:?} after the loss",
+        w.now - t
+    );
 }
