@@ -485,7 +485,7 @@ struct Codecs {
     receives: CodecSet,
     /// The video codecs its subscriber connection's first answer with video accepted: the
     /// `rtc` core keeps that connection to them.
-    accepts: Option<CodecSet>,
+    accepts_video: Option<CodecSet>,
     /// The same for audio (Opus, and RED if its browser takes it).
     accepts_audio: Option<CodecSet>,
     /// Every payload type of its last offer that the policy holds, and its codec.
@@ -501,7 +501,7 @@ impl Codecs {
         Self {
             offered: Vec::new(),
             receives: CodecSet::all_video(),
-            accepts: None,
+            accepts_video: None,
             accepts_audio: None,
             payload_types: Vec::new(),
             sends: None,

@@ -153,7 +153,7 @@ impl Endpoint {
         let can_take = m
             .codecs
             .receives
-            .intersect(m.codecs.accepts.unwrap_or_else(CodecSet::all_video));
+            .intersect(m.codecs.accepts_video.unwrap_or_else(CodecSet::all_video));
         let mut probe_codecs: Option<Vec<Codec>> = None;
         for (t, p) in &r.tracks {
             if p.publisher == m.id || m.subscribed.contains_key(t) {
@@ -369,7 +369,7 @@ impl Endpoint {
         // What the browser accepted of each track: the codecs (and payload types) of its
         // media section; of each kind, the first answer's are what the connection keeps.
         for (video, accepts) in [
-            (true, &mut m.codecs.accepts),
+            (true, &mut m.codecs.accepts_video),
             (false, &mut m.codecs.accepts_audio),
         ] {
             if accepts.is_none() && sections.iter().any(|s| s.video == video) {
