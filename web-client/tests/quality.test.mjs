@@ -175,6 +175,20 @@ async function snapshot(page) {
   });
 }
 
+/** Each simulcast layer a page sends, as `rid:scalabilityMode` from its encoder's figures. */
+async function sentModes(page) {
+  return page.evaluate(async () => {
+    const modes = [];
+    for (const pc of window.__pcs || []) {
+      if (pc.connectionState === 'closed') continue;
+      (await pc.getStats()).forEach((r) => {
+        if (r.type === 'outbound-rtp' && r.kind === 'video' && r.rid) modes.push(`${r.rid}:${r.scalabilityMode}`);
+      });
+    }
+    return modes.sort();
+  });
+}
+
 /** Sums over `seconds`: start and end snapshots, and a sample of each page every second. */
 async function measure(receiver, sender, seconds) {
   const [a, back] = await Promise.all([snapshot(receiver), snapshot(sender)]);
@@ -526,6 +540,9 @@ test('one poor subscriber in a four-person call: the patient gets the lower laye
     // layer at what its link carries: the clinician's page is told to send its lower
     // layer as a thumbnail (publish_layers).
     await h.waitFor(call.clinician, (x) => x.pausedLayers.includes('h'), 'the clinician pauses its lower layer in a call of two', 20_000, h.staffStats);
+    // Each layer without temporal layers (media.js VIDEO_ENCODINGS), as its encoder says,
+    // the thumbnail too.
+    assert.deepEqual(await sentModes(call.clinician), ['f:L1T1', 'h:L1T1'], 'every frame a reference');
     const guests = [];
     for (const name of ['Gail Guest', 'Gus Guest']) {
       const visit = await s.enter(ORIGIN, 'derm', name);
