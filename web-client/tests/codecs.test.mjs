@@ -55,6 +55,19 @@ function codecPreference(order, only) {
   }})(${JSON.stringify(order)}, ${only});`;
 }
 const PREFERS_H264 = codecPreference([H264], false); // Safari
+/**
+ * An init script: the page's browser refuses a send encoding's `scalabilityMode` (as one
+ * that does not support the mode asked for would, with an OperationError).
+ */
+const REFUSES_SCALABILITY_MODE = `(${() => {
+  const add = RTCPeerConnection.prototype.addTransceiver;
+  RTCPeerConnection.prototype.addTransceiver = function (what, init) {
+    if (init?.sendEncodings?.some((e) => 'scalabilityMode' in e)) {
+      throw new DOMException('scalabilityMode not supported', 'OperationError');
+    }
+    return add.call(this, what, init);
+  };
+}})();`;
 const H264_ONLY = codecPreference([H264], true); // Safari before 12.1
 
 /** A clinic, its clinician signed in on a call page, and a way to admit more people. */
@@ -145,6 +158,20 @@ test('an H264-preferring publisher (as Safari) is sent in H264 and decoded by th
     await decodesOthers(p.clinician, 'the clinician', 1, (c) => c === H264);
     await decodesOthers(safari, 'the patient', 1, (c) => c === VP8);
     await sends(p.clinician, 'the clinician (Chromium prefers VP8)', VP8);
+    assert.deepEqual(env.pageErrors, []);
+  });
+});
+
+test('a browser that refuses the layers\' scalability mode still sends its video in simulcast', async () => {
+  await h.withEnv('no scalability mode', async (env) => {
+    const p = await platform(env);
+    const { page } = await p.patient('refuses-mode', REFUSES_SCALABILITY_MODE);
+    await sends(page, 'the patient', VP8);
+    await decodesOthers(p.clinician, 'the clinician', 1);
+    await decodesOthers(page, 'the patient', 1);
+    // Both layers, in the browser's own mode.
+    const sent = await page.evaluate(async () => (await window.consultCall.stats()).outboundVideo);
+    assert.equal(sent.tracks, 2, `its video streams: ${JSON.stringify(sent)}`);
     assert.deepEqual(env.pageErrors, []);
   });
 });

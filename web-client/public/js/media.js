@@ -724,7 +724,15 @@ export class MediaSession {
         init.sendEncodings = VIDEO_ENCODINGS.map((e) => ({ ...e }));
         this.#pausedLayers = [];
       }
-      pcs.publisher.addTransceiver(track || kind, init);
+      try {
+        pcs.publisher.addTransceiver(track || kind, init);
+      } catch (e) {
+        // A browser that refuses a layer's scalability mode (not seen; Safari is not
+        // testable here) sends its own default rather than no video.
+        if (!init.sendEncodings) throw e;
+        init.sendEncodings = init.sendEncodings.map(({ scalabilityMode, ...rest }) => rest);
+        pcs.publisher.addTransceiver(track || kind, init);
+      }
     }
     this.#reofferWanted = false;
     this.#restartWanted = false;
