@@ -168,6 +168,17 @@ struct Browser {
     simulcast: Option<Simulcast>,
 }
 
+/// Which video stream a simulated browser's frame goes on.
+#[derive(Clone, Copy)]
+enum Stream {
+    /// Its one stream (no simulcast).
+    One,
+    /// The half simulcast layer (rid `h`).
+    Half,
+    /// The full simulcast layer (rid `f`).
+    Full,
+}
+
 /// A simulated browser's simulcast: its full layer (rid `f`) on the video's own SSRC and
 /// sequence numbers, the half layer (rid `h`, a quarter of the bytes) on these; each
 /// packet named by its rid and mid in header extensions, as Chromium does.
@@ -419,21 +430,20 @@ impl Browser {
             let mean = (kbps as usize * 1000 / 8) * 33 / 1000;
             let size = if key { mean * 3 } else { mean };
             match &self.simulcast {
-                None => self.send_frame(None, size, key, now),
+                None => self.send_frame(Stream::One, size, key, now),
                 Some(s) => {
                     let (top_off, half) = (s.top_off, if s.half_paused { 16 } else { 4 });
-                    self.send_frame(Some(false), size / half, key, now);
+                    self.send_frame(Stream::Half, size / half, key, now);
                     if !top_off {
-                        self.send_frame(Some(true), size, key, now);
+                        self.send_frame(Stream::Full, size, key, now);
                     }
                 }
             }
         }
     }
 
-    /// One video frame of `size` bytes: on the one stream (`top`: `None`), or on the full
-    /// (`Some(true)`) or half simulcast layer.
-    fn send_frame(&mut self, top: Option<bool>, size: usize, key: bool, now: Instant) {
+    /// One video frame of `size` bytes on `stream`.
+    fn send_frame(&mut self, stream: Stream, size: usize, key: bool, now: Instant) {
         let per_packet = MAX_PAYLOAD - 4 - 10;
         let packets = size.div_ceil(per_packet).max(1);
         for i in 0..packets {
@@ -450,8 +460,8 @@ impl Browser {
             let body = (size / packets).max(CHECKED);
             p.resize(p.len() + body, fill(index));
             p.extend_from_slice(&index.to_be_bytes());
-            let (ssrc, seq) = match (top, self.simulcast.as_mut()) {
-                (Some(false), Some(s)) => (s.half_ssrc, &mut s.half_seq),
+            let (ssrc, seq) = match (stream, self.simulcast.as_mut()) {
+                (Stream::Half, Some(s)) => (s.half_ssrc, &mut s.half_seq),
                 _ => (self.ssrcs.1, &mut self.seqs.1),
             };
             let mut header = rtp::Header {
@@ -464,10 +474,14 @@ impl Browser {
                 ..Default::default()
             };
             *seq = seq.wrapping_add(1);
-            if let (Some(top), Some(s)) = (top, &self.simulcast) {
+            let rid = match stream {
+                Stream::One => None,
+                Stream::Half => Some("h"),
+                Stream::Full => Some("f"),
+            };
+            if let (Some(rid), Some(s)) = (rid, &self.simulcast) {
                 header.extension = true;
                 header.extension_profile = 0xBEDE;
-                let rid = if top { "f" } else { "h" };
                 header
                     .set_extension(s.rid_ext, Bytes::from_static(rid.as_bytes()))
                     .unwrap();
@@ -771,6 +785,14 @@ impl World {
             self.step();
         }
         done(self)
+    }
+
+    /// How many of its publishers' video packets browser `to` newly received while the
+    /// world ran for `d`.
+    fn video_while(&mut self, to: usize, d: Duration) -> usize {
+        let before = self.browsers[to].got(MediaKind::Video).1;
+        self.run_for(d);
+        self.browsers[to].got(MediaKind::Video).1 - before
     }
 
     /// The SFU → browser `i` link's statistics.
@@ -1389,10 +1411,8 @@ fn garbage_from_known_and_unknown_addresses_changes_nothing() {
             )
             .is_err()
     );
-    let before = w.browsers[0].got(MediaKind::Video).1;
-    w.run_for(Duration::from_secs(1));
     assert!(
-        w.browsers[0].got(MediaKind::Video).1 > before + 50,
+        w.video_while(0, Duration::from_secs(1)) > 50,
         "media goes on"
     );
 }
@@ -1779,10 +1799,8 @@ fn a_call_of_two_pauses_the_half_layer_and_asks_for_it_at_once_when_the_full_lay
     let paused = w.run_until(Duration::from_secs(10), |w| half_paused(w, key));
     assert!(paused, "not paused: {:?}", layers_told(&w, key));
     assert!(w.browsers[p].simulcast.as_ref().unwrap().half_paused);
-    let before = w.browsers[1].got(MediaKind::Video).1;
-    w.run_for(Duration::from_secs(2));
     assert!(
-        w.browsers[1].got(MediaKind::Video).1 > before + 100,
+        w.video_while(1, Duration::from_secs(2)) > 100,
         "the full layer goes on to the subscriber"
     );
 
@@ -1796,10 +1814,8 @@ fn a_call_of_two_pauses_the_half_layer_and_asks_for_it_at_once_when_the_full_lay
         "asked for again {:?} after the full layer stopped",
         at - stopped
     );
-    let before = w.browsers[1].got(MediaKind::Video).1;
-    w.run_for(Duration::from_secs(2));
     assert!(
-        w.browsers[1].got(MediaKind::Video).1 > before + 50,
+        w.video_while(1, Duration::from_secs(2)) > 50,
         "the subscriber is switched to the half layer"
     );
 
@@ -1825,9 +1841,7 @@ fn a_publisher_whose_uplink_loses_keeps_its_half_layer() {
     w.join(500);
     let key = w.browsers[p].key;
     w.set_links(p, LinkConfig::clean(DELAY).with_loss(0.05));
-    let before = w.browsers[1].got(MediaKind::Video).1;
-    w.run_for(Duration::from_secs(12));
-    assert!(w.browsers[1].got(MediaKind::Video).1 > before + 500);
+    assert!(w.video_while(1, Duration::from_secs(12)) > 500);
     assert!(
         layers_told(&w, key).is_empty(),
         "paused while the uplink loses: {:?}",
