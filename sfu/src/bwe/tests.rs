@@ -685,6 +685,22 @@ fn a_paused_video_is_limited_to_its_thumbnail_and_a_full_layer_it_can_start() {
     );
 }
 
+/// One tick of `l`, the publisher told whatever it says: what it said, and whether they
+/// are paused now.
+fn tell(
+    l: &mut LowerLayers,
+    now: Instant,
+    wanted: bool,
+    top: bool,
+    pausable: bool,
+) -> (Option<bool>, bool) {
+    let told = l.update(now, wanted, top, pausable);
+    if let Some(pause) = told {
+        l.told(now, pause);
+    }
+    (told, l.paused())
+}
+
 /// Lower layers are paused after nobody has wanted them for a while, asked for again
 /// at once; asked for again when the full layer does not come or stops, then left on
 /// for a while, longer after each such try.
@@ -694,13 +710,8 @@ fn lower_layers_pause_when_unwanted_and_come_back_when_wanted_or_the_top_is_miss
     let at = |ms: u64| t + Duration::from_millis(ms);
     let mut l = LowerLayers::default();
     // Pausable while the full layer arrives (the publisher's uplink losing nothing).
-    let mut l = move |now, wanted, top| {
-        let told = l.update(now, wanted, top, may_pause(top, false, false));
-        if let Some(pause) = told {
-            l.told(now, pause);
-        }
-        (told, l.paused())
-    };
+    let mut l =
+        move |now, wanted, top| tell(&mut l, now, wanted, top, may_pause(top, false, false));
     assert_eq!(
         l(at(0), true, true),
         (None, false),
@@ -769,13 +780,8 @@ fn lower_layers_pause_for_a_missing_full_layer_only_when_the_sfu_holds_it_off() 
     let t = Instant::now();
     let at = |ms: u64| t + Duration::from_millis(ms);
     let mut l = LowerLayers::default();
-    let mut l = move |now, top, held_off| {
-        let told = l.update(now, false, top, may_pause(top, held_off, false));
-        if let Some(pause) = told {
-            l.told(now, pause);
-        }
-        (told, l.paused())
-    };
+    let mut l =
+        move |now, top, held_off| tell(&mut l, now, false, top, may_pause(top, held_off, false));
     // The publisher's own uplink keeps the full layer off: nothing to make room for.
     assert_eq!(l(at(0), false, false), (None, false));
     assert_eq!(l(at(10_000), false, false), (None, false));
@@ -790,17 +796,16 @@ fn lower_layers_pause_for_a_missing_full_layer_only_when_the_sfu_holds_it_off() 
     // A pause whose full layer never comes: given up after the wait.
     let mut m = LowerLayers::default();
     let held_off = may_pause(false, true, false);
-    assert_eq!(m.update(at(0), false, false, held_off), None);
-    assert_eq!(m.update(at(3_000), false, false, held_off), Some(true));
-    m.told(at(3_000), true);
-    assert_eq!(m.update(at(6_900), false, false, held_off), None);
-    assert_eq!(m.update(at(7_000), false, false, held_off), Some(false));
-    m.told(at(7_000), false);
-    assert_eq!(
-        m.update(at(36_900), false, false, held_off),
-        None,
-        "held after the try"
-    );
+    let mut m = move |now| tell(&mut m, now, false, false, held_off);
+    assert_eq!(m(at(0)), (None, false));
+    assert_eq!(m(at(3_000)), (Some(true), true));
+    assert_eq!(m(at(6_900)), (None, true));
+    assert_eq!(m(at(7_000)), (Some(false), false));
+    assert_eq!(m(at(8_000)), (None, false));
+    assert_eq!(m(at(11_100)), (None, false), "held after the try");
+    assert_eq!(m(at(36_900)), (None, false), "held after the try");
+    assert_eq!(m(at(37_000)), (None, false), "unwanted from now");
+    assert_eq!(m(at(40_000)), (Some(true), true));
 }
 
 /// With no layer below (its publisher paused them), a video told to shed keeps its
